@@ -1,0 +1,36 @@
+"""GAN-DL: self-supervised embeddings of fluorescence microscopy screens from a StyleGAN2 discriminator."""
+
+from setuptools import find_packages, setup
+
+# A known-good, pinned set: jax 0.10.x is the last line that supports Python 3.11.
+INSTALL_REQUIRES = [
+    "absl-py==2.5.1",
+    "etils[epath]==1.15.0",
+    "flax==0.12.8",
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "matplotlib==3.11.2",
+    "ml-collections==1.1.0",
+    "numpy==2.4.6",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "pandas==3.1.1",
+    "pillow==13.0.0",
+    "pyarrow==26.0.1",
+    "scikit-learn==1.9.1",
+    "scipy==1.17.1",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "tifffile==2026.3.3",
+    "tqdm==4.70.1",
+]
+
+setup(
+    name="gandl",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["gandl", "gandl.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0"]},
+)
