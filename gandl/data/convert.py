@@ -1,0 +1,304 @@
+"""Raw screen -> TFRecord shards, the format every later stage streams from.
+
+Why our own writer rather than a tfds builder: a screen conversion is hours of decoding, so it must
+resume shard by shard, report skipped sites, keep 16-bit data 16-bit, and stay readable by the same
+parser as Recursion's rxrx1-utils records. Each record therefore follows that convention (GZIP
+TFRecords, `image` = raw little-endian pixel bytes of an H×W×C array, metadata as plain features) and
+adds `height`, `width`, `channels` and the site's row `index` in the metadata table.
+
+Layout of an output folder:
+  conversion.json              what is being converted (checked on resume)
+  shard-00000-of-00012.tfrecord.gz   + shard-00000-of-00012.json (sidecar: sites, skips, histograms)
+  manifest.json                written last: shapes, dtype, stains, feature schema, per-channel stats
+  skipped_sites.csv            only when bad sites were skipped on request
+
+Site i goes to shard i mod num_shards, so every shard samples every plate: a process that reads a
+subset of shards (multi-host training) still sees the whole screen.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import math
+import multiprocessing
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from gandl import fileio
+from gandl._tf import tf
+from gandl.data import images
+from gandl.data.rxrx import Screen
+
+FORMAT = "gandl-shards/1"
+MANIFEST = "manifest.json"
+CONVERSION = "conversion.json"
+SKIPPED = "skipped_sites.csv"
+PERCENTILES = (0.1, 1.0, 50.0, 99.0, 99.9)
+
+
+class ConversionError(RuntimeError):
+    """A conversion stopped on bad input; finished shards are kept and a rerun resumes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert. `image_size` 0 keeps full resolution; otherwise sites are area-downscaled."""
+
+    image_size: int = 0
+    sites_per_shard: int = 256
+    skip_bad_sites: bool = False
+    num_workers: int = 0  # 0: one per CPU core
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}.tfrecord.gz"
+
+
+def _sidecar(shard_file: str) -> str:
+    return shard_file.removesuffix(".tfrecord.gz") + ".json"
+
+
+def feature_schema(metadata: pd.DataFrame) -> dict[str, str]:
+    """Record feature type of each metadata column: 'int64', 'float32' or 'string'."""
+    kinds = {}
+    for col, dtype in metadata.dtypes.items():
+        if pd.api.types.is_integer_dtype(dtype):
+            kinds[col] = "int64"
+        elif pd.api.types.is_float_dtype(dtype):
+            kinds[col] = "float32"
+        else:
+            kinds[col] = "string"
+    return kinds
+
+
+def _feature(kind: str, value: Any) -> tf.train.Feature:
+    if kind == "int64":
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    if kind == "float32":
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
+
+
+def serialize_site(image: np.ndarray, index: int, row: dict[str, Any], schema: dict[str, str]) -> bytes:
+    """One site as a tf.train.Example: raw little-endian H×W×C pixels plus its metadata."""
+    h, w, c = image.shape
+    features = {name: _feature(kind, row[name]) for name, kind in schema.items()}
+    features.update(
+        image=tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[np.ascontiguousarray(image.astype(image.dtype.newbyteorder("<"))).tobytes()])),
+        height=_feature("int64", h), width=_feature("int64", w), channels=_feature("int64", c),
+        index=_feature("int64", index))
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardTask:
+    """Everything one worker needs to write one shard, picklable for a spawned process."""
+
+    path: str
+    indices: list[int]
+    rows: list[dict[str, Any]]
+    paths: list[list[str]]
+    schema: dict[str, str]
+    source_shape: tuple[int, int]
+    dtype: str
+    image_size: int
+    skip_bad_sites: bool
+
+
+def load_site(paths: list[str], source_shape: tuple[int, int], dtype: np.dtype, image_size: int) -> np.ndarray:
+    """Read, validate and downscale every channel of one site into an H×W×C array."""
+    channels = []
+    for path in paths:
+        arr = images.read(path)
+        if arr.shape != source_shape:
+            raise images.BadImageError(path, f"image size {arr.shape[1]}x{arr.shape[0]} differs from the "
+                                             f"screen's {source_shape[1]}x{source_shape[0]}")
+        if arr.dtype != dtype:
+            raise images.BadImageError(path, f"{arr.dtype} pixels where the screen is {dtype}")
+        channels.append(images.downscale(arr, image_size) if image_size else arr)
+    return np.stack(channels, axis=-1)
+
+
+def _write_shard(task: _ShardTask) -> dict[str, Any]:
+    """Write one shard atomically, then its sidecar (the shard's completion marker)."""
+    dtype = np.dtype(task.dtype)
+    bins = np.iinfo(dtype).max + 1
+    hist = None
+    skipped, written = [], 0
+    tmp = fileio.temp_path(task.path)
+    with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
+        for index, row, paths in zip(task.indices, task.rows, task.paths):
+            try:
+                site = load_site(paths, task.source_shape, dtype, task.image_size)
+            except images.BadImageError as e:
+                if not task.skip_bad_sites:
+                    raise
+                skipped.append({"site_id": row["site_id"], "path": e.path, "reason": e.reason})
+                continue
+            writer.write(serialize_site(site, index, row, task.schema))
+            counts = np.stack([np.bincount(site[..., c].ravel(), minlength=bins) for c in range(site.shape[-1])])
+            hist = counts if hist is None else hist + counts
+            written += 1
+    fileio.commit(tmp, task.path)
+    sparse = [] if hist is None else [
+        {"values": np.flatnonzero(h).tolist(), "counts": h[h > 0].tolist()} for h in hist]
+    sidecar = {"num_sites": written, "skipped": skipped, "histograms": sparse}
+    fileio.write_json(_sidecar(task.path), sidecar)
+    return sidecar
+
+
+def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dtype]:
+    """Shape and dtype of the screen, from its first readable site."""
+    for i in range(screen.num_sites):
+        try:
+            first = images.read(screen.paths[i, 0])
+            load_site(list(screen.paths[i]), first.shape, first.dtype, 0)
+            return first.shape, first.dtype
+        except images.BadImageError:
+            if not skip_bad_sites:
+                raise
+    raise ConversionError(f"{screen.source}: no readable site in the screen")
+
+
+def _fingerprint(screen: Screen, options: ConvertOptions, shape: tuple[int, int], dtype: np.dtype) -> dict:
+    digest = hashlib.sha256()
+    for chunk in (screen.metadata.to_csv(index=False), "\n".join(screen.paths.ravel())):
+        digest.update(chunk.encode("utf-8"))
+    return {"format": FORMAT, "source": screen.source, "stains": list(screen.stains),
+            "num_sites": screen.num_sites, "content_sha256": digest.hexdigest(),
+            "source_height": int(shape[0]), "source_width": int(shape[1]), "dtype": dtype.name,
+            "image_size": options.image_size, "sites_per_shard": options.sites_per_shard}
+
+
+def _check_resume(out_dir: str, fingerprint: dict) -> None:
+    path = os.path.join(out_dir, CONVERSION)
+    if not tf.io.gfile.exists(path):
+        fileio.write_json(path, fingerprint)
+        return
+    previous = fileio.read_json(path)
+    changed = [k for k in fingerprint if previous.get(k) != fingerprint[k]]
+    if changed:
+        raise ConversionError(f"{out_dir} holds shards of a different conversion (changed: {changed}); "
+                              "write to a new folder or delete it")
+
+
+def channel_stats(histograms: np.ndarray, stains: tuple[str, ...]) -> list[dict[str, float]]:
+    """Exact per-channel intensity statistics from summed pixel histograms ([C, bins])."""
+    stats = []
+    values = np.arange(histograms.shape[1])
+    for stain, h in zip(stains, histograms):
+        cdf = np.cumsum(h) / h.sum()
+        nz = np.flatnonzero(h)
+        entry = {"stain": stain, "min": int(nz[0]), "max": int(nz[-1]),
+                 "mean": float((values * h).sum() / h.sum())}
+        entry.update({f"p{q:g}": int(np.searchsorted(cdf, q / 100.0)) for q in PERCENTILES})
+        stats.append(entry)
+    return stats
+
+
+def _merge_histograms(sidecars: list[dict], num_channels: int, bins: int) -> np.ndarray:
+    total = np.zeros((num_channels, bins), np.int64)
+    for sc in sidecars:
+        for c, h in enumerate(sc["histograms"]):
+            np.add.at(total[c], h["values"], h["counts"])
+    return total
+
+
+def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptions(), *,
+            progress: bool = True) -> dict[str, Any]:
+    """Convert a screen to shards in `out_dir`, resuming any earlier run; returns the manifest.
+
+    A missing, corrupt or mismatched channel file stops the conversion with an error naming it (shards
+    already written are kept), unless `options.skip_bad_sites`, which lists such sites in
+    `skipped_sites.csv` instead.
+    """
+    if screen.num_sites == 0:
+        raise ConversionError(f"{screen.source}: the screen has no sites")
+    shape, dtype = _probe(screen, options.skip_bad_sites)
+    if options.image_size:
+        if shape[0] != shape[1]:
+            raise ConversionError(f"{screen.source}: sites are {shape[1]}x{shape[0]}, not square; convert "
+                                  "at full resolution (image_size=0)")
+        if options.image_size > shape[0]:
+            raise ConversionError(f"{screen.source}: image_size {options.image_size} exceeds the sites' "
+                                  f"{shape[0]} px")
+    tf.io.gfile.makedirs(out_dir)
+    _check_resume(out_dir, _fingerprint(screen, options, shape, dtype))
+
+    num_shards = math.ceil(screen.num_sites / options.sites_per_shard)
+    schema = feature_schema(screen.metadata)
+    records = screen.metadata.to_dict("records")
+    tasks = []
+    for k in range(num_shards):
+        idx = list(range(k, screen.num_sites, num_shards))
+        tasks.append(_ShardTask(
+            path=os.path.join(out_dir, shard_name(k, num_shards)), indices=idx,
+            rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], schema=schema,
+            source_shape=tuple(int(s) for s in shape), dtype=dtype.name, image_size=options.image_size,
+            skip_bad_sites=options.skip_bad_sites))
+    pending = [t for t in tasks if not tf.io.gfile.exists(_sidecar(t.path))]
+    _run(pending, options.num_workers or os.cpu_count() or 1,
+         tqdm(total=screen.num_sites, initial=screen.num_sites - sum(len(t.indices) for t in pending),
+              unit="site", desc="convert", disable=not progress, smoothing=0.1))
+    return _finish(screen, out_dir, tasks, shape, dtype, options, schema)
+
+
+def _run(tasks: list[_ShardTask], num_workers: int, bar: tqdm) -> None:
+    """Write shards, in parallel when asked; on the first failure stop the rest and explain."""
+    done = 0
+    try:
+        if num_workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                _write_shard(task)
+                bar.update(len(task.indices))
+                done += 1
+            return
+        ctx = multiprocessing.get_context("spawn")  # fork after TensorFlow started threads can deadlock
+        with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)), mp_context=ctx) as pool:
+            futures = {pool.submit(_write_shard, t): t for t in tasks}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+                    bar.update(len(futures[future].indices))
+                    done += 1
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    except images.BadImageError as e:
+        raise ConversionError(
+            f"conversion stopped at a bad image: {e}\nShards finished so far are kept and a rerun resumes; "
+            "fix or remove the file, or set skip_bad_sites to skip such sites and list them.") from e
+    finally:
+        bar.close()
+
+
+def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[int, int],
+            dtype: np.dtype, options: ConvertOptions, schema: dict[str, str]) -> dict[str, Any]:
+    sidecars = [fileio.read_json(_sidecar(t.path)) for t in tasks]
+    skipped = [s for sc in sidecars for s in sc["skipped"]]
+    if skipped:
+        fileio.write_text(os.path.join(out_dir, SKIPPED), pd.DataFrame(skipped).to_csv(index=False))
+    num_sites = sum(sc["num_sites"] for sc in sidecars)
+    if num_sites == 0:
+        raise ConversionError(f"{screen.source}: every site was skipped; see {SKIPPED}")
+    size = options.image_size or None
+    manifest = {
+        "format": FORMAT, "source": screen.source, "stains": list(screen.stains),
+        "height": size or int(shape[0]), "width": size or int(shape[1]), "channels": len(screen.stains),
+        "dtype": dtype.name, "source_height": int(shape[0]), "source_width": int(shape[1]),
+        "num_sites": num_sites, "num_skipped": len(skipped), "compression": "GZIP",
+        "shards": [{"file": os.path.basename(t.path), "num_sites": sc["num_sites"]}
+                   for t, sc in zip(tasks, sidecars)],
+        "features": schema,
+        "channel_stats": channel_stats(
+            _merge_histograms(sidecars, len(screen.stains), np.iinfo(dtype).max + 1), screen.stains),
+    }
+    fileio.write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
