@@ -1,0 +1,251 @@
+"""tf.data pipelines over TFRecord shards: random batches for training, every site once for export.
+
+Both read our converted shards (described by their `manifest.json`) and Recursion's rxrx1-utils RxRx1
+TFRecords, which share the record convention (GZIP, raw pixel bytes in `image`). Batches are numpy
+dicts of this process's part of the global batch, ready for `jax.make_array_from_process_local_data`.
+
+Determinism: file order, shuffles and augmentations derive from the seed alone (stateless random ops
+keyed by the element's position in the stream), so the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from gandl import fileio
+from gandl._tf import tf
+from gandl.data import convert
+from gandl.data.rxrx import STAINS
+
+AUTOTUNE = tf.data.AUTOTUNE
+_READ_BUFFER = 8 << 20  # bytes per open file: large reads matter on gs://
+_TF_TYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
+_DEFAULTS = {"int64": -1, "float32": float("nan"), "string": ""}
+RXRX1_UTILS_FEATURES = {"well": "string", "well_type": "string", "experiment": "string",
+                        "cell_type": "string", "plate": "int64", "site": "int64", "sirna": "int64"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSpec:
+    """What a set of TFRecord files holds: image shape and dtype, stains, metadata schema, statistics."""
+
+    files: tuple[str, ...]
+    height: int
+    width: int
+    stains: tuple[str, ...]
+    dtype: str
+    features: dict[str, str]
+    shard_sizes: tuple[int, ...] | None = None  # sites per file, when known (our shards)
+    intensity_range: tuple[tuple[float, float], ...] | None = None  # per channel, from conversion stats
+    has_index: bool = False
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.stains)
+
+
+def open_shards(data_dir: str) -> RecordSpec:
+    """The spec of a converted shard folder, from its manifest (which only a finished conversion writes)."""
+    path = os.path.join(data_dir, convert.MANIFEST)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: {data_dir} is not a finished conversion "
+                                "(run the convert mode, which resumes an interrupted one)")
+    m = fileio.read_json(path)
+    if m.get("format") != convert.FORMAT:
+        raise ValueError(f"{path}: unknown shard format {m.get('format')!r}, expected {convert.FORMAT!r}")
+    return RecordSpec(
+        files=tuple(os.path.join(data_dir, s["file"]) for s in m["shards"]), height=m["height"],
+        width=m["width"], stains=tuple(m["stains"]), dtype=m["dtype"], features=m["features"],
+        shard_sizes=tuple(s["num_sites"] for s in m["shards"]),
+        intensity_range=tuple((s["p0.1"], s["p99.9"]) for s in m["channel_stats"]), has_index=True)
+
+
+def rxrx1_utils_spec(pattern: str, image_size: int = 512) -> RecordSpec:
+    """Recursion's published RxRx1 TFRecords (GZIP, uint8 H×W×6 `image`), matched by a glob pattern."""
+    files = tuple(sorted(tf.io.gfile.glob(pattern)))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
+    return RecordSpec(files=files, height=image_size, width=image_size, stains=STAINS["rxrx1"],
+                      dtype="uint8", features=dict(RXRX1_UTILS_FEATURES))
+
+
+def open_records(source: str, image_size: int = 512) -> RecordSpec:
+    """A shard folder (has manifest.json) or else a glob of rxrx1-utils TFRecord files."""
+    if tf.io.gfile.exists(os.path.join(source, convert.MANIFEST)):
+        return open_shards(source)
+    return rxrx1_utils_spec(source, image_size)
+
+
+def output_stains(spec: RecordSpec, channels: Sequence[int] = ()) -> tuple[str, ...]:
+    """Stains of the pipeline's output channels after selection/mapping (1-based `channels`)."""
+    _check_channels(spec, channels)
+    return tuple(spec.stains[c - 1] for c in channels) if channels else spec.stains
+
+
+def _check_channels(spec: RecordSpec, channels: Sequence[int]) -> None:
+    bad = [c for c in channels if not 1 <= c <= spec.num_channels]
+    if bad:
+        raise ValueError(f"channels {bad} out of range: the records have {spec.num_channels} channels "
+                         f"{spec.stains} (channels are 1-based)")
+
+
+def _intensity_bounds(spec: RecordSpec, intensity: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (low, high) raw values that map to -1 and +1.
+
+    'dtype' uses the pixel type's full range (right for 8-bit screens such as RxRx19a); 'dataset' uses
+    the converted screen's 0.1/99.9 percentiles, needed for 16-bit images that use a sliver of the range;
+    'auto' picks 'dtype' for 8-bit and 'dataset' for 16-bit.
+    """
+    if intensity == "auto":
+        intensity = "dtype" if spec.dtype == "uint8" else "dataset"
+    if intensity == "dtype":
+        hi = float(np.iinfo(spec.dtype).max)
+        return np.zeros(spec.num_channels, np.float32), np.full(spec.num_channels, hi, np.float32)
+    if intensity == "dataset":
+        if spec.intensity_range is None:
+            raise ValueError("intensity='dataset' needs converted shards with statistics (manifest.json)")
+        lo, hi = np.array(spec.intensity_range, np.float32).T
+        return lo, np.maximum(hi, lo + 1.0)
+    raise ValueError(f"unknown intensity mode {intensity!r}; expected 'auto', 'dtype' or 'dataset'")
+
+
+def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_metadata: bool):
+    """A function (serialized record, file name) -> dict with a float32 H×W×C image in [-1, 1]."""
+    _check_channels(spec, channels)
+    desc = {"image": tf.io.FixedLenFeature([], tf.string)}
+    if with_metadata:
+        desc.update({k: tf.io.FixedLenFeature([], _TF_TYPES[v], default_value=_DEFAULTS[v])
+                     for k, v in spec.features.items()})
+        if spec.has_index:
+            desc["index"] = tf.io.FixedLenFeature([], tf.int64)
+    lo, hi = _intensity_bounds(spec, intensity)
+    idx = [c - 1 for c in channels] if channels else list(range(spec.num_channels))
+    lo, scale = tf.constant(lo[idx]), tf.constant(2.0 / (hi[idx] - lo[idx]))
+    shape = [spec.height, spec.width, spec.num_channels]
+    size = int(np.prod(shape))
+    derive_site_id = with_metadata and "site_id" not in spec.features
+
+    def parse(record: tf.Tensor, filename: tf.Tensor) -> dict[str, tf.Tensor]:
+        ex = tf.io.parse_single_example(record, desc)
+        pixels = tf.io.decode_raw(ex.pop("image"), tf.as_dtype(spec.dtype), little_endian=True)
+        check = tf.debugging.Assert(tf.equal(tf.size(pixels), size), [
+            "a record in", filename, "holds", tf.size(pixels), f"pixels, expected {spec.height}x{spec.width}"
+            f"x{spec.num_channels} = {size} (wrong image size or channel count for these records)"])
+        with tf.control_dependencies([check]):
+            image = tf.gather(tf.reshape(pixels, shape), idx, axis=-1)
+        image = tf.clip_by_value((tf.cast(image, tf.float32) - lo) * scale - 1.0, -1.0, 1.0)
+        if derive_site_id:  # rxrx1-utils records carry the parts of the id, not the id
+            ex["site_id"] = tf.strings.join([ex["experiment"], tf.strings.as_string(ex["plate"]), ex["well"],
+                                             tf.strings.as_string(ex["site"])], "_")
+        return dict(ex, image=image)
+
+    return parse
+
+
+def _records(filenames: tf.data.Dataset, cycle_length: int) -> tf.data.Dataset:
+    """(record, file name) pairs, interleaved over `cycle_length` files at a time in a fixed order."""
+    def read(f: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(f, "GZIP", buffer_size=_READ_BUFFER).map(lambda r: (r, f))
+
+    return filenames.interleave(read, cycle_length=cycle_length, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def process_files(spec: RecordSpec, process_index: int, process_count: int) -> tuple[str, ...]:
+    """This process's files: every process_count-th, so processes read disjoint parts of the screen."""
+    files = spec.files[process_index::process_count]
+    if not files:
+        raise ValueError(f"process {process_index} of {process_count} gets none of the {len(spec.files)} "
+                         "record files; convert with fewer sites per shard so every process has one")
+    return files
+
+
+def _dihedral_crop(image: tf.Tensor, seed: tf.Tensor, augment: bool, crop_size: int) -> tf.Tensor:
+    """A random element of the dihedral group (flips and 90° turns) and an optional random crop."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    if augment:
+        k = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=4, dtype=tf.int32)
+        image = tf.image.stateless_random_flip_left_right(tf.image.rot90(image, k), seeds[1])
+    if crop_size:
+        image = tf.image.stateless_random_crop(image, [crop_size, crop_size, image.shape[-1]], seeds[2])
+    return image
+
+
+def train_dataset(spec: RecordSpec, *, batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1, channels: Sequence[int] = (), intensity: str = "auto",
+                  crop_size: int = 0, augment: bool = True, shuffle_buffer: int = 1024,
+                  cycle_length: int = 8) -> tf.data.Dataset:
+    """An endless stream of this process's training batches: {"image": float32 [B, H, W, C] in [-1, 1]}.
+
+    `batch_size` is the per-process batch (global batch / process count); partial batches are dropped so
+    every step has the same shape.
+    """
+    if crop_size and crop_size > min(spec.height, spec.width):
+        raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images")
+    files = process_files(spec, process_index, process_count)
+    seed = int(seed) * 1009 + process_index  # each process its own stream, all fixed by the seed
+    parse = _parser(spec, channels, intensity, with_metadata=False)
+    filenames = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed).repeat()
+    ds = _records(filenames, min(cycle_length, len(files))).shuffle(shuffle_buffer, seed=seed + 1)
+    ds = ds.map(lambda r, f: parse(r, f)["image"], num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.enumerate().map(
+        lambda i, img: {"image": _dihedral_crop(img, tf.stack([tf.constant(seed, tf.int64), i]), augment,
+                                                crop_size)},
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_num_batches(spec: RecordSpec, batch_size: int, process_count: int) -> int | None:
+    """Batches per process for a full pass: the largest process's count, so all processes step together."""
+    if spec.shard_sizes is None:
+        return None
+    return max(math.ceil(sum(spec.shard_sizes[p::process_count]) / batch_size) for p in range(process_count))
+
+
+def eval_dataset(spec: RecordSpec, *, batch_size: int, process_index: int = 0, process_count: int = 1,
+                 channels: Sequence[int] = (), intensity: str = "auto", crop_size: int = 0,
+                 num_batches: int | None = None) -> tf.data.Dataset:
+    """Every site of this process's files exactly once, in a stable order, with its metadata.
+
+    Batches are padded to `batch_size` with `mask` False on the padding; with `num_batches` (by default
+    the count of the busiest process, when the files' sizes are known) fully masked batches are appended
+    so every process yields the same number of batches. Crops, if any, are central.
+    """
+    files = process_files(spec, process_index, process_count)
+    parse = _parser(spec, channels, intensity, with_metadata=True)
+
+    def prepare(record: tf.Tensor, filename: tf.Tensor) -> dict[str, tf.Tensor]:
+        ex = parse(record, filename)
+        if crop_size:
+            ex["image"] = tf.image.resize_with_crop_or_pad(ex["image"], crop_size, crop_size)
+        return dict(ex, mask=tf.constant(True))
+
+    ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files))).map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
+    if num_batches is None:
+        num_batches = eval_num_batches(spec, batch_size, process_count)
+    if num_batches is not None:
+        empty = tf.nest.map_structure(lambda s: _blank(s.shape, s.dtype), ds.element_spec)
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(num_batches)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _blank(shape, dtype: tf.DType) -> tf.Tensor:
+    """Zeros, False or empty strings: what padding holds."""
+    return tf.fill(shape, "") if dtype == tf.string else tf.zeros(shape, dtype)
+
+
+def _pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tensor]:
+    """Pad a partial batch to `batch_size` rows: zeros, empty strings, mask False."""
+
+    def pad(x: tf.Tensor) -> tf.Tensor:
+        missing = batch_size - tf.shape(x)[0]
+        out = tf.concat([x, _blank(tf.concat([[missing], tf.shape(x)[1:]], 0), x.dtype)], 0)
+        return tf.ensure_shape(out, [batch_size, *x.shape[1:]])
+
+    return tf.nest.map_structure(pad, batch)
+
