@@ -1,0 +1,252 @@
+"""StyleGAN2 building blocks in NHWC: equalized-lr layers, [1,3,3,1] FIR resampling, modulated convs, mbstd.
+
+The numerics follow stylegan2-ada-pytorch (`training/networks.py`, `torch_utils/ops`) exactly, including its
+padding arithmetic and weight-flip conventions, so that converted PyTorch weights reproduce its outputs.
+Parameters are stored in JAX layouts (HWIO conv kernels, [in, out] dense kernels); `convert.py` maps layouts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+DType = Any
+
+FIR_TAPS = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0  # 1-D factor; the 2-D filter is its outer product.
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)  # Keeps the activations' second moment through a leaky ReLU.
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def fir_filter_2d() -> np.ndarray:
+    """The 4×4 resampling filter as PyTorch stores it (`resample_filter` buffers): outer product, sum 1."""
+    return np.outer(FIR_TAPS, FIR_TAPS)
+
+
+def bias_act(
+    x: Array, bias: Array | None, *, lrelu: bool, gain: float = 1.0, clamp: float | None = None
+) -> Array:
+    """Bias, optional leaky ReLU (scaled by √2), extra gain and symmetric clamp, in that order."""
+    if bias is not None:
+        x = x + bias.astype(x.dtype)
+    if lrelu:
+        x = jnp.where(x >= 0, x, x * LRELU_SLOPE)
+        gain = gain * LRELU_GAIN
+    if gain != 1.0:
+        x = x * gain
+    if clamp is not None:
+        x = jnp.clip(x, -clamp, clamp)
+    return x
+
+
+def _on_axis(axis: int, value: Any, other: Any) -> tuple[Any, Any]:
+    """A (height, width) pair holding `value` on spatial `axis` and `other` on the other one."""
+    return (value, other) if axis == 0 else (other, value)
+
+
+def upfirdn2d(x: Array, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0), gain: float = 1.0) -> Array:
+    """Zero-stuff by `up`, pad, convolve with the [1,3,3,1] filter (×gain), keep every `down`-th pixel.
+
+    Runs as two depthwise 1-D passes (the filter is separable): 8 instead of 16 taps per output pixel. `pad`
+    applies to both spatial axes (before, after), in pixels of the zero-stuffed image.
+    """
+    if min(pad) < 0:
+        raise ValueError(f"negative FIR padding {pad} is not supported")
+    channels = x.shape[-1]
+    taps = jnp.asarray(FIR_TAPS[::-1] * math.sqrt(gain), x.dtype)  # flip: a true convolution, as upfirdn2d
+    for axis in (0, 1):
+        shape = _on_axis(axis, taps.shape[0], 1)
+        kernel = jnp.broadcast_to(taps.reshape(shape + (1, 1)), shape + (1, channels))
+        x = lax.conv_general_dilated(
+            x, kernel,
+            window_strides=_on_axis(axis, down, 1),
+            padding=_on_axis(axis, (pad[0], pad[1] + up - 1), (0, 0)),  # dilation omits the trailing up-1 zeros
+            lhs_dilation=_on_axis(axis, up, 1), dimension_numbers=_DIMS, feature_group_count=channels,
+        )
+    return x
+
+
+def upsample2d(x: Array) -> Array:
+    """×2 FIR upsampling of an image (the skip generator's RGB path)."""
+    return upfirdn2d(x, up=2, pad=(2, 1), gain=4.0)
+
+
+def conv2d(x: Array, w: Array, *, stride: int = 1, padding: int = 0, lhs_dilation: int = 1) -> Array:
+    """Plain NHWC × HWIO cross-correlation (PyTorch's conv2d)."""
+    return lax.conv_general_dilated(
+        x, w.astype(x.dtype), (stride, stride), [(padding, padding)] * 2,
+        lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=_DIMS,
+    )
+
+
+def conv2d_resample(x: Array, w: Array, *, up: int = 1, down: int = 1) -> Array:
+    """Same-padded k×k conv, optionally with ×`up` upsampling before or ×`down` downsampling after it.
+
+    Upsampling is a stride-`up` transposed conv followed by the FIR (gain up²); downsampling is the FIR
+    followed by a strided conv. The transposed conv applies the kernel unflipped as a transposed conv, i.e.
+    flipped relative to `conv2d`, which is what stylegan2-ada-pytorch's `flip_weight=(up == 1)` amounts to.
+    """
+    k = w.shape[0]
+    p = k // 2
+    taps = FIR_TAPS.shape[0]
+    if up > 1:
+        x = conv2d(x, w[::-1, ::-1], padding=k - 1, lhs_dilation=up)
+        pad = (p + (taps + up - 1) // 2 - (k - 1), p + (taps - up) // 2 - (k - up))
+        return upfirdn2d(x, pad=pad, gain=float(up * up))
+    if down > 1:
+        pad = (p + (taps - down + 1) // 2, p + (taps - down) // 2)
+        if k == 1:  # Subsample inside the FIR: a 1×1 conv commutes with it and then runs on 4× fewer pixels.
+            return conv2d(upfirdn2d(x, down=down, pad=pad), w)
+        return conv2d(upfirdn2d(x, pad=pad), w, stride=down)
+    return conv2d(x, w, padding=p)
+
+
+def _standard_normal_init(scale: float):
+    """N(0, scale²) initialiser: equalized lr stores N(0,1)/lr_mul and applies the He gain at run time."""
+
+    def init(key: Array, shape: tuple[int, ...], dtype: DType = jnp.float32) -> Array:
+        return jax.random.normal(key, shape, dtype) * scale
+
+    return init
+
+
+class Dense(nn.Module):
+    """Equalized-lr fully connected layer: y = x·(W·lr_mul/√fan_in) + b·lr_mul, then optional lrelu·√2."""
+
+    features: int
+    lrelu: bool = False
+    lr_multiplier: float = 1.0
+    bias_init: float = 0.0
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        fan_in = x.shape[-1]
+        weight = self.param("weight", _standard_normal_init(1.0 / self.lr_multiplier), (fan_in, self.features))
+        bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
+        weight = weight * (self.lr_multiplier / math.sqrt(fan_in))
+        x = jnp.dot(x.astype(self.dtype), weight.astype(self.dtype))
+        return bias_act(x, bias * self.lr_multiplier, lrelu=self.lrelu)
+
+
+class Conv2d(nn.Module):
+    """Equalized-lr conv (discriminator): He gain at run time, optional ×2 FIR downsampling, bias_act.
+
+    `gain` scales the output after the activation (the residual blocks use √½) and the clamp with it.
+    """
+
+    features: int
+    kernel_size: int
+    lrelu: bool = True
+    down: int = 1
+    use_bias: bool = True
+    gain: float = 1.0
+    conv_clamp: float | None = None
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, fan_in = self.kernel_size, x.shape[-1]
+        weight = self.param("weight", _standard_normal_init(1.0), (k, k, fan_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        weight = (weight * (1.0 / math.sqrt(fan_in * k * k))).astype(self.dtype)
+        x = conv2d_resample(x.astype(self.dtype), weight, down=self.down)
+        clamp = None if self.conv_clamp is None else self.conv_clamp * self.gain
+        return bias_act(x, bias, lrelu=self.lrelu, gain=self.gain, clamp=clamp)
+
+
+def demodulation_coefficients(weight: Array, styles: Array) -> Array:
+    """d[b,o] = 1/√(Σ_{i,k} (W[k,i,o]·s[b,i])² + 1e-8), computed as one [B,I]×[I,O] matmul."""
+    return lax.rsqrt(jnp.dot(jnp.square(styles), jnp.sum(jnp.square(weight), axis=(0, 1))) + 1e-8)
+
+
+def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool, up: int = 1) -> Array:
+    """Modulated conv in the activation-scaling form x·s → conv(W) → ·d: one shared kernel for the batch.
+
+    Equivalent to convolving each sample with W·s (and normalising each output channel to unit norm when
+    `demodulate`), without materialising per-sample kernels. `styles` is [B, in], `weight` HWIO.
+    """
+    x = x * styles[:, None, None, :].astype(x.dtype)
+    x = conv2d_resample(x, weight.astype(x.dtype), up=up)
+    if demodulate:
+        d = demodulation_coefficients(weight.astype(jnp.float32), styles.astype(jnp.float32))
+        x = x * d[:, None, None, :].astype(x.dtype)
+    return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated, demodulated 3×3 conv + per-pixel noise with learned strength + bias, lrelu·√2, clamp.
+
+    `noise_const` (a fixed N(0,1) map) lives in the 'buffers' collection; noise_mode 'random' draws fresh
+    noise from the 'noise' PRNG stream, 'const' uses noise_const, 'none' adds nothing.
+    """
+
+    features: int
+    resolution: int
+    up: int = 1
+    conv_clamp: float | None = None
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, w: Array, noise_mode: str) -> Array:
+        fan_in = x.shape[-1]
+        styles = Dense(fan_in, bias_init=1.0, name="affine")(w)
+        weight = self.param("weight", _standard_normal_init(1.0), (3, 3, fan_in, self.features))
+        strength = self.param("noise_strength", nn.initializers.zeros, ())
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        noise_const = self.variable(
+            "buffers", "noise_const",
+            lambda: jax.random.normal(self.make_rng("params"), (self.resolution, self.resolution)),
+        )
+        x = modulated_conv2d(x.astype(self.dtype), weight, styles, demodulate=True, up=self.up)
+        if noise_mode == "random":
+            noise = jax.random.normal(self.make_rng("noise"), (x.shape[0], self.resolution, self.resolution, 1))
+            x = x + (noise * strength).astype(x.dtype)
+        elif noise_mode == "const":
+            x = x + (noise_const.value[:, :, None] * strength).astype(x.dtype)
+        elif noise_mode != "none":
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        return bias_act(x, bias, lrelu=True, clamp=self.conv_clamp)
+
+
+class ToRGB(nn.Module):
+    """Modulated 1×1 conv to image channels, without demodulation (styles carry the He gain), bias, clamp."""
+
+    features: int
+    conv_clamp: float | None = None
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, w: Array) -> Array:
+        fan_in = x.shape[-1]
+        styles = Dense(fan_in, bias_init=1.0, name="affine")(w) * (1.0 / math.sqrt(fan_in))
+        weight = self.param("weight", _standard_normal_init(1.0), (1, 1, fan_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x = modulated_conv2d(x.astype(self.dtype), weight, styles, demodulate=False)
+        return bias_act(x, bias, lrelu=False, clamp=self.conv_clamp)
+
+
+def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1) -> Array:
+    """Append `num_channels` minibatch-stddev feature maps as the last channels.
+
+    The batch splits into groups of G = min(group_size, N) samples taken with stride N/G (sample n belongs
+    to group n mod N/G, as in the PyTorch reshape); channels split into `num_channels` contiguous slices.
+    Each new map is the group's per-pixel stddev averaged over pixels and the slice. With G = 1 the stddev
+    is exactly √1e-8 = 1e-4 everywhere, so every sample's output depends on that sample alone.
+    """
+    n, h, w, c = x.shape
+    g = min(group_size, n)
+    if n % g:
+        raise ValueError(f"batch size {n} is not a multiple of the mbstd group size {g}")
+    y = x.astype(jnp.float32).reshape(g, n // g, h, w, num_channels, c // num_channels)
+    y = jnp.sqrt(jnp.mean(jnp.square(y - jnp.mean(y, axis=0)), axis=0) + 1e-8)
+    y = jnp.mean(y, axis=(1, 2, 4))  # [n/G, F]
+    y = jnp.tile(y, (g, 1))[:, None, None, :]
+    return jnp.concatenate([x, jnp.broadcast_to(y, (n, h, w, num_channels)).astype(x.dtype)], axis=-1)
