@@ -1,6 +1,29 @@
-"""Shared test set-up: 8 simulated CPU devices, so sharding tests see a real mesh."""
+"""Shared test set-up: 8 simulated CPU devices, and small synthetic screens built once per session."""
 
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+TINY_SCREEN = dict(seed=0, image_size=32, plates_per_cell_line=1, sites_per_well=1, num_compounds=3)
+
+
+@pytest.fixture(scope="session")
+def rxrx19a_dir(tmp_path_factory) -> str:
+    """A small RxRx19a-layout synthetic screen (8-bit PNGs at 32 px), never modified by tests."""
+    from gandl.data import synthetic
+
+    return str(synthetic.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), **TINY_SCREEN))
+
+
+@pytest.fixture(scope="session")
+def shards_dir(rxrx19a_dir, tmp_path_factory) -> str:
+    """`rxrx19a_dir` converted to 16 px shards, never modified by tests."""
+    from gandl.data import convert, rxrx
+
+    out = str(tmp_path_factory.mktemp("shards"))
+    convert.convert(rxrx.read_rxrx19a(rxrx19a_dir), out,
+                    convert.ConvertOptions(image_size=16, sites_per_shard=16, num_workers=1), progress=False)
+    return out

@@ -94,7 +94,8 @@ def serialize_site(image: np.ndarray, index: int, row: dict[str, Any], schema: d
             value=[np.ascontiguousarray(image.astype(image.dtype.newbyteorder("<"))).tobytes()])),
         height=_feature("int64", h), width=_feature("int64", w), channels=_feature("int64", c),
         index=_feature("int64", index))
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+        deterministic=True)  # sorted map keys: the same site gives the same bytes in any process
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""The fields every config shares; each configs/*.py `get_config()` starts from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Raw screen -> shards (mode=convert) and the input pipeline.
+    config.data = ml_collections.ConfigDict(dict(
+        kind="rxrx19a",  # rxrx19a | rxrx1 (folders with metadata.csv + images/) | generic (a CSV)
+        root="",  # the raw screen; "" = the embedded synthetic screen, generated into workdir/raw
+        metadata="metadata.csv",
+        channel_columns=(),  # generic screens: one image-path column per channel
+        stains=(),  # generic screens: stain names (default: the column names)
+        shards="",  # converted shards (or an rxrx1-utils TFRecord glob); "" = workdir/shards
+        image_size=64,  # conversion target side in px; 0 keeps full resolution
+        sites_per_shard=256,
+        skip_bad_sites=False,  # True: skip sites with bad files and list them in skipped_sites.csv
+        num_workers=0,  # conversion processes; 0 = one per core
+        channels=(),  # 1-based channels to read, in order, e.g. (1, 2, 3, 4, 6) for RxRx1 -> RxRx19a
+        intensity="auto",  # auto | dtype | dataset: raw values mapping to [-1, 1]
+        crop_size=0,  # random crop in training, central crop in export; 0 = none
+        augment=True,  # random flips and 90-degree rotations
+        shuffle_buffer=1024,
+        rxrx1_utils_image_size=512,  # side of images in rxrx1-utils records
+    ))
+
+    # The embedded default screen (gandl.data.synthetic.write_rxrx19a arguments).
+    config.synthetic = ml_collections.ConfigDict(dict(
+        seed=0, image_size=64, plates_per_cell_line=2, sites_per_well=2, num_compounds=12))
+
+    config.preview = ml_collections.ConfigDict(dict(num_images=32, cols=8))
+    return config

@@ -1,0 +1,145 @@
+"""Metadata readers, control roles, channel registry and their validation errors."""
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gandl.data import rxrx
+
+
+def _copy_screen(src: str, dst) -> str:
+    """A writable copy of a screen folder (metadata + images) for tests that break it."""
+    out = os.path.join(dst, "screen")
+    shutil.copytree(src, out)
+    return out
+
+
+def test_reads_rxrx19a_with_exact_columns_and_types(rxrx19a_dir):
+    screen = rxrx.read_rxrx19a(rxrx19a_dir)
+    md = screen.metadata
+    assert tuple(md.columns) == rxrx.RXRX19A_COLUMNS
+    assert md["plate"].dtype == np.int64 and md["site"].dtype == np.int64
+    assert md["treatment_conc"].dtype == np.float64
+    controls = md["treatment"] == ""
+    assert md.loc[controls, "treatment_conc"].isna().all()
+    assert (md.loc[~controls, "treatment_conc"] > 0).all()
+    assert set(md["disease_condition"]) == set(rxrx.CONDITIONS)  # blanks kept as "" and not merged
+    assert screen.stains == rxrx.STAINS["rxrx19a"]
+    assert screen.paths.shape == (len(md), 5)
+    first = md.iloc[0]
+    assert screen.paths[0, 2] == os.path.join(rxrx19a_dir, "images", first.experiment, f"Plate{first.plate}",
+                                              f"{first.well}_s{first.site}_w3.png")
+    assert not rxrx.missing_files(screen)
+
+
+def test_control_roles(rxrx19a_dir):
+    md = rxrx.read_rxrx19a(rxrx19a_dir).metadata
+    roles = rxrx.control_role(md)
+    assert set(roles) == {"C+", "C-", "UV", "treated", "blank"}
+    assert (md.loc[roles == "C+", "disease_condition"] == rxrx.MOCK).all()
+    assert ((md.loc[roles == "C-", "disease_condition"] == rxrx.ACTIVE)
+            & (md.loc[roles == "C-", "treatment"] == "")).all()
+    assert (md.loc[roles == "treated", "treatment"] != "").all()
+    merged = rxrx.control_role(md, uv_is_positive=True)
+    assert (merged == "C+").sum() == (roles == "C+").sum() + (roles == "UV").sum()
+
+
+def test_channel_map_by_stain():
+    assert rxrx.channel_map("rxrx1", "rxrx19a") == (1, 2, 3, 4, 6)
+    assert rxrx.channel_map("rxrx19a", "rxrx19a") == (1, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="MitoTracker"):
+        rxrx.channel_map("rxrx19a", "rxrx1")
+
+
+def _rewrite(root: str, edit) -> None:
+    path = os.path.join(root, "metadata.csv")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(df).to_csv(path, index=False)
+
+
+def test_missing_column_is_named(rxrx19a_dir, tmp_path):
+    root = _copy_screen(rxrx19a_dir, tmp_path)
+    _rewrite(root, lambda df: df.drop(columns=["SMILES"]))
+    with pytest.raises(rxrx.MetadataError, match=r"metadata.csv is missing columns \['SMILES'\]"):
+        rxrx.read_rxrx19a(root)
+
+
+def test_duplicate_site_id_is_named(rxrx19a_dir, tmp_path):
+    root = _copy_screen(rxrx19a_dir, tmp_path)
+    _rewrite(root, lambda df: pd.concat([df, df.iloc[[3]]]))
+    sid = pd.read_csv(os.path.join(rxrx19a_dir, "metadata.csv"))["site_id"][3]
+    with pytest.raises(rxrx.MetadataError, match=f"duplicate site_id values: '{sid}' \\(rows 5, "):
+        rxrx.read_rxrx19a(root)
+
+
+def test_unknown_condition_and_bad_number_are_named(rxrx19a_dir, tmp_path):
+    root = _copy_screen(rxrx19a_dir, tmp_path)
+    _rewrite(root, lambda df: df.assign(disease_condition=df["disease_condition"].replace("Mock", "mock")))
+    with pytest.raises(rxrx.MetadataError, match=r"unknown disease_condition values \['mock'\]"):
+        rxrx.read_rxrx19a(root)
+
+    def bad_conc(df):
+        df.loc[df["treatment"] != "", "treatment_conc"] = "1,5"
+        return df
+
+    _rewrite(root, lambda df: df.assign(disease_condition=df["disease_condition"].replace("mock", "Mock")))
+    _rewrite(root, bad_conc)
+    with pytest.raises(rxrx.MetadataError, match=r"column 'treatment_conc' row \d+ holds '1,5', not a number"):
+        rxrx.read_rxrx19a(root)
+
+
+def test_missing_files_are_listed(rxrx19a_dir, tmp_path):
+    root = _copy_screen(rxrx19a_dir, tmp_path)
+    screen = rxrx.read_rxrx19a(root)
+    gone = [screen.paths[2, 1], screen.paths[7, 4]]
+    for p in gone:
+        os.remove(p)
+    with pytest.raises(rxrx.MetadataError, match="2 of .* image files are missing") as err:
+        rxrx.check_files(rxrx.read_rxrx19a(root))
+    assert all(p in str(err.value) for p in gone)
+
+
+def test_generic_screen(rxrx19a_dir, tmp_path):
+    screen = rxrx.read_rxrx19a(rxrx19a_dir)
+    rel = np.vectorize(lambda p: os.path.relpath(p, tmp_path))(screen.paths[:10, [0, 2]])
+    table = pd.DataFrame({"id": screen.metadata["site_id"][:10], "dna": rel[:, 0], "actin": rel[:, 1],
+                          "dose": ["0.5"] * 9 + [""], "replicate": [str(i % 2) for i in range(10)],
+                          "group": ["a"] * 10})
+    table.to_csv(tmp_path / "screen.csv", index=False)
+    generic = rxrx.read_generic(str(tmp_path / "screen.csv"), ["dna", "actin"], stains=["Hoechst", "Phalloidin"],
+                                id_column="id")
+    assert generic.stains == ("Hoechst", "Phalloidin")
+    assert list(generic.metadata.columns) == ["site_id", "dose", "replicate", "group"]
+    assert generic.metadata["replicate"].dtype == np.int64
+    assert generic.metadata["dose"].dtype == np.float64 and np.isnan(generic.metadata["dose"][9])
+    np.testing.assert_array_equal(np.vectorize(os.path.normpath)(generic.paths), screen.paths[:10, [0, 2]])
+
+    table.loc[4, "actin"] = ""
+    table.to_csv(tmp_path / "broken.csv", index=False)
+    with pytest.raises(rxrx.MetadataError, match="row 6 has an empty path in column 'actin'"):
+        rxrx.read_generic(str(tmp_path / "broken.csv"), ["dna", "actin"], id_column="id")
+    with pytest.raises(rxrx.MetadataError, match="2 channel columns but 3 stain names"):
+        rxrx.read_generic(str(tmp_path / "broken.csv"), ["dna", "actin"], stains=["a", "b", "c"], id_column="id")
+
+
+def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
+    from gandl.data import synthetic
+
+    root = str(synthetic.write_rxrx1(tmp_path / "rxrx1", image_size=16, plates_per_cell_line=1, sites_per_well=1))
+    screen = rxrx.read_rxrx1(root)
+    assert tuple(screen.metadata.columns) == rxrx.RXRX1_COLUMNS
+    assert screen.paths.shape[1] == 6 and not rxrx.missing_files(screen)
+    assert screen.metadata["cell_type"].nunique() == 4
+
+    split = screen.metadata["dataset"].iloc[0]
+    images = os.path.join(root, "images")
+    nested = os.path.join(root, "nested_images")
+    os.rename(images, nested)
+    os.makedirs(images)
+    os.rename(nested, os.path.join(images, split))
+    moved = rxrx.read_rxrx1(root)
+    assert moved.paths[0, 0].startswith(os.path.join(images, split) + os.sep)
+    assert not rxrx.missing_files(moved)
