@@ -7,15 +7,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-TINY_SCREEN = dict(seed=0, image_size=32, plates_per_cell_line=1, sites_per_well=1, num_compounds=3)
+@pytest.fixture(scope="session")
+def tiny_screen() -> dict:
+    """Arguments of `synthetic.write_rxrx19a` for a small screen: both cell lines, all well kinds."""
+    return dict(seed=0, image_size=32, plates_per_cell_line=1, sites_per_well=1, num_compounds=3)
 
 
 @pytest.fixture(scope="session")
-def rxrx19a_dir(tmp_path_factory) -> str:
+def rxrx19a_dir(tmp_path_factory, tiny_screen) -> str:
     """A small RxRx19a-layout synthetic screen (8-bit PNGs at 32 px), never modified by tests."""
     from gandl.data import synthetic
 
-    return str(synthetic.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), **TINY_SCREEN))
+    return str(synthetic.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), **tiny_screen))
 
 
 @pytest.fixture(scope="session")
