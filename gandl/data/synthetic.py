@@ -102,7 +102,7 @@ CELL_LINES: dict[str, CellLine] = {
         CellLine("HRCE", density=32, length=0.13, aspect=1.15, taper=0.0, jitter=0.25, nucleus=0.034,
                  nucleus_aspect=1.15, irregularity=0.06, alignment=0.0, colonies=0.0, fibres=0.5),
         # African green monkey kidney: fewer, spread spindle cells, oval nuclei, strong fibres.
-        CellLine("VERO", density=11, length=0.2, aspect=3.0, taper=5.0, jitter=0.9, nucleus=0.032,
+        CellLine("VERO", density=11, length=0.2, aspect=3.0, taper=2.5, jitter=0.9, nucleus=0.032,
                  nucleus_aspect=1.45, irregularity=0.12, alignment=0.5, colonies=0.0, fibres=1.0,
                  brightness={"wga": 0.8, "syto14": 1.15}),
         # Hepatocytes: small cells packed in colonies, high nucleus / cytoplasm ratio.
@@ -649,7 +649,8 @@ def _write_sites(root: pathlib.Path, records: Sequence[dict], render) -> None:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         img = render(rec)
         for ch, path in enumerate(paths):
-            _save_png(path, np.ascontiguousarray(img[..., ch]))
+            if not path.exists():
+                _save_png(path, np.ascontiguousarray(img[..., ch]))
 
 
 def _write_table(path: pathlib.Path, frame: pd.DataFrame) -> None:
