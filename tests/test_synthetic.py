@@ -1,5 +1,6 @@
 """The synthetic screen: layout and metadata contracts, determinism, and that the hidden biology is visible."""
 
+import io
 import math
 import os
 import pathlib
@@ -214,3 +215,10 @@ def test_bad_arguments_fail_before_writing(tmp_path):
     with pytest.raises(ValueError):
         syn.write_rxrx19a(tmp_path / "y", bit_depth=12)
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+@pytest.mark.parametrize("dtype,top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_png_round_trip(dtype, top):
+    channel = np.random.default_rng(0).integers(0, top + 1, (3, 5)).astype(dtype)
+    back = np.asarray(Image.open(io.BytesIO(syn.png_bytes(channel))))
+    assert back.dtype == dtype and np.array_equal(back, channel)
