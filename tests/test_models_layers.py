@@ -190,16 +190,21 @@ def test_conv_equalized_lr_gain_clamp_and_residual_gain():
 
 
 def test_synthesis_layer_noise_modes():
+    """Noise enters before the activation; a large bias keeps it in the linear part, so the difference from
+    noise_mode 'none' must be exactly noise · strength · √2."""
     x, w = jnp.ones((2, 4, 4, 3)), jnp.ones((2, 5))
     layer = layers.SynthesisLayer(6, resolution=4)
     variables = layer.init(jax.random.key(0), x, w, "const")
-    params = dict(variables["params"], noise_strength=jnp.asarray(0.5))
+    params = dict(variables["params"], noise_strength=jnp.asarray(0.5), bias=jnp.full((6,), 100.0))
     variables = {"params": params, "buffers": variables["buffers"]}
-    none = layer.apply(variables, x, w, "none")
-    const = layer.apply(variables, x, w, "const")
-    rand_a = layer.apply(variables, x, w, "random", rngs={"noise": jax.random.key(1)})
-    rand_b = layer.apply(variables, x, w, "random", rngs={"noise": jax.random.key(2)})
-    assert not np.allclose(none, const) and not np.allclose(rand_a, rand_b)
-    np.testing.assert_array_equal(rand_a, layer.apply(variables, x, w, "random", rngs={"noise": jax.random.key(1)}))
-    with pytest.raises(ValueError):
-        layer.apply(variables, x, w, "fixed")
+    none = np.asarray(layer.apply(variables, x, w, "none"))
+    noise = _rng(8).normal(size=(2, 4, 4, 1)).astype(np.float32)
+    rand = np.asarray(layer.apply(variables, x, w, "random", noise))
+    const = np.asarray(layer.apply(variables, x, w, "const"))
+    scale = 0.5 * math.sqrt(2.0)
+    np.testing.assert_allclose(rand - none, np.broadcast_to(noise * scale, rand.shape), atol=1e-4)
+    noise_const = np.asarray(variables["buffers"]["noise_const"])[None, :, :, None]
+    np.testing.assert_allclose(const - none, np.broadcast_to(noise_const * scale, const.shape), atol=1e-4)
+    for bad in (("random", None), ("fixed", noise)):
+        with pytest.raises(ValueError):
+            layer.apply(variables, x, w, *bad)

@@ -25,6 +25,11 @@ LRELU_GAIN = math.sqrt(2.0)  # Keeps the activations' second moment through a le
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
+def block_channels(resolution: int, channel_base: int, channel_max: int) -> int:
+    """Feature maps at a resolution: channel_base / resolution, capped at channel_max (StyleGAN2's widths)."""
+    return min(channel_base // resolution, channel_max)
+
+
 def fir_filter_2d() -> np.ndarray:
     """The 4×4 resampling filter as PyTorch stores it (`resample_filter` buffers): outer product, sum 1."""
     return np.outer(FIR_TAPS, FIR_TAPS)
@@ -184,8 +189,9 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool
 class SynthesisLayer(nn.Module):
     """Modulated, demodulated 3×3 conv + per-pixel noise with learned strength + bias, lrelu·√2, clamp.
 
-    `noise_const` (a fixed N(0,1) map) lives in the 'buffers' collection; noise_mode 'random' draws fresh
-    noise from the 'noise' PRNG stream, 'const' uses noise_const, 'none' adds nothing.
+    `noise_const` (a fixed N(0,1) map) lives in the 'buffers' collection. noise_mode 'random' adds
+    `random_noise` ([B, res, res, 1] N(0,1), drawn by the caller: one PRNG draw for the whole network
+    compiles far faster than one per layer), 'const' adds noise_const, 'none' adds nothing.
     """
 
     features: int
@@ -195,7 +201,7 @@ class SynthesisLayer(nn.Module):
     dtype: DType = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, w: Array, noise_mode: str) -> Array:
+    def __call__(self, x: Array, w: Array, noise_mode: str, random_noise: Array | None = None) -> Array:
         fan_in = x.shape[-1]
         styles = Dense(fan_in, bias_init=1.0, name="affine")(w)
         weight = self.param("weight", _standard_normal_init(1.0), (3, 3, fan_in, self.features))
@@ -207,8 +213,9 @@ class SynthesisLayer(nn.Module):
         )
         x = modulated_conv2d(x.astype(self.dtype), weight, styles, demodulate=True, up=self.up)
         if noise_mode == "random":
-            noise = jax.random.normal(self.make_rng("noise"), (x.shape[0], self.resolution, self.resolution, 1))
-            x = x + (noise * strength).astype(x.dtype)
+            if random_noise is None:
+                raise ValueError("noise_mode 'random' needs random_noise")
+            x = x + (random_noise * strength).astype(x.dtype)
         elif noise_mode == "const":
             x = x + (noise_const.value[:, :, None] * strength).astype(x.dtype)
         elif noise_mode != "none":

@@ -1,0 +1,92 @@
+"""Model configuration (the `model` section of an experiment config) and the G/D factory the trainer uses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gandl.models.discriminator import Discriminator
+from gandl.models.generator import Generator
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """StyleGAN2 hyper-parameters; defaults are the GAN-DL paper variant (256 px, 5 channels, 3-layer mapping).
+
+    dtype is the compute dtype ("float32" or "bfloat16"); parameters, w_avg, the mapping network, mbstd
+    statistics, images out of G and D's logits/features stay float32. conv_clamp None disables clamping.
+    """
+
+    resolution: int = 256
+    num_channels: int = 5
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 3
+    channel_base: int = 16384
+    channel_max: int = 512
+    conv_clamp: float | None = 256.0
+    mbstd_group_size: int = 4
+    mbstd_num_channels: int = 1
+    dtype: str = "float32"
+    mapping_lr_multiplier: float = 0.01
+    w_avg_beta: float = 0.995
+
+    def __post_init__(self) -> None:
+        res = self.resolution
+        if res < 8 or res & (res - 1):
+            raise ValueError(f"resolution must be a power of two >= 8, got {res}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.mbstd_num_channels and min(self.channel_base // 4, self.channel_max) % self.mbstd_num_channels:
+            raise ValueError("mbstd_num_channels must divide the 4x4 block's channel count")
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> ModelConfig:
+        """Build from a dict or ml_collections.ConfigDict; unknown keys are an error (typos must not pass)."""
+        values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**values)
+
+
+def build_models(config: ModelConfig | Mapping[str, Any]) -> tuple[Generator, Discriminator]:
+    """The generator and discriminator modules for a model config (ModelConfig, dict or ConfigDict)."""
+    cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_mapping(config)
+    dtype = _DTYPES[cfg.dtype]
+    shared = dict(
+        resolution=cfg.resolution, num_channels=cfg.num_channels, channel_base=cfg.channel_base,
+        channel_max=cfg.channel_max, conv_clamp=cfg.conv_clamp, dtype=dtype,
+    )
+    generator = Generator(
+        z_dim=cfg.z_dim, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
+        mapping_lr_multiplier=cfg.mapping_lr_multiplier, w_avg_beta=cfg.w_avg_beta, **shared,
+    )
+    discriminator = Discriminator(
+        mbstd_group_size=cfg.mbstd_group_size, mbstd_num_channels=cfg.mbstd_num_channels, **shared
+    )
+    return generator, discriminator
+
+
+def init_variables(config: ModelConfig | Mapping[str, Any], key: jax.Array) -> tuple[dict, dict]:
+    """Fresh G variables ({'params', 'buffers'}) and D variables ({'params'}) for a model config.
+
+    Jitted: op-by-op initialisation compiles every distinct parameter shape separately and is far slower.
+    """
+    cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_mapping(config)
+    generator, discriminator = build_models(cfg)
+
+    @jax.jit
+    def init(key: jax.Array) -> tuple[dict, dict]:
+        key_g, key_d = jax.random.split(key)
+        g_vars = generator.init({"params": key_g}, jnp.zeros((1, cfg.z_dim)), noise_mode="const")
+        d_vars = discriminator.init(key_d, jnp.zeros((1, cfg.resolution, cfg.resolution, cfg.num_channels)))
+        return dict(g_vars), dict(d_vars)
+
+    return init(key)
