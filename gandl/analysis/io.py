@@ -1,0 +1,121 @@
+"""Embeddings in, aligned tables out: the npz contract, joins by site_id, and well aggregation.
+
+Every analysis function takes a float32 feature matrix [N, D] and a metadata DataFrame with one row per
+feature row. This module is where those two are made to agree, so that a mismatch (a feature file from
+another screen, a filtered metadata table) fails here with the offending ids named, not later as a
+silently shifted row.
+"""
+
+from __future__ import annotations
+
+import io as _io
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from gandl._tf import tf
+
+
+class JoinError(ValueError):
+    """Features and metadata that do not describe the same sites."""
+
+
+def load_embeddings(npz_path: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Features [N, D] float32 and the metadata columns stored beside them in an embeddings npz.
+
+    The npz holds `features`, `site_id` and every metadata column (strings as unicode, numbers as float);
+    `provenance` and any other non-[N] entry are not metadata and are left out. Integer-valued float
+    columns (plate, site) are restored to int64 so they compare equal to the screen's metadata.
+    """
+    with tf.io.gfile.GFile(npz_path, "rb") as f:
+        data = f.read()
+    with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
+        if "features" not in npz or "site_id" not in npz:
+            raise JoinError(f"{npz_path}: an embeddings npz needs 'features' and 'site_id', "
+                            f"found {sorted(npz.files)}")
+        features = np.asarray(npz["features"], dtype=np.float32)
+        if features.ndim != 2:
+            raise JoinError(f"{npz_path}: 'features' must be [N, D], got shape {features.shape}")
+        n = len(features)
+        columns = {k: npz[k] for k in npz.files if k != "features" and npz[k].ndim == 1 and len(npz[k]) == n}
+    meta = pd.DataFrame({"site_id": columns.pop("site_id").astype(str)})
+    for name, values in columns.items():
+        if values.dtype.kind in "US":
+            meta[name] = values.astype(str)
+        elif values.dtype.kind == "f" and np.isfinite(values).all() and (values == np.round(values)).all() \
+                and name != "treatment_conc":
+            meta[name] = values.astype(np.int64)
+        else:
+            meta[name] = values
+    return features, meta
+
+
+def align(features: np.ndarray, site_ids: np.ndarray | pd.Series, metadata: pd.DataFrame,
+          show: int = 5) -> tuple[np.ndarray, pd.DataFrame]:
+    """Rows of `features` reordered to match `metadata` by site_id; both must cover the same sites.
+
+    Returns (features in metadata order, metadata with a fresh index). Raises `JoinError` listing the
+    first unmatched ids on either side and any duplicate ids, because a partial join would quietly drop
+    wells and bias every control mean computed afterwards.
+    """
+    ids = pd.Index(np.asarray(site_ids).astype(str))
+    if len(ids) != len(features):
+        raise JoinError(f"{len(features)} feature rows but {len(ids)} site ids")
+    meta_ids = pd.Index(metadata["site_id"].astype(str))
+    for name, index in (("features", ids), ("metadata", meta_ids)):
+        if index.has_duplicates:
+            raise JoinError(f"{name} has duplicate site_id values, e.g. "
+                            f"{list(index[index.duplicated()].unique()[:show])}")
+    only_features = ids.difference(meta_ids)
+    only_meta = meta_ids.difference(ids)
+    if len(only_features) or len(only_meta):
+        raise JoinError(
+            f"embeddings and metadata do not join on site_id: {len(only_features)} feature rows without "
+            f"metadata (e.g. {list(only_features[:show])}), {len(only_meta)} metadata rows without "
+            f"features (e.g. {list(only_meta[:show])})")
+    order = ids.get_indexer(meta_ids)
+    return np.asarray(features, dtype=np.float32)[order], metadata.reset_index(drop=True)
+
+
+def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
+    """The cross-validation group of each row: `experiment_plate` (by='plate') or `experiment`.
+
+    Sites of one plate share its batch effects (stain gain, illumination), so a plate is the smallest
+    unit that may be held out.
+    """
+    if by == "plate":
+        return (metadata["experiment"].astype(str) + "_" + metadata["plate"].astype(str)).to_numpy()
+    if by == "experiment":
+        return metadata["experiment"].astype(str).to_numpy()
+    raise ValueError(f"group_by must be 'plate' or 'experiment', got {by!r}")
+
+
+def group_means(features: np.ndarray, codes: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean row of `features` per group code (0..num_groups-1) and the group sizes; empty groups give NaN.
+
+    Linear in N: a sparse group-by-row indicator times the features, never a per-group Python loop.
+    """
+    n = len(codes)
+    dtype = np.result_type(features.dtype, np.float32)  # float32 stays float32: no N x D float64 copy
+    indicator = sparse.csr_matrix((np.ones(n, dtype), (codes, np.arange(n))), shape=(num_groups, n))
+    sums = np.asarray(indicator @ features, dtype=np.float64)
+    counts = np.bincount(codes, minlength=num_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None], counts
+
+
+def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Mean feature vector per well (well_id) and the well's metadata (its first site's), with `n_sites`.
+
+    The well's `site_id` becomes its `well_id`, so the aggregated table still satisfies the id contract.
+    """
+    codes, wells = pd.factorize(metadata["well_id"].astype(str), sort=False)
+    means, counts = group_means(features, codes, len(wells))
+    first = np.full(len(wells), len(codes), np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    meta = metadata.iloc[first].drop(columns=[c for c in ("site", "site_id") if c in metadata])
+    meta = meta.reset_index(drop=True)
+    meta.insert(0, "site_id", meta["well_id"].astype(str))
+    meta["n_sites"] = counts
+    return means.astype(np.float32), meta

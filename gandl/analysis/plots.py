@@ -1,0 +1,130 @@
+"""The paper's figures as PNG bytes: E² controls (3), C² compounds (4), dose-response (5), confusion (6).
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so plotting
+changes no global backend state and works headless; each function returns PNG bytes that the caller
+writes atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import cm, colors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from gandl.analysis.efficacy import hill
+
+ROLE_STYLE = {"C+": ("#2ca02c", "C+ (Mock)"), "C-": ("#d62728", "C- (Active SARS-CoV-2)"),
+              "UV": ("#ff7f0e", "UV-inactivated")}
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _panels(n: int, rows: int = 1, size: float = 4.0) -> tuple[Figure, np.ndarray]:
+    cols = max(1, -(-n // rows))
+    fig = Figure(figsize=(size * cols, size * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    return fig, axes
+
+
+def controls_figure(coords: pd.DataFrame, threshold: float | None = None) -> bytes:
+    """Figure 3: control sites in the E² plane (on-perturbation x, off-perturbation y), one panel per line.
+
+    `threshold` is the SVM boundary on the scaled on-axis, drawn as a dashed line.
+    """
+    lines = sorted(coords["cell_type"].astype(str).unique())
+    fig, axes = _panels(len(lines))
+    for ax, line in zip(axes, lines):
+        sub = coords[coords["cell_type"] == line]
+        for role, (colour, label) in ROLE_STYLE.items():
+            pts = sub[sub["role"] == role]
+            if len(pts):
+                ax.scatter(pts["on"], pts["off"], s=8, c=colour, alpha=0.6, label=f"{label} (n={len(pts)})")
+        if threshold is not None:
+            ax.axvline(threshold, color="k", ls="--", lw=0.8)
+        ax.set(title=f"{line} controls", xlabel="on-perturbation", ylabel="off-perturbation", xlim=(-1.05, 1.05))
+        ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def compounds_figure(coords: pd.DataFrame, compounds: Sequence[str]) -> bytes:
+    """Figure 4: sites of the given compounds in the C² plane, coloured by log10 concentration.
+
+    Rows are compounds, columns cell lines; the controls are drawn in grey behind for reference.
+    """
+    lines = sorted(coords["cell_type"].astype(str).unique())
+    treated = coords[coords["treatment"].isin(compounds)]
+    norm = colors.Normalize(*np.log10(treated["treatment_conc"].agg(["min", "max"]).to_numpy()))
+    fig = Figure(figsize=(4.0 * len(lines) + 1, 3.6 * len(compounds)))
+    axes = fig.subplots(len(compounds), len(lines), squeeze=False)
+    for row, compound in zip(axes, compounds):
+        for ax, line in zip(row, lines):
+            ctrl = coords[(coords["cell_type"] == line) & coords["role"].isin(["C+", "C-"])]
+            ax.scatter(ctrl["on"], ctrl["off"], s=5, c="0.8", label="controls")
+            pts = treated[(treated["treatment"] == compound) & (treated["cell_type"] == line)]
+            ax.scatter(pts["on"], pts["off"], s=12, c=np.log10(pts["treatment_conc"]), cmap="viridis", norm=norm)
+            ax.set(title=f"{compound} — {line}", xlabel="on-perturbation", ylabel="off-perturbation",
+                   xlim=(-1.05, 1.05))
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes.ravel().tolist(),
+                 label="log10 concentration (µM)")
+    return _png(fig)
+
+
+def dose_response_figure(curves: pd.DataFrame, hits: pd.DataFrame, highlight: Sequence[str],
+                         top_k: int = 5) -> bytes:
+    """Figure 5: efficacy score vs log10 concentration per cell line.
+
+    Highlighted compounds and each line's top-k ranked compounds get colour, error bars (SEM) and their
+    Hill curve where the fit is 'ok'; every other compound is a thin grey line.
+    """
+    lines = sorted(curves["cell_type"].astype(str).unique())
+    fig, axes = _panels(len(lines), size=5.0)
+    for ax, line in zip(axes, lines):
+        line_hits = hits[hits["cell_type"] == line]
+        chosen = list(dict.fromkeys([c for c in highlight if c in set(line_hits["treatment"])]
+                                    + line_hits.nsmallest(top_k, "rank")["treatment"].tolist()))
+        palette = cm.tab10(np.linspace(0, 1, 10))
+        for treatment, curve in curves[curves["cell_type"] == line].groupby("treatment"):
+            if treatment not in chosen:
+                ax.plot(curve["log10_conc"], curve["mean"], color="0.75", lw=0.7, zorder=1)
+        for i, treatment in enumerate(chosen):
+            curve = curves[(curves["cell_type"] == line) & (curves["treatment"] == treatment)]
+            fit = line_hits[line_hits["treatment"] == treatment].iloc[0]
+            colour = palette[i % 10]
+            ax.errorbar(curve["log10_conc"], curve["mean"], yerr=curve["sem"].fillna(0), fmt="o", ms=4,
+                        color=colour, capsize=2, label=f"{treatment} ({fit['fit_status']})", zorder=3)
+            if fit["fit_status"] == "ok":
+                x = np.linspace(curve["log10_conc"].min(), curve["log10_conc"].max(), 100)
+                y = hill(x, fit["bottom"], fit["emax"], np.log10(fit["ec50_uM"]), fit["hill_slope"])
+                ax.plot(x, y, color=colour, lw=1.5, zorder=2)
+        for level, style in ((1.0, ":"), (0.0, "--"), (-1.0, ":")):
+            ax.axhline(level, color="k", ls=style, lw=0.8)
+        ax.set(title=f"{line}: dose-response", xlabel="log10 concentration (µM)",
+               ylabel="efficacy score (C- = -1, C+ = +1)")
+        ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def confusion_figure(confusion: pd.DataFrame, title: str = "Zero-shot cell typing") -> bytes:
+    """Figure 6: row-normalised confusion matrix (true cell type by row) annotated with counts."""
+    counts = confusion.to_numpy()
+    fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(1.2 * len(confusion) + 2.5, 1.1 * len(confusion) + 1.5))
+    ax = fig.subplots()
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, f"{n}\n{fractions[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                color="white" if fractions[i, j] > 0.5 else "black")
+    ax.set(xticks=range(len(confusion.columns)), xticklabels=confusion.columns, yticks=range(len(confusion)),
+           yticklabels=confusion.index, xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, label="fraction of true class")
+    return _png(fig)

@@ -1,0 +1,257 @@
+"""The whole analysis of one or more feature sets, and the report folder it writes.
+
+`analyze_screen` and `analyze_zeroshot` are pure (arrays in, tables out) for notebooks; `analyze` runs
+them for every feature set given, e.g. {"GAN-DL": (features, metadata), "handcrafted": (...)}, and writes
+tables (CSV + markdown), figures (PNG) and `report.md`, whose centre is a side-by-side table of every task
+for every feature set. Any [N, D] features aligned with RxRx19a-style metadata run through it unchanged.
+
+Layout of `out_dir` (e.g. `workdir/analysis/`):
+  report.md, summary.csv, analysis.json
+  <feature set>/table1_controls.{csv,md}, spaces.csv, dose_response.csv, hits.csv,
+                fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
+                zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from gandl import fileio
+from gandl.analysis import classify, efficacy, plots, spaces, zeroshot
+from gandl.analysis.io import aggregate_wells
+from gandl.data.rxrx import RXRX19A_COLUMNS
+
+FeatureSet = tuple[np.ndarray, pd.DataFrame]
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """Settings of the analysis; the defaults follow the paper (per site, no normalisation, C = 1)."""
+
+    normalization: str = "none"  # none | center_scale | tvn (see classify.normalize)
+    level: str = "site"  # site | well: the unit SVMs and spaces see (dose-response always averages wells)
+    c: float = 1.0  # SVM soft-margin constant
+    n_splits: int = 5  # at most this many grouped folds
+    group_by: str = "plate"  # plate | experiment: what a fold holds out
+    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
+    highlight: tuple[str, ...] = ("Remdesivir", "GS-441524", "Polydatin")  # Figures 4 and 5
+    top_k: int = 5  # best-ranked compounds per cell line drawn in Figure 5 and listed in the report
+    flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
+    toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.normalization not in classify.NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {classify.NORMALIZATIONS}, got {self.normalization!r}")
+        if self.level not in ("site", "well"):
+            raise ValueError(f"level must be 'site' or 'well', got {self.level!r}")
+        if self.group_by not in ("plate", "experiment"):
+            raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
+
+
+def _check_inputs(features: np.ndarray, metadata: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Fail at the door on inputs no step could use, naming what is wrong."""
+    if np.ndim(features) != 2:
+        raise ValueError(f"features must be [N, D], got shape {np.shape(features)}")
+    if len(features) != len(metadata):
+        raise ValueError(f"{len(features)} feature rows but {len(metadata)} metadata rows; align them by "
+                         "site_id first (gandl.analysis.io.align)")
+    missing = [c for c in columns if c not in metadata]
+    if missing:
+        raise ValueError(f"metadata is missing columns {missing}")
+    if not np.isfinite(features).all():
+        raise ValueError(f"features hold {int((~np.isfinite(features)).any(1).sum())} rows with NaN/inf values")
+
+
+def analyze_screen(features: np.ndarray, metadata: pd.DataFrame,
+                   config: AnalysisConfig = AnalysisConfig()) -> dict:
+    """Table 1, E²/C² coordinates, efficacy scores, dose-response and hits for one RxRx19a feature set.
+
+    Returns a dict of DataFrames (`table1`, `coordinates`, `dose_response`, `hits`), the fitted `axes`,
+    and `notes`: what was skipped and why (e.g. a cell line without controls gets no efficacy scores).
+    """
+    _check_inputs(features, metadata, RXRX19A_COLUMNS)
+    metadata = metadata.reset_index(drop=True)
+    x = classify.normalize(features, metadata, config.normalization, uv_is_positive=config.uv_is_positive)
+    if config.level == "well":
+        x, metadata = aggregate_wells(x, metadata)
+    common = dict(c=config.c, uv_is_positive=config.uv_is_positive, seed=config.seed)
+    table1 = classify.classify_controls(x, metadata, n_splits=config.n_splits, group_by=config.group_by,
+                                        **common)
+    notes = [f"Table 1: {r.task}: {r.status}" for r in table1.itertuples() if r.status != "ok"]
+    axes = spaces.fit_axes(x, metadata, **common)
+    coords = spaces.coordinates(x, metadata, axes, config.uv_is_positive)
+    scores, skipped = efficacy.efficacy_scores(coords["on"].to_numpy(), metadata, config.uv_is_positive)
+    coords["efficacy"] = scores
+    notes += [f"efficacy: cell line {line} skipped ({why})" for line, why in skipped.items()]
+    wells = efficacy.well_scores(scores, metadata)
+    hits = efficacy.hit_table(wells, flat_threshold=config.flat_threshold,
+                              toxic_threshold=config.toxic_threshold)
+    if len(hits):
+        few = hits[hits["fit_status"] == "too_few_doses"]
+        notes += [f"Hill fit: {r.treatment} ({r.cell_type}) has {r.n_doses} dose(s), fewer than "
+                  f"{efficacy.MIN_DOSES}: ranked, not fitted" for r in few.itertuples()]
+    return dict(table1=table1, axes=axes, coordinates=coords, dose_response=efficacy.dose_response(wells),
+                hits=hits, notes=notes)
+
+
+def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame,
+                     config: AnalysisConfig = AnalysisConfig()) -> dict:
+    """Cell-type accuracy and confusion matrix on an RxRx1-shaped feature set (after the channel map)."""
+    _check_inputs(features, metadata, ("cell_type", "experiment", "plate"))
+    summary, confusion = zeroshot.classify_cell_types(features, metadata, c=config.c, n_splits=config.n_splits,
+                                                      group_by=config.group_by, seed=config.seed)
+    return dict(summary=summary, confusion=confusion)
+
+
+def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict] | None = None,
+                  truth: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Side-by-side table: one row per task and metric, one column per feature set."""
+    columns = {}
+    for name, result in screens.items():
+        col = {}
+        for r in result["table1"].itertuples():
+            for metric in ("accuracy", "balanced_accuracy", "roc_auc"):
+                col[f"{r.task}: {metric}"] = getattr(r, metric)
+        hits = result["hits"]
+        for line, sub in hits.groupby("cell_type") if len(hits) else ():
+            col[f"{line}: hits (score > 0)"] = int(sub["hit"].sum())
+            col[f"{line}: Hill fits ok"] = int((~sub["fit_failed"]).sum())
+            top = sub.nsmallest(1, "rank").iloc[0]
+            col[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
+        if truth is not None:
+            agreement = efficacy.truth_agreement(result["dose_response"], truth)
+            col["hidden efficacy: Spearman (dose points)"] = agreement["spearman_dose"]
+            col["hidden efficacy: Spearman (best dose per compound)"] = agreement["spearman_compound"]
+        if zeroshots and name in zeroshots:
+            for metric in ("accuracy", "balanced_accuracy"):
+                col[f"zero-shot cell type: {metric}"] = zeroshots[name]["summary"][metric]
+        columns[name] = col
+    return pd.DataFrame(columns).rename_axis("task")
+
+
+def markdown_table(frame: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub-flavoured markdown table (floats to 3 decimals, NaN as '—')."""
+    frame = frame.reset_index() if index else frame
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "—" if np.isnan(v) else f"{v:.3f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "features"
+
+
+def _write_csv(path: str, frame: pd.DataFrame, index: bool = False) -> str:
+    fileio.write_text(path, frame.to_csv(index=index))
+    return path
+
+
+def _highlighted(coords: pd.DataFrame, config: AnalysisConfig) -> list[str]:
+    """The highlighted compounds this screen holds (Figure 4 draws only these; absent ones are skipped)."""
+    return [c for c in config.highlight if c in set(coords["treatment"])]
+
+
+def _write_screen(result: dict, folder: str, config: AnalysisConfig) -> list[str]:
+    """Tables and Figures 3-5 of one feature set; returns the paths written."""
+    files = [_write_csv(os.path.join(folder, "table1_controls.csv"), result["table1"]),
+             _write_csv(os.path.join(folder, "spaces.csv"), result["coordinates"]),
+             _write_csv(os.path.join(folder, "dose_response.csv"), result["dose_response"]),
+             _write_csv(os.path.join(folder, "hits.csv"), result["hits"])]
+    path = os.path.join(folder, "table1_controls.md")
+    fileio.write_text(path, markdown_table(result["table1"], index=False))
+    files.append(path)
+    coords = result["coordinates"]
+    threshold = float(result["axes"].scale_on(result["axes"].threshold))
+    figures = {"fig3_controls.png": plots.controls_figure(coords[coords["role"] != "treated"], threshold)}
+    present = _highlighted(coords, config)
+    if present:
+        figures["fig4_compounds.png"] = plots.compounds_figure(coords, present)
+    if len(result["hits"]):
+        figures["fig5_dose_response.png"] = plots.dose_response_figure(result["dose_response"], result["hits"],
+                                                                       config.highlight, config.top_k)
+    for name, png in figures.items():
+        fileio.write_bytes(os.path.join(folder, name), png)
+        files.append(os.path.join(folder, name))
+    return files
+
+
+def _report_markdown(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots: Mapping[str, dict],
+                     folders: Mapping[str, str], config: AnalysisConfig) -> str:
+    parts = ["# GAN-DL analysis\n",
+             f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}.\n",
+             "Cross-validation holds out whole plates (or experiments); efficacy scores put the mean C- "
+             "control at -1 and the mean C+ control at +1 per cell line (0 = efficacy threshold).\n",
+             "## Side by side\n", markdown_table(summary)]
+    for name, result in screens.items():
+        folder = folders[name]
+        parts += [f"\n## {name}\n", "### Table 1: control classification\n",
+                  markdown_table(result["table1"], index=False), f"\n![E² controls]({folder}/fig3_controls.png)\n"]
+        if _highlighted(result["coordinates"], config):
+            parts.append(f"\n![C² compounds]({folder}/fig4_compounds.png)\n")
+        hits = result["hits"]
+        if len(hits):
+            cols = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax",
+                    "hill_slope", "r2", "fit_status", "toxic_drop", "hit"]
+            parts += [f"\n### Top {config.top_k} compounds per cell line\n",
+                      markdown_table(hits[hits["rank"] <= config.top_k][cols], index=False),
+                      f"\n![dose-response]({folder}/fig5_dose_response.png)\n"]
+        if name in zeroshots:
+            parts += ["\n### Zero-shot cell typing\n", markdown_table(zeroshots[name]["confusion"]),
+                      f"\n![confusion]({folder}/fig6_confusion.png)\n"]
+        if result["notes"]:
+            parts += ["\n### Notes\n"] + [f"- {n}\n" for n in result["notes"]]
+    return "".join(parts)
+
+
+def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: AnalysisConfig = AnalysisConfig(),
+            *, zeroshot_sets: Mapping[str, FeatureSet] | None = None,
+            truth: pd.DataFrame | None = None) -> dict:
+    """Run every analysis on every feature set and write the report folder; returns the results.
+
+    `feature_sets` maps a name to (features [N, D], RxRx19a metadata [N]); `zeroshot_sets` maps the same
+    names to RxRx1-shaped (features, metadata) for zero-shot cell typing; `truth` (a synthetic screen's
+    truth.csv) adds the agreement with the hidden efficacy. Returns {"summary", "screens", "zeroshot",
+    "files"}.
+    """
+    if not feature_sets:
+        raise ValueError("analyze needs at least one feature set")
+    zeroshot_sets = zeroshot_sets or {}
+    unknown = sorted(set(zeroshot_sets) - set(feature_sets))
+    if unknown:
+        raise ValueError(f"zero-shot sets {unknown} have no screen feature set of the same name")
+    screens = {name: analyze_screen(f, m, config) for name, (f, m) in feature_sets.items()}
+    zeroshots = {name: analyze_zeroshot(f, m, config) for name, (f, m) in zeroshot_sets.items()}
+    summary = summary_table(screens, zeroshots, truth)
+    folders = {name: _slug(name) for name in feature_sets}
+    if len(set(folders.values())) < len(folders):
+        raise ValueError(f"feature set names {list(folders)} collide as folder names {list(folders.values())}")
+    files = []
+    for name, result in screens.items():
+        files += _write_screen(result, os.path.join(out_dir, folders[name]), config)
+    for name, result in zeroshots.items():
+        folder = os.path.join(out_dir, folders[name])
+        files.append(_write_csv(os.path.join(folder, "zeroshot_confusion.csv"), result["confusion"], index=True))
+        fileio.write_bytes(os.path.join(folder, "fig6_confusion.png"), plots.confusion_figure(result["confusion"]))
+        files.append(os.path.join(folder, "fig6_confusion.png"))
+    files.append(_write_csv(os.path.join(out_dir, "summary.csv"), summary, index=True))
+    record = dict(config=dataclasses.asdict(config), folders=folders,
+                  notes={name: r["notes"] for name, r in screens.items()},
+                  zeroshot={name: r["summary"] for name, r in zeroshots.items()})
+    fileio.write_json(os.path.join(out_dir, "analysis.json"), record)
+    fileio.write_text(os.path.join(out_dir, "report.md"),
+                      _report_markdown(summary, screens, zeroshots, folders, config))
+    files += [os.path.join(out_dir, "analysis.json"), os.path.join(out_dir, "report.md")]
+    return dict(summary=summary, screens=screens, zeroshot=zeroshots, files=files)

@@ -1,0 +1,90 @@
+"""E² and C² spaces: every site placed on an on-perturbation and an off-perturbation axis.
+
+The on-perturbation axis is the normal of the linear SVM that separates healthy (C+) from infected (C-)
+controls: the direction in feature space along which infection acts. A site's scalar projection on it,
+min-max scaled to [-1, 1] over the screen, says how healthy it looks. The off-perturbation axis is the
+first principal component of what remains once that direction is projected out (zero-centred): the
+largest variation infection does not explain (cell line, toxicity, batch). Plotting controls in this plane
+is the paper's E² space (Figure 3); plotting compounds by concentration is its C² space (Figure 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from gandl.analysis.classify import hyperplane, make_svm
+from gandl.data.rxrx import control_role
+
+
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """The two axes and the constants that scale and centre projections onto them."""
+
+    normal: np.ndarray  # [D] unit SVM normal, pointing from C- toward C+
+    threshold: float  # scalar projection of the SVM decision boundary
+    on_min: float  # projection range over the fitted sites, mapped to [-1, 1]
+    on_max: float
+    off_direction: np.ndarray  # [D] unit vector orthogonal to `normal`
+    off_mean: float  # mean projection on `off_direction` over the fitted sites
+
+    def scale_on(self, projection: np.ndarray | float) -> np.ndarray | float:
+        """Scalar projections mapped linearly so the fitted sites span exactly [-1, 1]."""
+        return 2.0 * (projection - self.on_min) / (self.on_max - self.on_min) - 1.0
+
+
+def _mean_and_covariance(features: np.ndarray, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [D] and covariance [D, D] in float64, accumulated in row chunks (memory O(chunk x D + D²))."""
+    n, d = features.shape
+    mean = features.mean(axis=0, dtype=np.float64)
+    cov = np.zeros((d, d))
+    for start in range(0, n, chunk):
+        block = features[start:start + chunk].astype(np.float64) - mean
+        cov += block.T @ block
+    return mean, cov / max(n - 1, 1)
+
+
+def fit_axes(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0, uv_is_positive: bool = False,
+             seed: int = 0) -> Axes:
+    """Fit the SVM on the C+ / C- controls (cell lines merged) and the off-axis PCA on every site.
+
+    Linear in N: the PCA uses the D x D covariance of the sites, with the normal projected out
+    analytically ((I - nn') C (I - nn')), never an N x N matrix or a residual copy of the features.
+    """
+    role = control_role(metadata, uv_is_positive).to_numpy()
+    ctrl = np.isin(role, ["C+", "C-"])
+    found = set(role[ctrl])
+    if found != {"C+", "C-"}:
+        raise ValueError(f"the on-perturbation axis needs both C+ and C- control sites; found only "
+                         f"{sorted(found) or 'no controls'}")
+    w, b = hyperplane(make_svm(c, seed).fit(features[ctrl], role[ctrl] == "C+"))
+    norm = np.linalg.norm(w)
+    normal = w / norm
+    projection = features @ normal
+    mean, cov = _mean_and_covariance(features)
+    proj = np.eye(len(normal)) - np.outer(normal, normal)
+    evals, evecs = np.linalg.eigh(proj @ cov @ proj)
+    off = evecs[:, -1]
+    off = off * np.sign(off[np.argmax(np.abs(off))])  # eigenvector sign is arbitrary: make it reproducible
+    return Axes(normal=normal, threshold=float(-b / norm), on_min=float(projection.min()),
+                on_max=float(projection.max()), off_direction=off, off_mean=float(mean @ off))
+
+
+def project(features: np.ndarray, axes: Axes) -> tuple[np.ndarray, np.ndarray]:
+    """(on, off) coordinates of each row: scaled on-perturbation value and centred off-perturbation value."""
+    x = np.asarray(features)
+    return np.asarray(axes.scale_on(x @ axes.normal)), x @ axes.off_direction - axes.off_mean
+
+
+def coordinates(features: np.ndarray, metadata: pd.DataFrame, axes: Axes,
+                uv_is_positive: bool = False) -> pd.DataFrame:
+    """One row per site: identifiers, control role, treatment and dose, and its `on` / `off` values."""
+    on, off = project(features, axes)
+    keep = [c for c in ("site_id", "well_id", "cell_type", "experiment", "plate", "disease_condition",
+                        "treatment", "treatment_conc") if c in metadata]
+    frame = metadata[keep].reset_index(drop=True).copy()
+    frame["role"] = control_role(metadata, uv_is_positive).to_numpy()
+    frame["on"], frame["off"] = on, off
+    return frame
