@@ -179,8 +179,8 @@ def test_conv_equalized_lr_gain_clamp_and_residual_gain():
     rng = _rng(7)
     x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32) * 50
     module = layers.Conv2d(4, 3, lrelu=True, gain=math.sqrt(0.5), conv_clamp=10.0)
-    params = module.init(jax.random.key(1), x)["params"]
-    w, b = np.asarray(params["weight"]), np.asarray(params["bias"])
+    w, b = rng.normal(size=(3, 3, 3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    params = {"weight": w, "bias": b}
     pre = np_correlate(x, w / math.sqrt(3 * 9), pad=(1, 1)) + b
     ref = np.clip(np.where(pre >= 0, pre, 0.2 * pre) * math.sqrt(2.0) * math.sqrt(0.5), -10 * math.sqrt(0.5),
                   10 * math.sqrt(0.5))
@@ -192,13 +192,16 @@ def test_conv_equalized_lr_gain_clamp_and_residual_gain():
 def test_synthesis_layer_noise_modes():
     """Noise enters before the activation; a large bias keeps it in the linear part, so the difference from
     noise_mode 'none' must be exactly noise · strength · √2."""
+    rng = _rng(8)
     x, w = jnp.ones((2, 4, 4, 3)), jnp.ones((2, 5))
     layer = layers.SynthesisLayer(6, resolution=4)
-    variables = layer.init(jax.random.key(0), x, w, "const")
-    params = dict(variables["params"], noise_strength=jnp.asarray(0.5), bias=jnp.full((6,), 100.0))
-    variables = {"params": params, "buffers": variables["buffers"]}
+    params = {
+        "affine": {"weight": rng.normal(size=(5, 3)), "bias": np.ones(3)}, "weight": rng.normal(size=(3, 3, 3, 6)),
+        "noise_strength": np.asarray(0.5), "bias": np.full((6,), 100.0),
+    }
+    variables = {"params": params, "buffers": {"noise_const": rng.normal(size=(4, 4))}}
     none = np.asarray(layer.apply(variables, x, w, "none"))
-    noise = _rng(8).normal(size=(2, 4, 4, 1)).astype(np.float32)
+    noise = rng.normal(size=(2, 4, 4, 1)).astype(np.float32)
     rand = np.asarray(layer.apply(variables, x, w, "random", noise))
     const = np.asarray(layer.apply(variables, x, w, "const"))
     scale = 0.5 * math.sqrt(2.0)

@@ -37,7 +37,9 @@ def _tiny(dtype="float32"):
 
 
 def test_init_variables():
-    g_vars, d_vars = init_variables(ModelConfig(**{**TINY.__dict__, "resolution": 8}), jax.random.key(0))
+    # unsafe_rbg: flax derives one key per parameter, and threefry's code is slow to compile on CPU.
+    cfg = ModelConfig(**{**TINY.__dict__, "resolution": 8})
+    g_vars, d_vars = init_variables(cfg, jax.random.key(0, impl="unsafe_rbg"))
     assert set(g_vars) == {"params", "buffers"} and set(d_vars) == {"params"}
     assert not jnp.any(g_vars["buffers"]["mapping"]["w_avg"])
     layer = g_vars["params"]["synthesis"]["b8"]["conv0"]
@@ -51,15 +53,22 @@ def _z(batch, seed=1):
     return jax.random.normal(jax.random.key(seed), (batch, TINY.z_dim))
 
 
-def test_shapes_and_num_ws():
-    generator, discriminator, g_vars, d_vars = _tiny()
+@functools.cache
+def _forward(dtype):
+    """Mapping, synthesis (const noise) and D for a fixed latent batch, one compile per dtype."""
+    generator, discriminator, g_vars, d_vars = _tiny(dtype)
+
     @jax.jit
     def forward(z):
         ws = generator.apply(g_vars, z, method="map")
-        img = generator.apply(g_vars, ws, "none", method="synthesize")
+        img = generator.apply(g_vars, ws, "const", method="synthesize")
         return ws, img, discriminator.apply(d_vars, img), discriminator.apply(d_vars, img, method="features")
 
-    ws, img, logits, features = forward(_z(4))
+    return forward(_z(4))
+
+
+def test_shapes_and_num_ws():
+    ws, img, logits, features = _forward("float32")
     assert ws.shape == (4, num_ws(16), 16) == (4, 6, 16)
     assert img.shape == (4, 16, 16, 5) and img.dtype == jnp.float32
     assert logits.shape == (4, 1) and features.shape == (4, 16)
@@ -138,19 +147,16 @@ def test_mbstd_group_size_one_makes_features_batch_independent():
     )
     np.testing.assert_allclose(features(images, 1)[0], features(other, 1)[0], rtol=1e-6)
     assert not np.allclose(features(images, 4)[0], features(other, 4)[0])  # the configured group size mixes
-    assert not np.allclose(features(images, 1)[0], features(images, 4)[0])
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-    outputs = {}
-    for dtype in ("float32", "bfloat16"):
-        generator, discriminator, g_vars, d_vars = _tiny(dtype)
-        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves((g_vars, d_vars)))
-        forward = jax.jit(lambda z: generator.apply(g_vars, z, noise_mode="const"))
-        images = forward(_z(4))
-        outputs[dtype] = images, jax.jit(functools.partial(discriminator.apply, method="features"))(d_vars, images)
-        assert all(out.dtype == jnp.float32 for out in outputs[dtype])
-    for got, ref in zip(outputs["bfloat16"], outputs["float32"]):
+    _, _, g_vars, d_vars = _tiny("bfloat16")
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves((g_vars, d_vars)))
+    (ws_bf16, *out_bf16), (ws_f32, *out_f32) = _forward("bfloat16"), _forward("float32")
+    np.testing.assert_array_equal(ws_bf16, ws_f32)  # the mapping network always runs in float32
+    assert all(out.dtype == jnp.float32 for out in out_bf16)
+    (img, _, features), (img_ref, _, features_ref) = out_bf16, out_f32  # logits: a small difference, skipped
+    for got, ref in ((img, img_ref), (features, features_ref)):
         error = float(jnp.mean(jnp.abs(got - ref)))
         assert 0 < error < 0.05 * float(jnp.mean(jnp.abs(ref)))  # bf16 round-off: ~1% relative
 
