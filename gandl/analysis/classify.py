@@ -14,10 +14,10 @@ import dataclasses
 import numpy as np
 import pandas as pd
 from sklearn import metrics
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.covariance import ledoit_wolf
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from gandl.analysis.io import group_means, plate_key
@@ -74,13 +74,30 @@ def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none"
     return (centred @ (evecs / np.sqrt(np.maximum(evals, 1e-12 * evals.max())))).astype(np.float32)
 
 
-def make_svm(c: float = 1.0, seed: int = 0) -> Pipeline:
-    """The soft-margin linear SVM: per-feature standardisation, hinge-squared loss, balanced classes.
+class IsotropicScaler(TransformerMixin, BaseEstimator):
+    """Centre, then divide every feature by one common scale (the RMS distance to the mean).
 
-    Standardising lets one C suit any embedding's scale; balanced class weights keep a task with
-    more Active than Mock wells from rewarding the majority class.
+    Unlike per-feature standardisation it keeps the feature space's Euclidean geometry, so the SVM normal
+    is a direction of the embedding itself (the on-perturbation axis), while one C still suits any
+    embedding's overall scale.
     """
-    return make_pipeline(StandardScaler(),
+
+    def fit(self, x, y=None):
+        x = np.asarray(x, np.float64)
+        self.mean_ = x.mean(0)
+        self.scale_ = float(np.sqrt(((x - self.mean_) ** 2).sum(1).mean())) or 1.0
+        return self
+
+    def transform(self, x):
+        return (np.asarray(x, np.float64) - self.mean_) / self.scale_
+
+
+def make_svm(c: float = 1.0, seed: int = 0) -> Pipeline:
+    """The soft-margin linear SVM: isotropic scaling, squared-hinge loss, balanced class weights.
+
+    Balanced class weights keep a task with more Active than Mock wells from rewarding the majority class.
+    """
+    return make_pipeline(IsotropicScaler(),
                          LinearSVC(C=c, class_weight="balanced", max_iter=20000, random_state=seed))
 
 
@@ -88,7 +105,7 @@ def hyperplane(model: Pipeline) -> tuple[np.ndarray, float]:
     """A fitted binary SVM's (w, b) in input-feature space: decision(x) = x @ w + b."""
     scaler, svm = model[0], model[-1]
     w = svm.coef_[0] / scaler.scale_
-    return w, float(svm.intercept_[0] - np.dot(svm.coef_[0], scaler.mean_ / scaler.scale_))
+    return w, float(svm.intercept_[0] - np.dot(w, scaler.mean_))
 
 
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,

@@ -68,9 +68,24 @@ def dose_response(wells: pd.DataFrame) -> pd.DataFrame:
                                    "n", "n_sites"]]
 
 
+def _rise(log_conc: np.ndarray, log_ec50: float, slope: float) -> tuple[np.ndarray, np.ndarray]:
+    """(g, u): the logistic fraction g = 1 / (1 + u) of the way from bottom to top, u = 10^((ec50 - x) s)."""
+    u = np.power(10.0, np.clip((log_ec50 - np.asarray(log_conc, np.float64)) * slope, -60.0, 60.0))
+    return 1.0 / (1.0 + u), u
+
+
 def hill(log_conc: np.ndarray, bottom: float, top: float, log_ec50: float, slope: float) -> np.ndarray:
     """Four-parameter logistic on log10 concentration: `bottom` at low dose, `top` at high dose."""
-    return bottom + (top - bottom) / (1.0 + np.power(10.0, (log_ec50 - np.asarray(log_conc)) * slope))
+    return bottom + (top - bottom) * _rise(log_conc, log_ec50, slope)[0]
+
+
+def _hill_jacobian(log_conc: np.ndarray, bottom: float, top: float, log_ec50: float,
+                   slope: float) -> np.ndarray:
+    """Analytic d hill / d (bottom, top, log_ec50, slope): ~10x fewer evaluations than finite differences."""
+    x = np.asarray(log_conc, np.float64)
+    g, u = _rise(x, log_ec50, slope)
+    common = -(top - bottom) * g * g * u * np.log(10.0)
+    return np.stack([1.0 - g, g, common * slope, common * (log_ec50 - x)], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +120,7 @@ MIN_DOSES = 4  # four parameters need at least four distinct concentrations
 
 
 def fit_hill(log_conc: np.ndarray, response: np.ndarray, *, flat_threshold: float = 0.25,
-             flat_p: float = 0.05, max_slope: float = 10.0) -> HillFit:
+             flat_p: float = 0.05, max_slope: float = 10.0, max_nfev: int = 400) -> HillFit:
     """Least-squares 4PL fit with bounds; never raises on data: a bad curve comes back with a status.
 
     Bounds: EC50 within one decade of the tested range, slope in [0.1, max_slope] (the sign of the effect
@@ -113,8 +128,10 @@ def fit_hill(log_conc: np.ndarray, response: np.ndarray, *, flat_threshold: floa
     |top - bottom| is below `flat_threshold` (score units; the C- to C+ gap is 2) is 'flat': it has no
     EC50, and so is one the data cannot tell from a constant (extra-sum-of-squares F-test of the 4PL
     against the mean, p > `flat_p`, when there are more points than parameters): four parameters fit to
-    noise always find some sigmoid. An EC50 pinned to a bound is 'ec50_out_of_range'. Parameters are
-    reported whenever a fit exists.
+    noise always find some sigmoid. Pure noise can also leave the optimiser wandering along the flat
+    ridge of (EC50, slope): a fit that does not converge within `max_nfev` evaluations is 'flat' when a
+    one-way ANOVA finds no difference between doses (p > `flat_p`), else 'no_convergence'. An EC50 pinned
+    to a bound is 'ec50_out_of_range'. Parameters are reported whenever a fit exists.
     """
     x, y = np.asarray(log_conc, np.float64), np.asarray(response, np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -130,9 +147,12 @@ def fit_hill(log_conc: np.ndarray, response: np.ndarray, *, flat_threshold: floa
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
-            params, _ = optimize.curve_fit(hill, x, y, p0=p0, bounds=bounds, max_nfev=5000)
+            params, _ = optimize.curve_fit(hill, x, y, p0=p0, bounds=bounds, jac=_hill_jacobian,
+                                            x_scale="jac", max_nfev=max_nfev)
     except (RuntimeError, ValueError):
-        return HillFit(nan, nan, nan, nan, nan, "no_convergence")
+        groups = [y[x == d] for d in doses]
+        p = stats.f_oneway(*groups).pvalue if all(len(g) > 1 for g in groups) else np.nan
+        return HillFit(nan, nan, nan, nan, nan, "flat" if p > flat_p else "no_convergence")
     bottom, top, log_ec50, slope = (float(v) for v in params)
     residual = np.sum((y - hill(x, *params)) ** 2)
     total = np.sum((y - y.mean()) ** 2)

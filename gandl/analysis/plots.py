@@ -25,13 +25,13 @@ ROLE_STYLE = {"C+": ("#2ca02c", "C+ (Mock)"), "C-": ("#d62728", "C- (Active SARS
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=120)
     return buf.getvalue()
 
 
 def _panels(n: int, rows: int = 1, size: float = 4.0) -> tuple[Figure, np.ndarray]:
     cols = max(1, -(-n // rows))
-    fig = Figure(figsize=(size * cols, size * rows))
+    fig = Figure(figsize=(size * cols, size * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     return fig, axes
 
@@ -64,7 +64,7 @@ def compounds_figure(coords: pd.DataFrame, compounds: Sequence[str]) -> bytes:
     lines = sorted(coords["cell_type"].astype(str).unique())
     treated = coords[coords["treatment"].isin(compounds)]
     norm = colors.Normalize(*np.log10(treated["treatment_conc"].agg(["min", "max"]).to_numpy()))
-    fig = Figure(figsize=(4.0 * len(lines) + 1, 3.6 * len(compounds)))
+    fig = Figure(figsize=(4.0 * len(lines) + 1, 3.6 * len(compounds)), layout="constrained")
     axes = fig.subplots(len(compounds), len(lines), squeeze=False)
     for row, compound in zip(axes, compounds):
         for ax, line in zip(row, lines):
@@ -118,7 +118,7 @@ def confusion_figure(confusion: pd.DataFrame, title: str = "Zero-shot cell typin
     """Figure 6: row-normalised confusion matrix (true cell type by row) annotated with counts."""
     counts = confusion.to_numpy()
     fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig = Figure(figsize=(1.2 * len(confusion) + 2.5, 1.1 * len(confusion) + 1.5))
+    fig = Figure(figsize=(1.2 * len(confusion) + 2.5, 1.1 * len(confusion) + 1.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
     for (i, j), n in np.ndenumerate(counts):

@@ -1,0 +1,75 @@
+"""Embeddings npz loading, site_id joins and well aggregation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gandl.analysis import io
+
+
+def _metadata(n: int = 6) -> pd.DataFrame:
+    wells = ["A01", "A01", "B02", "B02", "C03", "C03"][:n]
+    return pd.DataFrame({
+        "site_id": [f"E-1_1_{w}_{i % 2 + 1}" for i, w in enumerate(wells)],
+        "well_id": [f"E-1_1_{w}" for w in wells], "cell_type": "HRCE", "experiment": "E-1", "plate": 1,
+        "well": wells, "site": [i % 2 + 1 for i in range(n)], "disease_condition": "Mock", "treatment": "",
+        "treatment_conc": np.nan, "SMILES": ""})
+
+
+def test_load_embeddings_reads_the_npz_contract(tmp_path):
+    meta = _metadata()
+    feats = np.arange(12, dtype=np.float32).reshape(6, 2)
+    arrays = {c: (meta[c].to_numpy(float) if pd.api.types.is_numeric_dtype(meta[c]) else
+                  meta[c].to_numpy().astype(str)) for c in meta}
+    path = tmp_path / "emb.npz"
+    np.savez(path, features=feats, provenance=np.array('{"step": 1}'), **arrays)
+    loaded, loaded_meta = io.load_embeddings(str(path))
+    np.testing.assert_array_equal(loaded, feats)
+    assert loaded.dtype == np.float32
+    assert "provenance" not in loaded_meta
+    assert loaded_meta["plate"].dtype == np.int64 and loaded_meta["site"].tolist() == meta["site"].tolist()
+    assert loaded_meta["treatment"].tolist() == [""] * 6
+    assert loaded_meta["treatment_conc"].isna().all()
+    pd.testing.assert_frame_equal(loaded_meta[meta.columns], meta, check_dtype=False)
+
+
+def test_load_embeddings_rejects_npz_without_features(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, site_id=np.array(["a"]))
+    with pytest.raises(io.JoinError, match="features"):
+        io.load_embeddings(str(path))
+
+
+def test_align_reorders_features_to_metadata():
+    meta = _metadata()
+    order = np.array([3, 0, 5, 1, 4, 2])
+    feats = np.arange(6, dtype=np.float32)[order, None]
+    aligned, out_meta = io.align(feats, meta["site_id"].to_numpy()[order], meta)
+    np.testing.assert_array_equal(aligned[:, 0], np.arange(6))
+    assert out_meta["site_id"].tolist() == meta["site_id"].tolist()
+
+
+def test_align_lists_unmatched_ids():
+    meta = _metadata()
+    ids = meta["site_id"].to_numpy().copy()
+    ids[2] = "ghost_site"
+    with pytest.raises(io.JoinError, match="ghost_site") as err:
+        io.align(np.zeros((6, 2), np.float32), ids, meta)
+    assert meta["site_id"][2] in str(err.value)
+    with pytest.raises(io.JoinError, match="duplicate"):
+        io.align(np.zeros((6, 2), np.float32), np.concatenate([ids[:5], ids[:1]]), meta)
+
+
+def test_aggregate_wells_means_sites():
+    meta = _metadata()
+    feats = np.arange(12, dtype=np.float32).reshape(6, 2)
+    wf, wm = io.aggregate_wells(feats, meta)
+    np.testing.assert_allclose(wf, [[1, 2], [5, 6], [9, 10]])
+    assert wm["site_id"].tolist() == wm["well_id"].tolist() == ["E-1_1_A01", "E-1_1_B02", "E-1_1_C03"]
+    assert wm["n_sites"].tolist() == [2, 2, 2] and "site" not in wm
+
+
+def test_plate_key():
+    meta = pd.DataFrame({"experiment": ["A", "A", "B"], "plate": [1, 2, 1]})
+    assert io.plate_key(meta).tolist() == ["A_1", "A_2", "B_1"]
+    assert io.plate_key(meta, "experiment").tolist() == ["A", "A", "B"]
