@@ -1,4 +1,4 @@
-"""Model configuration (the `model` section of an experiment config) and the G/D factory the trainer uses."""
+"""Model configuration: the `model` section of an experiment config, shared by G, D and the converter."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-
-from gandl.models.discriminator import Discriminator
-from gandl.models.generator import Generator
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -46,6 +42,11 @@ class ModelConfig:
         if self.mbstd_num_channels and min(self.channel_base // 4, self.channel_max) % self.mbstd_num_channels:
             raise ValueError("mbstd_num_channels must divide the 4x4 block's channel count")
 
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """The jnp dtype named by `dtype`."""
+        return jnp.dtype(_DTYPES[self.dtype])
+
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> ModelConfig:
         """Build from a dict or ml_collections.ConfigDict; unknown keys are an error (typos must not pass)."""
@@ -54,39 +55,3 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         return cls(**values)
-
-
-def build_models(config: ModelConfig | Mapping[str, Any]) -> tuple[Generator, Discriminator]:
-    """The generator and discriminator modules for a model config (ModelConfig, dict or ConfigDict)."""
-    cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_mapping(config)
-    dtype = _DTYPES[cfg.dtype]
-    shared = dict(
-        resolution=cfg.resolution, num_channels=cfg.num_channels, channel_base=cfg.channel_base,
-        channel_max=cfg.channel_max, conv_clamp=cfg.conv_clamp, dtype=dtype,
-    )
-    generator = Generator(
-        z_dim=cfg.z_dim, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
-        mapping_lr_multiplier=cfg.mapping_lr_multiplier, w_avg_beta=cfg.w_avg_beta, **shared,
-    )
-    discriminator = Discriminator(
-        mbstd_group_size=cfg.mbstd_group_size, mbstd_num_channels=cfg.mbstd_num_channels, **shared
-    )
-    return generator, discriminator
-
-
-def init_variables(config: ModelConfig | Mapping[str, Any], key: jax.Array) -> tuple[dict, dict]:
-    """Fresh G variables ({'params', 'buffers'}) and D variables ({'params'}) for a model config.
-
-    Jitted: op-by-op initialisation compiles every distinct parameter shape separately and is far slower.
-    """
-    cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_mapping(config)
-    generator, discriminator = build_models(cfg)
-
-    @jax.jit
-    def init(key: jax.Array) -> tuple[dict, dict]:
-        key_g, key_d = jax.random.split(key)
-        g_vars = generator.init({"params": key_g}, jnp.zeros((1, cfg.z_dim)), noise_mode="const")
-        d_vars = discriminator.init(key_d, jnp.zeros((1, cfg.resolution, cfg.resolution, cfg.num_channels)))
-        return dict(g_vars), dict(d_vars)
-
-    return init(key)

@@ -25,43 +25,45 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from gandl.models.config import ModelConfig, init_variables
+from gandl.models import ModelConfig, init_variables
 from gandl.models.layers import fir_filter_2d
 
 FILTER_KEY = "resample_filter"
 _EPILOGUE_FC = ("b4", "fc", "weight")
 
 
+def _layout(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """How a leaf of our `shape` maps to PyTorch: view it as `view`, transpose by `perm`, then merge the
+    trailing axes so that `ndim` remain (only the epilogue fc merges: (c, h, w) → c·h·w)."""
+    if path[-1] == "const":
+        return shape, (2, 0, 1), 3
+    if path[-1] == "weight" and len(shape) == 4:
+        return shape, (3, 2, 0, 1), 4
+    if path == _EPILOGUE_FC:
+        side = 4
+        return (side, side, shape[0] // side**2, shape[1]), (3, 2, 0, 1), 2
+    if path[-1] == "weight" and len(shape) == 2:
+        return shape, (1, 0), 2
+    return shape, tuple(range(len(shape))), len(shape)
+
+
+def _torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape of one of our leaves."""
+    view, perm, ndim = _layout(path, shape)
+    moved = tuple(view[axis] for axis in perm)
+    return moved[: ndim - 1] + (int(np.prod(moved[ndim - 1 :])),) if moved else ()
+
+
 def _to_torch_layout(path: tuple[str, ...], value: Any) -> Any:
-    """One leaf from our layout to PyTorch's (works on numpy arrays and on traced/abstract jax arrays)."""
-    if path[-1] == "const":
-        return value.transpose(2, 0, 1)
-    if path[-1] != "weight" or value.ndim not in (2, 4):
-        return value
-    if value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    if path == _EPILOGUE_FC:
-        side = 4
-        features_in, features_out = value.shape
-        chw = value.reshape(side, side, features_in // side**2, features_out).transpose(3, 2, 0, 1)
-        return chw.reshape(features_out, features_in)
-    return value.T
+    """One leaf from our layout to PyTorch's (array methods only: works on numpy and on traced jax arrays)."""
+    view, perm, _ = _layout(path, value.shape)
+    return value.reshape(view).transpose(perm).reshape(_torch_shape(path, value.shape))
 
 
-def _from_torch_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-    """The inverse of `_to_torch_layout`."""
-    if path[-1] == "const":
-        return value.transpose(1, 2, 0)
-    if path[-1] != "weight" or value.ndim not in (2, 4):
-        return value
-    if value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)
-    if path == _EPILOGUE_FC:
-        side = 4
-        features_out, features_in = value.shape
-        hwc = value.reshape(features_out, features_in // side**2, side, side).transpose(2, 3, 1, 0)
-        return hwc.reshape(features_in, features_out)
-    return value.T
+def _from_torch_layout(path: tuple[str, ...], value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One PyTorch leaf into our layout, for a leaf of our `shape` (the inverse of `_to_torch_layout`)."""
+    view, perm, _ = _layout(path, shape)
+    return value.reshape(tuple(view[axis] for axis in perm)).transpose(np.argsort(perm)).reshape(shape)
 
 
 def _flat_variables(variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
@@ -73,14 +75,12 @@ def _flat_variables(variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
 
 
 def _filter_owners(paths: list[tuple[str, ...]]) -> set[tuple[str, ...]]:
-    """Module paths that own a PyTorch `resample_filter` buffer: conv layers (4-D weight, not ToRGB) and
-    blocks (anything with a conv1 child: synthesis blocks and D blocks, not the D epilogue)."""
+    """Module paths that own a PyTorch `resample_filter` buffer: the conv layers (every module with a 4-D
+    weight except ToRGB) and the blocks (modules with a conv1: synthesis and D blocks, not the D epilogue)."""
     owners = set()
     for path in paths:
         module = path[:-1]
-        if path[-1] == "weight" and module[-1] != "torgb" and len(path) >= 2 and module[-1] in (
-            "conv0", "conv1", "conv", "fromrgb", "skip"
-        ):
+        if path[-1] == "weight" and module[-1] in ("conv0", "conv1", "conv", "fromrgb", "skip"):
             owners.add(module)
             if module[-1] == "conv1":
                 owners.add(module[:-1])
@@ -122,10 +122,12 @@ def from_state_dict(state_dict: Mapping[str, Any], template: Mapping[str, Any]) 
             problems.append(f"{key}: unexpected key")
         else:
             path = by_key[key]
-            converted = _from_torch_layout(path[1:], value)
-            if converted.shape != tuple(flat_template[path].shape):
-                problems.append(f"{key}: shape {value.shape} does not fit {tuple(flat_template[path].shape)}")
-            flat[path] = converted
+            shape = tuple(flat_template[path].shape)
+            expected = _torch_shape(path[1:], shape)
+            if value.shape != expected:
+                problems.append(f"{key}: shape {value.shape}, expected {expected}")
+            else:
+                flat[path] = _from_torch_layout(path[1:], value, shape)
     problems += [f"{key}: missing" for key in sorted(set(by_key) - set(state_dict))]
     if problems:
         raise ValueError("state dict does not match the model config:\n  " + "\n  ".join(problems))

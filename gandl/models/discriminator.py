@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gandl.models import layers
+from gandl.models.config import ModelConfig
 from gandl.models.layers import Array, DType
 
 _RESIDUAL_GAIN = math.sqrt(0.5)  # skip + main branch, each scaled by √½, keeps the variance.
@@ -66,34 +67,28 @@ class Discriminator(nn.Module):
     constant 1e-4 (the √1e-8 floor), so each image's logit/features depend on that image only.
     """
 
-    resolution: int
-    num_channels: int
-    channel_base: int = 16384
-    channel_max: int = 512
-    conv_clamp: float | None = 256.0
-    mbstd_group_size: int = 4
-    mbstd_num_channels: int = 1
-    dtype: DType = jnp.float32
+    config: ModelConfig
 
     @nn.compact
     def __call__(self, x: Array, mbstd_group_size: int | None = None, return_features: bool = False) -> Array:
         """Images [B, H, W, C] → logits [B, 1] (or the [B, channels(4)] embedding if return_features)."""
-        if x.shape[1:] != (self.resolution, self.resolution, self.num_channels):
-            raise ValueError(f"expected [B, {self.resolution}, {self.resolution}, {self.num_channels}], got {x.shape}")
-        x = x.astype(self.dtype)
-        for log2 in range(int(math.log2(self.resolution)), 2, -1):
+        cfg = self.config
+        if x.shape[1:] != (cfg.resolution, cfg.resolution, cfg.num_channels):
+            raise ValueError(f"expected [B, {cfg.resolution}, {cfg.resolution}, {cfg.num_channels}], got {x.shape}")
+        x = x.astype(cfg.compute_dtype)
+        for log2 in range(int(math.log2(cfg.resolution)), 2, -1):
             res = 2**log2
             block = DiscriminatorBlock(
-                layers.block_channels(res, self.channel_base, self.channel_max),
-                layers.block_channels(res // 2, self.channel_base, self.channel_max),
-                self.conv_clamp, self.dtype, name=f"b{res}",
+                layers.block_channels(res, cfg.channel_base, cfg.channel_max),
+                layers.block_channels(res // 2, cfg.channel_base, cfg.channel_max),
+                cfg.conv_clamp, cfg.compute_dtype, name=f"b{res}",
             )
-            x = block(x, from_rgb=res == self.resolution)
+            x = block(x, from_rgb=res == cfg.resolution)
         epilogue = DiscriminatorEpilogue(
-            layers.block_channels(4, self.channel_base, self.channel_max), self.mbstd_num_channels,
-            self.conv_clamp, self.dtype, name="b4",
+            layers.block_channels(4, cfg.channel_base, cfg.channel_max), cfg.mbstd_num_channels,
+            cfg.conv_clamp, cfg.compute_dtype, name="b4",
         )
-        group = self.mbstd_group_size if mbstd_group_size is None else mbstd_group_size
+        group = cfg.mbstd_group_size if mbstd_group_size is None else mbstd_group_size
         return epilogue(x, group, return_features)
 
     def features(self, x: Array, mbstd_group_size: int | None = None) -> Array:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gandl.models import layers
+from gandl.models.config import ModelConfig
 from gandl.models.layers import Array, DType
 
 
@@ -144,24 +145,15 @@ class Generator(nn.Module):
     update_w_avg: update the tracked w_avg from this batch (apply with `mutable=['buffers']`).
     """
 
-    resolution: int
-    num_channels: int
-    z_dim: int = 512
-    w_dim: int = 512
-    mapping_layers: int = 3
-    channel_base: int = 16384
-    channel_max: int = 512
-    conv_clamp: float | None = 256.0
-    mapping_lr_multiplier: float = 0.01
-    w_avg_beta: float = 0.995
-    dtype: DType = jnp.float32
+    config: ModelConfig
 
     def setup(self) -> None:
+        cfg = self.config
         self.mapping = MappingNetwork(
-            self.w_dim, num_ws(self.resolution), self.mapping_layers, self.mapping_lr_multiplier, self.w_avg_beta
+            cfg.w_dim, num_ws(cfg.resolution), cfg.mapping_layers, cfg.mapping_lr_multiplier, cfg.w_avg_beta
         )
         self.synthesis = SynthesisNetwork(
-            self.resolution, self.num_channels, self.channel_base, self.channel_max, self.conv_clamp, self.dtype
+            cfg.resolution, cfg.num_channels, cfg.channel_base, cfg.channel_max, cfg.conv_clamp, cfg.compute_dtype
         )
 
     def __call__(
