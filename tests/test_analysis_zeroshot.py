@@ -1,6 +1,5 @@
 """Zero-shot cell typing on a synthetic RxRx1-layout set seen through the RxRx1 -> RxRx19a channel map."""
 
-import numpy as np
 import pytest
 
 from gandl.analysis import baselines, classify, plots, zeroshot
