@@ -95,8 +95,10 @@ def test_layouts_and_round_trip():
     np.testing.assert_array_equal(g_sd["mapping.fc1.weight"], g_vars["params"]["mapping"]["fc1"]["weight"].T)
     const = g_vars["params"]["synthesis"]["b4"]["const"]  # HWC
     np.testing.assert_array_equal(g_sd["synthesis.b4.const"][3], const[:, :, 3])
-    np.testing.assert_array_equal(g_sd["synthesis.b4.conv1.noise_const"], g_vars["buffers"]["synthesis"]["b4"]["conv1"]["noise_const"])
-    np.testing.assert_array_equal(g_sd["synthesis.b16.conv1.resample_filter"], np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64)
+    noise_const = g_vars["buffers"]["synthesis"]["b4"]["conv1"]["noise_const"]
+    np.testing.assert_array_equal(g_sd["synthesis.b4.conv1.noise_const"], noise_const)
+    fir = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64
+    np.testing.assert_array_equal(g_sd["synthesis.b16.conv1.resample_filter"], fir)
     assert "synthesis.b16.torgb.resample_filter" not in g_sd and "b4.resample_filter" not in d_sd
     # The epilogue fc sees an NCHW flatten in PyTorch and an NHWC flatten here: same linear map.
     x = np.random.default_rng(1).normal(size=(4, 4, 8))  # H, W, C: the b4 conv output

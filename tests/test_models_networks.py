@@ -78,9 +78,8 @@ def test_features_are_512d_with_stylegan2_widths():
     cfg = ModelConfig()  # 256 px, 5 channels, channel_base 16384, channel_max 512
     _, discriminator = build_models(cfg)
     _, d_shapes = convert.variable_shapes(cfg)
-    out = jax.eval_shape(
-        functools.partial(discriminator.apply, method="features"), d_shapes, jax.ShapeDtypeStruct((3, 256, 256, 5), jnp.float32)
-    )
+    images = jax.ShapeDtypeStruct((3, 256, 256, 5), jnp.float32)
+    out = jax.eval_shape(functools.partial(discriminator.apply, method="features"), d_shapes, images)
     assert out.shape == (3, 512) and out.dtype == jnp.float32
 
 

@@ -99,9 +99,11 @@ class SynthesisBlock(nn.Module):
             x = jnp.broadcast_to(const.astype(self.dtype), (ws.shape[0],) + const.shape)
             idx = 0
         else:
-            x = layers.SynthesisLayer(self.features, up=2, name="conv0", **conv_kwargs)(x, ws[:, 0], noise_mode, noises[0])
+            conv0 = layers.SynthesisLayer(self.features, up=2, name="conv0", **conv_kwargs)
+            x = conv0(x, ws[:, 0], noise_mode, noises[0])
             idx = 1
-        x = layers.SynthesisLayer(self.features, name="conv1", **conv_kwargs)(x, ws[:, idx], noise_mode, noises[idx])
+        conv1 = layers.SynthesisLayer(self.features, name="conv1", **conv_kwargs)
+        x = conv1(x, ws[:, idx], noise_mode, noises[idx])
         torgb = layers.ToRGB(self.num_channels, conv_clamp=self.conv_clamp, dtype=self.dtype, name="torgb")
         y = torgb(x, ws[:, idx + 1])
         y = y.astype(jnp.float32)
@@ -109,7 +111,8 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """Blocks b4 … b{resolution}; block b{r} reads ws[:, i : i + 3], its ToRGB w shared with the next conv0."""
+    """Blocks b4 … b{resolution}; each block reads one w per conv plus one for its ToRGB, which is the w of
+    the next block's conv0 (so num_ws = 2·log2(resolution) − 2)."""
 
     resolution: int
     num_channels: int
