@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "pyarrow==26.0.1",
     "scikit-learn==1.9.1",
     "scipy==1.17.1",
+    "tensorboard==2.21.0",  # tf.summary writers need it; tensorflow-cpu no longer pulls it in
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
     "tifffile==2026.3.3",

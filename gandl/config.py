@@ -32,4 +32,25 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0, image_size=64, plates_per_cell_line=2, sites_per_well=2, num_compounds=12))
 
     config.preview = ml_collections.ConfigDict(dict(num_images=32, cols=8))
+
+    # StyleGAN2 (gandl.models.config.ModelConfig fields); resolution must match the training images.
+    config.model = ml_collections.ConfigDict(dict(
+        resolution=64, num_channels=5, z_dim=512, w_dim=512, mapping_layers=3, channel_base=16384,
+        channel_max=512, conv_clamp=256.0, mbstd_group_size=4, mbstd_num_channels=1, dtype="float32",
+        mapping_lr_multiplier=0.01, w_avg_beta=0.995))
+
+    # Training: the paper's variant (Adam lr 1e-4, path length + EMA on G, R1 + Lipschitz on D).
+    config.train = ml_collections.ConfigDict(dict(
+        batch_size=32,  # global, over every device of every process
+        steps=100_000,
+        g_lr=1e-4, d_lr=1e-4, adam_b1=0.0, adam_b2=0.99, adam_eps=1e-8,
+        r1_gamma=1.0, r1_interval=16,
+        lipschitz_weight=1.0,  # one-sided penalty on real/fake interpolates, applied with R1
+        pl_weight=2.0, pl_interval=4, pl_decay=0.01, pl_batch_shrink=2,
+        style_mixing_prob=0.9,
+        ema_kimg=10.0, ema_rampup=0.05,
+        log_every=50, sample_every=1000, checkpoint_every=1000, keep_checkpoints=3,
+        swd_every=5000, swd_images=1024,
+        distributed="auto",  # auto | on | off: jax.distributed.initialize()
+    ))
     return config

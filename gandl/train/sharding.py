@@ -40,9 +40,10 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str = "", nu
     return True
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, with an explicitly typed 'data' axis."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Explicit,))
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over `devices` (default: every device of every process), its 'data' axis Explicit."""
+    devices = jax.devices() if devices is None else devices
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Explicit,), devices=devices)
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,249 @@
+"""The training loop: input, jitted steps, logging, samples, SWD, checkpoints, preemption, NaN guard.
+
+Resuming is exact: the state (parameters, optimizer moments, EMA, path-length mean, PRNG key) comes
+from the checkpoint, and the input stream is a pure function of (seed, step): every `checkpoint_every`
+steps it restarts from a seed derived from the step, so a run resumed at step s reads the same batches
+as one that never stopped. Host synchronisation happens only at log, sample and checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from gandl._tf import tf
+from gandl.data import pipeline, render
+from gandl.models import build_models
+from gandl.models.config import ModelConfig
+from gandl.train import checkpoint, sharding, state as state_lib, step as step_lib, swd
+
+InputFn = Callable[[int], Iterator[np.ndarray]]  # start step -> this process's batches of images
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss or parameter; the last checkpoint on disk predates it and is intact."""
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_step(model: ModelConfig, step_config: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh):
+    """The jitted train step, cached so that reruns in one process (notebooks, tests) reuse the build."""
+    generator, discriminator = build_models(model)
+    return jax.jit(step_lib.make_train_step(generator, discriminator, ml_collections.ConfigDict(step_config)),
+                   donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_sampler(model: ModelConfig):
+    generator, _ = build_models(model)
+    return jax.jit(lambda params, buffers, z: generator.apply(
+        {"params": params, "buffers": buffers}, z, noise_mode="const"))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    return ModelConfig.from_mapping(config.model)
+
+
+def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec) -> InputFn:
+    """Batches of this process from the shards, restarted every `checkpoint_every` steps from the step."""
+    d, t = config.data, config.train
+    local = sharding.local_batch_size(t.batch_size)
+
+    def batches(start: int) -> Iterator[np.ndarray]:
+        chunk = t.checkpoint_every
+        first = start - start % chunk
+        while True:
+            ds = pipeline.train_dataset(
+                spec, batch_size=local, seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
+                process_index=jax.process_index(),
+                process_count=jax.process_count(), channels=d.channels, intensity=d.intensity,
+                crop_size=d.crop_size, augment=d.augment, shuffle_buffer=d.shuffle_buffer)
+            it = ds.skip(start - first).as_numpy_iterator()
+            for _ in range(first + chunk - start):
+                yield next(it)["image"]
+            start = first = first + chunk
+
+    return batches
+
+
+def _check_data(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec) -> None:
+    m, d = config.model, config.data
+    size = d.crop_size or spec.height
+    channels = len(pipeline.output_stains(spec, d.channels))
+    if (size, channels) != (m.resolution, m.num_channels):
+        raise ValueError(f"the model is {m.resolution} px × {m.num_channels} channels but the data gives {size} px "
+                         f"× {channels} channels; set model.resolution / model.num_channels (or data.crop_size / "
+                         "data.channels) to match")
+
+
+class _Writer:
+    """TensorBoard scalars and images from process 0 only."""
+
+    def __init__(self, logdir: str):
+        self.writer = tf.summary.create_file_writer(logdir) if jax.process_index() == 0 else None
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer:
+            with self.writer.as_default(step=step):
+                for k, v in values.items():
+                    tf.summary.scalar(k, v)
+            self.writer.flush()
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        if self.writer:
+            with self.writer.as_default(step=step):
+                tf.summary.image(name, image[None])
+            self.writer.flush()
+
+
+class _StopFlag:
+    """SIGTERM (preemption, `kill`) asks the loop to checkpoint and exit at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: state_lib.TrainState
+    step: int
+    stopped_early: bool  # by SIGTERM or a preemption notice
+    history: list[dict[str, float]]  # logged metrics, one dict per log step
+
+
+def samples(config: ml_collections.ConfigDict, state: state_lib.TrainState, num: int, seed: int) -> np.ndarray:
+    """Images of the EMA generator for fixed latents, [num, H, W, C] in about [-1, 1]."""
+    z = jax.random.normal(jax.random.key(seed), (num, config.model.z_dim))
+    return np.asarray(_compiled_sampler(model_config(config))(state.ema_params, state.ema_buffers, z))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | None = None,
+          spec: pipeline.RecordSpec | None = None) -> TrainResult:
+    """Train (or resume) in `workdir` until `config.train.steps`; returns the final state and history.
+
+    `input_fn(start_step)` may replace the shard pipeline (each item: this process's batch of images).
+    """
+    t = config.train
+    sharding.initialize_distributed(t.distributed)
+    mesh = sharding.make_mesh()
+    model = model_config(config)
+    if input_fn is None:
+        spec = spec or pipeline.open_records(config.data.shards or os.path.join(workdir, "shards"),
+                                             config.data.rxrx1_utils_image_size)
+        _check_data(config, spec)
+        input_fn = shard_input_fn(config, spec)
+    stains = (pipeline.output_stains(spec, config.data.channels) if spec
+              else tuple(f"channel {i + 1}" for i in range(model.num_channels)))
+
+    ckpt = checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints)
+    writer = _Writer(os.path.join(workdir, "tensorboard"))
+    stop = _StopFlag()
+    history: list[dict[str, float]] = []
+    try:
+        with jax.set_mesh(mesh):
+            state = state_lib.create(model, t, config.seed, mesh)
+            start = ckpt.latest_step() or 0
+            if start:
+                state, _ = ckpt.restore(checkpoint.abstract_like(state))
+                logging.info("resumed from step %d", start)
+            train_step = compiled_step(model, step_lib.step_config(t), mesh)
+            batches = input_fn(start)
+            pending: list[dict[str, jax.Array]] = []
+            last_time, last_step = time.time(), start
+            step = start
+            while step < t.steps:
+                state, metrics = train_step(state, sharding.global_batch(next(batches), mesh))
+                step += 1
+                pending.append(metrics)
+                preempted = stop.requested or (jax.process_count() > 1 and ckpt.reached_preemption(step))
+                boundary = step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.steps or preempted
+                if boundary:
+                    history.append(_log(step, t, pending, last_time, last_step, writer))
+                    pending, last_time, last_step = [], time.time(), step
+                if step % t.sample_every == 0 or step == t.steps:
+                    _write_samples(config, workdir, state, step, stains, writer)
+                if t.swd_every and step % t.swd_every == 0 and spec is not None:
+                    writer.scalars(step, swd_metrics(config, state, spec))
+                if step % t.checkpoint_every == 0 or step == t.steps or preempted:
+                    if not bool(_all_finite(state)):
+                        raise TrainingDiverged(f"non-finite parameters at step {step}; the last checkpoint "
+                                               f"(step {ckpt.latest_step()}) is intact")
+                    ckpt.save(step, state, config.to_dict(), force=True)
+                if preempted:
+                    ckpt.wait()
+                    logging.info("stopped at step %d with a checkpoint; rerun to resume", step)
+                    return TrainResult(state, step, True, history)
+            ckpt.wait()
+            return TrainResult(state, step, False, history)
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        stop.restore()
+
+
+def _log(step: int, t: ml_collections.ConfigDict, pending: list[dict], since: float, since_step: int,
+         writer: _Writer) -> dict[str, float]:
+    """Average the steps since the last log, stop on non-finite losses, write scalars and a progress line."""
+    host = jax.device_get(pending)
+    values = {k: float(np.nanmean([m[k] for m in host])) if not all(np.isnan([m[k] for m in host])) else float("nan")
+              for k in host[0]}
+    for i, m in enumerate(host):
+        bad = [k for k in ("g_loss", "d_loss") if not np.isfinite(m[k])]
+        if bad:
+            raise TrainingDiverged(f"non-finite {' and '.join(bad)} at step {since_step + i + 1}; stopping. The last "
+                                   "checkpoint on disk predates it and is intact")
+    elapsed = max(time.time() - since, 1e-9)
+    values["images_per_s"] = (step - since_step) * t.batch_size / elapsed
+    values["step_time_s"] = elapsed / (step - since_step)
+    eta = (t.steps - step) * values["step_time_s"]
+    logging.info("step %d/%d | %.1f img/s | ETA %s | G %.3f D %.3f | D(real) %.2f D(fake) %.2f", step, t.steps,
+                 values["images_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)), values["g_loss"],
+                 values["d_loss"], values["d_real"], values["d_fake"])
+    writer.scalars(step, {k: v for k, v in values.items() if np.isfinite(v)})
+    return dict(values, step=step)
+
+
+def _write_samples(config, workdir: str, state, step: int, stains, writer: _Writer) -> None:
+    images = samples(config, state, config.preview.num_images, seed=config.seed)
+    if jax.process_index() == 0:
+        grid = render.write_grid(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images, stains,
+                                 config.preview.cols)
+        writer.image(step, "samples/ema", grid)
+
+
+def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, spec: pipeline.RecordSpec) -> dict:
+    """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
+    d = config.data
+    ds = pipeline.eval_dataset(spec, batch_size=64, channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
+    reals = []
+    for batch in ds.as_numpy_iterator():
+        reals.append(batch["image"][batch["mask"]])
+        if sum(len(r) for r in reals) >= config.train.swd_images:
+            break
+    reals = np.concatenate(reals)[: config.train.swd_images]
+    fakes = np.concatenate([samples(config, state, min(64, len(reals) - i), seed=10_000 + i)
+                            for i in range(0, len(reals), 64)])
+    return swd.swd_pyramid(reals, fakes, seed=config.seed)

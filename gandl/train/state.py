@@ -1,0 +1,60 @@
+"""The train state: G, D and G-EMA variables, both optimizers, the path-length mean and the PRNG key.
+
+Everything a resumed run needs to continue exactly like an uninterrupted one lives here, as arrays, so
+orbax saves and restores it in one piece.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from gandl.models import init_variables
+from gandl.models.config import ModelConfig
+from gandl.train import losses, sharding
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: iterations done
+    g_params: Any
+    g_buffers: Any  # w_avg and the constant noise maps
+    ema_params: Any  # exponential moving average of g_params: the generator that is sampled and exported
+    ema_buffers: Any
+    d_params: Any
+    g_opt_state: Any
+    d_opt_state: Any
+    pl_mean: jax.Array  # running mean of path lengths
+    rng: jax.Array  # raw key data (uint32), so checkpoints need no special key handling
+
+
+def optimizers(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """Adam for G and D with StyleGAN2's lazy-regularisation rescaling of lr and betas."""
+
+    def adam(lr: float, interval: int) -> optax.GradientTransformation:
+        lr, b1, b2 = losses.lazy_regularization_adam(lr, train.adam_b1, train.adam_b2, interval)
+        return optax.adam(lr, b1=b1, b2=b2, eps=train.adam_eps)
+
+    g_interval = train.pl_interval if train.pl_weight > 0 else 0
+    d_interval = train.r1_interval if (train.r1_gamma > 0 or train.lipschitz_weight > 0) else 0
+    return adam(train.g_lr, g_interval), adam(train.d_lr, d_interval)
+
+
+def create(model: ModelConfig, train: ml_collections.ConfigDict, seed: int, mesh: Mesh) -> TrainState:
+    """A fresh state, replicated over the mesh; identical on every process for the same seed."""
+    init_key, rng = jax.random.split(jax.random.key(seed))
+    g_vars, d_vars = init_variables(model, init_key)
+    g_tx, d_tx = optimizers(train)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), g_params=g_vars["params"], g_buffers=g_vars["buffers"],
+        ema_params=jax.tree.map(jnp.copy, g_vars["params"]),  # own buffers: the step donates the state
+        ema_buffers=jax.tree.map(jnp.copy, g_vars["buffers"]), d_params=d_vars["params"],
+        g_opt_state=g_tx.init(g_vars["params"]), d_opt_state=d_tx.init(d_vars["params"]),
+        pl_mean=jnp.zeros((), jnp.float32), rng=jax.random.key_data(rng))
+    return jax.device_put(state, sharding.replicated(mesh))
