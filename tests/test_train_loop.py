@@ -32,16 +32,16 @@ def _params(state: state_lib.TrainState):
 
 def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
     cfg = config.copy_and_resolve_references()
-    cfg.train.steps = 150
-    cfg.train.checkpoint_every = 50
+    cfg.train.steps = 80
+    cfg.train.checkpoint_every = 40
     result = loop.train(cfg, str(tmp_path))
-    assert result.step == 150 and not result.stopped_early
+    assert result.step == 80 and not result.stopped_early
     assert all(np.isfinite(h["g_loss"]) and np.isfinite(h["d_loss"]) for h in result.history)
     late = result.history[-6:]
     assert np.mean([h["d_real"] - h["d_fake"] for h in late]) > 0.5  # D separates reals from fakes
     assert np.isfinite([h["r1"] for h in late]).any() and np.isfinite([h["pl_penalty"] for h in late]).any()
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["100", "150", "50"]
-    assert (tmp_path / "samples" / "step_00000150.png").exists()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "80"]
+    assert (tmp_path / "samples" / "step_00000080.png").exists()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
 
 

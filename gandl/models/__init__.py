@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -31,9 +32,14 @@ def build_models(config: ModelConfig | Mapping[str, Any]) -> tuple[Generator, Di
 def init_variables(config: ModelConfig | Mapping[str, Any], key: jax.Array) -> tuple[dict, dict]:
     """Fresh G variables ({'params', 'buffers'}) and D variables ({'params'}) for a model config.
 
-    Jitted: op-by-op initialisation compiles every distinct parameter shape separately and is far slower.
+    Jitted, and the compiled initialiser is kept per config: op-by-op initialisation compiles every
+    distinct parameter shape separately, and recompiling for every new run or restore is slow too.
     """
-    cfg = _as_config(config)
+    return _initializer(_as_config(config))(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _initializer(cfg: ModelConfig) -> Callable[[jax.Array], tuple[dict, dict]]:
     generator, discriminator = build_models(cfg)
 
     @jax.jit
@@ -43,4 +49,4 @@ def init_variables(config: ModelConfig | Mapping[str, Any], key: jax.Array) -> t
         d_vars = discriminator.init(key_d, jnp.zeros((1, cfg.resolution, cfg.resolution, cfg.num_channels)))
         return dict(g_vars), dict(d_vars)
 
-    return init(key)
+    return init

@@ -118,9 +118,10 @@ def make_train_step(generator: Generator, discriminator: Discriminator, train: m
         def skip_g_reg(operand):
             return operand, jnp.float32(jnp.nan)
 
-        do_g_reg = (state.step % train.pl_interval == 0) & (train.pl_weight > 0)
+        g_reg_on = train.pl_weight > 0  # a disabled regulariser is not even compiled
         (g_params, g_opt_state, pl_mean), pl_penalty = jax.lax.cond(
-            do_g_reg, g_reg, skip_g_reg, (g_params, g_opt_state, state.pl_mean))
+            g_reg_on & (state.step % max(train.pl_interval, 1) == 0), g_reg if g_reg_on else skip_g_reg,
+            skip_g_reg, (g_params, g_opt_state, state.pl_mean))
 
         # D main: tell reals from the updated generator's fakes.
         fakes, _ = generate(g_params, g_buffers, _sharded_normal(k_dz, (batch, z_dim)), k_d, False)
@@ -151,8 +152,10 @@ def make_train_step(generator: Generator, discriminator: Discriminator, train: m
         def skip_d_reg(operand):
             return operand, (jnp.float32(jnp.nan), jnp.float32(jnp.nan))
 
-        do_d_reg = (state.step % train.r1_interval == 0) & ((train.r1_gamma > 0) | (train.lipschitz_weight > 0))
-        (d_params, d_opt_state), (r1, lip) = jax.lax.cond(do_d_reg, d_reg, skip_d_reg, (d_params, d_opt_state))
+        d_reg_on = train.r1_gamma > 0 or train.lipschitz_weight > 0
+        (d_params, d_opt_state), (r1, lip) = jax.lax.cond(
+            d_reg_on & (state.step % max(train.r1_interval, 1) == 0), d_reg if d_reg_on else skip_d_reg,
+            skip_d_reg, (d_params, d_opt_state))
 
         # G EMA, with the half-life ramped up over the first images.
         beta = losses.ema_beta(batch, (state.step + 1).astype(jnp.float32) * batch, train.ema_kimg, train.ema_rampup)
