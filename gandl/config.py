@@ -53,4 +53,30 @@ def base_config() -> ml_collections.ConfigDict:
         swd_every=5000, swd_images=1024,
         distributed="auto",  # auto | on | off: jax.distributed.initialize()
     ))
+
+    # Embedding export (mode=embed): the D features of every site, plus baselines in the same pass.
+    config.embed = ml_collections.ConfigDict(dict(
+        batch_size=64,  # global
+        step=-1,  # checkpoint step; -1 = latest
+        orientation_average=False,  # average the features of the 8 flips/rotations of each site
+        random_baseline=True,  # also export a randomly initialised discriminator's features
+        handcrafted=True,  # also export per-channel intensity/texture statistics
+        part_batches=32,  # batches per resumable part file
+    ))
+
+    # Zero-shot cell typing on an RxRx1-layout set never seen in training (6 channels mapped onto 5).
+    config.zeroshot = ml_collections.ConfigDict(dict(
+        enabled=True,
+        root="",  # RxRx1-layout folder; "" = synthesize one into workdir/raw_rxrx1
+        shards="",  # or converted shards / an rxrx1-utils TFRecord glob
+        channels=(),  # source channels feeding the model's; () = by stain, (1, 2, 3, 4, 6) for RxRx1
+        # gandl.data.synthetic.write_rxrx1 arguments; its image size follows config.synthetic's
+        synthetic=ml_collections.ConfigDict(dict(seed=1, plates_per_cell_line=2, sites_per_well=2)),
+    ))
+
+    # Analysis (gandl.analysis.report.AnalysisConfig fields).
+    config.analysis = ml_collections.ConfigDict(dict(
+        normalization="none", level="site", c=1.0, n_splits=5, group_by="plate", uv_is_positive=False,
+        highlight=("Remdesivir", "GS-441524", "Polydatin"), top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
+        seed=0))
     return config

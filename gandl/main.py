@@ -1,11 +1,14 @@
 """GAN-DL entry point: one config file, one workdir, one mode.
 
-  python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode convert
+  python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode preview \
       --config.preview.num_images=16
 
+Modes: synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
 Workdir layout: raw/ (the synthetic screen, when no data.root is given), shards/ (converted
-TFRecords), preview.png. Every mode resumes: rerunning skips what is already complete.
+TFRecords), preview.png, checkpoints/<step>, tensorboard/, samples/, embeddings/step_<step>/
+({gandl,random_d,handcrafted}.npz/.parquet, zeroshot/), analysis/ (report.md, report.html, tables,
+figures). Every mode resumes: rerunning skips what is already complete.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from ml_collections import config_flags
 
 from gandl.data import convert, pipeline, render, rxrx
 
+# Feature sets exported and analysed side by side: file stem -> name in the report.
+FEATURE_SETS = {"gandl": "GAN-DL", "random_d": "random-init D", "handcrafted": "handcrafted"}
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
-_MODE = flags.DEFINE_enum("mode", "convert", ["synth", "convert", "preview"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "all", ["synth", "convert", "preview", "train", "embed", "analyze", "all"],
+                          "What to run.")
 
 
 def raw_screen_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -40,20 +47,129 @@ def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
 
 
+def _convert(screen: rxrx.Screen, out: str, d: ml_collections.ConfigDict) -> dict:
+    if not d.skip_bad_sites:
+        rxrx.check_files(screen)
+    options = convert.ConvertOptions(image_size=d.image_size, sites_per_shard=d.sites_per_shard,
+                                     skip_bad_sites=d.skip_bad_sites, num_workers=d.num_workers)
+    manifest = convert.convert(screen, out, options)
+    logging.info("%d sites in %d shards at %s (%d skipped)", manifest["num_sites"], len(manifest["shards"]), out,
+                 manifest["num_skipped"])
+    return manifest
+
+
 def run_convert(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Raw screen -> shards; the synthetic screen is generated first when no data.root is configured."""
     d = config.data
     root = d.root or synthesize(config, workdir)
     screen = rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
                               stains=d.stains)
-    if not d.skip_bad_sites:
-        rxrx.check_files(screen)
-    options = convert.ConvertOptions(image_size=d.image_size, sites_per_shard=d.sites_per_shard,
-                                     skip_bad_sites=d.skip_bad_sites, num_workers=d.num_workers)
-    manifest = convert.convert(screen, shards_path(config, workdir), options)
-    logging.info("%d sites in %d shards at %s (%d skipped)", manifest["num_sites"], len(manifest["shards"]),
-                 shards_path(config, workdir), manifest["num_skipped"])
-    return manifest
+    return _convert(screen, shards_path(config, workdir), d)
+
+
+def zeroshot_shards(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Shards of the zero-shot (RxRx1-layout) set: given, converted from zeroshot.root, or synthesized."""
+    z = config.zeroshot
+    if z.shards:
+        return z.shards
+    root = z.root
+    if not root:
+        from gandl.data import synthetic
+
+        root = str(synthetic.write_rxrx1(os.path.join(workdir, "raw_rxrx1"), image_size=config.synthetic.image_size,
+                                         **z.synthetic.to_dict()))
+    out = os.path.join(workdir, "shards_rxrx1")
+    _convert(rxrx.read_rxrx1(root), out, config.data)
+    return out
+
+
+def run_train(config: ml_collections.ConfigDict, workdir: str):
+    """Train (or resume) the StyleGAN2 on the shards."""
+    from gandl.train import loop
+
+    return loop.train(config, workdir)
+
+
+def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Export the latest checkpoint's D embeddings (plus baselines) of the screen and the zero-shot set."""
+    import jax
+
+    from gandl import embed
+    from gandl.models import init_variables
+    from gandl.train import sharding
+
+    e, d = config.embed, config.data
+    sharding.initialize_distributed(config.train.distributed)
+    mesh = sharding.make_mesh()
+    model, d_params, step, _ = embed.restore_discriminator(workdir, mesh, e.step if e.step >= 0 else None)
+    fns = {"gandl": embed.discriminator_features(model, d_params, mesh, e.orientation_average)}
+    if e.random_baseline:
+        random_d = init_variables(model, jax.random.key(config.seed + 1))[1]["params"]
+        fns["random_d"] = embed.discriminator_features(model, random_d, mesh, e.orientation_average)
+    if e.handcrafted:
+        fns["handcrafted"] = embed.handcrafted
+    out = os.path.join(workdir, "embeddings", f"step_{step}")
+    provenance = dict(checkpoint=os.path.join(workdir, "checkpoints", str(step)), step=step,
+                      config=config.to_dict(), code_version=embed.code_version())
+    targets = [(shards_path(config, workdir), out, d.channels)]
+    if config.zeroshot.enabled:
+        zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
+        targets.append((zeroshot_shards(config, workdir), os.path.join(out, "zeroshot"), zchannels))
+    for source, target, channels in targets:
+        if all(os.path.exists(os.path.join(target, f"{name}.npz")) for name in fns):
+            continue
+        spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
+        embed.export(spec, target, fns, batch_size=e.batch_size, channels=channels, intensity=d.intensity,
+                     crop_size=d.crop_size, part_batches=e.part_batches,
+                     provenance=dict(provenance, dataset=source, channels=list(channels)))
+    logging.info("embeddings in %s", out)
+    return out
+
+
+def latest_embeddings(workdir: str) -> str:
+    folder = os.path.join(workdir, "embeddings")
+    steps = sorted(int(n.removeprefix("step_")) for n in os.listdir(folder) if n.startswith("step_")) \
+        if os.path.isdir(folder) else []
+    if not steps:
+        raise FileNotFoundError(f"no embeddings in {folder}: run mode=embed first")
+    return os.path.join(folder, f"step_{steps[-1]}")
+
+
+def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
+    import pandas as pd
+
+    from gandl.analysis import io as analysis_io, report
+
+    folder = latest_embeddings(workdir)
+
+    def load(sub: str) -> dict:
+        sets = {}
+        for stem, name in FEATURE_SETS.items():
+            path = os.path.join(folder, sub, f"{stem}.npz")
+            if os.path.exists(path):
+                sets[name] = analysis_io.load_embeddings(path)
+        return sets
+
+    truth_path = os.path.join(config.data.root or os.path.join(workdir, "raw"), "truth.csv")
+    truth = pd.read_csv(truth_path) if os.path.exists(truth_path) else None
+    zeroshot = load("zeroshot") if config.zeroshot.enabled else None
+    result = report.analyze(load(""), os.path.join(workdir, "analysis"),
+                            report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
+                            truth=truth)
+    logging.info("report at %s", os.path.join(workdir, "analysis", "report.md"))
+    return result
+
+
+def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The main job: convert -> train -> embed -> analyze, each resuming where it stopped."""
+    run_convert(config, workdir)
+    result = run_train(config, workdir)
+    if result.stopped_early:
+        logging.info("training was interrupted; rerun to resume")
+        return {}
+    run_embed(config, workdir)
+    return run_analyze(config, workdir)
 
 
 def run_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -74,6 +190,10 @@ MODES = {
     "synth": synthesize,
     "convert": run_convert,
     "preview": run_preview,
+    "train": run_train,
+    "embed": run_embed,
+    "analyze": run_analyze,
+    "all": run_all,
 }
 
 

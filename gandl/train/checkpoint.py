@@ -45,6 +45,13 @@ class Checkpointer:
             **{STATE: ocp.args.StandardRestore(abstract_state), CONFIG: ocp.args.JsonRestore()}))
         return out[STATE], out[CONFIG]
 
+    def restore_config(self, step: int | None = None) -> dict:
+        """Only the config saved with `step` (default: the latest), e.g. to rebuild the state's template."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self.manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+
     def reached_preemption(self, step: int) -> bool:
         """Whether any process got a preemption notice (needs jax.distributed); all agree on the step."""
         return self.manager.reached_preemption(step)

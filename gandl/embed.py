@@ -1,0 +1,192 @@
+"""Checkpoint + dataset -> embeddings.npz and profiles.parquet: one feature vector per site.
+
+The GAN-DL embedding is the discriminator's epilogue fc output. Minibatch stddev would make it depend
+on the other images in the batch, so features are computed with an mbstd group of one (the stddev
+channel is then a constant): an image's embedding is a function of that image alone. Optionally the
+features of the 8 flips/rotations of a site are averaged (microscopy has no orientation).
+
+Export streams the eval pipeline (every site once), computes several feature sets in the same pass
+(e.g. GAN-DL, a random-init discriminator, handcrafted statistics), and writes parts every few batches,
+so memory stays bounded and an interrupted export resumes at the first missing part.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+import gandl
+from gandl import fileio
+from gandl._tf import tf
+from gandl.analysis import baselines
+from gandl.data import pipeline
+from gandl.models import build_models
+from gandl.models.config import ModelConfig
+from gandl.train import checkpoint, sharding, state as state_lib
+
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
+
+
+def dihedral_views(images: jax.Array) -> list[jax.Array]:
+    """The 8 flips/rotations of NHWC images."""
+    turns = [jnp.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    return turns + [jnp.flip(t, axis=2) for t in turns]
+
+
+def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding.Mesh,
+                           orientation_average: bool = False) -> FeatureFn:
+    """Batch-independent D embeddings, computed on the mesh; returns this process's rows as numpy."""
+    _, discriminator = build_models(model)
+
+    @jax.jit
+    def features(params, images: jax.Array) -> jax.Array:
+        views = dihedral_views(images) if orientation_average else [images]
+        out = [discriminator.apply({"params": params}, v, 1, method=discriminator.features) for v in views]
+        return jnp.mean(jnp.stack(out), axis=0)
+
+    def fn(local_images: np.ndarray) -> np.ndarray:
+        with jax.set_mesh(mesh):
+            out = features(d_params, sharding.global_batch(local_images, mesh))
+            return np.asarray(multihost_utils.global_array_to_host_local_array(
+                out, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
+
+    return fn
+
+
+def handcrafted(local_images: np.ndarray) -> np.ndarray:
+    """Per-channel intensity and texture statistics of images in [-1, 1] (baseline features)."""
+    return baselines.handcrafted_features([(local_images + 1.0) / 2.0])
+
+
+def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
+                          ) -> tuple[ModelConfig, Any, int, dict]:
+    """D parameters, model config, step and full config of a training checkpoint (default: the latest)."""
+    ckpt = checkpoint.Checkpointer(workdir, save_every=1)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
+        config = ckpt.restore_config(step)
+        model = ModelConfig.from_mapping(config["model"])
+        with jax.set_mesh(mesh):
+            template = state_lib.create(model, ml_collections.ConfigDict(config["train"]), config["seed"], mesh)
+            state, _ = ckpt.restore(checkpoint.abstract_like(template), step)
+        return model, state.d_params, step, config
+    finally:
+        ckpt.close()
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree, when it is a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(gandl.__file__),
+                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return f"{gandl.__version__}+{commit}"
+
+
+def _part_path(out_dir: str, name: str, part: int) -> str:
+    return os.path.join(out_dir, "parts", name, f"part-{part:05d}-p{jax.process_index():03d}.npz")
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pipeline.RecordSpec) -> dict:
+    """The batch's metadata columns (padding dropped): strings as unicode, numbers as float."""
+    out = {}
+    for name in [*spec.features, "site_id", "index"]:
+        if name not in batch:
+            continue
+        values = batch[name][keep]
+        out[name] = values.astype(str) if values.dtype.kind in "SO" else values.astype(np.float64)
+    return out
+
+
+def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
+           provenance: Mapping[str, Any], channels: tuple[int, ...] = (), intensity: str = "auto",
+           crop_size: int = 0, part_batches: int = 32, progress: bool = True) -> dict[str, str]:
+    """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
+
+    `batch_size` is global; each process exports its own files' sites into its parts, and process 0
+    gathers the parts into the final files (sites in metadata order when the records carry `index`).
+    """
+    local = sharding.local_batch_size(batch_size)
+    ds = pipeline.eval_dataset(spec, batch_size=local, process_index=jax.process_index(),
+                               process_count=jax.process_count(), channels=channels, intensity=intensity,
+                               crop_size=crop_size)
+    total = pipeline.eval_num_batches(spec, local, jax.process_count())
+    first_names = list(feature_fns)
+    done = 0
+    while tf.io.gfile.exists(_part_path(out_dir, first_names[-1], done)):
+        done += 1
+    bar = tqdm(total=total, initial=done * part_batches, unit="batch", desc="embed", disable=not progress)
+    buffers: dict[str, list[dict]] = {name: [] for name in feature_fns}
+    part = done
+    for i, batch in enumerate(ds.skip(done * part_batches).as_numpy_iterator(), start=done * part_batches):
+        keep = batch["mask"]
+        meta = _metadata_arrays(batch, keep, spec)
+        for name, fn in feature_fns.items():
+            buffers[name].append(dict(meta, features=fn(batch["image"])[keep].astype(np.float32)))
+        bar.update(1)
+        if (i + 1) % part_batches == 0:
+            _flush(out_dir, part, buffers)
+            part += 1
+    if any(buffers.values()):
+        _flush(out_dir, part, buffers)
+    bar.close()
+    multihost_utils.sync_global_devices("embeddings parts written")
+    if jax.process_index() == 0:
+        for name in feature_fns:
+            _gather(out_dir, name, dict(provenance, feature_set=name))
+    multihost_utils.sync_global_devices("embeddings gathered")
+    return {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
+
+
+def _flush(out_dir: str, part: int, buffers: dict[str, list[dict]]) -> None:
+    """Write each feature set's buffered batches as one part (the feature set listed last goes last)."""
+    for name, rows in buffers.items():
+        merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
+        fileio.write_bytes(_part_path(out_dir, name, part), _npz_bytes(merged))
+        rows.clear()
+
+
+def _gather(out_dir: str, name: str, provenance: Mapping[str, Any]) -> None:
+    """Concatenate every process's parts into the final npz (contract: DESIGN.md) and the parquet."""
+    pattern = os.path.join(out_dir, "parts", name, "part-*.npz")
+    arrays: dict[str, list[np.ndarray]] = {}
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as part:
+            for k in part.files:
+                arrays.setdefault(k, []).append(part[k])
+    if not arrays:
+        raise ValueError(f"no embedding parts match {pattern}")
+    merged = {k: np.concatenate(v) for k, v in arrays.items()}
+    order = np.argsort(merged["index"], kind="stable") if "index" in merged else np.argsort(merged["site_id"])
+    merged = {k: v[order] for k, v in merged.items()}
+    merged.pop("index", None)
+    features = merged.pop("features")
+    npz_path = os.path.join(out_dir, f"{name}.npz")
+    fileio.write_bytes(npz_path, _npz_bytes(dict(merged, features=features,
+                                                 provenance=np.array(json.dumps(provenance, default=str)))))
+    profiles = pd.DataFrame({f"Metadata_{k}": v for k, v in merged.items()})
+    profiles = pd.concat([profiles, pd.DataFrame(features, columns=[f"GANDL_{j:04d}" for j in range(features.shape[1])])],
+                         axis=1)
+    buf = io.BytesIO()
+    profiles.to_parquet(buf, index=False)
+    fileio.write_bytes(os.path.join(out_dir, f"{name}.parquet"), buf.getvalue())
