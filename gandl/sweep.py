@@ -1,0 +1,286 @@
+"""Config sweeps: expand a sweep file into runs, run them (here or on Cloud TPU), tabulate their final metrics.
+
+  python -m gandl.sweep --sweep configs/sweeps/demo_lr.py --workdir /tmp/sweep [--mode train] [--dry_run]
+  python -m gandl.sweep --sweep configs/sweeps/rxrx19a_lr.py --workdir gs://BUCKET/sweep --launcher tpu \
+      --launch_flags="--spot --zone=europe-west4-a"
+
+A sweep file is a Python file whose `get_sweep()` returns a dict:
+
+  base       the config file every run starts from, relative to the repository root (or absolute)
+  overrides  {field: value}, the same for every run (optional)
+  product    {field: [values]}: every combination (optional)
+  zip        {field: [values]} whose lists have one length and advance together, or a list of such
+             groups; groups combine with the product axes, every combination (optional)
+  mode       the gandl.main mode when --mode is not given (optional; default train)
+
+Fields are dotted config paths (`train.g_lr`). Every run's overrides are checked against the base config
+(unknown fields, wrong types) before anything runs. A run's workdir is WORKDIR/<name>, the name made of its
+swept fields (`data.sites_per_shard=16,train.g_lr=0.0001`), so it is stable across reruns; a run that
+finished leaves `done_<mode>.json` there and is skipped next time. WORKDIR/summary.{csv,md} hold one row per
+run: its swept values, the last value of every TensorBoard scalar (and its step) and the flattened
+analysis/summary.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import pandas as pd
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU_LAUNCHER = os.path.join(REPO_ROOT, "launch", "tpu.sh")
+_SWEEP_KEYS = {"base", "overrides", "product", "zip", "mode"}
+_MAX_NAME = 120  # longer names are cut and made unique with a hash
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    swept: dict[str, Any]  # the fields this run varies (they name it)
+    overrides: dict[str, Any]  # every override passed to gandl.main: fixed + swept
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    base: str
+    mode: str
+    runs: list[Run]
+
+
+def _load_module(path: str, attr: str):
+    spec = importlib.util.spec_from_file_location(f"_gandl_{attr}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, attr)()
+
+
+def cli_value(value: Any) -> str:
+    """`value` as gandl.main's `--config.field=` flag parses it back (tuples as literals, strings raw)."""
+    if isinstance(value, (list, tuple)):
+        return repr(tuple(value))
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def run_name(swept: Mapping[str, Any]) -> str:
+    """A stable folder name from the swept fields; lossy or long names get a hash of the exact values."""
+    if not swept:
+        return "base"
+    exact = ",".join(f"{k}={cli_value(v)}" for k, v in swept.items())
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", exact)
+    if name != exact or len(name) > _MAX_NAME:
+        name = f"{name[:_MAX_NAME - 9]}-{hashlib.sha1(exact.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _zip_groups(spec: Any) -> list[dict[str, list]]:
+    groups = [spec] if isinstance(spec, Mapping) else list(spec or ())
+    for group in groups:
+        lengths = {k: len(v) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"zip lists must have one length: {lengths}")
+    return groups
+
+
+def expand(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The swept overrides of every run: the product of the product axes and the zip groups, last fastest."""
+    axes = [[{field: v} for v in values] for field, values in (spec.get("product") or {}).items()]
+    axes += [[dict(zip(group, values)) for values in zip(*group.values())] for group in _zip_groups(spec.get("zip"))]
+    if not all(axes):
+        raise ValueError("every product and zip list needs at least one value")
+    fields = [f for axis in axes for f in axis[0]]
+    fixed = set(spec.get("overrides") or {})
+    repeated = {f for f in fields if fields.count(f) > 1} | (fixed & set(fields))
+    if repeated:
+        raise ValueError(f"fields swept twice or both fixed and swept: {sorted(repeated)}")
+    return [{k: v for d in combo for k, v in d.items()} for combo in itertools.product(*axes)]
+
+
+def _base_path(base: str) -> str:
+    return base if os.path.isabs(base) else os.path.join(REPO_ROOT, base)
+
+
+def _check_overrides(base: ml_collections.ConfigDict, run: Run) -> None:
+    """Apply a run's overrides to a locked copy of the base config: unknown fields and bad types fail here."""
+    config = ml_collections.ConfigDict(base)
+    config.lock()
+    try:
+        config.update_from_flattened_dict(dict(run.overrides))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"run {run.name}: {e}") from e
+
+
+def load_sweep(path: str) -> Sweep:
+    """Read, expand and check a sweep file."""
+    spec = _load_module(path, "get_sweep")
+    unknown = set(spec) - _SWEEP_KEYS
+    if unknown or "base" not in spec:
+        raise ValueError(f"{path}: get_sweep() needs 'base' and may hold {sorted(_SWEEP_KEYS)}; got {sorted(spec)}")
+    fixed = dict(spec.get("overrides") or {})
+    runs = [Run(run_name(swept), swept, {**fixed, **swept}) for swept in expand(spec)]
+    base_config = _load_module(_base_path(spec["base"]), "get_config")
+    for run in runs:
+        _check_overrides(base_config, run)
+    return Sweep(spec["base"], spec.get("mode") or "train", runs)
+
+
+def command(sweep: Sweep, run: Run, run_dir: str, mode: str, launcher: str, launch_flags: Sequence[str] = (),
+            tpu_name: str = "") -> list[str]:
+    """The command that runs one run: gandl.main here, or launch/tpu.sh (which runs it on every TPU worker)."""
+    overrides = [f"--config.{k}={cli_value(v)}" for k, v in run.overrides.items()]
+    if launcher == "local":
+        return [sys.executable, "-m", "gandl.main", "--config", _base_path(sweep.base), "--workdir", run_dir,
+                "--mode", mode, *overrides]
+    return ["bash", TPU_LAUNCHER, "--name", tpu_name, "--workdir", run_dir, "--config", sweep.base, "--mode", mode,
+            *launch_flags, *overrides]
+
+
+def _done_path(run_dir: str, mode: str) -> str:
+    return os.path.join(run_dir, f"done_{mode}.json")
+
+
+def is_done(sweep: Sweep, run: Run, run_dir: str, mode: str) -> bool:
+    """Whether this run finished this mode; a marker left by other settings is an error, not a skip."""
+    from gandl import fileio
+    from gandl._tf import tf
+
+    path = _done_path(run_dir, mode)
+    if not tf.io.gfile.exists(path):
+        return False
+    record = fileio.read_json(path)
+    if (record["base"], record["overrides"]) != (sweep.base, {k: cli_value(v) for k, v in run.overrides.items()}):
+        raise ValueError(f"{path} records other settings ({record['base']}, {record['overrides']}); "
+                         "use another --workdir or delete that run")
+    return True
+
+
+def _mark_done(sweep: Sweep, run: Run, run_dir: str, mode: str, cmd: list[str]) -> None:
+    from gandl import fileio
+
+    fileio.write_json(_done_path(run_dir, mode), dict(
+        base=sweep.base, mode=mode, overrides={k: cli_value(v) for k, v in run.overrides.items()},
+        command=shlex.join(cmd)))
+
+
+def last_scalars(logdir: str) -> dict[str, float]:
+    """The last value of every TensorBoard scalar in `logdir` (by step; a resumed run's rewrites win), plus
+    `step`, the last step seen. Empty when there is no log."""
+    from gandl._tf import tf  # before tensorboard, so that it reads gs:// through tf.io.gfile
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+    from tensorboard.util import tensor_util
+
+    if not tf.io.gfile.isdir(logdir):
+        return {}
+    acc = plugin_event_accumulator.EventAccumulator(logdir, size_guidance={plugin_event_accumulator.TENSORS: 1})
+    acc.Reload()
+    values, steps = {}, []
+    for tag in acc.Tags()[plugin_event_accumulator.TENSORS]:
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+            continue
+        event = acc.Tensors(tag)[-1]
+        values[tag] = float(tensor_util.make_ndarray(event.tensor_proto))
+        steps.append(event.step)
+    return {"step": max(steps), **values} if steps else {}
+
+
+def analysis_columns(path: str) -> dict[str, Any]:
+    """analysis/summary.csv (tasks × feature sets) flattened to `<feature set>: <task>` columns."""
+    from gandl._tf import tf
+
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        table = pd.read_csv(f, index_col=0)
+    return {f"{column}: {task}": value for column in table.columns for task, value in table[column].items()}
+
+
+def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
+    """One row per run: name, status of `mode`, swept values, final TensorBoard scalars, analysis summary."""
+    rows = []
+    for run in sweep.runs:
+        run_dir = os.path.join(workdir, run.name)
+        rows.append({"run": run.name, "status": "done" if is_done(sweep, run, run_dir, mode) else "not done",
+                     **run.swept,
+                     **last_scalars(os.path.join(run_dir, "tensorboard")),
+                     **analysis_columns(os.path.join(run_dir, "analysis", "summary.csv"))})
+    return pd.DataFrame(rows)
+
+
+def write_summary(table: pd.DataFrame, workdir: str) -> list[str]:
+    from gandl import fileio
+    from gandl.analysis.report import markdown_table
+
+    paths = [os.path.join(workdir, "summary.csv"), os.path.join(workdir, "summary.md")]
+    fileio.write_text(paths[0], table.to_csv(index=False))
+    fileio.write_text(paths[1], markdown_table(table, index=False))
+    return paths
+
+
+def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: str = "local",
+              launch_flags: Sequence[str] = (), tpu_name: str = "", dry_run: bool = False) -> list[str]:
+    """Run every unfinished run one after another, then write the summary; returns the failed runs' names.
+
+    With dry_run, print the commands (and which runs would be skipped) and run nothing.
+    """
+    sweep = load_sweep(sweep_path)
+    mode = mode or sweep.mode
+    if launcher == "tpu" and not workdir.startswith("gs://"):
+        raise ValueError("--launcher tpu needs a gs:// --workdir: the TPU workers write there")
+    if launcher == "local" and "://" not in workdir:
+        workdir = os.path.abspath(workdir)
+    tpu_name = tpu_name or "gandl-" + re.sub(r"[^a-z0-9-]", "-", os.path.splitext(os.path.basename(sweep_path))[0])
+    failed = []
+    for i, run in enumerate(sweep.runs):
+        run_dir = os.path.join(workdir, run.name)
+        cmd = command(sweep, run, run_dir, mode, launcher, launch_flags, tpu_name)
+        if is_done(sweep, run, run_dir, mode):
+            print(f"# [{i + 1}/{len(sweep.runs)}] {run.name}: {mode} done, skipped", flush=True)
+            continue
+        print(f"# [{i + 1}/{len(sweep.runs)}] {run.name}\n{shlex.join(cmd)}", flush=True)
+        if dry_run:
+            continue
+        if subprocess.run(cmd, cwd=REPO_ROOT).returncode == 0:
+            _mark_done(sweep, run, run_dir, mode, cmd)
+        else:
+            failed.append(run.name)
+    if not dry_run:
+        for path in write_summary(summarize(sweep, workdir, mode), workdir):
+            print(f"# wrote {path}", flush=True)
+    return failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gandl.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", required=True, help="a sweep file (configs/sweeps/*.py)")
+    parser.add_argument("--workdir", required=True, help="the sweep's folder: one workdir per run, the summary")
+    parser.add_argument("--mode", help="gandl.main mode of every run (default: the sweep's, else train)")
+    parser.add_argument("--launcher", choices=("local", "tpu"), default="local",
+                        help="local: gandl.main here, one run after another; tpu: launch/tpu.sh per run")
+    parser.add_argument("--launch_flags", default="", help="extra launch/tpu.sh flags, e.g. '--spot --type=v3-32'")
+    parser.add_argument("--tpu_name", default="", help="the TPU VM every run uses (default: gandl-<sweep file>)")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    failed = run_sweep(args.sweep, args.workdir, args.mode, args.launcher, shlex.split(args.launch_flags),
+                       args.tpu_name, args.dry_run)
+    if failed:
+        print(f"# failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
