@@ -1,0 +1,133 @@
+"""gandl.sweep: expansion, naming, checks against the base config, a real local sweep and its summary."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gandl import sweep
+
+SMOKE = os.path.join(sweep.REPO_ROOT, "configs", "sweeps", "convert_smoke.py")
+
+
+def test_expand_product_and_zip_groups():
+    runs = sweep.expand({"product": {"a": [1, 2]},
+                         "zip": [{"b": ["x", "y"], "c": [10, 20]}, {"d": [True]}]})
+    assert runs == [{"a": 1, "b": "x", "c": 10, "d": True}, {"a": 1, "b": "y", "c": 20, "d": True},
+                    {"a": 2, "b": "x", "c": 10, "d": True}, {"a": 2, "b": "y", "c": 20, "d": True}]
+    assert sweep.expand({"zip": {"b": [1, 2], "c": [3, 4]}}) == [{"b": 1, "c": 3}, {"b": 2, "c": 4}]
+    assert sweep.expand({}) == [{}]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"zip": {"b": [1, 2], "c": [3]}}, "one length"),
+    ({"product": {"a": [1]}, "zip": {"a": [2]}}, "swept twice"),
+    ({"overrides": {"a": 0}, "product": {"a": [1]}}, "both fixed and swept"),
+    ({"product": {"a": []}}, "at least one value"),
+])
+def test_expand_rejects_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.expand(spec)
+
+
+def test_run_names_are_stable_and_unique():
+    assert sweep.run_name({"train.g_lr": 1e-4, "data.augment": False}) == "train.g_lr=0.0001,data.augment=False"
+    assert sweep.run_name({}) == "base"
+    lossy = sweep.run_name({"data.channels": (1, 2, 3)})
+    assert lossy.startswith("data.channels=_1,_2,_3_-") and lossy == sweep.run_name({"data.channels": [1, 2, 3]})
+    assert lossy != sweep.run_name({"data.channels": (1, 2, 4)})
+    assert len(sweep.run_name({"data.root": "x" * 500})) == sweep._MAX_NAME
+
+
+def _write_sweep(tmp_path, spec: dict) -> str:
+    path = tmp_path / "sweep.py"
+    path.write_text(f"def get_sweep():\n    return {spec!r}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.no_such_field": 1}, "no_such_field"),
+    ({"data.sites_per_shard": 1.5}, "sites_per_shard"),
+])
+def test_overrides_are_checked_against_the_base_config(tmp_path, overrides, message):
+    path = _write_sweep(tmp_path, {"base": "configs/demo.py", "product": {k: [v] for k, v in overrides.items()}})
+    with pytest.raises(ValueError, match=message):
+        sweep.load_sweep(path)
+    with pytest.raises(ValueError, match="needs 'base'"):
+        sweep.load_sweep(_write_sweep(tmp_path, {"product": {}}))
+
+
+def test_command_passes_every_override_and_the_mode(tmp_path):
+    s = sweep.load_sweep(_write_sweep(tmp_path, {"base": "configs/demo.py", "overrides": {"data.channels": (1, 2)},
+                                                 "product": {"data.kind": ["rxrx1"]}}))
+    run, = s.runs
+    assert sweep.command(s, run, "/w/r", "train", "local")[1:] == [
+        "-m", "gandl.main", "--config", os.path.join(sweep.REPO_ROOT, "configs/demo.py"), "--workdir", "/w/r",
+        "--mode", "train", "--config.data.channels=(1, 2)", "--config.data.kind=rxrx1"]
+    assert sweep.command(s, run, "gs://b/r", "embed", "tpu", ["--spot"], "vm") == [
+        "bash", sweep.TPU_LAUNCHER, "--name", "vm", "--workdir", "gs://b/r", "--config", "configs/demo.py",
+        "--mode", "embed", "--spot", "--config.data.channels=(1, 2)", "--config.data.kind=rxrx1"]
+
+
+def _write_scalars(logdir: str, steps: range, offset: float) -> None:
+    from gandl._tf import tf
+
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for step in steps:
+            tf.summary.scalar("g_loss", offset + step, step=step)
+            tf.summary.scalar("d_loss", -step, step=step)
+        tf.summary.image("samples/ema", np.zeros((1, 4, 4, 3), np.float32), step=steps[-1])
+    writer.close()
+
+
+def test_last_scalars_takes_the_last_step_across_a_resume(tmp_path):
+    logdir = str(tmp_path / "tensorboard")
+    assert sweep.last_scalars(logdir) == {}
+    _write_scalars(logdir, range(1, 6), 0.0)
+    assert sweep.last_scalars(logdir) == {"step": 5, "g_loss": 5.0, "d_loss": -5.0}
+    _write_scalars(logdir, range(4, 8), 100.0)  # a resumed run: a second events file rewrites steps 4 and 5
+    assert sweep.last_scalars(logdir) == {"step": 7, "g_loss": 107.0, "d_loss": -7.0}
+
+
+def test_local_convert_sweep_skips_finished_runs_and_summarizes(tmp_path, monkeypatch, capsys):
+    workdir = str(tmp_path / "sweep")
+    assert sweep.run_sweep(SMOKE, workdir) == []
+    shards = {}
+    for n in (16, 32):
+        run_dir = os.path.join(workdir, f"data.sites_per_shard={n}")
+        with open(os.path.join(run_dir, "shards", "manifest.json")) as f:
+            shards[n] = len(json.load(f)["shards"])
+        with open(os.path.join(run_dir, "done_convert.json")) as f:
+            assert "--config.data.sites_per_shard=" + str(n) in json.load(f)["command"]
+    assert shards[16] > shards[32] >= 2  # the override reached gandl.main
+
+    table = pd.read_csv(os.path.join(workdir, "summary.csv"))
+    assert list(table["run"]) == ["data.sites_per_shard=16", "data.sites_per_shard=32"]
+    assert list(table["data.sites_per_shard"]) == [16, 32] and set(table["status"]) == {"done"}
+    with open(os.path.join(workdir, "summary.md")) as f:
+        assert f.read().splitlines()[2].startswith("| data.sites_per_shard=16 | done | 16 |")
+
+    # A rerun runs nothing; the summary picks up TensorBoard scalars and the analysis table of a run.
+    run_dir = os.path.join(workdir, "data.sites_per_shard=32")
+    _write_scalars(os.path.join(run_dir, "tensorboard"), range(1, 4), 0.5)
+    os.makedirs(os.path.join(run_dir, "analysis"))
+    pd.DataFrame({"task": ["C+ vs C-: accuracy"], "GAN-DL": [0.9], "handcrafted": [0.8]}).to_csv(
+        os.path.join(run_dir, "analysis", "summary.csv"), index=False)
+    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: pytest.fail(f"rerun ran {a}"))
+    capsys.readouterr()
+    assert sweep.run_sweep(SMOKE, workdir) == []
+    assert capsys.readouterr().out.count("convert done, skipped") == 2
+    table = pd.read_csv(os.path.join(workdir, "summary.csv")).set_index("run")
+    row = table.loc["data.sites_per_shard=32"]
+    assert (row["step"], row["g_loss"], row["d_loss"]) == (3, 3.5, -3.0)
+    assert (row["GAN-DL: C+ vs C-: accuracy"], row["handcrafted: C+ vs C-: accuracy"]) == (0.9, 0.8)
+    assert np.isnan(table.loc["data.sites_per_shard=16", "g_loss"])
+
+    # Another mode is not done; a marker left by other settings is refused rather than skipped.
+    s = sweep.load_sweep(SMOKE)
+    assert not sweep.is_done(s, s.runs[1], run_dir, "train")
+    with pytest.raises(ValueError, match="other settings"):
+        sweep.is_done(s, s.runs[0], run_dir, "convert")  # runs[0] is sites_per_shard=16, run_dir holds 32
