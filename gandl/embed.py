@@ -152,8 +152,9 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     bar.close()
     multihost_utils.sync_global_devices("embeddings parts written")
     if jax.process_index() == 0:
+        columns = ["site_id", *[c for c in spec.features if c != "site_id"]]
         for name in feature_fns:
-            _gather(out_dir, name, dict(provenance, feature_set=name))
+            _gather(out_dir, name, columns, dict(provenance, feature_set=name))
     multihost_utils.sync_global_devices("embeddings gathered")
     return {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
 
@@ -166,8 +167,11 @@ def _flush(out_dir: str, part: int, buffers: dict[str, list[dict]]) -> None:
         rows.clear()
 
 
-def _gather(out_dir: str, name: str, provenance: Mapping[str, Any]) -> None:
-    """Concatenate every process's parts into the final npz (contract: DESIGN.md) and the parquet."""
+def _gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any]) -> None:
+    """Concatenate every process's parts into the final npz (contract: DESIGN.md) and the parquet.
+
+    Metadata columns keep the screen's order (`columns`), site_id first.
+    """
     pattern = os.path.join(out_dir, "parts", name, "part-*.npz")
     arrays: dict[str, list[np.ndarray]] = {}
     for path in sorted(tf.io.gfile.glob(pattern)):
@@ -178,9 +182,8 @@ def _gather(out_dir: str, name: str, provenance: Mapping[str, Any]) -> None:
         raise ValueError(f"no embedding parts match {pattern}")
     merged = {k: np.concatenate(v) for k, v in arrays.items()}
     order = np.argsort(merged["index"], kind="stable") if "index" in merged else np.argsort(merged["site_id"])
-    merged = {k: v[order] for k, v in merged.items()}
-    merged.pop("index", None)
-    features = merged.pop("features")
+    features = merged["features"][order]
+    merged = {k: merged[k][order] for k in columns}
     npz_path = os.path.join(out_dir, f"{name}.npz")
     fileio.write_bytes(npz_path, _npz_bytes(dict(merged, features=features,
                                                  provenance=np.array(json.dumps(provenance, default=str)))))

@@ -39,7 +39,7 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    write_text(path, json.dumps(obj, indent=1) + "\n")  # insertion order: column order is meaningful
 
 
 def read_json(path: str) -> Any:
