@@ -59,7 +59,8 @@ class Sweep:
     runs: list[Run]
 
 
-def _load_module(path: str, attr: str):
+def _call_in_file(path: str, attr: str) -> Any:
+    """`attr()` of a Python file loaded by path: sweep and config files are files, not importable modules."""
     spec = importlib.util.spec_from_file_location(f"_gandl_{attr}", path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(path)
@@ -127,13 +128,13 @@ def _check_overrides(base: ml_collections.ConfigDict, run: Run) -> None:
 
 def load_sweep(path: str) -> Sweep:
     """Read, expand and check a sweep file."""
-    spec = _load_module(path, "get_sweep")
+    spec = _call_in_file(path, "get_sweep")
     unknown = set(spec) - _SWEEP_KEYS
     if unknown or "base" not in spec:
         raise ValueError(f"{path}: get_sweep() needs 'base' and may hold {sorted(_SWEEP_KEYS)}; got {sorted(spec)}")
     fixed = dict(spec.get("overrides") or {})
     runs = [Run(run_name(swept), swept, {**fixed, **swept}) for swept in expand(spec)]
-    base_config = _load_module(_base_path(spec["base"]), "get_config")
+    base_config = _call_in_file(_base_path(spec["base"]), "get_config")
     for run in runs:
         _check_overrides(base_config, run)
     return Sweep(spec["base"], spec.get("mode") or "train", runs)
@@ -222,6 +223,7 @@ def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
 
 
 def write_summary(table: pd.DataFrame, workdir: str) -> list[str]:
+    """summary.csv for tools and summary.md for reading, atomically (local or gs://)."""
     from gandl import fileio
     from gandl.analysis.report import markdown_table
 
