@@ -14,12 +14,17 @@ figures). Every mode resumes: rerunning skips what is already complete.
 from __future__ import annotations
 
 import os
+import sys
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gandl.data import convert, pipeline, render, rxrx
+
+# Exit status of a run stopped by SIGTERM/preemption after checkpointing (EX_TEMPFAIL: rerun to resume),
+# so launchers and sweeps can tell it from a finished run.
+EXIT_INTERRUPTED = 75
 
 # Feature sets exported and analysed side by side: file stem -> name in the report.
 FEATURE_SETS = {"gandl": "GAN-DL", "random_d": "random-init D", "handcrafted": "handcrafted"}
@@ -161,13 +166,15 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
-def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The main job: convert -> train -> embed -> analyze, each resuming where it stopped."""
+def run_all(config: ml_collections.ConfigDict, workdir: str):
+    """The main job: convert -> train -> embed -> analyze, each resuming where it stopped.
+
+    Returns the analysis results, or the train result when training was interrupted.
+    """
     run_convert(config, workdir)
     result = run_train(config, workdir)
     if result.stopped_early:
-        logging.info("training was interrupted; rerun to resume")
-        return {}
+        return result
     run_embed(config, workdir)
     return run_analyze(config, workdir)
 
@@ -200,7 +207,10 @@ MODES = {
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    MODES[_MODE.value](_CONFIG.value, _WORKDIR.value)
+    result = MODES[_MODE.value](_CONFIG.value, _WORKDIR.value)
+    if getattr(result, "stopped_early", False):
+        logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -7,21 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from gandl.config import base_config
 from gandl.data import pipeline
 from gandl.train import checkpoint, loop, sharding, state as state_lib, step as step_lib
 
 
 @pytest.fixture(scope="module")
-def config(shards_dir):
-    """A tiny StyleGAN2 on the 16 px, 5-channel test shards; every test shares its compiled step."""
-    cfg = base_config()
+def config(tiny_config, shards_dir):
+    """The tiny model on the 16 px, 5-channel test shards."""
+    cfg = tiny_config.copy_and_resolve_references()
     cfg.data.shards = shards_dir
-    cfg.model.update(resolution=16, num_channels=5, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
-                     channel_max=32, mbstd_group_size=2)
-    cfg.train.update(batch_size=16, g_lr=2e-3, d_lr=2e-3, r1_gamma=0.05, r1_interval=4, pl_interval=2,
-                     log_every=5, checkpoint_every=10, sample_every=10, swd_every=0, steps=10)
-    cfg.preview.update(num_images=8, cols=4)
     return cfg
 
 
