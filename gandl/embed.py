@@ -12,6 +12,7 @@ so memory stays bounded and an interrupted export resumes at the first missing p
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -44,9 +45,9 @@ def dihedral_views(images: jax.Array) -> list[jax.Array]:
     return turns + [jnp.flip(t, axis=2) for t in turns]
 
 
-def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding.Mesh,
-                           orientation_average: bool = False) -> FeatureFn:
-    """Batch-independent D embeddings, computed on the mesh; returns this process's rows as numpy."""
+@functools.lru_cache(maxsize=8)
+def _compiled_features(model: ModelConfig, orientation_average: bool):
+    """jit(params, images) -> features, shared by every parameter set of the same architecture."""
     _, discriminator = build_models(model)
 
     @jax.jit
@@ -54,6 +55,14 @@ def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding
         views = dihedral_views(images) if orientation_average else [images]
         out = [discriminator.apply({"params": params}, v, 1, method=discriminator.features) for v in views]
         return jnp.mean(jnp.stack(out), axis=0)
+
+    return features
+
+
+def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding.Mesh,
+                           orientation_average: bool = False) -> FeatureFn:
+    """Batch-independent D embeddings, computed on the mesh; returns this process's rows as numpy."""
+    features = _compiled_features(model, orientation_average)
 
     def fn(local_images: np.ndarray) -> np.ndarray:
         with jax.set_mesh(mesh):
