@@ -105,3 +105,17 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
         report.analyze_screen(feats, meta.drop(columns="treatment"))
     with pytest.raises(io.JoinError, match="without metadata"):
         io.align(feats, meta["site_id"].str.replace("HRCE", "HRCE-x"), meta)
+
+
+def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
+    result, out = analysis
+    page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") == page.count("</table>") >= 5
+    spearman = result["summary"].loc["hidden efficacy: Spearman (dose points)", "handcrafted"]
+    assert f"<td>{spearman:.3f}</td>" in page
+    top = result["screens"]["handcrafted"]["hits"].nsmallest(1, "rank").iloc[0]
+    assert f"<td>{top['treatment']}</td>" in page
+    # Every figure the markdown links is embedded, and nothing points at a file beside the page.
+    markdown = open(os.path.join(out, "report.md")).read()
+    assert page.count('src="data:image/png;base64,iVBORw0KGgo') == markdown.count("](") >= 6
+    assert ".png" not in page

@@ -2,11 +2,11 @@
 
 `analyze_screen` and `analyze_zeroshot` are pure (arrays in, tables out) for notebooks; `analyze` runs
 them for every feature set given, e.g. {"GAN-DL": (features, metadata), "handcrafted": (...)}, and writes
-tables (CSV + markdown), figures (PNG) and `report.md`, whose centre is a side-by-side table of every task
-for every feature set. Any [N, D] features aligned with RxRx19a-style metadata run through it unchanged.
+tables (CSV + markdown), figures (PNG), `report.md` and a self-contained `report.html` (both rendered from
+one list of blocks), whose centre is a side-by-side table of every task for every feature set. Any [N, D] features aligned with RxRx19a-style metadata run through it unchanged.
 
 Layout of `out_dir` (e.g. `workdir/analysis/`):
-  report.md, summary.csv, analysis.json
+  report.md, report.html (figures embedded), summary.csv, analysis.json
   <feature set>/table1_controls.{csv,md}, spaces.csv, dose_response.csv, hits.csv,
                 fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
                 zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given)
@@ -14,7 +14,9 @@ Layout of `out_dir` (e.g. `workdir/analysis/`):
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import html
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from gandl import fileio
+from gandl._tf import tf
 from gandl.analysis import classify, efficacy, plots, spaces, zeroshot
 from gandl.analysis.io import aggregate_wells
 from gandl.data.rxrx import RXRX19A_COLUMNS
@@ -136,18 +139,29 @@ def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict] | N
     return pd.DataFrame(columns).rename_axis("task")
 
 
+def _cell(v) -> str:
+    """A table cell as text: floats to 3 decimals, NaN as '—'."""
+    if isinstance(v, (float, np.floating)):
+        return "—" if np.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
 def markdown_table(frame: pd.DataFrame, index: bool = True) -> str:
     """A GitHub-flavoured markdown table (floats to 3 decimals, NaN as '—')."""
     frame = frame.reset_index() if index else frame
-
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "—" if np.isnan(v) else f"{v:.3f}"
-        return str(v).replace("|", "\\|")
-
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |"
+              for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def html_table(frame: pd.DataFrame, index: bool = True) -> str:
+    """The same table as `markdown_table`, as an HTML <table>."""
+    frame = frame.reset_index() if index else frame
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>\n"
+                   for row in frame.itertuples(index=False))
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n"
 
 
 def _slug(name: str) -> str:
@@ -188,32 +202,83 @@ def _write_screen(result: dict, folder: str, config: AnalysisConfig) -> list[str
     return files
 
 
-def _report_markdown(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots: Mapping[str, dict],
-                     folders: Mapping[str, str], config: AnalysisConfig) -> str:
-    parts = ["# GAN-DL analysis\n",
-             f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}.\n",
-             "Cross-validation holds out whole plates (or experiments); efficacy scores put the mean C- "
-             "control at -1 and the mean C+ control at +1 per cell line (0 = efficacy threshold).\n",
-             "## Side by side\n", markdown_table(summary)]
+# The report as a list of blocks, rendered to markdown and to HTML from the same structure:
+# ("heading", level, text) | ("text", str) | ("table", DataFrame, show index) | ("figure", alt, path
+# relative to the report) | ("bullets", [str]).
+Block = tuple
+
+
+def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots: Mapping[str, dict],
+                   folders: Mapping[str, str], config: AnalysisConfig) -> list[Block]:
+    blocks: list[Block] = [
+        ("heading", 1, "GAN-DL analysis"),
+        ("text", f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}."),
+        ("text", "Cross-validation holds out whole plates (or experiments); efficacy scores put the mean C- "
+                 "control at -1 and the mean C+ control at +1 per cell line (0 = efficacy threshold)."),
+        ("heading", 2, "Side by side"), ("table", summary, True)]
     for name, result in screens.items():
         folder = folders[name]
-        parts += [f"\n## {name}\n", "### Table 1: control classification\n",
-                  markdown_table(result["table1"], index=False), f"\n![E² controls]({folder}/fig3_controls.png)\n"]
+        blocks += [("heading", 2, name), ("heading", 3, "Table 1: control classification"),
+                   ("table", result["table1"], False), ("figure", "E² controls", f"{folder}/fig3_controls.png")]
         if _highlighted(result["coordinates"], config):
-            parts.append(f"\n![C² compounds]({folder}/fig4_compounds.png)\n")
+            blocks.append(("figure", "C² compounds", f"{folder}/fig4_compounds.png"))
         hits = result["hits"]
         if len(hits):
             cols = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax",
                     "hill_slope", "r2", "fit_status", "toxic_drop", "hit"]
-            parts += [f"\n### Top {config.top_k} compounds per cell line\n",
-                      markdown_table(hits[hits["rank"] <= config.top_k][cols], index=False),
-                      f"\n![dose-response]({folder}/fig5_dose_response.png)\n"]
+            blocks += [("heading", 3, f"Top {config.top_k} compounds per cell line"),
+                       ("table", hits[hits["rank"] <= config.top_k][cols], False),
+                       ("figure", "dose-response", f"{folder}/fig5_dose_response.png")]
         if name in zeroshots:
-            parts += ["\n### Zero-shot cell typing\n", markdown_table(zeroshots[name]["confusion"]),
-                      f"\n![confusion]({folder}/fig6_confusion.png)\n"]
+            blocks += [("heading", 3, "Zero-shot cell typing"), ("table", zeroshots[name]["confusion"], True),
+                       ("figure", "confusion", f"{folder}/fig6_confusion.png")]
         if result["notes"]:
-            parts += ["\n### Notes\n"] + [f"- {n}\n" for n in result["notes"]]
-    return "".join(parts)
+            blocks += [("heading", 3, "Notes"), ("bullets", result["notes"])]
+    return blocks
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """report.md: figures are links relative to the report."""
+    parts = []
+    for kind, *args in blocks:
+        if kind == "heading":
+            parts.append(f"{'#' * args[0]} {args[1]}\n")
+        elif kind == "text":
+            parts.append(f"{args[0]}\n")
+        elif kind == "table":
+            parts.append(markdown_table(*args))
+        elif kind == "figure":
+            parts.append(f"![{args[0]}]({args[1]})\n")
+        else:
+            parts.append("".join(f"- {item}\n" for item in args[0]))
+    return "\n".join(parts)
+
+
+_HTML_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+               "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+               "th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+               "th:first-child,td:first-child{text-align:left}img{max-width:100%}")
+
+
+def render_html(blocks: list[Block], report_dir: str) -> str:
+    """report.html: one self-contained page, figures read from `report_dir` and embedded as data URIs."""
+    parts = []
+    for kind, *args in blocks:
+        if kind == "heading":
+            parts.append(f"<h{args[0]}>{html.escape(args[1])}</h{args[0]}>")
+        elif kind == "text":
+            parts.append(f"<p>{html.escape(args[0])}</p>")
+        elif kind == "table":
+            parts.append(html_table(*args))
+        elif kind == "figure":
+            with tf.io.gfile.GFile(os.path.join(report_dir, args[1]), "rb") as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+            parts.append(f'<img alt="{html.escape(args[0])}" src="data:image/png;base64,{data}">')
+        else:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in args[0]) + "</ul>")
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>GAN-DL analysis</title>'
+            f"<style>{_HTML_STYLE}</style></head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
 def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: AnalysisConfig = AnalysisConfig(),
@@ -251,7 +316,8 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
                   notes={name: r["notes"] for name, r in screens.items()},
                   zeroshot={name: r["summary"] for name, r in zeroshots.items()})
     fileio.write_json(os.path.join(out_dir, "analysis.json"), record)
-    fileio.write_text(os.path.join(out_dir, "report.md"),
-                      _report_markdown(summary, screens, zeroshots, folders, config))
-    files += [os.path.join(out_dir, "analysis.json"), os.path.join(out_dir, "report.md")]
+    blocks = _report_blocks(summary, screens, zeroshots, folders, config)
+    fileio.write_text(os.path.join(out_dir, "report.md"), render_markdown(blocks))
+    fileio.write_text(os.path.join(out_dir, "report.html"), render_html(blocks, out_dir))
+    files += [os.path.join(out_dir, name) for name in ("analysis.json", "report.md", "report.html")]
     return dict(summary=summary, screens=screens, zeroshot=zeroshots, files=files)
