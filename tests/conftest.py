@@ -45,3 +45,21 @@ def tiny_config():
     cfg.preview.update(num_images=8, cols=4)
     cfg.embed.batch_size = 16
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config, tmp_path_factory) -> tuple:
+    """(config, workdir, result) of the main job run once on a tiny budget, shared: tests must not change it.
+
+    Two plates per cell line so that zero-shot and the plate-grouped folds have something to hold out.
+    """
+    from gandl import main
+
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.synthetic.update(seed=0, image_size=16, plates_per_cell_line=2, sites_per_well=1, num_compounds=3)
+    cfg.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=1)
+    cfg.data.update(image_size=16, sites_per_shard=64, num_workers=1)
+    cfg.train.steps = 20
+    cfg.analysis.n_splits = 2
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    return cfg, workdir, main.run_all(cfg, str(workdir))

@@ -8,15 +8,9 @@ import pandas as pd
 from gandl import main
 
 
-def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_config, tmp_path):
-    cfg = tiny_config.copy_and_resolve_references()
-    cfg.synthetic.update(seed=0, image_size=16, plates_per_cell_line=2, sites_per_well=1, num_compounds=3)
-    cfg.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=1)
-    cfg.data.update(image_size=16, sites_per_shard=64, num_workers=1)
-    cfg.train.steps = 20
-    cfg.analysis.n_splits = 2
+def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
+    cfg, tmp_path, result = tiny_run
     workdir = str(tmp_path)
-    result = main.run_all(cfg, workdir)
 
     summary = pd.read_csv(tmp_path / "analysis" / "summary.csv", index_col=0)
     assert list(summary.columns) == ["GAN-DL", "random-init D", "handcrafted"]

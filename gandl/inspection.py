@@ -1,0 +1,109 @@
+"""Look at a training run from a notebook: its checkpoint, EMA samples, losses and latent interpolations.
+
+`load_run(workdir)` rebuilds the full train state (G, D, G-EMA, optimizers) from the config saved in the
+checkpoint, so it needs nothing but the workdir; the rest turns that state and the TensorBoard logs into
+arrays and tables (colab/inspect_training.ipynb is a thin layer over these functions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from gandl._tf import tf
+from gandl.data import pipeline, render
+from gandl.models import build_models
+from gandl.models.config import ModelConfig
+from gandl.models.generator import Generator
+from gandl.train import checkpoint, loop, sharding, state as state_lib
+
+
+@dataclasses.dataclass
+class Run:
+    config: ml_collections.ConfigDict  # the config saved with the checkpoint
+    state: state_lib.TrainState
+    step: int
+    stains: tuple[str, ...]  # of the generator's output channels, for the RxRx colour map
+
+
+def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
+    """Stain names from the run's shards; generic channel names when the shards are not at hand."""
+    shards = config.data.shards or os.path.join(workdir, "shards")
+    if tf.io.gfile.exists(os.path.join(shards, "manifest.json")) or config.data.shards:
+        return pipeline.output_stains(pipeline.open_records(shards, config.data.rxrx1_utils_image_size),
+                                      config.data.channels)
+    return tuple(f"channel {i + 1}" for i in range(config.model.num_channels))
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+    """The train state of checkpoint `step` (default: the latest), rebuilt from the config saved with it."""
+    mesh = sharding.make_mesh()
+    ckpt = checkpoint.Checkpointer(workdir, save_every=1)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
+        config = ml_collections.ConfigDict(ckpt.restore_config(step))
+        with jax.set_mesh(mesh):
+            template = state_lib.create(loop.model_config(config), config.train, config.seed, mesh)
+            state, _ = ckpt.restore(checkpoint.abstract_like(template), step)
+    finally:
+        ckpt.close()
+    return Run(config, state, step, _stains(config, workdir))
+
+
+def sample_grid(run: Run, num: int = 16, cols: int = 8, seed: int = 0) -> np.ndarray:
+    """EMA generator samples for fixed latents, as one uint8 RGB grid in the RxRx colour map."""
+    return render.grid(render.to_rgb(loop.samples(run.config, run.state, num, seed), run.stains), cols)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_interpolation(model: ModelConfig, num: int):
+    generator, _ = build_models(model)
+
+    @jax.jit
+    def interpolate_fn(params, buffers, z: jax.Array) -> jax.Array:
+        variables = {"params": params, "buffers": buffers}
+        ws = generator.apply(variables, z, method=Generator.map)
+        t = jnp.linspace(0.0, 1.0, num)[:, None, None]
+        return generator.apply(variables, (1.0 - t) * ws[0] + t * ws[1], noise_mode="const",
+                               method=Generator.synthesize)
+
+    return interpolate_fn
+
+
+def interpolate(run: Run, num: int = 8, seed: int = 0) -> np.ndarray:
+    """`num` EMA images [num, H, W, C] along the straight line in w between two latents drawn from `seed`."""
+    if num < 2:
+        raise ValueError(f"an interpolation needs at least its two ends, got num={num}")
+    z = jax.random.normal(jax.random.key(seed), (2, run.config.model.z_dim))
+    fn = _compiled_interpolation(loop.model_config(run.config), num)
+    return np.asarray(fn(run.state.ema_params, run.state.ema_buffers, z))
+
+
+def interpolation_strip(run: Run, num: int = 8, seed: int = 0) -> np.ndarray:
+    """`interpolate` rendered as one uint8 RGB row."""
+    return render.grid(render.to_rgb(interpolate(run, num, seed), run.stains), cols=num)
+
+
+def loss_history(workdir: str) -> pd.DataFrame:
+    """Every scalar logged to `workdir/tensorboard`: one row per logged step, one column per tag.
+
+    Event files are read in name (= creation) order, so after a resumed run the later value of a step wins.
+    """
+    rows: dict[int, dict[str, float]] = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    rows.setdefault(event.step, {})[value.tag] = float(tf.make_ndarray(value.tensor))
+    if not rows:
+        raise FileNotFoundError(f"no scalars logged in {os.path.join(workdir, 'tensorboard')}: train first")
+    return pd.DataFrame.from_dict(rows, orient="index").sort_index().rename_axis("step")
