@@ -20,6 +20,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gandl._tf import tf
 from gandl.data import convert, pipeline, render, rxrx
 
 # Exit status of a run stopped by SIGTERM/preemption after checkpointing (EX_TEMPFAIL: rerun to resume),
@@ -121,7 +122,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
         targets.append((zeroshot_shards(config, workdir), os.path.join(out, "zeroshot"), zchannels))
     for source, target, channels in targets:
-        if all(os.path.exists(os.path.join(target, f"{name}.npz")) for name in fns):
+        if all(tf.io.gfile.exists(os.path.join(target, f"{name}.npz")) for name in fns):
             continue
         spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
         embed.export(spec, target, fns, batch_size=e.batch_size, channels=channels, intensity=d.intensity,
@@ -133,8 +134,8 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def latest_embeddings(workdir: str) -> str:
     folder = os.path.join(workdir, "embeddings")
-    steps = sorted(int(n.removeprefix("step_")) for n in os.listdir(folder) if n.startswith("step_")) \
-        if os.path.isdir(folder) else []
+    steps = sorted(int(n.strip("/").removeprefix("step_")) for n in tf.io.gfile.listdir(folder)
+                   if n.startswith("step_")) if tf.io.gfile.isdir(folder) else []
     if not steps:
         raise FileNotFoundError(f"no embeddings in {folder}: run mode=embed first")
     return os.path.join(folder, f"step_{steps[-1]}")
@@ -152,12 +153,15 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sets = {}
         for stem, name in FEATURE_SETS.items():
             path = os.path.join(folder, sub, f"{stem}.npz")
-            if os.path.exists(path):
+            if tf.io.gfile.exists(path):
                 sets[name] = analysis_io.load_embeddings(path)
         return sets
 
     truth_path = os.path.join(config.data.root or os.path.join(workdir, "raw"), "truth.csv")
-    truth = pd.read_csv(truth_path) if os.path.exists(truth_path) else None
+    truth = None
+    if tf.io.gfile.exists(truth_path):  # the synthetic screen's hidden truth
+        with tf.io.gfile.GFile(truth_path) as f:
+            truth = pd.read_csv(f)
     zeroshot = load("zeroshot") if config.zeroshot.enabled else None
     result = report.analyze(load(""), os.path.join(workdir, "analysis"),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
