@@ -1,14 +1,17 @@
-"""Look at a training run from a notebook: its checkpoint, EMA samples, losses and latent interpolations.
+"""Look at a run from a notebook: its checkpoint, EMA samples, losses, latent interpolations, embeddings.
 
 `load_run(workdir)` rebuilds the full train state (G, D, G-EMA, optimizers) from the config saved in the
 checkpoint, so it needs nothing but the workdir; the rest turns that state and the TensorBoard logs into
-arrays and tables (colab/inspect_training.ipynb is a thin layer over these functions).
+arrays and tables; `load_embeddings` gathers the exported feature sets with the run's analysis settings.
+colab/inspect_training.ipynb and colab/analyze_embeddings.ipynb are thin layers over these functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import json
 import os
 
 import jax
@@ -18,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gandl._tf import tf
+from gandl.analysis import io as analysis_io, report
 from gandl.data import pipeline, render
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
@@ -107,3 +111,27 @@ def loss_history(workdir: str) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no scalars logged in {os.path.join(workdir, 'tensorboard')}: train first")
     return pd.DataFrame.from_dict(rows, orient="index").sort_index().rename_axis("step")
+
+
+@dataclasses.dataclass
+class Embeddings:
+    folder: str  # workdir/embeddings/step_<step>
+    sets: dict[str, tuple[np.ndarray, pd.DataFrame]]  # report name (GAN-DL, baselines) -> (features, metadata)
+    zeroshot: dict[str, tuple[np.ndarray, pd.DataFrame]]  # the same for the zero-shot set (may be empty)
+    config: report.AnalysisConfig  # the analysis settings of the run that exported them
+
+
+def load_embeddings(workdir: str) -> Embeddings:
+    """The latest exported feature sets (GAN-DL and the baselines beside it) and the run's analysis config."""
+    from gandl import main  # the feature-set names and embeddings layout of the main job
+
+    folder = main.latest_embeddings(workdir)
+
+    def load(sub: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:
+        paths = {name: os.path.join(folder, sub, f"{stem}.npz") for stem, name in main.FEATURE_SETS.items()}
+        return {name: analysis_io.load_embeddings(p) for name, p in paths.items() if tf.io.gfile.exists(p)}
+
+    with tf.io.gfile.GFile(os.path.join(folder, "gandl.npz"), "rb") as f, np.load(io.BytesIO(f.read())) as npz:
+        provenance = json.loads(str(npz["provenance"]))
+    config = report.AnalysisConfig(**provenance["config"]["analysis"])
+    return Embeddings(folder, load(""), load("zeroshot"), config)

@@ -178,15 +178,8 @@ def _highlighted(coords: pd.DataFrame, config: AnalysisConfig) -> list[str]:
     return [c for c in config.highlight if c in set(coords["treatment"])]
 
 
-def _write_screen(result: dict, folder: str, config: AnalysisConfig) -> list[str]:
-    """Tables and Figures 3-5 of one feature set; returns the paths written."""
-    files = [_write_csv(os.path.join(folder, "table1_controls.csv"), result["table1"]),
-             _write_csv(os.path.join(folder, "spaces.csv"), result["coordinates"]),
-             _write_csv(os.path.join(folder, "dose_response.csv"), result["dose_response"]),
-             _write_csv(os.path.join(folder, "hits.csv"), result["hits"])]
-    path = os.path.join(folder, "table1_controls.md")
-    fileio.write_text(path, markdown_table(result["table1"], index=False))
-    files.append(path)
+def screen_figures(result: dict, config: AnalysisConfig = AnalysisConfig()) -> dict[str, bytes]:
+    """Figures 3-5 of an `analyze_screen` result as PNG bytes, by file name (4 and 5 only when drawable)."""
     coords = result["coordinates"]
     threshold = float(result["axes"].scale_on(result["axes"].threshold))
     figures = {"fig3_controls.png": plots.controls_figure(coords[coords["role"] != "treated"], threshold)}
@@ -196,7 +189,19 @@ def _write_screen(result: dict, folder: str, config: AnalysisConfig) -> list[str
     if len(result["hits"]):
         figures["fig5_dose_response.png"] = plots.dose_response_figure(result["dose_response"], result["hits"],
                                                                        config.highlight, config.top_k)
-    for name, png in figures.items():
+    return figures
+
+
+def _write_screen(result: dict, folder: str, config: AnalysisConfig) -> list[str]:
+    """Tables and Figures 3-5 of one feature set; returns the paths written."""
+    files = [_write_csv(os.path.join(folder, "table1_controls.csv"), result["table1"]),
+             _write_csv(os.path.join(folder, "spaces.csv"), result["coordinates"]),
+             _write_csv(os.path.join(folder, "dose_response.csv"), result["dose_response"]),
+             _write_csv(os.path.join(folder, "hits.csv"), result["hits"])]
+    path = os.path.join(folder, "table1_controls.md")
+    fileio.write_text(path, markdown_table(result["table1"], index=False))
+    files.append(path)
+    for name, png in screen_figures(result, config).items():
         fileio.write_bytes(os.path.join(folder, name), png)
         files.append(os.path.join(folder, name))
     return files
