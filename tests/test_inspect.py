@@ -50,3 +50,12 @@ def test_loss_history_reads_every_logged_scalar(tiny_run, tmp_path):
         inspection.loss_history(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         inspection.load_run(str(tmp_path))
+
+
+def test_load_embeddings_gathers_every_feature_set_with_the_runs_analysis_settings(tiny_run):
+    emb = inspection.load_embeddings(str(tiny_run[1]))
+    assert emb.folder.endswith("step_20")
+    assert list(emb.sets) == list(emb.zeroshot) == ["GAN-DL", "random-init D", "handcrafted"]
+    features, metadata = emb.sets["GAN-DL"]
+    assert features.shape == (len(metadata), 32) and "treatment" in metadata  # w_dim-wide D features
+    assert emb.config.n_splits == 2  # the tiny run's analysis setting, not the default 5
