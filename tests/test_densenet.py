@@ -16,7 +16,8 @@ SMALL = (1, 1, 1, 1)
 
 @pytest.fixture(scope="module")
 def small() -> tuple[densenet.DenseNet, dict]:
-    model = densenet.DenseNet(blocks=SMALL, num_classes=10)
+    """A one-layer-per-block DenseNet with the fine-tuning head (C+ / C-), randomly initialised."""
+    model = densenet.DenseNet(blocks=SMALL, num_classes=2)
     return model, densenet.init(model, jax.random.key(0), (16, 16, 5))
 
 
@@ -60,7 +61,7 @@ def test_state_dict_round_trip(small, tmp_path):
     np.testing.assert_array_equal(kernel, state["features.denseblock2.denselayer1.conv2.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(imported["batch_stats"]["norm5"]["var"], state["features.norm5.running_var"])
     np.testing.assert_array_equal(imported["params"]["adapter"]["kernel"], variables["params"]["adapter"]["kernel"])
-    # Without the head, the ImageNet classifier is skipped and the model's own (10 classes here) kept.
+    # Without the head, the ImageNet classifier is skipped and the model's own (2 classes) kept.
     imagenet_sized = _synthetic_state_dict(densenet.DenseNet(blocks=SMALL), seed=2)
     backbone_only = densenet.from_state_dict(imagenet_sized, variables, with_head=False)
     np.testing.assert_array_equal(backbone_only["params"]["classifier"]["kernel"],
@@ -81,7 +82,7 @@ def test_state_dict_errors_list_every_mismatch(small):
     assert "features.norm5.bias: missing" in message
     assert "features.conv0.weight: shape (64, 3, 3, 3), expected (64, 3, 7, 7)" in message
     assert "features.denseblock9.denselayer1.conv1.weight: unexpected key" in message
-    with pytest.raises(ValueError, match="classifier.weight: shape"):  # the ImageNet head into a 10-class model
+    with pytest.raises(ValueError, match="classifier.weight: shape"):  # the ImageNet head into a 2-class model
         densenet.from_state_dict(_synthetic_state_dict(densenet.DenseNet(blocks=SMALL)), variables)
 
 
@@ -97,3 +98,34 @@ def test_batchnorm_inference_is_per_image_and_training_updates_running_stats(sma
     assert np.abs(train_batch[0] - train_other[0]).max() > 1e-3  # training: batch statistics
     before, after = variables["batch_stats"]["norm0"]["mean"], updates["batch_stats"]["norm0"]["mean"]
     assert np.abs(after - before).max() > 0
+
+
+def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
+    from gandl.analysis import imagenet
+    from gandl.data import pipeline
+    from gandl.train import sharding
+
+    model, before = small
+    spec, mesh = pipeline.open_shards(shards_dir), sharding.make_mesh()
+    # 24 controls (3 batches) in the tiny screen, a random backbone: many short epochs, a large step.
+    settings = imagenet.FineTuneConfig(epochs=10, batch_size=8, learning_rate=0.1, blocks=SMALL, pool_batches=2)
+    after = imagenet.fine_tune(model, before, spec, mesh, settings, seed=0)
+    (loss_before, accuracy_before), (loss_after, accuracy_after) = (
+        imagenet.evaluate(model, v, spec, mesh, settings) for v in (before, after))
+    assert loss_after < 0.92 * loss_before and accuracy_after > accuracy_before
+    frozen = ("conv0", "denseblock1", "norm5")
+    for name in frozen:  # only the adapter and the head learn unless train_backbone
+        jax.tree.map(np.testing.assert_array_equal, after["params"][name], before["params"][name])
+    assert np.abs(after["params"]["adapter"]["kernel"] - before["params"]["adapter"]["kernel"]).max() > 0
+    features = imagenet.feature_fn(model, after, mesh)(np.zeros((8, 16, 16, 5), np.float32))
+    assert features.shape == (8, 68) and np.isfinite(features).all()  # 36 channels + 32 from the last layer
+
+
+def test_control_labels_follow_control_roles():
+    from gandl.analysis import imagenet
+
+    batch = {"disease_condition": np.array([b"Mock", b"Active SARS-CoV-2", b"Mock", b"UV Inactivated SARS-CoV-2",
+                                            b"Mock"], dtype=object),
+             "treatment": np.array([b"", b"", b"Remdesivir", b"", b""], dtype=object),
+             "mask": np.array([True, True, True, True, False])}
+    np.testing.assert_array_equal(imagenet.control_labels(batch), [0, 1, -1, -1, -1])

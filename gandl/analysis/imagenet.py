@@ -1,0 +1,179 @@
+"""The ImageNet comparator: DenseNet-121 fine-tuned on the labelled controls, penultimate features exported.
+
+The paper compares GAN-DL with an ImageNet-pretrained DenseNet-121 whose 5 → 3 channel 1×1 conv and head
+are fine-tuned to tell healthy (C+: Mock, untreated) from infected (C-: Active SARS-CoV-2, untreated)
+control sites; its 1024-d penultimate features then go through the same analysis as GAN-DL's.
+
+Controls are picked by their metadata from the export stream (`pipeline.eval_dataset`, every site once),
+pooled and shuffled a few batches at a time, so memory stays bounded on the full screen. With the
+backbone frozen (the default) its BatchNorm uses the ImageNet running statistics; with
+`train_backbone=True` it runs in training mode and its running statistics follow the controls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from jax.experimental import multihost_utils
+
+from gandl.data import pipeline, rxrx
+from gandl.embed import FeatureFn
+from gandl.models import densenet
+from gandl.train import sharding
+
+RANDOM = "random"  # `weights` value for a randomly initialised backbone (tests, demos without weights)
+LABELS = {"C+": 0, "C-": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig:
+    """Fine-tuning settings (`config.embed.imagenet`)."""
+
+    epochs: int = 3
+    batch_size: int = 32  # global, over every device
+    learning_rate: float = 1e-3
+    train_backbone: bool = False  # False: only the channel adapter and the head learn
+    blocks: tuple[int, ...] = densenet.DENSENET121_BLOCKS  # smaller for quick tests
+    pool_batches: int = 8  # controls are shuffled within pools of this many batches
+
+
+def control_labels(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site and for padding."""
+    decode = lambda column: np.char.decode(batch[column].astype(bytes), "utf-8")  # noqa: E731
+    roles = rxrx.control_role(pd.DataFrame({"disease_condition": decode("disease_condition"),
+                                            "treatment": decode("treatment")}))
+    labels = roles.map(LABELS).fillna(-1).to_numpy(np.int32)
+    return np.where(batch["mask"], labels, -1)
+
+
+def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,
+                    **data: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's control sites as full (images, labels) batches of `batch_size`, shuffled within pools.
+
+    `data` holds the pipeline options (channels, intensity, crop_size); a last partial batch is dropped.
+    """
+    rng = np.random.default_rng(seed)
+    ds = pipeline.eval_dataset(spec, batch_size=batch_size, process_index=jax.process_index(),
+                               process_count=jax.process_count(), **data)
+    images, labels = [], []
+    for batch in itertools.chain(ds.as_numpy_iterator(), [None]):
+        if batch is not None:
+            y = control_labels(batch)
+            images.append(batch["image"][y >= 0])
+            labels.append(y[y >= 0])
+        pooled = sum(len(y) for y in labels)
+        if pooled >= pool_batches * batch_size or (batch is None and pooled):
+            order = rng.permutation(pooled)
+            x, y = np.concatenate(images)[order], np.concatenate(labels)[order]
+            full = pooled - pooled % batch_size
+            for start in range(0, full, batch_size):
+                yield x[start:start + batch_size], y[start:start + batch_size]
+            images, labels = [x[full:]], [y[full:]]
+
+
+def _global_batches(batches: Iterator[tuple[np.ndarray, np.ndarray]], mesh: jax.sharding.Mesh
+                    ) -> Iterator[tuple[jax.Array, jax.Array]]:
+    """Global batches while every process still has one (processes hold different numbers of controls)."""
+    for local in itertools.chain(batches, itertools.repeat(None)):
+        if not multihost_utils.process_allgather(np.array(local is not None)).all():
+            return
+        yield sharding.global_batch(local[0], mesh), sharding.global_batch(local[1], mesh)
+
+
+def _loss(model: densenet.DenseNet, variables: Mapping[str, Any], images: jax.Array, labels: jax.Array,
+          train: bool) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    """Mean cross-entropy of the head on C+ / C-, with its accuracy and the (possibly updated) BN stats."""
+    (_, logits), updates = model.apply(variables, images, train, mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (jnp.mean(jnp.argmax(logits, -1) == labels), updates["batch_stats"])
+
+
+def initial_variables(model: densenet.DenseNet, weights: str, key: jax.Array,
+                      image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """Random variables, with the backbone from torchvision ImageNet weights unless `weights` is 'random'."""
+    variables = densenet.init(model, key, image_shape)
+    return variables if weights == RANDOM else densenet.load_imagenet(weights, variables)
+
+
+def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
+             mesh: jax.sharding.Mesh, settings: FineTuneConfig, **data: Any) -> tuple[float, float]:
+    """(mean loss, accuracy) of the head on every full batch of controls, BatchNorm in inference mode."""
+    @jax.jit
+    def metrics(v: Mapping[str, Any], images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        loss, (accuracy, _) = _loss(model, v, images, labels, False)
+        return loss, accuracy
+
+    results = []
+    with jax.set_mesh(mesh):
+        local = sharding.local_batch_size(settings.batch_size)
+        for images, labels in _global_batches(control_batches(spec, local, settings.pool_batches, 0, **data), mesh):
+            results.append([float(m) for m in metrics(variables, images, labels)])
+    if not results:
+        raise ValueError(f"no full batch of {settings.batch_size} control sites (C+ / C-) in {spec.files[0]}…")
+    return tuple(np.mean(results, axis=0))
+
+
+def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
+              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, **data: Any) -> dict[str, Any]:
+    """Adam on the controls' C+ / C- cross-entropy for `settings.epochs` passes; returns the new variables."""
+    trainable = lambda path, _: settings.train_backbone or path[0].key in ("adapter", "classifier")  # noqa: E731
+    labels = jax.tree_util.tree_map_with_path(lambda p, v: "train" if trainable(p, v) else "frozen",
+                                              variables["params"])
+    tx = optax.multi_transform({"train": optax.adam(settings.learning_rate), "frozen": optax.set_to_zero()}, labels)
+
+    @jax.jit
+    def step(params, batch_stats, opt_state, images, labels):
+        def loss_fn(p):
+            return _loss(model, {"params": p, "batch_stats": batch_stats}, images, labels, settings.train_backbone)
+
+        (_, (_, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state
+
+    with jax.set_mesh(mesh):
+        variables = jax.device_put(dict(variables), sharding.replicated(mesh))
+        params, batch_stats = variables["params"], variables["batch_stats"]
+        opt_state = tx.init(params)
+        local = sharding.local_batch_size(settings.batch_size)
+        for epoch in range(settings.epochs):
+            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, **data)
+            for images, labels in _global_batches(batches, mesh):
+                params, batch_stats, opt_state = step(params, batch_stats, opt_state, images, labels)
+    return {"params": params, "batch_stats": batch_stats}
+
+
+def feature_fn(model: densenet.DenseNet, variables: Mapping[str, Any], mesh: jax.sharding.Mesh) -> FeatureFn:
+    """This process's images → their 1024-d penultimate features (BatchNorm in inference mode), on the mesh."""
+    features = jax.jit(lambda v, images: model.apply(v, images)[0])
+
+    def fn(local_images: np.ndarray) -> np.ndarray:
+        with jax.set_mesh(mesh):
+            out = features(variables, sharding.global_batch(local_images, mesh))
+            return np.asarray(multihost_utils.global_array_to_host_local_array(
+                out, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
+
+    return fn
+
+
+def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, mesh: jax.sharding.Mesh, weights: str,
+                         seed: int, **data: Any) -> FeatureFn:
+    """The comparator's feature function: backbone from `weights` (a torchvision densenet121 state dict as
+    .npz/.pt, or 'random'), adapter and 2-class head fine-tuned on the controls of `spec`.
+
+    `data` holds the pipeline options (channels, intensity, crop_size) the export uses, so the comparator
+    is trained on exactly the images it later embeds.
+    """
+    model = densenet.DenseNet(blocks=tuple(settings.blocks), num_classes=len(LABELS))
+    crop = data.get("crop_size", 0)
+    height, width = (crop, crop) if crop else (spec.height, spec.width)
+    channels = len(pipeline.output_stains(spec, data.get("channels", ())))
+    variables = initial_variables(model, weights, jax.random.key(seed), (height, width, channels))
+    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, **data), mesh)
