@@ -21,7 +21,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
@@ -34,7 +33,7 @@ from gandl.analysis import baselines
 from gandl.data import pipeline
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
-from gandl.train import checkpoint, sharding, state as state_lib
+from gandl.train import checkpoint, sharding
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
 
@@ -81,19 +80,8 @@ def handcrafted(local_images: np.ndarray) -> np.ndarray:
 def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
                           ) -> tuple[ModelConfig, Any, int, dict]:
     """D parameters, model config, step and full config of a training checkpoint (default: the latest)."""
-    ckpt = checkpoint.Checkpointer(workdir, save_every=1)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
-        config = ckpt.restore_config(step)
-        model = ModelConfig.from_mapping(config["model"])
-        with jax.set_mesh(mesh):
-            template = state_lib.create(model, ml_collections.ConfigDict(config["train"]), config["seed"], mesh)
-            state, _ = ckpt.restore(checkpoint.abstract_like(template), step)
-        return model, state.d_params, step, config
-    finally:
-        ckpt.close()
+    config, state, step = checkpoint.restore_run(workdir, mesh, step)
+    return ModelConfig.from_mapping(config.model), state.d_params, step, config.to_dict()
 
 
 def code_version() -> str:

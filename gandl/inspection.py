@@ -48,18 +48,7 @@ def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
 
 def load_run(workdir: str, step: int | None = None) -> Run:
     """The train state of checkpoint `step` (default: the latest), rebuilt from the config saved with it."""
-    mesh = sharding.make_mesh()
-    ckpt = checkpoint.Checkpointer(workdir, save_every=1)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
-        config = ml_collections.ConfigDict(ckpt.restore_config(step))
-        with jax.set_mesh(mesh):
-            template = state_lib.create(loop.model_config(config), config.train, config.seed, mesh)
-            state, _ = ckpt.restore(checkpoint.abstract_like(template), step)
-    finally:
-        ckpt.close()
+    config, state, step = checkpoint.restore_run(workdir, sharding.make_mesh(), step)
     return Run(config, state, step, _stains(config, workdir))
 
 

@@ -11,7 +11,11 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+
+from gandl.models.config import ModelConfig
+from gandl.train import state as state_lib
 
 STATE = "state"
 CONFIG = "config"
@@ -62,6 +66,26 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
+                ) -> tuple[ml_collections.ConfigDict, Any, int]:
+    """(config, train state, step) of checkpoint `step` (default: the latest) of a workdir.
+
+    The state's template is rebuilt from the config saved with the checkpoint, so no config file is needed.
+    """
+    ckpt = Checkpointer(workdir, save_every=1)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
+        config = ml_collections.ConfigDict(ckpt.restore_config(step))
+        with jax.set_mesh(mesh):
+            template = state_lib.create(ModelConfig.from_mapping(config.model), config.train, config.seed, mesh)
+            state, _ = ckpt.restore(abstract_like(template), step)
+        return config, state, step
+    finally:
+        ckpt.close()
 
 
 def abstract_like(state: Any) -> Any:
