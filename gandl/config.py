@@ -62,6 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
         random_baseline=True,  # also export a randomly initialised discriminator's features
         handcrafted=True,  # also export per-channel intensity/texture statistics
         part_batches=32,  # batches per resumable part file
+        # ImageNet comparator (gandl.analysis.imagenet): a torchvision densenet121 state dict (.npz, or .pt with
+        # torch), "random" for a random backbone, "" to skip; fine-tuned per `imagenet` (FineTuneConfig fields).
+        imagenet_weights="",
+        imagenet=ml_collections.ConfigDict(dict(epochs=3, batch_size=32, learning_rate=1e-3, train_backbone=False,
+                                                blocks=(6, 12, 24, 16), pool_batches=8)),
     ))
 
     # Zero-shot cell typing on an RxRx1-layout set never seen in training (6 channels mapped onto 5).

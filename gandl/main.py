@@ -28,7 +28,8 @@ from gandl.data import convert, pipeline, render, rxrx
 EXIT_INTERRUPTED = 75
 
 # Feature sets exported and analysed side by side: file stem -> name in the report.
-FEATURE_SETS = {"gandl": "GAN-DL", "random_d": "random-init D", "handcrafted": "handcrafted"}
+FEATURE_SETS = {"gandl": "GAN-DL", "random_d": "random-init D", "handcrafted": "handcrafted",
+                "imagenet": "ImageNet DenseNet121"}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
@@ -121,6 +122,13 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     if config.zeroshot.enabled:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
         targets.append((zeroshot_shards(config, workdir), os.path.join(out, "zeroshot"), zchannels))
+    if e.imagenet_weights and not all(tf.io.gfile.exists(os.path.join(t, "imagenet.npz")) for _, t, _ in targets):
+        from gandl.analysis import imagenet  # fine-tuned on the screen's controls, then applied to every set
+
+        spec = pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size)
+        fns["imagenet"] = imagenet.fine_tune_comparator(
+            spec, imagenet.FineTuneConfig(**e.imagenet.to_dict()), mesh, e.imagenet_weights, config.seed,
+            channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
     for source, target, channels in targets:
         if all(tf.io.gfile.exists(os.path.join(target, f"{name}.npz")) for name in fns):
             continue
