@@ -3,7 +3,7 @@
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
 ~4,500 synthetic RxRx19a-like sites rendered at 64 px and converted to 32 px, a narrow StyleGAN2 (32
-channels per block, 64-d latents) trained for 1,500 iterations of 16 images, then embeddings of the
+channels per block, 64-d latents) trained for 1,000 iterations of 16 images, then embeddings of the
 screen and of a synthetic RxRx1-like zero-shot set, and the analysis report.
 """
 
@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=2)
     config.data.update(image_size=32, sites_per_shard=128)
     config.model.update(resolution=32, z_dim=64, w_dim=64, channel_base=1024, channel_max=32)
-    config.train.update(batch_size=16, steps=1500, g_lr=2e-3, d_lr=2e-3, r1_gamma=0.05, log_every=50,
+    config.train.update(batch_size=16, steps=1000, g_lr=2e-3, d_lr=2e-3, r1_gamma=0.05, log_every=50,
                         checkpoint_every=250, sample_every=250, swd_every=750, swd_images=512)
     config.embed.batch_size = 64
     return config

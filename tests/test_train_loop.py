@@ -26,17 +26,17 @@ def _params(state: state_lib.TrainState):
 
 def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
     cfg = config.copy_and_resolve_references()
-    cfg.train.steps = 200
-    cfg.train.checkpoint_every = 100
+    cfg.train.steps = 120
+    cfg.train.checkpoint_every = 60
     cfg.train.log_every = 20
     result = loop.train(cfg, str(tmp_path))
-    assert result.step == 200 and not result.stopped_early
+    assert result.step == 120 and not result.stopped_early
     assert all(np.isfinite(h["g_loss"]) and np.isfinite(h["d_loss"]) for h in result.history)
     late = result.history[-3:]
     assert np.mean([h["d_real"] - h["d_fake"] for h in late]) > 0.5  # D separates reals from fakes
     assert np.isfinite([h["r1"] for h in late]).any() and np.isfinite([h["pl_penalty"] for h in late]).any()
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["100", "200"]
-    assert (tmp_path / "samples" / "step_00000200.png").exists()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["120", "60"]
+    assert (tmp_path / "samples" / "step_00000120.png").exists()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
 
 
