@@ -61,11 +61,15 @@ def _compiled_features(model: ModelConfig, orientation_average: bool):
 def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding.Mesh,
                            orientation_average: bool = False) -> FeatureFn:
     """Batch-independent D embeddings, computed on the mesh; returns this process's rows as numpy."""
-    features = _compiled_features(model, orientation_average)
+    return on_mesh(_compiled_features(model, orientation_average), d_params, mesh)
+
+
+def on_mesh(features: Callable[[Any, jax.Array], jax.Array], variables: Any, mesh: jax.sharding.Mesh) -> FeatureFn:
+    """A FeatureFn running jitted `features(variables, global_images)` on the mesh, returning this process's rows."""
 
     def fn(local_images: np.ndarray) -> np.ndarray:
         with jax.set_mesh(mesh):
-            out = features(d_params, sharding.global_batch(local_images, mesh))
+            out = features(variables, sharding.global_batch(local_images, mesh))
             return np.asarray(multihost_utils.global_array_to_host_local_array(
                 out, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
 

@@ -25,7 +25,7 @@ import pandas as pd
 from jax.experimental import multihost_utils
 
 from gandl.data import pipeline, rxrx
-from gandl.embed import FeatureFn
+from gandl.embed import FeatureFn, on_mesh
 from gandl.models import densenet
 from gandl.train import sharding
 
@@ -152,15 +152,7 @@ def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipe
 
 def feature_fn(model: densenet.DenseNet, variables: Mapping[str, Any], mesh: jax.sharding.Mesh) -> FeatureFn:
     """This process's images → their 1024-d penultimate features (BatchNorm in inference mode), on the mesh."""
-    features = jax.jit(lambda v, images: model.apply(v, images)[0])
-
-    def fn(local_images: np.ndarray) -> np.ndarray:
-        with jax.set_mesh(mesh):
-            out = features(variables, sharding.global_batch(local_images, mesh))
-            return np.asarray(multihost_utils.global_array_to_host_local_array(
-                out, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
-
-    return fn
+    return on_mesh(jax.jit(lambda v, images: model.apply(v, images)[0]), variables, mesh)
 
 
 def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, mesh: jax.sharding.Mesh, weights: str,
