@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gandl._tf import tf
-from gandl.analysis import io as analysis_io, report
+from gandl.analysis import report
 from gandl.data import pipeline, render
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
@@ -116,11 +116,7 @@ def load_embeddings(workdir: str) -> Embeddings:
 
     folder = main.latest_embeddings(workdir)
 
-    def load(sub: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:
-        paths = {name: os.path.join(folder, sub, f"{stem}.npz") for stem, name in main.FEATURE_SETS.items()}
-        return {name: analysis_io.load_embeddings(p) for name, p in paths.items() if tf.io.gfile.exists(p)}
-
     with tf.io.gfile.GFile(os.path.join(folder, "gandl.npz"), "rb") as f, np.load(io.BytesIO(f.read())) as npz:
         provenance = json.loads(str(npz["provenance"]))
     config = report.AnalysisConfig(**provenance["config"]["analysis"])
-    return Embeddings(folder, load(""), load("zeroshot"), config)
+    return Embeddings(folder, main.load_feature_sets(folder), main.load_feature_sets(folder, "zeroshot"), config)

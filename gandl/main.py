@@ -149,29 +149,28 @@ def latest_embeddings(workdir: str) -> str:
     return os.path.join(folder, f"step_{steps[-1]}")
 
 
+def load_feature_sets(folder: str, sub: str = "") -> dict:
+    """Report name -> (features, metadata) of every feature set exported in `folder/sub`."""
+    from gandl.analysis import io as analysis_io
+
+    paths = {name: os.path.join(folder, sub, f"{stem}.npz") for stem, name in FEATURE_SETS.items()}
+    return {name: analysis_io.load_embeddings(p) for name, p in paths.items() if tf.io.gfile.exists(p)}
+
+
 def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     import pandas as pd
 
-    from gandl.analysis import io as analysis_io, report
+    from gandl.analysis import report
 
     folder = latest_embeddings(workdir)
-
-    def load(sub: str) -> dict:
-        sets = {}
-        for stem, name in FEATURE_SETS.items():
-            path = os.path.join(folder, sub, f"{stem}.npz")
-            if tf.io.gfile.exists(path):
-                sets[name] = analysis_io.load_embeddings(path)
-        return sets
-
     truth_path = os.path.join(config.data.root or os.path.join(workdir, "raw"), "truth.csv")
     truth = None
     if tf.io.gfile.exists(truth_path):  # the synthetic screen's hidden truth
         with tf.io.gfile.GFile(truth_path) as f:
             truth = pd.read_csv(f)
-    zeroshot = load("zeroshot") if config.zeroshot.enabled else None
-    result = report.analyze(load(""), os.path.join(workdir, "analysis"),
+    zeroshot = load_feature_sets(folder, "zeroshot") if config.zeroshot.enabled else None
+    result = report.analyze(load_feature_sets(folder), os.path.join(workdir, "analysis"),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
                             truth=truth)
     logging.info("report at %s", os.path.join(workdir, "analysis", "report.md"))
