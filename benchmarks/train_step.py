@@ -6,7 +6,7 @@ A full iteration is G main + D main every step, path length every 4 steps and R1
 16 (StyleGAN2's lazy regularisation). Each phase mix is compiled as its own variant (regulariser off,
 or on at every step) and timed; the iteration's time and FLOPs are the amortised combination
 t = t_main + (t_pl - t_main) / 4 + (t_r1 - t_main) / 16, FLOPs from XLA's cost analysis likewise.
-The reference is a large float32 matmul timed in the same process.
+The reference is a large matmul in the model's dtype, timed in the same process.
 """
 
 from __future__ import annotations
@@ -15,23 +15,13 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from flops import compiled_flops, matmul_flops_per_s
 from gandl.config import base_config
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.train import sharding, state as state_lib, step as step_lib
-
-
-def matmul_flops_per_s(n: int = 4096, reps: int = 5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(reps):
-        f(a).block_until_ready()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def _variant(cfg, **train):
@@ -50,8 +40,7 @@ def time_variant(model: ModelConfig, train, mesh, batch: int, iters: int) -> tup
                                                      model.num_channels)).astype(np.float32), mesh)
         compiled = jax.jit(step_lib.make_train_step(generator, discriminator, train), donate_argnums=0) \
             .lower(state, reals).compile()
-        cost = compiled.cost_analysis()
-        flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+        flops = compiled_flops(compiled)
         state, metrics = compiled(state, reals)  # warm-up
         jax.block_until_ready(metrics)
         start = time.perf_counter()
@@ -72,7 +61,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     mesh = sharding.make_mesh()
-    peak = matmul_flops_per_s()
+    peak = matmul_flops_per_s(dtype=args.dtype)
     cfg = base_config()
     rows = []
     for size, batch in zip([int(s) for s in args.sizes.split(",")], [int(b) for b in args.batches.split(",")]):
@@ -88,7 +77,7 @@ def main() -> None:
         rows.append((size, batch, batch / t, flops / batch / 1e9, flops / t / 1e9, flops / t / peak))
     print(f"\nTraining iteration on {jax.device_count()} {jax.devices()[0].platform} device(s), {args.channels} "
           f"channels, channel_base {args.channel_base}, channel_max {args.channel_max}, {args.dtype}; "
-          f"matmul reference {peak / 1e9:.0f} GFLOP/s\n")
+          f"{args.dtype} matmul reference {peak / 1e9:.0f} GFLOP/s\n")
     print("| px | batch | images/s | GFLOP/image | GFLOP/s | fraction of matmul |")
     print("|---:|---:|---:|---:|---:|---:|")
     for size, batch, ips, gf_img, gfs, frac in rows:

@@ -12,17 +12,21 @@ so memory stays bounded and an interrupted export resumes at the first missing p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import os
 import subprocess
-from typing import Any, Callable, Mapping
+import tempfile
+import zipfile
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -45,7 +49,7 @@ def dihedral_views(images: jax.Array) -> list[jax.Array]:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_features(model: ModelConfig, orientation_average: bool):
+def compiled_features(model: ModelConfig, orientation_average: bool):
     """jit(params, images) -> features, shared by every parameter set of the same architecture."""
     _, discriminator = build_models(model)
 
@@ -61,15 +65,21 @@ def _compiled_features(model: ModelConfig, orientation_average: bool):
 def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding.Mesh,
                            orientation_average: bool = False) -> FeatureFn:
     """Batch-independent D embeddings, computed on the mesh; returns this process's rows as numpy."""
-    return on_mesh(_compiled_features(model, orientation_average), d_params, mesh)
+    return on_mesh(compiled_features(model, orientation_average), d_params, mesh)
 
 
 def on_mesh(features: Callable[[Any, jax.Array], jax.Array], variables: Any, mesh: jax.sharding.Mesh) -> FeatureFn:
     """A FeatureFn running jitted `features(variables, global_images)` on the mesh, returning this process's rows."""
 
+    compiled_for: set[tuple] = set()
+
     def fn(local_images: np.ndarray) -> np.ndarray:
         with jax.set_mesh(mesh):
-            out = features(variables, sharding.global_batch(local_images, mesh))
+            images = sharding.global_batch(local_images, mesh)
+            if images.shape not in compiled_for:
+                sharding.compile_in_step(features, variables, images, name=f"features {images.shape}")
+                compiled_for.add(images.shape)
+            out = features(variables, images)
             return np.asarray(multihost_utils.global_array_to_host_local_array(
                 out, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
 
@@ -98,11 +108,13 @@ def code_version() -> str:
     return f"{gandl.__version__}+{commit}"
 
 
-def _part_path(out_dir: str, name: str, part: int) -> str:
-    return os.path.join(out_dir, "parts", name, f"part-{part:05d}-p{jax.process_index():03d}.npz")
+def part_path(out_dir: str, name: str, part: int, process: int | None = None) -> str:
+    """Where a process (default: this one) writes its `part`-th chunk of feature set `name`."""
+    process = jax.process_index() if process is None else process
+    return os.path.join(out_dir, "parts", name, f"part-{part:05d}-p{process:03d}.npz")
 
 
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -134,7 +146,7 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     total = pipeline.eval_num_batches(spec, local, jax.process_count())
     first_names = list(feature_fns)
     done = 0
-    while tf.io.gfile.exists(_part_path(out_dir, first_names[-1], done)):
+    while tf.io.gfile.exists(part_path(out_dir, first_names[-1], done)):
         done += 1
     bar = tqdm(total=total, initial=done * part_batches, unit="batch", desc="embed", disable=not progress)
     buffers: dict[str, list[dict]] = {name: [] for name in feature_fns}
@@ -155,7 +167,7 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     if jax.process_index() == 0:
         columns = ["site_id", *[c for c in spec.features if c != "site_id"]]
         for name in feature_fns:
-            _gather(out_dir, name, columns, dict(provenance, feature_set=name))
+            gather(out_dir, name, columns, dict(provenance, feature_set=name))
     multihost_utils.sync_global_devices("embeddings gathered")
     return {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
 
@@ -164,33 +176,84 @@ def _flush(out_dir: str, part: int, buffers: dict[str, list[dict]]) -> None:
     """Write each feature set's buffered batches as one part (the feature set listed last goes last)."""
     for name, rows in buffers.items():
         merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
-        fileio.write_bytes(_part_path(out_dir, name, part), _npz_bytes(merged))
+        fileio.write_bytes(part_path(out_dir, name, part), npz_bytes(merged))
         rows.clear()
 
 
-def _gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any]) -> None:
-    """Concatenate every process's parts into the final npz (contract: DESIGN.md) and the parquet.
+def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any],
+           chunk_rows: int = 16384) -> None:
+    """Merge every process's parts into the final npz (contract: DESIGN.md) and the parquet, in bounded memory.
 
-    Metadata columns keep the screen's order (`columns`), site_id first.
+    Sites go into metadata order (`index`, else site_id); metadata columns keep the screen's order
+    (`columns`), site_id first. Only the metadata is held whole: features pass through a local scratch
+    file in output order and are streamed `chunk_rows` at a time into both files, so memory does not
+    grow with the feature matrix (305,520 × 512 for RxRx19a; benchmarks/analysis.py).
     """
     pattern = os.path.join(out_dir, "parts", name, "part-*.npz")
-    arrays: dict[str, list[np.ndarray]] = {}
-    for path in sorted(tf.io.gfile.glob(pattern)):
-        with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as part:
-            for k in part.files:
-                arrays.setdefault(k, []).append(part[k])
-    if not arrays:
+    paths = sorted(tf.io.gfile.glob(pattern))
+    if not paths:
         raise ValueError(f"no embedding parts match {pattern}")
-    merged = {k: np.concatenate(v) for k, v in arrays.items()}
+    meta_parts = []
+    for path in paths:
+        with _open_npz(path) as part:
+            meta_parts.append({k: part[k] for k in part.files if k != "features"})
+    merged = {k: np.concatenate([m[k] for m in meta_parts]) for k in meta_parts[0]}
     order = np.argsort(merged["index"], kind="stable") if "index" in merged else np.argsort(merged["site_id"])
-    features = merged["features"][order]
+    if not len(order):
+        raise ValueError(f"the parts matching {pattern} hold no sites")
     merged = {k: merged[k][order] for k in columns}
-    npz_path = os.path.join(out_dir, f"{name}.npz")
-    fileio.write_bytes(npz_path, _npz_bytes(dict(merged, features=features,
-                                                 provenance=np.array(json.dumps(provenance, default=str)))))
-    profiles = pd.DataFrame({f"Metadata_{k}": v for k, v in merged.items()})
-    profiles = pd.concat([profiles, pd.DataFrame(features, columns=[f"GANDL_{j:04d}" for j in range(features.shape[1])])],
-                         axis=1)
-    buf = io.BytesIO()
-    profiles.to_parquet(buf, index=False)
-    fileio.write_bytes(os.path.join(out_dir, f"{name}.parquet"), buf.getvalue())
+    destination = np.empty(len(order), np.int64)
+    destination[order] = np.arange(len(order))  # row i of the concatenated parts goes to destination[i]
+    with tempfile.TemporaryFile() as scratch:
+        dim = _scatter_features(paths, destination, scratch)
+        header = np.array(json.dumps(provenance, default=str))
+        with fileio.written_locally(os.path.join(out_dir, f"{name}.npz")) as local, \
+                zipfile.ZipFile(local, "w", zipfile.ZIP_STORED, allowZip64=True) as npz:
+            for key, values in dict(merged, provenance=header).items():
+                with npz.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, values, allow_pickle=False)
+            with npz.open("features.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False,
+                                                         "shape": (len(order), dim)})
+                for start, chunk in _chunks(scratch, len(order), dim, chunk_rows):
+                    f.write(chunk.tobytes())
+        names = [f"GANDL_{j:04d}" for j in range(dim)]
+        with fileio.written_locally(os.path.join(out_dir, f"{name}.parquet")) as local:
+            writer = None
+            for start, chunk in _chunks(scratch, len(order), dim, chunk_rows):
+                table = pa.table({**{f"Metadata_{k}": v[start:start + len(chunk)] for k, v in merged.items()},
+                                  **{n: chunk[:, j] for j, n in enumerate(names)}})
+                writer = writer or pq.ParquetWriter(local, table.schema)
+                writer.write_table(table)
+            writer.close()
+
+
+@contextlib.contextmanager
+def _open_npz(path: str) -> Iterator[np.lib.npyio.NpzFile]:
+    """An npz from any tf.io.gfile path; members load on access, so metadata reads skip the features."""
+    with tf.io.gfile.GFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+        yield npz
+
+
+def _scatter_features(paths: list[str], destination: np.ndarray, scratch) -> int:
+    """Write the parts' feature rows into `scratch` at their output rows; returns the feature width."""
+    offset, dim = 0, None
+    for path in paths:
+        with _open_npz(path) as part:
+            features = np.ascontiguousarray(part["features"], dtype="<f4")
+        dim = features.shape[1] if dim is None else dim
+        if features.shape[1] != dim:
+            raise ValueError(f"{path}: {features.shape[1]} features per site, other parts have {dim}")
+        for row, values in zip(destination[offset:offset + len(features)], features):
+            scratch.seek(int(row) * dim * 4)
+            scratch.write(values.tobytes())
+        offset += len(features)
+    return dim
+
+
+def _chunks(scratch, rows: int, dim: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 [n, dim]) blocks of the scratch file, in order."""
+    scratch.seek(0)
+    for start in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - start)
+        yield start, np.frombuffer(scratch.read(n * dim * 4), "<f4").reshape(n, dim)

@@ -6,10 +6,12 @@ paths and gs:// (tf.io.gfile).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 from gandl._tf import tf
 
@@ -32,6 +34,39 @@ def write_bytes(path: str, data: bytes) -> None:
     with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
     commit(tmp, path)
+
+
+@contextlib.contextmanager
+def written_locally(path: str) -> Iterator[str]:
+    """A local file name to write `path`'s content into (for libraries that need a seekable local file).
+
+    On success the file is renamed into place (local `path`) or copied beside it and renamed (gs://);
+    on an error nothing at `path` changes and the local file is removed.
+    """
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    remote = "://" in path
+    if remote:
+        handle, local = tempfile.mkstemp(suffix=os.path.basename(path))
+        os.close(handle)
+    else:
+        local = temp_path(path)
+    try:
+        yield local
+        if remote:
+            tmp = temp_path(path)
+            try:
+                tf.io.gfile.copy(local, tmp, overwrite=True)
+                commit(tmp, path)
+            finally:
+                if tf.io.gfile.exists(tmp):
+                    tf.io.gfile.remove(tmp)
+        else:
+            commit(local, path)
+    finally:
+        if os.path.exists(local):
+            os.remove(local)
 
 
 def write_text(path: str, text: str) -> None:

@@ -34,17 +34,10 @@ def shards_dir(rxrx19a_dir, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    """A tiny StyleGAN2 (16 px, 5 channels) and fast schedule; tests that share it share one compiled step."""
-    from gandl.config import base_config
+    """tests/tiny_config.py; tests that share it share one compiled step."""
+    import tiny_config
 
-    cfg = base_config()
-    cfg.model.update(resolution=16, num_channels=5, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
-                     channel_max=32, mbstd_group_size=2)
-    cfg.train.update(batch_size=16, g_lr=2e-3, d_lr=2e-3, r1_gamma=0.05, r1_interval=4, pl_interval=2,
-                     log_every=5, checkpoint_every=10, sample_every=10, swd_every=0, steps=10)
-    cfg.preview.update(num_images=8, cols=4)
-    cfg.embed.batch_size = 16
-    return cfg
+    return tiny_config.get_config()
 
 
 @pytest.fixture(scope="session")

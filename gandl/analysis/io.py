@@ -8,8 +8,6 @@ silently shifted row.
 
 from __future__ import annotations
 
-import io as _io
-
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -28,9 +26,7 @@ def load_embeddings(npz_path: str) -> tuple[np.ndarray, pd.DataFrame]:
     `provenance` and any other non-[N] entry are not metadata and are left out. Integer-valued float
     columns (plate, site) are restored to int64 so they compare equal to the screen's metadata.
     """
-    with tf.io.gfile.GFile(npz_path, "rb") as f:
-        data = f.read()
-    with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
+    with tf.io.gfile.GFile(npz_path, "rb") as f, np.load(f, allow_pickle=False) as npz:  # no whole-file copy
         if "features" not in npz or "site_id" not in npz:
             raise JoinError(f"{npz_path}: an embeddings npz needs 'features' and 'site_id', "
                             f"found {sorted(npz.files)}")

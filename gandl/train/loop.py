@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import signal
 import time
@@ -59,10 +60,13 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_mapping(config.model)
 
 
-def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec) -> InputFn:
-    """Batches of this process from the shards, restarted every `checkpoint_every` steps from the step."""
+def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec, process_index: int | None = None,
+                   process_count: int | None = None) -> InputFn:
+    """Batches of one process (default: this one) from its files, restarted every `checkpoint_every` steps."""
     d, t = config.data, config.train
-    local = sharding.local_batch_size(t.batch_size)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    local = sharding.local_batch_size(t.batch_size, process_count)
 
     def batches(start: int) -> Iterator[np.ndarray]:
         chunk = t.checkpoint_every
@@ -70,9 +74,8 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec)
         while True:
             ds = pipeline.train_dataset(
                 spec, batch_size=local, seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
-                process_index=jax.process_index(),
-                process_count=jax.process_count(), channels=d.channels, intensity=d.intensity,
-                crop_size=d.crop_size, augment=d.augment, shuffle_buffer=d.shuffle_buffer)
+                process_index=process_index, process_count=process_count, channels=d.channels,
+                intensity=d.intensity, crop_size=d.crop_size, augment=d.augment, shuffle_buffer=d.shuffle_buffer)
             it = ds.skip(start - first).as_numpy_iterator()
             for _ in range(first + chunk - start):
                 yield next(it)["image"]
@@ -112,18 +115,24 @@ class _Writer:
 
 
 class _StopFlag:
-    """SIGTERM (preemption, `kill`) asks the loop to checkpoint and exit at the next step."""
+    """SIGTERM (preemption, `kill`) asks the loop to checkpoint and exit at the next step.
 
-    def __init__(self):
+    Under jax.distributed the runtime's own SIGTERM notifier must stay installed: it tells every process,
+    and they agree on one step to stop at (`Checkpointer.reached_preemption`). So the flag takes SIGTERM
+    only in a plain single-process run.
+    """
+
+    def __init__(self, distributed: bool):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None if distributed else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
         logging.warning("SIGTERM: saving a checkpoint and stopping")
         self.requested = True
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -147,7 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
     `input_fn(start_step)` may replace the shard pipeline (each item: this process's batch of images).
     """
     t = config.train
-    sharding.initialize_distributed(t.distributed)
+    distributed = sharding.initialize_distributed(t.distributed)
     mesh = sharding.make_mesh()
     model = model_config(config)
     if input_fn is None:
@@ -160,7 +169,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
 
     ckpt = checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints)
     writer = _Writer(os.path.join(workdir, "tensorboard"))
-    stop = _StopFlag()
+    stop = _StopFlag(distributed)
     history: list[dict[str, float]] = []
     try:
         with jax.set_mesh(mesh):
@@ -170,15 +179,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
                 state, _ = ckpt.restore(checkpoint.abstract_like(state))
                 logging.info("resumed from step %d", start)
             train_step = compiled_step(model, step_lib.step_config(t), mesh)
-            batches = input_fn(start)
+            batches = (sharding.global_batch(local, mesh) for local in input_fn(start))
+            first = next(batches)
+            sharding.compile_in_step(train_step, state, first, name="train step")
+            batches = itertools.chain([first], batches)
             pending: list[dict[str, jax.Array]] = []
             last_time, last_step = time.time(), start
             step = start
             while step < t.steps:
-                state, metrics = train_step(state, sharding.global_batch(next(batches), mesh))
+                state, metrics = train_step(state, next(batches))
                 step += 1
                 pending.append(metrics)
-                preempted = stop.requested or (jax.process_count() > 1 and ckpt.reached_preemption(step))
+                preempted = stop.requested or (distributed and ckpt.reached_preemption(step))
                 boundary = step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.steps or preempted
                 if boundary:
                     history.append(_log(step, t, pending, last_time, last_step, writer))

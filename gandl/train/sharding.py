@@ -7,33 +7,44 @@ local slice of the global batch (`global_batch`).
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+_BARRIERS = itertools.count()
 
 # Environment variables that mean "this process is one of several" (Cloud TPU VMs, explicit coordinators).
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
-def initialize_distributed(mode: str = "auto", coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1) -> bool:
+def initialize_distributed(mode: str = "auto") -> bool:
     """Start JAX's multi-controller runtime when configured or when the environment is a cluster.
 
     mode 'auto' initialises on Cloud TPU VMs and wherever a coordinator is set in the environment (it is
-    also what enables preemption notices); 'on' always; 'off' never. Returns whether it initialised.
+    also what enables synchronised preemption); 'on' always; 'off' never. Besides the clusters JAX detects
+    itself, JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID start any set of processes by hand
+    (several on one machine, or plain VMs). Safe to call again. Returns whether the runtime is up.
     """
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")
-    if mode == "off" or (mode == "auto" and not coordinator_address and not any(v in os.environ for v in _CLUSTER_ENV)):
+    if jax.distributed.is_initialized():
+        return True
+    if mode == "off" or (mode == "auto" and not any(v in os.environ for v in _CLUSTER_ENV)):
         return False
     kwargs = {}
-    if coordinator_address:
-        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    if "JAX_NUM_PROCESSES" in os.environ or "JAX_PROCESS_ID" in os.environ:
+        try:
+            kwargs = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                          process_id=int(os.environ["JAX_PROCESS_ID"]))
+        except (KeyError, ValueError) as e:
+            raise ValueError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must both be set to integers, got "
+                             f"{os.environ.get('JAX_NUM_PROCESSES')!r} and {os.environ.get('JAX_PROCESS_ID')!r}") from e
     jax.distributed.initialize(**kwargs)
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
@@ -55,13 +66,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def local_batch_size(global_batch_size: int) -> int:
-    """This process's share of the global batch; the global batch must split evenly over devices."""
+def local_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
+    """A process's share of the global batch; the global batch must split evenly over devices."""
     if global_batch_size % jax.device_count():
         raise ValueError(f"global batch {global_batch_size} does not divide over {jax.device_count()} devices")
-    return global_batch_size // jax.process_count()
+    return global_batch_size // (jax.process_count() if process_count is None else process_count)
 
 
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """Assemble the global batch from every process's local part, sharded over 'data'."""
     return jax.make_array_from_process_local_data(data_sharding(mesh), local)
+
+
+def compile_in_step(jitted, *args, name: str, timeout_s: int = 3600) -> None:
+    """Compile `jitted` for `args`, then wait until every process has compiled it too.
+
+    Processes compile at different speeds (cache hits, busy hosts), and CPU collectives (gloo) give up
+    when a peer is 30 s late to the first one, so a multi-process run must not start executing until all
+    have their executable. The wait is a coordination-service barrier, not a device collective. The jit
+    cache keeps the executable, so the next `jitted(*args)` does not compile again.
+    """
+    if jax.process_count() == 1:
+        return
+    jitted.lower(*args).compile()
+    key = f"gandl compiled {next(_BARRIERS)} {name}"  # every process calls in the same order
+    ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)

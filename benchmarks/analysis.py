@@ -1,0 +1,145 @@
+"""Memory and time of the export's gather and of the analysis at RxRx19a scale (305,520 sites × 512).
+
+  python benchmarks/analysis.py                 # full size; --sites 30000 for a quick run
+
+A synthetic screen laid out like RxRx19a (two cell lines, 4 sites per well, Mock/UV/Active controls,
+compounds at six doses, a few of them effective) gets random 512-d features with the controls and the
+effective compounds displaced along one direction. Its embedding parts are written as a two-process
+export leaves them; then each phase runs in a fresh process, and the table reports its wall time and
+peak resident memory (ru_maxrss; the part already held after importing TensorFlow, JAX and pandas is shown
+apart), and what the phase adds as a multiple of the feature matrix itself:
+  gather   parts -> embeddings npz + parquet (what process 0 does at the end of an export)
+  analyze  npz -> Table 1, E2/C2 spaces, efficacy, dose-response, hits, report.md/html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+from gandl import embed, fileio
+from gandl.data import rxrx
+
+DOSES_UM = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # six half-log doses (µM)
+SITES_PER_WELL, WELLS_PER_PLATE = 4, 308
+PART_ROWS = 2048  # an export part: 32 batches of 64
+
+
+def screen_metadata(num_sites: int, num_compounds: int, seed: int = 0) -> pd.DataFrame:
+    """RxRx19a-shaped metadata: 93% HRCE / 7% VERO wells, 12% controls, compounds at six doses."""
+    rng = np.random.default_rng(seed)
+    wells = num_sites // SITES_PER_WELL
+    cell = np.where(np.arange(wells) < int(wells * 0.93), "HRCE", "VERO")
+    kind = rng.choice(["Mock", "UV Inactivated SARS-CoV-2", "Active SARS-CoV-2", "compound"], wells,
+                      p=[0.04, 0.02, 0.06, 0.88])
+    compound = rng.integers(0, num_compounds, wells)
+    dose = rng.integers(0, len(DOSES_UM), wells)
+    plate_of = np.arange(wells) // WELLS_PER_PLATE
+    rows = np.repeat(np.arange(wells), SITES_PER_WELL)
+    site = np.tile(np.arange(1, SITES_PER_WELL + 1), wells)
+    experiment = np.char.add(np.char.add(cell[rows], "-"), (plate_of[rows] // 50 + 1).astype(str))
+    plate = plate_of[rows] % 50 + 1
+    well = np.char.add("W", (np.arange(wells) % WELLS_PER_PLATE)[rows].astype(str))
+    well_id = np.char.add(np.char.add(np.char.add(experiment, "_"), plate.astype(str)), np.char.add("_", well))
+    is_compound = kind[rows] == "compound"
+    return pd.DataFrame({
+        "site_id": np.char.add(np.char.add(well_id, "_"), site.astype(str)), "well_id": well_id,
+        "cell_type": cell[rows], "experiment": experiment, "plate": plate, "well": well, "site": site,
+        "disease_condition": np.where(is_compound, "Active SARS-CoV-2", kind[rows]),
+        "treatment": np.where(is_compound, np.char.add("compound-", compound[rows].astype(str)), ""),
+        "treatment_conc": np.where(is_compound, np.asarray(DOSES_UM)[dose[rows]], np.nan), "SMILES": ""})
+
+
+def screen_features(meta: pd.DataFrame, dim: int, seed: int = 0) -> np.ndarray:
+    """N(0, 1) features; healthy controls and the first 10 compounds (rising with dose) moved along one axis."""
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=dim).astype(np.float32)
+    axis /= np.linalg.norm(axis)
+    healthy = meta["disease_condition"].isin(["Mock", "UV Inactivated SARS-CoV-2"]).to_numpy()
+    compound = meta["treatment"].str.removeprefix("compound-").replace("", "-1").astype(int).to_numpy()
+    rescue = np.where((compound >= 0) & (compound < 10), np.log10(meta["treatment_conc"].fillna(1e-3)) + 2, 0)
+    shift = 3.0 * (healthy + np.clip(rescue, 0, 2) / 2)
+    features = np.empty((len(meta), dim), np.float32)
+    for start in range(0, len(meta), 65536):  # in chunks: no N x D float64 temporary
+        stop = min(start + 65536, len(meta))
+        features[start:stop] = rng.standard_normal((stop - start, dim), np.float32)
+        features[start:stop] += shift[start:stop, None].astype(np.float32) * axis
+    return features
+
+
+def write_parts(folder: str, meta: pd.DataFrame, features: np.ndarray, processes: int = 2) -> None:
+    """The parts a `processes`-process export leaves: sites dealt out by process, then cut into parts."""
+    meta = meta.assign(index=np.arange(len(meta), dtype=np.float64))
+    for p in range(processes):
+        rows = np.arange(p, len(meta), processes)
+        for k, start in enumerate(range(0, len(rows), PART_ROWS)):
+            chunk = rows[start:start + PART_ROWS]
+            arrays = {c: meta[c].to_numpy()[chunk] for c in meta}
+            arrays = {c: v.astype(str) if v.dtype.kind in "OU" else v.astype(np.float64) for c, v in arrays.items()}
+            fileio.write_bytes(embed.part_path(folder, "gandl", k, p),
+                               embed.npz_bytes(dict(arrays, features=features[chunk])))
+
+
+def run_phase(phase: str, folder: str) -> dict:
+    """One phase in this process; returns its time, and peak memory before (imports) and after it."""
+    from gandl.analysis import io, report
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    start = time.perf_counter()
+    if phase == "gather":
+        embed.gather(folder, "gandl", list(rxrx.RXRX19A_COLUMNS), {"feature_set": "gandl"})
+    elif phase == "analyze":
+        features, meta = io.load_embeddings(os.path.join(folder, "gandl.npz"))
+        report.analyze({"GAN-DL": (features, meta)}, os.path.join(folder, "analysis"))
+    else:
+        raise ValueError(f"unknown phase {phase!r}")
+    return dict(seconds=time.perf_counter() - start, imports_gb=before,
+                peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=305_520)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--compounds", type=int, default=1670)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(args.phase, args.folder)))
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        meta = screen_metadata(args.sites, args.compounds)
+        features = screen_features(meta, args.dim)
+        write_parts(folder, meta, features)
+        matrix_gb = features.nbytes / 2**30
+        print(f"{len(meta):,} sites × {args.dim} features ({matrix_gb:.2f} GiB float32) written as parts in "
+              f"{time.perf_counter() - start:.0f} s")
+        del features
+        rows = []
+        for phase in ("gather", "analyze"):
+            out = subprocess.run([sys.executable, __file__, "--phase", phase, "--folder", folder],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode:
+                sys.exit(f"phase {phase} failed:\n{out.stderr[-4000:]}")
+            rows.append((phase, json.loads(out.stdout.strip().splitlines()[-1])))
+    print(f"\nGather and analysis of {args.sites:,} sites × {args.dim} features on {os.cpu_count()} CPU cores\n")
+    print("| phase | seconds | peak memory (GiB) | of which imports | rest / feature matrix |")
+    print("|---|---:|---:|---:|---:|")
+    for phase, r in rows:
+        rest = (r["peak_gb"] - r["imports_gb"]) / matrix_gb
+        print(f"| {phase} | {r['seconds']:.0f} | {r['peak_gb']:.2f} | {r['imports_gb']:.2f} | {rest:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
