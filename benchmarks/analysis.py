@@ -6,7 +6,7 @@ A synthetic screen laid out like RxRx19a (two cell lines, 4 sites per well, Mock
 compounds at six doses, a few of them effective) gets random 512-d features with the controls and the
 effective compounds displaced along one direction. Its embedding parts are written as a two-process
 export leaves them; then each phase runs in a fresh process, and the table reports its wall time and
-peak resident memory (ru_maxrss; the part already held after importing TensorFlow, JAX and pandas is shown
+peak resident memory (VmHWM; the part already held after importing TensorFlow, JAX and pandas is shown
 apart), and what the phase adds as a multiple of the feature matrix itself:
   gather   parts -> embeddings npz + parquet (what process 0 does at the end of an export)
   analyze  npz -> Table 1, E2/C2 spaces, efficacy, dose-response, hits, report.md/html
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -89,11 +88,18 @@ def write_parts(folder: str, meta: pd.DataFrame, features: np.ndarray, processes
                                embed.npz_bytes(dict(arrays, features=features[chunk])))
 
 
+def peak_memory_gb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from a parent over exec)."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 2**20
+
+
 def run_phase(phase: str, folder: str) -> dict:
     """One phase in this process; returns its time, and peak memory before (imports) and after it."""
     from gandl.analysis import io, report
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    before = peak_memory_gb()
     start = time.perf_counter()
     if phase == "gather":
         embed.gather(folder, "gandl", list(rxrx.RXRX19A_COLUMNS), {"feature_set": "gandl"})
@@ -103,7 +109,7 @@ def run_phase(phase: str, folder: str) -> dict:
     else:
         raise ValueError(f"unknown phase {phase!r}")
     return dict(seconds=time.perf_counter() - start, imports_gb=before,
-                peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+                peak_gb=peak_memory_gb())
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _legend_below(ax) -> None:
+    """Legend under the axes: never covers points, and costs nothing to place ('best' scans every point)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+
+
 def _panels(n: int, rows: int = 1, size: float = 4.0) -> tuple[Figure, np.ndarray]:
     cols = max(1, -(-n // rows))
     fig = Figure(figsize=(size * cols, size * rows), layout="constrained")
@@ -52,7 +57,7 @@ def controls_figure(coords: pd.DataFrame, threshold: float | None = None) -> byt
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=0.8)
         ax.set(title=f"{line} controls", xlabel="on-perturbation", ylabel="off-perturbation", xlim=(-1.05, 1.05))
-        ax.legend(fontsize=7, loc="best")
+        _legend_below(ax)
     return _png(fig)
 
 
@@ -110,7 +115,7 @@ def dose_response_figure(curves: pd.DataFrame, hits: pd.DataFrame, highlight: Se
             ax.axhline(level, color="k", ls=style, lw=0.8)
         ax.set(title=f"{line}: dose-response", xlabel="log10 concentration (µM)",
                ylabel="efficacy score (C- = -1, C+ = +1)")
-        ax.legend(fontsize=7, loc="best")
+        _legend_below(ax)
     return _png(fig)
 
 
