@@ -1,8 +1,11 @@
-"""Two processes × 4 CPU devices under jax.distributed on localhost, against one process with 8 devices.
+"""Two processes × 2 CPU devices under jax.distributed on localhost, against one process with 8 devices.
 
-The processes run `gandl.main` itself: each reads its own half of the shards, they train on one global
-mesh, save and restore checkpoints together, stop together on a SIGTERM to one of them, and export
-embeddings that are gathered into one file. A shared persistent compilation cache keeps relaunches cheap.
+The processes run `gandl.main` itself. Launch 1 trains, each process reading its own half of the shards,
+until a SIGTERM to one process makes both save a checkpoint at the same step; one process on 8 devices,
+fed the same rows, must reach the same parameters from that checkpoint (which also covers the device
+count, 4 vs 8). Launch 2 restores the checkpoint on both processes and exports
+embeddings, gathered into one file that must equal a one-process export. Every launch compiles afresh:
+a persistent compilation cache does not carry over between multi-process CPU launches.
 """
 
 import glob
@@ -21,12 +24,12 @@ import pytest
 
 from gandl import embed, main
 from gandl.data import pipeline
-from gandl.train import checkpoint, loop, sharding
+from gandl.train import checkpoint, loop, sharding, state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "tiny_config.py")
-PROCESSES, LOCAL_DEVICES = 2, 4
-TIMEOUT_S = 400
+PROCESSES, LOCAL_DEVICES = 2, 2
+TIMEOUT_S = 300
 
 
 def _free_port() -> int:
@@ -35,15 +38,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, mode: str, cache: str, **overrides) -> list[subprocess.Popen]:
+def _launch(workdir, mode: str, **overrides) -> list[subprocess.Popen]:
     """Start the processes of one multi-process `gandl.main` run; each logs to workdir/<mode>_<i>.log."""
     port = _free_port()
     procs = []
     for i in range(PROCESSES):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(PROCESSES),
-                   JAX_PROCESS_ID=str(i), JAX_COMPILATION_CACHE_DIR=cache,
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2")
+                   JAX_PROCESS_ID=str(i), TF_CPP_MIN_LOG_LEVEL="2")
         cmd = [sys.executable, "-m", "gandl.main", f"--config={CONFIG}", f"--workdir={workdir}", f"--mode={mode}",
                *[f"--config.{k}={v}" for k, v in overrides.items()]]
         with open(os.path.join(workdir, f"{mode}_{i}.log"), "w") as log:
@@ -51,9 +53,18 @@ def _launch(workdir, mode: str, cache: str, **overrides) -> list[subprocess.Pope
     return procs
 
 
-def _log(workdir, mode: str, i: int) -> str:
-    with open(os.path.join(workdir, f"{mode}_{i}.log")) as f:
-        return f.read()
+def _logs(workdir, mode: str) -> list[str]:
+    out = []
+    for i in range(PROCESSES):
+        with open(os.path.join(workdir, f"{mode}_{i}.log")) as f:
+            out.append(f.read())
+    return out
+
+
+def _fail(procs: list[subprocess.Popen], workdir, mode: str, why: str) -> None:
+    for p in procs:
+        p.kill()
+    pytest.fail(why + "".join(f"\n--- process {i}:\n{log[-3000:]}" for i, log in enumerate(_logs(workdir, mode))))
 
 
 def _wait(procs: list[subprocess.Popen], workdir, mode: str) -> list[int]:
@@ -62,36 +73,34 @@ def _wait(procs: list[subprocess.Popen], workdir, mode: str) -> list[int]:
     try:
         return [p.wait(timeout=max(deadline - time.time(), 1)) for p in procs]
     except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("\n".join(f"--- process {i}:\n{_log(workdir, mode, i)[-3000:]}" for i in range(len(procs))))
-
-
-def _run(workdir, mode: str, cache: str, **overrides) -> None:
-    procs = _launch(workdir, mode, cache, **overrides)
-    codes = _wait(procs, workdir, mode)
-    assert codes == [0] * PROCESSES, "\n".join(_log(workdir, mode, i)[-3000:] for i in range(PROCESSES))
+        _fail(procs, workdir, mode, f"timed out after {TIMEOUT_S} s")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("jax_cache"))
+def common(shards_dir) -> dict:
+    """Overrides of tests/tiny_config.py: 8 px crops and no regularisers, which compile in a quarter of the time."""
+    return {"data.shards": shards_dir, "data.crop_size": 8, "model.resolution": 8, "model.mapping_layers": 1,
+            "train.r1_gamma": 0.0, "train.pl_weight": 0.0, "train.lipschitz_weight": 0.0,
+            "zeroshot.enabled": False, "embed.random_baseline": False, "embed.handcrafted": False}
 
 
 @pytest.fixture(scope="module")
-def run(shards_dir, tmp_path_factory, cache):
-    """A two-process training run: 10 steps (checkpoint), then relaunched to resume up to step 14."""
+def run(common, tmp_path_factory):
+    """(workdir, stop step) of a two-process training run stopped by a SIGTERM to process 1."""
     workdir = tmp_path_factory.mktemp("two_processes")
-    common = {"data.shards": shards_dir, "zeroshot.enabled": False, "train.steps": 10}
-    _run(workdir, "train", cache, **common)
-    assert checkpoint.Checkpointer(str(workdir), 10).latest_step() == 10
-    _run(workdir, "train", cache, **dict(common, **{"train.steps": 14}))
-    return workdir, common
-
-
-def _restored(workdir) -> tuple:
-    _, state, step = checkpoint.restore_run(str(workdir), sharding.make_mesh())
-    return jax.device_get((state.g_params, state.d_params, state.ema_params, state.d_opt_state)), step
+    procs = _launch(workdir, "train", **common, **{"train.steps": 100_000, "train.log_every": 1})
+    deadline = time.time() + TIMEOUT_S
+    while not re.search(r"step [2-9]/100000", _logs(workdir, "train")[1]):  # compiled and running
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            _fail(procs, workdir, "train", "the run did not get going")
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = _wait(procs, workdir, "train")
+    logs = _logs(workdir, "train")
+    assert codes == [main.EXIT_INTERRUPTED] * PROCESSES, logs
+    stops = [re.findall(r"stopped at step (\d+)", log) for log in logs]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, stops
+    return workdir, int(stops[0][0])
 
 
 def test_each_process_reads_its_own_files(shards_dir):
@@ -100,11 +109,17 @@ def test_each_process_reads_its_own_files(shards_dir):
     assert parts[0].isdisjoint(parts[1]) and parts[0] | parts[1] == set(spec.files)
 
 
-def test_two_processes_match_one(run, tiny_config, tmp_path):
+def test_sigterm_to_one_process_checkpoints_both_at_one_step(run):
+    workdir, step = run
+    assert 2 <= step < 100_000
+    assert checkpoint.Checkpointer(str(workdir), 10).latest_step() == step
+
+
+def test_two_processes_match_one(run, common, tiny_config, tmp_path):
     """One process, 8 devices, fed what the two processes read (process 0's rows, then process 1's)."""
-    workdir, common = run
+    workdir, step = run
     cfg = tiny_config.copy_and_resolve_references()
-    cfg.update_from_flattened_dict(dict(common, **{"train.steps": 14}))
+    cfg.update_from_flattened_dict(dict(common, **{"train.steps": step}))
     spec = pipeline.open_shards(cfg.data.shards)
     streams = [loop.shard_input_fn(cfg, spec, i, PROCESSES) for i in range(PROCESSES)]
 
@@ -112,52 +127,38 @@ def test_two_processes_match_one(run, tiny_config, tmp_path):
         return (np.concatenate(parts) for parts in zip(*(s(start) for s in streams)))
 
     single = loop.train(cfg, str(tmp_path), input_fn=both, spec=spec)
-    assert single.step == 14
-    multi, step = _restored(workdir)
-    assert step == 14
-    ref = jax.device_get((single.state.g_params, single.state.d_params, single.state.ema_params,
-                          single.state.d_opt_state))
-    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(multi)):  # Adam turns rounding into ~1e-4 drift
-        assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-6
+    assert single.step == step and jax.device_count() == 8
+    mesh = sharding.make_mesh()
+    _, multi, _ = checkpoint.restore_run(str(workdir), mesh)
+    with jax.set_mesh(mesh):
+        start = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+    for name in ("g_params", "d_params", "ema_params"):
+        init, one, two = (jax.device_get(getattr(s, name)) for s in (start, single.state, multi))
+        one_update = np.concatenate([(b - a).ravel() for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(one))])
+        two_update = np.concatenate([(b - a).ravel() for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(two))])
+        # Summation order differs (gloo vs in-process all-reduce), Adam amplifies it; other data would not.
+        assert np.linalg.norm(one_update - two_update) <= 0.05 * np.linalg.norm(one_update), name
 
 
-def test_sigterm_to_one_process_stops_all_at_one_step(run, cache, tmp_path):
-    source, common = run
-    workdir = tmp_path / "preempted"
-    shutil.copytree(source, workdir)
-    procs = _launch(workdir, "train", cache, **dict(common, **{"train.steps": 100_000, "train.log_every": 2}))
-    deadline = time.time() + TIMEOUT_S
-    while not re.search(r"step (2\d|[3-9]\d|\d{3,})/100000", _log(workdir, "train", 1)):  # running past step 20
-        if time.time() > deadline or any(p.poll() is not None for p in procs):
-            for p in procs:
-                p.kill()
-            pytest.fail(_log(workdir, "train", 0)[-3000:] + _log(workdir, "train", 1)[-3000:])
-        time.sleep(0.5)
-    procs[1].send_signal(signal.SIGTERM)
-    assert _wait(procs, workdir, "train") == [main.EXIT_INTERRUPTED] * PROCESSES
-    stops = [re.findall(r"stopped at step (\d+)", _log(workdir, "train", i)) for i in range(PROCESSES)]
-    assert stops[0] == stops[1] and len(stops[0]) == 1, stops
-    step = int(stops[0][0])
-    assert 20 < step < 100_000
-    assert checkpoint.Checkpointer(str(workdir), 10).latest_step() == step
-
-
-def test_export_gathers_every_site_once(run, cache, tmp_path):
+def test_export_gathers_every_site_once(run, common, tmp_path):
     """Two-process export = one-process export of the same checkpoint, site for site."""
-    workdir, common = run
-    _run(workdir, "embed", cache, **common)
-    multi = np.load(os.path.join(workdir, "embeddings", "step_14", "gandl.npz"))
+    workdir, step = run
+    procs = _launch(workdir, "embed", **common)
+    assert _wait(procs, workdir, "embed") == [0] * PROCESSES, _logs(workdir, "embed")
+    folder = os.path.join(workdir, "embeddings", f"step_{step}")
+    multi = np.load(os.path.join(folder, "gandl.npz"))
+    spec = pipeline.open_shards(common["data.shards"])
+    assert len(set(multi["site_id"])) == len(multi["site_id"]) == sum(spec.shard_sizes)
+    per_process = [set(np.concatenate([np.load(p)["site_id"] for p in glob.glob(
+        os.path.join(folder, "parts", "gandl", f"part-*-p{i:03d}.npz"))])) for i in range(PROCESSES)]
+    assert per_process[0].isdisjoint(per_process[1]) and per_process[0] | per_process[1] == set(multi["site_id"])
+
     reference = tmp_path / "single"
     shutil.copytree(os.path.join(workdir, "checkpoints"), reference / "checkpoints")
-    spec = pipeline.open_shards(common["data.shards"])
     mesh = sharding.make_mesh()
     model, d_params, _, _ = embed.restore_discriminator(str(reference), mesh)
     single = embed.export(spec, str(reference / "embeddings"), {"gandl": embed.discriminator_features(
-        model, d_params, mesh)}, batch_size=16, provenance={}, progress=False)
+        model, d_params, mesh)}, batch_size=16, provenance={}, crop_size=8, progress=False)
     single = np.load(single["gandl"])
-    assert len(set(multi["site_id"])) == len(multi["site_id"]) == sum(spec.shard_sizes)
-    per_process = [set(np.concatenate([np.load(p)["site_id"] for p in glob.glob(os.path.join(
-        workdir, "embeddings", "step_14", "parts", "gandl", f"part-*-p{i:03d}.npz"))])) for i in range(PROCESSES)]
-    assert per_process[0].isdisjoint(per_process[1]) and per_process[0] | per_process[1] == set(multi["site_id"])
     np.testing.assert_array_equal(multi["site_id"], single["site_id"])
     np.testing.assert_allclose(multi["features"], single["features"], rtol=1e-4, atol=1e-5)
