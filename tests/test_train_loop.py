@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gandl.data import pipeline
-from gandl.train import checkpoint, loop, sharding, state as state_lib, step as step_lib
+from gandl.train import checkpoint, loop, sharding, state as state_lib
 
 
 @pytest.fixture(scope="module")
