@@ -206,16 +206,16 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
     destination[order] = np.arange(len(order))  # row i of the concatenated parts goes to destination[i]
     with tempfile.TemporaryFile() as scratch:
         dim = _scatter_features(paths, destination, scratch)
-        header = np.array(json.dumps(provenance, default=str))
+        provenance_json = np.array(json.dumps(provenance, default=str))
         with fileio.written_locally(os.path.join(out_dir, f"{name}.npz")) as local, \
                 zipfile.ZipFile(local, "w", zipfile.ZIP_STORED, allowZip64=True) as npz:
-            for key, values in dict(merged, provenance=header).items():
+            for key, values in dict(merged, provenance=provenance_json).items():
                 with npz.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, values, allow_pickle=False)
             with npz.open("features.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False,
                                                          "shape": (len(order), dim)})
-                for start, chunk in _chunks(scratch, len(order), dim, chunk_rows):
+                for _, chunk in _chunks(scratch, len(order), dim, chunk_rows):
                     f.write(chunk.tobytes())
         names = [f"GANDL_{j:04d}" for j in range(dim)]
         with fileio.written_locally(os.path.join(out_dir, f"{name}.parquet")) as local:
