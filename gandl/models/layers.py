@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gandl.models.conv import conv2d, conv_transpose2d
+
 Array = jax.Array
 DType = Any
 
 FIR_TAPS = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0  # 1-D factor; the 2-D filter is its outer product.
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # Keeps the activations' second moment through a leaky ReLU.
-_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def block_channels(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -79,26 +80,18 @@ def upsample2d(x: Array) -> Array:
     return upfirdn2d(x, up=2, pad=(2, 1), gain=4.0)
 
 
-def conv2d(x: Array, w: Array, *, stride: int = 1, padding: int = 0, lhs_dilation: int = 1) -> Array:
-    """Plain NHWC × HWIO cross-correlation (PyTorch's conv2d)."""
-    return lax.conv_general_dilated(
-        x, w.astype(x.dtype), (stride, stride), [(padding, padding)] * 2,
-        lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=_DIMS,
-    )
-
-
 def conv2d_resample(x: Array, w: Array, *, up: int = 1, down: int = 1) -> Array:
     """Same-padded k×k conv, optionally with ×`up` upsampling before or ×`down` downsampling after it.
 
     Upsampling is a stride-`up` transposed conv followed by the FIR (gain up²); downsampling is the FIR
-    followed by a strided conv. The transposed conv applies the kernel unflipped as a transposed conv, i.e.
-    flipped relative to `conv2d`, which is what stylegan2-ada-pytorch's `flip_weight=(up == 1)` amounts to.
+    followed by a strided conv. The transposed conv applies the kernel unflipped, i.e. flipped relative to
+    `conv2d`, which is what stylegan2-ada-pytorch's `flip_weight=(up == 1)` amounts to.
     """
     k = w.shape[0]
     p = k // 2
     taps = FIR_TAPS.shape[0]
     if up > 1:
-        x = conv2d(x, w[::-1, ::-1], padding=k - 1, lhs_dilation=up)
+        x = conv_transpose2d(x, w, stride=up)
         pad = (p + (taps + up - 1) // 2 - (k - 1), p + (taps - up) // 2 - (k - up))
         return upfirdn2d(x, pad=pad, gain=float(up * up))
     if down > 1:
