@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec
 
 Array = jax.Array
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -53,23 +54,19 @@ def conv_transpose2d(x: Array, w: Array, *, stride: int) -> Array:
     if not tap_gradients():
         return lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), [(kh - 1, kh - 1), (kw - 1, kw - 1)],
                                         lhs_dilation=(stride, stride), dimension_numbers=_DIMS)
-    b, h, wd, _ = x.shape
-    out_h, out_w = stride * (h - 1) + kh, stride * (wd - 1) + kw
-    rows_h, rows_w = -(-out_h // stride), -(-out_w // stride)  # outputs per phase, before trimming
-    phases = []
-    for a in range(stride):
-        row = []
-        for c in range(stride):
-            # Output phase (a, c) receives the taps u ≡ a, v ≡ c (mod s), applied in reverse as a correlation.
+    out_h, out_w = stride * (x.shape[1] - 1) + kh, stride * (x.shape[2] - 1) + kw
+    y = None
+    for a in range(min(stride, kh)):
+        for c in range(min(stride, kw)):
+            # Output phase (a, c) gets the taps u ≡ a, v ≡ c (mod s), applied reversed as a correlation,
+            # and is spread onto every s-th pixel from (a, c) by interior padding (no reshape of the batch).
             sub = w[a::stride, c::stride][::-1, ::-1]
-            if sub.shape[0] == 0 or sub.shape[1] == 0:
-                row.append(jnp.zeros((b, rows_h, rows_w, w.shape[3]), x.dtype))
-                continue
-            y = conv2d(x, sub, padding=(sub.shape[0] - 1, sub.shape[1] - 1))
-            row.append(jnp.pad(y, ((0, 0), (0, rows_h - y.shape[1]), (0, rows_w - y.shape[2]), (0, 0))))
-        phases.append(jnp.stack(row, axis=3))  # [B, rows_h, rows_w, s (column phase), O]
-    y = jnp.stack(phases, axis=2)  # [B, rows_h, s (row phase), rows_w, s, O]
-    return y.reshape(b, rows_h * stride, rows_w * stride, w.shape[3])[:, :out_h, :out_w]
+            phase = conv2d(x, sub, padding=(sub.shape[0] - 1, sub.shape[1] - 1))
+            spread = [(0, 0, 0)] + [(o, n - o - stride * (m - 1) - 1, stride - 1)
+                                    for o, n, m in zip((a, c), (out_h, out_w), phase.shape[1:3])] + [(0, 0, 0)]
+            phase = lax.pad(phase, jnp.zeros((), phase.dtype), spread)
+            y = phase if y is None else y + phase
+    return y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -105,12 +102,16 @@ def weight_gradient(x: Array, g: Array, stride: int, padding: tuple[int, int], k
     """∂/∂w of conv2d(x, w [*kernel, I, O], stride, padding) for output gradient g: one matmul per tap."""
     xp = jnp.pad(x, ((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0)))
     b, ho, wo, _ = g.shape
+    # Under explicit sharding a contraction over a split batch must name its output's layout: replicated,
+    # which makes XLA all-reduce the per-device sums (the data-parallel weight gradient).
+    replicated = PartitionSpec() if any(jax.typeof(x).sharding.spec) else None
     rows = []
     for u in range(kernel[0]):
         taps = []
         for v in range(kernel[1]):
             window = lax.slice(xp, (0, u, v, 0), (b, u + stride * (ho - 1) + 1, v + stride * (wo - 1) + 1,
                                                   xp.shape[3]), (1, stride, stride, 1))
-            taps.append(jnp.einsum("bhwi,bhwo->io", window, g, preferred_element_type=jnp.float32))
+            taps.append(jnp.einsum("bhwi,bhwo->io", window, g, preferred_element_type=jnp.float32,
+                                   out_sharding=replicated))
         rows.append(jnp.stack(taps))
     return jnp.stack(rows).astype(x.dtype)
