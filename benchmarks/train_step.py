@@ -12,6 +12,7 @@ The reference is a large matmul in the model's dtype, timed in the same process.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -38,9 +39,12 @@ def time_variant(model: ModelConfig, train, mesh, batch: int, iters: int) -> tup
         reals = sharding.global_batch(
             np.random.default_rng(0).uniform(-1, 1, (batch, model.resolution, model.resolution,
                                                      model.num_channels)).astype(np.float32), mesh)
+        start = time.perf_counter()
         compiled = jax.jit(step_lib.make_train_step(generator, discriminator, train), donate_argnums=0) \
             .lower(state, reals).compile()
         flops = compiled_flops(compiled)
+        print(f"{model.resolution} px, r1_interval {train.r1_interval}, pl_interval {train.pl_interval}: "
+              f"compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         state, metrics = compiled(state, reals)  # warm-up
         jax.block_until_ready(metrics)
         start = time.perf_counter()

@@ -75,7 +75,9 @@ def _tap_conv2d(x: Array, w: Array, stride: int, padding: tuple[int, int]) -> Ar
 
 
 def _tap_conv2d_fwd(x: Array, w: Array, stride: int, padding: tuple[int, int]) -> tuple[Array, tuple[Array, Array]]:
-    return _native_conv2d(x, w, stride, padding), (x, w)
+    # The custom function itself, not the native conv: an outer derivative (R1, path length) differentiates
+    # this forward rule too, and must meet the custom VJP here as well.
+    return _tap_conv2d(x, w, stride, padding), (x, w)
 
 
 def _tap_conv2d_bwd(stride: int, padding: tuple[int, int], residuals: tuple[Array, Array], g: Array
