@@ -43,7 +43,8 @@ def _launch(workdir, mode: str, **overrides) -> list[subprocess.Popen]:
     port = _free_port()
     procs = []
     for i in range(PROCESSES):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+        xla_flags = re.sub(r"device_count=\d+", f"device_count={LOCAL_DEVICES}", os.environ["XLA_FLAGS"])
+        env = dict(os.environ, XLA_FLAGS=xla_flags,
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(PROCESSES),
                    JAX_PROCESS_ID=str(i), TF_CPP_MIN_LOG_LEVEL="2")
         cmd = [sys.executable, "-m", "gandl.main", f"--config={CONFIG}", f"--workdir={workdir}", f"--mode={mode}",
