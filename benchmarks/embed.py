@@ -14,8 +14,8 @@ import time
 
 import jax
 import numpy as np
-
 from flops import compiled_flops, matmul_flops_per_s
+
 from gandl import embed
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig

@@ -5,6 +5,7 @@ they stay meaningful when other jobs share the machine; "wall" is what a user wa
 """
 
 import argparse
+import functools
 import os
 
 # One core: keep any threaded library from spreading the work.
@@ -40,14 +41,14 @@ def main() -> None:
     for size in args.sizes:
         n = max(8, 120 * 64 * 64 // (size * size))
         for line in ("HRCE", "VERO"):
-            wall, cpu = _rate(lambda: _render(line, size, n), n)
+            wall, cpu = _rate(functools.partial(_render, line, size, n), n)
             print(f"{size:>5} {'render_site ' + line:<28} {n:>6} {wall:>13.1f} {cpu:>12.1f}")
         sites_per_well = 2 if size <= 128 else 1
         sites = 2 * (3 * len(synthetic.DOSES_UM) + 17) * sites_per_well
         with tempfile.TemporaryDirectory() as tmp:
-            wall, cpu = _rate(lambda: synthetic.write_rxrx19a(
-                tmp, image_size=size, plates_per_cell_line=1, num_compounds=3, sites_per_well=sites_per_well),
-                sites)
+            wall, cpu = _rate(functools.partial(
+                synthetic.write_rxrx19a, tmp, image_size=size, plates_per_cell_line=1, num_compounds=3,
+                sites_per_well=sites_per_well), sites)
         print(f"{size:>5} {'write_rxrx19a (5 PNG/site)':<28} {sites:>6} {wall:>13.1f} {cpu:>12.1f}")
 
 

@@ -17,12 +17,14 @@ import time
 
 import jax
 import numpy as np
-
 from flops import compiled_flops, matmul_flops_per_s
+
 from gandl.config import base_config
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
-from gandl.train import sharding, state as state_lib, step as step_lib
+from gandl.train import sharding
+from gandl.train import state as state_lib
+from gandl.train import step as step_lib
 
 
 def _variant(cfg, **train):

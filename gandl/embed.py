@@ -20,7 +20,8 @@ import os
 import subprocess
 import tempfile
 import zipfile
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,8 @@ import json
 import os
 import tempfile
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from gandl._tf import tf
 

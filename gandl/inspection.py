@@ -26,7 +26,8 @@ from gandl.data import pipeline, render
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.models.generator import Generator
-from gandl.train import checkpoint, loop, sharding, state as state_lib
+from gandl.train import checkpoint, loop, sharding
+from gandl.train import state as state_lib
 
 
 @dataclasses.dataclass

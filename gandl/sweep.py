@@ -181,9 +181,10 @@ def _mark_done(sweep: Sweep, run: Run, run_dir: str, mode: str, cmd: list[str]) 
 def last_scalars(logdir: str) -> dict[str, float]:
     """The last value of every TensorBoard scalar in `logdir` (by step; a resumed run's rewrites win), plus
     `step`, the last step seen. Empty when there is no log."""
-    from gandl._tf import tf  # before tensorboard, so that it reads gs:// through tf.io.gfile
     from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.util import tensor_util
+
+    from gandl._tf import tf  # before tensorboard, so that it reads gs:// through tf.io.gfile
 
     if not tf.io.gfile.isdir(logdir):
         return {}

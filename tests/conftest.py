@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def tiny_screen() -> dict:
     """Arguments of `synthetic.write_rxrx19a` for a small screen: both cell lines, all well kinds."""

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gandl.data import convert, images, rxrx
 from gandl._tf import tf
+from gandl.data import convert, images, rxrx
 
 TIF = os.path.join(os.path.dirname(__file__), "data", "nuclei_16bit.tif")
 

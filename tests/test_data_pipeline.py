@@ -133,7 +133,7 @@ def test_reads_rxrx1_utils_records_with_the_zero_shot_channel_map(tmp_path):
     assert pipeline.output_stains(spec, channels) == rxrx.STAINS["rxrx19a"]
     out = _all_sites(spec, channels=channels)
     by_id = {sid.decode(): i for i, sid in enumerate(out["site_id"])}
-    for k, s in enumerate(sites):
+    for s in sites:
         i = by_id[f"HUVEC-05_{s['plate']}_{s['well']}_1"]
         np.testing.assert_allclose(out["image"][i], s["image"][..., [0, 1, 2, 3, 5]] / 127.5 - 1.0, atol=1e-6)
         assert out["sirna"][i] == s.get("sirna", -1) and out["cell_type"][i] == b"HUVEC"

@@ -1,4 +1,5 @@
-"""launch/: shellcheck (also of benchmarks/*.sh), the exact gcloud commands of --dry-run, and the relaunch loop against a scripted gcloud."""
+"""launch/: shellcheck (also of benchmarks/*.sh), the exact gcloud commands of --dry-run, and the relaunch loop
+against a scripted gcloud."""
 
 import json
 import os
@@ -15,7 +16,8 @@ TPU = os.path.join(REPO_ROOT, "launch", "tpu.sh")
 ZONE = ["--zone", "europe-west4-a"]
 JOB = ("cd gandl && exec .venv/bin/python -m gandl.main --config configs/demo.py --workdir gs://bucket/run "
        "--mode train --config.train.steps=10 '--config.data.channels=(1, 2, 3)'")
-INSTALL_FROM_ARCHIVE = "rm -rf gandl && mkdir gandl && tar -xzf gandl.tar.gz -C gandl && bash gandl/launch/worker_setup.sh"
+INSTALL_FROM_ARCHIVE = ("rm -rf gandl && mkdir gandl && tar -xzf gandl.tar.gz -C gandl && "
+                        "bash gandl/launch/worker_setup.sh")
 ARGS = ["--name", "gan", "--workdir", "gs://bucket/run", "--config", "configs/demo.py", "--config.train.steps=10",
         "--config.data.channels=(1, 2, 3)", "--poll", "0"]
 

@@ -33,7 +33,9 @@ def _derivatives(f, x, w):
 
     def all_of_them(x, w):
         y = f(x, w)
-        loss = lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * jnp.linspace(-1.0, 1.0, y.size).reshape(y.shape))
+        def loss(x, w):
+            return jnp.sum(jnp.tanh(f(x, w)) * jnp.linspace(-1.0, 1.0, y.size).reshape(y.shape))
+
         second = jax.grad(lambda w: jnp.sum(jnp.square(jax.grad(loss)(x, w))))(w)
         return y, *jax.grad(loss, (0, 1))(x, w), second
 

@@ -24,7 +24,8 @@ import pytest
 
 from gandl import embed, main
 from gandl.data import pipeline
-from gandl.train import checkpoint, loop, sharding, state as state_lib
+from gandl.train import checkpoint, loop, sharding
+from gandl.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "tiny_config.py")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from gandl.data import pipeline
-from gandl.train import checkpoint, loop, sharding, state as state_lib
+from gandl.train import checkpoint, loop, sharding
+from gandl.train import state as state_lib
 
 
 @pytest.fixture(scope="module")

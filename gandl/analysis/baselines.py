@@ -37,7 +37,7 @@ def _read_embedding_csv(handle, source: str, chunksize: int) -> tuple[list[np.nd
         if columns is None:
             if "site_id" not in chunk:
                 raise ValueError(f"{source}: no site_id column (columns start {list(chunk.columns[:5])})")
-            named = sorted(((int(m.group(1)), c) for c in chunk.columns if (m := _FEATURE_COLUMN.match(c))))
+            named = sorted((int(m.group(1)), c) for c in chunk.columns if (m := _FEATURE_COLUMN.match(c)))
             columns = [c for _, c in named] or [c for c in chunk.columns if c != "site_id"]
             if not columns:
                 raise ValueError(f"{source}: no feature columns besides site_id")

@@ -3,7 +3,8 @@
 `analyze_screen` and `analyze_zeroshot` are pure (arrays in, tables out) for notebooks; `analyze` runs
 them for every feature set given, e.g. {"GAN-DL": (features, metadata), "handcrafted": (...)}, and writes
 tables (CSV + markdown), figures (PNG), `report.md` and a self-contained `report.html` (both rendered from
-one list of blocks), whose centre is a side-by-side table of every task for every feature set. Any [N, D] features aligned with RxRx19a-style metadata run through it unchanged.
+one list of blocks), whose centre is a side-by-side table of every task for every feature set. Any
+[N, D] features aligned with RxRx19a-style metadata run through it unchanged.
 
 Layout of `out_dir` (e.g. `workdir/analysis/`):
   report.md, report.html (figures embedded), summary.csv, analysis.json

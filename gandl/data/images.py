@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from gandl._tf import tf
 import tifffile
 from PIL import Image
+
+from gandl._tf import tf
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 

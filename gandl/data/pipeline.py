@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -224,7 +224,8 @@ def eval_dataset(spec: RecordSpec, *, batch_size: int, process_index: int = 0, p
             ex["image"] = tf.image.resize_with_crop_or_pad(ex["image"], crop_size, crop_size)
         return dict(ex, mask=tf.constant(True))
 
-    ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files))).map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files)))
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
     if num_batches is None:
         num_batches = eval_num_batches(spec, batch_size, process_count)

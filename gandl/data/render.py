@@ -8,7 +8,7 @@ MitoTracker magenta, WGA yellow). Stains are matched by name, so RxRx1 and RxRx1
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
 from gandl._tf import tf
 
 RXRX19A_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site",
@@ -72,7 +73,7 @@ class Screen:
     def num_sites(self) -> int:
         return len(self.metadata)
 
-    def subset(self, rows: np.ndarray) -> "Screen":
+    def subset(self, rows: np.ndarray) -> Screen:
         """The screen restricted to the given row positions (metadata index reset)."""
         return Screen(self.metadata.iloc[rows].reset_index(drop=True), self.paths[rows], self.stains,
                       self.source)

@@ -14,7 +14,7 @@ import itertools
 import os
 import signal
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,9 @@ from gandl._tf import tf
 from gandl.data import pipeline, render
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
-from gandl.train import checkpoint, sharding, state as state_lib, step as step_lib, swd
+from gandl.train import checkpoint, sharding, swd
+from gandl.train import state as state_lib
+from gandl.train import step as step_lib
 
 InputFn = Callable[[int], Iterator[np.ndarray]]  # start step -> this process's batches of images
 

@@ -6,7 +6,7 @@ toy function with a known gradient, and so the step functions decide what is dif
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,7 @@ minibatch-stddev group size, so each sample's group is the same on 1 device or 2
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
