@@ -2,19 +2,20 @@
 
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
-~4,500 synthetic RxRx19a-like sites rendered at 64 px and converted to 32 px, a narrow StyleGAN2 (32
-channels per block, 64-d latents) trained for 1,000 iterations of 16 images, then embeddings of the
-screen and of a synthetic RxRx1-like zero-shot set, and the analysis report.
+4,512 synthetic RxRx19a-like sites (`gandl.data.synthetic.DEMO_RXRX19A`) rendered at 64 px and converted
+to 32 px, a narrow StyleGAN2 (32 channels per block, 64-d latents) trained for 1,000 iterations of 16
+images, then embeddings of the screen and of a synthetic RxRx1-like zero-shot set, and the analysis report.
 """
 
 import ml_collections
 
 from gandl.config import base_config
+from gandl.data.synthetic import DEMO_RXRX19A
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = base_config()
-    config.synthetic.update(image_size=64, plates_per_cell_line=4, sites_per_well=3, num_compounds=24)
+    config.synthetic.update(DEMO_RXRX19A)  # the same screen as `python -m gandl.data.synthetic --demo`
     config.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=2)
     config.data.update(image_size=32, sites_per_shard=128)
     config.model.update(resolution=32, z_dim=64, w_dim=64, channel_base=1024, channel_max=32)

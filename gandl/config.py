@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The embedded default screen (gandl.data.synthetic.write_rxrx19a arguments).
     config.synthetic = ml_collections.ConfigDict(dict(
-        seed=0, image_size=64, plates_per_cell_line=2, sites_per_well=2, num_compounds=12))
+        seed=0, image_size=64, plates_per_cell_line=2, sites_per_well=2, num_compounds=12,
+        control_wells_per_plate=(6, 3, 6, 2)))
 
     config.preview = ml_collections.ConfigDict(dict(num_images=32, cols=8))
 

@@ -62,9 +62,18 @@ def _rewrite(root: str, edit) -> None:
 
 def test_missing_column_is_named(rxrx19a_dir, tmp_path):
     root = _copy_screen(rxrx19a_dir, tmp_path)
-    _rewrite(root, lambda df: df.drop(columns=["SMILES"]))
-    with pytest.raises(rxrx.MetadataError, match=r"metadata.csv is missing columns \['SMILES'\]"):
+    _rewrite(root, lambda df: df.drop(columns=["treatment_conc"]))
+    with pytest.raises(rxrx.MetadataError, match=r"metadata.csv is missing columns \['treatment_conc'\]"):
         rxrx.read_rxrx19a(root)
+
+
+def test_optional_columns_may_be_missing(rxrx19a_dir, tmp_path):
+    """Only the columns a reader uses are required: SMILES and well_id (derived) may be absent."""
+    root = _copy_screen(rxrx19a_dir, tmp_path)
+    full = rxrx.read_rxrx19a(root).metadata
+    _rewrite(root, lambda df: df.drop(columns=["SMILES", "well_id"]))
+    md = rxrx.read_rxrx19a(root).metadata
+    assert "SMILES" not in md and list(md["well_id"]) == list(full["well_id"])
 
 
 def test_duplicate_site_id_is_named(rxrx19a_dir, tmp_path):
@@ -143,3 +152,12 @@ def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
     moved = rxrx.read_rxrx1(root)
     assert moved.paths[0, 0].startswith(os.path.join(images, split) + os.sep)
     assert not rxrx.missing_files(moved)
+
+    # An RxRx1 table without the sirna_id / dataset columns still reads (nothing needs them).
+    metadata = pd.read_csv(os.path.join(root, "metadata.csv"), dtype=str, keep_default_na=False)
+    metadata.drop(columns=["sirna_id", "dataset"]).to_csv(os.path.join(root, "metadata.csv"), index=False)
+    os.rename(os.path.join(images, split), nested)
+    os.rmdir(images)
+    os.rename(nested, images)
+    trimmed = rxrx.read_rxrx1(root)
+    assert "sirna_id" not in trimmed.metadata and not rxrx.missing_files(trimmed)

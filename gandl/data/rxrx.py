@@ -1,4 +1,7 @@
-"""Screen metadata: RxRx19a / RxRx1 schemas, control roles, image paths and the channel registry.
+"""Screen readers: RxRx19a / RxRx1 / generic metadata into validated `Screen`s, and control roles.
+
+The names they read (columns, conditions, stains, file layout) live in `gandl.data.vocabulary`. A reader
+requires only the columns it uses and keeps every other column as metadata.
 
 Every reader returns a `Screen`: one metadata row per site plus one image path per channel, so the
 converter never needs to know which screen format the sites came from. Validation happens here, before
@@ -16,28 +19,21 @@ import numpy as np
 import pandas as pd
 
 from gandl._tf import tf
-
-RXRX19A_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site",
-                   "disease_condition", "treatment", "treatment_conc", "SMILES")
-RXRX1_COLUMNS = ("site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well", "site",
-                 "well_type", "sirna", "sirna_id")
-
-MOCK = "Mock"
-UV_INACTIVATED = "UV Inactivated SARS-CoV-2"
-ACTIVE = "Active SARS-CoV-2"
-BLANK = ""  # wells with no disease condition: a category of their own, never merged into another
-CONDITIONS = (MOCK, UV_INACTIVATED, ACTIVE, BLANK)
-
-# Stains per channel (w1, w2, ...). Channel maps between screens are derived from these names.
-STAINS = {
-    "rxrx19a": ("Hoechst", "ConA", "Phalloidin", "Syto14", "WGA"),
-    "rxrx1": ("Hoechst", "ConA", "Phalloidin", "Syto14", "MitoTracker", "WGA"),
-}
-STAIN_TARGETS = {
-    "Hoechst": "nuclei (DNA)", "ConA": "endoplasmic reticulum", "Phalloidin": "actin",
-    "Syto14": "nucleoli and cytoplasmic RNA", "MitoTracker": "mitochondria",
-    "WGA": "Golgi and plasma membrane",
-}
+from gandl.data.vocabulary import (  # noqa: F401 (re-exported: the readers' names)
+    ACTIVE,
+    BLANK,
+    CONDITIONS,
+    MOCK,
+    RXRX1_COLUMNS,
+    RXRX1_REQUIRED,
+    RXRX19A_COLUMNS,
+    RXRX19A_REQUIRED,
+    STAIN_TARGETS,
+    STAINS,
+    UV_INACTIVATED,
+    channel_map,
+    image_path,
+)
 
 _INT_COLUMNS = ("plate", "site", "sirna_id")
 _FLOAT_COLUMNS = ("treatment_conc",)
@@ -77,18 +73,6 @@ class Screen:
         """The screen restricted to the given row positions (metadata index reset)."""
         return Screen(self.metadata.iloc[rows].reset_index(drop=True), self.paths[rows], self.stains,
                       self.source)
-
-
-def channel_map(source: str, target: str) -> tuple[int, ...]:
-    """1-based channels of `source` that feed each channel of `target`, matched by stain.
-
-    RxRx1 -> RxRx19a gives (1, 2, 3, 4, 6): MitoTracker (w5) has no counterpart and WGA moves w6 -> w5.
-    """
-    src = STAINS[source]
-    missing = [s for s in STAINS[target] if s not in src]
-    if missing:
-        raise ValueError(f"{source} has no channel for the {target} stains {missing}")
-    return tuple(src.index(s) + 1 for s in STAINS[target])
 
 
 def read_csv(path: str) -> pd.DataFrame:
@@ -139,11 +123,6 @@ def _to_numbers(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return df
 
 
-def image_path(images_dir: str, experiment: str, plate: int, well: str, site: int, channel: int) -> str:
-    """The official RxRx file name of one channel of one site, under the screen's `images/` folder."""
-    return os.path.join(images_dir, experiment, f"Plate{plate}", f"{well}_s{site}_w{channel}.png")
-
-
 def _rxrx_paths(root: str, df: pd.DataFrame, num_channels: int, nested_by_dataset: bool) -> np.ndarray:
     """Paths of every channel of every site.
 
@@ -162,11 +141,19 @@ def _rxrx_paths(root: str, df: pd.DataFrame, num_channels: int, nested_by_datase
     return np.array(paths, dtype=str).reshape(len(df), num_channels)
 
 
+def _with_well_id(df: pd.DataFrame) -> pd.DataFrame:
+    """`well_id` (`{experiment}_{plate}_{well}`, the releases' spelling) derived when a table lacks it."""
+    if "well_id" in df.columns:
+        return df
+    well_id = df["experiment"] + "_" + df["plate"].astype(str) + "_" + df["well"]
+    return df.assign(well_id=well_id)[["site_id", "well_id", *df.columns.drop("site_id")]]
+
+
 def read_rxrx19a(root: str, metadata: str = "metadata.csv") -> Screen:
     """An RxRx19a-layout screen: `root/metadata.csv` and `root/images/{exp}/Plate{p}/{well}_s{s}_w{c}.png`."""
     source = os.path.join(root, metadata)
     df = read_csv(source)
-    _require_columns(df, RXRX19A_COLUMNS, source, "RxRx19a")
+    _require_columns(df, RXRX19A_REQUIRED, source, "RxRx19a")
     _check_unique_ids(df, source)
     unknown = sorted(set(df["disease_condition"]) - set(CONDITIONS))
     if unknown:
@@ -179,17 +166,18 @@ def read_rxrx19a(root: str, metadata: str = "metadata.csv") -> Screen:
         row = int(np.flatnonzero(no_conc.to_numpy())[0])
         raise MetadataError(f"{source}: row {row + 2} has treatment {df['treatment'].iloc[row]!r} "
                             "but no treatment_conc")
-    return Screen(df, _rxrx_paths(root, df, len(STAINS["rxrx19a"]), False), STAINS["rxrx19a"], source)
+    return Screen(_with_well_id(df), _rxrx_paths(root, df, len(STAINS["rxrx19a"]), False), STAINS["rxrx19a"], source)
 
 
 def read_rxrx1(root: str, metadata: str = "metadata.csv") -> Screen:
     """An RxRx1-layout screen (6 channels), with images under `images/{exp}` or `images/{dataset}/{exp}`."""
     source = os.path.join(root, metadata)
     df = read_csv(source)
-    _require_columns(df, RXRX1_COLUMNS, source, "RxRx1")
+    _require_columns(df, RXRX1_REQUIRED, source, "RxRx1")
     _check_unique_ids(df, source)
     df = _to_numbers(df, source)
-    return Screen(df, _rxrx_paths(root, df, len(STAINS["rxrx1"]), True), STAINS["rxrx1"], source)
+    return Screen(_with_well_id(df), _rxrx_paths(root, df, len(STAINS["rxrx1"]), "dataset" in df.columns),
+                  STAINS["rxrx1"], source)
 
 
 def read_generic(csv_path: str, channel_columns: Sequence[str], stains: Sequence[str] | None = None,

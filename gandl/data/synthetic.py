@@ -46,26 +46,20 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-MOCK = "Mock"
-UV = "UV Inactivated SARS-CoV-2"
-ACTIVE = "Active SARS-CoV-2"
-BLANK = ""
+from gandl.data.vocabulary import ACTIVE, BLANK, MOCK, RXRX1_COLUMNS, RXRX19A_COLUMNS, STAINS, UV_INACTIVATED
+from gandl.data.vocabulary import image_path as rxrx_image_path
 
-RXRX19A_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site",
-                   "disease_condition", "treatment", "treatment_conc", "SMILES")
-RXRX1_COLUMNS = ("site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well", "site",
-                 "well_type", "sirna", "sirna_id")
 TRUTH_COLUMNS = ("treatment", "cell_type", "effect_class", "emax", "ec50_uM", "hill", "tox_ec50_uM",
                  "tox_hill", "SMILES")
 
-RXRX19A_STAINS = ("hoechst", "cona", "phalloidin", "syto14", "wga")
-RXRX1_STAINS = ("hoechst", "cona", "phalloidin", "syto14", "mitotracker", "wga")
+RXRX19A_STAINS = STAINS["rxrx19a"]
+RXRX1_STAINS = STAINS["rxrx1"]
 
 # Six half-log doses, 0.0316 .. 10 uM, rounded to three significant digits as a plate map would list them.
 DOSES_UM = tuple(float(f"{c:.3g}") for c in 10.0 ** np.arange(-1.5, 1.5, 0.5))
 
 # Infection level of each control condition; UV-inactivated virus is a mild version of the Active phenotype.
-CONDITION_INFECTION = {MOCK: 0.0, BLANK: 0.0, UV: 0.12, ACTIVE: 1.0}
+CONDITION_INFECTION = {MOCK: 0.0, BLANK: 0.0, UV_INACTIVATED: 0.12, ACTIVE: 1.0}
 
 DEMO_RXRX19A = dict(image_size=64, plates_per_cell_line=4, sites_per_well=3, num_compounds=24,
                     control_wells_per_plate=(16, 8, 16, 4))
@@ -105,31 +99,31 @@ CELL_LINES: dict[str, CellLine] = {
         # African green monkey kidney: fewer, spread spindle cells, oval nuclei, strong fibres.
         CellLine("VERO", density=11, length=0.2, aspect=3.0, taper=2.5, jitter=0.9, nucleus=0.032,
                  nucleus_aspect=1.45, irregularity=0.12, alignment=0.5, colonies=0.0, fibres=1.0,
-                 brightness={"wga": 0.8, "syto14": 1.15}),
+                 brightness={"WGA": 0.8, "Syto14": 1.15}),
         # Hepatocytes: small cells packed in colonies, high nucleus / cytoplasm ratio.
         CellLine("HEPG2", density=60, length=0.07, aspect=1.1, taper=0.0, jitter=0.3, nucleus=0.025,
                  nucleus_aspect=1.1, irregularity=0.05, alignment=0.0, colonies=1.0, fibres=0.25,
-                 brightness={"mitotracker": 1.3, "cona": 1.2}),
+                 brightness={"MitoTracker": 1.3, "ConA": 1.2}),
         # Umbilical vein endothelium: elongated cells aligned in one direction.
         CellLine("HUVEC", density=24, length=0.15, aspect=2.4, taper=2.5, jitter=0.5, nucleus=0.025,
                  nucleus_aspect=1.6, irregularity=0.08, alignment=0.85, colonies=0.0, fibres=0.8),
         # Retinal pigment epithelium: large flat polygonal cells, large oval nuclei.
         CellLine("RPE", density=18, length=0.14, aspect=1.35, taper=0.0, jitter=0.35, nucleus=0.034,
                  nucleus_aspect=1.3, irregularity=0.1, alignment=0.15, colonies=0.0, fibres=0.7,
-                 brightness={"phalloidin": 1.2}),
+                 brightness={"Phalloidin": 1.2}),
         # Osteosarcoma: sparse, large, irregular cells with big nuclei and many fibres.
         CellLine("U2OS", density=8, length=0.2, aspect=1.5, taper=0.5, jitter=0.9, nucleus=0.04,
                  nucleus_aspect=1.25, irregularity=0.22, alignment=0.0, colonies=0.0, fibres=1.3,
-                 brightness={"hoechst": 0.85}),
+                 brightness={"Hoechst": 0.85}),
     )
 }
 
 # Base signal level of each stain (fraction of the 8-bit range before plate gain).
-_STAIN_LEVEL = {"hoechst": 0.55, "cona": 0.4, "phalloidin": 0.45, "syto14": 0.3, "mitotracker": 0.45,
-                "wga": 0.45}
+_STAIN_LEVEL = {"Hoechst": 0.55, "ConA": 0.4, "Phalloidin": 0.45, "Syto14": 0.3, "MitoTracker": 0.45,
+                "WGA": 0.45}
 # Autofluorescence per stain, and how many photons one unit of intensity holds (sets the shot noise).
-_BACKGROUND = {"hoechst": 0.03, "cona": 0.04, "phalloidin": 0.035, "syto14": 0.04, "mitotracker": 0.035,
-               "wga": 0.04}
+_BACKGROUND = {"Hoechst": 0.03, "ConA": 0.04, "Phalloidin": 0.035, "Syto14": 0.04, "MitoTracker": 0.035,
+               "WGA": 0.04}
 _PHOTONS_PER_UNIT = 300.0
 # Normalised distance beyond which a cell paints nothing (outline harmonics stretch it to ~1.5).
 _REACH = 1.8
@@ -278,8 +272,8 @@ def _sample_cells(rng: np.random.Generator, line: CellLine, infection: float, to
     harmonics = np.stack([amp2 * np.cos(phase2), amp2 * np.sin(phase2), amp3 * np.cos(phase3),
                           amp3 * np.sin(phase3)], axis=1)
     stain = np.exp(rng.normal(0.0, 0.2, (n, len(RXRX1_STAINS)))).astype(np.float32)
-    stain[apoptotic, RXRX1_STAINS.index("syto14")] *= 0.5
-    stain[apoptotic, RXRX1_STAINS.index("mitotracker")] *= 0.4
+    stain[apoptotic, RXRX1_STAINS.index("Syto14")] *= 0.5
+    stain[apoptotic, RXRX1_STAINS.index("MitoTracker")] *= 0.4
     tilt = rng.normal(0.0, 0.12, n)
     golgi, golgi_r = rng.uniform(0, 2 * math.pi, n), na + 0.3 * nb
     f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
@@ -382,7 +376,7 @@ def render_site(rng: np.random.Generator, cell_line: str | CellLine, *, image_si
     size = image_size
     px = 1.0 / size
     fields = [("chromatin", 0.0035), ("nucleoli", 0.006), ("reticulum", 0.005), ("puncta", 0.003)]
-    if "mitotracker" in stains:
+    if "MitoTracker" in stains:
         fields.append(("mito", 0.0035))
     textures = {name: _texture(rng, size, corr) for name, corr in fields}
     signal = np.zeros((len(stains), size, size), np.float32)
@@ -470,14 +464,14 @@ def _paint(c: _Cells, line: CellLine, stains: Sequence[str], size: int,
     out = np.empty((len(stains), size * size), np.float32)
     for ci, stain in enumerate(stains):
         gain = stain_gain[RXRX1_STAINS.index(stain)]
-        if stain == "hoechst":
+        if stain == "Hoechst":
             spots = fade("chromatin", _sigmoid((tex("chromatin") - 0.8) * 3.0))
             val = nucleus * g["dna"] * (0.7 + 0.6 * g["chromatin"] * spots)
-        elif stain == "cona":
+        elif stain == "ConA":
             er = fade("reticulum", np.exp(-((tex("reticulum") / 0.6) ** 2)))
             envelope = np.exp(-(((rn - 1.0) * nb / (1.5 * nuc_edge)) ** 2)) * body
             val = cytoplasm * thickness * (0.3 + 0.7 * perinuclear) * (0.45 + 0.9 * er) + 0.5 * envelope
-        elif stain == "phalloidin":
+        elif stain == "Phalloidin":
             across = v * g["fibre_cos"] - u * g["fibre_sin"]
             period = 0.013
             wave = 2 * math.pi * across / period + g["fibre_phase"]
@@ -488,12 +482,12 @@ def _paint(c: _Cells, line: CellLine, stains: Sequence[str], size: int,
             along = np.clip(1.0 - (u / a) ** 2, 0.0, 1.0)
             fibre = (0.5 + 0.5 * grating) ** 3 * strength * along * (1.0 - 0.7 * nucleus)
             val = 0.45 * cortex + body * (0.12 + 1.6 * g["fibres"] * fibre)
-        elif stain == "syto14":
+        elif stain == "Syto14":
             nucleoli = fade("nucleoli", _sigmoid((tex("nucleoli") - 1.2) * 5.0))
             puncta = fade("puncta", _sigmoid((tex("puncta") - 1.3) * 6.0))
             viral = g["infected"] * cytoplasm * perinuclear * (0.35 + 4.0 * puncta)
             val = nucleus * (0.3 + 1.5 * nucleoli) + cytoplasm * thickness * 0.45 * perinuclear + viral
-        elif stain == "mitotracker":
+        elif stain == "MitoTracker":
             mito = fade("mito", np.exp(-((tex("mito") / 0.5) ** 2)))
             val = cytoplasm * thickness * np.exp(-outside_nucleus / (0.35 * b)) * (0.15 + 1.2 * mito)
         else:  # wga
@@ -644,8 +638,8 @@ def _save_png(path: pathlib.Path, channel: np.ndarray) -> None:
 
 def image_path(root: pathlib.Path, experiment: str, plate: int, well: str, site: int, channel: int,
                ) -> pathlib.Path:
-    """The official RxRx layout: images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png."""
-    return pathlib.Path(root) / "images" / experiment / f"Plate{plate}" / f"{well}_s{site}_w{channel}.png"
+    """Where a site's channel goes in the screen folder `root` (the official layout under images/)."""
+    return pathlib.Path(rxrx_image_path(str(pathlib.Path(root) / "images"), experiment, plate, well, site, channel))
 
 
 def _prepare(out_dir: str | os.PathLike, params: dict) -> tuple[pathlib.Path, bool]:
@@ -701,7 +695,7 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
         return root
     lines = ("HRCE", "VERO")
     truth = make_truth(_seed(seed, 19, 0), num_compounds, lines)
-    controls = [(cond, n) for cond, n in zip((MOCK, UV, ACTIVE, BLANK), control_wells_per_plate)]
+    controls = [(cond, n) for cond, n in zip((MOCK, UV_INACTIVATED, ACTIVE, BLANK), control_wells_per_plate)]
     records = []
     for li, line in enumerate(lines):
         line_truth = truth[truth["cell_type"] == line]
