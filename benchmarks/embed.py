@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flops import compiled_flops, matmul_flops_per_s
 
-from gandl import embed
+from gandl.features import discriminator
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
 from gandl.train import sharding
@@ -28,10 +28,10 @@ def time_features(model: ModelConfig, batch: int, iters: int, orientation_averag
     d_params = init_variables(model, jax.random.key(0))[1]["params"]
     images = np.random.default_rng(0).uniform(
         -1, 1, (batch, model.resolution, model.resolution, model.num_channels)).astype(np.float32)
-    jitted = embed.compiled_features(model, orientation_average)
+    jitted = discriminator.compiled_features(model, orientation_average)
     with jax.set_mesh(mesh):
         flops = compiled_flops(jitted.lower(d_params, sharding.global_batch(images, mesh)).compile())
-    fn = embed.discriminator_features(model, d_params, mesh, orientation_average)
+    fn = discriminator.feature_fn(model, d_params, mesh, orientation_average)
     fn(images)  # compile + warm-up
     start = time.perf_counter()
     for _ in range(iters):

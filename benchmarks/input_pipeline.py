@@ -28,7 +28,8 @@ def _convert_rate(screen: rxrx.Screen, out: str, size: int, workers: int) -> flo
 
 
 def _pipeline_rate(shards: str, threads: int, batch: int, batches: int) -> float:
-    ds = pipeline.train_dataset(pipeline.open_shards(shards), batch_size=batch, seed=0, shuffle_buffer=256)
+    ds = pipeline.train_dataset(pipeline.open_shards(shards), pipeline.InputOptions(shuffle_buffer=256),
+                                batch_size=batch, seed=0)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     it = ds.with_options(options).as_numpy_iterator()

@@ -55,16 +55,17 @@ def base_config() -> ml_collections.ConfigDict:
         distributed="auto",  # auto | on | off: jax.distributed.initialize()
     ))
 
-    # Embedding export (mode=embed): the D features of every site, plus baselines in the same pass.
+    # Embedding export (mode=embed): one feature set per extractor named in `feature_sets`, in the same pass.
     config.embed = ml_collections.ConfigDict(dict(
         batch_size=64,  # global
         step=-1,  # checkpoint step; -1 = latest
         orientation_average=False,  # average the features of the 8 flips/rotations of each site
-        random_baseline=True,  # also export a randomly initialised discriminator's features
-        handcrafted=True,  # also export per-channel intensity/texture statistics
+        # gandl.features.registry names: gandl (the trained D), random_d (a randomly initialised D), handcrafted
+        # (intensity/texture statistics), imagenet (the fine-tuned comparator; needs imagenet_weights)
+        feature_sets=("gandl", "random_d", "handcrafted"),
         part_batches=32,  # batches per resumable part file
-        # ImageNet comparator (gandl.analysis.imagenet): a torchvision densenet121 state dict (.npz, or .pt with
-        # torch), "random" for a random backbone, "" to skip; fine-tuned per `imagenet` (FineTuneConfig fields).
+        # ImageNet comparator (gandl.features.imagenet): a torchvision densenet121 state dict (.npz, or .pt with
+        # torch) or "random" for a random backbone; fine-tuned per `imagenet` (FineTuneConfig fields).
         imagenet_weights="",
         imagenet=ml_collections.ConfigDict(dict(epochs=3, batch_size=32, learning_rate=1e-3, train_backbone=False,
                                                 blocks=(6, 12, 24, 16), pool_batches=8)),

@@ -1,30 +1,24 @@
-"""Checkpoint + dataset -> embeddings.npz and profiles.parquet: one feature vector per site.
+"""Checkpoint + dataset -> embeddings.npz and profiles.parquet: one feature vector per site and feature set.
 
-The GAN-DL embedding is the discriminator's epilogue fc output. Minibatch stddev would make it depend
-on the other images in the batch, so features are computed with an mbstd group of one (the stddev
-channel is then a constant): an image's embedding is a function of that image alone. Optionally the
-features of the 8 flips/rotations of a site are averaged (microscopy has no orientation).
-
-Export streams the eval pipeline (every site once), computes several feature sets in the same pass
-(e.g. GAN-DL, a random-init discriminator, handcrafted statistics), and writes parts every few batches,
-so memory stays bounded and an interrupted export resumes at the first missing part.
+The feature functions come from `gandl.features` (the GAN-DL embedding, baselines, comparators). Export
+streams the eval pipeline (every site once), computes several feature sets in the same pass (e.g. GAN-DL,
+a random-init discriminator, handcrafted statistics), and writes parts every few batches, so memory stays
+bounded and an interrupted export resumes at the first missing part.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,62 +28,10 @@ from tqdm import tqdm
 import gandl
 from gandl import fileio
 from gandl._tf import tf
-from gandl.analysis import baselines
 from gandl.data import pipeline
-from gandl.models import build_models
+from gandl.features.base import FeatureFn
 from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, sharding
-
-FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
-
-
-def dihedral_views(images: jax.Array) -> list[jax.Array]:
-    """The 8 flips/rotations of NHWC images."""
-    turns = [jnp.rot90(images, k, axes=(1, 2)) for k in range(4)]
-    return turns + [jnp.flip(t, axis=2) for t in turns]
-
-
-@functools.lru_cache(maxsize=8)
-def compiled_features(model: ModelConfig, orientation_average: bool):
-    """jit(params, images) -> features, shared by every parameter set of the same architecture."""
-    _, discriminator = build_models(model)
-
-    @jax.jit
-    def features(params, images: jax.Array) -> jax.Array:
-        views = dihedral_views(images) if orientation_average else [images]
-        out = [discriminator.apply({"params": params}, v, 1, method=discriminator.features) for v in views]
-        return jnp.mean(jnp.stack(out), axis=0)
-
-    return features
-
-
-def discriminator_features(model: ModelConfig, d_params: Any, mesh: jax.sharding.Mesh,
-                           orientation_average: bool = False) -> FeatureFn:
-    """Batch-independent D embeddings, computed on the mesh; returns this process's rows as numpy."""
-    return on_mesh(compiled_features(model, orientation_average), d_params, mesh)
-
-
-def on_mesh(features: Callable[[Any, jax.Array], jax.Array], variables: Any, mesh: jax.sharding.Mesh) -> FeatureFn:
-    """A FeatureFn running jitted `features(variables, global_images)` on the mesh, returning this process's rows."""
-
-    compiled_for: set[tuple] = set()
-
-    def fn(local_images: np.ndarray) -> np.ndarray:
-        with jax.set_mesh(mesh):
-            images = sharding.global_batch(local_images, mesh)
-            if images.shape not in compiled_for:
-                sharding.compile_in_step(features, variables, images, name=f"features {images.shape}")
-                compiled_for.add(images.shape)
-            out = features(variables, images)
-            return np.asarray(multihost_utils.global_array_to_host_local_array(
-                out, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
-
-    return fn
-
-
-def handcrafted(local_images: np.ndarray) -> np.ndarray:
-    """Per-channel intensity and texture statistics of images in [-1, 1] (baseline features)."""
-    return baselines.handcrafted_features([(local_images + 1.0) / 2.0])
 
 
 def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
@@ -133,17 +75,16 @@ def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pi
 
 
 def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
-           provenance: Mapping[str, Any], channels: tuple[int, ...] = (), intensity: str = "auto",
-           crop_size: int = 0, part_batches: int = 32, progress: bool = True) -> dict[str, str]:
+           provenance: Mapping[str, Any], options: pipeline.InputOptions = pipeline.InputOptions(),
+           part_batches: int = 32, progress: bool = True) -> dict[str, str]:
     """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
 
     `batch_size` is global; each process exports its own files' sites into its parts, and process 0
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
     """
     local = sharding.local_batch_size(batch_size)
-    ds = pipeline.eval_dataset(spec, batch_size=local, process_index=jax.process_index(),
-                               process_count=jax.process_count(), channels=channels, intensity=intensity,
-                               crop_size=crop_size)
+    ds = pipeline.eval_dataset(spec, options, batch_size=local, process_index=jax.process_index(),
+                               process_count=jax.process_count())
     total = pipeline.eval_num_batches(spec, local, jax.process_count())
     first_names = list(feature_fns)
     done = 0
@@ -183,7 +124,9 @@ def _flush(out_dir: str, part: int, buffers: dict[str, list[dict]]) -> None:
 
 def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any],
            chunk_rows: int = 16384) -> None:
-    """Merge every process's parts into the final npz (contract: DESIGN.md) and the parquet, in bounded memory.
+    """Merge every process's parts into the final npz (the contract in README, Embeddings) and the parquet.
+
+    Memory stays bounded.
 
     Sites go into metadata order (`index`, else site_id); metadata columns keep the screen's order
     (`columns`), site_id first. Only the metadata is held whole: features pass through a local scratch

@@ -20,7 +20,9 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from gandl import workdir as layout
 from gandl._tf import tf
+from gandl.analysis import io as analysis_io
 from gandl.analysis import report
 from gandl.data import pipeline, render
 from gandl.models import build_models
@@ -40,7 +42,7 @@ class Run:
 
 def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
     """Stain names from the run's shards; generic channel names when the shards are not at hand."""
-    shards = config.data.shards or os.path.join(workdir, "shards")
+    shards = layout.shards(config, workdir)
     if tf.io.gfile.exists(os.path.join(shards, "manifest.json")) or config.data.shards:
         return pipeline.output_stains(pipeline.open_records(shards, config.data.rxrx1_utils_image_size),
                                       config.data.channels)
@@ -93,13 +95,13 @@ def loss_history(workdir: str) -> pd.DataFrame:
     Event files are read in name (= creation) order, so after a resumed run the later value of a step wins.
     """
     rows: dict[int, dict[str, float]] = {}
-    for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    for path in sorted(tf.io.gfile.glob(os.path.join(layout.tensorboard(workdir), "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "scalars":
                     rows.setdefault(event.step, {})[value.tag] = float(tf.make_ndarray(value.tensor))
     if not rows:
-        raise FileNotFoundError(f"no scalars logged in {os.path.join(workdir, 'tensorboard')}: train first")
+        raise FileNotFoundError(f"no scalars logged in {layout.tensorboard(workdir)}: train first")
     return pd.DataFrame.from_dict(rows, orient="index").sort_index().rename_axis("step")
 
 
@@ -113,11 +115,10 @@ class Embeddings:
 
 def load_embeddings(workdir: str) -> Embeddings:
     """The latest exported feature sets (GAN-DL and the baselines beside it) and the run's analysis config."""
-    from gandl import main  # the feature-set names and embeddings layout of the main job
-
-    folder = main.latest_embeddings(workdir)
+    folder = layout.latest_embeddings(workdir)
 
     with tf.io.gfile.GFile(os.path.join(folder, "gandl.npz"), "rb") as f, np.load(io.BytesIO(f.read())) as npz:
         provenance = json.loads(str(npz["provenance"]))
     config = report.AnalysisConfig(**provenance["config"]["analysis"])
-    return Embeddings(folder, main.load_feature_sets(folder), main.load_feature_sets(folder, "zeroshot"), config)
+    return Embeddings(folder, analysis_io.load_feature_sets(folder),
+                      analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)), config)

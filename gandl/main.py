@@ -5,10 +5,7 @@
       --config.preview.num_images=16
 
 Modes: synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
-Workdir layout: raw/ (the synthetic screen, when no data.root is given), shards/ (converted
-TFRecords), preview.png, checkpoints/<step>, tensorboard/, samples/, embeddings/step_<step>/
-({gandl,random_d,handcrafted}.npz/.parquet, zeroshot/), analysis/ (report.md, report.html, tables,
-figures). Every mode resumes: rerunning skips what is already complete.
+The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips what is already complete.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import convert, pipeline, render, rxrx
 
@@ -27,29 +25,17 @@ from gandl.data import convert, pipeline, render, rxrx
 # so launchers and sweeps can tell it from a finished run.
 EXIT_INTERRUPTED = 75
 
-# Feature sets exported and analysed side by side: file stem -> name in the report.
-FEATURE_SETS = {"gandl": "GAN-DL", "random_d": "random-init D", "handcrafted": "handcrafted",
-                "imagenet": "ImageNet DenseNet121"}
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
 _MODE = flags.DEFINE_enum("mode", "all", ["synth", "convert", "preview", "train", "embed", "analyze", "all"],
                           "What to run.")
 
 
-def raw_screen_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.data.root or os.path.join(workdir, "raw")
-
-
-def shards_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.data.shards or os.path.join(workdir, "shards")
-
-
 def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Write the embedded synthetic screen into workdir/raw (a no-op once it is complete)."""
     from gandl.data import synthetic  # only the demo needs the generator
 
-    out = os.path.join(workdir, "raw")
+    out = layout.raw(config, workdir)
     synthetic.write_rxrx19a(out, **config.synthetic.to_dict())
     return out
 
@@ -65,29 +51,32 @@ def _convert(screen: rxrx.Screen, out: str, d: ml_collections.ConfigDict) -> dic
     return manifest
 
 
+def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Shards of the zero-shot (RxRx1-layout) set: given, converted from zeroshot.root, or synthesized first."""
+    z = config.zeroshot
+    out = layout.zeroshot_shards(config, workdir)
+    if z.shards:
+        return out
+    root = layout.zeroshot_raw(config, workdir)
+    if not z.root:
+        from gandl.data import synthetic
+
+        synthetic.write_rxrx1(root, image_size=config.synthetic.image_size, **z.synthetic.to_dict())
+    _convert(rxrx.read_rxrx1(root), out, config.data)
+    return out
+
+
 def run_convert(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Raw screen -> shards; the synthetic screen is generated first when no data.root is configured."""
+    """Raw screen -> shards (the synthetic screen is generated first when no data.root is configured), and
+    the zero-shot set's shards when zero-shot cell typing is enabled."""
     d = config.data
     root = d.root or synthesize(config, workdir)
     screen = rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
                               stains=d.stains)
-    return _convert(screen, shards_path(config, workdir), d)
-
-
-def zeroshot_shards(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Shards of the zero-shot (RxRx1-layout) set: given, converted from zeroshot.root, or synthesized."""
-    z = config.zeroshot
-    if z.shards:
-        return z.shards
-    root = z.root
-    if not root:
-        from gandl.data import synthetic
-
-        root = str(synthetic.write_rxrx1(os.path.join(workdir, "raw_rxrx1"), image_size=config.synthetic.image_size,
-                                         **z.synthetic.to_dict()))
-    out = os.path.join(workdir, "shards_rxrx1")
-    _convert(rxrx.read_rxrx1(root), out, config.data)
-    return out
+    manifest = _convert(screen, layout.shards(config, workdir), d)
+    if config.zeroshot.enabled:
+        convert_zeroshot(config, workdir)
+    return manifest
 
 
 def run_train(config: ml_collections.ConfigDict, workdir: str):
@@ -98,94 +87,75 @@ def run_train(config: ml_collections.ConfigDict, workdir: str):
 
 
 def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Export the latest checkpoint's D embeddings (plus baselines) of the screen and the zero-shot set."""
-    import jax
+    """Export every feature set of `embed.feature_sets` for the screen and the zero-shot set.
 
+    The discriminator comes from the latest (or `embed.step`) checkpoint; extractors are built only for
+    feature sets some target still lacks.
+    """
     from gandl import embed
-    from gandl.models import init_variables
+    from gandl.features import base, registry
     from gandl.train import sharding
 
     e, d = config.embed, config.data
     sharding.initialize_distributed(config.train.distributed)
     mesh = sharding.make_mesh()
     model, d_params, step, _ = embed.restore_discriminator(workdir, mesh, e.step if e.step >= 0 else None)
-    fns = {"gandl": embed.discriminator_features(model, d_params, mesh, e.orientation_average)}
-    if e.random_baseline:
-        random_d = init_variables(model, jax.random.key(config.seed + 1))[1]["params"]
-        fns["random_d"] = embed.discriminator_features(model, random_d, mesh, e.orientation_average)
-    if e.handcrafted:
-        fns["handcrafted"] = embed.handcrafted
-    out = os.path.join(workdir, "embeddings", f"step_{step}")
-    provenance = dict(checkpoint=os.path.join(workdir, "checkpoints", str(step)), step=step,
-                      config=config.to_dict(), code_version=embed.code_version())
-    targets = [(shards_path(config, workdir), out, d.channels)]
+    out = layout.embeddings(workdir, step)
+    options = pipeline.InputOptions.from_config(d)
+    targets = [(layout.shards(config, workdir), out, options)]
     if config.zeroshot.enabled:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
-        targets.append((zeroshot_shards(config, workdir), os.path.join(out, "zeroshot"), zchannels))
-    if e.imagenet_weights and not all(tf.io.gfile.exists(os.path.join(t, "imagenet.npz")) for _, t, _ in targets):
-        from gandl.analysis import imagenet  # fine-tuned on the screen's controls, then applied to every set
-
-        spec = pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size)
-        fns["imagenet"] = imagenet.fine_tune_comparator(
-            spec, imagenet.FineTuneConfig(**e.imagenet.to_dict()), mesh, e.imagenet_weights, config.seed,
-            channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
-    for source, target, channels in targets:
-        if all(tf.io.gfile.exists(os.path.join(target, f"{name}.npz")) for name in fns):
+        targets.append((layout.zeroshot_shards(config, workdir), layout.zeroshot_embeddings(out),
+                        options.replace(channels=zchannels)))
+    for name in e.feature_sets:
+        registry.get(name)  # an unknown name fails here, before any work
+    missing = [n for n in e.feature_sets
+               if not all(tf.io.gfile.exists(os.path.join(t, f"{n}.npz")) for _, t, _ in targets)]
+    screen = pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size)
+    context = base.Context(config, mesh, model, d_params, screen, options)
+    fns = {name: registry.build(name, context) for name in missing}
+    provenance = dict(checkpoint=os.path.join(layout.checkpoints(workdir), str(step)), step=step,
+                      config=config.to_dict(), code_version=embed.code_version())
+    for source, target, target_options in targets:
+        todo = {n: fn for n, fn in fns.items() if not tf.io.gfile.exists(os.path.join(target, f"{n}.npz"))}
+        if not todo:
             continue
         spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
-        embed.export(spec, target, fns, batch_size=e.batch_size, channels=channels, intensity=d.intensity,
-                     crop_size=d.crop_size, part_batches=e.part_batches,
-                     provenance=dict(provenance, dataset=source, channels=list(channels)))
+        embed.export(spec, target, todo, batch_size=e.batch_size, options=target_options, part_batches=e.part_batches,
+                     provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
     logging.info("embeddings in %s", out)
     return out
-
-
-def latest_embeddings(workdir: str) -> str:
-    folder = os.path.join(workdir, "embeddings")
-    steps = sorted(int(n.strip("/").removeprefix("step_")) for n in tf.io.gfile.listdir(folder)
-                   if n.startswith("step_")) if tf.io.gfile.isdir(folder) else []
-    if not steps:
-        raise FileNotFoundError(f"no embeddings in {folder}: run mode=embed first")
-    return os.path.join(folder, f"step_{steps[-1]}")
-
-
-def load_feature_sets(folder: str, sub: str = "") -> dict:
-    """Report name -> (features, metadata) of every feature set exported in `folder/sub`."""
-    from gandl.analysis import io as analysis_io
-
-    paths = {name: os.path.join(folder, sub, f"{stem}.npz") for stem, name in FEATURE_SETS.items()}
-    return {name: analysis_io.load_embeddings(p) for name, p in paths.items() if tf.io.gfile.exists(p)}
 
 
 def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     import pandas as pd
 
+    from gandl.analysis import io as analysis_io
     from gandl.analysis import report
 
-    folder = latest_embeddings(workdir)
-    truth_path = os.path.join(config.data.root or os.path.join(workdir, "raw"), "truth.csv")
+    folder = layout.latest_embeddings(workdir)
+    truth_path = os.path.join(layout.raw(config, workdir), "truth.csv")
     truth = None
     if tf.io.gfile.exists(truth_path):  # the synthetic screen's hidden truth
         with tf.io.gfile.GFile(truth_path) as f:
             truth = pd.read_csv(f)
-    zeroshot = load_feature_sets(folder, "zeroshot") if config.zeroshot.enabled else None
-    result = report.analyze(load_feature_sets(folder), os.path.join(workdir, "analysis"),
+    zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
+    result = report.analyze(analysis_io.load_feature_sets(folder), layout.analysis(workdir),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
                             truth=truth)
-    logging.info("report at %s", os.path.join(workdir, "analysis", "report.md"))
+    logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))
     return result
 
 
-def run_all(config: ml_collections.ConfigDict, workdir: str):
+def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """The main job: convert -> train -> embed -> analyze, each resuming where it stopped.
 
-    Returns the analysis results, or the train result when training was interrupted.
+    Returns the analysis results, or None when training was interrupted (SIGTERM / preemption).
     """
     run_convert(config, workdir)
-    result = run_train(config, workdir)
-    if result.stopped_early:
-        return result
+    if run_train(config, workdir).stopped_early:
+        return None
     run_embed(config, workdir)
     return run_analyze(config, workdir)
 
@@ -193,13 +163,12 @@ def run_all(config: ml_collections.ConfigDict, workdir: str):
 def run_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
     """A PNG grid of one (augmented) training batch, rendered with the RxRx colour map."""
     d = config.data
-    spec = pipeline.open_records(shards_path(config, workdir), d.rxrx1_utils_image_size)
-    ds = pipeline.train_dataset(spec, batch_size=config.preview.num_images, seed=config.seed,
-                                channels=d.channels, intensity=d.intensity, crop_size=d.crop_size,
-                                augment=d.augment, shuffle_buffer=d.shuffle_buffer)
+    spec = pipeline.open_records(layout.shards(config, workdir), d.rxrx1_utils_image_size)
+    options = pipeline.InputOptions.from_config(d)
+    ds = pipeline.train_dataset(spec, options, batch_size=config.preview.num_images, seed=config.seed)
     batch = next(ds.as_numpy_iterator())
-    out = os.path.join(workdir, "preview.png")
-    render.write_grid(out, batch["image"], pipeline.output_stains(spec, d.channels), config.preview.cols)
+    out = layout.preview(workdir)
+    render.write_grid(out, batch["image"], pipeline.output_stains(spec, options.channels), config.preview.cols)
     logging.info("wrote %s", out)
     return out
 
@@ -218,8 +187,9 @@ MODES = {
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    result = MODES[_MODE.value](_CONFIG.value, _WORKDIR.value)
-    if getattr(result, "stopped_early", False):
+    mode = _MODE.value
+    result = MODES[mode](_CONFIG.value, _WORKDIR.value)
+    if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
         logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
         sys.exit(EXIT_INTERRUPTED)
 

@@ -1,6 +1,6 @@
 """Config sweeps: expand a sweep file into runs, run them (here or on Cloud TPU), tabulate their final metrics.
 
-  python -m gandl.sweep --sweep configs/sweeps/demo_lr.py --workdir /tmp/sweep [--mode train] [--dry_run]
+  python -m gandl.sweep --sweep configs/sweeps/demo_regularizers.py --workdir /tmp/sweep [--mode train] [--dry_run]
   python -m gandl.sweep --sweep configs/sweeps/rxrx19a_lr.py --workdir gs://BUCKET/sweep --launcher tpu \
       --launch_flags="--spot --zone=europe-west4-a"
 
@@ -213,20 +213,22 @@ def analysis_columns(path: str) -> dict[str, Any]:
 
 def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
     """One row per run: name, status of `mode`, swept values, final TensorBoard scalars, analysis summary."""
+    from gandl import workdir as layout
+
     rows = []
     for run in sweep.runs:
         run_dir = os.path.join(workdir, run.name)
         rows.append({"run": run.name, "status": "done" if is_done(sweep, run, run_dir, mode) else "not done",
                      **run.swept,
-                     **last_scalars(os.path.join(run_dir, "tensorboard")),
-                     **analysis_columns(os.path.join(run_dir, "analysis", "summary.csv"))})
+                     **last_scalars(layout.tensorboard(run_dir)),
+                     **analysis_columns(os.path.join(layout.analysis(run_dir), "summary.csv"))})
     return pd.DataFrame(rows)
 
 
 def write_summary(table: pd.DataFrame, workdir: str) -> list[str]:
     """summary.csv for tools and summary.md for reading, atomically (local or gs://)."""
     from gandl import fileio
-    from gandl.analysis.report import markdown_table
+    from gandl.analysis.markup import markdown_table
 
     paths = [os.path.join(workdir, "summary.csv"), os.path.join(workdir, "summary.md")]
     fileio.write_text(paths[0], table.to_csv(index=False))

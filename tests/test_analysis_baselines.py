@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from gandl.analysis import baselines
+from gandl.data import images as image_io
+from gandl.features import handcrafted
 
 
 def _frame(ids, width, start=0.0, prefix="feature_"):
@@ -56,9 +58,9 @@ def test_handcrafted_features_known_values_and_batch_independence():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
     images[0] = 51  # a flat image: mean 0.2, no spread, no texture
-    whole = baselines.handcrafted_features([images])
-    split = baselines.handcrafted_features([images[:2], images[2:5], images[5:]])
-    names = baselines.feature_names(3)
+    whole = handcrafted.features([images])
+    split = handcrafted.features([images[:2], images[2:5], images[5:]])
+    names = handcrafted.feature_names(3)
     assert whole.shape == (7, len(names)) and len(set(names)) == len(names)
     np.testing.assert_allclose(whole, split, rtol=1e-5, atol=1e-6)  # a site's features ignore its batch
     flat = dict(zip(names, whole[0]))
@@ -69,7 +71,7 @@ def test_handcrafted_features_known_values_and_batch_independence():
     assert abs(noisy["corr_w1_w2"]) < 0.2
     both = images[1:2].copy()
     both[..., 1] = both[..., 0]
-    assert dict(zip(names, baselines.handcrafted_features([both])[0]))["corr_w1_w2"] == pytest.approx(1.0)
+    assert dict(zip(names, handcrafted.features([both])[0]))["corr_w1_w2"] == pytest.approx(1.0)
 
 
 def test_read_site_images_applies_the_channel_map(tmp_path):
@@ -83,6 +85,6 @@ def test_read_site_images_applies_the_channel_map(tmp_path):
             Image.fromarray(np.full((8, 8), 10 * site + ch + 1, np.uint8)).save(path)
             row.append(str(path))
         paths.append(row)
-    batches = list(baselines.read_site_images(np.array(paths), channels=(1, 2, 3, 4, 6), batch_size=2))
+    batches = list(image_io.read_site_images(np.array(paths), channels=(1, 2, 3, 4, 6), batch_size=2))
     assert [b.shape for b in batches] == [(2, 8, 8, 5), (1, 8, 8, 5)]
     assert batches[1][0, 0, 0].tolist() == [21, 22, 23, 24, 26]

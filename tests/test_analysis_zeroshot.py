@@ -2,8 +2,10 @@
 
 import pytest
 
-from gandl.analysis import baselines, classify, plots, zeroshot
+from gandl.analysis import classify, plots, zeroshot
+from gandl.data import images as image_io
 from gandl.data import rxrx, synthetic
+from gandl.features import handcrafted
 
 
 @pytest.fixture(scope="module")
@@ -12,14 +14,14 @@ def rxrx1_features(tmp_path_factory):
                                  plates_per_cell_line=2, sites_per_well=2)
     screen = rxrx.read_rxrx1(str(root))
     channels = rxrx.channel_map("rxrx1", "rxrx19a")
-    feats = baselines.handcrafted_features(baselines.read_site_images(screen.paths, channels))
+    feats = handcrafted.features(image_io.read_site_images(screen.paths, channels))
     return feats, screen.metadata
 
 
 def test_cell_types_are_recognised_across_held_out_plates(rxrx1_features):
     feats, meta = rxrx1_features
     summary, confusion = zeroshot.classify_cell_types(feats, meta)
-    assert feats.shape[1] == len(baselines.feature_names(5))
+    assert feats.shape[1] == len(handcrafted.feature_names(5))
     assert list(confusion.index) == ["HEPG2", "HUVEC", "RPE", "U2OS"]
     assert confusion.to_numpy().sum() == len(meta) == summary["n"]
     assert summary["n_groups"] == 8 and summary["n_folds"] == 2

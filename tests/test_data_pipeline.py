@@ -19,7 +19,7 @@ def _take(ds, n: int) -> list[dict]:
 
 def _all_sites(spec: pipeline.RecordSpec, **kw) -> dict:
     """Every site once, without augmentation, concatenated over batches (padding dropped)."""
-    batches = list(pipeline.eval_dataset(spec, batch_size=8, **kw).as_numpy_iterator())
+    batches = list(pipeline.eval_dataset(spec, pipeline.InputOptions(**kw), batch_size=8).as_numpy_iterator())
     keep = np.concatenate([b["mask"] for b in batches])
     return {k: np.concatenate([b[k] for b in batches])[keep] for k in batches[0]}
 
@@ -57,7 +57,8 @@ def test_augmentation_is_a_dihedral_transform_of_a_real_site(shards_dir):
 
 def test_crop_and_channel_mapping(shards_dir):
     spec = pipeline.open_shards(shards_dir)
-    batch = _take(pipeline.train_dataset(spec, batch_size=4, seed=0, crop_size=8, channels=(5, 1)), 1)[0]
+    options = pipeline.InputOptions(crop_size=8, channels=(5, 1))
+    batch = _take(pipeline.train_dataset(spec, options, batch_size=4, seed=0), 1)[0]
     assert batch["image"].shape == (4, 8, 8, 2)
     assert pipeline.output_stains(spec, (5, 1)) == ("WGA", "Hoechst")
     full = _all_sites(spec)
@@ -65,7 +66,7 @@ def test_crop_and_channel_mapping(shards_dir):
     np.testing.assert_array_equal(mapped["image"][..., 0], full["image"][..., 4])
     np.testing.assert_array_equal(mapped["image"][..., 1], full["image"][..., 0])
     with pytest.raises(ValueError, match=r"channels \[6\] out of range"):
-        pipeline.train_dataset(spec, batch_size=4, seed=0, channels=(6,))
+        pipeline.train_dataset(spec, pipeline.InputOptions(channels=(6,)), batch_size=4, seed=0)
 
 
 def test_eval_yields_every_site_once_with_metadata(rxrx19a_dir, shards_dir):

@@ -101,17 +101,17 @@ def test_batchnorm_inference_is_per_image_and_training_updates_running_stats(sma
 
 
 def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
-    from gandl.analysis import imagenet
     from gandl.data import pipeline
+    from gandl.features import imagenet
     from gandl.train import sharding
 
     model, before = small
     spec, mesh = pipeline.open_shards(shards_dir), sharding.make_mesh()
     # 24 controls (3 batches) in the tiny screen, a random backbone: many short epochs, a large step.
     settings = imagenet.FineTuneConfig(epochs=10, batch_size=8, learning_rate=0.1, blocks=SMALL, pool_batches=2)
-    after = imagenet.fine_tune(model, before, spec, mesh, settings, seed=0)
+    after = imagenet.fine_tune(model, before, spec, mesh, settings, 0, pipeline.InputOptions())
     (loss_before, accuracy_before), (loss_after, accuracy_after) = (
-        imagenet.evaluate(model, v, spec, mesh, settings) for v in (before, after))
+        imagenet.evaluate(model, v, spec, mesh, settings, pipeline.InputOptions()) for v in (before, after))
     assert loss_after < 0.92 * loss_before and accuracy_after > accuracy_before
     frozen = ("conv0", "denseblock1", "norm5")
     for name in frozen:  # only the adapter and the head learn unless train_backbone
@@ -122,7 +122,7 @@ def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
 
 
 def test_control_labels_follow_control_roles():
-    from gandl.analysis import imagenet
+    from gandl.features import imagenet
 
     batch = {"disease_condition": np.array([b"Mock", b"Active SARS-CoV-2", b"Mock", b"UV Inactivated SARS-CoV-2",
                                             b"Mock"], dtype=object),

@@ -10,6 +10,7 @@ import pytest
 
 from gandl import embed
 from gandl.data import pipeline, rxrx
+from gandl.features import discriminator, handcrafted
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
 from gandl.train import sharding
@@ -22,7 +23,7 @@ MODEL = ModelConfig(resolution=16, num_channels=5, z_dim=32, w_dim=32, mapping_l
 def features_fn():
     mesh = sharding.make_mesh()
     d_params = init_variables(MODEL, jax.random.key(0))[1]["params"]
-    return mesh, d_params, embed.discriminator_features(MODEL, d_params, mesh)
+    return mesh, d_params, discriminator.feature_fn(MODEL, d_params, mesh)
 
 
 def test_an_embedding_does_not_depend_on_the_rest_of_its_batch(features_fn):
@@ -39,7 +40,7 @@ def test_an_embedding_does_not_depend_on_the_rest_of_its_batch(features_fn):
 
 def test_orientation_average_is_invariant_to_flips_and_turns(features_fn):
     mesh, d_params, _ = features_fn
-    fn = embed.discriminator_features(MODEL, d_params, mesh, orientation_average=True)
+    fn = discriminator.feature_fn(MODEL, d_params, mesh, orientation_average=True)
     x = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 5)).astype(np.float32)
     turned = np.rot90(x, 1, axes=(1, 2))[:, :, ::-1].copy()
     np.testing.assert_allclose(fn(x), fn(turned), rtol=1e-4, atol=1e-5)
@@ -49,7 +50,7 @@ def test_export_writes_the_npz_contract_and_profiles(features_fn, rxrx19a_dir, s
     _, _, fn = features_fn
     spec = pipeline.open_shards(shards_dir)
     out = str(tmp_path / "emb")
-    paths = embed.export(spec, out, {"gandl": fn, "handcrafted": embed.handcrafted}, batch_size=16,
+    paths = embed.export(spec, out, {"gandl": fn, "handcrafted": handcrafted.feature_fn}, batch_size=16,
                          provenance={"step": 7, "checkpoint": "ckpt/7"}, part_batches=2, progress=False)
     metadata = rxrx.read_rxrx19a(rxrx19a_dir).metadata
     with np.load(paths["gandl"], allow_pickle=False) as npz:
@@ -78,7 +79,7 @@ def test_export_writes_the_npz_contract_and_profiles(features_fn, rxrx19a_dir, s
         calls.append(len(images))
         return fn(images)
 
-    embed.export(spec, out, {"gandl": counting, "handcrafted": embed.handcrafted}, batch_size=16,
+    embed.export(spec, out, {"gandl": counting, "handcrafted": handcrafted.feature_fn}, batch_size=16,
                  provenance={"step": 7}, part_batches=2, progress=False)
     assert 0 < len(calls) <= 2  # only the missing part's batches were computed again
     with np.load(paths["gandl"], allow_pickle=False) as npz:

@@ -24,6 +24,7 @@ import pytest
 
 from gandl import embed, main
 from gandl.data import pipeline
+from gandl.features import discriminator
 from gandl.train import checkpoint, loop, sharding
 from gandl.train import state as state_lib
 
@@ -83,7 +84,7 @@ def common(shards_dir) -> dict:
     """Overrides of tests/tiny_config.py: 8 px crops and no regularisers, which compile in a quarter of the time."""
     return {"data.shards": shards_dir, "data.crop_size": 8, "model.resolution": 8, "model.mapping_layers": 1,
             "train.r1_gamma": 0.0, "train.pl_weight": 0.0, "train.lipschitz_weight": 0.0,
-            "zeroshot.enabled": False, "embed.random_baseline": False, "embed.handcrafted": False}
+            "zeroshot.enabled": False, "embed.feature_sets": ("gandl",)}
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +160,9 @@ def test_export_gathers_every_site_once(run, common, tmp_path):
     shutil.copytree(os.path.join(workdir, "checkpoints"), reference / "checkpoints")
     mesh = sharding.make_mesh()
     model, d_params, _, _ = embed.restore_discriminator(str(reference), mesh)
-    single = embed.export(spec, str(reference / "embeddings"), {"gandl": embed.discriminator_features(
-        model, d_params, mesh)}, batch_size=16, provenance={}, crop_size=8, progress=False)
+    single = embed.export(spec, str(reference / "embeddings"), {"gandl": discriminator.feature_fn(
+        model, d_params, mesh)}, batch_size=16, provenance={},
+        options=pipeline.InputOptions(crop_size=8), progress=False)
     single = np.load(single["gandl"])
     np.testing.assert_array_equal(multi["site_id"], single["site_id"])
     np.testing.assert_allclose(multi["features"], single["features"], rtol=1e-4, atol=1e-5)

@@ -1,12 +1,10 @@
-"""Comparators that need no neural network: Recursion's published embeddings and handcrafted features.
+"""Published comparators: RxRx19a's released embeddings, loaded to run through the same analysis.
 
 Any feature matrix aligned with the screen's metadata runs through the same analysis as GAN-DL's, so a
-baseline only has to produce [N, D] features and site ids.
-
-* `load_published_embeddings`: RxRx19a's released embeddings, either one `embeddings.csv` (`site_id` and
-  1024 feature columns) or a zip of per-experiment CSVs with `feature_0 ... feature_1023`.
-* `handcrafted_features`: per-channel intensity distribution and texture statistics plus cross-channel
-  correlations, computed batch by batch from [N, H, W, C] images, so memory is bounded by one batch.
+baseline only has to produce [N, D] features and site ids. `load_published_embeddings` reads either one
+`embeddings.csv` (`site_id` and 1024 feature columns) or a zip of per-experiment CSVs with
+`feature_0 ... feature_1023`. (Extractors computed from images, such as the handcrafted statistics, live
+in `gandl.features`.)
 """
 
 from __future__ import annotations
@@ -14,13 +12,11 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from gandl._tf import tf
-from gandl.data import images as image_io
 
 _FEATURE_COLUMN = re.compile(r"^feature_(\d+)$")
 
@@ -78,67 +74,3 @@ def load_published_embeddings(path: str, chunksize: int = 20000) -> tuple[np.nda
     if len(widths) > 1:
         raise ValueError(f"{path}: CSVs disagree on the number of features: {widths}")
     return np.concatenate(feats), np.concatenate(ids)
-
-
-def read_site_images(paths: np.ndarray, channels: Sequence[int] | None = None,
-                     batch_size: int = 64) -> Iterator[np.ndarray]:
-    """Batches [B, H, W, C] of site images from a [N, num_channels] path array (`Screen.paths`).
-
-    `channels` are 1-based and select/reorder channels, e.g. (1, 2, 3, 4, 6) to view RxRx1 as RxRx19a.
-    """
-    cols = [c - 1 for c in channels] if channels else list(range(paths.shape[1]))
-    for start in range(0, len(paths), batch_size):
-        yield np.stack([np.stack([image_io.read(str(p)) for p in row[cols]], axis=-1)
-                        for row in paths[start:start + batch_size]])
-
-
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-_PER_CHANNEL = (["mean", "std", "skew"] + [f"q{int(q * 100):02d}" for q in QUANTILES]
-                + ["bright_fraction", "gradient", "laplacian", "gradient_coarse"])
-
-
-def feature_names(num_channels: int) -> list[str]:
-    """Names of the columns `handcrafted_features` returns for images with this many channels."""
-    names = [f"w{c + 1}_{s}" for c in range(num_channels) for s in _PER_CHANNEL]
-    return names + [f"corr_w{a + 1}_w{b + 1}" for a in range(num_channels) for b in range(a + 1, num_channels)]
-
-
-def _batch_features(batch: np.ndarray) -> np.ndarray:
-    """Features of one [B, H, W, C] batch (integer or float pixels; integers scaled by their dtype max)."""
-    scale = np.iinfo(batch.dtype).max if batch.dtype.kind in "ui" else 1.0
-    x = batch.astype(np.float32) / np.float32(scale)
-    b, h, w, c = x.shape
-    flat = x.reshape(b, h * w, c)
-    mean = flat.mean(1)
-    centred = flat - mean[:, None]
-    std = np.sqrt((centred ** 2).mean(1))
-    safe = np.maximum(std, 1e-6)
-    skew = (centred ** 3).mean(1) / safe ** 3
-    quant = np.moveaxis(np.quantile(flat, QUANTILES, axis=1), 0, -1)  # [B, C, Q]
-    bright = (flat > 2.0 * quant[:, None, :, 2]).mean(1)  # objects: pixels over twice the median
-    gx, gy = np.diff(x, axis=2)[:, :-1], np.diff(x, axis=1)[:, :, :-1]
-    gradient = np.sqrt(gx ** 2 + gy ** 2).mean((1, 2))
-    lap = (x[:, 1:-1, 1:-1] * 4 - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
-    laplacian = np.abs(lap).mean((1, 2))
-    coarse = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4))
-    cgx, cgy = np.diff(coarse, axis=2)[:, :-1], np.diff(coarse, axis=1)[:, :, :-1]
-    gradient_coarse = np.sqrt(cgx ** 2 + cgy ** 2).mean((1, 2))
-    per_channel = np.concatenate([mean[..., None], std[..., None], skew[..., None], quant, bright[..., None],
-                                  gradient[..., None], laplacian[..., None], gradient_coarse[..., None]], -1)
-    normed = centred / safe[:, None]
-    corr = np.einsum("bpi,bpj->bij", normed, normed) / (h * w)
-    upper = np.triu_indices(c, k=1)
-    return np.concatenate([per_channel.reshape(b, -1), corr[:, upper[0], upper[1]]], 1).astype(np.float32)
-
-
-def handcrafted_features(batches: Iterable[np.ndarray]) -> np.ndarray:
-    """Intensity and texture statistics per site, [N, len(feature_names(C))] float32.
-
-    Per channel: mean, std, skewness, quantiles, fraction of bright (> 2 x median) pixels, mean gradient
-    magnitude at full and half resolution, mean |Laplacian|; plus Pearson correlations between channels.
-    Batches are consumed one at a time: memory is one batch plus the [N, F] result.
-    """
-    parts = [_batch_features(np.asarray(batch)) for batch in batches]
-    if not parts:
-        raise ValueError("no images: handcrafted_features got an empty stream of batches")
-    return np.concatenate(parts)

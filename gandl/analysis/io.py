@@ -8,11 +8,14 @@ silently shifted row.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from gandl._tf import tf
+from gandl.features.registry import EXTRACTORS
 
 
 class JoinError(ValueError):
@@ -115,3 +118,9 @@ def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame) -> tuple[np.nd
     meta.insert(0, "site_id", meta["well_id"].astype(str))
     meta["n_sites"] = counts
     return means.astype(np.float32), meta
+
+
+def load_feature_sets(folder: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:
+    """Report label -> (features, metadata) of every feature set exported in `folder`, in registry order."""
+    paths = {e.label: os.path.join(folder, f"{stem}.npz") for stem, e in EXTRACTORS.items()}
+    return {label: load_embeddings(p) for label, p in paths.items() if tf.io.gfile.exists(p)}

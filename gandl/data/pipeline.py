@@ -31,6 +31,26 @@ RXRX1_UTILS_FEATURES = {"well": "string", "well_type": "string", "experiment": "
 
 
 @dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How records become model inputs, the same for every stage that reads them (built from `config.data`)."""
+
+    channels: tuple[int, ...] = ()  # 1-based channels to read, in order; () = all
+    intensity: str = "auto"  # auto | dtype | dataset: which raw values map to [-1, 1]
+    crop_size: int = 0  # random crop in training, central crop in export; 0 = none
+    augment: bool = True  # random flips and 90-degree turns in training
+    shuffle_buffer: int = 1024  # training records shuffled within this many
+
+    @classmethod
+    def from_config(cls, data) -> InputOptions:
+        """The options of a `config.data` block (a ConfigDict or mapping)."""
+        return cls(channels=tuple(data["channels"]), intensity=data["intensity"], crop_size=data["crop_size"],
+                   augment=data["augment"], shuffle_buffer=data["shuffle_buffer"])
+
+    def replace(self, **changes) -> InputOptions:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
 class RecordSpec:
     """What a set of TFRecord files holds: image shape and dtype, stains, metadata schema, statistics."""
 
@@ -175,15 +195,15 @@ def _dihedral_crop(image: tf.Tensor, seed: tf.Tensor, augment: bool, crop_size: 
     return image
 
 
-def train_dataset(spec: RecordSpec, *, batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, channels: Sequence[int] = (), intensity: str = "auto",
-                  crop_size: int = 0, augment: bool = True, shuffle_buffer: int = 1024,
-                  cycle_length: int = 8) -> tf.data.Dataset:
+def train_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, cycle_length: int = 8) -> tf.data.Dataset:
     """An endless stream of this process's training batches: {"image": float32 [B, H, W, C] in [-1, 1]}.
 
     `batch_size` is the per-process batch (global batch / process count); partial batches are dropped so
     every step has the same shape.
     """
+    channels, intensity, crop_size = options.channels, options.intensity, options.crop_size
+    augment, shuffle_buffer = options.augment, options.shuffle_buffer
     if crop_size and crop_size > min(spec.height, spec.width):
         raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images")
     files = process_files(spec, process_index, process_count)
@@ -206,17 +226,17 @@ def eval_num_batches(spec: RecordSpec, batch_size: int, process_count: int) -> i
     return max(math.ceil(sum(spec.shard_sizes[p::process_count]) / batch_size) for p in range(process_count))
 
 
-def eval_dataset(spec: RecordSpec, *, batch_size: int, process_index: int = 0, process_count: int = 1,
-                 channels: Sequence[int] = (), intensity: str = "auto", crop_size: int = 0,
-                 num_batches: int | None = None) -> tf.data.Dataset:
+def eval_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, batch_size: int,
+                 process_index: int = 0, process_count: int = 1, num_batches: int | None = None) -> tf.data.Dataset:
     """Every site of this process's files exactly once, in a stable order, with its metadata.
 
     Batches are padded to `batch_size` with `mask` False on the padding; with `num_batches` (by default
     the count of the busiest process, when the files' sizes are known) fully masked batches are appended
-    so every process yields the same number of batches. Crops, if any, are central.
+    so every process yields the same number of batches. Crops, if any, are central; no augmentation.
     """
+    crop_size = options.crop_size
     files = process_files(spec, process_index, process_count)
-    parse = _parser(spec, channels, intensity, with_metadata=True)
+    parse = _parser(spec, options.channels, options.intensity, with_metadata=True)
 
     def prepare(record: tf.Tensor, filename: tf.Tensor) -> dict[str, tf.Tensor]:
         ex = parse(record, filename)

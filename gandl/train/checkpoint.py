@@ -7,13 +7,13 @@ state with its shardings, so arrays land directly on the devices they belong to,
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from gandl import workdir as layout
 from gandl.models.config import ModelConfig
 from gandl.train import state as state_lib
 
@@ -25,7 +25,7 @@ class Checkpointer:
     """A thin wrapper over `ocp.CheckpointManager` that knows GAN-DL's two items: state and config."""
 
     def __init__(self, workdir: str, save_every: int, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.join(workdir, "checkpoints")
+        self.directory = layout.checkpoints(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep,

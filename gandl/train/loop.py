@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline, render
 from gandl.models import build_models
@@ -65,7 +66,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec, process_index: int | None = None,
                    process_count: int | None = None) -> InputFn:
     """Batches of one process (default: this one) from its files, restarted every `checkpoint_every` steps."""
-    d, t = config.data, config.train
+    options, t = pipeline.InputOptions.from_config(config.data), config.train
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     local = sharding.local_batch_size(t.batch_size, process_count)
@@ -75,9 +76,9 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
         first = start - start % chunk
         while True:
             ds = pipeline.train_dataset(
-                spec, batch_size=local, seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
-                process_index=process_index, process_count=process_count, channels=d.channels,
-                intensity=d.intensity, crop_size=d.crop_size, augment=d.augment, shuffle_buffer=d.shuffle_buffer)
+                spec, options, batch_size=local,
+                seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
+                process_index=process_index, process_count=process_count)
             it = ds.skip(start - first).as_numpy_iterator()
             for _ in range(first + chunk - start):
                 yield next(it)["image"]
@@ -162,15 +163,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
     mesh = sharding.make_mesh()
     model = model_config(config)
     if input_fn is None:
-        spec = spec or pipeline.open_records(config.data.shards or os.path.join(workdir, "shards"),
-                                             config.data.rxrx1_utils_image_size)
+        spec = spec or pipeline.open_records(layout.shards(config, workdir), config.data.rxrx1_utils_image_size)
         _check_data(config, spec)
         input_fn = shard_input_fn(config, spec)
     stains = (pipeline.output_stains(spec, config.data.channels) if spec
               else tuple(f"channel {i + 1}" for i in range(model.num_channels)))
 
     ckpt = checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints)
-    writer = _Writer(os.path.join(workdir, "tensorboard"))
+    writer = _Writer(layout.tensorboard(workdir))
     stop = _StopFlag(distributed)
     history: list[dict[str, float]] = []
     try:
@@ -243,15 +243,14 @@ def _log(step: int, t: ml_collections.ConfigDict, pending: list[dict], since: fl
 def _write_samples(config, workdir: str, state, step: int, stains, writer: _Writer) -> None:
     images = samples(config, state, config.preview.num_images, seed=config.seed)
     if jax.process_index() == 0:
-        grid = render.write_grid(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images, stains,
+        grid = render.write_grid(os.path.join(layout.samples(workdir), f"step_{step:08d}.png"), images, stains,
                                  config.preview.cols)
         writer.image(step, "samples/ema", grid)
 
 
 def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, spec: pipeline.RecordSpec) -> dict:
     """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
-    d = config.data
-    ds = pipeline.eval_dataset(spec, batch_size=64, channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
+    ds = pipeline.eval_dataset(spec, pipeline.InputOptions.from_config(config.data), batch_size=64)
     reals = []
     for batch in ds.as_numpy_iterator():
         reals.append(batch["image"][batch["mask"]])

@@ -25,7 +25,7 @@ import pandas as pd
 from jax.experimental import multihost_utils
 
 from gandl.data import pipeline, rxrx
-from gandl.embed import FeatureFn, on_mesh
+from gandl.features.base import Context, FeatureFn, on_mesh
 from gandl.models import densenet
 from gandl.train import sharding
 
@@ -55,14 +55,14 @@ def control_labels(batch: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,
-                    **data: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    options: pipeline.InputOptions) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """This process's control sites as full (images, labels) batches of `batch_size`, shuffled within pools.
 
-    `data` holds the pipeline options (channels, intensity, crop_size); a last partial batch is dropped.
+    A last partial batch is dropped.
     """
     rng = np.random.default_rng(seed)
-    ds = pipeline.eval_dataset(spec, batch_size=batch_size, process_index=jax.process_index(),
-                               process_count=jax.process_count(), **data)
+    ds = pipeline.eval_dataset(spec, options, batch_size=batch_size, process_index=jax.process_index(),
+                               process_count=jax.process_count())
     images, labels = [], []
     for batch in itertools.chain(ds.as_numpy_iterator(), [None]):
         if batch is not None:
@@ -104,7 +104,7 @@ def initial_variables(model: densenet.DenseNet, weights: str, key: jax.Array,
 
 
 def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
-             mesh: jax.sharding.Mesh, settings: FineTuneConfig, **data: Any) -> tuple[float, float]:
+             mesh: jax.sharding.Mesh, settings: FineTuneConfig, options: pipeline.InputOptions) -> tuple[float, float]:
     """(mean loss, accuracy) of the head on every full batch of controls, BatchNorm in inference mode."""
     @jax.jit
     def metrics(v: Mapping[str, Any], images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,7 +114,7 @@ def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipel
     results = []
     with jax.set_mesh(mesh):
         local = sharding.local_batch_size(settings.batch_size)
-        for images, labels in _global_batches(control_batches(spec, local, settings.pool_batches, 0, **data), mesh):
+        for images, labels in _global_batches(control_batches(spec, local, settings.pool_batches, 0, options), mesh):
             results.append([float(m) for m in metrics(variables, images, labels)])
     if not results:
         raise ValueError(f"no full batch of {settings.batch_size} control sites (C+ / C-) in {spec.files[0]}…")
@@ -122,7 +122,8 @@ def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipel
 
 
 def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
-              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, **data: Any) -> dict[str, Any]:
+              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, options: pipeline.InputOptions
+              ) -> dict[str, Any]:
     """Adam on the controls' C+ / C- cross-entropy for `settings.epochs` passes; returns the new variables."""
     trainable = lambda path, _: settings.train_backbone or path[0].key in ("adapter", "classifier")  # noqa: E731
     labels = jax.tree_util.tree_map_with_path(lambda p, v: "train" if trainable(p, v) else "frozen",
@@ -144,7 +145,7 @@ def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipe
         opt_state = tx.init(params)
         local = sharding.local_batch_size(settings.batch_size)
         for epoch in range(settings.epochs):
-            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, **data)
+            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, options)
             for images, labels in _global_batches(batches, mesh):
                 params, batch_stats, opt_state = step(params, batch_stats, opt_state, images, labels)
     return {"params": params, "batch_stats": batch_stats}
@@ -156,16 +157,26 @@ def feature_fn(model: densenet.DenseNet, variables: Mapping[str, Any], mesh: jax
 
 
 def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, mesh: jax.sharding.Mesh, weights: str,
-                         seed: int, **data: Any) -> FeatureFn:
+                         seed: int, options: pipeline.InputOptions) -> FeatureFn:
     """The comparator's feature function: backbone from `weights` (a torchvision densenet121 state dict as
     .npz/.pt, or 'random'), adapter and 2-class head fine-tuned on the controls of `spec`.
 
-    `data` holds the pipeline options (channels, intensity, crop_size) the export uses, so the comparator
-    is trained on exactly the images it later embeds.
+    `options` are the export's pipeline options, so the comparator is trained on exactly the images it
+    later embeds.
     """
     model = densenet.DenseNet(blocks=tuple(settings.blocks), num_classes=len(LABELS))
-    crop = data.get("crop_size", 0)
+    crop = options.crop_size
     height, width = (crop, crop) if crop else (spec.height, spec.width)
-    channels = len(pipeline.output_stains(spec, data.get("channels", ())))
+    channels = len(pipeline.output_stains(spec, options.channels))
     variables = initial_variables(model, weights, jax.random.key(seed), (height, width, channels))
-    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, **data), mesh)
+    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, options), mesh)
+
+
+def extractor(context: Context) -> FeatureFn:
+    """The comparator of `config.embed.imagenet_weights`, fine-tuned on the screen's controls."""
+    e = context.config.embed
+    if not e.imagenet_weights:
+        raise ValueError("embed.feature_sets lists 'imagenet' but embed.imagenet_weights is empty: give a "
+                         f"torchvision densenet121 state dict (.npz/.pt) or {RANDOM!r}")
+    return fine_tune_comparator(context.screen, FineTuneConfig(**e.imagenet.to_dict()), context.mesh,
+                                e.imagenet_weights, context.config.seed, context.options)

@@ -1,0 +1,174 @@
+"""The analysis tasks, as lists the report iterates over: each turns one feature set into tables and figures.
+
+A task is a function `(Inputs) -> Result` plus an entry in `SCREEN_TASKS` or `ZEROSHOT_TASKS`; adding an
+analysis is one function and one entry. A task that cannot run on the data (no honest held-out split, a
+class in one group, no controls, too few doses) raises, and the report records it as skipped with the
+reason, running every other task; tasks that need a skipped one are skipped too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gandl.analysis import classify, efficacy, plots, spaces, zeroshot
+from gandl.analysis.markup import Block
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """Settings of the analysis; the defaults follow the paper (per site, no normalisation, C = 1)."""
+
+    normalization: str = "none"  # none | center_scale | tvn (see classify.normalize)
+    level: str = "site"  # site | well: the unit SVMs and spaces see (dose-response always averages wells)
+    c: float = 1.0  # SVM soft-margin constant
+    n_splits: int = 5  # at most this many grouped folds
+    group_by: str = "plate"  # plate | experiment: what a fold holds out
+    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
+    highlight: tuple[str, ...] = ("Remdesivir", "GS-441524", "Polydatin")  # Figures 4 and 5
+    top_k: int = 5  # best-ranked compounds per cell line drawn in Figure 5 and listed in the report
+    flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
+    toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
+    seed: int = 0
+    truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
+
+    def __post_init__(self):
+        if self.normalization not in classify.NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {classify.NORMALIZATIONS}, got {self.normalization!r}")
+        if self.level not in ("site", "well"):
+            raise ValueError(f"level must be 'site' or 'well', got {self.level!r}")
+        if self.group_by not in ("plate", "experiment"):
+            raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a task sees: one feature set (normalised, at the configured level) and the earlier tasks' values."""
+
+    features: np.ndarray
+    metadata: pd.DataFrame
+    config: AnalysisConfig
+    folder: str  # the feature set's folder, relative to the report (figure links)
+    earlier: dict[str, dict[str, Any]]  # task name -> Result.values of the tasks run before
+    truth: pd.DataFrame | None = None
+
+
+@dataclasses.dataclass
+class Result:
+    tables: dict[str, tuple[pd.DataFrame, bool]] = dataclasses.field(default_factory=dict)  # stem -> (table, index)
+    figures: dict[str, bytes] = dataclasses.field(default_factory=dict)  # file name -> PNG
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # side-by-side rows: metric -> value
+    blocks: list[Block] = dataclasses.field(default_factory=list)  # the task's part of the report
+    notes: list[str] = dataclasses.field(default_factory=list)
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)  # for later tasks and notebooks
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    title: str  # the side-by-side row of a skipped task
+    run: Callable[[Inputs], Result]
+    needs: tuple[str, ...] = ()  # tasks whose values this one reads
+
+
+def _common(config: AnalysisConfig) -> dict:
+    return dict(c=config.c, uv_is_positive=config.uv_is_positive, seed=config.seed)
+
+
+def controls_task(inp: Inputs) -> Result:
+    """Table 1: C+ vs C-, cell line, and C+ vs C- within each line, by plate-held-out linear SVMs."""
+    cfg = inp.config
+    table1 = classify.classify_controls(inp.features, inp.metadata, n_splits=cfg.n_splits, group_by=cfg.group_by,
+                                        **_common(cfg))
+    summary = {f"{r.task}: {metric}": getattr(r, metric) for r in table1.itertuples()
+               for metric in ("accuracy", "balanced_accuracy", "roc_auc")}
+    return Result(tables={"table1_controls": (table1, False)}, summary=summary,
+                  blocks=[("heading", 3, "Table 1: control classification"), ("table", table1, False)],
+                  notes=[f"Table 1: {r.task}: {r.status}" for r in table1.itertuples() if r.status != "ok"],
+                  values=dict(table1=table1))
+
+
+def _highlighted(coords: pd.DataFrame, config: AnalysisConfig) -> list[str]:
+    """The highlighted compounds this screen holds (Figure 4 draws only these; absent ones are skipped)."""
+    return [c for c in config.highlight if c in set(coords["treatment"])]
+
+
+def spaces_task(inp: Inputs) -> Result:
+    """E²/C² spaces: the on/off-perturbation axes of the controls' SVM and every site's efficacy score."""
+    cfg = inp.config
+    axes = spaces.fit_axes(inp.features, inp.metadata, **_common(cfg))
+    coords = spaces.coordinates(inp.features, inp.metadata, axes, cfg.uv_is_positive)
+    scores, skipped = efficacy.efficacy_scores(coords["on"].to_numpy(), inp.metadata, cfg.uv_is_positive)
+    coords["efficacy"] = scores
+    threshold = float(axes.scale_on(axes.threshold))
+    out = Result(tables={"spaces": (coords, False)},
+                 figures={"fig3_controls.png": plots.controls_figure(coords[coords["role"] != "treated"], threshold)},
+                 blocks=[("figure", "E² controls", f"{inp.folder}/fig3_controls.png")],
+                 notes=[f"efficacy: cell line {line} skipped ({why})" for line, why in skipped.items()],
+                 values=dict(axes=axes, coordinates=coords))
+    present = _highlighted(coords, cfg)
+    if present:
+        out.figures["fig4_compounds.png"] = plots.compounds_figure(coords, present)
+        out.blocks.append(("figure", "C² compounds", f"{inp.folder}/fig4_compounds.png"))
+    return out
+
+
+HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax", "hill_slope", "r2",
+               "fit_status", "toxic_drop", "hit"]
+
+
+def dose_response_task(inp: Inputs) -> Result:
+    """Efficacy per compound and dose (well means), Hill fits and the hit table; agreement with a known truth."""
+    cfg = inp.config
+    coords = inp.earlier["spaces"]["coordinates"]
+    wells = efficacy.well_scores(coords["efficacy"].to_numpy(), inp.metadata)
+    hits = efficacy.hit_table(wells, flat_threshold=cfg.flat_threshold, toxic_threshold=cfg.toxic_threshold)
+    dose_response = efficacy.dose_response(wells)
+    out = Result(tables={"dose_response": (dose_response, False), "hits": (hits, False)},
+                 values=dict(dose_response=dose_response, hits=hits))
+    for line, sub in hits.groupby("cell_type") if len(hits) else ():
+        out.summary[f"{line}: hits (score > 0)"] = int(sub["hit"].sum())
+        out.summary[f"{line}: Hill fits ok"] = int((~sub["fit_failed"]).sum())
+        top = sub.nsmallest(1, "rank").iloc[0]
+        out.summary[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
+    if inp.truth is not None:
+        agreement = efficacy.truth_agreement(dose_response, inp.truth)
+        out.summary["hidden efficacy: Spearman (dose points)"] = agreement["spearman_dose"]
+        out.summary["hidden efficacy: Spearman (best dose per compound)"] = agreement["spearman_compound"]
+    if len(hits):
+        out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, hits, cfg.highlight,
+                                                                           cfg.top_k)
+        out.blocks += [("heading", 3, f"Top {cfg.top_k} compounds per cell line"),
+                       ("table", hits[hits["rank"] <= cfg.top_k][HIT_COLUMNS], False),
+                       ("figure", "dose-response", f"{inp.folder}/fig5_dose_response.png")]
+        few = hits[hits["fit_status"] == "too_few_doses"]
+        out.notes += [f"Hill fit: {r.treatment} ({r.cell_type}) has {r.n_doses} dose(s), fewer than "
+                      f"{efficacy.MIN_DOSES}: ranked, not fitted" for r in few.itertuples()]
+    return out
+
+
+def zeroshot_task(inp: Inputs) -> Result:
+    """Zero-shot cell typing: cell-type accuracy and confusion matrix on a set never seen in training."""
+    cfg = inp.config
+    summary, confusion = zeroshot.classify_cell_types(inp.features, inp.metadata, c=cfg.c, n_splits=cfg.n_splits,
+                                                      group_by=cfg.group_by, seed=cfg.seed)
+    return Result(tables={"zeroshot_confusion": (confusion, True)},
+                  figures={"fig6_confusion.png": plots.confusion_figure(confusion)},
+                  summary={f"zero-shot cell type: {m}": summary[m] for m in ("accuracy", "balanced_accuracy")},
+                  blocks=[("heading", 3, "Zero-shot cell typing"), ("table", confusion, True),
+                          ("figure", "confusion", f"{inp.folder}/fig6_confusion.png")],
+                  values=dict(summary=summary, confusion=confusion))
+
+
+SCREEN_TASKS = (
+    Task("controls", "Table 1 (control classification)", controls_task),
+    Task("spaces", "E²/C² spaces and efficacy scores", spaces_task),
+    Task("dose_response", "dose-response and hits", dose_response_task, needs=("spaces",)),
+)
+ZEROSHOT_TASKS = (
+    Task("zeroshot", "zero-shot cell typing", zeroshot_task),
+)

@@ -1,0 +1,73 @@
+"""The run folder's layout: every stage finds its inputs and outputs through these functions.
+
+  raw/               the synthetic screen, when no data.root is given (truth.csv beside metadata.csv)
+  raw_rxrx1/         the synthetic zero-shot set, when no zeroshot.root / zeroshot.shards is given
+  shards/            converted TFRecords of the screen (or data.shards)
+  shards_rxrx1/      converted TFRecords of the zero-shot set (or zeroshot.shards)
+  preview.png        one augmented training batch
+  checkpoints/<step> orbax checkpoints        tensorboard/  scalars and samples     samples/  EMA grids
+  embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/}
+  analysis/          report.md, report.html, summary.csv, analysis.json, tables and figures
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from gandl._tf import tf
+
+
+def raw(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.data.root or os.path.join(workdir, "raw")
+
+
+def shards(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.data.shards or os.path.join(workdir, "shards")
+
+
+def zeroshot_raw(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.zeroshot.root or os.path.join(workdir, "raw_rxrx1")
+
+
+def zeroshot_shards(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.zeroshot.shards or os.path.join(workdir, "shards_rxrx1")
+
+
+def preview(workdir: str) -> str:
+    return os.path.join(workdir, "preview.png")
+
+
+def checkpoints(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def tensorboard(workdir: str) -> str:
+    return os.path.join(workdir, "tensorboard")
+
+
+def samples(workdir: str) -> str:
+    return os.path.join(workdir, "samples")
+
+
+def embeddings(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "embeddings", f"step_{step}")
+
+
+def zeroshot_embeddings(embeddings_dir: str) -> str:
+    return os.path.join(embeddings_dir, "zeroshot")
+
+
+def latest_embeddings(workdir: str) -> str:
+    """The embeddings folder of the highest exported step."""
+    folder = os.path.join(workdir, "embeddings")
+    steps = sorted(int(n.strip("/").removeprefix("step_")) for n in tf.io.gfile.listdir(folder)
+                   if n.startswith("step_")) if tf.io.gfile.isdir(folder) else []
+    if not steps:
+        raise FileNotFoundError(f"no embeddings in {folder}: run mode=embed first")
+    return embeddings(workdir, steps[-1])
+
+
+def analysis(workdir: str) -> str:
+    return os.path.join(workdir, "analysis")
