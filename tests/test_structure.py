@@ -1,0 +1,64 @@
+"""The package's shape: no module imports upward, and a new feature extractor is one module plus one entry."""
+
+import ast
+import pathlib
+
+import numpy as np
+
+import gandl
+from gandl.features import registry
+
+# Pipeline order; a module may import its own layer and the ones before it, never a later one.
+LAYERS = ["_tf", "fileio", "workdir", "data", "models", "train", "features", "embed", "analysis", "inspection",
+          "sweep", "main"]
+PACKAGE = pathlib.Path(gandl.__file__).parent
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 else -1  # bare `gandl` (its version) comes first
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gandl"):
+            out |= {f"{node.module}.{a.name}" if node.module == "gandl" else node.module for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("gandl")}
+    return out
+
+
+def test_no_module_imports_upward():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = "gandl." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        if module.endswith(".__init__") or module == "gandl.__main__":
+            continue
+        for imported in _imports(path):
+            if _layer(imported) > _layer(module):
+                upward.append(f"{module} imports {imported}")
+    assert not upward, upward
+
+
+def test_a_new_extractor_is_one_module_and_one_registry_entry(monkeypatch, tmp_path):
+    """Register an extractor living in its own module and build it by name, as the embed stage does."""
+    module = PACKAGE / "features" / "_test_mean_intensity.py"
+    module.write_text("import numpy as np\n\n\ndef extractor(context):\n"
+                      "    return lambda images: images.mean(axis=(1, 2))\n")
+    try:
+        monkeypatch.setitem(registry.EXTRACTORS, "mean", registry.Extractor("mean intensity",
+                                                                           "_test_mean_intensity:extractor"))
+        fn = registry.build("mean", context=None)
+        images = np.random.default_rng(0).uniform(-1, 1, (3, 4, 4, 2)).astype(np.float32)
+        np.testing.assert_allclose(fn(images), images.mean(axis=(1, 2)))
+        assert registry.get("mean").label == "mean intensity"
+    finally:
+        module.unlink()
+
+
+def test_an_unknown_feature_set_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown feature set 'gan_dl'.*'gandl'"):
+        registry.get("gan_dl")
