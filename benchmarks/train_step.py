@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flops import compiled_flops, matmul_flops_per_s
 
-from gandl.config import base_config
+from gandl.defaults import base_config
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.train import sharding

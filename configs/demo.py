@@ -9,8 +9,8 @@ images, then embeddings of the screen and of a synthetic RxRx1-like zero-shot se
 
 import ml_collections
 
-from gandl.config import base_config
 from gandl.data.synthetic import DEMO_RXRX19A
+from gandl.defaults import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

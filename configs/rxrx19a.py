@@ -7,7 +7,7 @@ Point data.root at an unpacked RxRx19a release (metadata.csv + images/):
 
 import ml_collections
 
-from gandl.config import base_config
+from gandl.defaults import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

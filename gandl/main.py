@@ -127,19 +127,42 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
 
 
-def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
+def read_truth(config: ml_collections.ConfigDict, workdir: str):
+    """The ground truth the analysis is scored against, or None.
+
+    `analysis.truth` names one (it must exist and have the synthetic screen's truth.csv columns); without
+    it, a `truth.csv` beside the screen's metadata is used only when its columns match that schema, and
+    ignored with a warning saying why otherwise.
+    """
     import pandas as pd
 
+    from gandl.data.synthetic import TRUTH_COLUMNS
+
+    named = config.analysis.truth
+    path = named or os.path.join(layout.raw(config, workdir), "truth.csv")
+    if not tf.io.gfile.exists(path):
+        if named:
+            raise FileNotFoundError(f"analysis.truth={named!r}: no such file")
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        truth = pd.read_csv(f)
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
+    if missing:
+        if named:
+            raise ValueError(f"analysis.truth={named!r} lacks the truth columns {missing} (expected {TRUTH_COLUMNS})")
+        logging.warning("ignoring %s: it lacks the truth columns %s of the synthetic screen's schema; name a ground "
+                        "truth with analysis.truth", path, missing)
+        return None
+    return truth
+
+
+def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     from gandl.analysis import io as analysis_io
     from gandl.analysis import report
 
     folder = layout.latest_embeddings(workdir)
-    truth_path = os.path.join(layout.raw(config, workdir), "truth.csv")
-    truth = None
-    if tf.io.gfile.exists(truth_path):  # the synthetic screen's hidden truth
-        with tf.io.gfile.GFile(truth_path) as f:
-            truth = pd.read_csv(f)
+    truth = read_truth(config, workdir)
     zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
     result = report.analyze(analysis_io.load_feature_sets(folder), layout.analysis(workdir),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from gandl import main
-from gandl.config import base_config
 from gandl.data import render
+from gandl.defaults import base_config
 
 
 def test_stains_take_their_rxrx_colours():

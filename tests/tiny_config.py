@@ -6,7 +6,7 @@ same config: `--config tests/tiny_config.py`.
 
 import ml_collections
 
-from gandl.config import base_config
+from gandl.defaults import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

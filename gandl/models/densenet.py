@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gandl.models.convert import load_state_dict
+from gandl.models.pytorch import load_state_dict
 
 DENSENET121_BLOCKS = (6, 12, 24, 16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

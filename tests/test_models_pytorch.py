@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from gandl.models import ModelConfig, build_models, convert, mix_styles
+from gandl.models import ModelConfig, build_models, mix_styles, pytorch
 
 DATA = pathlib.Path(__file__).parent / "data"
 FIXTURES = ["sg2ada_32px_5ch", "sg2ada_64px_6ch_map8"]
@@ -71,7 +71,7 @@ def expected_table(res, img_channels, z_dim, w_dim, mapping_layers, channel_base
 
 
 def test_key_shape_table_256px_5ch():
-    table = convert.state_dict_shapes(ModelConfig())  # 256 px, 5 channels, 3-layer mapping, 512-d z/w
+    table = pytorch.state_dict_shapes(ModelConfig())  # 256 px, 5 channels, 3-layer mapping, 512-d z/w
     assert table == expected_table(256, 5, 512, 512, 3, 16384, 512)
     assert table["D/b4.fc.weight"] == (512, 8192)
     assert table["D/b256.fromrgb.weight"] == (64, 5, 1, 1)
@@ -83,13 +83,13 @@ def test_key_shape_table_256px_5ch():
 @functools.cache
 def _tiny_variables():
     rng = np.random.default_rng(0)
-    shapes = convert.variable_shapes(TINY)
+    shapes = pytorch.variable_shapes(TINY)
     return jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
 
 
 def test_layouts_and_round_trip():
     g_vars, d_vars = _tiny_variables()
-    g_sd, d_sd = convert.to_state_dict(g_vars), convert.to_state_dict(d_vars)
+    g_sd, d_sd = pytorch.to_state_dict(g_vars), pytorch.to_state_dict(d_vars)
     ours = g_vars["params"]["synthesis"]["b8"]["conv0"]["weight"]  # HWIO
     np.testing.assert_array_equal(g_sd["synthesis.b8.conv0.weight"][5, 2, 0, 1], ours[0, 1, 2, 5])
     np.testing.assert_array_equal(g_sd["mapping.fc1.weight"], g_vars["params"]["mapping"]["fc1"]["weight"].T)
@@ -104,16 +104,16 @@ def test_layouts_and_round_trip():
     x = np.random.default_rng(1).normal(size=(4, 4, 8))  # H, W, C: the b4 conv output
     ours_fc = d_vars["params"]["b4"]["fc"]["weight"]
     np.testing.assert_allclose(d_sd["b4.fc.weight"] @ x.transpose(2, 0, 1).ravel(), x.ravel() @ ours_fc, rtol=1e-5)
-    g_shapes, d_shapes = convert.variable_shapes(TINY)
+    g_shapes, d_shapes = pytorch.variable_shapes(TINY)
     for variables, state_dict, template in ((g_vars, g_sd, g_shapes), (d_vars, d_sd, d_shapes)):
-        back = convert.from_state_dict(state_dict, template)
+        back = pytorch.from_state_dict(state_dict, template)
         jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
 
 
 def test_import_rejects_mismatches():
     _, d_vars = _tiny_variables()
-    _, template = convert.variable_shapes(TINY)
-    good = convert.to_state_dict(d_vars)
+    _, template = pytorch.variable_shapes(TINY)
+    good = pytorch.to_state_dict(d_vars)
     broken = [
         {k: v for k, v in good.items() if k != "b4.out.bias"},
         {**good, "b4.extra.weight": np.zeros(3)},
@@ -122,24 +122,24 @@ def test_import_rejects_mismatches():
     ]
     for state_dict in broken:
         with pytest.raises(ValueError):
-            convert.from_state_dict(state_dict, template)
+            pytorch.from_state_dict(state_dict, template)
 
 
 def test_load_state_dict_npz_and_pt(tmp_path):
     g_vars, _ = _tiny_variables()
-    state_dict = convert.prefixed(convert.to_state_dict(g_vars), "G/")
+    state_dict = pytorch.prefixed(pytorch.to_state_dict(g_vars), "G/")
     np.savez(tmp_path / "sd.npz", **state_dict)
-    loaded = convert.load_state_dict(tmp_path / "sd.npz")
+    loaded = pytorch.load_state_dict(tmp_path / "sd.npz")
     assert loaded.keys() == state_dict.keys()
-    assert convert.unprefixed(loaded, "G/").keys() == convert.to_state_dict(g_vars).keys()
+    assert pytorch.unprefixed(loaded, "G/").keys() == pytorch.to_state_dict(g_vars).keys()
     try:
         import torch
     except ImportError:
         with pytest.raises(ImportError):
-            convert.load_state_dict(tmp_path / "sd.pt")
+            pytorch.load_state_dict(tmp_path / "sd.pt")
         return
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, tmp_path / "sd.pt")
-    for key, value in convert.load_state_dict(tmp_path / "sd.pt").items():
+    for key, value in pytorch.load_state_dict(tmp_path / "sd.pt").items():
         np.testing.assert_array_equal(value, state_dict[key])
 
 
@@ -153,8 +153,8 @@ def _fixture(name):
         conv_clamp=g["conv_clamp"], mbstd_group_size=d["mbstd_group_size"],
         mbstd_num_channels=d["mbstd_num_channels"],
     )
-    data = convert.load_state_dict(DATA / f"{name}.npz")
-    return meta, cfg, data, convert.import_networks(data, cfg)
+    data = pytorch.load_state_dict(DATA / f"{name}.npz")
+    return meta, cfg, data, pytorch.import_networks(data, cfg)
 
 
 def _nhwc(x):
@@ -170,8 +170,8 @@ def _assert_parity(got, want):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_export_reproduces_pytorch_state_dict(name):
     _, _, data, (g_vars, d_vars) = _fixture(name)
-    exported = {**convert.prefixed(convert.to_state_dict(g_vars), "G/"),
-                **convert.prefixed(convert.to_state_dict(d_vars), "D/")}
+    exported = {**pytorch.prefixed(pytorch.to_state_dict(g_vars), "G/"),
+                **pytorch.prefixed(pytorch.to_state_dict(d_vars), "D/")}
     reference = {k: v for k, v in data.items() if k.startswith(("G/", "D/"))}
     assert exported.keys() == reference.keys()
     for key, value in reference.items():
