@@ -32,3 +32,38 @@ def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
     main.run_all(cfg, workdir)
     assert os.stat(npz).st_mtime_ns == mtime
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+
+
+def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
+    """Three inputs that once ended the job: an RxRx1 table without `sirna_id`, zero-shot cell types that each sit on
+    one plate (no honest held-out split), and a `truth.csv` of another schema beside the screen. The report is
+    written, the zero-shot task is a skipped row with its reason, and the foreign truth file is ignored."""
+    import json
+    import shutil
+
+    from gandl.data import synthetic
+
+    cfg, run_dir, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns("raw_rxrx1", "shards_rxrx1", "zeroshot",
+                                                                    "analysis"))
+    zeroshot_root = synthetic.write_rxrx1(tmp_path / "rxrx1", seed=5, image_size=16, plates_per_cell_line=1,
+                                          sites_per_well=1)
+    metadata = pd.read_csv(zeroshot_root / "metadata.csv", dtype=str, keep_default_na=False)
+    metadata.drop(columns=["sirna_id"]).to_csv(zeroshot_root / "metadata.csv", index=False)
+    pd.DataFrame({"compound": ["Remdesivir"], "ic50": [1.0]}).to_csv(workdir / "raw" / "truth.csv", index=False)
+    cfg = cfg.copy_and_resolve_references()
+    cfg.zeroshot.root = str(zeroshot_root)
+
+    main.run_convert(cfg, str(workdir))
+    main.run_embed(cfg, str(workdir))
+    result = main.run_analyze(cfg, str(workdir))
+
+    summary = pd.read_csv(workdir / "analysis" / "summary.csv", index_col=0)
+    assert summary.loc["zero-shot cell typing", "GAN-DL"].startswith("skipped: ")
+    assert "C+ vs C- (all cell lines): accuracy" in summary.index  # every other task still ran
+    assert not any(row.startswith("hidden efficacy") for row in summary.index)  # the foreign truth is ignored
+    record = json.loads((workdir / "analysis" / "analysis.json").read_text())
+    assert set(record["skipped"]["GAN-DL"]) == {"zeroshot"}
+    assert "skipped" in (workdir / "analysis" / "report.md").read_text()
+    assert result["skipped"]["handcrafted"]["zeroshot"] == record["skipped"]["handcrafted"]["zeroshot"]

@@ -107,6 +107,11 @@ def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: Analy
     return _outcome(ZEROSHOT_TASKS, *run_tasks(ZEROSHOT_TASKS, inputs))
 
 
+def figures(outcome: dict) -> dict[str, bytes]:
+    """The PNG figures of an `analyze_screen` / `analyze_zeroshot` outcome, by file name."""
+    return {file: png for result in outcome["results"].values() for file, png in result.figures.items()}
+
+
 def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict]) -> pd.DataFrame:
     """Side-by-side table: one row per task and metric, one column per feature set; skipped tasks say why."""
     columns = {}
