@@ -83,5 +83,5 @@ def base_config() -> ml_collections.ConfigDict:
     config.analysis = ml_collections.ConfigDict(dict(
         normalization="none", level="site", c=1.0, n_splits=5, group_by="plate", uv_is_positive=False,
         highlight=("Remdesivir", "GS-441524", "Polydatin"), top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
-        seed=0))
+        fdr=0.05, seed=0))
     return config

@@ -48,6 +48,7 @@ class AnalysisConfig:
     top_k: int = 5  # best-ranked compounds per cell line drawn in Figure 5 and listed in the report
     flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
     toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
+    fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
     seed: int = 0
 
     def __post_init__(self):
@@ -57,6 +58,8 @@ class AnalysisConfig:
             raise ValueError(f"level must be 'site' or 'well', got {self.level!r}")
         if self.group_by not in ("plate", "experiment"):
             raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
+        if not 0.0 < self.fdr < 1.0:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}")
 
 
 def _check_inputs(features: np.ndarray, metadata: pd.DataFrame, columns: tuple[str, ...]) -> None:
@@ -95,7 +98,8 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame,
     coords["efficacy"] = scores
     notes += [f"efficacy: cell line {line} skipped ({why})" for line, why in skipped.items()]
     wells = efficacy.well_scores(scores, metadata)
-    hits = efficacy.hit_table(wells, flat_threshold=config.flat_threshold,
+    controls = efficacy.control_wells(scores, metadata, config.uv_is_positive)
+    hits = efficacy.hit_table(wells, controls, fdr=config.fdr, flat_threshold=config.flat_threshold,
                               toxic_threshold=config.toxic_threshold)
     if len(hits):
         few = hits[hits["fit_status"] == "too_few_doses"]
@@ -125,7 +129,7 @@ def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict] | N
                 col[f"{r.task}: {metric}"] = getattr(r, metric)
         hits = result["hits"]
         for line, sub in hits.groupby("cell_type") if len(hits) else ():
-            col[f"{line}: hits (score > 0)"] = int(sub["hit"].sum())
+            col[f"{line}: hits (q < fdr, score > 0)"] = int(sub["hit"].sum())
             col[f"{line}: Hill fits ok"] = int((~sub["fit_failed"]).sum())
             top = sub.nsmallest(1, "rank").iloc[0]
             col[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
@@ -231,7 +235,7 @@ def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots
         hits = result["hits"]
         if len(hits):
             cols = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax",
-                    "hill_slope", "r2", "fit_status", "toxic_drop", "hit"]
+                    "hill_slope", "r2", "fit_status", "toxic_drop", "best_dose", "q", "hit"]
             blocks += [("heading", 3, f"Top {config.top_k} compounds per cell line"),
                        ("table", hits[hits["rank"] <= config.top_k][cols], False),
                        ("figure", "dose-response", f"{folder}/fig5_dose_response.png")]
