@@ -10,11 +10,16 @@ peak resident memory (VmHWM; the part already held after importing TensorFlow, J
 apart), and what the phase adds as a multiple of the feature matrix itself:
   gather   parts -> embeddings npz + parquet (what process 0 does at the end of an export)
   analyze  npz -> Table 1, E2/C2 spaces, efficacy, dose-response, hits, report.md/html
+and, within `analyze`, each of its steps (the Hill fits of every compound x cell line apart): each
+step's seconds and peak memory, the peak counted from the step's start (the kernel's high-water mark is
+reset through /proc/self/clear_refs), with "other" for what runs between them (loading, efficacy scores,
+well means, the hit table's bookkeeping).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -95,6 +100,45 @@ def peak_memory_gb() -> float:
     return kb / 2**20
 
 
+def reset_peak_memory() -> None:
+    """Restart VmHWM from the current resident size (Linux: writing 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+ANALYSIS_STEPS = (("classify", "classify_controls", "Table 1 SVMs"), ("spaces", "fit_axes", "E2/C2 axes"),
+                  ("spaces", "coordinates", "E2/C2 coordinates"), ("efficacy", "dose_tests", "hit calls (t, BH)"),
+                  ("efficacy", "fit_hills", "Hill fits"), ("report", "_write_screen", "tables + figures"))
+
+
+def timed_steps() -> dict[str, list[float]]:
+    """Wrap the analysis steps so that each call adds its seconds and peak GiB to the returned record."""
+    import importlib
+
+    record = {"other": [0.0, 0.0]}
+
+    def wrap(label, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            record["other"][1] = max(record["other"][1], peak_memory_gb())
+            reset_peak_memory()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds, peak = time.perf_counter() - start, peak_memory_gb()
+                reset_peak_memory()
+                total = record.setdefault(label, [0.0, 0.0])
+                total[0], total[1] = total[0] + seconds, max(total[1], peak)
+                record["other"][0] -= seconds
+        return timed
+
+    for module, name, label in ANALYSIS_STEPS:
+        mod = importlib.import_module(f"gandl.analysis.{module}")
+        setattr(mod, name, wrap(label, getattr(mod, name)))
+    return record
+
+
 def run_phase(phase: str, folder: str) -> dict:
     """One phase in this process; returns its time, and peak memory before (imports) and after it."""
     from gandl.analysis import io, report
@@ -103,13 +147,20 @@ def run_phase(phase: str, folder: str) -> dict:
     start = time.perf_counter()
     if phase == "gather":
         embed.gather(folder, "gandl", list(rxrx.RXRX19A_COLUMNS), {"feature_set": "gandl"})
+        steps = {}
     elif phase == "analyze":
+        steps = timed_steps()
         features, meta = io.load_embeddings(os.path.join(folder, "gandl.npz"))
         report.analyze({"GAN-DL": (features, meta)}, os.path.join(folder, "analysis"))
+        hits = pd.read_csv(os.path.join(folder, "analysis", "GAN-DL", "hits.csv"))
+        steps["other"][0] += time.perf_counter() - start
+        steps["other"][1] = max(steps["other"][1], peak_memory_gb())
+        steps["curves"] = [len(hits), int((hits["fit_status"] != "too_few_doses").sum())]
     else:
         raise ValueError(f"unknown phase {phase!r}")
-    return dict(seconds=time.perf_counter() - start, imports_gb=before,
-                peak_gb=peak_memory_gb())
+    seconds = time.perf_counter() - start
+    peak = max([peak_memory_gb()] + [v[1] for k, v in steps.items() if k != "curves"])
+    return dict(seconds=seconds, imports_gb=before, peak_gb=peak, steps=steps)
 
 
 def main() -> None:
@@ -145,6 +196,13 @@ def main() -> None:
     for phase, r in rows:
         rest = (r["peak_gb"] - r["imports_gb"]) / matrix_gb
         print(f"| {phase} | {r['seconds']:.0f} | {r['peak_gb']:.2f} | {r['imports_gb']:.2f} | {rest:.1f}x |")
+    steps = dict(rows)["analyze"]["steps"]
+    curves, fitted = steps.pop("curves")
+    print(f"\nSteps of analyze ({curves:,} compound x cell line curves, {fitted:,} with 4+ doses fitted)\n")
+    print("| step | seconds | peak memory (GiB) |")
+    print("|---|---:|---:|")
+    for label, (seconds, peak) in steps.items():
+        print(f"| {label} | {seconds:.1f} | {peak:.2f} |")
 
 
 if __name__ == "__main__":

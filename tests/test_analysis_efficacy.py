@@ -1,8 +1,11 @@
-"""Efficacy normalisation, dose-response tables, Hill fits and the hit table on hand-made numbers."""
+"""Efficacy normalisation, dose-response tables, Hill fits, hit calls and the hit table on hand-made numbers."""
+
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import optimize, stats
 
 from gandl.analysis import efficacy
 
@@ -40,46 +43,106 @@ def test_a_cell_line_without_controls_is_skipped_not_scored():
 
 
 def test_dose_response_averages_sites_into_wells_then_wells_per_dose():
-    meta = pd.DataFrame({"well_id": ["w1", "w1", "w2", "w3", "w4"], "treatment": ["d", "d", "d", "d", ""],
-                         "cell_type": "HRCE", "treatment_conc": [1.0, 1.0, 1.0, 10.0, np.nan]})
-    wells = efficacy.well_scores(np.array([0.0, 1.0, 1.5, -1.0, 9.0]), meta)
+    meta = pd.DataFrame({"well_id": ["w1", "w1", "w2", "w3", "w4", "w5"], "treatment": ["d", "d", "d", "d", "", ""],
+                         "cell_type": "HRCE", "treatment_conc": [1.0, 1.0, 1.0, 10.0, np.nan, np.nan],
+                         "experiment": "HRCE-1", "plate": [1, 1, 2, 2, 1, 2],
+                         "disease_condition": ["Active SARS-CoV-2"] * 5 + ["Mock"]})
+    scores = np.array([0.0, 1.0, 1.5, -1.0, 9.0, 3.0])
+    wells = efficacy.well_scores(scores, meta)
     assert wells["score"].tolist() == [0.5, 1.5, -1.0] and wells["n_sites"].tolist() == [2, 1, 1]
+    assert wells["plate_id"].tolist() == ["HRCE-1_1", "HRCE-1_2", "HRCE-1_2"]
+    controls = efficacy.control_wells(scores, meta)  # the C- well only, not the Mock one
+    assert controls[["well_id", "plate_id", "score"]].values.tolist() == [["w4", "HRCE-1_1", 9.0]]
     curve = efficacy.dose_response(wells)
     assert curve["mean"].tolist() == [1.0, -1.0]
     assert curve["n"].tolist() == [2, 1] and curve["n_sites"].tolist() == [3, 1]
     assert curve["sem"].iloc[0] == pytest.approx(np.std([0.5, 1.5], ddof=1) / np.sqrt(2))
     assert np.isnan(curve["sem"].iloc[1])
     assert curve["log10_conc"].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="experiment"):
+        efficacy.well_scores(scores, meta.drop(columns="experiment"))
 
 
-@pytest.mark.parametrize("params", [(-1.0, 0.9, np.log10(0.25), 1.5), (-0.8, 0.5, 0.3, 2.5),
-                                    (0.5, -1.0, -0.5, 1.0)])
-def test_hill_fit_recovers_known_parameters(params):
+def _reference_fit(x: np.ndarray, y: np.ndarray, flat_threshold: float = 0.25, flat_p: float = 0.05,
+                   max_slope: float = 10.0) -> tuple[np.ndarray, str]:
+    """The per-curve scipy `curve_fit` (TRF) fit that `fit_hills` replaces, with its bounds and status rules."""
+    doses = np.unique(x)
+    if len(doses) < efficacy.MIN_DOSES:
+        return np.full(4, np.nan), "too_few_doses"
+    lo, hi = doses[0] - 1.0, doses[-1] + 1.0
+    bounds = ([-5.0, -5.0, lo, 0.1], [5.0, 5.0, hi, max_slope])
+    p0 = np.clip([y[x == doses[0]].mean(), y[x == doses[-1]].mean(), np.median(doses), 1.0],
+                 np.add(bounds[0], 1e-6), np.subtract(bounds[1], 1e-6))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            params, _ = optimize.curve_fit(efficacy.hill, x, y, p0=p0, bounds=bounds, x_scale="jac", max_nfev=400)
+    except RuntimeError:
+        groups = [y[x == d] for d in doses]
+        p = stats.f_oneway(*groups).pvalue if all(len(g) > 1 for g in groups) else np.nan
+        return np.full(4, np.nan), "flat" if p > flat_p else "no_convergence"
+    residual, total = np.sum((y - efficacy.hill(x, *params)) ** 2), np.sum((y - y.mean()) ** 2)
+    dof = len(y) - 4
+    f_p = stats.f.sf(((total - residual) / 3) / (residual / dof), 3, dof) if residual > 0 and dof > 0 else 0.0
+    if abs(params[1] - params[0]) < flat_threshold or f_p > flat_p:
+        return params, "flat"
+    if min(params[2] - lo, hi - params[2]) < 1e-3 * (hi - lo):
+        return params, "ec50_out_of_range"
+    return params, "ok"
+
+
+KNOWN = [(-1.0, 0.9, np.log10(0.25), 1.5), (-0.8, 0.5, 0.3, 2.5), (0.5, -1.0, -0.5, 1.0)]
+
+
+def _fit_all(curves: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """`fit_hills` on a list of (log_conc, response) curves in one call, in list order."""
+    label = np.concatenate([np.full(len(x), i) for i, (x, _) in enumerate(curves)])
+    return efficacy.fit_hills(label, np.concatenate([x for x, _ in curves]), np.concatenate([y for _, y in curves]))
+
+
+def test_vectorised_hill_fits_recover_known_parameters_and_match_per_curve_fits():
+    rng = np.random.default_rng(0)
     x = np.repeat(np.log10(DOSES), 4)
-    exact = efficacy.fit_hill(x, efficacy.hill(x, *params))
-    assert exact.status == "ok"
-    np.testing.assert_allclose([exact.bottom, exact.top, np.log10(exact.ec50_uM), exact.hill_slope], params,
-                               atol=1e-4)
-    assert exact.pec50 == pytest.approx(6 - params[2], abs=1e-4) and exact.r2 == pytest.approx(1.0)
-    noisy = efficacy.fit_hill(x, efficacy.hill(x, *params) + np.random.default_rng(0).normal(0, 0.05, x.size))
-    assert noisy.status == "ok"
-    assert abs(np.log10(noisy.ec50_uM) - params[2]) < 0.15
-    assert abs(noisy.top - params[1]) < 0.1 and abs(noisy.bottom - params[0]) < 0.1
+    curves = [(x, efficacy.hill(x, *p)) for p in KNOWN]  # exact
+    curves += [(x, efficacy.hill(x, *p) + rng.normal(0, 0.05, x.size)) for p in KNOWN]  # low noise
+    for _ in range(30):  # flat (pure noise) and noisy real curves, some with a dose missing (a masked column)
+        keep = x != np.log10(DOSES)[rng.integers(6)] if rng.random() < 0.3 else np.ones(x.size, bool)
+        curves.append((x[keep], -1 + rng.normal(0, 0.3, x.size)[keep]))
+        params = (rng.uniform(-1.2, -0.6), rng.uniform(-0.3, 1.2), rng.uniform(-1.3, 0.8), rng.uniform(0.5, 3))
+        curves.append((x[keep], efficacy.hill(x[keep], *params) + rng.normal(0, 0.25, keep.sum())))
+    curves.append((x, efficacy.hill(x, -1.0, 5.0, 2.2, 0.5)))  # EC50 beyond a decade above the top dose
+    fits = _fit_all(curves)
+    estimate = np.column_stack([fits["bottom"], fits["top"], np.log10(fits["ec50_uM"]), fits["hill_slope"]])
+    np.testing.assert_allclose(estimate[:3], KNOWN, atol=1e-4)
+    assert (fits["fit_status"].iloc[:6] == "ok").all() and np.allclose(fits["r2"].iloc[:3], 1.0)
+    np.testing.assert_allclose(fits["pec50"].iloc[:3], [6 - p[2] for p in KNOWN], atol=1e-4)
+    assert np.abs(estimate[3:6, :3] - np.asarray(KNOWN)[:, :3]).max() < 0.1  # the slope is the loosest
+    reference = [_reference_fit(cx, cy) for cx, cy in curves]
+    assert fits["fit_status"].tolist() == [status for _, status in reference]
+    both = [i for i, (_, status) in enumerate(reference) if status in ("ok", "ec50_out_of_range")]
+    assert len(both) >= 15 and fits["fit_status"].iloc[-1] == "ec50_out_of_range"
+    sse = [[np.sum((curves[i][1] - efficacy.hill(curves[i][0], *params[i])) ** 2) for i in both]
+           for params in (estimate, [reference[i][0] for i in range(len(curves))])]
+    assert np.all(np.array(sse[0]) <= np.array(sse[1]) * (1 + 1e-6) + 1e-12)  # never worse than curve_fit
+    # The same parameters, except where the slope runs to its bound: there the cost is flat in the slope and
+    # curve_fit stops short of the bound (e.g. 9.85 for 10), with the same curve.
+    interior = [i for i in both if reference[i][0][3] < 9.0]
+    assert len(interior) >= 20
+    np.testing.assert_allclose(estimate[interior], [reference[i][0] for i in interior], atol=2e-3)
+    statuses = set(fits["fit_status"])
+    assert {"ok", "flat", "ec50_out_of_range"} <= statuses
 
 
-def test_hill_fit_flags_rather_than_raises():
+def test_hill_fits_flag_rather_than_raise():
     x = np.repeat(np.log10(DOSES), 3)
     rng = np.random.default_rng(1)
-    assert efficacy.fit_hill(x, -1 + rng.normal(0, 0.3, x.size)).status == "flat"
-    assert efficacy.fit_hill(np.zeros(3), np.ones(3)).status == "too_few_doses"
-    one_dose = efficacy.fit_hill(np.log10([1.0, 1.0]), [0.2, 0.4])
-    assert one_dose.failed and np.isnan(one_dose.ec50_uM)
-    # A shallow rise whose EC50 lies beyond a decade above the top dose: EC50 pinned to its bound.
-    assert efficacy.fit_hill(x, efficacy.hill(x, -1.0, 5.0, 2.2, 0.5)).status == "ec50_out_of_range"
-    # An infinitely steep step: the optimiser cannot settle, which is a flag, not an exception.
-    assert efficacy.fit_hill(x, np.where(x > 0.9, 1.0, -1.0)).failed
-    weird = efficacy.fit_hill(x, np.where(np.arange(x.size) % 2, 5.0, -5.0))
-    assert weird.failed
+    fits = _fit_all([(x, -1 + rng.normal(0, 0.3, x.size)), (np.zeros(3), np.ones(3)),
+                     (np.log10([1.0, 1.0]), np.array([0.2, 0.4])),
+                     (x, np.where(x > 0.9, 1.0, -1.0)),  # an infinitely steep step: no settled fit
+                     (x, np.where(np.arange(x.size) % 2, 5.0, -5.0)), (x, np.full(x.size, np.nan))])
+    assert fits["fit_status"].tolist() == ["flat", "too_few_doses", "too_few_doses", "no_convergence", "flat",
+                                           "too_few_doses"]
+    assert fits["ec50_uM"].isna().all() and fits.loc[3, ["bottom", "top", "r2"]].isna().all()
 
 
 def test_toxic_drop_and_auc():
@@ -91,6 +154,14 @@ def test_toxic_drop_and_auc():
     assert efficacy.curve_auc(np.array([1.0, 0.0]), np.array([1.0, -1.0])) == pytest.approx(1.0)
 
 
+def _controls(rng: np.random.Generator, plates: list[str], per_plate: int = 6,
+              offsets: dict[str, float] | None = None, sd: float = 0.05) -> pd.DataFrame:
+    """C- wells (HRCE) at -1 plus each plate's offset, as `control_wells` returns them."""
+    return pd.DataFrame([dict(cell_type="HRCE", plate_id=p, well_id=f"{p}c{i}", n_sites=1,
+                              score=-1 + (offsets or {}).get(p, 0.0) + rng.normal(0, sd))
+                         for p in plates for i in range(per_plate)])
+
+
 def test_hit_table_ranks_and_keeps_one_dose_compounds():
     rows = []
     for name, values in (("strong", efficacy.hill(np.log10(DOSES), -1, 1, -0.5, 2)),
@@ -98,13 +169,64 @@ def test_hit_table_ranks_and_keeps_one_dose_compounds():
                          ("inert", np.full(6, -1.0))):
         for rep in range(2):
             for c, v in zip(DOSES, values):
-                rows.append(dict(treatment=name, cell_type="HRCE", treatment_conc=c,
+                rows.append(dict(treatment=name, cell_type="HRCE", treatment_conc=c, plate_id=f"P{rep}",
                                  well_id=f"{name}{c}{rep}", score=v + (0.02 if rep else -0.02), n_sites=1))
-    rows.append(dict(treatment="single", cell_type="HRCE", treatment_conc=1.0, well_id="s", score=0.3, n_sites=1))
-    table = efficacy.hit_table(pd.DataFrame(rows)).set_index("treatment")
+    rows.append(dict(treatment="single", cell_type="HRCE", treatment_conc=1.0, plate_id="P0", well_id="s",
+                     score=0.3, n_sites=1))
+    controls = _controls(np.random.default_rng(0), ["P0", "P1"])
+    table = efficacy.hit_table(pd.DataFrame(rows), controls).set_index("treatment")
     assert table["rank"].to_dict() == {"strong": 1, "single": 2, "weak": 3, "inert": 4}
     assert table.loc["strong", "fit_status"] == "ok" and table.loc["strong", "hit"]
     assert table.loc["strong", "ec50_uM"] == pytest.approx(10 ** -0.5, rel=0.05)
+    assert table.loc["strong", "q"] < 0.01 and table.loc["strong", "best_dose"] in DOSES[3:]
+    assert table.loc["strong", "p"] <= table.loc["strong", "q"]
+    # weak: well above C- (small q) but never above the 0 threshold, so not a hit.
+    assert table.loc["weak", "q"] < 0.05 and not table.loc["weak", "hit"]
     assert table.loc["inert", "fit_status"] == "flat" and not table.loc["inert", "hit"]
     assert table.loc["single", "fit_status"] == "too_few_doses" and table.loc["single", "n_doses"] == 1
+    assert table.loc["single", "best_dose"] == 1.0 and table.loc["single", "q"] < 0.05  # one well, tested
+    assert table.loc["single", "hit"]  # 0.3 against C- at -1 +- 0.05
+    no_controls = efficacy.hit_table(pd.DataFrame(rows), controls.iloc[:1]).set_index("treatment")
+    assert no_controls[["p", "q", "best_dose"]].isna().all(axis=None) and not no_controls["hit"].any()
     assert not table["toxic_drop"].any()
+
+
+def _noise_screen(rng: np.random.Generator, effective: int = 0, compounds: int = 40, plates: int = 8,
+                  plates_per_compound: int = 3, sd: float = 0.3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Well scores (wells, controls) of a screen whose compounds do nothing, but the first `effective`.
+
+    Plates carry offsets (sd 0.5, larger than the well noise) shared by their compound and control wells,
+    and each compound sits on a few plates only, so a test against other plates' controls would call hits.
+    """
+    names = [f"P{i}" for i in range(plates)]
+    offsets = dict(zip(names, rng.normal(0, 0.5, plates)))
+    rows = []
+    for k in range(compounds):
+        rescue = 2.0 * (np.arange(6) >= 3) if k < effective else np.zeros(6)  # to +1 at the top 3 doses
+        for p in rng.choice(names, plates_per_compound, replace=False):
+            scores = -1 + offsets[p] + rescue + rng.normal(0, sd, 6)
+            rows += [dict(treatment=f"c{k}", cell_type="HRCE", treatment_conc=c, plate_id=p,
+                          well_id=f"{p}-c{k}-{c}", score=v, n_sites=1) for c, v in zip(DOSES, scores)]
+    return pd.DataFrame(rows), _controls(rng, names, offsets=offsets, sd=sd)
+
+
+def test_pure_noise_screens_call_no_more_hits_than_the_fdr_allows():
+    rng = np.random.default_rng(0)
+    any_hit, below, fdp, power = [], [], [], []
+    for _ in range(60):
+        tests = efficacy.dose_tests(*_noise_screen(rng))
+        assert tests["p"].notna().all() and (tests["n_controls"] == 18).all()  # 3 plates x 6 C- wells
+        any_hit.append(bool((tests["q"] < 0.05).any()))
+        below.append((tests["p"] < 0.05).mean())
+    # All nulls true: BH's FDR is the chance of any discovery, at most 5% (3 of 60 screens expected).
+    assert sum(any_hit) <= 6
+    # A valid p is at most 5% below 0.05 (here fewer: plate offsets widen both groups' spread).
+    assert np.mean(below) <= 0.055
+    for _ in range(8):  # 4 of 40 compounds rescue: FDR (mean false discovery proportion) and power
+        wells, controls = _noise_screen(rng, effective=4)
+        table = efficacy.hit_table(wells, controls)
+        called = set(table.loc[table["hit"], "treatment"])
+        fdp.append(len(called - {"c0", "c1", "c2", "c3"}) / max(len(called), 1))
+        power.append(len(called & {"c0", "c1", "c2", "c3"}) / 4)
+        assert table.loc[table["hit"], "best_dose"].isin(DOSES[3:]).all()
+    assert np.mean(fdp) <= 0.1 and np.mean(power) > 0.9

@@ -33,6 +33,7 @@ class AnalysisConfig:
     top_k: int = 5  # best-ranked compounds per cell line drawn in Figure 5 and listed in the report
     flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
     toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
+    fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
     seed: int = 0
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
 
@@ -43,6 +44,8 @@ class AnalysisConfig:
             raise ValueError(f"level must be 'site' or 'well', got {self.level!r}")
         if self.group_by not in ("plate", "experiment"):
             raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
+        if not 0.0 < self.fdr < 1.0:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +121,23 @@ def spaces_task(inp: Inputs) -> Result:
 
 
 HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax", "hill_slope", "r2",
-               "fit_status", "toxic_drop", "hit"]
+               "fit_status", "toxic_drop", "best_dose", "q", "hit"]
 
 
 def dose_response_task(inp: Inputs) -> Result:
     """Efficacy per compound and dose (well means), Hill fits and the hit table; agreement with a known truth."""
     cfg = inp.config
     coords = inp.earlier["spaces"]["coordinates"]
-    wells = efficacy.well_scores(coords["efficacy"].to_numpy(), inp.metadata)
-    hits = efficacy.hit_table(wells, flat_threshold=cfg.flat_threshold, toxic_threshold=cfg.toxic_threshold)
+    scores = coords["efficacy"].to_numpy()
+    wells = efficacy.well_scores(scores, inp.metadata)
+    controls = efficacy.control_wells(scores, inp.metadata, cfg.uv_is_positive)
+    hits = efficacy.hit_table(wells, controls, fdr=cfg.fdr, flat_threshold=cfg.flat_threshold,
+                              toxic_threshold=cfg.toxic_threshold)
     dose_response = efficacy.dose_response(wells)
     out = Result(tables={"dose_response": (dose_response, False), "hits": (hits, False)},
                  values=dict(dose_response=dose_response, hits=hits))
     for line, sub in hits.groupby("cell_type") if len(hits) else ():
-        out.summary[f"{line}: hits (score > 0)"] = int(sub["hit"].sum())
+        out.summary[f"{line}: hits (q < fdr, score > 0)"] = int(sub["hit"].sum())
         out.summary[f"{line}: Hill fits ok"] = int((~sub["fit_failed"]).sum())
         top = sub.nsmallest(1, "rank").iloc[0]
         out.summary[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
