@@ -109,33 +109,34 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     sharding.initialize_distributed(config.train.distributed)
     mesh = sharding.make_mesh()
     model, d_params, step, _ = embed.restore_discriminator(workdir, mesh, e.step if e.step >= 0 else None)
+    checkpoint = os.path.join(workdir, "checkpoints", str(step))
     fns = {"gandl": embed.discriminator_features(model, d_params, mesh, e.orientation_average)}
+    described = {"gandl": dict(checkpoint=checkpoint, orientation_average=e.orientation_average)}
     if e.random_baseline:
         random_d = init_variables(model, jax.random.key(config.seed + 1))[1]["params"]
         fns["random_d"] = embed.discriminator_features(model, random_d, mesh, e.orientation_average)
+        described["random_d"] = dict(seed=config.seed + 1, orientation_average=e.orientation_average)
     if e.handcrafted:
         fns["handcrafted"] = embed.handcrafted
     out = os.path.join(workdir, "embeddings", f"step_{step}")
-    provenance = dict(checkpoint=os.path.join(workdir, "checkpoints", str(step)), step=step,
-                      config=config.to_dict(), code_version=embed.code_version())
+    provenance = dict(checkpoint=checkpoint, step=step, config=config.to_dict(), code_version=embed.code_version())
     targets = [(shards_path(config, workdir), out, d.channels)]
     if config.zeroshot.enabled:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
         targets.append((zeroshot_shards(config, workdir), os.path.join(out, "zeroshot"), zchannels))
-    if e.imagenet_weights and not all(tf.io.gfile.exists(os.path.join(t, "imagenet.npz")) for _, t, _ in targets):
-        from gandl.analysis import imagenet  # fine-tuned on the screen's controls, then applied to every set
+    if e.imagenet_weights:  # fine-tuned on the screen's controls, then applied to every set; only if needed
+        from gandl.analysis import imagenet
 
         spec = pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size)
-        fns["imagenet"] = imagenet.fine_tune_comparator(
+        fns["imagenet"] = embed.lazy(lambda: imagenet.fine_tune_comparator(
             spec, imagenet.FineTuneConfig(**e.imagenet.to_dict()), mesh, e.imagenet_weights, config.seed,
-            channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
+            channels=d.channels, intensity=d.intensity, crop_size=d.crop_size))
+        described["imagenet"] = dict(e.imagenet.to_dict(), weights=e.imagenet_weights, seed=config.seed,
+                                     fine_tuned_on=targets[0][0], channels=list(d.channels))
     for source, target, channels in targets:
-        if all(tf.io.gfile.exists(os.path.join(target, f"{name}.npz")) for name in fns):
-            continue
-        spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
-        embed.export(spec, target, fns, batch_size=e.batch_size, channels=channels, intensity=d.intensity,
-                     crop_size=d.crop_size, part_batches=e.part_batches,
-                     provenance=dict(provenance, dataset=source, channels=list(channels)))
+        embed.export(pipeline.open_records(source, d.rxrx1_utils_image_size), target, fns, batch_size=e.batch_size,
+                     channels=channels, intensity=d.intensity, crop_size=d.crop_size, part_batches=e.part_batches,
+                     feature_settings=described, provenance=dict(provenance, dataset=source, channels=list(channels)))
     logging.info("embeddings in %s", out)
     return out
 
@@ -157,6 +158,24 @@ def load_feature_sets(folder: str, sub: str = "") -> dict:
     return {name: analysis_io.load_embeddings(p) for name, p in paths.items() if tf.io.gfile.exists(p)}
 
 
+def check_site_ids(sets: dict, source: str, read_metadata, show: int = 5) -> None:
+    """Refuse embeddings holding sites that the screen's metadata (`source`, when present) does not list.
+
+    Such ids come from another screen or a stale folder; analysed, they would silently mix screens.
+    Sites without embeddings are fine (skipped bad sites).
+    """
+    if not tf.io.gfile.exists(source):
+        logging.info("no screen metadata at %s: embedding site ids not checked", source)
+        return
+    known = set(read_metadata()["site_id"].astype(str))
+    for name, (_, meta) in sets.items():
+        foreign = [s for s in meta["site_id"].astype(str) if s not in known]
+        if foreign:
+            raise ValueError(f"the {name} embeddings hold {len(foreign)} site ids that {source} does not list, "
+                             f"e.g. {foreign[:show]}: were they exported from another screen? Export again "
+                             "(mode=embed) or point data.root at their screen")
+
+
 def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     import pandas as pd
@@ -169,8 +188,17 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if tf.io.gfile.exists(truth_path):  # the synthetic screen's hidden truth
         with tf.io.gfile.GFile(truth_path) as f:
             truth = pd.read_csv(f)
+    sets = load_feature_sets(folder)
+    d = config.data
+    root = raw_screen_path(config, workdir)
+    check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
+                   lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
+                                            stains=d.stains).metadata)
     zeroshot = load_feature_sets(folder, "zeroshot") if config.zeroshot.enabled else None
-    result = report.analyze(load_feature_sets(folder), os.path.join(workdir, "analysis"),
+    if zeroshot and not config.zeroshot.shards:
+        zroot = config.zeroshot.root or os.path.join(workdir, "raw_rxrx1")
+        check_site_ids(zeroshot, os.path.join(zroot, "metadata.csv"), lambda: rxrx.read_rxrx1(zroot).metadata)
+    result = report.analyze(sets, os.path.join(workdir, "analysis"),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
                             truth=truth)
     logging.info("report at %s", os.path.join(workdir, "analysis", "report.md"))
