@@ -3,19 +3,23 @@
 The feature functions come from `gandl.features` (the GAN-DL embedding, baselines, comparators). Export
 streams the eval pipeline (every site once), computes several feature sets in the same pass (e.g. GAN-DL,
 a random-init discriminator, handcrafted statistics), and writes parts every few batches, so memory stays
-bounded and an interrupted export resumes at the first missing part.
+bounded. Parts are named by the sites they hold, so an interrupted export resumes at
+its first missing site whatever the rerun's batch size; `export.json` records what the files depend
+on, and a rerun with other settings is refused rather than handed the old files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -51,10 +55,26 @@ def code_version() -> str:
     return f"{gandl.__version__}+{commit}"
 
 
-def part_path(out_dir: str, name: str, part: int, process: int | None = None) -> str:
-    """Where a process (default: this one) writes its `part`-th chunk of feature set `name`."""
+FORMAT = "gandl-embeddings/1"
+SETTINGS = "export.json"
+_PART = re.compile(r"part-(\d{9})-(\d{9})-of(\d{3})-p(\d{3})\.npz")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot go on: its folder holds one made with other settings, or sites went missing."""
+
+
+def part_path(out_dir: str, name: str, start: int, end: int, process: int | None = None,
+              process_count: int | None = None) -> str:
+    """Where a process (default: this one) writes feature set `name` of the sites [start, end) of its stream.
+
+    Positions count the sites of the process's eval stream (`pipeline.eval_dataset`, a fixed order). Parts
+    are named by the sites they hold, not by a batch counter, so a rerun with another batch size or part
+    length resumes exactly where they end; the process count in the name tells layouts apart.
+    """
     process = jax.process_index() if process is None else process
-    return os.path.join(out_dir, "parts", name, f"part-{part:05d}-p{process:03d}.npz")
+    count = jax.process_count() if process_count is None else process_count
+    return os.path.join(out_dir, "parts", name, f"part-{start:09d}-{end:09d}-of{count:03d}-p{process:03d}.npz")
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -74,59 +94,197 @@ def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pi
     return out
 
 
+def export_settings(spec: pipeline.RecordSpec, feature_settings: Mapping[str, Mapping[str, Any]],
+                    options: pipeline.InputOptions = pipeline.InputOptions()) -> dict:
+    """What an export's files depend on, as recorded in its `export.json`: records, pipeline options, feature sets.
+
+    `feature_settings` says what each feature set is (checkpoint, orientation averaging, ...): a function
+    cannot say it itself. Batch size, part length and process count are left out: they change no value.
+    """
+    record = {"format": FORMAT,
+              "records": {"files": list(spec.files), "height": spec.height, "width": spec.width,
+                          "stains": list(spec.stains), "dtype": spec.dtype, "features": dict(spec.features),
+                          "shard_sizes": spec.shard_sizes, "intensity_range": spec.intensity_range},
+              "channels": list(options.channels), "intensity": options.intensity, "crop_size": options.crop_size,
+              "feature_sets": {name: dict(value) for name, value in feature_settings.items()}}
+    return json.loads(json.dumps(record, default=str))  # tuples as lists: as read back from the file
+
+
+_ABSENT = object()
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every differing entry, nested keys dotted."""
+    out = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {_shown(a)} -> {_shown(b)}")
+    return out
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = "(absent)" if value is _ABSENT else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_settings(out_dir: str, settings: Mapping[str, Any]) -> bool:
+    """Refuse a folder whose export was made with other settings; True when it records these settings."""
+    path = os.path.join(out_dir, SETTINGS)
+    if not tf.io.gfile.exists(path):
+        return False
+    changes = _changes(fileio.read_json(path), settings)
+    if changes:
+        raise ExportError(f"{out_dir} holds an export made with other settings (changed: {'; '.join(changes)}); "
+                          "rerun with its settings, or delete the folder to export again")
+    return True
+
+
+def lazy(make: Callable[[], FeatureFn]) -> FeatureFn:
+    """A FeatureFn built on its first call, so a finished export skips a costly set-up (ImageNet fine-tuning)."""
+    make = functools.cache(make)
+    return lambda local_images: make()(local_images)
+
+
 def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
-           provenance: Mapping[str, Any], options: pipeline.InputOptions = pipeline.InputOptions(),
-           part_batches: int = 32, progress: bool = True) -> dict[str, str]:
+           provenance: Mapping[str, Any], feature_settings: Mapping[str, Mapping[str, Any]] | None = None,
+           options: pipeline.InputOptions = pipeline.InputOptions(), part_batches: int = 32,
+           progress: bool = True) -> dict[str, str]:
     """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
 
     `batch_size` is global; each process exports its own files' sites into its parts, and process 0
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
+    The first run records its settings (`export_settings`) in `export.json`; a rerun with the same ones
+    resumes or returns the finished files, one with other ones is refused, naming what changed.
     """
+    unknown = sorted(set(feature_settings or {}) - set(feature_fns))
+    if unknown:
+        raise ValueError(f"feature_settings for {unknown}, which are not among the feature sets {list(feature_fns)}")
+    settings = export_settings(spec, {name: (feature_settings or {}).get(name, {}) for name in feature_fns},
+                               options)
+    paths = {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
+    recorded = _check_settings(out_dir, settings)
+    if recorded and all(tf.io.gfile.exists(os.path.join(out_dir, f"{name}{ext}"))
+                        for name in feature_fns for ext in (".npz", ".parquet")):
+        return paths
+    if jax.process_index() == 0:
+        _prepare_folder(out_dir, list(feature_fns), settings, recorded)
+    multihost_utils.sync_global_devices("embeddings folder prepared")
+
     local = sharding.local_batch_size(batch_size)
-    ds = pipeline.eval_dataset(spec, options, batch_size=local, process_index=jax.process_index(),
-                               process_count=jax.process_count())
-    total = pipeline.eval_num_batches(spec, local, jax.process_count())
-    first_names = list(feature_fns)
-    done = 0
-    while tf.io.gfile.exists(part_path(out_dir, first_names[-1], done)):
-        done += 1
-    bar = tqdm(total=total, initial=done * part_batches, unit="batch", desc="embed", disable=not progress)
+    me, count = jax.process_index(), jax.process_count()
+    offset = _resume_offset(out_dir, list(feature_fns))
+    own = sum(spec.shard_sizes[me::count]) if spec.shard_sizes is not None else None
+    total = pipeline.eval_num_batches(spec, local, count)
+    # Every process runs the same batches (the features are computed on the global mesh): from the batch
+    # holding the least advanced process's first missing site, dropping the rows each already has.
+    needed = total if own is not None and offset >= own else offset // local
+    first = int(np.min(multihost_utils.process_allgather(np.int64(needed))))
+    ds = pipeline.eval_dataset(spec, options, batch_size=local, process_index=me, process_count=count)
+    bar = tqdm(total=total, initial=first, unit="batch", desc="embed", disable=not progress)
     buffers: dict[str, list[dict]] = {name: [] for name in feature_fns}
-    part = done
-    for i, batch in enumerate(ds.skip(done * part_batches).as_numpy_iterator(), start=done * part_batches):
-        keep = batch["mask"]
+    held: list[np.ndarray] = []
+    end = offset
+    for i, batch in enumerate(ds.skip(first).as_numpy_iterator(), start=first):
+        position = i * local + np.arange(local)
+        keep = batch["mask"] & (position >= offset)
         meta = _metadata_arrays(batch, keep, spec)
         for name, fn in feature_fns.items():
             buffers[name].append(dict(meta, features=fn(batch["image"])[keep].astype(np.float32)))
+        held.append(position[keep])
         bar.update(1)
-        if (i + 1) % part_batches == 0:
-            _flush(out_dir, part, buffers)
-            part += 1
-    if any(buffers.values()):
-        _flush(out_dir, part, buffers)
+        if (i + 1 - first) % part_batches == 0:
+            end = _flush(out_dir, held, buffers, end)
+    end = _flush(out_dir, held, buffers, end)
     bar.close()
+    if own is not None and end != own:
+        raise ExportError(f"process {me} exported sites up to {end} of the {own} its record files hold "
+                          f"({list(spec.files[me::count])[:3]}...): a record file is shorter than its manifest says")
     multihost_utils.sync_global_devices("embeddings parts written")
     if jax.process_index() == 0:
         columns = ["site_id", *[c for c in spec.features if c != "site_id"]]
         for name in feature_fns:
             gather(out_dir, name, columns, dict(provenance, feature_set=name))
     multihost_utils.sync_global_devices("embeddings gathered")
-    return {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
+    return paths
 
 
-def _flush(out_dir: str, part: int, buffers: dict[str, list[dict]]) -> None:
-    """Write each feature set's buffered batches as one part (the feature set listed last goes last)."""
-    for name, rows in buffers.items():
-        merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
-        fileio.write_bytes(part_path(out_dir, name, part), npz_bytes(merged))
+def _prepare_folder(out_dir: str, names: list[str], settings: Mapping[str, Any], recorded: bool) -> None:
+    """Record the settings of a new export, and remove what no resume can use (process 0, before any part).
+
+    Parts without a settings record are of unknown settings; parts of another process count index other
+    streams; temporary files are what killed writers left.
+    """
+    tf.io.gfile.makedirs(out_dir)
+    fileio.remove_temp_files(out_dir)
+    if not recorded:
+        if tf.io.gfile.exists(os.path.join(out_dir, "parts")):
+            tf.io.gfile.rmtree(os.path.join(out_dir, "parts"))
+        fileio.write_json(os.path.join(out_dir, SETTINGS), settings)
+        return
+    count = jax.process_count()
+    for name in names:
+        folder = os.path.join(out_dir, "parts", name)
+        fileio.remove_temp_files(folder)
+        for path in tf.io.gfile.glob(os.path.join(folder, "part-*.npz")):
+            m = _PART.fullmatch(os.path.basename(path))
+            if m is None or int(m[3]) != count:
+                tf.io.gfile.remove(path)
+
+
+def _resume_offset(out_dir: str, names: list[str]) -> int:
+    """How many leading sites of this process's stream every feature set holds in parts; removes its other parts.
+
+    Each set's parts are chained from position 0; the resume point is the furthest part boundary that all
+    sets share (a kill can land between two sets' writes of one part). Parts beyond it are removed, so no
+    site is held twice once the rerun writes its own, differently cut parts.
+    """
+    me, count = jax.process_index(), jax.process_count()
+    chains, found = {}, {}
+    for name in names:
+        found[name] = tf.io.gfile.glob(os.path.join(out_dir, "parts", name, f"part-*-of{count:03d}-p{me:03d}.npz"))
+        by_start: dict[int, list[tuple[int, str]]] = {}
+        for path in found[name]:
+            m = _PART.fullmatch(os.path.basename(path))
+            if m and int(m[2]) > int(m[1]):
+                by_start.setdefault(int(m[1]), []).append((int(m[2]), path))
+        chain, position = [], 0
+        while position in by_start:
+            position, path = max(by_start[position])
+            chain.append((position, path))
+        chains[name] = chain
+    offset = max(set.intersection(*[{0, *(end for end, _ in chain)} for chain in chains.values()]))
+    for name in names:
+        kept = {path for end, path in chains[name] if end <= offset}
+        for path in found[name]:
+            if path not in kept:
+                tf.io.gfile.remove(path)
+    return offset
+
+
+def _flush(out_dir: str, held: list[np.ndarray], buffers: dict[str, list[dict]], start: int) -> int:
+    """Write the buffered rows as one part per feature set (the set listed last goes last); returns their end.
+
+    `held` lists the stream positions of the buffered rows: consecutive, as the stream drops no site.
+    """
+    positions = np.concatenate(held) if held else np.zeros(0, np.int64)
+    held.clear()
+    if len(positions):
+        start, end = int(positions[0]), int(positions[-1]) + 1
+        for name, rows in buffers.items():
+            merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+            fileio.write_bytes(part_path(out_dir, name, start, end), npz_bytes(merged))
+        start = end
+    for rows in buffers.values():
         rows.clear()
+    return start
 
 
 def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any],
            chunk_rows: int = 16384) -> None:
-    """Merge every process's parts into the final npz (the contract in README, Embeddings) and the parquet.
-
-    Memory stays bounded.
+    """Merge every process's parts into the final npz (contract: DESIGN.md) and the parquet, in bounded memory.
 
     Sites go into metadata order (`index`, else site_id); metadata columns keep the screen's order
     (`columns`), site_id first. Only the metadata is held whole: features pass through a local scratch
@@ -142,6 +300,10 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
         with _open_npz(path) as part:
             meta_parts.append({k: part[k] for k in part.files if k != "features"})
     merged = {k: np.concatenate([m[k] for m in meta_parts]) for k in meta_parts[0]}
+    ids, counts = np.unique(merged["site_id"], return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"the parts matching {pattern} hold {int((counts > 1).sum())} sites more than once, "
+                         f"e.g. {list(ids[counts > 1][:5])}")
     order = np.argsort(merged["index"], kind="stable") if "index" in merged else np.argsort(merged["site_id"])
     if not len(order):
         raise ValueError(f"the parts matching {pattern} hold no sites")

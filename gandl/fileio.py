@@ -22,6 +22,17 @@ def temp_path(path: str) -> str:
     return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
 
 
+def remove_temp_files(folder: str) -> list[str]:
+    """Delete the temporary files writers left in `folder` when they were killed; returns their paths.
+
+    Only for folders one job writes at a time (shards, an export): a live writer's file would go too.
+    """
+    stale = tf.io.gfile.glob(os.path.join(folder, "*.tmp-*"))
+    for path in stale:
+        tf.io.gfile.remove(path)
+    return stale
+
+
 def commit(tmp: str, path: str) -> None:
     """Move a finished temporary file into place, replacing any older version."""
     tf.io.gfile.rename(tmp, path, overwrite=True)

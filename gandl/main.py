@@ -10,6 +10,7 @@ The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips w
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -89,8 +90,8 @@ def run_train(config: ml_collections.ConfigDict, workdir: str):
 def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Export every feature set of `embed.feature_sets` for the screen and the zero-shot set.
 
-    The discriminator comes from the latest (or `embed.step`) checkpoint; extractors are built only for
-    feature sets some target still lacks.
+    The discriminator comes from the latest (or `embed.step`) checkpoint; an extractor is built only when
+    some target still lacks its feature set. A finished export with other settings is refused.
     """
     from gandl import embed
     from gandl.features import base, registry
@@ -107,21 +108,22 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
         targets.append((layout.zeroshot_shards(config, workdir), layout.zeroshot_embeddings(out),
                         options.replace(channels=zchannels)))
-    for name in e.feature_sets:
-        registry.get(name)  # an unknown name fails here, before any work
-    missing = [n for n in e.feature_sets
-               if not all(tf.io.gfile.exists(os.path.join(t, f"{n}.npz")) for _, t, _ in targets)]
     screen = pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size)
     context = base.Context(config, mesh, model, d_params, screen, options)
-    fns = {name: registry.build(name, context) for name in missing}
-    provenance = dict(checkpoint=os.path.join(layout.checkpoints(workdir), str(step)), step=step,
-                      config=config.to_dict(), code_version=embed.code_version())
+    checkpoint = os.path.join(layout.checkpoints(workdir), str(step))
+    # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
+    # embed settings that change values (not batch sizes or part lengths).
+    described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint, seed=config.seed,
+                            **{k: v for k, v in e.to_dict().items()
+                               if k not in ("batch_size", "part_batches", "step", "feature_sets")})
+                 for name in e.feature_sets}
+    # Built on first use: a finished export skips costly set-ups (the comparator's fine-tuning).
+    fns = {name: embed.lazy(functools.partial(registry.build, name, context)) for name in e.feature_sets}
+    provenance = dict(checkpoint=checkpoint, step=step, config=config.to_dict(), code_version=embed.code_version())
     for source, target, target_options in targets:
-        todo = {n: fn for n, fn in fns.items() if not tf.io.gfile.exists(os.path.join(target, f"{n}.npz"))}
-        if not todo:
-            continue
         spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
-        embed.export(spec, target, todo, batch_size=e.batch_size, options=target_options, part_batches=e.part_batches,
+        embed.export(spec, target, fns, batch_size=e.batch_size, options=target_options, part_batches=e.part_batches,
+                     feature_settings=described,
                      provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
     logging.info("embeddings in %s", out)
     return out
@@ -156,6 +158,24 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str):
     return truth
 
 
+def check_site_ids(sets: dict, source: str, read_metadata, show: int = 5) -> None:
+    """Refuse embeddings holding sites that the screen's metadata (`source`, when present) does not list.
+
+    Such ids come from another screen or a stale folder; analysed, they would silently mix screens.
+    Sites without embeddings are fine (skipped bad sites).
+    """
+    if not tf.io.gfile.exists(source):
+        logging.info("no screen metadata at %s: embedding site ids not checked", source)
+        return
+    known = set(read_metadata()["site_id"].astype(str))
+    for name, (_, meta) in sets.items():
+        foreign = [s for s in meta["site_id"].astype(str) if s not in known]
+        if foreign:
+            raise ValueError(f"the {name} embeddings hold {len(foreign)} site ids that {source} does not list, "
+                             f"e.g. {foreign[:show]}: were they exported from another screen? Export again "
+                             "(mode=embed) or point data.root at their screen")
+
+
 def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     from gandl.analysis import io as analysis_io
@@ -163,8 +183,17 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     folder = layout.latest_embeddings(workdir)
     truth = read_truth(config, workdir)
+    sets = analysis_io.load_feature_sets(folder)
+    d = config.data
+    root = layout.raw(config, workdir)
+    check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
+                   lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
+                                            stains=d.stains).metadata)
     zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
-    result = report.analyze(analysis_io.load_feature_sets(folder), layout.analysis(workdir),
+    if zeroshot and not config.zeroshot.shards:
+        zroot = layout.zeroshot_raw(config, workdir)
+        check_site_ids(zeroshot, os.path.join(zroot, "metadata.csv"), lambda: rxrx.read_rxrx1(zroot).metadata)
+    result = report.analyze(sets, layout.analysis(workdir),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
                             truth=truth)
     logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))

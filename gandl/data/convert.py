@@ -18,12 +18,15 @@ subset of shards (multi-host training) still sees the whole screen.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
 import math
 import multiprocessing
 import os
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,7 @@ MANIFEST = "manifest.json"
 CONVERSION = "conversion.json"
 SKIPPED = "skipped_sites.csv"
 PERCENTILES = (0.1, 1.0, 50.0, 99.0, 99.9)
+PROBE_SITES = 16  # sites whose majority shape and dtype is the screen's
 
 
 class ConversionError(RuntimeError):
@@ -128,25 +132,34 @@ def load_site(paths: list[str], source_shape: tuple[int, int], dtype: np.dtype, 
 
 
 def _write_shard(task: _ShardTask) -> dict[str, Any]:
-    """Write one shard atomically, then its sidecar (the shard's completion marker)."""
+    """Write one shard atomically, then its sidecar (the shard's completion marker).
+
+    A failing shard removes its temporary file; one killed outright leaves it to the rerun's clean-up.
+    """
     dtype = np.dtype(task.dtype)
     bins = np.iinfo(dtype).max + 1
     hist = None
     skipped, written = [], 0
     tmp = fileio.temp_path(task.path)
-    with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
-        for index, row, paths in zip(task.indices, task.rows, task.paths):
-            try:
-                site = load_site(paths, task.source_shape, dtype, task.image_size)
-            except images.BadImageError as e:
-                if not task.skip_bad_sites:
-                    raise
-                skipped.append({"site_id": row["site_id"], "path": e.path, "reason": e.reason})
-                continue
-            writer.write(serialize_site(site, index, row, task.schema))
-            counts = np.stack([np.bincount(site[..., c].ravel(), minlength=bins) for c in range(site.shape[-1])])
-            hist = counts if hist is None else hist + counts
-            written += 1
+    try:
+        with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
+            for index, row, paths in zip(task.indices, task.rows, task.paths):
+                try:
+                    site = load_site(paths, task.source_shape, dtype, task.image_size)
+                except images.BadImageError as e:
+                    if not task.skip_bad_sites:
+                        raise
+                    skipped.append({"site_id": row["site_id"], "path": e.path, "reason": e.reason})
+                    continue
+                writer.write(serialize_site(site, index, row, task.schema))
+                counts = np.stack([np.bincount(site[..., c].ravel(), minlength=bins)
+                                   for c in range(site.shape[-1])])
+                hist = counts if hist is None else hist + counts
+                written += 1
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
     fileio.commit(tmp, task.path)
     sparse = [] if hist is None else [
         {"values": np.flatnonzero(h).tolist(), "counts": h[h > 0].tolist()} for h in hist]
@@ -155,19 +168,42 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     return sidecar
 
 
+def probe_rows(num_sites: int) -> np.ndarray:
+    """Rows whose sites decide the screen's image shape and dtype: PROBE_SITES spread evenly over it."""
+    return np.unique(np.linspace(0, num_sites - 1, min(num_sites, PROBE_SITES)).round().astype(np.int64))
+
+
 def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dtype]:
-    """Shape and dtype of the screen, from its first readable site."""
-    for i in range(screen.num_sites):
+    """Shape and dtype of the screen: those of most of PROBE_SITES readable sites spread over it.
+
+    Not the first site's: one odd site (16-bit in an 8-bit screen) would decide, and with skip_bad_sites
+    every other site would be skipped. Unreadable sites are passed over for the next ones in row order.
+    """
+    sample = probe_rows(screen.num_sites)
+    order = np.concatenate([sample, np.setdiff1d(np.arange(screen.num_sites), sample)])
+    kinds: collections.Counter = collections.Counter()
+    example = {}
+    for i in order:
         try:
             first = images.read(screen.paths[i, 0])
             load_site(list(screen.paths[i]), first.shape, first.dtype, 0)
-            return first.shape, first.dtype
         except images.BadImageError:
             if not skip_bad_sites:
                 raise
-    raise ConversionError(f"{screen.source}: no readable site in the screen")
-
-
+            continue
+        kind = (first.shape, first.dtype)
+        kinds[kind] += 1
+        example.setdefault(kind, screen.paths[i, 0])
+        if kinds.total() == PROBE_SITES:
+            break
+    if not kinds:
+        raise ConversionError(f"{screen.source}: no readable site in the screen")
+    (kind, count), *others = kinds.most_common()
+    if others and others[0][1] == count:
+        listed = "; ".join(f"{n} {d.name} {s[1]}x{s[0]} (e.g. {example[(s, d)]})" for (s, d), n in kinds.most_common())
+        raise ConversionError(f"{screen.source}: no majority image format among {kinds.total()} sites spread over "
+                              f"the screen: {listed}; make the screen's files agree")
+    return kind
 def _fingerprint(screen: Screen, options: ConvertOptions, shape: tuple[int, int], dtype: np.dtype) -> dict:
     digest = hashlib.sha256()
     for chunk in (screen.metadata.to_csv(index=False), "\n".join(screen.paths.ravel())):
@@ -232,6 +268,7 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
                                   f"{shape[0]} px")
     tf.io.gfile.makedirs(out_dir)
     _check_resume(out_dir, _fingerprint(screen, options, shape, dtype))
+    fileio.remove_temp_files(out_dir)  # of shards a killed run was writing
 
     num_shards = math.ceil(screen.num_sites / options.sites_per_shard)
     schema = feature_schema(screen.metadata)
@@ -262,7 +299,8 @@ def _run(tasks: list[_ShardTask], num_workers: int, bar: tqdm) -> None:
                 done += 1
             return
         ctx = multiprocessing.get_context("spawn")  # fork after TensorFlow started threads can deadlock
-        with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)), mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)), mp_context=ctx,
+                                                    initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_write_shard, t): t for t in tasks}
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -278,6 +316,20 @@ def _run(tasks: list[_ShardTask], num_workers: int, bar: tqdm) -> None:
             "fix or remove the file, or set skip_bad_sites to skip such sites and list them.") from e
     finally:
         bar.close()
+
+
+def _exit_with_parent(parent: int, poll_s: float = 0.2) -> None:
+    """Pool-worker initializer: end the worker once its parent is gone, even by kill -9.
+
+    Without it a killed conversion's workers (and so the multiprocessing resource tracker) live on as
+    orphans, still writing shards beside a rerun.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[int, int],

@@ -35,6 +35,10 @@ from gandl.data.vocabulary import (  # noqa: F401 (re-exported: the readers' nam
     image_path,
 )
 
+# Names the stages after reading use for their own data: record keys (convert), batch keys (pipeline), npz
+# entries (embed). A metadata column of one of these names would be overwritten or break a later stage.
+RESERVED_COLUMNS = ("image", "height", "width", "channels", "index", "mask", "features", "provenance")
+
 _INT_COLUMNS = ("plate", "site", "sirna_id")
 _FLOAT_COLUMNS = ("treatment_conc",)
 
@@ -64,6 +68,10 @@ class Screen:
         if self.paths.shape != (len(self.metadata), len(self.stains)):
             raise MetadataError(f"{self.source}: {self.paths.shape[1]} image paths per site for "
                                 f"{len(self.stains)} channels {self.stains}")
+        clash = [c for c in self.metadata.columns if c in RESERVED_COLUMNS]
+        if clash:
+            raise MetadataError(f"{self.source}: metadata column {clash[0]!r} has a name GAN-DL uses for its own "
+                                f"data ({', '.join(RESERVED_COLUMNS)}); rename it")
 
     @property
     def num_sites(self) -> int:

@@ -643,17 +643,26 @@ def image_path(root: pathlib.Path, experiment: str, plate: int, well: str, site:
 
 
 def _prepare(out_dir: str | os.PathLike, params: dict) -> tuple[pathlib.Path, bool]:
-    """Creates the output dir; True when it already holds this exact, complete screen."""
+    """True when `out_dir` already holds this exact, complete screen; refuses one made with other parameters."""
     root = pathlib.Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
     stamp = root / "synthetic.json"
-    text = json.dumps({"format_version": _FORMAT_VERSION, **params}, sort_keys=True, indent=1)
     if stamp.exists():
-        if stamp.read_text() != text:
+        if stamp.read_text() != _stamp_text(params):
             raise ValueError(f"{root} holds a synthetic screen made with other parameters; use a new dir")
         return root, (root / "metadata.csv").exists()
-    _atomic_write(stamp, lambda tmp: tmp.write_text(text))
     return root, False
+
+
+def _stamp_text(params: dict) -> str:
+    return json.dumps({"format_version": _FORMAT_VERSION, **params}, sort_keys=True, indent=1)
+
+
+def _claim(root: pathlib.Path, params: dict) -> None:
+    """Mark `root` as this screen's, once its whole design is built: a refused call leaves nothing behind."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = root / "synthetic.json"
+    if not stamp.exists():
+        _atomic_write(stamp, lambda tmp: tmp.write_text(_stamp_text(params)))
 
 
 def _write_sites(root: pathlib.Path, records: Sequence[dict], render) -> None:
@@ -731,6 +740,7 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
                            infection=rec["_infection"], toxicity=rec["_toxicity"], plate=rec["_effects"],
                            bit_depth=bit_depth)
 
+    _claim(root, params)
     _write_sites(root, records, render)
     _write_table(root / "truth.csv", truth)
     _write_table(root / "metadata.csv", _metadata(records, RXRX19A_COLUMNS))
@@ -809,6 +819,7 @@ def write_rxrx1(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 
         return render_site(_seed(*rec["_key"]), rec["_line"], image_size=image_size, stains=RXRX1_STAINS,
                            plate=rec["_effects"], bit_depth=bit_depth)
 
+    _claim(root, params)
     _write_sites(root, records, render)
     _write_table(root / "metadata.csv", _metadata(records, RXRX1_COLUMNS))
     return root
