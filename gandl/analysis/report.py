@@ -20,7 +20,7 @@ import dataclasses
 import html
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,10 +28,12 @@ import pandas as pd
 from gandl import fileio
 from gandl._tf import tf
 from gandl.analysis import classify, efficacy, plots, spaces, zeroshot
-from gandl.analysis.io import aggregate_wells
+from gandl.analysis.io import JoinError, aggregate_wells, align
 from gandl.data.rxrx import RXRX19A_COLUMNS
 
 FeatureSet = tuple[np.ndarray, pd.DataFrame]
+# Control-site features of one cross-validation fold's extractor, their metadata, and the groups it held out.
+FoldSet = tuple[np.ndarray, pd.DataFrame, Sequence[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,22 +75,79 @@ def _check_inputs(features: np.ndarray, metadata: pd.DataFrame, columns: tuple[s
         raise ValueError(f"features hold {int((~np.isfinite(features)).any(1).sum())} rows with NaN/inf values")
 
 
-def analyze_screen(features: np.ndarray, metadata: pd.DataFrame,
-                   config: AnalysisConfig = AnalysisConfig()) -> dict:
+def _fold_features(fold_sets: Sequence[FoldSet], metadata: pd.DataFrame) -> tuple[list[np.ndarray], list]:
+    """Per-fold features aligned to `metadata`'s rows (by site_id), and the groups each fold's model held out."""
+    features, held_out = [], []
+    for k, (f, meta, groups) in enumerate(fold_sets):
+        _check_inputs(f, meta, ("site_id",))
+        try:
+            features.append(align(f, meta["site_id"], metadata)[0])
+        except JoinError as e:
+            raise JoinError(f"per-fold features of fold {k} do not cover the screen's control sites: {e}") from e
+        held_out.append(tuple(groups))
+    return features, held_out
+
+
+def protocol(config: AnalysisConfig, table1: pd.DataFrame, per_fold_extractor: bool | None) -> dict[str, str]:
+    """For each table of a screen: which groups were held out and what was fitted where (report, analysis.json).
+
+    `per_fold_extractor`: None for a fixed feature extractor, True when its Table 1 features came from
+    per-fold models fitted without the held-out groups, False when no such features were given.
+    """
+    per_plate = {"none": "", "center_scale": "per-plate centring and scaling",
+                 "tvn": "per-plate centring"}[config.normalization]
+    folds = next((r.held_out for r in table1.itertuples() if r.held_out), "")
+    fitted = (["TVN whitening"] if config.normalization == "tvn" else []) + ["isotropic scaling", "linear SVM"]
+    if per_fold_extractor:
+        fitted.insert(0, "the feature extractor's fine-tuning (one model per fold, on its training groups' controls)")
+    table1_text = (f"held out: whole {config.group_by}s, one fold assignment for every task and feature set "
+                   f"(folds: {folds or 'none'}); fitted on each fold's training groups only: {', '.join(fitted)}")
+    if per_plate:
+        table1_text += (f"; {per_plate} on each plate's own control sites, C+ and C- pooled, labels unused "
+                        "(held-out plates included)")
+    if per_fold_extractor is False:
+        table1_text += "; not computed: this extractor was fitted on labels and no per-fold features were given"
+    descriptive = ("no groups held out (descriptive): SVM normal and min-max range on all C+/C- controls, "
+                   "off-axis PCA on every site, efficacy anchors on each cell line's controls"
+                   + (f", {per_plate} and TVN whitening on all plates' controls" if config.normalization == "tvn"
+                      else f", {per_plate} on each plate's controls" if per_plate else ""))
+    if per_fold_extractor is not None:
+        descriptive += "; features from one model fine-tuned on all control sites"
+    return {"table1_controls": table1_text, "spaces": descriptive, "dose_response": descriptive,
+            "hits": descriptive}
+
+
+def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
+                   fold_sets: Sequence[FoldSet] | None = None) -> dict:
     """Table 1, E²/C² coordinates, efficacy scores, dose-response and hits for one RxRx19a feature set.
 
+    `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
+    per fold of `classify.control_folds`, (features, metadata, held-out groups) of the control sites from a
+    model fitted without those groups; Table 1 is computed from them, everything else from `features`.
+    An empty sequence marks such an extractor without per-fold features: its Table 1 is skipped.
     Returns a dict of DataFrames (`table1`, `coordinates`, `dose_response`, `hits`), the fitted `axes`,
-    and `notes`: what was skipped and why (e.g. a cell line without controls gets no efficacy scores).
+    `protocol` (what was held out and fitted where, per table) and `notes`: what was skipped and why.
     """
     _check_inputs(features, metadata, RXRX19A_COLUMNS)
     metadata = metadata.reset_index(drop=True)
+    common = dict(c=config.c, uv_is_positive=config.uv_is_positive, seed=config.seed)
+    controls = classify.control_mask(metadata, config.uv_is_positive)
+    ctrl_meta = metadata[controls].reset_index(drop=True)
+    plate_step = lambda f: classify.plate_normalize(f, ctrl_meta, config.normalization)  # noqa: E731
+    ctrl_x = plate_step(np.asarray(features)[controls])
+    fold_x, held_out = (None, None) if fold_sets is None else _fold_features(fold_sets, ctrl_meta)
+    fold_x = None if fold_x is None else [plate_step(f) for f in fold_x]
+    table_meta = ctrl_meta
+    if config.level == "well":
+        ctrl_x, table_meta = aggregate_wells(ctrl_x, ctrl_meta)
+        fold_x = None if fold_x is None else [aggregate_wells(f, ctrl_meta)[0] for f in fold_x]
+    table1 = classify.classify_controls(ctrl_x, table_meta, n_splits=config.n_splits, group_by=config.group_by,
+                                        whiten=config.normalization == "tvn", fold_features=fold_x,
+                                        fold_held_out=held_out, **common)
+    notes = [f"Table 1: {r.task}: {r.status}" for r in table1.itertuples() if r.status != "ok"]
     x = classify.normalize(features, metadata, config.normalization, uv_is_positive=config.uv_is_positive)
     if config.level == "well":
         x, metadata = aggregate_wells(x, metadata)
-    common = dict(c=config.c, uv_is_positive=config.uv_is_positive, seed=config.seed)
-    table1 = classify.classify_controls(x, metadata, n_splits=config.n_splits, group_by=config.group_by,
-                                        **common)
-    notes = [f"Table 1: {r.task}: {r.status}" for r in table1.itertuples() if r.status != "ok"]
     axes = spaces.fit_axes(x, metadata, **common)
     coords = spaces.coordinates(x, metadata, axes, config.uv_is_positive)
     scores, skipped = efficacy.efficacy_scores(coords["on"].to_numpy(), metadata, config.uv_is_positive)
@@ -102,16 +161,23 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame,
         notes += [f"Hill fit: {r.treatment} ({r.cell_type}) has {r.n_doses} dose(s), fewer than "
                   f"{efficacy.MIN_DOSES}: ranked, not fitted" for r in few.itertuples()]
     return dict(table1=table1, axes=axes, coordinates=coords, dose_response=efficacy.dose_response(wells),
-                hits=hits, notes=notes)
+                hits=hits, notes=notes,
+                protocol=protocol(config, table1, None if fold_sets is None else bool(fold_sets)))
 
 
 def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame,
                      config: AnalysisConfig = AnalysisConfig()) -> dict:
-    """Cell-type accuracy and confusion matrix on an RxRx1-shaped feature set (after the channel map)."""
+    """Cell-type accuracy and confusion matrix on an RxRx1-shaped feature set (after the channel map).
+
+    Experiments are held out when every cell type spans several, else plates (`zeroshot.zeroshot_group`).
+    """
     _check_inputs(features, metadata, ("cell_type", "experiment", "plate"))
     summary, confusion = zeroshot.classify_cell_types(features, metadata, c=config.c, n_splits=config.n_splits,
-                                                      group_by=config.group_by, seed=config.seed)
-    return dict(summary=summary, confusion=confusion)
+                                                      seed=config.seed)
+    text = (f"held out: whole {summary['group_by']}s (folds: {summary['held_out']}); fitted on each fold's "
+            "training groups only: isotropic scaling, linear SVM; the feature extractor never saw an RxRx1 "
+            "label (the ImageNet comparator: the model fine-tuned on all RxRx19a controls)")
+    return dict(summary=summary, confusion=confusion, protocol=text)
 
 
 def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict] | None = None,
@@ -136,6 +202,7 @@ def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict] | N
         if zeroshots and name in zeroshots:
             for metric in ("accuracy", "balanced_accuracy"):
                 col[f"zero-shot cell type: {metric}"] = zeroshots[name]["summary"][metric]
+            col["zero-shot cell type: held out"] = zeroshots[name]["summary"]["group_by"]
         columns[name] = col
     return pd.DataFrame(columns).rename_axis("task")
 
@@ -219,8 +286,13 @@ def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots
     blocks: list[Block] = [
         ("heading", 1, "GAN-DL analysis"),
         ("text", f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}."),
-        ("text", "Cross-validation holds out whole plates (or experiments); efficacy scores put the mean C- "
-                 "control at -1 and the mean C+ control at +1 per cell line (0 = efficacy threshold)."),
+        ("text", "Cross-validation holds out whole plates (or experiments): every fitted step of a Table 1 "
+                 "or zero-shot number is fitted on the training folds only"
+                 + (" (the per-plate normalisation uses each plate's own control sites, C+ and C- pooled, "
+                    "labels unused, held-out plates included)" if config.normalization != "none" else "")
+                 + "; efficacy scores put the mean C- control at -1 and the mean C+ control at +1 per cell "
+                   "line (0 = efficacy threshold). Each feature set's Protocol lists what was held out and "
+                   "fitted where, per table."),
         ("heading", 2, "Side by side"), ("table", summary, True)]
     for name, result in screens.items():
         folder = folders[name]
@@ -236,11 +308,23 @@ def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots
                        ("table", hits[hits["rank"] <= config.top_k][cols], False),
                        ("figure", "dose-response", f"{folder}/fig5_dose_response.png")]
         if name in zeroshots:
-            blocks += [("heading", 3, "Zero-shot cell typing"), ("table", zeroshots[name]["confusion"], True),
+            held = zeroshots[name]["summary"]["group_by"]
+            blocks += [("heading", 3, f"Zero-shot cell typing (held out: whole {held}s)"),
+                       ("table", zeroshots[name]["confusion"], True),
                        ("figure", "confusion", f"{folder}/fig6_confusion.png")]
+        lines = [f"{table}: {text}" for table, text in _protocol_record(name, screens, zeroshots).items()]
+        blocks += [("heading", 3, "Protocol"), ("bullets", lines)]
         if result["notes"]:
             blocks += [("heading", 3, "Notes"), ("bullets", result["notes"])]
     return blocks
+
+
+def _protocol_record(name: str, screens: Mapping[str, dict], zeroshots: Mapping[str, dict]) -> dict[str, str]:
+    """Table name -> what was held out and fitted where, for one feature set (report and analysis.json)."""
+    record = dict(screens[name]["protocol"])
+    if name in zeroshots:
+        record["zeroshot_confusion"] = zeroshots[name]["protocol"]
+    return record
 
 
 def render_markdown(blocks: list[Block]) -> str:
@@ -289,13 +373,14 @@ def render_html(blocks: list[Block], report_dir: str) -> str:
 
 def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: AnalysisConfig = AnalysisConfig(),
             *, zeroshot_sets: Mapping[str, FeatureSet] | None = None,
-            truth: pd.DataFrame | None = None) -> dict:
+            truth: pd.DataFrame | None = None, fold_sets: Mapping[str, Sequence[FoldSet]] | None = None) -> dict:
     """Run every analysis on every feature set and write the report folder; returns the results.
 
     `feature_sets` maps a name to (features [N, D], RxRx19a metadata [N]); `zeroshot_sets` maps the same
     names to RxRx1-shaped (features, metadata) for zero-shot cell typing; `truth` (a synthetic screen's
     truth.csv) adds the agreement with the hidden efficacy. Returns {"summary", "screens", "zeroshot",
-    "files"}.
+    "files"}. `fold_sets` maps a name to its per-fold control features (see `analyze_screen`): an extractor
+    fitted on the controls' labels must come with them (an empty list skips its Table 1).
     """
     if not feature_sets:
         raise ValueError("analyze needs at least one feature set")
@@ -303,7 +388,11 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     unknown = sorted(set(zeroshot_sets) - set(feature_sets))
     if unknown:
         raise ValueError(f"zero-shot sets {unknown} have no screen feature set of the same name")
-    screens = {name: analyze_screen(f, m, config) for name, (f, m) in feature_sets.items()}
+    fold_sets = fold_sets or {}
+    unknown = sorted(set(fold_sets) - set(feature_sets))
+    if unknown:
+        raise ValueError(f"per-fold sets {unknown} have no screen feature set of the same name")
+    screens = {name: analyze_screen(f, m, config, fold_sets.get(name)) for name, (f, m) in feature_sets.items()}
     zeroshots = {name: analyze_zeroshot(f, m, config) for name, (f, m) in zeroshot_sets.items()}
     summary = summary_table(screens, zeroshots, truth)
     folders = {name: _slug(name) for name in feature_sets}
@@ -320,7 +409,8 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     files.append(_write_csv(os.path.join(out_dir, "summary.csv"), summary, index=True))
     record = dict(config=dataclasses.asdict(config), folders=folders,
                   notes={name: r["notes"] for name, r in screens.items()},
-                  zeroshot={name: r["summary"] for name, r in zeroshots.items()})
+                  zeroshot={name: r["summary"] for name, r in zeroshots.items()},
+                  protocol={name: _protocol_record(name, screens, zeroshots) for name in screens})
     fileio.write_json(os.path.join(out_dir, "analysis.json"), record)
     blocks = _report_blocks(summary, screens, zeroshots, folders, config)
     fileio.write_text(os.path.join(out_dir, "report.md"), render_markdown(blocks))
