@@ -134,8 +134,11 @@ def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pi
 
 def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
            provenance: Mapping[str, Any], channels: tuple[int, ...] = (), intensity: str = "auto",
-           crop_size: int = 0, part_batches: int = 32, progress: bool = True) -> dict[str, str]:
+           crop_size: int = 0, part_batches: int = 32, progress: bool = True,
+           rows: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None) -> dict[str, str]:
     """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
+
+    `rows(batch)`, when given, picks the sites of a batch to write (e.g. only the controls).
 
     `batch_size` is global; each process exports its own files' sites into its parts, and process 0
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
@@ -153,7 +156,7 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     buffers: dict[str, list[dict]] = {name: [] for name in feature_fns}
     part = done
     for i, batch in enumerate(ds.skip(done * part_batches).as_numpy_iterator(), start=done * part_batches):
-        keep = batch["mask"]
+        keep = batch["mask"] if rows is None else batch["mask"] & rows(batch)
         meta = _metadata_arrays(batch, keep, spec)
         for name, fn in feature_fns.items():
             buffers[name].append(dict(meta, features=fn(batch["image"])[keep].astype(np.float32)))

@@ -7,7 +7,8 @@
 Modes: synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
 Workdir layout: raw/ (the synthetic screen, when no data.root is given), shards/ (converted
 TFRecords), preview.png, checkpoints/<step>, tensorboard/, samples/, embeddings/step_<step>/
-({gandl,random_d,handcrafted}.npz/.parquet, zeroshot/), analysis/ (report.md, report.html, tables,
+({gandl,random_d,handcrafted,imagenet}.npz/.parquet, imagenet_fold<k>.npz: the per-fold comparators' control
+sites, zeroshot/), analysis/ (report.md, report.html, tables,
 figures). Every mode resumes: rerunning skips what is already complete.
 """
 
@@ -122,13 +123,15 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     if config.zeroshot.enabled:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
         targets.append((zeroshot_shards(config, workdir), os.path.join(out, "zeroshot"), zchannels))
+    a = config.analysis
+    comparator = dict(channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
     if e.imagenet_weights and not all(tf.io.gfile.exists(os.path.join(t, "imagenet.npz")) for _, t, _ in targets):
-        from gandl.analysis import imagenet  # fine-tuned on the screen's controls, then applied to every set
+        from gandl.analysis import imagenet  # fine-tuned on all the screen's controls, then applied to every set
 
         spec = pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size)
         fns["imagenet"] = imagenet.fine_tune_comparator(
             spec, imagenet.FineTuneConfig(**e.imagenet.to_dict()), mesh, e.imagenet_weights, config.seed,
-            channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
+            imagenet.Controls(uv_is_positive=a.uv_is_positive), **comparator)
     for source, target, channels in targets:
         if all(tf.io.gfile.exists(os.path.join(target, f"{name}.npz")) for name in fns):
             continue
@@ -136,6 +139,22 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
         embed.export(spec, target, fns, batch_size=e.batch_size, channels=channels, intensity=d.intensity,
                      crop_size=d.crop_size, part_batches=e.part_batches,
                      provenance=dict(provenance, dataset=source, channels=list(channels)))
+    if e.imagenet_weights:  # Table 1's comparator: one model per fold of the analysis' folds, never the test's
+        from gandl.analysis import classify, imagenet
+        from gandl.analysis import io as analysis_io
+
+        _, meta = analysis_io.load_embeddings(os.path.join(out, "gandl.npz"))
+        try:
+            folds = classify.control_folds(meta, n_splits=a.n_splits, group_by=a.group_by, seed=a.seed,
+                                           uv_is_positive=a.uv_is_positive)
+        except classify.CVError as error:
+            logging.warning("no per-fold ImageNet comparators (its Table 1 will be skipped): %s", error)
+            folds = []
+        imagenet.export_fold_features(
+            pipeline.open_records(targets[0][0], d.rxrx1_utils_image_size), out, folds,
+            imagenet.FineTuneConfig(**e.imagenet.to_dict()), mesh, e.imagenet_weights, config.seed,
+            group_by=a.group_by, uv_is_positive=a.uv_is_positive, batch_size=e.batch_size,
+            part_batches=e.part_batches, provenance=dict(provenance, dataset=targets[0][0]), **comparator)
     logging.info("embeddings in %s", out)
     return out
 
@@ -170,9 +189,14 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with tf.io.gfile.GFile(truth_path) as f:
             truth = pd.read_csv(f)
     zeroshot = load_feature_sets(folder, "zeroshot") if config.zeroshot.enabled else None
+    fold_sets = None
+    if tf.io.gfile.exists(os.path.join(folder, "imagenet.npz")):  # fitted on labels: Table 1 needs its folds
+        from gandl.analysis import imagenet
+
+        fold_sets = {FEATURE_SETS["imagenet"]: imagenet.load_fold_sets(folder)}
     result = report.analyze(load_feature_sets(folder), os.path.join(workdir, "analysis"),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
-                            truth=truth)
+                            truth=truth, fold_sets=fold_sets)
     logging.info("report at %s", os.path.join(workdir, "analysis", "report.md"))
     return result
 

@@ -1,5 +1,9 @@
 """The ImageNet comparator: DenseNet-121 fine-tuned on the labelled controls, penultimate features exported.
 
+Fine-tuning learns the controls' labels, so a model that saw a plate's controls must not score them: Table 1
+is computed from one model per cross-validation fold, fine-tuned without that fold's groups (`Controls`),
+and only the descriptive outputs (spaces, efficacy, dose-response) and zero-shot use the all-controls model.
+
 The paper compares GAN-DL with an ImageNet-pretrained DenseNet-121 whose 5 → 3 channel 1×1 conv and head
 are fine-tuned to tell healthy (C+: Mock, untreated) from infected (C-: Active SARS-CoV-2, untreated)
 control sites; its 1024-d penultimate features then go through the same analysis as GAN-DL's.
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Mapping
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,6 +30,9 @@ import optax
 import pandas as pd
 from jax.experimental import multihost_utils
 
+from gandl import embed
+from gandl._tf import tf
+from gandl.analysis.io import load_embeddings, plate_key
 from gandl.data import pipeline, rxrx
 from gandl.embed import FeatureFn, on_mesh
 from gandl.models import densenet
@@ -45,18 +54,29 @@ class FineTuneConfig:
     pool_batches: int = 8  # controls are shuffled within pools of this many batches
 
 
-def control_labels(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site and for padding."""
-    decode = lambda column: np.char.decode(batch[column].astype(bytes), "utf-8")  # noqa: E731
-    roles = rxrx.control_role(pd.DataFrame({"disease_condition": decode("disease_condition"),
-                                            "treatment": decode("treatment")}))
-    labels = roles.map(LABELS).fillna(-1).to_numpy(np.int32)
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """Which sites the comparator learns from: C+ / C- controls outside the held-out groups."""
+
+    held_out: tuple[str, ...] = ()  # groups (gandl.analysis.io.plate_key) a cross-validation fold tests on
+    group_by: str = "plate"  # plate | experiment: what `held_out` names
+    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
+
+
+def control_labels(batch: Mapping[str, np.ndarray], controls: Controls = Controls()) -> np.ndarray:
+    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site, held-out groups and padding."""
+    frame = pd.DataFrame({c: np.char.decode(batch[c].astype(bytes), "utf-8") if batch[c].dtype.kind in "SO"
+                          else batch[c] for c in ("disease_condition", "treatment", "experiment", "plate")
+                          if c in batch})
+    labels = rxrx.control_role(frame, controls.uv_is_positive).map(LABELS).fillna(-1).to_numpy(np.int32)
+    if controls.held_out:
+        labels[np.isin(plate_key(frame, controls.group_by), controls.held_out)] = -1
     return np.where(batch["mask"], labels, -1)
 
 
 def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,
-                    **data: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This process's control sites as full (images, labels) batches of `batch_size`, shuffled within pools.
+                    controls: Controls = Controls(), **data: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's `controls` as full (images, labels) batches of `batch_size`, shuffled within pools.
 
     `data` holds the pipeline options (channels, intensity, crop_size); a last partial batch is dropped.
     """
@@ -66,7 +86,7 @@ def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: in
     images, labels = [], []
     for batch in itertools.chain(ds.as_numpy_iterator(), [None]):
         if batch is not None:
-            y = control_labels(batch)
+            y = control_labels(batch, controls)
             images.append(batch["image"][y >= 0])
             labels.append(y[y >= 0])
         pooled = sum(len(y) for y in labels)
@@ -104,7 +124,8 @@ def initial_variables(model: densenet.DenseNet, weights: str, key: jax.Array,
 
 
 def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
-             mesh: jax.sharding.Mesh, settings: FineTuneConfig, **data: Any) -> tuple[float, float]:
+             mesh: jax.sharding.Mesh, settings: FineTuneConfig, controls: Controls = Controls(),
+             **data: Any) -> tuple[float, float]:
     """(mean loss, accuracy) of the head on every full batch of controls, BatchNorm in inference mode."""
     @jax.jit
     def metrics(v: Mapping[str, Any], images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,7 +135,8 @@ def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipel
     results = []
     with jax.set_mesh(mesh):
         local = sharding.local_batch_size(settings.batch_size)
-        for images, labels in _global_batches(control_batches(spec, local, settings.pool_batches, 0, **data), mesh):
+        batches = control_batches(spec, local, settings.pool_batches, 0, controls, **data)
+        for images, labels in _global_batches(batches, mesh):
             results.append([float(m) for m in metrics(variables, images, labels)])
     if not results:
         raise ValueError(f"no full batch of {settings.batch_size} control sites (C+ / C-) in {spec.files[0]}…")
@@ -122,8 +144,9 @@ def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipel
 
 
 def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
-              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, **data: Any) -> dict[str, Any]:
-    """Adam on the controls' C+ / C- cross-entropy for `settings.epochs` passes; returns the new variables."""
+              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, controls: Controls = Controls(),
+              **data: Any) -> dict[str, Any]:
+    """Adam on the `controls`' C+ / C- cross-entropy for `settings.epochs` passes; returns the new variables."""
     trainable = lambda path, _: settings.train_backbone or path[0].key in ("adapter", "classifier")  # noqa: E731
     labels = jax.tree_util.tree_map_with_path(lambda p, v: "train" if trainable(p, v) else "frozen",
                                               variables["params"])
@@ -144,7 +167,7 @@ def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipe
         opt_state = tx.init(params)
         local = sharding.local_batch_size(settings.batch_size)
         for epoch in range(settings.epochs):
-            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, **data)
+            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, controls, **data)
             for images, labels in _global_batches(batches, mesh):
                 params, batch_stats, opt_state = step(params, batch_stats, opt_state, images, labels)
     return {"params": params, "batch_stats": batch_stats}
@@ -156,9 +179,13 @@ def feature_fn(model: densenet.DenseNet, variables: Mapping[str, Any], mesh: jax
 
 
 def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, mesh: jax.sharding.Mesh, weights: str,
-                         seed: int, **data: Any) -> FeatureFn:
+                         seed: int, controls: Controls = Controls(), **data: Any) -> FeatureFn:
     """The comparator's feature function: backbone from `weights` (a torchvision densenet121 state dict as
-    .npz/.pt, or 'random'), adapter and 2-class head fine-tuned on the controls of `spec`.
+    .npz/.pt, or 'random'), adapter and 2-class head fine-tuned on the `controls` of `spec`.
+
+    Table 1 needs one such model per cross-validation fold, with that fold's groups in `controls.held_out`
+    (their labels would otherwise be learnt, and scored on); the spaces, efficacy and dose-response use
+    one fine-tuned on all controls.
 
     `data` holds the pipeline options (channels, intensity, crop_size) the export uses, so the comparator
     is trained on exactly the images it later embeds.
@@ -168,4 +195,54 @@ def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, me
     height, width = (crop, crop) if crop else (spec.height, spec.width)
     channels = len(pipeline.output_stains(spec, data.get("channels", ())))
     variables = initial_variables(model, weights, jax.random.key(seed), (height, width, channels))
-    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, **data), mesh)
+    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, controls, **data), mesh)
+
+
+FOLD_PREFIX = "imagenet_fold"  # embeddings/<step>/imagenet_fold<k>.npz: fold k's model on the control sites
+
+
+def _provenance(path: str) -> dict[str, Any]:
+    with tf.io.gfile.GFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+        return json.loads(str(npz["provenance"])) if "provenance" in npz else {}
+
+
+def export_fold_features(spec: pipeline.RecordSpec, out_dir: str, folds: Sequence[Sequence[str]],
+                         settings: FineTuneConfig, mesh: jax.sharding.Mesh, weights: str, seed: int, *,
+                         group_by: str, uv_is_positive: bool, batch_size: int, provenance: Mapping[str, Any],
+                         part_batches: int = 32, **data: Any) -> list[str]:
+    """Per fold k, a comparator fine-tuned without the groups `folds[k]`, its control sites' features exported.
+
+    `folds` is the analysis' fold assignment (`gandl.analysis.classify.control_folds`); each npz records
+    the groups its model held out, so the analysis can check it scores a fold only with the model that never
+    saw it. Resumes: a fold whose file exists is kept, unless it held out other groups (then an error).
+    """
+    every_control = Controls(uv_is_positive=uv_is_positive)
+    paths = []
+    for k, held_out in enumerate(folds):
+        name, held_out = f"{FOLD_PREFIX}{k}", sorted(held_out)
+        path = os.path.join(out_dir, f"{name}.npz")
+        if tf.io.gfile.exists(path):
+            recorded = _provenance(path).get("held_out")
+            if recorded != held_out:
+                raise ValueError(f"{path} was fine-tuned holding out {recorded}, fold {k} now holds out "
+                                 f"{held_out}: delete the imagenet_fold* files (and parts/) to re-export")
+        else:
+            controls = Controls(tuple(held_out), group_by, uv_is_positive)
+            fn = fine_tune_comparator(spec, settings, mesh, weights, seed, controls, **data)
+            embed.export(spec, out_dir, {name: fn}, batch_size=batch_size, part_batches=part_batches,
+                         provenance=dict(provenance, fold=k, num_folds=len(folds), held_out=held_out,
+                                         group_by=group_by),
+                         rows=lambda batch: control_labels(batch, every_control) >= 0, **data)
+        paths.append(path)
+    return paths
+
+
+def load_fold_sets(folder: str) -> list[tuple[np.ndarray, pd.DataFrame, list[str]]]:
+    """(features, metadata, held-out groups) of every `imagenet_fold<k>.npz` in `folder`, in fold order."""
+    sets = []
+    while tf.io.gfile.exists(path := os.path.join(folder, f"{FOLD_PREFIX}{len(sets)}.npz")):
+        held_out = _provenance(path).get("held_out")
+        if held_out is None:
+            raise ValueError(f"{path}: its provenance does not name the groups its model held out")
+        sets.append((*load_embeddings(path), held_out))
+    return sets
