@@ -19,7 +19,7 @@ import re
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -151,8 +151,12 @@ def lazy(make: Callable[[], FeatureFn]) -> FeatureFn:
 def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
            provenance: Mapping[str, Any], feature_settings: Mapping[str, Mapping[str, Any]] | None = None,
            options: pipeline.InputOptions = pipeline.InputOptions(), part_batches: int = 32,
-           progress: bool = True) -> dict[str, str]:
+           progress: bool = True, rows: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
+           ) -> dict[str, str]:
     """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
+
+    `rows(batch)`, when given, picks the sites of a batch to write (e.g. only the controls); say so in
+    `feature_settings`, since the settings record cannot see a function.
 
     `batch_size` is global; each process exports its own files' sites into its parts, and process 0
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
@@ -189,11 +193,12 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     end = offset
     for i, batch in enumerate(ds.skip(first).as_numpy_iterator(), start=first):
         position = i * local + np.arange(local)
-        keep = batch["mask"] & (position >= offset)
+        new = batch["mask"] & (position >= offset)  # stream sites this run has not exported yet
+        keep = new if rows is None else new & rows(batch)
         meta = _metadata_arrays(batch, keep, spec)
         for name, fn in feature_fns.items():
             buffers[name].append(dict(meta, features=fn(batch["image"])[keep].astype(np.float32)))
-        held.append(position[keep])
+        held.append(position[new])
         bar.update(1)
         if (i + 1 - first) % part_batches == 0:
             end = _flush(out_dir, held, buffers, end)
@@ -267,7 +272,8 @@ def _resume_offset(out_dir: str, names: list[str]) -> int:
 def _flush(out_dir: str, held: list[np.ndarray], buffers: dict[str, list[dict]], start: int) -> int:
     """Write the buffered rows as one part per feature set (the set listed last goes last); returns their end.
 
-    `held` lists the stream positions of the buffered rows: consecutive, as the stream drops no site.
+    `held` lists the stream positions the buffered rows came from (those `rows` dropped included):
+    consecutive, as the stream drops no site.
     """
     positions = np.concatenate(held) if held else np.zeros(0, np.int64)
     held.clear()
@@ -363,3 +369,32 @@ def _chunks(scratch, rows: int, dim: int, chunk_rows: int) -> Iterator[tuple[int
     for start in range(0, rows, chunk_rows):
         n = min(chunk_rows, rows - start)
         yield start, np.frombuffer(scratch.read(n * dim * 4), "<f4").reshape(n, dim)
+
+
+def fold_dir(out_dir: str, fold: int) -> str:
+    """Where fold `fold`'s comparator writes its control sites' features (its own export folder)."""
+    return os.path.join(out_dir, "imagenet_folds", f"fold{fold}")
+
+
+def export_folds(spec: pipeline.RecordSpec, out_dir: str, folds: Sequence[Sequence[str]],
+                 fine_tuned: Callable[[tuple[str, ...]], FeatureFn], *, batch_size: int,
+                 controls: Callable[[Mapping[str, np.ndarray]], np.ndarray], provenance: Mapping[str, Any],
+                 feature_settings: Mapping[str, Any], group_by: str,
+                 options: pipeline.InputOptions = pipeline.InputOptions(), part_batches: int = 32) -> list[str]:
+    """Per fold k, the control sites' features of a model fitted without the groups `folds[k]`.
+
+    For extractors that learn the controls' labels (the ImageNet comparator): Table 1 scores fold k only
+    with `fine_tuned(folds[k])`, which never saw it. `folds` is the analysis' fold assignment
+    (`gandl.analysis.classify.control_folds`); each fold's export records the groups it held out, so a
+    rerun with another assignment is refused, naming it.
+    """
+    paths = []
+    for k, held_out in enumerate(folds):
+        held_out = tuple(sorted(held_out))
+        settings = dict(feature_settings, held_out=list(held_out), group_by=group_by, sites="controls")
+        paths.append(export(spec, fold_dir(out_dir, k), {"imagenet": lazy(functools.partial(fine_tuned, held_out))},
+                            batch_size=batch_size, options=options, part_batches=part_batches, rows=controls,
+                            feature_settings={"imagenet": settings},
+                            provenance=dict(provenance, fold=k, num_folds=len(folds), held_out=list(held_out),
+                                            group_by=group_by))["imagenet"])
+    return paths

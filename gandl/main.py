@@ -125,8 +125,40 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
         embed.export(spec, target, fns, batch_size=e.batch_size, options=target_options, part_batches=e.part_batches,
                      feature_settings=described,
                      provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
+    if "imagenet" in e.feature_sets:
+        _export_comparator_folds(config, context, out, described["imagenet"], provenance)
     logging.info("embeddings in %s", out)
     return out
+
+
+def _export_comparator_folds(config: ml_collections.ConfigDict, context, out: str, described: dict,
+                             provenance: dict) -> None:
+    """Table 1's ImageNet comparator: one model per fold of the analysis' folds, never one that saw the fold."""
+    from gandl import embed
+    from gandl.analysis import classify
+    from gandl.analysis import io as analysis_io
+    from gandl.features import imagenet
+
+    a, e = config.analysis, config.embed
+    _, meta = analysis_io.load_embeddings(os.path.join(out, "imagenet.npz"))
+    try:
+        folds = classify.control_folds(meta, n_splits=a.n_splits, group_by=a.group_by, seed=a.seed,
+                                       uv_is_positive=a.uv_is_positive)
+    except classify.CVError as error:
+        logging.warning("no per-fold ImageNet comparators (its Table 1 will be skipped): %s", error)
+        return
+    settings = imagenet.FineTuneConfig(**e.imagenet.to_dict())
+    every_control = imagenet.Controls(uv_is_positive=a.uv_is_positive)
+
+    def fine_tuned(held_out: tuple[str, ...]):
+        controls = imagenet.Controls(held_out, a.group_by, a.uv_is_positive)
+        return imagenet.fine_tune_comparator(context.screen, settings, context.mesh, e.imagenet_weights, config.seed,
+                                             context.options, controls)
+
+    embed.export_folds(context.screen, out, folds, fine_tuned, batch_size=e.batch_size,
+                       controls=lambda batch: imagenet.control_labels(batch, every_control) >= 0,
+                       provenance=provenance, feature_settings=described, group_by=a.group_by,
+                       options=context.options, part_batches=e.part_batches)
 
 
 def read_truth(config: ml_collections.ConfigDict, workdir: str):
@@ -180,6 +212,7 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     from gandl.analysis import io as analysis_io
     from gandl.analysis import report
+    from gandl.features import registry
 
     folder = layout.latest_embeddings(workdir)
     truth = read_truth(config, workdir)
@@ -193,9 +226,12 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if zeroshot and not config.zeroshot.shards:
         zroot = layout.zeroshot_raw(config, workdir)
         check_site_ids(zeroshot, os.path.join(zroot, "metadata.csv"), lambda: rxrx.read_rxrx1(zroot).metadata)
+    fold_sets = None
+    if tf.io.gfile.exists(os.path.join(folder, "imagenet.npz")):  # fitted on labels: Table 1 needs its folds
+        fold_sets = {registry.get("imagenet").label: analysis_io.load_fold_sets(folder)}
     result = report.analyze(sets, layout.analysis(workdir),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
-                            truth=truth)
+                            truth=truth, fold_sets=fold_sets)
     logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))
     return result
 

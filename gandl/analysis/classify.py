@@ -10,6 +10,7 @@ normalisation) removes plate effects before the SVM; it is the first thing a rea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from sklearn import metrics
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.covariance import ledoit_wolf
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from gandl.analysis.io import group_means, plate_key
@@ -35,18 +36,13 @@ def control_mask(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.nda
     return control_role(metadata, uv_is_positive).isin(["C+", "C-"]).to_numpy()
 
 
-def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
-              reference: np.ndarray | None = None, uv_is_positive: bool = False) -> np.ndarray:
-    """Features with plate effects removed, statistics fitted on `reference` rows (default: C+/C- controls).
+def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
+                    reference: np.ndarray | None = None, uv_is_positive: bool = False) -> np.ndarray:
+    """The per-plate step of `method`, fitted on each plate's own `reference` rows (default: its controls).
 
-    - 'none': unchanged.
-    - 'center_scale': per plate, subtract the reference rows' mean and divide by their std (per feature).
-    - 'tvn': typical-variation normalisation: per-plate centring on the reference rows, then whitening
-      with the Ledoit-Wolf-shrunk covariance of the reference rows' variation *within* each plate and
-      control condition. Whitening the pooled controls would also flatten the C+/C- difference itself;
-      within-condition variation is the nuisance (sites, wells, stain noise) the paper's TVN targets.
-    Per-plate statistics also remove whatever differs between plates in biology: on RxRx19a every plate
-    holds one cell line, so HRCE vs VERO is only meaningful with 'none'.
+    'center_scale' subtracts each plate's reference mean and divides by its std; 'tvn' only centres
+    ('none' returns the features). C+ and C- sites are pooled: the statistics never see a site's label, so
+    a held-out plate may be normalised with its own controls without its labels reaching the classifier.
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
@@ -61,17 +57,62 @@ def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none"
         raise ValueError(f"cannot normalise per plate: plates {missing[:5]} have fewer than 2 reference "
                          "(control) sites")
     centred = x - mean[codes].astype(np.float32)
-    if method == "center_scale":
-        var, _ = group_means(centred[ref] ** 2, codes[ref], len(plates))
-        std = np.sqrt(var * count[:, None] / (count[:, None] - 1))
-        return centred / np.maximum(std, 1e-12)[codes].astype(np.float32)
-    role = control_role(metadata, uv_is_positive).to_numpy()[ref]
-    cond_codes, conds = pd.factorize(pd.Series(plate_key(metadata)[ref]) + "|" + role)
-    cond_mean, _ = group_means(x[ref], cond_codes, len(conds))
-    within = x[ref] - cond_mean[cond_codes].astype(np.float32)
-    cov = ledoit_wolf(within, assume_centered=True)[0]
-    evals, evecs = np.linalg.eigh(cov)
-    return (centred @ (evecs / np.sqrt(np.maximum(evals, 1e-12 * evals.max())))).astype(np.float32)
+    if method == "tvn":
+        return centred
+    var, _ = group_means(centred[ref] ** 2, codes[ref], len(plates))
+    std = np.sqrt(var * count[:, None] / (count[:, None] - 1))
+    return centred / np.maximum(std, 1e-12)[codes].astype(np.float32)
+
+
+def whitening_conditions(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.ndarray:
+    """Per row, the (plate, control role) group whose within-group variation TVN whitens away."""
+    return pd.Series(plate_key(metadata)).str.cat(control_role(metadata, uv_is_positive).to_numpy(),
+                                                  sep="|").to_numpy()
+
+
+class TypicalVariationWhitener(TransformerMixin, BaseEstimator):
+    """Whitening by the Ledoit-Wolf-shrunk covariance of the variation within each condition group.
+
+    `fit(x, conditions=...)` takes the (plate, C+/C-) group of every fitted row: whitening the pooled controls
+    would also flatten the C+/C- difference itself, whereas within-condition variation (sites, wells, stain
+    noise) is the nuisance the paper's TVN targets. Inside a cross-validation it is fitted on the training
+    rows only, so no held-out label shapes the transform its score is computed on.
+    """
+
+    def fit(self, x, y=None, conditions=None):
+        if conditions is None:
+            raise ValueError("TypicalVariationWhitener.fit needs the condition group of every row (conditions=)")
+        x = np.asarray(x, np.float64)
+        codes, groups = pd.factorize(pd.Series(np.asarray(conditions)))
+        mean, _ = group_means(x, codes, len(groups))
+        cov = ledoit_wolf(x - mean[codes], assume_centered=True)[0]
+        evals, evecs = np.linalg.eigh(cov)
+        self.components_ = evecs / np.sqrt(np.maximum(evals, 1e-12 * evals.max()))
+        return self
+
+    def transform(self, x):
+        return np.asarray(x, np.float64) @ self.components_
+
+
+def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
+              reference: np.ndarray | None = None, uv_is_positive: bool = False) -> np.ndarray:
+    """Features with plate effects removed, every statistic fitted on all `reference` rows (default: controls).
+
+    - 'none': unchanged.
+    - 'center_scale': per plate, subtract the reference rows' mean and divide by their std (per feature).
+    - 'tvn': typical-variation normalisation: per-plate centring on the reference rows, then whitening
+      (`TypicalVariationWhitener`) fitted on the reference rows of every plate.
+    This is the descriptive path (E²/C² spaces, efficacy): nothing is held out there. Table 1 uses
+    `plate_normalize` and fits the whitening inside each fold instead (`classify_controls`).
+    Per-plate statistics also remove whatever differs between plates in biology: on RxRx19a every plate
+    holds one cell line, so HRCE vs VERO is only meaningful with 'none'.
+    """
+    x = plate_normalize(features, metadata, method, reference, uv_is_positive)
+    if method != "tvn":
+        return x
+    ref = control_mask(metadata, uv_is_positive) if reference is None else np.asarray(reference, bool)
+    conditions = whitening_conditions(metadata, uv_is_positive)
+    return TypicalVariationWhitener().fit(x[ref], conditions=conditions[ref]).transform(x).astype(np.float32)
 
 
 class IsotropicScaler(TransformerMixin, BaseEstimator):
@@ -92,20 +133,26 @@ class IsotropicScaler(TransformerMixin, BaseEstimator):
         return (np.asarray(x, np.float64) - self.mean_) / self.scale_
 
 
-def make_svm(c: float = 1.0, seed: int = 0) -> Pipeline:
+def make_svm(c: float = 1.0, seed: int = 0, whiten: bool = False) -> Pipeline:
     """The soft-margin linear SVM: isotropic scaling, squared-hinge loss, balanced class weights.
 
     Balanced class weights keep a task with more Active than Mock wells from rewarding the majority class.
+    With `whiten`, a `TypicalVariationWhitener` comes first (fit it with `whiten__conditions=`), so every
+    fitted step sits inside the one estimator a fold fits on its training rows.
     """
-    return make_pipeline(IsotropicScaler(),
-                         LinearSVC(C=c, class_weight="balanced", max_iter=20000, random_state=seed))
+    steps = [("whiten", TypicalVariationWhitener())] if whiten else []
+    return Pipeline(steps + [("scale", IsotropicScaler()),
+                             ("svm", LinearSVC(C=c, class_weight="balanced", max_iter=20000, random_state=seed))])
 
 
 def hyperplane(model: Pipeline) -> tuple[np.ndarray, float]:
     """A fitted binary SVM's (w, b) in input-feature space: decision(x) = x @ w + b."""
-    scaler, svm = model[0], model[-1]
+    scaler, svm = model["scale"], model["svm"]
     w = svm.coef_[0] / scaler.scale_
-    return w, float(svm.intercept_[0] - np.dot(w, scaler.mean_))
+    b = float(svm.intercept_[0] - np.dot(w, scaler.mean_))
+    if "whiten" in model.named_steps:
+        w = model["whiten"].components_ @ w
+    return w, b
 
 
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
@@ -138,6 +185,40 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
     return folds
 
 
+def folds_of_groups(groups: np.ndarray, held_out: Sequence[Sequence[str]]
+                    ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(train, test, k) of a fixed fold assignment: fold k tests the rows whose group is in held_out[k].
+
+    Folds without a row of these groups are dropped (a per-cell-line task sees only that line's plates).
+    """
+    groups = np.asarray(groups).astype(str)
+    folds = []
+    for k, names in enumerate(held_out):
+        test = np.isin(groups, list(names))
+        if test.any():
+            folds.append((np.flatnonzero(~test), np.flatnonzero(test), k))
+    return folds
+
+
+def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = "plate", seed: int = 0,
+                  uv_is_positive: bool = False) -> list[tuple[str, ...]]:
+    """The screen's one fold assignment: the groups (plates / experiments) each fold holds out.
+
+    Every Table-1 task of every feature set uses it, and so does the ImageNet comparator's per-fold
+    fine-tuning (`gandl.main.run_embed`): fold k's model never saw fold k's groups. Folds are stratified
+    by cell line x control role when every such class spans two or more groups, else by control role;
+    computed from the C+/C- control sites only.
+    """
+    role = control_role(metadata, uv_is_positive).to_numpy()
+    ctrl = np.isin(role, ["C+", "C-"])
+    groups = plate_key(metadata, group_by)[ctrl]
+    fine = metadata["cell_type"].astype(str).to_numpy()[ctrl] + "|" + role[ctrl]
+    per_class = pd.DataFrame({"y": fine, "g": groups}).drop_duplicates().groupby("y")["g"].nunique()
+    labels = fine if len(per_class) and per_class.min() >= 2 else role[ctrl]
+    folds = grouped_folds(labels, groups, n_splits, seed)
+    return [tuple(sorted(set(groups[test]))) for _, test in folds]
+
+
 @dataclasses.dataclass(frozen=True)
 class CVResult:
     """Out-of-fold predictions of a grouped cross-validation."""
@@ -148,26 +229,54 @@ class CVResult:
     classes: np.ndarray  # class order of `scores` columns (binary: the positive class is classes[1])
     fold: np.ndarray  # test fold of each row
     num_groups: int
+    held_out: tuple[tuple[str, ...], ...] = ()  # the groups each fold held out
 
 
-def cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, c: float = 1.0,
-                   n_splits: int = 5, seed: int = 0) -> CVResult:
-    """Out-of-fold linear-SVM predictions with whole groups (plates / experiments) held out."""
-    labels = np.asarray(labels)
-    folds = grouped_folds(labels, groups, n_splits, seed)
+def cross_validate(features: np.ndarray | Sequence[np.ndarray], labels: np.ndarray, groups: np.ndarray, *,
+                   c: float = 1.0, n_splits: int = 5, seed: int = 0,
+                   held_out: Sequence[Sequence[str]] | None = None,
+                   conditions: np.ndarray | None = None) -> CVResult:
+    """Out-of-fold linear-SVM predictions with whole groups (plates / experiments) held out.
+
+    `held_out` fixes the folds (see `control_folds`); by default they are drawn for these labels
+    (`grouped_folds`). `features` may be one [N, D] array, or one per fold of `held_out`: the features of
+    an extractor fitted without that fold's groups. With `conditions` (`whitening_conditions`) the SVM is
+    preceded by TVN whitening; like the scaling and the SVM it is fitted on each fold's training rows.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups).astype(str)
+    if held_out is None:
+        folds = [(train, test, i) for i, (train, test) in enumerate(grouped_folds(labels, groups, n_splits, seed))]
+        held_out = [tuple(sorted(set(groups[test]))) for _, test, _ in folds]
+    else:
+        folds = folds_of_groups(groups, held_out)
+    per_fold = not isinstance(features, np.ndarray)
+    if per_fold and len(features) != len(held_out):
+        raise ValueError(f"{len(features)} per-fold feature arrays for {len(held_out)} folds")
     classes = np.unique(labels)
+    if len(classes) < 2:
+        raise CVError(f"only one class present ({list(classes)})")
     scores = np.zeros((len(labels),) if len(classes) == 2 else (len(labels), len(classes)))
     predicted = np.empty(len(labels), dtype=labels.dtype)
     fold_of = np.full(len(labels), -1)
-    for i, (train, test) in enumerate(folds):
-        model = make_svm(c, seed).fit(features[train], labels[train])
-        decision = model.decision_function(features[test])
+    for i, (train, test, k) in enumerate(folds):
+        unseen = np.setdiff1d(labels[test], labels[train])
+        if unseen.size:
+            raise CVError(f"classes {list(unseen)} are in a test fold but not in its training plates; "
+                          "add plates or use group_by='plate'")
+        x = features[k] if per_fold else features
+        fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
+        model = make_svm(c, seed, whiten=conditions is not None).fit(x[train], labels[train], **fit_params)
+        decision = model.decision_function(x[test])
         if decision.ndim == 2:  # put columns in the global class order (a fold may see them all anyway)
             decision = decision[:, np.searchsorted(model.classes_, classes)]
         scores[test] = decision
-        predicted[test] = model.predict(features[test])
+        predicted[test] = model.predict(x[test])
         fold_of[test] = i
-    return CVResult(labels, predicted, scores, classes, fold_of, len(np.unique(groups)))
+    untested = np.flatnonzero(fold_of < 0)
+    if untested.size:
+        raise CVError(f"{untested.size} rows (groups {sorted(set(groups[untested]))[:5]}) are in no test fold")
+    return CVResult(labels, predicted, scores, classes, fold_of, len(np.unique(groups)),
+                    tuple(tuple(held_out[k]) for _, _, k in folds))
 
 
 def summarize(result: CVResult) -> dict[str, float]:
@@ -199,22 +308,47 @@ def control_tasks(metadata: pd.DataFrame, uv_is_positive: bool = False) -> list[
 
 
 def classify_controls(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0, n_splits: int = 5,
-                      group_by: str = "plate", uv_is_positive: bool = False, seed: int = 0) -> pd.DataFrame:
-    """Table 1: one row per task with accuracy, balanced accuracy, ROC-AUC, sizes, and a status.
+                      group_by: str = "plate", uv_is_positive: bool = False, seed: int = 0,
+                      whiten: bool = False, fold_features: Sequence[np.ndarray] | None = None,
+                      fold_held_out: Sequence[Sequence[str]] | None = None) -> pd.DataFrame:
+    """Table 1: one row per task with accuracy, balanced accuracy, ROC-AUC, sizes, the held-out groups, a status.
 
+    Every task uses one fold assignment (`control_folds`). `whiten` fits TVN whitening per fold on the
+    training rows (the per-plate centring, `plate_normalize`, comes before). For an extractor fitted on
+    labels, `fold_features` (one [N, D] array per fold, rows as `metadata`) replace `features`: fold k's
+    come from a model fitted without the groups `fold_held_out[k]`, which must be this assignment's; an
+    empty list (no per-fold features) skips every task rather than score train-on-test features.
     A task that cannot be run (a cell line without controls, a class on a single plate) is a row with
     status 'skipped: <reason>' and NaN metrics, not an exception: the other tasks still answer.
     """
     groups = plate_key(metadata, group_by)
-    rows = []
+    rows, held_out, failure = [], [], None
+    try:
+        held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed,
+                                 uv_is_positive=uv_is_positive)
+    except CVError as e:
+        failure = f"skipped: {e}"
+    if failure is None and fold_features is not None:
+        given = [tuple(g) for g in (fold_held_out or [])]
+        if not len(fold_features):
+            failure = ("skipped: the feature extractor was fitted on the controls' labels and no per-fold "
+                       "features were given (rerun mode=embed)")
+        elif len(fold_features) != len(held_out) or (fold_held_out is not None and given != held_out):
+            failure = (f"skipped: the per-fold features hold out {given or len(fold_features)}, this analysis' "
+                       f"folds are {held_out}: embed with the analysis' n_splits, group_by and seed")
+    conditions = whitening_conditions(metadata, uv_is_positive) if whiten else None
     for name, mask, labels in control_tasks(metadata, uv_is_positive):
         row = dict(task=name, n=int(mask.sum()), n_groups=int(len(np.unique(groups[mask]))), n_folds=0,
-                   accuracy=np.nan, balanced_accuracy=np.nan, roc_auc=np.nan, status="ok")
-        try:
-            row.update(summarize(cross_validate(features[mask], labels, groups[mask], c=c,
-                                                n_splits=n_splits, seed=seed)))
-        except CVError as e:
-            row["status"] = f"skipped: {e}"
+                   accuracy=np.nan, balanced_accuracy=np.nan, roc_auc=np.nan, held_out="", status=failure or "ok")
+        if failure is None:
+            x = features[mask] if fold_features is None else [f[mask] for f in fold_features]
+            try:
+                result = cross_validate(x, labels, groups[mask], c=c, held_out=held_out, seed=seed,
+                                        conditions=None if conditions is None else conditions[mask])
+                row.update(summarize(result), held_out="; ".join(",".join(g) for g in result.held_out))
+            except CVError as e:
+                row["status"] = f"skipped: {e}"
         rows.append(row)
-    columns = ["task", "accuracy", "balanced_accuracy", "roc_auc", "n", "n_groups", "n_folds", "status"]
+    columns = ["task", "accuracy", "balanced_accuracy", "roc_auc", "n", "n_groups", "n_folds", "held_out",
+               "status"]
     return pd.DataFrame(rows)[columns]

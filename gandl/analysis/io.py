@@ -8,6 +8,7 @@ silently shifted row.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 from scipy import sparse
 
 from gandl._tf import tf
+from gandl.data.rxrx import plate_key  # noqa: F401 (re-exported: the analysis' group key)
 from gandl.features.registry import EXTRACTORS
 
 
@@ -77,19 +79,6 @@ def align(features: np.ndarray, site_ids: np.ndarray | pd.Series, metadata: pd.D
     return np.asarray(features, dtype=np.float32)[order], metadata.reset_index(drop=True)
 
 
-def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
-    """The cross-validation group of each row: `experiment_plate` (by='plate') or `experiment`.
-
-    Sites of one plate share its batch effects (stain gain, illumination), so a plate is the smallest
-    unit that may be held out.
-    """
-    if by == "plate":
-        return (metadata["experiment"].astype(str) + "_" + metadata["plate"].astype(str)).to_numpy()
-    if by == "experiment":
-        return metadata["experiment"].astype(str).to_numpy()
-    raise ValueError(f"group_by must be 'plate' or 'experiment', got {by!r}")
-
-
 def group_means(features: np.ndarray, codes: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean row of `features` per group code (0..num_groups-1) and the group sizes; empty groups give NaN.
 
@@ -124,3 +113,18 @@ def load_feature_sets(folder: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]
     """Report label -> (features, metadata) of every feature set exported in `folder`, in registry order."""
     paths = {e.label: os.path.join(folder, f"{stem}.npz") for stem, e in EXTRACTORS.items()}
     return {label: load_embeddings(p) for label, p in paths.items() if tf.io.gfile.exists(p)}
+
+
+def load_fold_sets(folder: str) -> list[tuple[np.ndarray, pd.DataFrame, list[str]]]:
+    """(features, metadata, held-out groups) of every per-fold comparator export in `folder`, in fold order.
+
+    (`gandl.embed.export_folds` writes them to `folder/imagenet_folds/fold<k>/imagenet.npz`.)
+    """
+    sets = []
+    while tf.io.gfile.exists(path := os.path.join(folder, "imagenet_folds", f"fold{len(sets)}", "imagenet.npz")):
+        with tf.io.gfile.GFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            held_out = json.loads(str(npz["provenance"])).get("held_out") if "provenance" in npz else None
+        if held_out is None:
+            raise ValueError(f"{path}: its provenance does not name the groups its model held out")
+        sets.append((*load_embeddings(path), held_out))
+    return sets

@@ -29,7 +29,7 @@ from absl import logging
 from gandl import fileio
 from gandl.analysis import classify, markup
 from gandl.analysis.io import aggregate_wells
-from gandl.analysis.tasks import SCREEN_TASKS, ZEROSHOT_TASKS, AnalysisConfig, Inputs, Result, Task
+from gandl.analysis.tasks import SCREEN_TASKS, ZEROSHOT_TASKS, AnalysisConfig, FoldSet, Inputs, Result, Task
 from gandl.data.vocabulary import RXRX19A_REQUIRED
 
 __all__ = ["AnalysisConfig", "analyze", "analyze_screen", "analyze_zeroshot"]
@@ -79,32 +79,80 @@ def _outcome(tasks: Sequence[Task], results: dict[str, Result], skipped: dict[st
     return dict(out, notes=notes, skipped=skipped, results=results)
 
 
+def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extractor: bool | None) -> dict[str, str]:
+    """For each table of a screen: which groups were held out and what was fitted where (report, analysis.json).
+
+    `per_fold_extractor`: None for a fixed feature extractor, True when its Table 1 features came from
+    per-fold models fitted without the held-out groups, False when no such features were given.
+    """
+    per_plate = {"none": "", "center_scale": "per-plate centring and scaling",
+                 "tvn": "per-plate centring"}[config.normalization]
+    folds = next((r.held_out for r in table1.itertuples() if r.held_out), "") if table1 is not None else ""
+    fitted = (["TVN whitening"] if config.normalization == "tvn" else []) + ["isotropic scaling", "linear SVM"]
+    if per_fold_extractor:
+        fitted.insert(0, "the feature extractor's fine-tuning (one model per fold, on its training groups' controls)")
+    table1_text = (f"held out: whole {config.group_by}s, one fold assignment for every task and feature set "
+                   f"(folds: {folds or 'none'}); fitted on each fold's training groups only: {', '.join(fitted)}")
+    if per_plate:
+        table1_text += (f"; {per_plate} on each plate's own control sites, C+ and C- pooled, labels unused "
+                        "(held-out plates included)")
+    if per_fold_extractor is False:
+        table1_text += "; not computed: this extractor was fitted on labels and no per-fold features were given"
+    descriptive = ("no groups held out (descriptive): SVM normal and min-max range on all C+/C- controls, "
+                   "off-axis PCA on every site, efficacy anchors on each cell line's controls"
+                   + (f", {per_plate} and TVN whitening on all plates' controls" if config.normalization == "tvn"
+                      else f", {per_plate} on each plate's controls" if per_plate else ""))
+    if per_fold_extractor is not None:
+        descriptive += "; features from one model fine-tuned on all control sites"
+    return {"table1_controls": table1_text, "spaces": descriptive, "dose_response": descriptive,
+            "hits": descriptive}
+
+
 def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
-                   truth: pd.DataFrame | None = None, folder: str = "features") -> dict:
+                   truth: pd.DataFrame | None = None, folder: str = "features",
+                   fold_sets: Sequence[FoldSet] | None = None) -> dict:
     """Table 1, E²/C² coordinates, efficacy scores, dose-response and hits for one RxRx19a feature set.
 
+    `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
+    per fold of `classify.control_folds`, (features, metadata, held-out groups) of the control sites from a
+    model fitted without those groups; Table 1 is computed from them, everything else from `features`.
+    An empty sequence marks such an extractor without per-fold features: its Table 1 is skipped.
     Returns the tasks' values (`table1`, `axes`, `coordinates`, `dose_response`, `hits`, for the tasks
-    that ran), `notes` (what was skipped and why), `skipped` (task -> reason) and `results`.
+    that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
+    reason) and `results`.
     """
     _check_inputs(features, metadata, RXRX19A_REQUIRED)
     metadata = metadata.reset_index(drop=True)
+    per_fold = None if fold_sets is None else bool(fold_sets)
     try:
         x = classify.normalize(features, metadata, config.normalization, uv_is_positive=config.uv_is_positive)
         if config.level == "well":
             x, metadata = aggregate_wells(x, metadata)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run
         reason = f"{config.normalization} normalisation: {e}"
-        return _outcome(SCREEN_TASKS, {}, {t.name: reason for t in SCREEN_TASKS})
-    results, skipped = run_tasks(SCREEN_TASKS, Inputs(x, metadata, config, folder, {}, truth))
-    return _outcome(SCREEN_TASKS, results, skipped)
+        return dict(_outcome(SCREEN_TASKS, {}, {t.name: reason for t in SCREEN_TASKS}),
+                    protocol=protocol(config, None, per_fold))
+    sites = (np.asarray(features), metadata)
+    results, skipped = run_tasks(SCREEN_TASKS, Inputs(x, metadata, config, folder, {}, truth, sites, fold_sets))
+    outcome = _outcome(SCREEN_TASKS, results, skipped)
+    return dict(outcome, protocol=protocol(config, outcome.get("table1"), per_fold))
 
 
 def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
                      folder: str = "features") -> dict:
-    """Cell-type accuracy and confusion matrix on an RxRx1-shaped feature set (after the channel map)."""
+    """Cell-type accuracy and confusion matrix on an RxRx1-shaped feature set (after the channel map).
+
+    Experiments are held out when every cell type spans several, else plates (`zeroshot.zeroshot_group`).
+    """
     _check_inputs(features, metadata, ("cell_type", "experiment", "plate"))
     inputs = Inputs(np.asarray(features), metadata.reset_index(drop=True), config, folder, {})
-    return _outcome(ZEROSHOT_TASKS, *run_tasks(ZEROSHOT_TASKS, inputs))
+    outcome = _outcome(ZEROSHOT_TASKS, *run_tasks(ZEROSHOT_TASKS, inputs))
+    held = outcome["summary"]["group_by"] if "summary" in outcome else "group"
+    folds = outcome["summary"]["held_out"] if "summary" in outcome else "none"
+    text = (f"held out: whole {held}s (folds: {folds}); fitted on each fold's training groups only: isotropic "
+            "scaling, linear SVM; the feature extractor never saw an RxRx1 label (the ImageNet comparator: the "
+            "model fine-tuned on all RxRx19a controls)")
+    return dict(outcome, protocol=text)
 
 
 def figures(outcome: dict) -> dict[str, bytes]:
@@ -156,29 +204,45 @@ def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots
     blocks: list[markup.Block] = [
         ("heading", 1, "GAN-DL analysis"),
         ("text", f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}."),
-        ("text", "Cross-validation holds out whole plates (or experiments); efficacy scores put the mean C- "
-                 "control at -1 and the mean C+ control at +1 per cell line (0 = efficacy threshold)."),
+        ("text", "Cross-validation holds out whole plates (or experiments): every fitted step of a Table 1 "
+                 "or zero-shot number is fitted on the training folds only"
+                 + (" (the per-plate normalisation uses each plate's own control sites, C+ and C- pooled, "
+                    "labels unused, held-out plates included)" if config.normalization != "none" else "")
+                 + "; efficacy scores put the mean C- control at -1 and the mean C+ control at +1 per cell "
+                   "line (0 = efficacy threshold). Each feature set's Protocol lists what was held out and "
+                   "fitted where, per table."),
         ("heading", 2, "Side by side"), ("table", summary, True)]
     for name, outcome in screens.items():
         blocks.append(("heading", 2, name))
         for result in [*outcome["results"].values(), *(zeroshots[name]["results"].values() if name in zeroshots
                                                        else ())]:
             blocks += result.blocks
+        lines = [f"{table}: {text}" for table, text in _protocol_record(name, screens, zeroshots).items()]
+        blocks += [("heading", 3, "Protocol"), ("bullets", lines)]
         notes = outcome["notes"] + (zeroshots[name]["notes"] if name in zeroshots else [])
         if notes:
             blocks += [("heading", 3, "Notes"), ("bullets", notes)]
     return blocks
 
 
+def _protocol_record(name: str, screens: Mapping[str, dict], zeroshots: Mapping[str, dict]) -> dict[str, str]:
+    """Table name -> what was held out and fitted where, for one feature set (report and analysis.json)."""
+    record = dict(screens[name]["protocol"])
+    if name in zeroshots:
+        record["zeroshot_confusion"] = zeroshots[name]["protocol"]
+    return record
+
+
 def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: AnalysisConfig = AnalysisConfig(),
             *, zeroshot_sets: Mapping[str, FeatureSet] | None = None,
-            truth: pd.DataFrame | None = None) -> dict:
+            truth: pd.DataFrame | None = None, fold_sets: Mapping[str, Sequence[FoldSet]] | None = None) -> dict:
     """Run every analysis task on every feature set and write the report folder; returns the results.
 
     `feature_sets` maps a name to (features [N, D], RxRx19a metadata [N]); `zeroshot_sets` maps the same
     names to RxRx1-shaped (features, metadata) for zero-shot cell typing; `truth` (a synthetic screen's
     truth.csv) adds the agreement with the hidden efficacy. Returns {"summary", "screens", "zeroshot",
-    "skipped", "files"}.
+    "skipped", "files"}. `fold_sets` maps a name to its per-fold control features (see `analyze_screen`): an
+    extractor fitted on the controls' labels must come with them (an empty list skips its Table 1).
     """
     if not feature_sets:
         raise ValueError("analyze needs at least one feature set")
@@ -189,7 +253,12 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     folders = {name: _slug(name) for name in feature_sets}
     if len(set(folders.values())) < len(folders):
         raise ValueError(f"feature set names {list(folders)} collide as folder names {list(folders.values())}")
-    screens = {name: analyze_screen(f, m, config, truth, folders[name]) for name, (f, m) in feature_sets.items()}
+    fold_sets = fold_sets or {}
+    unknown = sorted(set(fold_sets) - set(feature_sets))
+    if unknown:
+        raise ValueError(f"per-fold sets {unknown} have no screen feature set of the same name")
+    screens = {name: analyze_screen(f, m, config, truth, folders[name], fold_sets.get(name))
+               for name, (f, m) in feature_sets.items()}
     zeroshots = {name: analyze_zeroshot(f, m, config, folders[name]) for name, (f, m) in zeroshot_sets.items()}
     summary = summary_table(screens, zeroshots)
     figures: dict[str, bytes] = {}
@@ -202,7 +271,8 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
                for name in feature_sets}
     record = dict(config=dataclasses.asdict(config), folders=folders, skipped=skipped,
                   notes={name: r["notes"] for name, r in screens.items()},
-                  zeroshot={name: r["summary"] for name, r in zeroshots.items() if "summary" in r})
+                  zeroshot={name: r["summary"] for name, r in zeroshots.items() if "summary" in r},
+                  protocol={name: _protocol_record(name, screens, zeroshots) for name in screens})
     fileio.write_json(os.path.join(out_dir, "analysis.json"), record)
     blocks = _report_blocks(summary, screens, zeroshots, config)
     fileio.write_text(os.path.join(out_dir, "report.md"), markup.render_markdown(blocks))

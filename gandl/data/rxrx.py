@@ -267,3 +267,16 @@ def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False) -> pd.Ser
     role[cond == ACTIVE] = "C-"
     role[metadata["treatment"] != ""] = "treated"
     return role
+
+
+def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
+    """The cross-validation group of each row: `experiment_plate` (by='plate') or `experiment`.
+
+    Sites of one plate share its batch effects (stain gain, illumination), so a plate is the smallest
+    unit that may be held out.
+    """
+    if by == "plate":
+        return (metadata["experiment"].astype(str) + "_" + metadata["plate"].astype(str)).to_numpy()
+    if by == "experiment":
+        return metadata["experiment"].astype(str).to_numpy()
+    raise ValueError(f"group_by must be 'plate' or 'experiment', got {by!r}")

@@ -1,5 +1,9 @@
 """The ImageNet comparator: DenseNet-121 fine-tuned on the labelled controls, penultimate features exported.
 
+Fine-tuning learns the controls' labels, so a model that saw a plate's controls must not score them: Table 1
+is computed from one model per cross-validation fold, fine-tuned without that fold's groups (`Controls`),
+and only the descriptive outputs (spaces, efficacy, dose-response) and zero-shot use the all-controls model.
+
 The paper compares GAN-DL with an ImageNet-pretrained DenseNet-121 whose 5 → 3 channel 1×1 conv and head
 are fine-tuned to tell healthy (C+: Mock, untreated) from infected (C-: Active SARS-CoV-2, untreated)
 control sites; its 1024-d penultimate features then go through the same analysis as GAN-DL's.
@@ -45,18 +49,30 @@ class FineTuneConfig:
     pool_batches: int = 8  # controls are shuffled within pools of this many batches
 
 
-def control_labels(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site and for padding."""
-    decode = lambda column: np.char.decode(batch[column].astype(bytes), "utf-8")  # noqa: E731
-    roles = rxrx.control_role(pd.DataFrame({"disease_condition": decode("disease_condition"),
-                                            "treatment": decode("treatment")}))
-    labels = roles.map(LABELS).fillna(-1).to_numpy(np.int32)
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """Which sites the comparator learns from: C+ / C- controls outside the held-out groups."""
+
+    held_out: tuple[str, ...] = ()  # groups (gandl.data.rxrx.plate_key) a cross-validation fold tests on
+    group_by: str = "plate"  # plate | experiment: what `held_out` names
+    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
+
+
+def control_labels(batch: Mapping[str, np.ndarray], controls: Controls = Controls()) -> np.ndarray:
+    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site, held-out groups and padding."""
+    frame = pd.DataFrame({c: np.char.decode(batch[c].astype(bytes), "utf-8") if batch[c].dtype.kind in "SO"
+                          else batch[c] for c in ("disease_condition", "treatment", "experiment", "plate")
+                          if c in batch})
+    labels = rxrx.control_role(frame, controls.uv_is_positive).map(LABELS).fillna(-1).to_numpy(np.int32)
+    if controls.held_out:
+        labels[np.isin(rxrx.plate_key(frame, controls.group_by), controls.held_out)] = -1
     return np.where(batch["mask"], labels, -1)
 
 
 def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,
-                    options: pipeline.InputOptions) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This process's control sites as full (images, labels) batches of `batch_size`, shuffled within pools.
+                    options: pipeline.InputOptions, controls: Controls = Controls()
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's `controls` as full (images, labels) batches of `batch_size`, shuffled within pools.
 
     A last partial batch is dropped.
     """
@@ -66,7 +82,7 @@ def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: in
     images, labels = [], []
     for batch in itertools.chain(ds.as_numpy_iterator(), [None]):
         if batch is not None:
-            y = control_labels(batch)
+            y = control_labels(batch, controls)
             images.append(batch["image"][y >= 0])
             labels.append(y[y >= 0])
         pooled = sum(len(y) for y in labels)
@@ -104,7 +120,8 @@ def initial_variables(model: densenet.DenseNet, weights: str, key: jax.Array,
 
 
 def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
-             mesh: jax.sharding.Mesh, settings: FineTuneConfig, options: pipeline.InputOptions) -> tuple[float, float]:
+             mesh: jax.sharding.Mesh, settings: FineTuneConfig, options: pipeline.InputOptions,
+             controls: Controls = Controls()) -> tuple[float, float]:
     """(mean loss, accuracy) of the head on every full batch of controls, BatchNorm in inference mode."""
     @jax.jit
     def metrics(v: Mapping[str, Any], images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,7 +131,8 @@ def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipel
     results = []
     with jax.set_mesh(mesh):
         local = sharding.local_batch_size(settings.batch_size)
-        for images, labels in _global_batches(control_batches(spec, local, settings.pool_batches, 0, options), mesh):
+        batches = control_batches(spec, local, settings.pool_batches, 0, options, controls)
+        for images, labels in _global_batches(batches, mesh):
             results.append([float(m) for m in metrics(variables, images, labels)])
     if not results:
         raise ValueError(f"no full batch of {settings.batch_size} control sites (C+ / C-) in {spec.files[0]}…")
@@ -122,9 +140,9 @@ def evaluate(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipel
 
 
 def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipeline.RecordSpec,
-              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, options: pipeline.InputOptions
-              ) -> dict[str, Any]:
-    """Adam on the controls' C+ / C- cross-entropy for `settings.epochs` passes; returns the new variables."""
+              mesh: jax.sharding.Mesh, settings: FineTuneConfig, seed: int, options: pipeline.InputOptions,
+              controls: Controls = Controls()) -> dict[str, Any]:
+    """Adam on the `controls`' C+ / C- cross-entropy for `settings.epochs` passes; returns the new variables."""
     trainable = lambda path, _: settings.train_backbone or path[0].key in ("adapter", "classifier")  # noqa: E731
     labels = jax.tree_util.tree_map_with_path(lambda p, v: "train" if trainable(p, v) else "frozen",
                                               variables["params"])
@@ -145,7 +163,8 @@ def fine_tune(model: densenet.DenseNet, variables: Mapping[str, Any], spec: pipe
         opt_state = tx.init(params)
         local = sharding.local_batch_size(settings.batch_size)
         for epoch in range(settings.epochs):
-            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, options)
+            batches = control_batches(spec, local, settings.pool_batches, seed * 1009 + epoch, options,
+                                      controls)
             for images, labels in _global_batches(batches, mesh):
                 params, batch_stats, opt_state = step(params, batch_stats, opt_state, images, labels)
     return {"params": params, "batch_stats": batch_stats}
@@ -157,9 +176,13 @@ def feature_fn(model: densenet.DenseNet, variables: Mapping[str, Any], mesh: jax
 
 
 def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, mesh: jax.sharding.Mesh, weights: str,
-                         seed: int, options: pipeline.InputOptions) -> FeatureFn:
+                         seed: int, options: pipeline.InputOptions, controls: Controls = Controls()) -> FeatureFn:
     """The comparator's feature function: backbone from `weights` (a torchvision densenet121 state dict as
-    .npz/.pt, or 'random'), adapter and 2-class head fine-tuned on the controls of `spec`.
+    .npz/.pt, or 'random'), adapter and 2-class head fine-tuned on the `controls` of `spec`.
+
+    Table 1 needs one such model per cross-validation fold, with that fold's groups in `controls.held_out`
+    (their labels would otherwise be learnt, and scored on); the spaces, efficacy and dose-response use
+    one fine-tuned on all controls.
 
     `options` are the export's pipeline options, so the comparator is trained on exactly the images it
     later embeds.
@@ -169,14 +192,18 @@ def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, me
     height, width = (crop, crop) if crop else (spec.height, spec.width)
     channels = len(pipeline.output_stains(spec, options.channels))
     variables = initial_variables(model, weights, jax.random.key(seed), (height, width, channels))
-    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, options), mesh)
+    return feature_fn(model, fine_tune(model, variables, spec, mesh, settings, seed, options, controls), mesh)
 
 
 def extractor(context: Context) -> FeatureFn:
-    """The comparator of `config.embed.imagenet_weights`, fine-tuned on the screen's controls."""
+    """The comparator of `config.embed.imagenet_weights`, fine-tuned on all of the screen's controls.
+
+    (Table 1 uses per-fold models instead: `gandl.embed.export_folds`.)
+    """
     e = context.config.embed
     if not e.imagenet_weights:
         raise ValueError("embed.feature_sets lists 'imagenet' but embed.imagenet_weights is empty: give a "
                          f"torchvision densenet121 state dict (.npz/.pt) or {RANDOM!r}")
     return fine_tune_comparator(context.screen, FineTuneConfig(**e.imagenet.to_dict()), context.mesh,
-                                e.imagenet_weights, context.config.seed, context.options)
+                                e.imagenet_weights, context.config.seed, context.options,
+                                Controls(uv_is_positive=context.config.analysis.uv_is_positive))
