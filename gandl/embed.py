@@ -134,16 +134,18 @@ def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pi
 
 def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
            provenance: Mapping[str, Any], channels: tuple[int, ...] = (), intensity: str = "auto",
-           crop_size: int = 0, part_batches: int = 32, progress: bool = True) -> dict[str, str]:
+           crop_size: int = 0, image_size: int = 0, part_batches: int = 32, progress: bool = True
+           ) -> dict[str, str]:
     """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
 
-    `batch_size` is global; each process exports its own files' sites into its parts, and process 0
+    Images are area-downscaled to `image_size` (the model's resolution; 0 = as stored). `batch_size` is
+    global; each process exports its own files' sites into its parts, and process 0
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
     """
     local = sharding.local_batch_size(batch_size)
     ds = pipeline.eval_dataset(spec, batch_size=local, process_index=jax.process_index(),
                                process_count=jax.process_count(), channels=channels, intensity=intensity,
-                               crop_size=crop_size)
+                               crop_size=crop_size, image_size=image_size)
     total = pipeline.eval_num_batches(spec, local, jax.process_count())
     first_names = list(feature_fns)
     done = 0

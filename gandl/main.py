@@ -134,7 +134,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
             continue
         spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
         embed.export(spec, target, fns, batch_size=e.batch_size, channels=channels, intensity=d.intensity,
-                     crop_size=d.crop_size, part_batches=e.part_batches,
+                     crop_size=d.crop_size, image_size=model.resolution, part_batches=e.part_batches,
                      provenance=dict(provenance, dataset=source, channels=list(channels)))
     logging.info("embeddings in %s", out)
     return out
@@ -196,7 +196,7 @@ def run_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
     spec = pipeline.open_records(shards_path(config, workdir), d.rxrx1_utils_image_size)
     ds = pipeline.train_dataset(spec, batch_size=config.preview.num_images, seed=config.seed,
                                 channels=d.channels, intensity=d.intensity, crop_size=d.crop_size,
-                                augment=d.augment, shuffle_buffer=d.shuffle_buffer)
+                                image_size=config.model.resolution, augment=d.augment, shuffle_buffer=d.shuffle_buffer)
     batch = next(ds.as_numpy_iterator())
     out = os.path.join(workdir, "preview.png")
     render.write_grid(out, batch["image"], pipeline.output_stains(spec, d.channels), config.preview.cols)

@@ -114,8 +114,38 @@ def _intensity_bounds(spec: RecordSpec, intensity: str) -> tuple[np.ndarray, np.
     raise ValueError(f"unknown intensity mode {intensity!r}; expected 'auto', 'dtype' or 'dataset'")
 
 
+def downscale_factor(spec: RecordSpec, crop_size: int, image_size: int) -> int:
+    """The whole factor that area-downscales the records (after any crop) to `image_size` px; 1 when it is 0.
+
+    Only whole factors: the box filter of conversion (gandl.data.images.downscale) is then an exact block mean.
+    """
+    side = crop_size or spec.height
+    if crop_size and crop_size > min(spec.height, spec.width):
+        raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images of {spec.files[0]}")
+    if not image_size or image_size == side:
+        return 1
+    what = f"crop_size {crop_size} of the" if crop_size else "the"
+    if spec.height != spec.width and not crop_size:
+        raise ValueError(f"{what} {spec.height}x{spec.width} records of {spec.files[0]} are not square: they cannot "
+                         f"be area-downscaled to {image_size} px; set data.crop_size")
+    if image_size > side or side % image_size:
+        fits = [side // k for k in range(1, side + 1) if side % k == 0 and side // k >= 8]
+        raise ValueError(f"{what} {spec.height}x{spec.width} records of {spec.files[0]} cannot be area-downscaled to "
+                         f"{image_size} px: {side} is not a whole multiple of {image_size} (sizes that divide it: "
+                         f"{fits}); choose model.resolution / data.crop_size to match")
+    return side // image_size
+
+
+def _finish(image: tf.Tensor, factor: int) -> tf.Tensor:
+    """Box-filter downscale by a whole `factor` (before clipping, as conversion averages raw values), then clip."""
+    if factor > 1:
+        image = tf.nn.avg_pool2d(image[None], factor, factor, "VALID")[0]
+    return tf.clip_by_value(image, -1.0, 1.0)
+
+
 def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_metadata: bool):
-    """A function (serialized record, file name) -> dict with a float32 H×W×C image in [-1, 1]."""
+    """A function (serialized record, file name) -> dict with a float32 H×W×C image, linearly mapped so that the
+    intensity bounds are ±1 (clipped by `_finish`, after crop and downscale)."""
     _check_channels(spec, channels)
     desc = {"image": tf.io.FixedLenFeature([], tf.string)}
     if with_metadata:
@@ -138,7 +168,7 @@ def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_meta
             f"x{spec.num_channels} = {size} (wrong image size or channel count for these records)"])
         with tf.control_dependencies([check]):
             image = tf.gather(tf.reshape(pixels, shape), idx, axis=-1)
-        image = tf.clip_by_value((tf.cast(image, tf.float32) - lo) * scale - 1.0, -1.0, 1.0)
+        image = (tf.cast(image, tf.float32) - lo) * scale - 1.0
         if derive_site_id:  # rxrx1-utils records carry the parts of the id, not the id
             ex["site_id"] = tf.strings.join([ex["experiment"], tf.strings.as_string(ex["plate"]), ex["well"],
                                              tf.strings.as_string(ex["site"])], "_")
@@ -177,15 +207,15 @@ def _dihedral_crop(image: tf.Tensor, seed: tf.Tensor, augment: bool, crop_size: 
 
 def train_dataset(spec: RecordSpec, *, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, channels: Sequence[int] = (), intensity: str = "auto",
-                  crop_size: int = 0, augment: bool = True, shuffle_buffer: int = 1024,
+                  crop_size: int = 0, image_size: int = 0, augment: bool = True, shuffle_buffer: int = 1024,
                   cycle_length: int = 8) -> tf.data.Dataset:
     """An endless stream of this process's training batches: {"image": float32 [B, H, W, C] in [-1, 1]}.
 
     `batch_size` is the per-process batch (global batch / process count); partial batches are dropped so
-    every step has the same shape.
+    every step has the same shape. Crops (`crop_size`, in record pixels) are area-downscaled to `image_size`
+    (the model's resolution; 0 = as stored) by a whole factor (`downscale_factor`).
     """
-    if crop_size and crop_size > min(spec.height, spec.width):
-        raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images")
+    factor = downscale_factor(spec, crop_size, image_size)
     files = process_files(spec, process_index, process_count)
     seed = int(seed) * 1009 + process_index  # each process its own stream, all fixed by the seed
     parse = _parser(spec, channels, intensity, with_metadata=False)
@@ -193,8 +223,8 @@ def train_dataset(spec: RecordSpec, *, batch_size: int, seed: int, process_index
     ds = _records(filenames, min(cycle_length, len(files))).shuffle(shuffle_buffer, seed=seed + 1)
     ds = ds.map(lambda r, f: parse(r, f)["image"], num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.enumerate().map(
-        lambda i, img: {"image": _dihedral_crop(img, tf.stack([tf.constant(seed, tf.int64), i]), augment,
-                                                crop_size)},
+        lambda i, img: {"image": _finish(_dihedral_crop(img, tf.stack([tf.constant(seed, tf.int64), i]), augment,
+                                                        crop_size), factor)},
         num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
@@ -207,14 +237,16 @@ def eval_num_batches(spec: RecordSpec, batch_size: int, process_count: int) -> i
 
 
 def eval_dataset(spec: RecordSpec, *, batch_size: int, process_index: int = 0, process_count: int = 1,
-                 channels: Sequence[int] = (), intensity: str = "auto", crop_size: int = 0,
+                 channels: Sequence[int] = (), intensity: str = "auto", crop_size: int = 0, image_size: int = 0,
                  num_batches: int | None = None) -> tf.data.Dataset:
     """Every site of this process's files exactly once, in a stable order, with its metadata.
 
     Batches are padded to `batch_size` with `mask` False on the padding; with `num_batches` (by default
     the count of the busiest process, when the files' sizes are known) fully masked batches are appended
-    so every process yields the same number of batches. Crops, if any, are central.
+    so every process yields the same number of batches. Crops, if any, are central; images are then
+    area-downscaled to `image_size` as in `train_dataset`.
     """
+    factor = downscale_factor(spec, crop_size, image_size)
     files = process_files(spec, process_index, process_count)
     parse = _parser(spec, channels, intensity, with_metadata=True)
 
@@ -222,7 +254,7 @@ def eval_dataset(spec: RecordSpec, *, batch_size: int, process_index: int = 0, p
         ex = parse(record, filename)
         if crop_size:
             ex["image"] = tf.image.resize_with_crop_or_pad(ex["image"], crop_size, crop_size)
-        return dict(ex, mask=tf.constant(True))
+        return dict(ex, image=_finish(ex["image"], factor), mask=tf.constant(True))
 
     ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files)))
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -77,7 +77,8 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
             ds = pipeline.train_dataset(
                 spec, batch_size=local, seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
                 process_index=process_index, process_count=process_count, channels=d.channels,
-                intensity=d.intensity, crop_size=d.crop_size, augment=d.augment, shuffle_buffer=d.shuffle_buffer)
+                intensity=d.intensity, crop_size=d.crop_size, image_size=config.model.resolution, augment=d.augment,
+                shuffle_buffer=d.shuffle_buffer)
             it = ds.skip(start - first).as_numpy_iterator()
             for _ in range(first + chunk - start):
                 yield next(it)["image"]
@@ -88,12 +89,11 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
 
 def _check_data(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec) -> None:
     m, d = config.model, config.data
-    size = d.crop_size or spec.height
+    pipeline.downscale_factor(spec, d.crop_size, m.resolution)  # a size that does not divide fails here
     channels = len(pipeline.output_stains(spec, d.channels))
-    if (size, channels) != (m.resolution, m.num_channels):
-        raise ValueError(f"the model is {m.resolution} px × {m.num_channels} channels but the data gives {size} px "
-                         f"× {channels} channels; set model.resolution / model.num_channels (or data.crop_size / "
-                         "data.channels) to match")
+    if channels != m.num_channels:
+        raise ValueError(f"the model has {m.num_channels} channels but the data gives {channels} "
+                         f"({pipeline.output_stains(spec, d.channels)}); set model.num_channels or data.channels")
 
 
 class _Writer:
@@ -251,7 +251,8 @@ def _write_samples(config, workdir: str, state, step: int, stains, writer: _Writ
 def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, spec: pipeline.RecordSpec) -> dict:
     """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
     d = config.data
-    ds = pipeline.eval_dataset(spec, batch_size=64, channels=d.channels, intensity=d.intensity, crop_size=d.crop_size)
+    ds = pipeline.eval_dataset(spec, batch_size=64, channels=d.channels, intensity=d.intensity, crop_size=d.crop_size,
+                               image_size=config.model.resolution)
     reals = []
     for batch in ds.as_numpy_iterator():
         reals.append(batch["image"][batch["mask"]])
