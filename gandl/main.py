@@ -4,7 +4,8 @@
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode preview \
       --config.preview.num_images=16
 
-Modes: synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
+Modes: check, synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
+Every mode first runs the config check (gandl.check) for the devices it will use; `check` runs only that.
 Workdir layout: raw/ (the synthetic screen, when no data.root is given), shards/ (converted
 TFRecords), preview.png, checkpoints/<step>, tensorboard/, samples/, embeddings/step_<step>/
 ({gandl,random_d,handcrafted}.npz/.parquet, zeroshot/), analysis/ (report.md, report.html, tables,
@@ -33,8 +34,10 @@ FEATURE_SETS = {"gandl": "GAN-DL", "random_d": "random-init D", "handcrafted": "
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
-_MODE = flags.DEFINE_enum("mode", "all", ["synth", "convert", "preview", "train", "embed", "analyze", "all"],
-                          "What to run.")
+_MODE = flags.DEFINE_enum("mode", "all", ["check", "synth", "convert", "preview", "train", "embed", "analyze", "all"],
+                          "What to run; every mode runs the config check first, `check` only that.")
+_DEVICES = flags.DEFINE_string("devices", "", "Check for this many devices (8) or a TPU type (v3-8), simulated on "
+                               "this CPU; '' = the devices JAX finds here.")
 
 
 def raw_screen_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -218,6 +221,16 @@ MODES = {
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if _DEVICES.value and _MODE.value != "check":
+        raise app.UsageError("--devices simulates devices for --mode check only")
+    from gandl import check  # before any work: a config that cannot run here fails now, with every reason
+
+    try:
+        print(check.run(_CONFIG.value, _DEVICES.value), flush=True)
+    except check.ConfigCheckError as e:
+        sys.exit(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: {e}")
+    if _MODE.value == "check":
+        return
     result = MODES[_MODE.value](_CONFIG.value, _WORKDIR.value)
     if getattr(result, "stopped_early", False):
         logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")

@@ -15,15 +15,16 @@ from gandl.sweep import REPO_ROOT
 TPU = os.path.join(REPO_ROOT, "launch", "tpu.sh")
 ZONE = ["--zone", "europe-west4-a"]
 JOB = ("cd gandl && exec .venv/bin/python -m gandl.main --config configs/demo.py --workdir gs://bucket/run "
-       "--mode train --config.train.steps=10 '--config.data.channels=(1, 2, 3)'")
+       "--mode train --config.train.steps=10 '--config.data.channels=(1, 2, 3, 4, 5)'")
 INSTALL_FROM_ARCHIVE = ("rm -rf gandl && mkdir gandl && tar -xzf gandl.tar.gz -C gandl && "
                         "bash gandl/launch/worker_setup.sh")
 ARGS = ["--name", "gan", "--workdir", "gs://bucket/run", "--config", "configs/demo.py", "--config.train.steps=10",
-        "--config.data.channels=(1, 2, 3)", "--poll", "0"]
+        "--config.data.channels=(1, 2, 3, 4, 5)", "--poll", "0"]
 
 
 def _tpu(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", TPU, *args], capture_output=True, text=True, env=env, timeout=60)
+    env = dict(os.environ if env is None else env, GANDL_PYTHON=sys.executable)  # the local config check's Python
+    return subprocess.run(["bash", TPU, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def _dry_run(*args: str, tmp_path) -> list[list[str]]:
@@ -60,6 +61,19 @@ def test_dry_run_spot_prints_every_gcloud_command(tmp_path):
         _vm("delete", "--quiet"),
     ]
     assert not os.path.exists(archive)
+
+
+def test_the_launcher_checks_the_config_it_would_launch_for_the_tpu_devices(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    result = _tpu(*ARGS, "--type", "v3-32", "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "checking configs/demo.py for v3-32" in result.stderr
+    assert "config check passed for 32 device(s)" in result.stderr and "32 px x 5 channels" in result.stderr
+    # A batch that a v3-8 cannot split into whole mbstd groups: stopped before any gcloud command.
+    bad = _tpu(*ARGS, "--config.train.batch_size=12", "--dry-run", env=env)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "train.batch_size=12" in bad.stderr and "on 8 device(s); use train.batch_size=16" in bad.stderr
+    assert "the config check failed for v3-8: nothing was launched" in bad.stderr
 
 
 def test_dry_run_queued_pod_from_a_git_url(tmp_path):
