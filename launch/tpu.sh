@@ -23,6 +23,7 @@ MAX_RESTARTS=20
 POLL=60
 KEEP=0
 DRY_RUN=0
+CHECK=1
 OVERRIDES=()
 RESTARTS=0
 DRY_EXISTS=0  # --dry-run: whether the VM would exist by now
@@ -56,6 +57,7 @@ transient error); every relaunch counts against --max-restarts. The VM is delete
   --max-restarts N     relaunches allowed: preemptions, failed runs, failed creations   [20]
   --poll SECONDS       wait between state checks                       [60]
   --keep               keep the VM after the job has finished
+  --skip-check         skip the local config check (it needs this checkout's Python environment)
   --dry-run            print the gcloud commands instead of running them, assuming that no VM exists
                        yet and that every command succeeds (a local checkout is still packed)
   -h, --help
@@ -118,6 +120,7 @@ parse_args() {
       --queued) QUEUED=1; shift; continue ;;
       --keep) KEEP=1; shift; continue ;;
       --dry-run) DRY_RUN=1; shift; continue ;;
+      --skip-check) CHECK=0; shift; continue ;;
       -h | --help) usage; exit 0 ;;
       --*=*) value="${flag#*=}"; flag="${flag%%=*}"; shift ;;
       --*) (($# >= 2)) || die "${flag} needs a value"; value="$2"; shift 2 ;;
@@ -272,7 +275,7 @@ main() {
   exec 3>&1
   parse_args "$@"
   trap cleanup EXIT
-  check_config
+  if ((CHECK)); then check_config; fi
   ensure_ready
   install
   local rc state
