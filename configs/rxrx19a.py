@@ -1,6 +1,7 @@
 """RxRx19a at 256 px: the paper's setting, for a Cloud TPU v3-8.
 
-Point data.root at an unpacked RxRx19a release (metadata.csv + images/):
+Check the config against the machine first (no TPU needed: 8 devices simulated on this CPU), then convert:
+  python -m gandl.main --config configs/rxrx19a.py --workdir /tmp/x --mode check --devices=v3-8
   python -m gandl.main --config configs/rxrx19a.py --workdir gs://BUCKET/rxrx19a \
       --config.data.root=gs://BUCKET/RxRx19a --mode convert
 """
@@ -15,4 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.kind = "rxrx19a"
     config.data.image_size = 256  # 1024 px sites, area-downscaled 4x
     config.data.sites_per_shard = 256  # ~1,200 shards: plenty for every host of a pod slice
+    # Without a data.root the stand-in screens are synthesized at RxRx19a's own 1024 px.
+    config.synthetic.image_size = 1024
+    # The paper's StyleGAN2 (stated here, not inherited, so a change of the base leaves it alone).
+    config.model.update(resolution=256, num_channels=5, mapping_layers=3, z_dim=512, w_dim=512)
+    config.train.update(batch_size=32, g_lr=1e-4, d_lr=1e-4, r1_gamma=1.0, lipschitz_weight=1.0, pl_weight=2.0,
+                        ema_kimg=10.0)
     return config

@@ -4,7 +4,8 @@
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode preview \
       --config.preview.num_images=16
 
-Modes: synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
+Modes: check, synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
+Every mode first runs the config check (gandl.check) for the devices it will use; `check` runs only that.
 The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips what is already complete.
 """
 
@@ -28,8 +29,10 @@ EXIT_INTERRUPTED = 75
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
-_MODE = flags.DEFINE_enum("mode", "all", ["synth", "convert", "preview", "train", "embed", "analyze", "all"],
-                          "What to run.")
+_MODE = flags.DEFINE_enum("mode", "all", ["check", "synth", "convert", "preview", "train", "embed", "analyze", "all"],
+                          "What to run; every mode runs the config check first, `check` only that.")
+_DEVICES = flags.DEFINE_string("devices", "", "Check for this many devices (8) or a TPU type (v3-8), simulated on "
+                               "this CPU; '' = the devices JAX finds here.")
 
 
 def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -102,7 +105,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     mesh = sharding.make_mesh()
     model, d_params, step, _ = embed.restore_discriminator(workdir, mesh, e.step if e.step >= 0 else None)
     out = layout.embeddings(workdir, step)
-    options = pipeline.InputOptions.from_config(d)
+    options = pipeline.InputOptions.from_config(config)
     targets = [(layout.shards(config, workdir), out, options)]
     if config.zeroshot.enabled:
         zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
@@ -252,7 +255,7 @@ def run_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
     """A PNG grid of one (augmented) training batch, rendered with the RxRx colour map."""
     d = config.data
     spec = pipeline.open_records(layout.shards(config, workdir), d.rxrx1_utils_image_size)
-    options = pipeline.InputOptions.from_config(d)
+    options = pipeline.InputOptions.from_config(config)
     ds = pipeline.train_dataset(spec, options, batch_size=config.preview.num_images, seed=config.seed)
     batch = next(ds.as_numpy_iterator())
     out = layout.preview(workdir)
@@ -275,6 +278,16 @@ MODES = {
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if _DEVICES.value and _MODE.value != "check":
+        raise app.UsageError("--devices simulates devices for --mode check only")
+    from gandl import check  # before any work: a config that cannot run here fails now, with every reason
+
+    try:
+        print(check.run(_CONFIG.value, _DEVICES.value), flush=True)
+    except check.ConfigCheckError as e:
+        sys.exit(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: {e}")
+    if _MODE.value == "check":
+        return
     mode = _MODE.value
     result = MODES[mode](_CONFIG.value, _WORKDIR.value)
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):

@@ -14,8 +14,9 @@ A sweep file is a Python file whose `get_sweep()` returns a dict:
   mode       the gandl.main mode when --mode is not given (optional; default train)
 
 Fields are dotted config paths (`train.g_lr`). Every run's overrides are checked against the base config
-(unknown fields, wrong types) before anything runs. A run's workdir is WORKDIR/<name>, the name made of its
-swept fields (`data.sites_per_shard=16,train.g_lr=0.0001`), so it is stable across reruns; a run that
+(unknown fields, wrong types) and by the config check (gandl.check.validate: sizes, channels, batches for
+the device count of the launcher's machine) before anything runs. A run's workdir is WORKDIR/<name>, the name
+made of its swept fields (`data.sites_per_shard=16,train.g_lr=0.0001`), so it is stable across reruns; a run that
 finished leaves `done_<mode>.json` there and is skipped next time. WORKDIR/summary.{csv,md} hold one row per
 run: its swept values, the last value of every TensorBoard scalar (and its step) and the flattened
 analysis/summary.csv.
@@ -116,14 +117,41 @@ def _base_path(base: str) -> str:
     return base if os.path.isabs(base) else os.path.join(REPO_ROOT, base)
 
 
-def _check_overrides(base: ml_collections.ConfigDict, run: Run) -> None:
-    """Apply a run's overrides to a locked copy of the base config: unknown fields and bad types fail here."""
+def run_config(base: ml_collections.ConfigDict, run: Run) -> ml_collections.ConfigDict:
+    """A run's config: its overrides applied to a locked copy of the base; unknown fields and bad types fail here."""
     config = ml_collections.ConfigDict(base)
     config.lock()
     try:
         config.update_from_flattened_dict(dict(run.overrides))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"run {run.name}: {e}") from e
+    return config
+
+
+def _launch_devices(launcher: str, launch_flags: Sequence[str]) -> int:
+    """The device count the runs will see: this machine's, or the TPU type's that launch/tpu.sh creates."""
+    from gandl import check
+
+    if launcher == "local":
+        return check.device_count()
+    tpu_type = "v3-8"  # launch/tpu.sh's default --type
+    for i, flag in enumerate(launch_flags):
+        if flag == "--type" and i + 1 < len(launch_flags):
+            tpu_type = launch_flags[i + 1]
+        elif flag.startswith("--type="):
+            tpu_type = flag.removeprefix("--type=")
+    return check.device_count(tpu_type)
+
+
+def check_runs(sweep: Sweep, num_devices: int) -> None:
+    """The config check's validation of every run for `num_devices` devices; one error listing every failure."""
+    from gandl import check
+
+    base = _call_in_file(_base_path(sweep.base), "get_config")
+    failures = [f"run {run.name}: {f}" for run in sweep.runs
+                for f in check.validate(run_config(base, run), num_devices)]
+    if failures:
+        raise check.ConfigCheckError(failures, num_devices)
 
 
 def load_sweep(path: str) -> Sweep:
@@ -136,7 +164,7 @@ def load_sweep(path: str) -> Sweep:
     runs = [Run(run_name(swept), swept, {**fixed, **swept}) for swept in expand(spec)]
     base_config = _call_in_file(_base_path(spec["base"]), "get_config")
     for run in runs:
-        _check_overrides(base_config, run)
+        run_config(base_config, run)
     return Sweep(spec["base"], spec.get("mode") or "train", runs)
 
 
@@ -249,6 +277,7 @@ def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: 
     if launcher == "local" and "://" not in workdir:
         workdir = os.path.abspath(workdir)
     tpu_name = tpu_name or "gandl-" + re.sub(r"[^a-z0-9-]", "-", os.path.splitext(os.path.basename(sweep_path))[0])
+    check_runs(sweep, _launch_devices(launcher, launch_flags))  # every run, before any is launched
     failed = []
     for i, run in enumerate(sweep.runs):
         run_dir = os.path.join(workdir, run.name)

@@ -17,11 +17,13 @@ VERSION="tpu-ubuntu2204-base"
 SPOT=0
 QUEUED=0
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly CHECKOUT="${REPO}"  # the code that checks the config locally, whatever --repo the workers get
 REF=""
 MAX_RESTARTS=20
 POLL=60
 KEEP=0
 DRY_RUN=0
+CHECK=1
 OVERRIDES=()
 RESTARTS=0
 DRY_EXISTS=0  # --dry-run: whether the VM would exist by now
@@ -31,7 +33,8 @@ usage() {
   cat <<'EOF'
 Usage: launch/tpu.sh --name NAME --workdir gs://BUCKET/DIR [options] [--config.FIELD=VALUE ...]
 
-Creates the TPU VM (or its queued resource) unless it exists, copies the code to every worker and installs it
+Checks the config here for the TPU type's devices (python -m gandl.main --mode check --devices TYPE), then
+creates the TPU VM (or its queued resource) unless it exists, copies the code to every worker and installs it
 (launch/worker_setup.sh), runs `python -m gandl.main` on all workers, and relaunches after a preemption: the
 VM is recreated (or re-queued), the code reinstalled and the same command rerun, which resumes from the
 workdir's latest checkpoint. A job that exits non-zero on a healthy VM is rerun on it (a lost connection, a
@@ -54,6 +57,7 @@ transient error); every relaunch counts against --max-restarts. The VM is delete
   --max-restarts N     relaunches allowed: preemptions, failed runs, failed creations   [20]
   --poll SECONDS       wait between state checks                       [60]
   --keep               keep the VM after the job has finished
+  --skip-check         skip the local config check (it needs this checkout's Python environment)
   --dry-run            print the gcloud commands instead of running them, assuming that no VM exists
                        yet and that every command succeeds (a local checkout is still packed)
   -h, --help
@@ -116,6 +120,7 @@ parse_args() {
       --queued) QUEUED=1; shift; continue ;;
       --keep) KEEP=1; shift; continue ;;
       --dry-run) DRY_RUN=1; shift; continue ;;
+      --skip-check) CHECK=0; shift; continue ;;
       -h | --help) usage; exit 0 ;;
       --*=*) value="${flag#*=}"; flag="${flag%%=*}"; shift ;;
       --*) (($# >= 2)) || die "${flag} needs a value"; value="$2"; shift 2 ;;
@@ -192,6 +197,19 @@ count_restart() {
   log "$1; restart ${RESTARTS} of ${MAX_RESTARTS}"
 }
 
+# The config check on this machine, for the TPU type's device count simulated on its CPU: a config that cannot
+# run there fails here, before a VM is paid for. Python: $GANDL_PYTHON, else the checkout's .venv, else python3.
+check_config() {
+  local python="${GANDL_PYTHON:-}"
+  if [[ -z "${python}" ]]; then
+    python="python3"
+    if [[ -x "${CHECKOUT}/.venv/bin/python" ]]; then python="${CHECKOUT}/.venv/bin/python"; fi
+  fi
+  log "checking ${CONFIG} for ${TYPE}"
+  (cd "${CHECKOUT}" && "${python}" -m gandl.main --config "${CONFIG}" --workdir "${WORKDIR}" --mode check \
+    --devices "${TYPE}" "${OVERRIDES[@]}") >&2 || die "the config check failed for ${TYPE}: nothing was launched"
+}
+
 # Wait until the VM is usable: create it when missing, recreate it when preempted or failed.
 ensure_ready() {
   local state
@@ -257,6 +275,7 @@ main() {
   exec 3>&1
   parse_args "$@"
   trap cleanup EXIT
+  if ((CHECK)); then check_config; fi
   ensure_ready
   install
   local rc state

@@ -161,3 +161,58 @@ def test_16bit_shards_are_scaled_by_dataset_percentiles(tmp_path):
     assert 0.01 < (auto > 0).mean() < 0.5 and np.median(auto) < 0  # bright nuclei on a dark background
     by_dtype = _all_sites(spec, intensity="dtype")["image"]
     assert by_dtype.max() < -0.99  # why 16-bit data needs dataset statistics: full-range scaling is black
+
+
+def _rxrx1_utils_sites(rng: np.random.Generator, size: int, n: int) -> list[dict]:
+    return [dict(image=rng.integers(0, 256, (size, size, 6), dtype=np.uint8), well=f"C{k + 2:02d}",
+                 well_type="treatment", experiment="RPE-03", cell_type="RPE", plate=k % 2 + 1, site=k % 2 + 1)
+            for k in range(n)]
+
+
+def test_64px_rxrx1_utils_records_are_area_downscaled_to_a_32px_model(tmp_path):
+    from gandl.data import images
+
+    sites = _rxrx1_utils_sites(np.random.default_rng(1), 64, 4)
+    _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), sites, 64)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
+    channels = rxrx.channel_map("rxrx1", "rxrx19a")
+    out = _all_sites(spec, channels=channels, image_size=32)
+    assert out["image"].shape == (4, 32, 32, 5)
+    by_id = {sid.decode(): i for i, sid in enumerate(out["site_id"])}
+    for s in sites:
+        got = out["image"][by_id[f"RPE-03_{s['plate']}_{s['well']}_{s['site']}"]]
+        raw = s["image"][..., [c - 1 for c in channels]]
+        block_mean = raw.reshape(32, 2, 32, 2, 5).mean(axis=(1, 3)) / 127.5 - 1.0
+        np.testing.assert_allclose(got, block_mean, atol=1e-5)
+        # The conversion's filter, which also rounds to the pixel type: within half a grey level.
+        converted = np.stack([images.downscale(raw[..., c], 32) for c in range(5)], -1) / 127.5 - 1.0
+        np.testing.assert_allclose(got, converted, atol=1.0 / 255 + 1e-6)
+
+    train = _take(pipeline.train_dataset(spec, pipeline.InputOptions(channels=channels, image_size=32), batch_size=2,
+                                         seed=0), 1)[0]
+    assert train["image"].shape == (2, 32, 32, 5) and -1.0 <= train["image"].min() < train["image"].max() <= 1.0
+    # A 16-px central crop of the 64-px records, downscaled 2x to 8 px.
+    crop = _all_sites(spec, channels=channels, crop_size=16, image_size=8)["image"]
+    assert crop.shape == (4, 8, 8, 5)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(image_size=24), r"r.tfrecord cannot be area-downscaled to 24 px: 64 is not a whole multiple of 24"),
+    (dict(image_size=128), r"cannot be area-downscaled to 128 px"),
+    (dict(crop_size=48, image_size=32), r"crop_size 48 of the 64x64 records .* 48 is not a whole multiple of 32"),
+    (dict(crop_size=80, image_size=32), r"crop_size 80 exceeds the 64x64 images"),
+])
+def test_record_sizes_that_do_not_divide_are_rejected_in_both_pipelines(tmp_path, kw, message):
+    _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), _rxrx1_utils_sites(np.random.default_rng(2), 64, 1), 64)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
+    with pytest.raises(ValueError, match=message):
+        pipeline.eval_dataset(spec, batch_size=1, **kw)
+    with pytest.raises(ValueError, match=message):
+        pipeline.train_dataset(spec, batch_size=1, seed=0, **kw)
+
+
+def test_our_shards_are_downscaled_too(shards_dir):
+    spec = pipeline.open_shards(shards_dir)  # 16 px
+    full = _all_sites(spec)["image"]
+    half = _all_sites(spec, image_size=8)["image"]
+    np.testing.assert_allclose(half, full.reshape(-1, 8, 2, 8, 2, 5).mean(axis=(2, 4)), atol=1e-6)

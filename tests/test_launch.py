@@ -15,15 +15,16 @@ from gandl.sweep import REPO_ROOT
 TPU = os.path.join(REPO_ROOT, "launch", "tpu.sh")
 ZONE = ["--zone", "europe-west4-a"]
 JOB = ("cd gandl && exec .venv/bin/python -m gandl.main --config configs/demo.py --workdir gs://bucket/run "
-       "--mode train --config.train.steps=10 '--config.data.channels=(1, 2, 3)'")
+       "--mode train --config.train.steps=10 '--config.data.channels=(1, 2, 3, 4, 5)'")
 INSTALL_FROM_ARCHIVE = ("rm -rf gandl && mkdir gandl && tar -xzf gandl.tar.gz -C gandl && "
                         "bash gandl/launch/worker_setup.sh")
 ARGS = ["--name", "gan", "--workdir", "gs://bucket/run", "--config", "configs/demo.py", "--config.train.steps=10",
-        "--config.data.channels=(1, 2, 3)", "--poll", "0"]
+        "--config.data.channels=(1, 2, 3, 4, 5)", "--poll", "0"]
 
 
 def _tpu(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", TPU, *args], capture_output=True, text=True, env=env, timeout=60)
+    env = dict(os.environ if env is None else env, GANDL_PYTHON=sys.executable)  # the local config check's Python
+    return subprocess.run(["bash", TPU, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def _dry_run(*args: str, tmp_path) -> list[list[str]]:
@@ -48,7 +49,7 @@ def test_scripts_pass_shellcheck():
 def test_dry_run_spot_prints_every_gcloud_command(tmp_path):
     describe = _vm("describe", "--format", "value(state)")
     archive = str(tmp_path / "gan-gandl.tar.gz")
-    assert _dry_run(*ARGS, "--spot", tmp_path=tmp_path) == [
+    assert _dry_run(*ARGS, "--spot", "--skip-check", tmp_path=tmp_path) == [
         describe,
         _vm("create", "--accelerator-type", "v3-8", "--version", "tpu-ubuntu2204-base", "--spot"),
         describe,
@@ -62,11 +63,25 @@ def test_dry_run_spot_prints_every_gcloud_command(tmp_path):
     assert not os.path.exists(archive)
 
 
+def test_the_launcher_checks_the_config_it_would_launch_for_the_tpu_devices(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    result = _tpu(*ARGS, "--type", "v3-32", "--config.train.batch_size=64", "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "checking configs/demo.py for v3-32" in result.stderr
+    assert "config check passed for 32 device(s)" in result.stderr and "32 px x 5 channels" in result.stderr
+    # A batch that a v3-8 cannot split into whole mbstd groups: stopped before any gcloud command.
+    bad = _tpu(*ARGS, "--config.train.batch_size=12", "--dry-run", env=env)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "train.batch_size=12" in bad.stderr and "on 8 device(s); use train.batch_size=16" in bad.stderr
+    assert "the config check failed for v3-8: nothing was launched" in bad.stderr
+
+
 def test_dry_run_queued_pod_from_a_git_url(tmp_path):
     qr = ["gcloud", "compute", "tpus", "queued-resources"]
     project = [*ZONE, "--project", "proj"]
     describe = [*qr, "describe", "gan", "--format", "value(state.state)", *project]
-    commands = _dry_run(*ARGS, "--queued", "--spot", "--type", "v3-32", "--version=tpu-vm-base", "--project", "proj",
+    commands = _dry_run(*ARGS, "--config.train.batch_size=64", "--queued", "--spot", "--type", "v3-32",
+                        "--version=tpu-vm-base", "--project", "proj", "--skip-check",
                         "--repo", "https://github.com/x/gandl.git", "--ref", "v1", "--keep", tmp_path=tmp_path)
     install = ("rm -rf gandl && git clone --quiet https://github.com/x/gandl.git gandl && "
                "git -C gandl checkout --quiet v1 && bash gandl/launch/worker_setup.sh")
@@ -77,7 +92,7 @@ def test_dry_run_queued_pod_from_a_git_url(tmp_path):
          "--spot", *project],
         describe,
         [*ssh, install, *project],
-        [*ssh, JOB, *project],
+        [*ssh, JOB + " --config.train.batch_size=64", *project],  # whole mbstd groups on 32 devices
         describe,
         describe,
     ]  # --keep: no delete
@@ -133,7 +148,7 @@ def _scripted(tmp_path, states: str, job_exits: str, *args: str) -> tuple[subpro
     (tmp_path / "job_exits").write_text(job_exits)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_GCLOUD_STATE=str(tmp_path),
                TMPDIR=str(tmp_path))
-    result = _tpu(*ARGS, *args, env=env)
+    result = _tpu(*ARGS, *args, "--skip-check", env=env)  # the check has its own test
     with open(tmp_path / "calls.jsonl") as f:
         calls = [json.loads(line) for line in f]
     return result, calls

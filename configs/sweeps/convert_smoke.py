@@ -10,7 +10,7 @@ def get_sweep() -> dict:
         "mode": "convert",
         "overrides": {
             "synthetic.image_size": 16, "synthetic.plates_per_cell_line": 1, "synthetic.sites_per_well": 1,
-            "synthetic.num_compounds": 3, "data.image_size": 16, "data.num_workers": 1,
+            "synthetic.num_compounds": 3, "data.image_size": 16, "data.num_workers": 1, "model.resolution": 16,
         },
         "product": {"data.sites_per_shard": [16, 32]},
     }

@@ -12,7 +12,7 @@ def get_sweep() -> dict:
         "mode": "train",
         "overrides": {
             "data.shards": "/tmp/gandl_demo/shards",
-            "train.steps": 300, "train.batch_size": 8, "train.checkpoint_every": 100, "train.sample_every": 100,
+            "train.steps": 300, "train.batch_size": 16, "train.checkpoint_every": 100, "train.sample_every": 100,
             "train.swd_every": 300, "train.swd_images": 256,
         },
         "product": {"train.r1_gamma": [0.5, 2.0]},

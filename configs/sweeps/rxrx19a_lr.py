@@ -11,7 +11,7 @@ def get_sweep() -> dict:
     return {
         "base": "configs/rxrx19a.py",
         "mode": "train",
-        "overrides": {"data.shards": "gs://BUCKET/rxrx19a/shards", "model.resolution": 256},
+        "overrides": {"data.shards": "gs://BUCKET/rxrx19a/shards"},
         # G and D learning rates move together; the paper's 1e-4 first.
         "zip": {"train.g_lr": [1e-4, 2e-4, 4e-4], "train.d_lr": [1e-4, 2e-4, 4e-4]},
     }

@@ -37,14 +37,17 @@ class InputOptions:
     channels: tuple[int, ...] = ()  # 1-based channels to read, in order; () = all
     intensity: str = "auto"  # auto | dtype | dataset: which raw values map to [-1, 1]
     crop_size: int = 0  # random crop in training, central crop in export; 0 = none
+    image_size: int = 0  # area-downscale (after any crop) to this side, the model's resolution; 0 = as stored
     augment: bool = True  # random flips and 90-degree turns in training
     shuffle_buffer: int = 1024  # training records shuffled within this many
 
     @classmethod
-    def from_config(cls, data) -> InputOptions:
-        """The options of a `config.data` block (a ConfigDict or mapping)."""
+    def from_config(cls, config) -> InputOptions:
+        """The options of a run's config: its `data` block, images brought to `model.resolution`."""
+        data = config["data"]
         return cls(channels=tuple(data["channels"]), intensity=data["intensity"], crop_size=data["crop_size"],
-                   augment=data["augment"], shuffle_buffer=data["shuffle_buffer"])
+                   image_size=config["model"]["resolution"], augment=data["augment"],
+                   shuffle_buffer=data["shuffle_buffer"])
 
     def replace(self, **changes) -> InputOptions:
         return dataclasses.replace(self, **changes)
@@ -134,8 +137,38 @@ def _intensity_bounds(spec: RecordSpec, intensity: str) -> tuple[np.ndarray, np.
     raise ValueError(f"unknown intensity mode {intensity!r}; expected 'auto', 'dtype' or 'dataset'")
 
 
+def downscale_factor(spec: RecordSpec, crop_size: int, image_size: int) -> int:
+    """The whole factor that area-downscales the records (after any crop) to `image_size` px; 1 when it is 0.
+
+    Only whole factors: the box filter of conversion (gandl.data.images.downscale) is then an exact block mean.
+    """
+    side = crop_size or spec.height
+    if crop_size and crop_size > min(spec.height, spec.width):
+        raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images of {spec.files[0]}")
+    if not image_size or image_size == side:
+        return 1
+    what = f"crop_size {crop_size} of the" if crop_size else "the"
+    if spec.height != spec.width and not crop_size:
+        raise ValueError(f"{what} {spec.height}x{spec.width} records of {spec.files[0]} are not square: they cannot "
+                         f"be area-downscaled to {image_size} px; set data.crop_size")
+    if image_size > side or side % image_size:
+        fits = [side // k for k in range(1, side + 1) if side % k == 0 and side // k >= 8]
+        raise ValueError(f"{what} {spec.height}x{spec.width} records of {spec.files[0]} cannot be area-downscaled to "
+                         f"{image_size} px: {side} is not a whole multiple of {image_size} (sizes that divide it: "
+                         f"{fits}); choose model.resolution / data.crop_size to match")
+    return side // image_size
+
+
+def _finish(image: tf.Tensor, factor: int) -> tf.Tensor:
+    """Box-filter downscale by a whole `factor` (before clipping, as conversion averages raw values), then clip."""
+    if factor > 1:
+        image = tf.nn.avg_pool2d(image[None], factor, factor, "VALID")[0]
+    return tf.clip_by_value(image, -1.0, 1.0)
+
+
 def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_metadata: bool):
-    """A function (serialized record, file name) -> dict with a float32 H×W×C image in [-1, 1]."""
+    """A function (serialized record, file name) -> dict with a float32 H×W×C image, linearly mapped so that the
+    intensity bounds are ±1 (clipped by `_finish`, after crop and downscale)."""
     _check_channels(spec, channels)
     desc = {"image": tf.io.FixedLenFeature([], tf.string)}
     if with_metadata:
@@ -158,7 +191,7 @@ def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_meta
             f"x{spec.num_channels} = {size} (wrong image size or channel count for these records)"])
         with tf.control_dependencies([check]):
             image = tf.gather(tf.reshape(pixels, shape), idx, axis=-1)
-        image = tf.clip_by_value((tf.cast(image, tf.float32) - lo) * scale - 1.0, -1.0, 1.0)
+        image = (tf.cast(image, tf.float32) - lo) * scale - 1.0
         if derive_site_id:  # rxrx1-utils records carry the parts of the id, not the id
             ex["site_id"] = tf.strings.join([ex["experiment"], tf.strings.as_string(ex["plate"]), ex["well"],
                                              tf.strings.as_string(ex["site"])], "_")
@@ -200,12 +233,12 @@ def train_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, b
     """An endless stream of this process's training batches: {"image": float32 [B, H, W, C] in [-1, 1]}.
 
     `batch_size` is the per-process batch (global batch / process count); partial batches are dropped so
-    every step has the same shape.
+    every step has the same shape. Crops (`crop_size`, in record pixels) are area-downscaled to `options.image_size`
+    (the model's resolution; 0 = as stored) by a whole factor (`downscale_factor`).
     """
     channels, intensity, crop_size = options.channels, options.intensity, options.crop_size
     augment, shuffle_buffer = options.augment, options.shuffle_buffer
-    if crop_size and crop_size > min(spec.height, spec.width):
-        raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images")
+    factor = downscale_factor(spec, crop_size, options.image_size)
     files = process_files(spec, process_index, process_count)
     seed = int(seed) * 1009 + process_index  # each process its own stream, all fixed by the seed
     parse = _parser(spec, channels, intensity, with_metadata=False)
@@ -213,8 +246,8 @@ def train_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, b
     ds = _records(filenames, min(cycle_length, len(files))).shuffle(shuffle_buffer, seed=seed + 1)
     ds = ds.map(lambda r, f: parse(r, f)["image"], num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.enumerate().map(
-        lambda i, img: {"image": _dihedral_crop(img, tf.stack([tf.constant(seed, tf.int64), i]), augment,
-                                                crop_size)},
+        lambda i, img: {"image": _finish(_dihedral_crop(img, tf.stack([tf.constant(seed, tf.int64), i]), augment,
+                                                        crop_size), factor)},
         num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
@@ -232,9 +265,11 @@ def eval_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, ba
 
     Batches are padded to `batch_size` with `mask` False on the padding; with `num_batches` (by default
     the count of the busiest process, when the files' sizes are known) fully masked batches are appended
-    so every process yields the same number of batches. Crops, if any, are central; no augmentation.
+    so every process yields the same number of batches. Crops, if any, are central; images are then
+    area-downscaled to `options.image_size` as in `train_dataset`; no augmentation.
     """
     crop_size = options.crop_size
+    factor = downscale_factor(spec, crop_size, options.image_size)
     files = process_files(spec, process_index, process_count)
     parse = _parser(spec, options.channels, options.intensity, with_metadata=True)
 
@@ -242,7 +277,7 @@ def eval_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, ba
         ex = parse(record, filename)
         if crop_size:
             ex["image"] = tf.image.resize_with_crop_or_pad(ex["image"], crop_size, crop_size)
-        return dict(ex, mask=tf.constant(True))
+        return dict(ex, image=_finish(ex["image"], factor), mask=tf.constant(True))
 
     ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files)))
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -66,7 +66,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec, process_index: int | None = None,
                    process_count: int | None = None) -> InputFn:
     """Batches of one process (default: this one) from its files, restarted every `checkpoint_every` steps."""
-    options, t = pipeline.InputOptions.from_config(config.data), config.train
+    options, t = pipeline.InputOptions.from_config(config), config.train
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     local = sharding.local_batch_size(t.batch_size, process_count)
@@ -89,12 +89,11 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
 
 def _check_data(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec) -> None:
     m, d = config.model, config.data
-    size = d.crop_size or spec.height
+    pipeline.downscale_factor(spec, d.crop_size, m.resolution)  # a size that does not divide fails here
     channels = len(pipeline.output_stains(spec, d.channels))
-    if (size, channels) != (m.resolution, m.num_channels):
-        raise ValueError(f"the model is {m.resolution} px × {m.num_channels} channels but the data gives {size} px "
-                         f"× {channels} channels; set model.resolution / model.num_channels (or data.crop_size / "
-                         "data.channels) to match")
+    if channels != m.num_channels:
+        raise ValueError(f"the model has {m.num_channels} channels but the data gives {channels} "
+                         f"({pipeline.output_stains(spec, d.channels)}); set model.num_channels or data.channels")
 
 
 class _Writer:
@@ -250,7 +249,7 @@ def _write_samples(config, workdir: str, state, step: int, stains, writer: _Writ
 
 def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, spec: pipeline.RecordSpec) -> dict:
     """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
-    ds = pipeline.eval_dataset(spec, pipeline.InputOptions.from_config(config.data), batch_size=64)
+    ds = pipeline.eval_dataset(spec, pipeline.InputOptions.from_config(config), batch_size=64)
     reals = []
     for batch in ds.as_numpy_iterator():
         reals.append(batch["image"][batch["mask"]])

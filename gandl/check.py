@@ -1,0 +1,327 @@
+"""The config check, run before any work: will this config run on these devices, and what will it cost?
+
+`validate` tests the config against a device count (pure: no JAX computation), collecting every failure as
+one message that names the field, its value, the device count and a value that would work. `trace` then
+traces one full training step (G main, G reg, D main, D reg, EMA) and one embedding batch abstractly at the
+config's real size (`jax.jit(...).trace(...).lower()` on shapes only: nothing is compiled or run) and
+reports parameter counts, per-image FLOPs from XLA's cost analysis of the lowered programs, and a
+per-device memory estimate. `run` does both; `gandl.main` calls it first in every mode (`--mode check`
+alone), `gandl.sweep` validates every run before launching any, and `launch/tpu.sh` checks the config it
+would launch against the TPU's device count, simulated on the local CPU (`--devices=v3-8`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gandl.data.rxrx import STAINS, channel_map
+from gandl.features import discriminator
+from gandl.models.config import ModelConfig
+from gandl.train import loop, sharding
+from gandl.train import state as state_lib
+from gandl.train import step as step_lib
+
+_GLOB = re.compile(r"[*?\[]")
+# JAX devices per TensorCore: v4 and v5p chips join their two cores into one device (megacore).
+_MEGACORE = ("v4", "v5p")
+
+
+class ConfigCheckError(ValueError):
+    """A config that cannot run on the devices it was checked for; lists every failure."""
+
+    def __init__(self, failures: list[str], num_devices: int):
+        self.failures = failures
+        self.num_devices = num_devices
+        lines = "\n".join(f"  - {f}" for f in failures)
+        super().__init__(f"the config cannot run on {num_devices} device(s); {len(failures)} problem(s):\n{lines}")
+
+
+def device_count(devices: str = "") -> int:
+    """The device count a `--devices` value names: '' = JAX's own count, an integer, or a TPU type (v3-8)."""
+    if not devices:
+        return jax.device_count()
+    if devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    m = re.fullmatch(r"(v\d+[a-z]*)(?:litepod)?-(\d+)", devices)
+    if not m:
+        raise ValueError(f"--devices={devices!r}: expected a device count (8) or a TPU type (v3-8, v4-32, v5litepod-8)")
+    generation, cores = m.group(1), int(m.group(2))
+    return cores // 2 if generation in _MEGACORE else cores
+
+
+def simulate_devices(n: int) -> None:
+    """Make JAX see `n` CPU devices, to check a config for a machine this one is not (before any JAX use)."""
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", n)
+    if jax.device_count() != n:
+        raise RuntimeError(f"cannot simulate {n} devices: JAX already runs on {jax.device_count()} "
+                           "(XLA_FLAGS --xla_force_host_platform_device_count, or JAX used before the check)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _record_side(config: ml_collections.ConfigDict, shards: str, root: str) -> tuple[int, str] | None:
+    """(side in px, the field that sets it) of a record set, when the config says; None when unknown."""
+    if shards and _GLOB.search(shards):
+        return config.data.rxrx1_utils_image_size, "data.rxrx1_utils_image_size"
+    if shards and not config.data.image_size:
+        return None  # converted elsewhere, at a size the config does not state
+    if config.data.image_size:
+        return config.data.image_size, "data.image_size"
+    return (config.synthetic.image_size, "synthetic.image_size") if not root else None
+
+
+def _source_channels(d: ml_collections.ConfigDict) -> int | None:
+    """Channels of the training records before data.channels picks from them; None when unknown."""
+    if d.shards and _GLOB.search(d.shards):
+        return len(STAINS["rxrx1"])  # rxrx1-utils records
+    if d.kind == "generic":
+        return len(d.channel_columns) or None
+    return len(STAINS[d.kind]) if d.kind in STAINS else None
+
+
+def _suggest(value: int, ok) -> int:
+    """The smallest value >= `value` (>= 1) that satisfies `ok`."""
+    v = max(value, 1)
+    while not ok(v):
+        v += 1
+    return v
+
+
+def _batch_ok(batch: int, n: int, group: int, shrink: int | None) -> bool:
+    """Whether a global batch splits into whole mbstd groups per device (and its path-length share too)."""
+    g = min(group, batch) or 1
+    if batch % n or batch % g or (batch // g) % n:
+        return False
+    return shrink is None or (batch // shrink >= 1 and (batch // shrink) % n == 0)
+
+
+def _size_failures(side: tuple[int, str] | None, crop: int, res: int, n: int, what: str) -> Iterator[str]:
+    if side is None:
+        return
+    size, field = side
+    if crop and crop > size:
+        yield f"data.crop_size={crop}: larger than the {size}-px {what} ({field}) on {n} device(s); use at most {size}"
+        return
+    src, src_field = (crop, "data.crop_size") if crop else (size, field)
+    if src < res or src % res:
+        fits = [r for r in (src // k for k in range(1, src + 1) if src % k == 0) if r >= 8 and r & (r - 1) == 0]
+        yield (f"{src_field}={src}: the {what} ({src} px) cannot be area-downscaled to model.resolution={res} by a "
+               f"whole factor on {n} device(s); use {src_field}={res * max(1, math.ceil(src / res))} or "
+               f"model.resolution={fits[0] if fits else 'a power of two dividing it'}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
+    """Every reason `config` cannot run on `num_devices` devices (empty: it can), one message each."""
+    n = num_devices
+    d, t, e, z = config.data, config.train, config.embed, config.zeroshot
+    try:
+        model = ModelConfig.from_mapping(config.model)
+    except (TypeError, ValueError) as err:
+        return [f"model: {err} (on {n} device(s)); fix the model section"]
+    res, failures = model.resolution, []
+
+    # Sizes: conversion never upscales; records reach the model by a whole area-downscale factor.
+    synthetic_used = (not d.root and not d.shards) or (z.enabled and not z.root and not z.shards)
+    if synthetic_used and d.image_size > config.synthetic.image_size:
+        failures.append(f"data.image_size={d.image_size}: conversion would upscale the "
+                        f"{config.synthetic.image_size}-px synthetic screen (synthetic.image_size) on {n} device(s); "
+                        f"use data.image_size<={config.synthetic.image_size} or synthetic.image_size={d.image_size}")
+    failures += _size_failures(_record_side(config, d.shards, d.root), d.crop_size, res, n, "training records")
+    if z.enabled:
+        zside = _record_side(config, z.shards, z.root)
+        if zside != _record_side(config, d.shards, d.root):  # the same sizes are reported once
+            failures += _size_failures(zside, d.crop_size, res, n, "zero-shot records")
+
+    # Channels: the data's (after data.channels) and the zero-shot map's must be the model's.
+    source = _source_channels(d)
+    if d.channels:
+        bad = [c for c in d.channels if source and not 1 <= c <= source]
+        if bad:
+            failures.append(f"data.channels={tuple(d.channels)}: channels {bad} do not exist in the {source}-channel "
+                            f"{d.kind} data on {n} device(s); use 1-based channels in 1..{source}")
+        elif len(d.channels) != model.num_channels:
+            failures.append(f"data.channels={tuple(d.channels)}: {len(d.channels)} channels for a "
+                            f"model.num_channels={model.num_channels} model on {n} device(s); name "
+                            f"{model.num_channels} channels or set model.num_channels={len(d.channels)}")
+    elif source and source != model.num_channels:
+        failures.append(f"model.num_channels={model.num_channels}: the {d.kind} data has {source} channels on {n} "
+                        f"device(s); use model.num_channels={source} or pick {model.num_channels} with data.channels")
+    if z.enabled:
+        zchannels = tuple(z.channels) or channel_map("rxrx1", "rxrx19a")
+        rxrx1 = len(STAINS["rxrx1"])
+        if len(zchannels) != model.num_channels or not all(1 <= c <= rxrx1 for c in zchannels):
+            failures.append(f"zeroshot.channels={tuple(z.channels)}: maps to {zchannels}, but the zero-shot set "
+                            f"(RxRx1, {rxrx1} channels) must feed model.num_channels={model.num_channels} on {n} "
+                            f"device(s); give {model.num_channels} channels in 1..{rxrx1}, e.g. "
+                            f"{channel_map('rxrx1', 'rxrx19a')} for a 5-channel model")
+
+    # Batches: whole mbstd groups per device (D main, D reg), the path-length share per device (G reg).
+    shrink = t.pl_batch_shrink if t.pl_weight > 0 else None
+    group = model.mbstd_group_size
+    if t.pl_weight > 0 and t.pl_batch_shrink < 1:
+        failures.append(f"train.pl_batch_shrink={t.pl_batch_shrink}: must be >= 1 on {n} device(s); use 2")
+    elif not _batch_ok(t.batch_size, n, group, shrink):
+        per = t.batch_size / n
+        why = (f"{per:g} images per device" if t.batch_size % n else
+               f"{int(per)} images per device hold no whole minibatch-stddev groups of model.mbstd_group_size={group}"
+               + (f" or path-length batches (/ train.pl_batch_shrink={t.pl_batch_shrink})" if shrink else ""))
+        alt = [g for g in range(group - 1, 0, -1) if _batch_ok(t.batch_size, n, g, shrink)]
+        failures.append(f"train.batch_size={t.batch_size}: {why} on {n} device(s); use train.batch_size="
+                        f"{_suggest(t.batch_size, lambda b: _batch_ok(b, n, group, shrink))}"
+                        + (f" (or model.mbstd_group_size={alt[0]})" if alt else ""))
+    if e.batch_size % n:
+        failures.append(f"embed.batch_size={e.batch_size}: does not split over {n} device(s); use embed.batch_size="
+                        f"{_suggest(e.batch_size, lambda b: b % n == 0)}")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Abstract trace
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What one training step and one embedding batch of the config cost, from the traced programs."""
+
+    num_devices: int
+    resolution: int
+    num_channels: int
+    batch_size: int
+    embed_batch_size: int
+    g_params: int
+    d_params: int
+    step_flops_per_image: float  # one step with every phase (both lazy regularisers due), per real image
+    embed_flops_per_image: float
+    step_bytes_per_device: int
+    embed_bytes_per_device: int
+    seconds: float
+
+    def __str__(self) -> str:
+        gib = 2.0**30
+        return "\n".join([
+            f"config check passed for {self.num_devices} device(s), in {self.seconds:.1f} s",
+            f"  model: {self.resolution} px x {self.num_channels} channels; G {self.g_params:,} parameters, "
+            f"D {self.d_params:,}",
+            f"  train step (G main, G reg, D main, D reg, EMA), batch {self.batch_size}: "
+            f"{self.step_flops_per_image / 1e9:,.1f} GFLOP per image, ~{self.step_bytes_per_device / gib:.2f} GiB "
+            "per device",
+            f"  embedding batch of {self.embed_batch_size}: {self.embed_flops_per_image / 1e9:,.2f} GFLOP per image, "
+            f"~{self.embed_bytes_per_device / gib:.2f} GiB per device",
+            "  (memory: peak live arrays of the traced program per device, before XLA fusion; FLOPs: XLA's cost "
+            "analysis of the lowered program)"])
+
+
+def _device_bytes(aval) -> int:
+    """Bytes of one device's shard of an abstract array (its sharding from explicit-axis tracing)."""
+    shape = getattr(aval, "shape", None)
+    if shape is None or not hasattr(aval, "dtype"):
+        return 0
+    spec = getattr(getattr(aval, "sharding", None), "spec", None)
+    mesh = getattr(getattr(aval, "sharding", None), "mesh", None)
+    size = int(np.prod(shape, dtype=np.int64))
+    for entry in spec or ():
+        for axis in (entry if isinstance(entry, tuple) else (entry,)):
+            if axis is not None and mesh is not None:
+                size //= mesh.shape[axis]
+    itemsize = 4 if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key) else np.dtype(aval.dtype).itemsize
+    return size * itemsize
+
+
+def _subjaxprs(params: dict) -> Iterator:
+    for value in params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, jax.extend.core.ClosedJaxpr):
+                yield v.jaxpr
+            elif isinstance(v, jax.extend.core.Jaxpr):
+                yield v
+
+
+def _peak_bytes(jaxpr, memo: dict | None = None) -> int:
+    """Peak per-device bytes of a jaxpr's intermediates (inputs excluded), freeing each at its last use."""
+    memo = {} if memo is None else memo
+    if id(jaxpr) in memo:  # the same sub-jaxpr (a layer's, a conv's) is called many times
+        return memo[id(jaxpr)]
+    last = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if isinstance(v, jax.extend.core.Var):
+                last[v] = i
+    for v in jaxpr.outvars:
+        if isinstance(v, jax.extend.core.Var):
+            last[v] = len(jaxpr.eqns)
+    inputs = set(jaxpr.invars) | set(jaxpr.constvars)
+    live = peak = 0
+    for i, eqn in enumerate(jaxpr.eqns):
+        inner = max((_peak_bytes(sub, memo) for sub in _subjaxprs(eqn.params)), default=0)
+        out = sum(_device_bytes(v.aval) for v in eqn.outvars)
+        peak = max(peak, live + inner + out)
+        live += sum(_device_bytes(v.aval) for v in eqn.outvars if last.get(v, -1) > i)
+        dying = {v for v in eqn.invars if isinstance(v, jax.extend.core.Var) and last.get(v) == i}
+        live -= sum(_device_bytes(v.aval) for v in dying - inputs)
+    memo[id(jaxpr)] = peak
+    return peak
+
+
+def _tree_bytes(tree) -> int:
+    return sum(_device_bytes(x) for x in jax.tree.leaves(tree))
+
+
+def _flops(lowered) -> float:
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def trace(config: ml_collections.ConfigDict) -> Report:
+    """Trace and lower one train step and one embedding batch on shapes alone, over every device JAX has."""
+    start = time.time()
+    model, t = loop.model_config(config), config.train
+    mesh = sharding.make_mesh()
+    images = (model.resolution, model.resolution, model.num_channels)
+    with jax.set_mesh(mesh):
+        state = jax.eval_shape(lambda: state_lib.create(model, t, config.seed, mesh))
+        reals = jax.ShapeDtypeStruct((t.batch_size, *images), jnp.float32, sharding=sharding.data_sharding(mesh))
+        step = loop.compiled_step(model, step_lib.step_config(t), mesh).trace(state, reals)
+        features = discriminator.compiled_features(model, config.embed.orientation_average)
+        batch = jax.ShapeDtypeStruct((config.embed.batch_size, *images), jnp.float32,
+                                     sharding=sharding.data_sharding(mesh))
+        embedding = features.trace(state.d_params, batch)
+        step_flops, embed_flops = _flops(step.lower()), _flops(embedding.lower())
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+    return Report(
+        num_devices=mesh.size, resolution=model.resolution, num_channels=model.num_channels,
+        batch_size=t.batch_size, embed_batch_size=config.embed.batch_size, g_params=count(state.g_params),
+        d_params=count(state.d_params), step_flops_per_image=step_flops / t.batch_size,
+        embed_flops_per_image=embed_flops / config.embed.batch_size,
+        step_bytes_per_device=_tree_bytes((state, reals)) + _peak_bytes(step.jaxpr.jaxpr),
+        embed_bytes_per_device=_tree_bytes((state.d_params, batch)) + _peak_bytes(embedding.jaxpr.jaxpr),
+        seconds=time.time() - start)
+
+
+def run(config: ml_collections.ConfigDict, devices: str = "") -> Report:
+    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then trace it.
+
+    `devices` ('' = this machine's; a count or a TPU type: simulated on this CPU) is resolved after
+    jax.distributed has started (per `train.distributed`), so a pod slice counts all of its devices.
+    """
+    if devices:
+        simulate_devices(device_count(devices))
+    else:
+        sharding.initialize_distributed(config.train.distributed)
+    n = jax.device_count()
+    failures = validate(config, n)
+    if failures:
+        raise ConfigCheckError(failures, n)
+    return trace(config)

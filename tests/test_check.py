@@ -1,0 +1,116 @@
+"""The config check: every shipped config and sweep run validates for 1 and 8 devices, impossible settings fail
+with one clear message each, and the abstract trace reports sizes and FLOPs without compiling anything."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from gandl import check, sweep
+from gandl.sweep import REPO_ROOT
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.py")))
+SWEEPS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "sweeps", "*.py")))
+
+
+def _config(path: str):
+    return sweep._call_in_file(path, "get_config")
+
+
+def _demo(**overrides):
+    config = _config(os.path.join(REPO_ROOT, "configs", "demo.py"))
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_passes_for_1_and_8_devices(path, num_devices):
+    assert check.validate(_config(path), num_devices) == []
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+@pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
+def test_every_sweep_run_passes_for_1_and_8_devices(path, num_devices):
+    s = sweep.load_sweep(path)
+    assert s.runs
+    sweep.check_runs(s, num_devices)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # The demo model on a TPU v3-8 with mbstd groups of 4: 2 images per device.
+    ({"model.mbstd_group_size": 4}, "train.batch_size=16: 2 images per device hold no whole minibatch-stddev groups "
+     "of model.mbstd_group_size=4 or path-length batches (/ train.pl_batch_shrink=2) on 8 device(s); use "
+     "train.batch_size=32 (or model.mbstd_group_size=2)"),
+    ({"train.batch_size": 12}, "train.batch_size=12: 1.5 images per device on 8 device(s); use train.batch_size=16"),
+    ({"embed.batch_size": 20}, "embed.batch_size=20: does not split over 8 device(s); use embed.batch_size=24"),
+    ({"data.image_size": 48}, "data.image_size=48: the training records (48 px) cannot be area-downscaled to "
+     "model.resolution=32 by a whole factor on 8 device(s); use data.image_size=64 or model.resolution=16"),
+    ({"data.image_size": 128}, "data.image_size=128: conversion would upscale the 64-px synthetic screen"),
+    ({"data.crop_size": 24}, "data.crop_size=24: the training records (24 px) cannot be area-downscaled"),
+    ({"data.shards": "gs://b/rxrx1/*.tfrecord", "data.channels": (1, 2, 3, 4, 6), "data.rxrx1_utils_image_size": 100},
+     "data.rxrx1_utils_image_size=100: the training records (100 px) cannot be area-downscaled"),
+    ({"data.channels": (1, 2, 3)}, "data.channels=(1, 2, 3): 3 channels for a model.num_channels=5 model on 8 "
+     "device(s); name 5 channels or set model.num_channels=3"),
+    ({"data.channels": (1, 2, 3, 4, 6)}, "data.channels=(1, 2, 3, 4, 6): channels [6] do not exist in the 5-channel"),
+    ({"model.num_channels": 6}, "model.num_channels=6: the rxrx19a data has 5 channels on 8 device(s)"),
+    ({"zeroshot.channels": (1, 2, 3)}, "zeroshot.channels=(1, 2, 3): maps to (1, 2, 3), but the zero-shot set"),
+    ({"model.resolution": 48}, "model: resolution must be a power of two >= 8, got 48"),
+])
+def test_settings_that_cannot_run_fail_with_a_clear_message(overrides, message):
+    failures = check.validate(_demo(**overrides), 8)
+    assert any(message in f for f in failures), failures
+
+
+def test_every_failure_is_collected_into_one_error():
+    config = _demo(**{"train.batch_size": 12, "embed.batch_size": 20, "data.channels": (1, 2, 3)})
+    with pytest.raises(check.ConfigCheckError) as info:
+        check.run(config)  # 8 simulated devices (conftest)
+    assert info.value.num_devices == 8 and len(info.value.failures) == 3
+    text = str(info.value)
+    assert "cannot run on 8 device(s); 3 problem(s)" in text
+    assert all(field in text for field in ("train.batch_size=12", "embed.batch_size=20", "data.channels=(1, 2, 3)"))
+    assert check.validate(config, 1) == [f for f in check.validate(config, 1) if "data.channels" in f]
+
+
+def test_a_sweep_with_a_run_that_cannot_run_launches_nothing(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text('def get_sweep():\n    return {"base": "configs/demo.py", "mode": "convert",'
+                    ' "product": {"train.batch_size": [16, 12]}}\n')
+    with pytest.raises(check.ConfigCheckError, match=r"run train.batch_size=12: train.batch_size=12"):
+        sweep.run_sweep(str(path), str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_device_counts_of_tpu_types():
+    assert [check.device_count(t) for t in ("8", "v2-8", "v3-8", "v3-32", "v4-8", "v5p-16", "v5litepod-8", "v6e-4")] \
+        == [8, 8, 8, 32, 4, 8, 8, 4]
+    assert check.device_count("") == jax.device_count()
+    with pytest.raises(ValueError, match="expected a device count"):
+        check.device_count("tpu")
+
+
+def test_the_trace_reports_sizes_flops_and_memory(tiny_config):
+    report = check.trace(tiny_config)
+    assert (report.num_devices, report.resolution, report.num_channels) == (8, 16, 5)
+    assert report.g_params > 10_000 and report.d_params > 10_000
+    # Every phase costs more than the discriminator's forward pass alone, which is what an embedding is.
+    assert report.step_flops_per_image > 10 * report.embed_flops_per_image > 0
+    params_bytes = 4 * (2 * report.g_params + report.d_params)  # G, its EMA, D
+    assert report.step_bytes_per_device > 3 * params_bytes  # + Adam moments + activations
+    assert report.embed_bytes_per_device > 4 * report.d_params
+    assert "config check passed for 8 device(s)" in str(report) and "GFLOP per image" in str(report)
+
+
+def test_main_checks_the_paper_config_on_one_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-m", "gandl.main", "--config", "configs/rxrx19a.py", "--workdir",
+                             str(tmp_path), "--mode", "check"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "config check passed for 1 device(s)" in result.stdout
+    assert "256 px x 5 channels; G 23," in result.stdout and "GFLOP per image" in result.stdout
+    assert not os.listdir(tmp_path)  # checked, nothing written
