@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gandl.models import ModelConfig, build_models, convert, init_variables, mix_styles
+from gandl.models.discriminator import block_dtype
 from gandl.models.generator import num_ws
 
 TINY = ModelConfig(resolution=16, num_channels=5, z_dim=16, w_dim=16, channel_base=256, channel_max=16)
@@ -158,6 +159,26 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     for got, ref in ((img, img_ref), (features, features_ref)):
         error = float(jnp.mean(jnp.abs(got - ref)))
         assert 0 < error < 0.05 * float(jnp.mean(jnp.abs(ref)))  # bf16 round-off: ~1% relative
+
+
+def test_bfloat16_discriminator_keeps_the_epilogue_float32():
+    """As stylegan2-ada-pytorch: reduced precision in the top blocks only; b4 (the embedding) in float32."""
+    assert [block_dtype(r, 256, jnp.bfloat16) for r in (256, 128, 64, 32, 16, 8)] == [jnp.bfloat16] * 4 + [
+        jnp.float32] * 2
+    assert [block_dtype(r, 32, jnp.bfloat16) for r in (32, 16, 8)] == [jnp.bfloat16] * 3  # never below 8 px
+    _, discriminator, _, d_vars = _tiny("bfloat16")
+    _, discriminator_f32, _, _ = _tiny()
+    images = jax.random.uniform(jax.random.key(5), (8, 16, 16, 5), minval=-1, maxval=1)
+    features, inter = jax.jit(lambda x: discriminator.apply(
+        d_vars, x, method="features", capture_intermediates=True, mutable=["intermediates"]))(images)
+    inter = inter["intermediates"]
+    assert inter["b16"]["__call__"][0].dtype == inter["b8"]["__call__"][0].dtype == jnp.bfloat16
+    assert inter["b4"]["conv"]["__call__"][0].dtype == inter["b4"]["fc"]["__call__"][0].dtype == jnp.float32
+    reference = jax.jit(lambda x: discriminator_f32.apply(d_vars, x, method="features"))(images)
+    error = np.abs(np.asarray(features) - np.asarray(reference))
+    assert 0 < error.max() < 0.02 * np.abs(np.asarray(reference)).max(), error.max()  # measured 0.5%
+    cosine = np.sum(features * reference, 1) / np.linalg.norm(features, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.9999, cosine.min()  # measured 1 - 2e-5
 
 
 def test_discriminator_rejects_wrong_input_shape():

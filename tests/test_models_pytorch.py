@@ -162,9 +162,10 @@ def _nhwc(x):
 
 
 def _assert_parity(got, want):
+    """float32 round-off: measured max |Δ| 1.4e-5 and mean 1e-6 (64 px images); a real bug is far larger."""
     diff = np.abs(np.asarray(got, np.float64) - want)
     assert got.shape == want.shape
-    assert diff.mean() < 1e-4 and diff.max() < 1e-3, (diff.mean(), diff.max())
+    assert diff.mean() < 5e-6 and diff.max() < 5e-5, (diff.mean(), diff.max())
 
 
 @pytest.mark.parametrize("name", FIXTURES)

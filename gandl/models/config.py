@@ -16,7 +16,8 @@ class ModelConfig:
     """StyleGAN2 hyper-parameters; defaults are the GAN-DL paper variant (256 px, 5 channels, 3-layer mapping).
 
     dtype is the compute dtype ("float32" or "bfloat16"); parameters, w_avg, the mapping network, mbstd
-    statistics, images out of G and D's logits/features stay float32. conv_clamp None disables clamping.
+    statistics, images out of G, D's low-resolution blocks and its b4 epilogue (the embedding, the logits)
+    stay float32 (see discriminator.block_dtype). conv_clamp None disables clamping.
     """
 
     resolution: int = 256

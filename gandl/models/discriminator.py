@@ -16,6 +16,20 @@ from gandl.models.config import ModelConfig
 from gandl.models.layers import Array, DType
 
 _RESIDUAL_GAIN = math.sqrt(0.5)  # skip + main branch, each scaled by √½, keeps the variance.
+# Blocks that may compute in the reduced `dtype`, counted from the top: stylegan2-ada-pytorch's paper256 /
+# stylegan2 configs use num_fp16_res=4. At 256 px they hold ~93% of D's FLOPs; the low-resolution blocks and
+# the b4 epilogue (mbstd, conv, fc: the embedding) are cheap and stay float32.
+REDUCED_PRECISION_BLOCKS = 4
+
+
+def block_dtype(res: int, resolution: int, dtype: DType) -> DType:
+    """The compute dtype of block b{res}: `dtype` for the top blocks, float32 below them and in the epilogue.
+
+    As stylegan2-ada-pytorch's `fp16_resolution = max(2 ** (log2(resolution) + 1 - num_fp16_res), 8)`:
+    blocks at res >= that resolution use reduced precision (so b8 is float32 only from 128 px up).
+    """
+    threshold = max(resolution // 2 ** (REDUCED_PRECISION_BLOCKS - 1), 8)
+    return dtype if res >= threshold else jnp.float32
 
 
 class DiscriminatorBlock(nn.Module):
@@ -41,20 +55,19 @@ class DiscriminatorBlock(nn.Module):
 
 
 class DiscriminatorEpilogue(nn.Module):
-    """4×4 head: minibatch stddev → 3×3 conv → fc (the embedding) → out (the logit)."""
+    """4×4 head, all float32 as in stylegan2-ada-pytorch: mbstd → 3×3 conv → fc (the embedding) → out (logit)."""
 
     features: int
     mbstd_num_channels: int
     conv_clamp: float | None
-    dtype: DType
 
     @nn.compact
     def __call__(self, x: Array, mbstd_group_size: int, return_features: bool) -> Array:
+        x = x.astype(jnp.float32)
         if self.mbstd_num_channels > 0:
             x = layers.minibatch_stddev(x, mbstd_group_size, self.mbstd_num_channels)
-        x = layers.Conv2d(self.features, 3, conv_clamp=self.conv_clamp, dtype=self.dtype, name="conv")(x)
-        x = layers.Dense(self.features, lrelu=True, dtype=self.dtype, name="fc")(x.reshape(x.shape[0], -1))
-        x = x.astype(jnp.float32)
+        x = layers.Conv2d(self.features, 3, conv_clamp=self.conv_clamp, name="conv")(x)
+        x = layers.Dense(self.features, lrelu=True, name="fc")(x.reshape(x.shape[0], -1))
         if return_features:
             return x
         return layers.Dense(1, name="out")(x)
@@ -75,18 +88,17 @@ class Discriminator(nn.Module):
         cfg = self.config
         if x.shape[1:] != (cfg.resolution, cfg.resolution, cfg.num_channels):
             raise ValueError(f"expected [B, {cfg.resolution}, {cfg.resolution}, {cfg.num_channels}], got {x.shape}")
-        x = x.astype(cfg.compute_dtype)
         for log2 in range(int(math.log2(cfg.resolution)), 2, -1):
             res = 2**log2
             block = DiscriminatorBlock(
                 layers.block_channels(res, cfg.channel_base, cfg.channel_max),
                 layers.block_channels(res // 2, cfg.channel_base, cfg.channel_max),
-                cfg.conv_clamp, cfg.compute_dtype, name=f"b{res}",
+                cfg.conv_clamp, block_dtype(res, cfg.resolution, cfg.compute_dtype), name=f"b{res}",
             )
             x = block(x, from_rgb=res == cfg.resolution)
         epilogue = DiscriminatorEpilogue(
-            layers.block_channels(4, cfg.channel_base, cfg.channel_max), cfg.mbstd_num_channels,
-            cfg.conv_clamp, cfg.compute_dtype, name="b4",
+            layers.block_channels(4, cfg.channel_base, cfg.channel_max), cfg.mbstd_num_channels, cfg.conv_clamp,
+            name="b4",
         )
         group = cfg.mbstd_group_size if mbstd_group_size is None else mbstd_group_size
         return epilogue(x, group, return_features)
