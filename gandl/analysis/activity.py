@@ -7,12 +7,13 @@ group's mAP, tested against copairs' permutation null and Benjamini-Hochberg cor
 Consistency: the same, with the wells of the *other* compounds (of the groups considered, by default the
 active ones) as negatives: is the phenotype specific to the compound, not just "not C-"?
 
-copairs enumerates pairs one by one (about 3.6 µs per pair on these machines: RxRx19a's 62,500 HRCE
-treated wells × 4,300 C- wells is 266 M negative pairs, a quarter of an hour and gigabytes of pair
-lists). So the rank lists are built here from blocks of one matmul each, sized to `block_entries`
-similarities, and copairs computes the APs from them (`compute.ap_contiguous`), their expected value
-under random ranking, the null distributions, p-values and the FDR (`map.mean_average_precision`).
-Memory beyond the profiles is one block (~60 bytes per entry) plus the null distributions.
+copairs' own pipeline enumerates and sorts every pair (about 3.6 µs per pair on these machines: RxRx19a's
+62,500 HRCE treated wells × 4,300 C- wells are 266 M negative pairs, a quarter of an hour and gigabytes
+of pair lists). So similarities come here from blocks of one matmul each, sized to `block_entries`,
+each query's positives are ranked by counting the negatives above them, and copairs computes the APs
+from those ranks (`compute.average_precision`, the function of its null distributions), their expected
+value under random ranking, the null distributions, p-values and the FDR (`map.mean_average_precision`).
+Memory beyond the profiles is one block (a few bytes per entry) plus the null distributions.
 """
 
 from __future__ import annotations
@@ -50,13 +51,25 @@ def _check(features: np.ndarray, metadata: pd.DataFrame) -> None:
 def _block_ap(sims: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AP of each query row of a similarity block and its (n_pos, n_total), entries in neither mask unranked.
 
-    Every row must rank at least one positive and one negative.
+    Every row must rank at least one positive and one negative. A row's AP depends only on where its
+    positives land in its ranking: the j-th best positive (0-based) sits at rank j + the number of
+    negatives more similar than it (ties rank the positive first, as copairs' stable sort does). Those
+    ranks go to copairs' `compute.average_precision`, rows with the same number of positives at once.
     """
-    ranked = positive | negative
-    order = np.argsort(np.where(ranked, -sims, np.inf), axis=1, kind="stable")  # best first, unranked last
-    relevance = np.take_along_axis(positive, order, axis=1)[np.take_along_axis(ranked, order, axis=1)]
-    ap, configs = compute.ap_contiguous(relevance.astype(np.uint32), ranked.sum(axis=1).astype(np.uint32))
-    return ap, configs
+    n_pos = positive.sum(axis=1)
+    rows, cols = np.nonzero(positive)  # row-major: each row's positives are contiguous
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(n_pos) - n_pos, n_pos)
+    best = np.full((len(sims), int(n_pos.max())), -np.inf, np.float32)
+    best[rows, slot] = sims[rows, cols]
+    best = -np.sort(-best, axis=1)  # each row's positive similarities, best first (-inf padding last)
+    ranks = np.empty(best.shape, np.int64)
+    for j in range(best.shape[1]):
+        ranks[:, j] = j + ((sims > best[:, j:j + 1]) & negative).sum(axis=1)
+    ap = np.empty(len(sims), np.float32)
+    for k in np.unique(n_pos):
+        chosen = n_pos == k
+        ap[chosen] = compute.average_precision(ranks[chosen, :k])
+    return ap, np.stack([n_pos, n_pos + negative.sum(axis=1)], axis=1)
 
 
 def _blocks(sizes: np.ndarray, width: int, budget: int) -> Iterator[tuple[int, int]]:
