@@ -48,8 +48,10 @@ def _check(features: np.ndarray, metadata: pd.DataFrame) -> None:
         raise ValueError(f"{len(features)} profiles for {len(metadata)} metadata rows")
 
 
-def _block_ap(sims: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AP of each query row of a similarity block and its (n_pos, n_total), entries in neither mask unranked.
+def _block_ap(pos_sims: np.ndarray, positive: np.ndarray, neg_sims: np.ndarray,
+              negative: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """AP of each query row and its (n_pos, n_total), from similarities to positive candidates (where
+    `positive`) and to negative candidates (where `negative`; None: all of them).
 
     Every row must rank at least one positive and one negative. A row's AP depends only on where its
     positives land in its ranking: the j-th best positive (0-based) sits at rank j + the number of
@@ -57,19 +59,21 @@ def _block_ap(sims: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> t
     ranks go to copairs' `compute.average_precision`, rows with the same number of positives at once.
     """
     n_pos = positive.sum(axis=1)
+    n_neg = np.full(len(n_pos), neg_sims.shape[1]) if negative is None else negative.sum(axis=1)
     rows, cols = np.nonzero(positive)  # row-major: each row's positives are contiguous
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(n_pos) - n_pos, n_pos)
-    best = np.full((len(sims), int(n_pos.max())), -np.inf, np.float32)
-    best[rows, slot] = sims[rows, cols]
+    best = np.full((len(n_pos), int(n_pos.max())), -np.inf, np.float32)
+    best[rows, slot] = pos_sims[rows, cols]
     best = -np.sort(-best, axis=1)  # each row's positive similarities, best first (-inf padding last)
     ranks = np.empty(best.shape, np.int64)
     for j in range(best.shape[1]):
-        ranks[:, j] = j + ((sims > best[:, j:j + 1]) & negative).sum(axis=1)
-    ap = np.empty(len(sims), np.float32)
+        above = neg_sims > best[:, j:j + 1]
+        ranks[:, j] = j + (above if negative is None else above & negative).sum(axis=1)
+    ap = np.empty(len(n_pos), np.float32)
     for k in np.unique(n_pos):
         chosen = n_pos == k
         ap[chosen] = compute.average_precision(ranks[chosen, :k])
-    return ap, np.stack([n_pos, n_pos + negative.sum(axis=1)], axis=1)
+    return ap, np.stack([n_pos, n_pos + n_neg], axis=1)
 
 
 def _blocks(sizes: np.ndarray, width: int, budget: int) -> Iterator[tuple[int, int]]:
@@ -157,11 +161,8 @@ def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_si
         for first, end in _blocks(sizes, len(controls), block_entries):
             block = slice(ends[first], ends[end])
             q, c = unit[treated[block]], codes[block]
-            sims = q @ np.concatenate([q, reference]).T
             replicate = (c[:, None] == c[None, :]) & ~np.eye(len(c), dtype=bool)
-            positive = np.concatenate([replicate, np.zeros((len(c), len(controls)), bool)], axis=1)
-            negative = np.concatenate([np.zeros_like(replicate), np.ones((len(c), len(controls)), bool)], axis=1)
-            ap, conf = _block_ap(sims, positive, negative)
+            ap, conf = _block_ap(q @ q.T, replicate, q @ reference.T)
             rows.append(treated[block])
             aps.append(ap)
             configs.append(conf)
@@ -199,7 +200,7 @@ def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups:
             positive = codes[block, None] == codes[None, :]
             positive[np.arange(sims.shape[0]), np.arange(start, start + sims.shape[0])] = False  # not itself
             negative = compounds[block, None] != compounds[None, :]
-            ap, conf = _block_ap(sims, positive, negative)
+            ap, conf = _block_ap(sims, positive, sims, negative)
             rows.append(members[block])
             aps.append(ap)
             configs.append(conf)
