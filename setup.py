@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 # A known-good, pinned set: jax 0.10.x is the last line that supports Python 3.11.
 INSTALL_REQUIRES = [
     "absl-py==2.5.1",
+    "anndata==0.12.6",  # the last release for Python 3.11 that allows pandas 3
+    "copairs==0.5.5",
     "etils[epath]==1.15.0",
     "flax==0.12.8",
     "jax==0.10.2",
@@ -12,6 +14,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "ml-collections==1.1.0",
     "numpy==2.4.6",
+    "ome-zarr==0.18.0",  # the last release for Python 3.11
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "pandas==3.1.1",

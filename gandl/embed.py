@@ -1,4 +1,4 @@
-"""Checkpoint + dataset -> embeddings.npz and profiles.parquet: one feature vector per site and feature set.
+"""Checkpoint + dataset -> embeddings.npz, profiles.parquet and .h5ad, and well profiles (gandl.profiles).
 
 The feature functions come from `gandl.features` (the GAN-DL embedding, baselines, comparators). Export
 streams the eval pipeline (every site once), computes several feature sets in the same pass (e.g. GAN-DL,
@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import gandl
-from gandl import fileio
+from gandl import fileio, profiles
 from gandl._tf import tf
 from gandl.data import pipeline
 from gandl.features.base import FeatureFn
@@ -290,12 +290,13 @@ def _flush(out_dir: str, held: list[np.ndarray], buffers: dict[str, list[dict]],
 
 def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any],
            chunk_rows: int = 16384) -> None:
-    """Merge every process's parts into the final npz (contract: DESIGN.md) and the parquet, in bounded memory.
+    """Merge every process's parts into the final npz (contract: DESIGN.md), parquet and h5ad, in bounded memory.
 
     Sites go into metadata order (`index`, else site_id); metadata columns keep the screen's order
     (`columns`), site_id first. Only the metadata is held whole: features pass through a local scratch
-    file in output order and are streamed `chunk_rows` at a time into both files, so memory does not
-    grow with the feature matrix (305,520 × 512 for RxRx19a; benchmarks/analysis.py).
+    file in output order and are streamed `chunk_rows` at a time into every file, so memory does not
+    grow with the feature matrix (305,520 × 512 for RxRx19a; benchmarks/analysis.py). Sites with a
+    `well_id` also give well profiles, `{name}_wells.parquet` / `.h5ad` (gandl.profiles).
     """
     pattern = os.path.join(out_dir, "parts", name, "part-*.npz")
     paths = sorted(tf.io.gfile.glob(pattern))
@@ -329,7 +330,7 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
                                                          "shape": (len(order), dim)})
                 for _, chunk in _chunks(scratch, len(order), dim, chunk_rows):
                     f.write(chunk.tobytes())
-        names = [f"GANDL_{j:04d}" for j in range(dim)]
+        names = profiles.feature_names(dim)
         with fileio.written_locally(os.path.join(out_dir, f"{name}.parquet")) as local:
             writer = None
             for start, chunk in _chunks(scratch, len(order), dim, chunk_rows):
@@ -338,6 +339,11 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
                 writer = writer or pq.ParquetWriter(local, table.schema)
                 writer.write_table(table)
             writer.close()
+        rows = profiles.FeatureRows(scratch, len(order), dim)
+        profiles.write_h5ad(os.path.join(out_dir, f"{name}.h5ad"), rows, merged, provenance, chunk_rows=chunk_rows)
+        if profiles.WELL in merged:
+            profiles.write_well_profiles(os.path.join(out_dir, f"{name}_wells"), rows, merged, provenance,
+                                         chunk_rows=chunk_rows)
 
 
 @contextlib.contextmanager

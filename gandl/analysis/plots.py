@@ -1,4 +1,4 @@
-"""The paper's figures as PNG bytes: E² controls (3), C² compounds (4), dose-response (5), confusion (6).
+"""The paper's figures as PNG bytes: E² controls (3), C² compounds (4), dose-response (5), confusion (6), mAP.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so plotting
 changes no global backend state and works headless; each function returns PNG bytes that the caller
@@ -132,4 +132,33 @@ def confusion_figure(confusion: pd.DataFrame, title: str = "Zero-shot cell typin
     ax.set(xticks=range(len(confusion.columns)), xticklabels=confusion.columns, yticks=range(len(confusion)),
            yticklabels=confusion.index, xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(image, ax=ax, label="fraction of true class")
+    return _png(fig)
+
+
+def map_dose_figure(activity: pd.DataFrame, highlight: Sequence[str]) -> bytes:
+    """Phenotypic activity (mAP vs C-) against log10 concentration per cell line.
+
+    Highlighted compounds get colour, filled markers where active (q below the threshold) and open ones
+    where not; every other compound is a thin grey line, so the highlighted ones read against the screen.
+    """
+    lines = sorted(activity["cell_type"].astype(str).unique())
+    fig, axes = _panels(len(lines), size=5.0)
+    palette = cm.tab10(np.linspace(0, 1, 10))
+    for ax, line in zip(axes, lines):
+        rows = activity[activity["cell_type"] == line].sort_values("treatment_conc")
+        chosen = [c for c in dict.fromkeys(highlight) if c in set(rows["treatment"])]
+        for treatment, curve in rows.groupby("treatment"):
+            if treatment not in chosen:
+                ax.plot(np.log10(curve["treatment_conc"]), curve["mAP"], color="0.8", lw=0.7, zorder=1)
+        for i, treatment in enumerate(chosen):
+            curve = rows[rows["treatment"] == treatment]
+            x, colour = np.log10(curve["treatment_conc"]), palette[i % 10]
+            ax.plot(x, curve["mAP"], color=colour, lw=1.5, label=treatment, zorder=2)
+            active = curve["active"].to_numpy(bool)
+            ax.scatter(x[active], curve["mAP"][active], color=colour, s=25, zorder=3)
+            ax.scatter(x[~active], curve["mAP"][~active], facecolors="white", edgecolors=colour, s=25, zorder=3)
+        ax.set(title=f"{line}: phenotypic activity (filled: q < threshold)", xlabel="log10 concentration (µM)",
+               ylabel="mAP against C- wells", ylim=(-0.02, 1.02))
+        if chosen:
+            _legend_below(ax)
     return _png(fig)

@@ -17,6 +17,7 @@ from PIL import Image
 from gandl._tf import tf
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
+OME_ZARR_CHANNEL = "#channel="  # `{array}#channel={c}`: one channel of an OME-Zarr field (gandl.data.ome_zarr)
 
 
 class BadImageError(ValueError):
@@ -62,7 +63,11 @@ def decode(data: bytes, path: str) -> np.ndarray:
 
 
 def read(path: str) -> np.ndarray:
-    """Read one channel file (local or gs://) as a 2-D uint8/uint16 array."""
+    """Read one channel file (local or gs://), or an OME-Zarr channel reference, as a 2-D uint8/uint16 array."""
+    if OME_ZARR_CHANNEL in path:
+        from gandl.data import ome_zarr  # zarr and dask load only for plates
+
+        return ome_zarr.read_plane(path)
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
@@ -106,3 +111,8 @@ def read_site_images(paths: np.ndarray, channels: Sequence[int] | None = None,
     for start in range(0, len(paths), batch_size):
         yield np.stack([np.stack([read(str(p)) for p in row[cols]], axis=-1)
                         for row in paths[start:start + batch_size]])
+
+
+def exists(path: str) -> bool:
+    """Whether a channel file, or the array behind an OME-Zarr channel reference, exists."""
+    return tf.io.gfile.exists(path.partition(OME_ZARR_CHANNEL)[0])

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gandl._tf import tf
+from gandl.data import images
 from gandl.data.vocabulary import (  # noqa: F401 (re-exported: the readers' names)
     ACTIVE,
     BLANK,
@@ -230,19 +231,24 @@ def _infer_numbers(column: pd.Series) -> pd.Series:
 
 def read_screen(kind: str, path: str, *, metadata: str = "metadata.csv",
                 channel_columns: Sequence[str] = (), stains: Sequence[str] = ()) -> Screen:
-    """Dispatch on the configured screen kind: 'rxrx19a', 'rxrx1' (folders) or 'generic' (a CSV path)."""
+    """Dispatch on the configured screen kind: 'rxrx19a', 'rxrx1' (folders), 'generic' (a CSV path) or
+    'ome_zarr' (an OME-Zarr HCS plate)."""
     if kind == "rxrx19a":
         return read_rxrx19a(path, metadata)
     if kind == "rxrx1":
         return read_rxrx1(path, metadata)
     if kind == "generic":
         return read_generic(path, channel_columns, stains or None)
-    raise ValueError(f"unknown screen kind {kind!r}; expected 'rxrx19a', 'rxrx1' or 'generic'")
+    if kind == "ome_zarr":
+        from gandl.data import ome_zarr  # zarr and dask load only for plates
+
+        return ome_zarr.read_plate(path)
+    raise ValueError(f"unknown screen kind {kind!r}; expected 'rxrx19a', 'rxrx1', 'generic' or 'ome_zarr'")
 
 
 def missing_files(screen: Screen) -> list[str]:
     """Image paths of the screen that do not exist, in site then channel order."""
-    return [p for p in screen.paths.ravel() if not tf.io.gfile.exists(p)]
+    return [p for p in screen.paths.ravel() if not images.exists(p)]
 
 
 def check_files(screen: Screen, show: int = 5) -> None:

@@ -1,0 +1,224 @@
+"""Phenotypic activity and consistency as mean average precision (mAP), the JUMP Cell Painting metric, via copairs.
+
+Activity: can the replicate wells of one compound × dose × cell line be told from that cell line's C- wells
+(Active SARS-CoV-2, untreated)? Each replicate well is a query; it ranks its fellow replicates (positives)
+and the C- wells (negatives) by cosine similarity; its average precision (AP) is averaged into the
+group's mAP, tested against copairs' permutation null and Benjamini-Hochberg corrected over every group.
+Consistency: the same, with the wells of the *other* compounds (of the groups considered, by default the
+active ones) as negatives: is the phenotype specific to the compound, not just "not C-"?
+
+copairs' own pipeline enumerates and sorts every pair (about 3.6 µs per pair on these machines: RxRx19a's
+62,500 HRCE treated wells × 4,300 C- wells are 266 M negative pairs, a quarter of an hour and gigabytes
+of pair lists). So similarities come here from blocks of one matmul each, sized to `block_entries`,
+each query's positives are ranked by counting the negatives above them, and copairs computes the APs
+from those ranks (`compute.average_precision`, the function of its null distributions), their expected
+value under random ranking, the null distributions, p-values and the FDR (`map.mean_average_precision`).
+Memory beyond the profiles is one block (a few bytes per entry) plus the null distributions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from absl import logging
+from copairs import compute
+from copairs.map import mean_average_precision
+from copairs.map.normalization import expected_ap
+
+from gandl.data import rxrx
+
+GROUP = ["cell_type", "treatment", "treatment_conc"]  # one hypothesis: a compound at one dose in one cell line
+NEEDED = ["cell_type", "disease_condition", "treatment", "treatment_conc"]
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32), so a matmul gives cosine similarities (copairs' default)."""
+    x = np.asarray(features, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+
+
+def _check(features: np.ndarray, metadata: pd.DataFrame) -> None:
+    missing = [c for c in NEEDED if c not in metadata.columns]
+    if missing:
+        raise ValueError(f"well metadata is missing columns {missing}; mAP needs {NEEDED}")
+    if len(features) != len(metadata):
+        raise ValueError(f"{len(features)} profiles for {len(metadata)} metadata rows")
+
+
+def _block_ap(pos_sims: np.ndarray, positive: np.ndarray, neg_sims: np.ndarray,
+              negative: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """AP of each query row and its (n_pos, n_total), from similarities to positive candidates (where
+    `positive`) and to negative candidates (where `negative`; None: all of them).
+
+    Every row must rank at least one positive and one negative. A row's AP depends only on where its
+    positives land in its ranking: the j-th best positive (0-based) sits at rank j + the number of
+    negatives more similar than it (ties rank the positive first, as copairs' stable sort does). Those
+    ranks go to copairs' `compute.average_precision`, rows with the same number of positives at once.
+    """
+    n_pos = positive.sum(axis=1)
+    n_neg = np.full(len(n_pos), neg_sims.shape[1]) if negative is None else negative.sum(axis=1)
+    rows, cols = np.nonzero(positive)  # row-major: each row's positives are contiguous
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(n_pos) - n_pos, n_pos)
+    best = np.full((len(n_pos), int(n_pos.max())), -np.inf, np.float32)
+    best[rows, slot] = pos_sims[rows, cols]
+    best = -np.sort(-best, axis=1)  # each row's positive similarities, best first (-inf padding last)
+    ranks = np.empty(best.shape, np.int64)
+    for j in range(best.shape[1]):
+        above = neg_sims > best[:, j:j + 1]
+        ranks[:, j] = j + (above if negative is None else above & negative).sum(axis=1)
+    ap = np.empty(len(n_pos), np.float32)
+    for k in np.unique(n_pos):
+        chosen = n_pos == k
+        ap[chosen] = compute.average_precision(ranks[chosen, :k])
+    return ap, np.stack([n_pos, n_pos + n_neg], axis=1)
+
+
+def _blocks(sizes: np.ndarray, width: int, budget: int) -> Iterator[tuple[int, int]]:
+    """(first, end) group ranges whose wells × (`width` + their own wells) similarities fit `budget`."""
+    start, wells = 0, 0
+    for g, n in enumerate(sizes):
+        if g > start and (wells + n) * (width + wells + n) > budget:
+            yield start, g
+            start, wells = g, 0
+        wells += n
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
+def _query_rows(metadata: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`rows` sorted by group, with each row's group code and the size of each group (groups of >= 2 only)."""
+    codes = metadata.iloc[rows].groupby(GROUP, sort=True, dropna=False).ngroup().to_numpy()
+    sizes = np.bincount(codes)
+    keep = sizes[codes] >= 2
+    rows, codes = rows[keep], codes[keep]
+    order = np.argsort(codes, kind="stable")
+    _, codes, sizes = np.unique(codes[order], return_inverse=True, return_counts=True)
+    return rows[order], codes, sizes
+
+
+def _ap_frame(metadata: pd.DataFrame, rows: list[np.ndarray], aps: list[np.ndarray],
+              configs: list[np.ndarray]) -> pd.DataFrame:
+    """copairs' per-profile AP table: the group columns, AP, normalised AP and the pair counts."""
+    if not rows:
+        raise ValueError("no compound × dose × cell line has two replicate wells and a reference well to "
+                         "rank them against")
+    frame = metadata.iloc[np.concatenate(rows)][GROUP].reset_index(drop=True)
+    frame["average_precision"] = np.concatenate(aps)
+    configs = np.concatenate(configs).astype(np.int64)
+    frame["n_pos_pairs"], frame["n_total_pairs"] = configs[:, 0], configs[:, 1]
+    unique, inverse = np.unique(configs, axis=0, return_inverse=True)
+    mu0 = np.array([expected_ap(int(m), int(t - m)) for m, t in unique])[inverse.ravel()]  # once per config
+    frame["normalized_average_precision"] = np.clip(
+        (frame["average_precision"] - mu0) / np.maximum(1 - mu0, 1e-10), -1.0, 1.0)  # copairs' normalize_ap
+    return frame
+
+
+def _map_table(ap: pd.DataFrame, null_size: int, alpha: float, seed: int, cache_dir: str | None) -> pd.DataFrame:
+    """copairs' mAP, permutation p-value and BH q per group, sorted by group."""
+    def run(folder: str) -> pd.DataFrame:
+        return mean_average_precision(ap, GROUP, null_size=null_size, threshold=alpha, seed=seed,
+                                      progress_bar=False, cache_dir=folder)
+
+    if cache_dir is None:  # copairs would otherwise cache null distributions under ~/.copairs
+        with tempfile.TemporaryDirectory() as folder:
+            table = run(folder)
+    else:
+        table = run(cache_dir)
+    n_wells = ap.groupby(GROUP, sort=True, dropna=False).size().rename("n_wells").reset_index()
+    table = table.merge(n_wells, on=GROUP, how="left").rename(columns={
+        "mean_average_precision": "mAP", "mean_normalized_average_precision": "mAP_normalized",
+        "corrected_p_value": "q_value", "below_corrected_p": "active"})
+    return (table[[*GROUP, "n_wells", "mAP", "mAP_normalized", "p_value", "q_value", "active"]]
+            .sort_values(GROUP).reset_index(drop=True))
+
+
+def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_size: int = 10000,
+                        alpha: float = 0.05, seed: int = 0, block_entries: int = 2_000_000,
+                        cache_dir: str | None = None) -> pd.DataFrame:
+    """mAP of every compound × dose × cell line against the C- wells of its cell line.
+
+    `features` are well-level profiles [n_wells, D] (already normalised as configured) with their
+    `metadata` rows. Returns one row per group with two or more replicate wells, in a cell line that has
+    C- wells: GROUP columns, n_wells, mAP, mAP_normalized, p_value (copairs' permutation test with
+    `null_size` draws), q_value (Benjamini-Hochberg over all rows) and active (q < `alpha`).
+    """
+    _check(features, metadata)
+    unit = _unit_rows(features)
+    role = rxrx.control_role(metadata).to_numpy()
+    rows, aps, configs = [], [], []
+    for line, pool in metadata.groupby("cell_type", sort=True).indices.items():
+        controls = pool[role[pool] == "C-"]
+        treated, codes, sizes = _query_rows(metadata, pool[role[pool] == "treated"])
+        if not len(controls):
+            logging.warning("phenotypic activity: cell line %r has no C- wells; its %d groups are not tested",
+                            line, len(sizes))
+            continue
+        reference = unit[controls]
+        ends = np.concatenate([[0], np.cumsum(sizes)])
+        for first, end in _blocks(sizes, len(controls), block_entries):
+            block = slice(ends[first], ends[end])
+            q, c = unit[treated[block]], codes[block]
+            replicate = (c[:, None] == c[None, :]) & ~np.eye(len(c), dtype=bool)
+            ap, conf = _block_ap(q @ q.T, replicate, q @ reference.T)
+            rows.append(treated[block])
+            aps.append(ap)
+            configs.append(conf)
+    return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed, cache_dir)
+
+
+def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups: pd.DataFrame | None = None, *,
+                           null_size: int = 10000, alpha: float = 0.05, seed: int = 0,
+                           block_entries: int = 2_000_000, cache_dir: str | None = None) -> pd.DataFrame:
+    """mAP of replicate wells of each compound × dose against the other compounds' wells of its cell line.
+
+    Only the wells of `groups` (rows with GROUP columns, e.g. `phenotypic_activity(...)` filtered to
+    `active`; default every treated group) take part, as queries and as negatives; wells of the same
+    compound at another dose are neither positives nor negatives. Columns as `phenotypic_activity`.
+    """
+    _check(features, metadata)
+    unit = _unit_rows(features)
+    treated = rxrx.control_role(metadata).to_numpy() == "treated"
+    if groups is not None:
+        chosen = pd.MultiIndex.from_frame(groups[GROUP])
+        treated &= pd.MultiIndex.from_frame(metadata[GROUP]).isin(chosen)
+    rows, aps, configs = [], [], []
+    for line, pool in metadata.groupby("cell_type", sort=True).indices.items():
+        members, codes, _ = _query_rows(metadata, pool[treated[pool]])
+        compounds = metadata["treatment"].to_numpy()[members]
+        if len(set(compounds)) < 2:
+            logging.warning("phenotypic consistency: cell line %r has %d compound(s) with replicates; "
+                            "consistency needs two", line, len(set(compounds)))
+            continue
+        reference = unit[members]
+        step = max(1, block_entries // len(members))
+        for start in range(0, len(members), step):
+            block = slice(start, start + step)
+            sims = unit[members[block]] @ reference.T
+            positive = codes[block, None] == codes[None, :]
+            positive[np.arange(sims.shape[0]), np.arange(start, start + sims.shape[0])] = False  # not itself
+            negative = compounds[block, None] != compounds[None, :]
+            ap, conf = _block_ap(sims, positive, sims, negative)
+            rows.append(members[block])
+            aps.append(ap)
+            configs.append(conf)
+    return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed, cache_dir)
+
+
+def compound_table(activity: pd.DataFrame) -> pd.DataFrame:
+    """Per compound × cell line: best mAP and its dose, doses tested and active, lowest q (the CSV table)."""
+    best = activity.loc[activity.groupby(["treatment", "cell_type"])["mAP"].idxmax()]
+    summary = activity.groupby(["treatment", "cell_type"]).agg(
+        doses_tested=("mAP", "size"), doses_active=("active", "sum"), min_q_value=("q_value", "min"))
+    out = best.set_index(["treatment", "cell_type"])[["mAP", "treatment_conc"]].rename(
+        columns={"mAP": "best_mAP", "treatment_conc": "best_conc_uM"}).join(summary)
+    return out.reset_index().sort_values(["cell_type", "best_mAP"], ascending=[True, False]).reset_index(drop=True)
+
+
+def fraction_active(activity: pd.DataFrame, alpha: float = 0.05) -> float:
+    """Fraction of the tested compound × dose × cell line groups with q < `alpha` (the side-by-side number)."""
+    if not len(activity):
+        raise ValueError("no compound × dose was tested for phenotypic activity")
+    return float((activity["q_value"] < alpha).mean())

@@ -1,0 +1,104 @@
+"""Phenotypic activity / consistency mAP: agreement with copairs' own pair-list path, and the synthetic truth."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from copairs.map import average_precision
+
+from gandl.analysis import activity, baselines, plots
+from gandl.data import images, rxrx, synthetic
+
+
+def _wells(rng, lines=("HRCE", "VERO"), compounds=3, doses=(0.1, 1.0), replicates=3, controls=5, dim=16):
+    rows = []
+    for line in lines:
+        rows += [dict(cell_type=line, disease_condition=rxrx.ACTIVE, treatment="", treatment_conc=np.nan)] * controls
+        rows += [dict(cell_type=line, disease_condition=rxrx.MOCK, treatment="", treatment_conc=np.nan)] * 2
+        rows += [dict(cell_type=line, disease_condition=rxrx.ACTIVE, treatment=f"cpd{c}", treatment_conc=d)
+                 for c in range(compounds) for d in doses for _ in range(replicates)]
+    meta = pd.DataFrame(rows)
+    return rng.normal(size=(len(meta), dim)).astype(np.float32), meta
+
+
+@pytest.mark.parametrize("block_entries", [40, 2_000_000])  # tiny blocks: many blocks, same APs
+def test_activity_aps_match_copairs_pair_lists(tmp_path, block_entries):
+    features, meta = _wells(np.random.default_rng(0))
+    table = activity.phenotypic_activity(features, meta, null_size=500, block_entries=block_entries,
+                                         cache_dir=str(tmp_path))
+    role = rxrx.control_role(meta)
+    for line in ("HRCE", "VERO"):  # copairs' reference path: explicit pairs, one cell line at a time
+        rows = np.flatnonzero((meta["cell_type"] == line) & role.isin(["C-", "treated"]))
+        sub = meta.iloc[rows].reset_index(drop=True)
+        is_control = (role.iloc[rows] == "C-").to_numpy()
+        sub["group"] = np.where(is_control, "ctl" + pd.Series(range(len(sub))).astype(str),
+                                sub["treatment"] + "@" + sub["treatment_conc"].astype(str))
+        sub["is_control"] = is_control.astype(int)
+        ap = average_precision(sub, features[rows], ["group"], [], [], ["is_control"], progress_bar=False)
+        expected = ap[~is_control].groupby(["treatment", "treatment_conc"])["average_precision"].mean()
+        ours = table[table["cell_type"] == line].set_index(["treatment", "treatment_conc"])["mAP"]
+        np.testing.assert_allclose(ours.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-5)
+    assert len(table) == 2 * 3 * 2 and (table["n_wells"] == 3).all()
+    assert table["p_value"].between(0, 1).all() and (table["q_value"] >= table["p_value"] - 1e-12).all()
+
+
+def test_a_cell_line_without_c_minus_is_left_out_and_too_few_wells_is_an_error():
+    features, meta = _wells(np.random.default_rng(1))
+    meta.loc[(meta["cell_type"] == "VERO") & (meta["treatment"] == ""), "disease_condition"] = rxrx.MOCK
+    table = activity.phenotypic_activity(features, meta, null_size=200)
+    assert set(table["cell_type"]) == {"HRCE"}
+    with pytest.raises(ValueError, match="missing columns \\['disease_condition'\\]"):
+        activity.phenotypic_activity(features, meta.drop(columns="disease_condition"))
+    with pytest.raises(ValueError, match="two replicate wells"):
+        activity.phenotypic_activity(features[:12], meta.iloc[:12].assign(treatment="", treatment_conc=np.nan))
+
+
+def test_consistency_tells_distinct_compounds_apart_but_not_a_shared_phenotype():
+    rng = np.random.default_rng(2)
+    features, meta = _wells(rng, lines=("HRCE",), compounds=4, doses=(1.0,), replicates=4, controls=6, dim=32)
+    directions = rng.normal(size=(4, 32)).astype(np.float32) * 3
+    treated = meta["treatment"] != ""
+    codes = meta.loc[treated, "treatment"].str.removeprefix("cpd").astype(int).to_numpy()
+    distinct = features.copy()
+    distinct[treated.to_numpy()] += directions[codes]  # each compound its own phenotype
+    shared = features.copy()
+    shared[treated.to_numpy()] += directions[0]  # every compound the same phenotype
+    high = activity.phenotypic_consistency(distinct, meta, null_size=1000)
+    low = activity.phenotypic_consistency(shared, meta, null_size=1000)
+    assert high["active"].all() and (high["mAP"] > 0.9).all()
+    assert not low["active"].any()
+    assert activity.phenotypic_activity(shared, meta, null_size=1000)["active"].all()  # all differ from C-
+
+
+@pytest.fixture(scope="module")
+def synthetic_wells(tmp_path_factory):
+    """Handcrafted features of a small synthetic screen, one site per well, z-scored per cell line."""
+    root = synthetic.write_rxrx19a(tmp_path_factory.mktemp("screen"), seed=0, image_size=32, plates_per_cell_line=4,
+                                   sites_per_well=1, num_compounds=4)
+    screen = rxrx.read_rxrx19a(str(root))
+    pixels = np.stack([np.stack([images.read(p) for p in site], -1) for site in screen.paths])
+    features = baselines.handcrafted_features([pixels.astype(np.float32) / 255.0])
+    for idx in screen.metadata.groupby("cell_type").indices.values():
+        features[idx] = (features[idx] - features[idx].mean(0)) / (features[idx].std(0) + 1e-6)
+    return features, screen.metadata, pd.read_csv(root / "truth.csv")
+
+
+def test_effective_compounds_are_active_at_high_dose_and_inert_ones_are_not(synthetic_wells, tmp_path):
+    features, meta, truth = synthetic_wells
+    table = activity.phenotypic_activity(features, meta, null_size=2000, seed=0)
+    hrce = table[table["cell_type"] == "HRCE"].merge(truth, on=["treatment", "cell_type"])
+    top = hrce[hrce["treatment_conc"] == hrce["treatment_conc"].max()]
+    assert top.loc[top["effect_class"] == "effective", "active"].all()
+    assert not table.loc[table["treatment"].isin(truth.loc[truth["effect_class"] == "inert", "treatment"]),
+                         "active"].any()
+    remdesivir = hrce[hrce["treatment"] == "Remdesivir"].sort_values("treatment_conc")
+    assert remdesivir["mAP"].iloc[-1] > remdesivir["mAP"].iloc[0] + 0.5  # rises with dose
+
+    per_compound = activity.compound_table(table)
+    assert len(per_compound) == 8 and per_compound["doses_tested"].eq(6).all()
+    row = per_compound.set_index(["treatment", "cell_type"]).loc[("Remdesivir", "HRCE")]
+    assert row["best_mAP"] == pytest.approx(remdesivir["mAP"].max()) and row["doses_active"] >= 2
+    fraction = activity.fraction_active(table)
+    assert fraction == pytest.approx(table["active"].mean()) and 0 < fraction < 0.5
+
+    png = plots.map_dose_figure(table, ["Remdesivir", "Polydatin", "not-in-screen"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
