@@ -12,16 +12,19 @@ The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips w
 from __future__ import annotations
 
 import functools
+import logging as pylogging
 import os
 import sys
 
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's / XLA's C++ INFO lines: set before they load
 
-from gandl import workdir as layout
-from gandl._tf import tf
-from gandl.data import convert, pipeline, render, rxrx
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from gandl import workdir as layout  # noqa: E402
+from gandl._tf import tf  # noqa: E402
+from gandl.data import convert, pipeline, render, rxrx  # noqa: E402
 
 # Exit status of a run stopped by SIGTERM/preemption after checkpointing (EX_TEMPFAIL: rerun to resume),
 # so launchers and sweeps can tell it from a finished run.
@@ -275,9 +278,29 @@ MODES = {
 }
 
 
+class _OwnInfoOnly(pylogging.Filter):
+    """Below WARNING, pass GAN-DL's own records only: orbax, absl, TensorFlow, JAX and copairs log through
+    the same handler and would bury the progress lines."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def quiet_third_party_logs() -> None:
+    """GAN-DL's INFO lines and progress bars stay; other libraries' INFO goes unless --verbosity > 0 asks."""
+    if logging.get_verbosity() <= logging.INFO:
+        handler = logging.get_absl_handler()
+        if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+            handler.addFilter(_OwnInfoOnly())
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    quiet_third_party_logs()
     if _DEVICES.value and _MODE.value != "check":
         raise app.UsageError("--devices simulates devices for --mode check only")
     from gandl import check  # before any work: a config that cannot run here fails now, with every reason
