@@ -188,12 +188,12 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if tf.io.gfile.exists(truth_path):  # the synthetic screen's hidden truth
         with tf.io.gfile.GFile(truth_path) as f:
             truth = pd.read_csv(f)
-    sets = load_feature_sets(folder)
-    d = config.data
-    root = raw_screen_path(config, workdir)
-    check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
-                   lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
-                                            stains=d.stains).metadata)
+    sets, d = load_feature_sets(folder), config.data
+    if d.root or not d.shards:  # the screen the shards were converted from
+        root = raw_screen_path(config, workdir)
+        check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
+                       lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
+                                                stains=d.stains).metadata)
     zeroshot = load_feature_sets(folder, "zeroshot") if config.zeroshot.enabled else None
     if zeroshot and not config.zeroshot.shards:
         zroot = config.zeroshot.root or os.path.join(workdir, "raw_rxrx1")
