@@ -85,11 +85,11 @@ def write_parts(folder: str, meta: pd.DataFrame, features: np.ndarray, processes
     meta = meta.assign(index=np.arange(len(meta), dtype=np.float64))
     for p in range(processes):
         rows = np.arange(p, len(meta), processes)
-        for k, start in enumerate(range(0, len(rows), PART_ROWS)):
+        for start in range(0, len(rows), PART_ROWS):
             chunk = rows[start:start + PART_ROWS]
             arrays = {c: meta[c].to_numpy()[chunk] for c in meta}
             arrays = {c: v.astype(str) if v.dtype.kind in "OU" else v.astype(np.float64) for c, v in arrays.items()}
-            fileio.write_bytes(embed.part_path(folder, "gandl", k, p),
+            fileio.write_bytes(embed.part_path(folder, "gandl", start, start + len(chunk), p, processes),
                                embed.npz_bytes(dict(arrays, features=features[chunk])))
 
 

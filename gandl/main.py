@@ -222,12 +222,12 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     folder = layout.latest_embeddings(workdir)
     truth = read_truth(config, workdir)
-    sets = analysis_io.load_feature_sets(folder)
-    d = config.data
-    root = layout.raw(config, workdir)
-    check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
-                   lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
-                                            stains=d.stains).metadata)
+    sets, d = analysis_io.load_feature_sets(folder), config.data
+    if d.root or not d.shards:  # the screen the shards were converted from
+        root = layout.raw(config, workdir)
+        check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
+                       lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
+                                                stains=d.stains).metadata)
     zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
     if zeroshot and not config.zeroshot.shards:
         zroot = layout.zeroshot_raw(config, workdir)
