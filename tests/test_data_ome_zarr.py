@@ -53,7 +53,8 @@ def test_a_plate_reads_as_sites_with_omero_channels_and_converts(tmp_path, dtype
     assert manifest["num_sites"] == 6 and manifest["dtype"] == np.dtype(dtype).name
     assert manifest["stains"] == STAINS and manifest["height"] == 16
     spec = pipeline.open_shards(str(out))
-    batch = next(pipeline.eval_dataset(spec, batch_size=6, intensity="dtype").as_numpy_iterator())
+    options = pipeline.InputOptions(intensity="dtype")
+    batch = next(pipeline.eval_dataset(spec, options, batch_size=6).as_numpy_iterator())
     assert batch["image"].shape == (6, 16, 16, 3)
 
 
