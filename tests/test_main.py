@@ -21,8 +21,14 @@ def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
     assert float(summary.loc["zero-shot cell type: accuracy", "handcrafted"]) > 0.5  # four cell lines: chance 0.25
     report = (tmp_path / "analysis" / "report.md").read_text()
     assert "GAN-DL" in report and "handcrafted" in report
-    for fig in ("fig3_controls.png", "fig4_compounds.png", "fig5_dose_response.png", "fig6_confusion.png"):
+    for fig in ("fig3_controls.png", "fig4_compounds.png", "fig5_dose_response.png", "fig6_confusion.png",
+                "fig7_map_dose.png"):
         assert (tmp_path / "analysis" / "GAN-DL" / fig).stat().st_size > 1000
+    activity = pd.read_csv(tmp_path / "analysis" / "GAN-DL" / "map_activity.csv")
+    assert len(activity) and activity["q_value"].between(0, 1).all()
+    assert 0 <= float(summary.loc["phenotypic activity (mAP vs C-): fraction with q < 0.05", "GAN-DL"]) <= 1
+    for stem in ("gandl.h5ad", "gandl_wells.parquet", "gandl_wells.h5ad"):
+        assert (tmp_path / "embeddings" / "step_20" / stem).exists()
     assert (tmp_path / "samples" / "step_00000020.png").exists()
     assert result["summary"].shape == summary.shape
 
