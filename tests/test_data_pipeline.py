@@ -206,9 +206,9 @@ def test_record_sizes_that_do_not_divide_are_rejected_in_both_pipelines(tmp_path
     _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), _rxrx1_utils_sites(np.random.default_rng(2), 64, 1), 64)
     spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
     with pytest.raises(ValueError, match=message):
-        pipeline.eval_dataset(spec, batch_size=1, **kw)
+        pipeline.eval_dataset(spec, pipeline.InputOptions(**kw), batch_size=1)
     with pytest.raises(ValueError, match=message):
-        pipeline.train_dataset(spec, batch_size=1, seed=0, **kw)
+        pipeline.train_dataset(spec, pipeline.InputOptions(**kw), batch_size=1, seed=0)
 
 
 def test_our_shards_are_downscaled_too(shards_dir):

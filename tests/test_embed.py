@@ -93,9 +93,10 @@ def test_64px_rxrx1_utils_records_embed_through_a_32px_model(tmp_path):
     spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
     model = ModelConfig(**{**MODEL.__dict__, "resolution": 32})
     mesh = sharding.make_mesh()
-    fn = embed.discriminator_features(model, init_variables(model, jax.random.key(0))[1]["params"], mesh)
-    paths = embed.export(spec, str(tmp_path / "emb"), {"gandl": fn}, batch_size=8, provenance={},
-                         channels=rxrx.channel_map("rxrx1", "rxrx19a"), image_size=model.resolution, progress=False)
+    fn = discriminator.feature_fn(model, init_variables(model, jax.random.key(0))[1]["params"], mesh)
+    options = pipeline.InputOptions(channels=rxrx.channel_map("rxrx1", "rxrx19a"), image_size=model.resolution)
+    paths = embed.export(spec, str(tmp_path / "emb"), {"gandl": fn}, batch_size=8, provenance={}, options=options,
+                         progress=False)
     with np.load(paths["gandl"], allow_pickle=False) as npz:
         assert npz["features"].shape == (5, 32) and np.isfinite(npz["features"]).all()
         assert npz["features"].std(axis=0).max() > 0  # five different sites, five different embeddings

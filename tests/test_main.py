@@ -61,7 +61,7 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
     cfg = cfg.copy_and_resolve_references()
     cfg.zeroshot.root = str(zeroshot_root)
 
-    main.run_convert(cfg, str(workdir))
+    main.convert_zeroshot(cfg, str(workdir))  # the screen's own shards are the run's, as converted
     main.run_embed(cfg, str(workdir))
     result = main.run_analyze(cfg, str(workdir))
 
