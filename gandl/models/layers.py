@@ -249,9 +249,11 @@ def minibatch_stddev_statistic(x: Array, group_size: int, num_channels: int = 1)
 def append_constant_channels(x: Array, values: Array) -> Array:
     """Append one constant feature map per entry of `values` ([F] or [N, F]) as the last channels."""
     n, h, w, _ = x.shape
-    values = jnp.broadcast_to(jnp.asarray(values, jnp.float32), (n, values.shape[-1]))
-    return jnp.concatenate([x, jnp.broadcast_to(values[:, None, None, :], (n, h, w, values.shape[-1])
-                                                ).astype(x.dtype)], axis=-1)
+    values = jnp.asarray(values, x.dtype)
+    values = values.reshape(-1 if values.ndim == 2 else 1, 1, 1, values.shape[-1])
+    # Laid out as x (a batch sharded over 'data' stays so), whether `values` are per sample or shared.
+    maps = jnp.broadcast_to(values, (n, h, w, values.shape[-1]), out_sharding=jax.typeof(x).sharding)
+    return jnp.concatenate([x, maps], axis=-1)
 
 
 def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1) -> Array:
