@@ -37,9 +37,8 @@ def _images(n: int, seed: int, size: int = 16) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 5)).astype(np.float32)
 
 
-def test_multiscale_features_have_their_width_and_ignore_batch_mates():
-    model = ModelConfig(resolution=16, num_channels=5, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
-                        channel_max=32, mbstd_group_size=4)
+def test_multiscale_features_have_their_width_and_ignore_batch_mates(tiny_config):
+    model = ModelConfig.from_mapping(tiny_config.model)  # the probe's model: its compiled features are shared
     params = init_variables(model, jax.random.key(0))[1]["params"]
     mesh = sharding.make_mesh()
     a = _images(8, 0)
