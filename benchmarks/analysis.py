@@ -8,12 +8,14 @@ effective compounds displaced along one direction. Its embedding parts are writt
 export leaves them; then each phase runs in a fresh process, and the table reports its wall time and
 peak resident memory (VmHWM; the part already held after importing TensorFlow, JAX and pandas is shown
 apart), and what the phase adds as a multiple of the feature matrix itself:
-  gather   parts -> embeddings npz + parquet (what process 0 does at the end of an export)
-  analyze  npz -> Table 1, E2/C2 spaces, efficacy, dose-response, hits, report.md/html
-and, within `analyze`, each of its steps (the Hill fits of every compound x cell line apart): each
+  gather   parts -> embeddings npz + parquet + h5ad, and well profiles (parquet + h5ad): what process 0
+           does at the end of an export
+  analyze  npz -> Table 1, E2/C2 spaces, efficacy, dose-response, hits, phenotypic activity and
+           consistency (copairs mAP on well profiles), report.md/html
+and, within each phase, its steps (the Hill fits of every compound x cell line apart): each
 step's seconds and peak memory, the peak counted from the step's start (the kernel's high-water mark is
 reset through /proc/self/clear_refs), with "other" for what runs between them (loading, efficacy scores,
-well means, the hit table's bookkeeping).
+well means, the hit table's bookkeeping, the report's markup).
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ def write_parts(folder: str, meta: pd.DataFrame, features: np.ndarray, processes
     meta = meta.assign(index=np.arange(len(meta), dtype=np.float64))
     for p in range(processes):
         rows = np.arange(p, len(meta), processes)
-        for k, start in enumerate(range(0, len(rows), PART_ROWS)):
+        for start in range(0, len(rows), PART_ROWS):
             chunk = rows[start:start + PART_ROWS]
             arrays = {c: meta[c].to_numpy()[chunk] for c in meta}
             arrays = {c: v.astype(str) if v.dtype.kind in "OU" else v.astype(np.float64) for c, v in arrays.items()}
-            fileio.write_bytes(embed.part_path(folder, "gandl", k, p),
+            fileio.write_bytes(embed.part_path(folder, "gandl", start, start + len(chunk), p, processes),
                                embed.npz_bytes(dict(arrays, features=features[chunk])))
 
 
@@ -106,12 +108,23 @@ def reset_peak_memory() -> None:
         f.write("5")
 
 
-ANALYSIS_STEPS = (("classify", "classify_controls", "Table 1 SVMs"), ("spaces", "fit_axes", "E2/C2 axes"),
-                  ("spaces", "coordinates", "E2/C2 coordinates"), ("efficacy", "dose_tests", "hit calls (t, BH)"),
-                  ("efficacy", "fit_hills", "Hill fits"), ("report", "_write_screen", "tables + figures"))
+STEPS = {
+    "gather": (("gandl.profiles", "write_h5ad", "site h5ad"),
+               ("gandl.profiles", "write_well_profiles", "well profiles (parquet + h5ad)")),
+    "analyze": (("gandl.analysis.classify", "classify_controls", "Table 1 SVMs"),
+                ("gandl.analysis.spaces", "fit_axes", "E2/C2 axes"),
+                ("gandl.analysis.spaces", "coordinates", "E2/C2 coordinates"),
+                ("gandl.analysis.efficacy", "dose_tests", "hit calls (t, BH)"),
+                ("gandl.analysis.efficacy", "fit_hills", "Hill fits"),
+                ("gandl.analysis.activity", "phenotypic_activity", "mAP: phenotypic activity"),
+                ("gandl.analysis.activity", "phenotypic_consistency", "mAP: phenotypic consistency"),
+                *(("gandl.analysis.plots", name, "figures (matplotlib)") for name in
+                  ("controls_figure", "compounds_figure", "dose_response_figure", "map_dose_figure")),
+                ("gandl.analysis.report", "_write_outcome", "writing tables and figures")),
+}
 
 
-def timed_steps() -> dict[str, list[float]]:
+def timed_steps(phase: str) -> dict[str, list[float]]:
     """Wrap the analysis steps so that each call adds its seconds and peak GiB to the returned record."""
     import importlib
 
@@ -133,8 +146,8 @@ def timed_steps() -> dict[str, list[float]]:
                 record["other"][0] -= seconds
         return timed
 
-    for module, name, label in ANALYSIS_STEPS:
-        mod = importlib.import_module(f"gandl.analysis.{module}")
+    for module, name, label in STEPS[phase]:
+        mod = importlib.import_module(module)
         setattr(mod, name, wrap(label, getattr(mod, name)))
     return record
 
@@ -145,19 +158,19 @@ def run_phase(phase: str, folder: str) -> dict:
 
     before = peak_memory_gb()
     start = time.perf_counter()
+    if phase not in STEPS:
+        raise ValueError(f"unknown phase {phase!r}")
+    steps = timed_steps(phase)
     if phase == "gather":
         embed.gather(folder, "gandl", list(rxrx.RXRX19A_COLUMNS), {"feature_set": "gandl"})
-        steps = {}
-    elif phase == "analyze":
-        steps = timed_steps()
+    else:
         features, meta = io.load_embeddings(os.path.join(folder, "gandl.npz"))
         report.analyze({"GAN-DL": (features, meta)}, os.path.join(folder, "analysis"))
         hits = pd.read_csv(os.path.join(folder, "analysis", "GAN-DL", "hits.csv"))
-        steps["other"][0] += time.perf_counter() - start
-        steps["other"][1] = max(steps["other"][1], peak_memory_gb())
-        steps["curves"] = [len(hits), int((hits["fit_status"] != "too_few_doses").sum())]
-    else:
-        raise ValueError(f"unknown phase {phase!r}")
+        groups = len(pd.read_csv(os.path.join(folder, "analysis", "GAN-DL", "map_activity.csv")))
+        steps["curves"] = [len(hits), int((hits["fit_status"] != "too_few_doses").sum()), groups]
+    steps["other"][0] += time.perf_counter() - start
+    steps["other"][1] = max(steps["other"][1], peak_memory_gb())
     seconds = time.perf_counter() - start
     peak = max([peak_memory_gb()] + [v[1] for k, v in steps.items() if k != "curves"])
     return dict(seconds=seconds, imports_gb=before, peak_gb=peak, steps=steps)
@@ -196,13 +209,18 @@ def main() -> None:
     for phase, r in rows:
         rest = (r["peak_gb"] - r["imports_gb"]) / matrix_gb
         print(f"| {phase} | {r['seconds']:.0f} | {r['peak_gb']:.2f} | {r['imports_gb']:.2f} | {rest:.1f}x |")
-    steps = dict(rows)["analyze"]["steps"]
-    curves, fitted = steps.pop("curves")
-    print(f"\nSteps of analyze ({curves:,} compound x cell line curves, {fitted:,} with 4+ doses fitted)\n")
-    print("| step | seconds | peak memory (GiB) |")
-    print("|---|---:|---:|")
-    for label, (seconds, peak) in steps.items():
-        print(f"| {label} | {seconds:.1f} | {peak:.2f} |")
+    for phase, r in rows:
+        steps = r["steps"]
+        if phase == "analyze":
+            curves, fitted, groups = steps.pop("curves")
+            print(f"\nSteps of analyze ({curves:,} compound x cell line curves, {fitted:,} with 4+ doses fitted; "
+                  f"{groups:,} compound x dose x cell line groups for mAP)\n")
+        else:
+            print(f"\nSteps of {phase}\n")
+        print("| step | seconds | peak memory (GiB) |")
+        print("|---|---:|---:|")
+        for label, (seconds, peak) in steps.items():
+            print(f"| {label} | {seconds:.1f} | {peak:.2f} |")
 
 
 if __name__ == "__main__":

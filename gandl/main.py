@@ -12,16 +12,19 @@ The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips w
 from __future__ import annotations
 
 import functools
+import logging as pylogging
 import os
 import sys
 
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's / XLA's C++ INFO lines: set before they load
 
-from gandl import workdir as layout
-from gandl._tf import tf
-from gandl.data import convert, pipeline, render, rxrx
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from gandl import workdir as layout  # noqa: E402
+from gandl._tf import tf  # noqa: E402
+from gandl.data import convert, pipeline, render, rxrx  # noqa: E402
 
 # Exit status of a run stopped by SIGTERM/preemption after checkpointing (EX_TEMPFAIL: rerun to resume),
 # so launchers and sweeps can tell it from a finished run.
@@ -225,12 +228,12 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     folder = layout.latest_embeddings(workdir)
     truth = read_truth(config, workdir)
-    sets = analysis_io.load_feature_sets(folder)
-    d = config.data
-    root = layout.raw(config, workdir)
-    check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
-                   lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
-                                            stains=d.stains).metadata)
+    sets, d = analysis_io.load_feature_sets(folder), config.data
+    if d.root or not d.shards:  # the screen the shards were converted from
+        root = layout.raw(config, workdir)
+        check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
+                       lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
+                                                stains=d.stains).metadata)
     zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
     if zeroshot and not config.zeroshot.shards:
         zroot = layout.zeroshot_raw(config, workdir)
@@ -281,9 +284,29 @@ MODES = {
 }
 
 
+class _OwnInfoOnly(pylogging.Filter):
+    """Below WARNING, pass GAN-DL's own records only: orbax, absl, TensorFlow, JAX and copairs log through
+    the same handler and would bury the progress lines."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def quiet_third_party_logs() -> None:
+    """GAN-DL's INFO lines and progress bars stay; other libraries' INFO goes unless --verbosity > 0 asks."""
+    if logging.get_verbosity() <= logging.INFO:
+        handler = logging.get_absl_handler()
+        if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+            handler.addFilter(_OwnInfoOnly())
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    quiet_third_party_logs()
     if _DEVICES.value and _MODE.value != "check":
         raise app.UsageError("--devices simulates devices for --mode check only")
     from gandl import check  # before any work: a config that cannot run here fails now, with every reason

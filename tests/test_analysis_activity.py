@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from copairs.map import average_precision
 
-from gandl.analysis import activity, baselines, plots
+from gandl.analysis import activity, plots
 from gandl.data import images, rxrx, synthetic
+from gandl.features import handcrafted
 
 
 def _wells(rng, lines=("HRCE", "VERO"), compounds=3, doses=(0.1, 1.0), replicates=3, controls=5, dim=16):
@@ -76,7 +77,7 @@ def synthetic_wells(tmp_path_factory):
                                    sites_per_well=1, num_compounds=4)
     screen = rxrx.read_rxrx19a(str(root))
     pixels = np.stack([np.stack([images.read(p) for p in site], -1) for site in screen.paths])
-    features = baselines.handcrafted_features([pixels.astype(np.float32) / 255.0])
+    features = handcrafted.features([pixels.astype(np.float32) / 255.0])
     for idx in screen.metadata.groupby("cell_type").indices.values():
         features[idx] = (features[idx] - features[idx].mean(0)) / (features[idx].std(0) + 1e-6)
     return features, screen.metadata, pd.read_csv(root / "truth.csv")

@@ -84,3 +84,18 @@ def test_export_writes_the_npz_contract_and_profiles(features_fn, rxrx19a_dir, s
     assert 0 < len(calls) <= 2  # only the missing part's batches were computed again
     with np.load(paths["gandl"], allow_pickle=False) as npz:
         np.testing.assert_allclose(npz["features"], gandl_features, rtol=1e-6)
+
+
+def test_64px_rxrx1_utils_records_embed_through_a_32px_model(tmp_path):
+    from test_data_pipeline import _rxrx1_utils_sites, _write_rxrx1_utils
+
+    _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), _rxrx1_utils_sites(np.random.default_rng(3), 64, 5), 64)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
+    model = ModelConfig(**{**MODEL.__dict__, "resolution": 32})
+    mesh = sharding.make_mesh()
+    fn = embed.discriminator_features(model, init_variables(model, jax.random.key(0))[1]["params"], mesh)
+    paths = embed.export(spec, str(tmp_path / "emb"), {"gandl": fn}, batch_size=8, provenance={},
+                         channels=rxrx.channel_map("rxrx1", "rxrx19a"), image_size=model.resolution, progress=False)
+    with np.load(paths["gandl"], allow_pickle=False) as npz:
+        assert npz["features"].shape == (5, 32) and np.isfinite(npz["features"]).all()
+        assert npz["features"].std(axis=0).max() > 0  # five different sites, five different embeddings

@@ -67,3 +67,20 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
     assert set(record["skipped"]["GAN-DL"]) == {"zeroshot"}
     assert "skipped" in (workdir / "analysis" / "report.md").read_text()
     assert result["skipped"]["handcrafted"]["zeroshot"] == record["skipped"]["handcrafted"]["zeroshot"]
+
+
+def test_profiles_load_in_the_fields_tools_as_the_readme_shows(tiny_run):
+    """README, "Using GAN-DL profiles in your tools": the well parquet, the h5ad and mAP on them."""
+    import anndata
+
+    from gandl.analysis import activity
+
+    _, run_dir, _ = tiny_run
+    folder = run_dir / "embeddings" / "step_20"
+    wells = pd.read_parquet(folder / "gandl_wells.parquet")
+    features = [c for c in wells.columns if not c.startswith("Metadata_")]
+    sites = anndata.read_h5ad(folder / "gandl.h5ad")
+    assert sites.X.shape[1] == len(features) and sites.n_obs >= len(wells)
+    table = activity.phenotypic_activity(wells[features].to_numpy(),
+                                         wells.rename(columns=lambda c: c.removeprefix("Metadata_")))
+    assert len(table) and table["q_value"].between(0, 1).all()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gandl.models import ModelConfig, build_models, convert, init_variables, mix_styles
+from gandl.models import ModelConfig, build_models, init_variables, mix_styles, pytorch
 from gandl.models.discriminator import block_dtype
 from gandl.models.generator import num_ws
 
@@ -33,7 +33,7 @@ def random_variables(shapes, seed: int = 0):
 def _tiny(dtype="float32"):
     cfg = ModelConfig(**{**TINY.__dict__, "dtype": dtype})
     generator, discriminator = build_models(cfg)
-    g_shapes, d_shapes = convert.variable_shapes(cfg)
+    g_shapes, d_shapes = pytorch.variable_shapes(cfg)
     return generator, discriminator, random_variables(g_shapes, 0), random_variables(d_shapes, 1)
 
 
@@ -78,7 +78,7 @@ def test_shapes_and_num_ws():
 def test_features_are_512d_with_stylegan2_widths():
     cfg = ModelConfig()  # 256 px, 5 channels, channel_base 16384, channel_max 512
     _, discriminator = build_models(cfg)
-    _, d_shapes = convert.variable_shapes(cfg)
+    _, d_shapes = pytorch.variable_shapes(cfg)
     images = jax.ShapeDtypeStruct((3, 256, 256, 5), jnp.float32)
     out = jax.eval_shape(functools.partial(discriminator.apply, method="features"), d_shapes, images)
     assert out.shape == (3, 512) and out.dtype == jnp.float32
@@ -200,7 +200,7 @@ def test_config_validation_and_mapping_input():
 def _jit_forward(cfg: ModelConfig, batch: int):
     """Lower and compile one G → D forward (random noise) for a config, from abstract variables."""
     generator, discriminator = build_models(cfg)
-    g_shapes, d_shapes = convert.variable_shapes(cfg)
+    g_shapes, d_shapes = pytorch.variable_shapes(cfg)
 
     def forward(g_vars, d_vars, z, key):
         img = generator.apply(g_vars, z, rngs={"noise": key})

@@ -110,5 +110,8 @@ def test_nan_stops_cleanly_and_keeps_the_last_good_checkpoint(config, tmp_path):
 def test_model_must_match_the_data(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.model.num_channels = 3
-    with pytest.raises(ValueError, match="3 channels but the data gives 16 px × 5 channels"):
+    with pytest.raises(ValueError, match=r"the model has 3 channels but the data gives 5 \("):
+        loop.train(cfg, str(tmp_path))
+    cfg.model.update(num_channels=5, resolution=32)  # 16-px shards cannot feed a 32-px model
+    with pytest.raises(ValueError, match="cannot be area-downscaled to 32 px"):
         loop.train(cfg, str(tmp_path))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gandl.analysis import classify, efficacy, plots, spaces, zeroshot
+from gandl.analysis import activity, classify, efficacy, plots, spaces, zeroshot
 from gandl.analysis.io import JoinError, aggregate_wells, align
 from gandl.analysis.markup import Block
 
@@ -194,6 +194,39 @@ def dose_response_task(inp: Inputs) -> Result:
     return out
 
 
+MAP_ALPHA = 0.05  # q threshold of "phenotypically active", as in the JUMP Cell Painting papers
+
+
+def activity_task(inp: Inputs) -> Result:
+    """Phenotypic activity and consistency (copairs mAP) of every compound × dose × cell line, on well profiles.
+
+    Well profiles are the means of the (normalised) sites of a well; activity ranks a group's replicate
+    wells against its cell line's C- wells; consistency, of the active groups, against the other compounds.
+    """
+    cfg = inp.config
+    x, meta = (inp.features, inp.metadata) if cfg.level == "well" else aggregate_wells(inp.features, inp.metadata)
+    act = activity.phenotypic_activity(x, meta, alpha=MAP_ALPHA, seed=cfg.seed)
+    out = Result(tables={"map_activity": (act, False), "map_compounds": (activity.compound_table(act), False)},
+                 summary={"phenotypic activity (mAP vs C-): fraction with q < 0.05": activity.fraction_active(act)},
+                 values=dict(activity=act))
+    active = act[act["active"]]
+    try:
+        consistency = activity.phenotypic_consistency(x, meta, active if len(active) else None, alpha=MAP_ALPHA,
+                                                      seed=cfg.seed)
+        out.tables["map_consistency"] = (consistency, False)
+        out.values["consistency"] = consistency
+        if len(consistency):
+            out.summary["phenotypic consistency (active groups): fraction with q < 0.05"] = \
+                activity.fraction_active(consistency)
+    except ValueError as e:  # e.g. fewer than two active compounds: nothing to be consistent against
+        out.notes.append(f"phenotypic consistency not computed: {e}")
+    out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, cfg.highlight)
+    out.blocks += [("heading", 3, "Phenotypic activity (mAP against C-)"),
+                   ("table", activity.compound_table(act).head(2 * cfg.top_k), False),
+                   ("figure", "mAP against dose", f"{inp.folder}/fig7_map_dose.png")]
+    return out
+
+
 def zeroshot_task(inp: Inputs) -> Result:
     """Zero-shot cell typing: cell-type accuracy and confusion matrix on a set never seen in training."""
     cfg = inp.config
@@ -213,6 +246,7 @@ SCREEN_TASKS = (
     Task("controls", "Table 1 (control classification)", controls_task),
     Task("spaces", "E²/C² spaces and efficacy scores", spaces_task),
     Task("dose_response", "dose-response and hits", dose_response_task, needs=("spaces",)),
+    Task("activity", "phenotypic activity (copairs mAP)", activity_task),
 )
 ZEROSHOT_TASKS = (
     Task("zeroshot", "zero-shot cell typing", zeroshot_task),

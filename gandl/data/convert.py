@@ -168,7 +168,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     return sidecar
 
 
-def probe_rows(num_sites: int) -> np.ndarray:
+def _probe_rows(num_sites: int) -> np.ndarray:
     """Rows whose sites decide the screen's image shape and dtype: PROBE_SITES spread evenly over it."""
     return np.unique(np.linspace(0, num_sites - 1, min(num_sites, PROBE_SITES)).round().astype(np.int64))
 
@@ -179,7 +179,7 @@ def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dt
     Not the first site's: one odd site (16-bit in an 8-bit screen) would decide, and with skip_bad_sites
     every other site would be skipped. Unreadable sites are passed over for the next ones in row order.
     """
-    sample = probe_rows(screen.num_sites)
+    sample = _probe_rows(screen.num_sites)
     order = np.concatenate([sample, np.setdiff1d(np.arange(screen.num_sites), sample)])
     kinds: collections.Counter = collections.Counter()
     example = {}

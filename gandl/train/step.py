@@ -1,9 +1,15 @@
-"""One StyleGAN2 training iteration as a single jitted, sharded function.
+"""One StyleGAN2 training iteration as a single jitted, sharded function, built from four phase functions.
 
-Phases, as in StyleGAN2: G main (non-saturating loss, style mixing, w_avg update), G reg (path length,
-every `pl_interval` steps), D main (logistic loss), D reg (R1 and the one-sided Lipschitz penalty, every
-`r1_interval` steps), then the G weight EMA. The lazy phases are `lax.cond`s inside one program, so
-there is one compilation and no host round trip per step.
+Phases, in stylegan2-ada-pytorch's order: G main (non-saturating loss, style mixing), G reg (path length,
+every `pl_interval` steps), D main (logistic loss on the updated generator's fakes), D reg (R1 and the
+one-sided Lipschitz penalty, every `r1_interval` steps), then the G weight EMA. Lazy regularisers are
+scaled by their interval and Adam's lr and betas by c = k/(k+1) (`state.optimizers`). The lazy phases are
+`lax.cond`s inside one program, so there is one compilation and no host round trip per step.
+
+As the original, w_avg is tracked on every mapping call that feeds a phase (G main, G reg, D main), and
+the EMA ramp-up counts the images seen before the step (β = 0 at step 0: the EMA starts as G). One
+deliberate difference: w_avg is the mean over the global batch, where the original keeps one per GPU
+(its DDP does not broadcast buffers), so ours does not depend on the device count.
 
 Data parallelism: the batch is sharded over the mesh's 'data' axis and parameters are replicated; XLA
 inserts the gradient all-reduce. The discriminator sees the batch in consecutive chunks of its
@@ -13,6 +19,7 @@ minibatch-stddev group size, so each sample's group is the same on 1 device or 2
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +34,7 @@ from gandl.train.sharding import DATA_AXIS
 from gandl.train.state import TrainState, optimizers
 
 Array = jax.Array
+Metrics = dict[str, Array]
 _BATCH = PartitionSpec(DATA_AXIS)
 
 # The train-config fields the step depends on (the rest schedule the loop and need no recompilation).
@@ -40,9 +48,36 @@ def step_config(train: ml_collections.ConfigDict) -> ml_collections.FrozenConfig
     return ml_collections.FrozenConfigDict({k: train[k] for k in STEP_FIELDS})
 
 
-def _sharded_normal(key: Array, shape: tuple[int, ...]) -> Array:
-    """Latents split over the data axis like the batch (the values do not depend on the device count)."""
-    return jax.random.normal(key, shape, jnp.float32, out_sharding=_BATCH)
+class StepNoise(NamedTuple):
+    """Every random draw of one step, from the state's key: latents and keys per phase, and the next key.
+
+    `*_mix` keys drive style mixing, `*_noise` the synthesis noise inputs; all are independent.
+    """
+
+    next_key: Array
+    g_z: Array
+    g_mix: Array
+    g_noise: Array
+    pl_z: Array
+    pl_mix: Array
+    pl_noise: Array
+    pl_projection: Array
+    d_z: Array
+    d_mix: Array
+    d_noise: Array
+    lipschitz: Array
+
+
+def step_noise(rng: Array, batch: int, pl_batch: int, z_dim: int) -> StepNoise:
+    """The draws of a step from raw key data `rng`; latents are split over the data axis like the batch.
+
+    Call under `jax.set_mesh`. The values do not depend on the device count.
+    """
+    keys = list(jax.random.split(jax.random.wrap_key_data(rng), len(StepNoise._fields)))
+    shapes = {"g_z": (batch, z_dim), "pl_z": (pl_batch, z_dim), "d_z": (batch, z_dim)}
+    return StepNoise(**{
+        name: jax.random.normal(key, shapes[name], jnp.float32, out_sharding=_BATCH) if name in shapes else key
+        for name, key in zip(StepNoise._fields, keys)})
 
 
 def grouped_logits(discriminator: Discriminator, d_params, images: Array) -> Array:
@@ -56,118 +91,143 @@ def grouped_logits(discriminator: Discriminator, d_params, images: Array) -> Arr
     return jnp.reshape(logits, (b,), out_sharding=_BATCH)
 
 
-def make_train_step(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict
-                    ) -> Callable[[TrainState, Array], tuple[TrainState, dict[str, Array]]]:
-    """The pure step function (state, reals [B, H, W, C] in [-1, 1]) -> (state, metrics).
+class Phases(NamedTuple):
+    """The four phases as pure functions; each returns only what it may change, plus its metrics.
 
-    Jit it and call it under `jax.set_mesh(mesh)`: latents and D chunks are laid out on the mesh's
-    'data' axis, which must divide the batch (and the batch must hold whole mbstd groups per device).
+    g_main(g_params, g_buffers, g_opt_state, d_params, z, mix_key, noise_key)
+        -> (g_params, g_buffers, g_opt_state, metrics)
+    g_reg(g_params, g_buffers, g_opt_state, pl_mean, z, mix_key, noise_key, projection_key)
+        -> (g_params, g_buffers, g_opt_state, pl_mean, metrics)
+    d_main(d_params, d_opt_state, g_params, g_buffers, reals, z, mix_key, noise_key)
+        -> (d_params, d_opt_state, g_buffers, fakes, metrics)
+    d_reg(d_params, d_opt_state, reals, fakes, lipschitz_key) -> (d_params, d_opt_state, metrics)
     """
+
+    g_main: Callable[..., tuple[Any, Any, Any, Metrics]]
+    g_reg: Callable[..., tuple[Any, Any, Any, Array, Metrics]]
+    d_main: Callable[..., tuple[Any, Any, Any, Array, Metrics]]
+    d_reg: Callable[..., tuple[Any, Any, Metrics]]
+
+
+def make_phases(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict) -> Phases:
+    """The phase functions for a model pair and the step fields of a train config."""
     g_tx, d_tx = optimizers(train)
 
     def d_fn(d_params) -> Callable[[Array], Array]:
         return lambda x: grouped_logits(discriminator, d_params, x)
 
-    def mapping(g_params, g_buffers, z: Array, key: Array, update_w_avg: bool) -> tuple[Array, dict]:
-        """ws with style mixing, and the buffers (w_avg updated when asked)."""
-        ws, updated = generator.apply({"params": g_params, "buffers": g_buffers}, z, key, train.style_mixing_prob,
-                                      update_w_avg, method=Generator.map_mixed, mutable=["buffers"])
+    def mapping(g_params, g_buffers, z: Array, mix_key: Array) -> tuple[Array, dict]:
+        """ws with style mixing, and the buffers with w_avg updated from z's ws."""
+        ws, updated = generator.apply({"params": g_params, "buffers": g_buffers}, z, mix_key, train.style_mixing_prob,
+                                      True, method=Generator.map_mixed, mutable=["buffers"])
         return ws, updated["buffers"]
 
-    def synthesize(g_params, g_buffers, ws: Array, key: Array) -> Array:
+    def synthesize(g_params, g_buffers, ws: Array, noise_key: Array) -> Array:
         return generator.apply({"params": g_params, "buffers": g_buffers}, ws, "random",
-                               method=Generator.synthesize, rngs={"noise": key})
+                               method=Generator.synthesize, rngs={"noise": noise_key})
 
-    def generate(g_params, g_buffers, z: Array, key: Array, update_w_avg: bool) -> tuple[Array, dict]:
-        """Images from latents with style mixing and random noise, and the buffers."""
-        k_map, k_noise = jax.random.split(key)
-        ws, buffers = mapping(g_params, g_buffers, z, k_map, update_w_avg)
-        return synthesize(g_params, buffers, ws, k_noise), buffers
+    def apply(tx: optax.GradientTransformation, grads, opt_state, params) -> tuple[Any, Any]:
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
-    def step(state: TrainState, reals: Array) -> tuple[TrainState, dict[str, Array]]:
-        batch = reals.shape[0]
-        key, k_gz, k_g, k_pl, k_plz, k_dz, k_d, k_lip = jax.random.split(jax.random.wrap_key_data(state.rng), 8)
-        z_dim = generator.config.z_dim
+    def g_main(g_params, g_buffers, g_opt_state, d_params, z, mix_key, noise_key):
+        def loss(p):
+            ws, buffers = mapping(p, g_buffers, z, mix_key)
+            return losses.g_nonsaturating_loss(d_fn(d_params)(synthesize(p, buffers, ws, noise_key))), buffers
 
-        # G main: fool the discriminator.
-        def g_main_loss(g_params):
-            fakes, buffers = generate(g_params, state.g_buffers, _sharded_normal(k_gz, (batch, z_dim)), k_g, True)
-            return losses.g_nonsaturating_loss(d_fn(state.d_params)(fakes)), buffers
+        (g_loss, buffers), grads = jax.value_and_grad(loss, has_aux=True)(g_params)
+        g_params, g_opt_state = apply(g_tx, grads, g_opt_state, g_params)
+        return g_params, buffers, g_opt_state, dict(g_loss=g_loss, g_grad_norm=optax.tree.norm(grads))
 
-        (g_loss, g_buffers), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(state.g_params)
-        g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-        g_params = optax.apply_updates(state.g_params, g_updates)
+    def g_reg(g_params, g_buffers, g_opt_state, pl_mean, z, mix_key, noise_key, projection_key):
+        def loss(p):
+            ws, buffers = mapping(p, g_buffers, z, mix_key)
+            penalty, new_mean = losses.path_length_penalty(
+                lambda w: synthesize(p, buffers, w, noise_key), ws, projection_key, pl_mean, train.pl_decay)
+            return penalty * train.pl_weight * train.pl_interval, (penalty, new_mean, buffers)
 
-        # G reg: path-length regularisation on a smaller batch, every pl_interval steps.
-        def g_reg(operand):
-            g_params, g_opt_state, pl_mean = operand
-            z = _sharded_normal(k_plz, (batch // train.pl_batch_shrink, z_dim))
+        (_, (penalty, pl_mean, buffers)), grads = jax.value_and_grad(loss, has_aux=True)(g_params)
+        g_params, g_opt_state = apply(g_tx, grads, g_opt_state, g_params)
+        return g_params, buffers, g_opt_state, pl_mean, dict(pl_penalty=penalty)
 
-            k_map, k_noise, k_proj = jax.random.split(k_pl, 3)
+    def d_main(d_params, d_opt_state, g_params, g_buffers, reals, z, mix_key, noise_key):
+        ws, g_buffers = mapping(g_params, g_buffers, z, mix_key)
+        fakes = jax.lax.stop_gradient(synthesize(g_params, g_buffers, ws, noise_key))
 
-            def loss(p):
-                ws, _ = mapping(p, g_buffers, z, k_map, False)
-                penalty, new_mean = losses.path_length_penalty(
-                    lambda w: synthesize(p, g_buffers, w, k_noise), ws, k_proj, pl_mean, train.pl_decay)
-                return penalty * train.pl_weight * train.pl_interval, (penalty, new_mean)
-
-            (_, (penalty, new_mean)), grads = jax.value_and_grad(loss, has_aux=True)(g_params)
-            updates, g_opt_state = g_tx.update(grads, g_opt_state, g_params)
-            return (optax.apply_updates(g_params, updates), g_opt_state, new_mean), penalty
-
-        def skip_g_reg(operand):
-            return operand, jnp.float32(jnp.nan)
-
-        g_reg_on = train.pl_weight > 0  # a disabled regulariser is not even compiled
-        (g_params, g_opt_state, pl_mean), pl_penalty = jax.lax.cond(
-            g_reg_on & (state.step % max(train.pl_interval, 1) == 0), g_reg if g_reg_on else skip_g_reg,
-            skip_g_reg, (g_params, g_opt_state, state.pl_mean))
-
-        # D main: tell reals from the updated generator's fakes.
-        fakes, _ = generate(g_params, g_buffers, _sharded_normal(k_dz, (batch, z_dim)), k_d, False)
-        fakes = jax.lax.stop_gradient(fakes)
-
-        def d_main_loss(d_params):
-            real_logits, fake_logits = d_fn(d_params)(reals), d_fn(d_params)(fakes)
+        def loss(p):
+            real_logits, fake_logits = d_fn(p)(reals), d_fn(p)(fakes)
             return losses.d_logistic_loss(real_logits, fake_logits), (jnp.mean(real_logits), jnp.mean(fake_logits))
 
-        (d_loss, (d_real, d_fake)), d_grads = jax.value_and_grad(d_main_loss, has_aux=True)(state.d_params)
-        d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
-        d_params = optax.apply_updates(state.d_params, d_updates)
+        (d_loss, (d_real, d_fake)), grads = jax.value_and_grad(loss, has_aux=True)(d_params)
+        d_params, d_opt_state = apply(d_tx, grads, d_opt_state, d_params)
+        return d_params, d_opt_state, g_buffers, fakes, dict(d_loss=d_loss, d_real=d_real, d_fake=d_fake,
+                                                            d_grad_norm=optax.tree.norm(grads))
 
-        # D reg: R1 on reals and the one-sided Lipschitz penalty on interpolates, every r1_interval steps.
+    def d_reg(d_params, d_opt_state, reals, fakes, lipschitz_key):
+        def loss(p):
+            r1 = losses.r1_penalty(d_fn(p), reals)
+            lip = losses.lipschitz_penalty(d_fn(p), reals, fakes, lipschitz_key)
+            return (r1 * train.r1_gamma / 2 + lip * train.lipschitz_weight) * train.r1_interval, (r1, lip)
+
+        (_, (r1, lip)), grads = jax.value_and_grad(loss, has_aux=True)(d_params)
+        d_params, d_opt_state = apply(d_tx, grads, d_opt_state, d_params)
+        return d_params, d_opt_state, dict(r1=r1, lipschitz=lip)
+
+    return Phases(g_main, g_reg, d_main, d_reg)
+
+
+def make_train_step(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict
+                    ) -> Callable[[TrainState, Array], tuple[TrainState, Metrics]]:
+    """The pure step function (state, reals [B, H, W, C] in [-1, 1]) -> (state, metrics).
+
+    Jit it and call it under `jax.set_mesh(mesh)`: latents and D chunks are laid out on the mesh's
+    'data' axis, which must divide the batch (and the batch must hold whole mbstd groups per device).
+    """
+    phases = make_phases(generator, discriminator, train)
+    g_reg_on = train.pl_weight > 0  # a disabled regulariser is not even compiled
+    d_reg_on = train.r1_gamma > 0 or train.lipschitz_weight > 0
+
+    def step(state: TrainState, reals: Array) -> tuple[TrainState, Metrics]:
+        batch = reals.shape[0]
+        n = step_noise(state.rng, batch, batch // train.pl_batch_shrink, generator.config.z_dim)
+
+        g_params, g_buffers, g_opt_state, g_metrics = phases.g_main(
+            state.g_params, state.g_buffers, state.g_opt_state, state.d_params, n.g_z, n.g_mix, n.g_noise)
+
+        def g_reg(operand):
+            *out, metrics = phases.g_reg(*operand, n.pl_z, n.pl_mix, n.pl_noise, n.pl_projection)
+            return tuple(out), metrics
+
+        def skip_g_reg(operand):
+            return operand, dict(pl_penalty=jnp.float32(jnp.nan))
+
+        (g_params, g_buffers, g_opt_state, pl_mean), pl_metrics = jax.lax.cond(
+            g_reg_on & (state.step % max(train.pl_interval, 1) == 0), g_reg if g_reg_on else skip_g_reg,
+            skip_g_reg, (g_params, g_buffers, g_opt_state, state.pl_mean))
+
+        d_params, d_opt_state, g_buffers, fakes, d_metrics = phases.d_main(
+            state.d_params, state.d_opt_state, g_params, g_buffers, reals, n.d_z, n.d_mix, n.d_noise)
+
         def d_reg(operand):
-            d_params, d_opt_state = operand
-
-            def loss(p):
-                r1 = losses.r1_penalty(d_fn(p), reals)
-                lip = losses.lipschitz_penalty(d_fn(p), reals, fakes, k_lip)
-                total = (r1 * train.r1_gamma / 2 + lip * train.lipschitz_weight) * train.r1_interval
-                return total, (r1, lip)
-
-            (_, (r1, lip)), grads = jax.value_and_grad(loss, has_aux=True)(d_params)
-            updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
-            return (optax.apply_updates(d_params, updates), d_opt_state), (r1, lip)
+            *out, metrics = phases.d_reg(*operand, reals, fakes, n.lipschitz)
+            return tuple(out), metrics
 
         def skip_d_reg(operand):
-            return operand, (jnp.float32(jnp.nan), jnp.float32(jnp.nan))
+            return operand, dict(r1=jnp.float32(jnp.nan), lipschitz=jnp.float32(jnp.nan))
 
-        d_reg_on = train.r1_gamma > 0 or train.lipschitz_weight > 0
-        (d_params, d_opt_state), (r1, lip) = jax.lax.cond(
+        (d_params, d_opt_state), d_reg_metrics = jax.lax.cond(
             d_reg_on & (state.step % max(train.r1_interval, 1) == 0), d_reg if d_reg_on else skip_d_reg,
             skip_d_reg, (d_params, d_opt_state))
 
-        # G EMA, with the half-life ramped up over the first images.
-        beta = losses.ema_beta(batch, (state.step + 1).astype(jnp.float32) * batch, train.ema_kimg, train.ema_rampup)
+        # G EMA: the half-life ramps up with the images seen before this step, as the original's cur_nimg.
+        beta = losses.ema_beta(batch, state.step.astype(jnp.float32) * batch, train.ema_kimg, train.ema_rampup)
         ema_params = jax.tree.map(lambda e, p: p + beta * (e - p), state.ema_params, g_params)
 
         new_state = state.replace(
             step=state.step + 1, g_params=g_params, g_buffers=g_buffers, ema_params=ema_params,
             ema_buffers=g_buffers, d_params=d_params, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
-            pl_mean=pl_mean, rng=jax.random.key_data(key))
-        metrics = dict(g_loss=g_loss, d_loss=d_loss, d_real=d_real, d_fake=d_fake, r1=r1, lipschitz=lip,
-                       pl_penalty=pl_penalty, pl_mean=pl_mean, g_grad_norm=optax.tree.norm(g_grads),
-                       d_grad_norm=optax.tree.norm(d_grads), ema_beta=beta)
+            pl_mean=pl_mean, rng=jax.random.key_data(n.next_key))
+        metrics = dict(**g_metrics, **pl_metrics, **d_metrics, **d_reg_metrics, pl_mean=pl_mean, ema_beta=beta)
         return new_state, metrics
 
     return step
