@@ -47,25 +47,37 @@ def fixed_subset(spec: pipeline.RecordSpec, options: pipeline.InputOptions, size
     """(images, metadata) of `size` sites drawn with `seed` from those `keep(metadata)` selects, in eval order.
 
     One pass with bounded memory: each selected site gets a seeded random priority (in the stream's fixed
-    order) and the `size` lowest are kept, a uniform sample without holding the screen. Every process
-    reads every file, so all hold the same subset.
+    order) and the `size` lowest are kept, a uniform sample without holding the screen; a site enters the
+    buffer only when it beats the current cut, and the buffer is cut back whenever it doubles. Every
+    process reads every file, so all hold the same subset.
     """
     rng = np.random.default_rng(seed)
-    images, meta, priority = None, pd.DataFrame(), np.zeros(0)
+    held: dict[str, list] = dict(images=[], meta=[], priority=[])
+    cut, count = np.inf, 0
+
+    def shrink() -> None:
+        order = np.sort(np.argsort(np.concatenate(held["priority"]), kind="stable")[:size])
+        held["images"] = [np.concatenate(held["images"])[order]]
+        held["priority"] = [np.concatenate(held["priority"])[order]]
+        held["meta"] = [pd.concat(held["meta"], ignore_index=True).iloc[order].reset_index(drop=True)]
+
     for batch in pipeline.eval_dataset(spec, options, batch_size=batch_size).as_numpy_iterator():
         frame = pd.DataFrame({k: _decoded(batch[k][batch["mask"]]) for k in [*spec.features, "site_id"]
                               if k in batch})
-        rows = np.ones(len(frame), bool) if keep is None else np.asarray(keep(frame))
-        new = batch["image"][batch["mask"]][rows]
-        images = new if images is None else np.concatenate([images, new])
-        meta = pd.concat([meta, frame[rows]], ignore_index=True)
-        priority = np.concatenate([priority, rng.uniform(size=int(rows.sum()))])
-        if len(priority) > size:
-            kept = np.sort(np.argsort(priority, kind="stable")[:size])
-            images, meta, priority = images[kept], meta.iloc[kept].reset_index(drop=True), priority[kept]
-    if not len(meta):
+        rows = np.ones(len(frame), bool) if keep is None else np.asarray(keep(frame), bool)
+        priority = rng.uniform(size=int(rows.sum()))
+        enter = priority < cut
+        held["images"].append(batch["image"][batch["mask"]][rows][enter])
+        held["meta"].append(frame[rows][enter])
+        held["priority"].append(priority[enter])
+        count += int(enter.sum())
+        if count > 2 * size:
+            shrink()
+            cut, count = float(held["priority"][0].max()), size
+    if not count:
         raise ValueError(f"no sites to probe in {list(spec.files[:3])}...")
-    return images, meta
+    shrink()
+    return held["images"][0], held["meta"][0]
 
 
 def features_of(fn: base.FeatureFn, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -10,6 +10,8 @@ import pytest
 
 from gandl import embed, main, probe
 from gandl import workdir as layout
+from gandl.analysis import classify
+from gandl.data import pipeline
 from gandl.features import discriminator
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
@@ -80,6 +82,20 @@ def test_probe_writes_its_table_curve_and_scalars(probed_run):
     scalars = last_scalars(layout.tensorboard(workdir))
     assert 0 <= scalars["probe/HRCE vs VERO/gandl_multiscale"] <= 1
     assert 0 <= scalars["probe/zero-shot cell type/random_d"] <= 1
+
+
+def test_the_fixed_subset_is_a_seeded_uniform_sample_whatever_the_batching(shards_dir):
+    spec = pipeline.open_shards(shards_dir)
+    controls = lambda m: classify.control_mask(m)  # noqa: E731
+    images, meta = probe.fixed_subset(spec, pipeline.InputOptions(), 3, seed=7, keep=controls, batch_size=2)
+    _, every = probe.fixed_subset(spec, pipeline.InputOptions(), 10_000, seed=7, keep=controls, batch_size=64)
+    assert len(meta) == len(images) == 3 and classify.control_mask(meta).all()
+    # Cut back every few sites or drawn in one batch: the same 3 lowest priorities of the same draws.
+    priorities = np.random.default_rng(7).uniform(size=len(every))
+    expected = every["site_id"].to_numpy()[np.sort(np.argsort(priorities)[:3])]
+    np.testing.assert_array_equal(meta["site_id"].to_numpy(), expected)
+    _, other = probe.fixed_subset(spec, pipeline.InputOptions(), 3, seed=8, keep=controls, batch_size=2)
+    assert list(other["site_id"]) != list(meta["site_id"])
 
 
 def test_a_resumed_probe_replaces_the_rows_of_steps_it_probes_again(tmp_path):
