@@ -12,6 +12,7 @@ only calls it (`gandl.main.run_train` passes it in), so nothing imports upward.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -135,29 +136,33 @@ class Probe:
         self.batch_size = sharding.local_batch_size(config.embed.batch_size)
         self.options = pipeline.InputOptions.from_config(config)
         self.spec = pipeline.open_records(layout.shards(config, workdir), config.data.rxrx1_utils_image_size)
-        a = config.analysis
-        self.images, self.metadata = fixed_subset(
-            self.spec, self.options, t.probe_sites, config.seed, batch_size=self.batch_size,
-            keep=lambda m: classify.control_mask(m, a.uv_is_positive))
-        self.zeroshot_images = self.zeroshot_metadata = None
-        zshards = layout.zeroshot_shards(config, workdir)
+        self.references: dict[str, list[dict[str, Any]]] = {}  # random-init rows: they do not change
+
+    @functools.cached_property
+    def subsets(self) -> tuple[np.ndarray, pd.DataFrame, np.ndarray | None, pd.DataFrame | None]:
+        """(control images, their metadata, zero-shot images, their metadata), drawn at the first probe (a
+        finished run that is only resumed never reads them)."""
+        config, t = self.config, self.config.train
+        images, metadata = fixed_subset(self.spec, self.options, t.probe_sites, config.seed, batch_size=self.batch_size,
+                                        keep=lambda m: classify.control_mask(m, config.analysis.uv_is_positive))
+        zimages = zmetadata = None
+        zshards = layout.zeroshot_shards(config, self.workdir)
         if config.zeroshot.enabled and tf.io.gfile.glob(f"{zshards}/*"):
             zspec = pipeline.open_records(zshards, config.data.rxrx1_utils_image_size)
             zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
-            self.zeroshot_images, self.zeroshot_metadata = fixed_subset(
-                zspec, self.options.replace(channels=zchannels), t.probe_zeroshot_sites, config.seed,
-                batch_size=self.batch_size)
+            zimages, zmetadata = fixed_subset(zspec, self.options.replace(channels=zchannels),
+                                              t.probe_zeroshot_sites, config.seed, batch_size=self.batch_size)
         elif config.zeroshot.enabled:
             logging.warning("probe: no zero-shot shards at %s; probing without zero-shot cell typing", zshards)
-        self.references: dict[str, list[dict[str, Any]]] = {}  # random-init rows: they do not change
-        logging.info("probe: %d control sites, %s zero-shot sites", len(self.metadata),
-                     0 if self.zeroshot_metadata is None else len(self.zeroshot_metadata))
+        logging.info("probe: %d control sites, %d zero-shot sites", len(metadata),
+                     0 if zmetadata is None else len(zmetadata))
+        return images, metadata, zimages, zmetadata
 
     def _score(self, name: str, context: base.Context) -> list[dict[str, Any]]:
         fn = registry.build(name, context)
-        zf = None if self.zeroshot_images is None else features_of(fn, self.zeroshot_images, self.batch_size)
-        return score(features_of(fn, self.images, self.batch_size), self.metadata, zf, self.zeroshot_metadata,
-                     self.config.analysis)
+        images, metadata, zimages, zmetadata = self.subsets
+        zf = None if zimages is None else features_of(fn, zimages, self.batch_size)
+        return score(features_of(fn, images, self.batch_size), metadata, zf, zmetadata, self.config.analysis)
 
     def __call__(self, step: int, d_params: Any) -> dict[str, float]:
         context = base.Context(self.config, sharding.make_mesh(), self.model, d_params, self.spec, self.options)
