@@ -30,7 +30,8 @@ def time_features(model: ModelConfig, batch: int, iters: int, orientation_averag
         -1, 1, (batch, model.resolution, model.resolution, model.num_channels)).astype(np.float32)
     jitted = discriminator.compiled_features(model, orientation_average)
     with jax.set_mesh(mesh):
-        flops = compiled_flops(jitted.lower(d_params, sharding.global_batch(images, mesh)).compile())
+        variables = dict(params=d_params, mbstd=None)  # the export's: a constant mbstd channel
+        flops = compiled_flops(jitted.lower(variables, sharding.global_batch(images, mesh)).compile())
     fn = discriminator.feature_fn(model, d_params, mesh, orientation_average)
     fn(images)  # compile + warm-up
     start = time.perf_counter()

@@ -297,7 +297,7 @@ def trace(config: ml_collections.ConfigDict) -> Report:
         features = discriminator.compiled_features(model, config.embed.orientation_average)
         batch = jax.ShapeDtypeStruct((config.embed.batch_size, *images), jnp.float32,
                                      sharding=sharding.data_sharding(mesh))
-        embedding = features.trace(state.d_params, batch)
+        embedding = features.trace(dict(params=state.d_params, mbstd=None), batch)
         step_flops, embed_flops = _flops(step.lower()), _flops(embedding.lower())
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
     return Report(

@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
         ema_kimg=10.0, ema_rampup=0.05,
         log_every=50, sample_every=1000, checkpoint_every=1000, keep_checkpoints=3,
         swd_every=5000, swd_images=1024,
+        # Linear probe of D's features every probe_every steps (0 = off; gandl.probe): probe.csv, probe_curve.png.
+        probe_every=0, probe_features=("gandl", "gandl_multiscale"), probe_sites=512, probe_zeroshot_sites=512,
         distributed="auto",  # auto | on | off: jax.distributed.initialize()
     ))
 
@@ -60,9 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=64,  # global
         step=-1,  # checkpoint step; -1 = latest
         orientation_average=False,  # average the features of the 8 flips/rotations of each site
-        # gandl.features.registry names: gandl (the trained D), random_d (a randomly initialised D), handcrafted
-        # (intensity/texture statistics), imagenet (the fine-tuned comparator; needs imagenet_weights)
-        feature_sets=("gandl", "random_d", "handcrafted"),
+        # gandl.features.registry names: gandl (the trained D's b4.fc), random_d (a randomly initialised D),
+        # gandl_multiscale / random_d_multiscale (mean and stddev over space of every D block, plus b4.fc),
+        # handcrafted (intensity/texture statistics), imagenet (the fine-tuned comparator; needs imagenet_weights)
+        feature_sets=("gandl", "random_d", "gandl_multiscale", "random_d_multiscale", "handcrafted"),
+        # The stddev channel D's features are computed with: "constant" (a group of one: 1e-4, never seen in
+        # training) or "train" (D's mean group stddev over `mbstd_batches` real training batches, recorded).
+        mbstd="constant",
+        mbstd_batches=4,
         part_batches=32,  # batches per resumable part file
         # ImageNet comparator (gandl.features.imagenet): a torchvision densenet121 state dict (.npz, or .pt with
         # torch) or "random" for a random backbone; fine-tuned per `imagenet` (FineTuneConfig fields).

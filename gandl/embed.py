@@ -211,7 +211,8 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     if jax.process_index() == 0:
         columns = ["site_id", *[c for c in spec.features if c != "site_id"]]
         for name in feature_fns:
-            gather(out_dir, name, columns, dict(provenance, feature_set=name))
+            gather(out_dir, name, columns, dict(provenance, feature_set=name,
+                                                feature_settings=settings["feature_sets"][name]))
     multihost_utils.sync_global_devices("embeddings gathered")
     return paths
 

@@ -90,7 +90,12 @@ def run_train(config: ml_collections.ConfigDict, workdir: str):
     """Train (or resume) the StyleGAN2 on the shards."""
     from gandl.train import loop
 
-    return loop.train(config, workdir)
+    probe = None
+    if config.train.probe_every:  # the probe sits above train (it uses features and analysis): passed in
+        from gandl import probe as probe_lib
+
+        probe = probe_lib.Probe(config, workdir)
+    return loop.train(config, workdir, probe=probe)
 
 
 def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -121,7 +126,8 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     # embed settings that change values (not batch sizes or part lengths).
     described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint, seed=config.seed,
                             **{k: v for k, v in e.to_dict().items()
-                               if k not in ("batch_size", "part_batches", "step", "feature_sets")})
+                               if k not in ("batch_size", "part_batches", "step", "feature_sets")},
+                            **registry.settings(name, context))  # e.g. the width, the mbstd value D is fed
                  for name in e.feature_sets}
     # Built on first use: a finished export skips costly set-ups (the comparator's fine-tuning).
     fns = {name: embed.lazy(functools.partial(registry.build, name, context)) for name in e.feature_sets}

@@ -6,6 +6,7 @@
   shards_rxrx1/      converted TFRecords of the zero-shot set (or zeroshot.shards)
   preview.png        one augmented training batch
   checkpoints/<step> orbax checkpoints        tensorboard/  scalars and samples     samples/  EMA grids
+  probe.csv, probe_curve.png   the linear probe of D's features over training (train.probe_every)
   embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/}
   analysis/          report.md, report.html, summary.csv, analysis.json, tables and figures
 """
@@ -45,6 +46,14 @@ def checkpoints(workdir: str) -> str:
 
 def tensorboard(workdir: str) -> str:
     return os.path.join(workdir, "tensorboard")
+
+
+def probe_table(workdir: str) -> str:
+    return os.path.join(workdir, "probe.csv")
+
+
+def probe_curve(workdir: str) -> str:
+    return os.path.join(workdir, "probe_curve.png")
 
 
 def samples(workdir: str) -> str:

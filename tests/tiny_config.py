@@ -17,4 +17,5 @@ def get_config() -> ml_collections.ConfigDict:
                      log_every=5, checkpoint_every=10, sample_every=10, swd_every=0, steps=10)
     cfg.preview.update(num_images=8, cols=4)
     cfg.embed.batch_size = 16
+    cfg.embed.feature_sets = ("gandl", "random_d", "handcrafted")  # the multiscale sets: tests/test_probe.py
     return cfg

@@ -162,3 +162,28 @@ def map_dose_figure(activity: pd.DataFrame, highlight: Sequence[str]) -> bytes:
         if chosen:
             _legend_below(ax)
     return _png(fig)
+
+
+def probe_curve_figure(table: pd.DataFrame) -> bytes:
+    """The probe over training: accuracy against images seen, one panel per task, one line per feature set.
+
+    `table` holds gandl.probe's rows (images_seen, label, reference_label, reference_accuracy, task,
+    accuracy); each feature set's random-init reference is a dashed line of the same colour.
+    """
+    tasks = list(dict.fromkeys(table["task"]))
+    fig, axes = _panels(len(tasks), rows=1 if len(tasks) < 4 else 2, size=4.0)
+    palette = cm.tab10(np.linspace(0, 1, 10))
+    for ax, task in zip(axes, tasks):
+        rows = table[table["task"] == task]
+        for i, (label, curve) in enumerate(rows.groupby("label", sort=False)):
+            curve = curve.sort_values("images_seen")
+            ax.plot(curve["images_seen"], curve["accuracy"], "o-", ms=3, color=palette[i % 10], label=label)
+            reference = curve["reference_accuracy"].dropna()
+            if len(reference):
+                ax.axhline(reference.iloc[-1], color=palette[i % 10], ls="--", lw=1,
+                           label=curve["reference_label"].iloc[-1])
+        ax.set(title=task, xlabel="images seen", ylabel="plate-held-out accuracy", ylim=(0, 1.02))
+        _legend_below(ax)
+    for ax in axes[len(tasks):]:
+        ax.set_axis_off()
+    return _png(fig)

@@ -18,9 +18,12 @@ from gandl.train import sharding
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Context:
-    """The run an extractor is built for: its config, devices, trained discriminator and screen."""
+    """The run an extractor is built for: its config, devices, trained discriminator and screen.
+
+    Hashed by identity, so extractors can cache what they measure once per run (`functools.lru_cache`).
+    """
 
     config: ml_collections.ConfigDict  # the run's config (seed, config.embed settings)
     mesh: jax.sharding.Mesh

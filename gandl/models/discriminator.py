@@ -1,4 +1,5 @@
-"""StyleGAN2 residual discriminator; `features()` is the GAN-DL embedding (the epilogue fc output).
+"""StyleGAN2 residual discriminator; `features()` is the GAN-DL embedding (the epilogue fc output),
+`multiscale_features()` the pooled statistics of every block plus that embedding.
 
 Input images are NHWC float in [-1, 1]. Parameter names mirror stylegan2-ada-pytorch (`b256/fromrgb/weight`,
 `b4/conv`, `b4/fc`, `b4/out`); the epilogue's fc kernel is stored for an NHWC flatten (see convert.py).
@@ -54,6 +55,9 @@ class DiscriminatorBlock(nn.Module):
         return skip + x
 
 
+OUTPUTS = ("logits", "fc", "multiscale", "mbstd")
+
+
 class DiscriminatorEpilogue(nn.Module):
     """4×4 head, all float32 as in stylegan2-ada-pytorch: mbstd → 3×3 conv → fc (the embedding) → out (logit)."""
 
@@ -62,32 +66,47 @@ class DiscriminatorEpilogue(nn.Module):
     conv_clamp: float | None
 
     @nn.compact
-    def __call__(self, x: Array, mbstd_group_size: int, return_features: bool) -> Array:
+    def __call__(self, x: Array, mbstd_group_size: int, output: str, mbstd_value: Array | None = None) -> Array:
         x = x.astype(jnp.float32)
+        if output == "mbstd":
+            return layers.minibatch_stddev_statistic(x, mbstd_group_size, self.mbstd_num_channels)
         if self.mbstd_num_channels > 0:
-            x = layers.minibatch_stddev(x, mbstd_group_size, self.mbstd_num_channels)
+            x = (layers.minibatch_stddev(x, mbstd_group_size, self.mbstd_num_channels) if mbstd_value is None
+                 else layers.append_constant_channels(x, mbstd_value))
         x = layers.Conv2d(self.features, 3, conv_clamp=self.conv_clamp, name="conv")(x)
         x = layers.Dense(self.features, lrelu=True, name="fc")(x.reshape(x.shape[0], -1))
-        if return_features:
+        if output != "logits":
             return x
         return layers.Dense(1, name="out")(x)
+
+
+def spatial_moments(x: Array) -> Array:
+    """Mean and standard deviation over space of NHWC maps, [B, 2C] float32 (global pooled statistics)."""
+    x = x.astype(jnp.float32)
+    return jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.std(x, axis=(1, 2))], axis=-1)
 
 
 class Discriminator(nn.Module):
     """Residual StyleGAN2 discriminator: blocks b{resolution} … b8, then the b4 epilogue.
 
     `mbstd_group_size` (call time) overrides the configured group size. With 1, the stddev channel is the
-    constant 1e-4 (the √1e-8 floor), so each image's logit/features depend on that image only.
+    constant 1e-4 (the √1e-8 floor), so each image's logit/features depend on that image only; so they do
+    with `mbstd_value` ([mbstd_num_channels]), a fixed statistic fed in place of the batch's.
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mbstd_group_size: int | None = None, return_features: bool = False) -> Array:
-        """Images [B, H, W, C] → logits [B, 1] (or the [B, channels(4)] embedding if return_features)."""
+    def __call__(self, x: Array, mbstd_group_size: int | None = None, output: str = "logits",
+                 mbstd_value: Array | None = None) -> Array:
+        """Images [B, H, W, C] → one of `OUTPUTS`: logits [B, 1], the fc embedding [B, channels(4)], the
+        multiscale features [B, multiscale_dim], or the minibatch-stddev statistic [B/G, F]."""
         cfg = self.config
         if x.shape[1:] != (cfg.resolution, cfg.resolution, cfg.num_channels):
             raise ValueError(f"expected [B, {cfg.resolution}, {cfg.resolution}, {cfg.num_channels}], got {x.shape}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown discriminator output {output!r}; known: {OUTPUTS}")
+        pooled = []
         for log2 in range(int(math.log2(cfg.resolution)), 2, -1):
             res = 2**log2
             block = DiscriminatorBlock(
@@ -96,13 +115,36 @@ class Discriminator(nn.Module):
                 cfg.conv_clamp, block_dtype(res, cfg.resolution, cfg.compute_dtype), name=f"b{res}",
             )
             x = block(x, from_rgb=res == cfg.resolution)
+            if output == "multiscale":
+                pooled.append(spatial_moments(x))
         epilogue = DiscriminatorEpilogue(
             layers.block_channels(4, cfg.channel_base, cfg.channel_max), cfg.mbstd_num_channels, cfg.conv_clamp,
             name="b4",
         )
         group = cfg.mbstd_group_size if mbstd_group_size is None else mbstd_group_size
-        return epilogue(x, group, return_features)
+        out = epilogue(x, group, output, mbstd_value)
+        return jnp.concatenate([*pooled, out], axis=-1) if output == "multiscale" else out
 
-    def features(self, x: Array, mbstd_group_size: int | None = None) -> Array:
+    def features(self, x: Array, mbstd_group_size: int | None = None, mbstd_value: Array | None = None) -> Array:
         """The GAN-DL embedding: b4.fc output after its lrelu·√2, before b4.out; float32 [B, channels(4)]."""
-        return self(x, mbstd_group_size, return_features=True)
+        return self(x, mbstd_group_size, output="fc", mbstd_value=mbstd_value)
+
+    def multiscale_features(self, x: Array, mbstd_group_size: int | None = None,
+                            mbstd_value: Array | None = None) -> Array:
+        """Mean and stddev over space of every block's output (b{resolution} … b8), then b4.fc: [B, D].
+
+        Global pooled statistics of every scale, as Radford et al. (2016) use a DCGAN discriminator's
+        features: the fc embedding sees only the 4×4 head, these also keep what the early blocks detect.
+        """
+        return self(x, mbstd_group_size, output="multiscale", mbstd_value=mbstd_value)
+
+    def mbstd_statistic(self, x: Array, mbstd_group_size: int | None = None) -> Array:
+        """The minibatch-stddev statistic the epilogue computes for this batch, [B/G, mbstd_num_channels]."""
+        return self(x, mbstd_group_size, output="mbstd")
+
+
+def multiscale_dim(cfg: ModelConfig) -> int:
+    """Width of `Discriminator.multiscale_features`: 2 × each block's output channels, plus the fc width."""
+    blocks = [layers.block_channels(2 ** (log2 - 1), cfg.channel_base, cfg.channel_max)
+              for log2 in range(int(math.log2(cfg.resolution)), 2, -1)]
+    return 2 * sum(blocks) + layers.block_channels(4, cfg.channel_base, cfg.channel_max)

@@ -229,13 +229,13 @@ class ToRGB(nn.Module):
         return bias_act(x, bias, lrelu=False, clamp=self.conv_clamp)
 
 
-def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1) -> Array:
-    """Append `num_channels` minibatch-stddev feature maps as the last channels.
+def minibatch_stddev_statistic(x: Array, group_size: int, num_channels: int = 1) -> Array:
+    """The per-group statistic minibatch stddev appends, [N/G, num_channels] float32.
 
     The batch splits into groups of G = min(group_size, N) samples taken with stride N/G (sample n belongs
     to group n mod N/G, as in the PyTorch reshape); channels split into `num_channels` contiguous slices.
-    Each new map is the group's per-pixel stddev averaged over pixels and the slice. With G = 1 the stddev
-    is exactly √1e-8 = 1e-4 everywhere, so every sample's output depends on that sample alone.
+    Each value is the group's per-pixel stddev averaged over pixels and the slice. With G = 1 it is exactly
+    √1e-8 = 1e-4.
     """
     n, h, w, c = x.shape
     g = min(group_size, n)
@@ -243,6 +243,23 @@ def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1) -> Array:
         raise ValueError(f"batch size {n} is not a multiple of the mbstd group size {g}")
     y = x.astype(jnp.float32).reshape(g, n // g, h, w, num_channels, c // num_channels)
     y = jnp.sqrt(jnp.mean(jnp.square(y - jnp.mean(y, axis=0)), axis=0) + 1e-8)
-    y = jnp.mean(y, axis=(1, 2, 4))  # [n/G, F]
-    y = jnp.tile(y, (g, 1))[:, None, None, :]
-    return jnp.concatenate([x, jnp.broadcast_to(y, (n, h, w, num_channels)).astype(x.dtype)], axis=-1)
+    return jnp.mean(y, axis=(1, 2, 4))
+
+
+def append_constant_channels(x: Array, values: Array) -> Array:
+    """Append one constant feature map per entry of `values` ([F] or [N, F]) as the last channels."""
+    n, h, w, _ = x.shape
+    values = jnp.asarray(values, x.dtype)
+    values = values.reshape(-1 if values.ndim == 2 else 1, 1, 1, values.shape[-1])
+    # Laid out as x (a batch sharded over 'data' stays so), whether `values` are per sample or shared.
+    maps = jnp.broadcast_to(values, (n, h, w, values.shape[-1]), out_sharding=jax.typeof(x).sharding)
+    return jnp.concatenate([x, maps], axis=-1)
+
+
+def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1) -> Array:
+    """Append `num_channels` minibatch-stddev feature maps (`minibatch_stddev_statistic`) as the last channels.
+
+    With G = 1 the maps are the constant 1e-4, so every sample's output depends on that sample alone.
+    """
+    y = minibatch_stddev_statistic(x, group_size, num_channels)  # [N/G, F]
+    return append_constant_channels(x, jnp.tile(y, (x.shape[0] // y.shape[0], 1)))

@@ -32,6 +32,8 @@ from gandl.train import state as state_lib
 from gandl.train import step as step_lib
 
 InputFn = Callable[[int], Iterator[np.ndarray]]  # start step -> this process's batches of images
+# (step, D parameters) -> scalars to log: a probe of D's features, called every train.probe_every steps.
+ProbeFn = Callable[[int, object], dict[str, float]]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -152,10 +154,12 @@ def samples(config: ml_collections.ConfigDict, state: state_lib.TrainState, num:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | None = None,
-          spec: pipeline.RecordSpec | None = None) -> TrainResult:
+          spec: pipeline.RecordSpec | None = None, probe: ProbeFn | None = None) -> TrainResult:
     """Train (or resume) in `workdir` until `config.train.steps`; returns the final state and history.
 
     `input_fn(start_step)` may replace the shard pipeline (each item: this process's batch of images).
+    `probe(step, d_params)`, when given, runs between steps every `train.probe_every` steps (gandl.probe:
+    it lives above this layer, so the caller passes it in); its scalars go to TensorBoard.
     """
     t = config.train
     distributed = sharding.initialize_distributed(t.distributed)
@@ -200,6 +204,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
                     _write_samples(config, workdir, state, step, stains, writer)
                 if t.swd_every and step % t.swd_every == 0 and spec is not None:
                     writer.scalars(step, swd_metrics(config, state, spec))
+                if probe is not None and t.probe_every and step % t.probe_every == 0:
+                    writer.scalars(step, probe(step, state.d_params))
                 if step % t.checkpoint_every == 0 or step == t.steps or preempted:
                     if not bool(_all_finite(state)):
                         raise TrainingDiverged(f"non-finite parameters at step {step}; the last checkpoint "
