@@ -34,6 +34,8 @@ def test_preview_mode_converts_the_synthetic_screen_and_writes_a_grid(tmp_path, 
     config = base_config()
     config.synthetic.update(tiny_screen)
     config.data.update(image_size=16, sites_per_shard=32, num_workers=1)
+    config.model.resolution = 16  # the preview shows what the model is fed
+    config.zeroshot.enabled = False
     config.preview.update(num_images=6, cols=3)
     workdir = str(tmp_path)
     manifest = main.run_convert(config, workdir)
