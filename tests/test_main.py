@@ -51,7 +51,8 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
 
     cfg, run_dir, _ = tiny_run
     workdir = tmp_path / "run"
-    shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns("raw_rxrx1", "shards_rxrx1", "zeroshot",
+    # The run's screen, shards and checkpoints; exports record their absolute paths, so embed anew.
+    shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns("raw_rxrx1", "shards_rxrx1", "embeddings",
                                                                     "analysis"))
     zeroshot_root = synthetic.write_rxrx1(tmp_path / "rxrx1", seed=5, image_size=16, plates_per_cell_line=1,
                                           sites_per_well=1)
