@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     from absl import app
 
     from gandl import main
-    from gandl.config import base_config
+    from gandl.defaults import base_config
     from gandl.train import checkpoint
 
 
