@@ -210,16 +210,15 @@ def activity_task(inp: Inputs) -> Result:
                  summary={"phenotypic activity (mAP vs C-): fraction with q < 0.05": activity.fraction_active(act)},
                  values=dict(activity=act))
     active = act[act["active"]]
-    try:
-        consistency = activity.phenotypic_consistency(x, meta, active if len(active) else None, alpha=MAP_ALPHA,
-                                                      seed=cfg.seed)
+    if active["treatment"].nunique() < 2:  # consistency compares active compounds with each other
+        out.notes.append(f"phenotypic consistency not computed: {active['treatment'].nunique()} active compound(s)")
+    else:
+        consistency = activity.phenotypic_consistency(x, meta, active, alpha=MAP_ALPHA, seed=cfg.seed)
         out.tables["map_consistency"] = (consistency, False)
         out.values["consistency"] = consistency
         if len(consistency):
             out.summary["phenotypic consistency (active groups): fraction with q < 0.05"] = \
                 activity.fraction_active(consistency)
-    except ValueError as e:  # e.g. fewer than two active compounds: nothing to be consistent against
-        out.notes.append(f"phenotypic consistency not computed: {e}")
     out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, cfg.highlight)
     out.blocks += [("heading", 3, "Phenotypic activity (mAP against C-)"),
                    ("table", activity.compound_table(act).head(2 * cfg.top_k), False),
