@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "copairs==0.5.5",
     "etils[epath]==1.15.0",
     "flax==0.12.8",
+    "h5py==3.14.0",  # h5ad written in bounded memory (gandl.profiles)
     "jax==0.10.2",
     "jaxlib==0.10.2",
     "matplotlib==3.11.2",
