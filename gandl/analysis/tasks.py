@@ -206,7 +206,8 @@ def activity_task(inp: Inputs) -> Result:
     cfg = inp.config
     x, meta = (inp.features, inp.metadata) if cfg.level == "well" else aggregate_wells(inp.features, inp.metadata)
     act = activity.phenotypic_activity(x, meta, alpha=MAP_ALPHA, seed=cfg.seed)
-    out = Result(tables={"map_activity": (act, False), "map_compounds": (activity.compound_table(act), False)},
+    compounds = activity.compound_table(act)
+    out = Result(tables={"map_activity": (act, False), "map_compounds": (compounds, False)},
                  summary={"phenotypic activity (mAP vs C-): fraction with q < 0.05": activity.fraction_active(act)},
                  values=dict(activity=act))
     active = act[act["active"]]
@@ -221,7 +222,7 @@ def activity_task(inp: Inputs) -> Result:
                 activity.fraction_active(consistency)
     out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, cfg.highlight)
     out.blocks += [("heading", 3, "Phenotypic activity (mAP against C-)"),
-                   ("table", activity.compound_table(act).head(2 * cfg.top_k), False),
+                   ("table", compounds.head(2 * cfg.top_k), False),
                    ("figure", "mAP against dose", f"{inp.folder}/fig7_map_dose.png")]
     return out
 
