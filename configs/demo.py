@@ -1,4 +1,4 @@
-"""Demo: the embedded synthetic screen, trained on a CPU (about 17-25 minutes on 2 cores end to end).
+"""Demo: the embedded synthetic screen, trained on a CPU (about 6 minutes on 2 idle cores end to end).
 
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
