@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import gandl
 from gandl import fileio, profiles
+from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline
 from gandl.features.base import FeatureFn
@@ -378,11 +379,6 @@ def _chunks(scratch, rows: int, dim: int, chunk_rows: int) -> Iterator[tuple[int
         yield start, np.frombuffer(scratch.read(n * dim * 4), "<f4").reshape(n, dim)
 
 
-def fold_dir(out_dir: str, fold: int) -> str:
-    """Where fold `fold`'s comparator writes its control sites' features (its own export folder)."""
-    return os.path.join(out_dir, "imagenet_folds", f"fold{fold}")
-
-
 def export_folds(spec: pipeline.RecordSpec, out_dir: str, folds: Sequence[Sequence[str]],
                  fine_tuned: Callable[[tuple[str, ...]], FeatureFn], *, batch_size: int,
                  controls: Callable[[Mapping[str, np.ndarray]], np.ndarray], provenance: Mapping[str, Any],
@@ -399,7 +395,8 @@ def export_folds(spec: pipeline.RecordSpec, out_dir: str, folds: Sequence[Sequen
     for k, held_out in enumerate(folds):
         held_out = tuple(sorted(held_out))
         settings = dict(feature_settings, held_out=list(held_out), group_by=group_by, sites="controls")
-        paths.append(export(spec, fold_dir(out_dir, k), {"imagenet": lazy(functools.partial(fine_tuned, held_out))},
+        fn = lazy(functools.partial(fine_tuned, held_out))
+        paths.append(export(spec, layout.comparator_fold(out_dir, k), {"imagenet": fn},
                             batch_size=batch_size, options=options, part_batches=part_batches, rows=controls,
                             feature_settings={"imagenet": settings},
                             provenance=dict(provenance, fold=k, num_folds=len(folds), held_out=list(held_out),

@@ -68,6 +68,11 @@ def zeroshot_embeddings(embeddings_dir: str) -> str:
     return os.path.join(embeddings_dir, "zeroshot")
 
 
+def comparator_fold(embeddings_dir: str, fold: int) -> str:
+    """Where fold `fold`'s label-fitted comparator writes its control sites' features (its own export folder)."""
+    return os.path.join(embeddings_dir, "imagenet_folds", f"fold{fold}")
+
+
 def latest_embeddings(workdir: str) -> str:
     """The embeddings folder of the highest exported step."""
     folder = os.path.join(workdir, "embeddings")

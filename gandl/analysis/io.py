@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data.rxrx import plate_key  # noqa: F401 (re-exported: the analysis' group key)
 from gandl.features.registry import EXTRACTORS
@@ -118,10 +119,10 @@ def load_feature_sets(folder: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]
 def load_fold_sets(folder: str) -> list[tuple[np.ndarray, pd.DataFrame, list[str]]]:
     """(features, metadata, held-out groups) of every per-fold comparator export in `folder`, in fold order.
 
-    (`gandl.embed.export_folds` writes them to `folder/imagenet_folds/fold<k>/imagenet.npz`.)
+    (`gandl.embed.export_folds` writes them to `gandl.workdir.comparator_fold(folder, k)/imagenet.npz`.)
     """
     sets = []
-    while tf.io.gfile.exists(path := os.path.join(folder, "imagenet_folds", f"fold{len(sets)}", "imagenet.npz")):
+    while tf.io.gfile.exists(path := os.path.join(layout.comparator_fold(folder, len(sets)), "imagenet.npz")):
         with tf.io.gfile.GFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             held_out = json.loads(str(npz["provenance"])).get("held_out") if "provenance" in npz else None
         if held_out is None:
