@@ -184,6 +184,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     if e.batch_size % n:
         failures.append(f"embed.batch_size={e.batch_size}: does not split over {n} device(s); use embed.batch_size="
                         f"{_suggest(e.batch_size, lambda b: b % n == 0)}")
+    # A probed step must have a checkpoint (kept: keep_period) for embed.step to name it.
+    if t.probe_every and t.probe_every % t.checkpoint_every:
+        fix = t.checkpoint_every * max(1, round(t.probe_every / t.checkpoint_every))
+        failures.append(f"train.probe_every={t.probe_every}: not a multiple of train.checkpoint_every="
+                        f"{t.checkpoint_every}, so probed steps would have no checkpoint to embed (on {n} device(s)); "
+                        f"use train.probe_every={fix}")
     return failures
 
 

@@ -226,7 +226,10 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from gandl.analysis import report
     from gandl.features import registry
 
-    folder = layout.latest_embeddings(workdir)
+    step = config.embed.step
+    folder = layout.embeddings(workdir, step) if step >= 0 else layout.latest_embeddings(workdir)
+    if not tf.io.gfile.isdir(folder):
+        raise FileNotFoundError(f"embed.step={step}: no embeddings in {folder}; run mode=embed with it first")
     truth = read_truth(config, workdir)
     sets, d = analysis_io.load_feature_sets(folder), config.data
     if d.root or not d.shards:  # the screen the shards were converted from
@@ -243,9 +246,23 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
         fold_sets = {registry.get("imagenet").label: analysis_io.load_fold_sets(folder)}
     result = report.analyze(sets, layout.analysis(workdir),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
-                            truth=truth, fold_sets=fold_sets)
+                            truth=truth, fold_sets=fold_sets, source=describe_source(config, workdir, folder))
     logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))
     return result
+
+
+def describe_source(config: ml_collections.ConfigDict, workdir: str, folder: str) -> str:
+    """Which checkpoint the analysed embeddings come from and how it was chosen (the report's first line)."""
+    from gandl import probe as probe_lib
+
+    step = layout.embedding_step(folder)
+    how = (f"named by embed.step={step}" if config.embed.step >= 0
+           else "the highest exported step, as embed.step=-1 asks")
+    checkpoints = layout.checkpoint_steps(workdir)
+    text = f"Features of the discriminator at training step {step} ({how}"
+    text += f"; checkpoints reach step {checkpoints[-1]})." if checkpoints else ")."
+    table = probe_lib.read_table(layout.probe_table(workdir))
+    return text if table is None else f"{text} {probe_lib.describe_step(table, step)}"
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:

@@ -107,21 +107,49 @@ def score(features: np.ndarray, metadata: pd.DataFrame, zeroshot_features: np.nd
     return rows
 
 
+def read_table(path: str) -> pd.DataFrame | None:
+    """The probe table at `path`, None when there is none; one of other columns is refused."""
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        table = pd.read_csv(f)
+    if list(table.columns) != COLUMNS:
+        raise ValueError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}; move it away to start anew")
+    return table
+
+
 def append_rows(path: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Add rows to the probe table at `path` (atomically), replacing any earlier rows of the same steps
     (a resumed run probes again the steps after its checkpoint); returns the whole table."""
     new = pd.DataFrame(list(rows), columns=COLUMNS)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            old = pd.read_csv(f)
-        if list(old.columns) != COLUMNS:
-            raise ValueError(f"{path}: columns {list(old.columns)}, expected {COLUMNS}; move it away to start anew")
+    old = read_table(path)
+    if old is not None:
         new = pd.concat([old[~old["step"].isin(new["step"])], new], ignore_index=True)
     new = new.sort_values("step", kind="stable").reset_index(drop=True)
     buf = io.StringIO()
     new.to_csv(buf, index=False)
     fileio.write_text(path, buf.getvalue())
     return new
+
+
+def describe_step(table: pd.DataFrame, step: int) -> str:
+    """What the probe says of checkpoint `step`, for the report: each option's mean accuracy over its tasks
+    there, its random-init reference and its best probed step. Picking `embed.step` from this curve uses the
+    control labels, so the report says so."""
+    ok = table[table["status"] == "ok"]
+    if ok.empty:
+        return "The probe table has no scored rows."
+    parts = []
+    for _, rows in ok.groupby("feature_set", sort=False):
+        means = rows.groupby("step")["accuracy"].mean()
+        best = int(means.idxmax())
+        here = f"{means[step]:.3f} at this step" if step in means.index else "not probed at this step"
+        reference = rows.groupby("task")["reference_accuracy"].first().mean()
+        parts.append(f"{rows['label'].iloc[0]} {here} (random-init {reference:.3f}; best probed step {best}, "
+                     f"{means[best]:.3f})")
+    return (f"Probe (probe.csv; mean plate-held-out accuracy over its {ok['task'].nunique()} tasks): "
+            + "; ".join(parts) + ". A step picked from this curve is chosen on the control sites' labels, which "
+            "Table 1 also scores: its numbers at that step are optimistic by that choice.")
 
 
 class Probe:

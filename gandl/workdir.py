@@ -73,13 +73,29 @@ def comparator_fold(embeddings_dir: str, fold: int) -> str:
     return os.path.join(embeddings_dir, "imagenet_folds", f"fold{fold}")
 
 
+def _numbered(folder: str, prefix: str = "") -> list[int]:
+    """The sorted N of `folder`'s entries named `<prefix>N`."""
+    if not tf.io.gfile.isdir(folder):
+        return []
+    names = (n.strip("/").removeprefix(prefix) for n in tf.io.gfile.listdir(folder) if n.startswith(prefix))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps with a checkpoint folder, ascending."""
+    return _numbered(checkpoints(workdir))
+
+
+def embedding_step(embeddings_dir: str) -> int:
+    """The training step an embeddings folder (`embeddings(workdir, step)`) holds."""
+    return int(os.path.basename(embeddings_dir.rstrip("/")).removeprefix("step_"))
+
+
 def latest_embeddings(workdir: str) -> str:
     """The embeddings folder of the highest exported step."""
-    folder = os.path.join(workdir, "embeddings")
-    steps = sorted(int(n.strip("/").removeprefix("step_")) for n in tf.io.gfile.listdir(folder)
-                   if n.startswith("step_")) if tf.io.gfile.isdir(folder) else []
+    steps = _numbered(os.path.join(workdir, "embeddings"), "step_")
     if not steps:
-        raise FileNotFoundError(f"no embeddings in {folder}: run mode=embed first")
+        raise FileNotFoundError(f"no embeddings in {os.path.join(workdir, 'embeddings')}: run mode=embed first")
     return embeddings(workdir, steps[-1])
 
 

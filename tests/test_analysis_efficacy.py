@@ -230,3 +230,23 @@ def test_pure_noise_screens_call_no_more_hits_than_the_fdr_allows():
         power.append(len(called & {"c0", "c1", "c2", "c3"}) / 4)
         assert table.loc[table["hit"], "best_dose"].isin(DOSES[3:]).all()
     assert np.mean(fdp) <= 0.1 and np.mean(power) > 0.9
+
+
+def test_truth_agreement_reports_each_cell_line_so_a_failing_line_is_not_hidden_by_the_pool():
+    # HRCE's scores follow the hidden efficacy, VERO's run against it; VERO's efficacy and scores both sit
+    # higher, so the pooled best-dose correlation stays positive.
+    truth = pd.DataFrame([dict(treatment=f"C{i}", cell_type=line, effect_class="antiviral",
+                               emax=0.4 if line == "HRCE" else 1.0,
+                               ec50_uM=ec50, hill=1.0, tox_ec50_uM=np.nan, tox_hill=np.nan, SMILES="")
+                          for line in ("HRCE", "VERO") for i, ec50 in enumerate([0.05, 0.3, 1.0, 3.0, 8.0])])
+    rows = []
+    for line, sign, offset in (("HRCE", 1.0, 0.0), ("VERO", -1.0, 3.0)):
+        for i, ec50 in enumerate([0.05, 0.3, 1.0, 3.0, 8.0]):
+            for dose in DOSES:
+                rows.append(dict(treatment=f"C{i}", cell_type=line, treatment_conc=dose,
+                                 mean=offset + sign * dose / (ec50 + dose)))
+    agreement = efficacy.truth_agreement(pd.DataFrame(rows), truth)
+    assert agreement["per_line"]["HRCE"]["spearman_compound"] == pytest.approx(1.0)
+    assert agreement["per_line"]["VERO"]["spearman_compound"] == pytest.approx(-1.0)
+    assert agreement["spearman_compound"] > 0
+    assert agreement["n_compounds"] == 10

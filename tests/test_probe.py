@@ -23,12 +23,13 @@ from gandl.train import sharding
 @pytest.fixture(scope="module")
 def probed_run(tiny_config, tmp_path_factory):
     """(config, workdir, train result): the tiny model trained 10 steps on a 2-plates-per-line screen, probed
-    every 5 steps with the zero-shot set."""
+    every 5 steps with the zero-shot set; checkpoints every 5 steps, keeping 1 (and the probed ones)."""
     cfg = tiny_config.copy_and_resolve_references()
     cfg.synthetic.update(seed=0, image_size=16, plates_per_cell_line=2, sites_per_well=1, num_compounds=3)
     cfg.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=1)
     cfg.data.update(image_size=16, sites_per_shard=64, num_workers=1)
-    cfg.train.update(probe_every=5, probe_sites=64, probe_zeroshot_sites=64)
+    # Checkpoints every 5 steps, only the last one kept but for the probed steps.
+    cfg.train.update(probe_every=5, probe_sites=64, probe_zeroshot_sites=64, checkpoint_every=5, keep_checkpoints=1)
     cfg.analysis.n_splits = 2
     workdir = str(tmp_path_factory.mktemp("probed"))
     main.run_convert(cfg, workdir)
@@ -142,3 +143,32 @@ def test_export_feeds_the_training_mbstd_statistic_and_records_it(probed_run):
     b[1:] = _images(15, 3)
     np.testing.assert_allclose(fn(a)[0], fn(b)[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(fn(a), discriminator.feature_fn(model, d_params, mesh, option="multiscale")(a))
+
+
+def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(probed_run):
+    cfg, workdir, _ = probed_run
+    assert layout.checkpoint_steps(workdir) == [5, 10]  # keep_checkpoints=1, but step 5 was probed
+    table = pd.read_csv(layout.probe_table(workdir))
+    cfg = cfg.copy_and_resolve_references()
+    cfg.embed.update(step=5, feature_sets=("gandl", "random_d"))
+    out = main.run_embed(cfg, workdir)
+    assert out == layout.embeddings(workdir, 5)
+    newer = layout.embeddings(workdir, 99)
+    os.makedirs(newer)  # a higher exported step (empty): embed.step, not the latest, picks the analysed one
+    try:
+        main.run_analyze(cfg, workdir)
+    finally:
+        os.rmdir(newer)
+    with open(os.path.join(layout.analysis(workdir), "analysis.json")) as f:
+        source = json.load(f)["source"]
+    assert source.startswith("Features of the discriminator at training step 5 (named by embed.step=5; "
+                             "checkpoints reach step 10).")
+    multiscale = table[(table["feature_set"] == "gandl_multiscale") & (table["status"] == "ok")]
+    at_5 = multiscale[multiscale["step"] == 5]["accuracy"].mean()
+    assert f"GAN-DL multiscale {at_5:.3f} at this step" in source
+    assert "optimistic" in source
+    with open(os.path.join(layout.analysis(workdir), "report.md")) as f:
+        assert source in f.read()
+    cfg.embed.step = 7
+    with pytest.raises(FileNotFoundError, match="embed.step=7: no embeddings"):
+        main.run_analyze(cfg, workdir)

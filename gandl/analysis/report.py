@@ -200,9 +200,9 @@ def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str]) -
 
 
 def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots: Mapping[str, dict],
-                   config: AnalysisConfig) -> list[markup.Block]:
+                   config: AnalysisConfig, source: str = "") -> list[markup.Block]:
     blocks: list[markup.Block] = [
-        ("heading", 1, "GAN-DL analysis"),
+        ("heading", 1, "GAN-DL analysis"), *([("text", source)] if source else []),
         ("text", f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}."),
         ("text", "Cross-validation holds out whole plates (or experiments): every fitted step of a Table 1 "
                  "or zero-shot number is fitted on the training folds only"
@@ -235,9 +235,12 @@ def _protocol_record(name: str, screens: Mapping[str, dict], zeroshots: Mapping[
 
 def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: AnalysisConfig = AnalysisConfig(),
             *, zeroshot_sets: Mapping[str, FeatureSet] | None = None,
-            truth: pd.DataFrame | None = None, fold_sets: Mapping[str, Sequence[FoldSet]] | None = None) -> dict:
+            truth: pd.DataFrame | None = None, fold_sets: Mapping[str, Sequence[FoldSet]] | None = None,
+            source: str = "") -> dict:
     """Run every analysis task on every feature set and write the report folder; returns the results.
 
+    `source` says where the features come from (e.g. which checkpoint, and how it was chosen): the report's
+    first line and analysis.json's `source`.
     `feature_sets` maps a name to (features [N, D], RxRx19a metadata [N]); `zeroshot_sets` maps the same
     names to RxRx1-shaped (features, metadata) for zero-shot cell typing; `truth` (a synthetic screen's
     truth.csv) adds the agreement with the hidden efficacy. Returns {"summary", "screens", "zeroshot",
@@ -269,12 +272,12 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     fileio.write_text(os.path.join(out_dir, "summary.csv"), summary.to_csv(index=True))
     skipped = {name: {**screens[name]["skipped"], **(zeroshots[name]["skipped"] if name in zeroshots else {})}
                for name in feature_sets}
-    record = dict(config=dataclasses.asdict(config), folders=folders, skipped=skipped,
+    record = dict(source=source, config=dataclasses.asdict(config), folders=folders, skipped=skipped,
                   notes={name: r["notes"] for name, r in screens.items()},
                   zeroshot={name: r["summary"] for name, r in zeroshots.items() if "summary" in r},
                   protocol={name: _protocol_record(name, screens, zeroshots) for name in screens})
     fileio.write_json(os.path.join(out_dir, "analysis.json"), record)
-    blocks = _report_blocks(summary, screens, zeroshots, config)
+    blocks = _report_blocks(summary, screens, zeroshots, config, source)
     fileio.write_text(os.path.join(out_dir, "report.md"), markup.render_markdown(blocks))
     fileio.write_text(os.path.join(out_dir, "report.html"), markup.render_html(blocks, figures))
     skips = [f"{name}: {task}: {why}" for name, tasks in skipped.items() for task, why in tasks.items()]

@@ -182,6 +182,8 @@ def dose_response_task(inp: Inputs) -> Result:
         agreement = efficacy.truth_agreement(dose_response, inp.truth)
         out.summary["hidden efficacy: Spearman (dose points)"] = agreement["spearman_dose"]
         out.summary["hidden efficacy: Spearman (best dose per compound)"] = agreement["spearman_compound"]
+        for line, values in agreement["per_line"].items():
+            out.summary[f"{line}: hidden efficacy Spearman (best dose per compound)"] = values["spearman_compound"]
     if len(hits):
         out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, hits, cfg.highlight,
                                                                            cfg.top_k)

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the train state plus the config, at `workdir/checkpoints/<step>`.
 
 Saves are asynchronous (training continues while arrays are written), every `save_every` steps or when
-forced (preemption, end of training), keeping the last `keep` checkpoints. Restoring takes the abstract
-state with its shardings, so arrays land directly on the devices they belong to, on any mesh.
+forced (preemption, end of training), keeping the last `keep` checkpoints and, with `keep_period`, every
+checkpoint whose step is a multiple of it (the probed steps, so `embed.step` can name any of them).
+Restoring takes the abstract state with its shardings, so arrays land directly on the devices they belong
+to, on any mesh.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ CONFIG = "config"
 class Checkpointer:
     """A thin wrapper over `ocp.CheckpointManager` that knows GAN-DL's two items: state and config."""
 
-    def __init__(self, workdir: str, save_every: int, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, save_every: int, keep: int = 3, async_save: bool = True, keep_period: int = 0):
         self.directory = layout.checkpoints(workdir)
+        policies = [ocp.checkpoint_managers.LatestN(keep)]
+        if keep_period:
+            policies.append(ocp.checkpoint_managers.EveryNSteps(keep_period))
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep,
-                                                 enable_async_checkpointing=async_save),
+            options=ocp.CheckpointManagerOptions(
+                save_interval_steps=save_every, enable_async_checkpointing=async_save,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies)),
             item_names=(STATE, CONFIG))
 
     def latest_step(self) -> int | None:

@@ -172,7 +172,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
     stains = (pipeline.output_stains(spec, config.data.channels) if spec
               else tuple(f"channel {i + 1}" for i in range(model.num_channels)))
 
-    ckpt = checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints,
+                                  keep_period=t.probe_every if probe is not None else 0)
     writer = _Writer(layout.tensorboard(workdir))
     stop = _StopFlag(distributed)
     history: list[dict[str, float]] = []
