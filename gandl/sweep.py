@@ -19,7 +19,8 @@ the device count of the launcher's machine) before anything runs. A run's workdi
 made of its swept fields (`data.sites_per_shard=16,train.g_lr=0.0001`), so it is stable across reruns; a run that
 finished leaves `done_<mode>.json` there and is skipped next time. WORKDIR/summary.{csv,md} hold one row per
 run: its swept values, the last value of every TensorBoard scalar (and its step) and the flattened
-analysis/summary.csv.
+analysis/summary.csv; WORKDIR/spread.{csv,md} the mean, sd and range of every analysis number over the done
+runs (a sweep over seeds: configs/sweeps/demo_seeds.py).
 """
 
 from __future__ import annotations
@@ -253,14 +254,41 @@ def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def spread(table: pd.DataFrame) -> pd.DataFrame:
+    """Each analysis number over the done runs, as task x feature set cells "mean ± sd (min–max)".
+
+    For sweeps over seeds (screen, zero-shot set, training): how far a number moves when only chance does.
+    Columns are `summarize`'s `<feature set>: <task>`; text cells (a top compound) are left out.
+    """
+    done = table[table["status"] == "done"]
+    cells: dict[str, dict[str, str]] = {}
+    for column in done.columns:
+        values = pd.to_numeric(done[column], errors="coerce").dropna()
+        if ": " not in column or values.empty:
+            continue
+        feature_set, task = column.split(": ", 1)
+        sd = values.std(ddof=1) if len(values) > 1 else float("nan")
+        cells.setdefault(task, {})[feature_set] = (f"{values.mean():.3f} ± {sd:.3f} "
+                                                   f"({values.min():.3f}–{values.max():.3f})")
+    frame = pd.DataFrame.from_dict(cells, orient="index")
+    frame.index.name = f"task (mean ± sd (min–max) over {len(done)} runs)"
+    return frame
+
+
 def write_summary(table: pd.DataFrame, workdir: str) -> list[str]:
-    """summary.csv for tools and summary.md for reading, atomically (local or gs://)."""
+    """summary.csv for tools and summary.md for reading, atomically (local or gs://); with two or more done
+    runs that have analysis numbers, spread.csv / spread.md (`spread`) too."""
     from gandl import fileio
     from gandl.analysis.markup import markdown_table
 
     paths = [os.path.join(workdir, "summary.csv"), os.path.join(workdir, "summary.md")]
     fileio.write_text(paths[0], table.to_csv(index=False))
     fileio.write_text(paths[1], markdown_table(table, index=False))
+    over = spread(table)
+    if (table["status"] == "done").sum() >= 2 and not over.empty:
+        paths += [os.path.join(workdir, "spread.csv"), os.path.join(workdir, "spread.md")]
+        fileio.write_text(paths[2], over.to_csv())
+        fileio.write_text(paths[3], markdown_table(over, index=True))
     return paths
 
 

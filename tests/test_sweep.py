@@ -131,3 +131,21 @@ def test_local_convert_sweep_skips_finished_runs_and_summarizes(tmp_path, monkey
     assert not sweep.is_done(s, s.runs[1], run_dir, "train")
     with pytest.raises(ValueError, match="other settings"):
         sweep.is_done(s, s.runs[0], run_dir, "convert")  # runs[0] is sites_per_shard=16, run_dir holds 32
+
+
+def test_spread_summarises_each_analysis_number_over_the_done_runs(tmp_path):
+    table = pd.DataFrame({"run": ["a", "b", "c"], "status": ["done", "done", "not done"], "synthetic.seed": [1, 2, 3],
+                          "g_loss": [1.0, 2.0, 3.0],
+                          "GAN-DL: C+ vs C-: accuracy": [0.9, 0.8, 0.0],
+                          "handcrafted: C+ vs C-: accuracy": [1.0, 1.0, 0.0],
+                          "GAN-DL: HRCE: top compound": ["X (1.0)", "Y (0.9)", ""]})
+    over = sweep.spread(table)
+    assert over.loc["C+ vs C-: accuracy", "GAN-DL"] == "0.850 ± 0.071 (0.800–0.900)"  # run c is not done
+    assert over.loc["C+ vs C-: accuracy", "handcrafted"] == "1.000 ± 0.000 (1.000–1.000)"
+    assert list(over.index) == ["C+ vs C-: accuracy"]  # scalars, swept values and text cells are left out
+    paths = sweep.write_summary(table, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["summary.csv", "summary.md", "spread.csv", "spread.md"]
+    with open(paths[3]) as f:
+        assert "| C+ vs C-: accuracy | 0.850 ± 0.071 (0.800–0.900) |" in f.read()
+    one = table.assign(status=["done", "not done", "not done"])
+    assert len(sweep.write_summary(one, str(tmp_path / "one"))) == 2
