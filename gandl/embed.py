@@ -131,16 +131,23 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _check_settings(out_dir: str, settings: Mapping[str, Any]) -> bool:
-    """Refuse a folder whose export was made with other settings; True when it records these settings."""
+def _recorded_settings(out_dir: str, settings: Mapping[str, Any]) -> dict | None:
+    """The settings `out_dir`'s export.json records (None: no export yet), after refusing a changed one.
+
+    Only what both name is compared: records, pipeline options and each feature set both hold. A feature set
+    the record lacks is an addition (exported next to the finished ones), one the request lacks stays put.
+    """
     path = os.path.join(out_dir, SETTINGS)
     if not tf.io.gfile.exists(path):
-        return False
-    changes = _changes(fileio.read_json(path), settings)
+        return None
+    old = fileio.read_json(path)
+    shared = [name for name in settings["feature_sets"] if name in old.get("feature_sets", {})]
+    changes = _changes({**old, "feature_sets": {n: old["feature_sets"][n] for n in shared}},
+                       {**settings, "feature_sets": {n: settings["feature_sets"][n] for n in shared}})
     if changes:
         raise ExportError(f"{out_dir} holds an export made with other settings (changed: {'; '.join(changes)}); "
                           "rerun with its settings, or delete the folder to export again")
-    return True
+    return old
 
 
 def lazy(make: Callable[[], FeatureFn]) -> FeatureFn:
@@ -162,7 +169,8 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     `batch_size` is global; each process exports its own files' sites into its parts, and process 0
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
     The first run records its settings (`export_settings`) in `export.json`; a rerun with the same ones
-    resumes or returns the finished files, one with other ones is refused, naming what changed.
+    resumes or returns the finished files, one with other ones is refused, naming what changed. A rerun that
+    adds feature sets exports only those, next to the finished ones, and adds them to the record.
     """
     unknown = sorted(set(feature_settings or {}) - set(feature_fns))
     if unknown:
@@ -170,12 +178,16 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     settings = export_settings(spec, {name: (feature_settings or {}).get(name, {}) for name in feature_fns},
                                options)
     paths = {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
-    recorded = _check_settings(out_dir, settings)
-    if recorded and all(tf.io.gfile.exists(os.path.join(out_dir, f"{name}{ext}"))
-                        for name in feature_fns for ext in (".npz", ".parquet")):
+    old = _recorded_settings(out_dir, settings)
+    finished = {name for name in feature_fns if old is not None and name in old["feature_sets"]
+                and all(tf.io.gfile.exists(os.path.join(out_dir, f"{name}{ext}")) for ext in (".npz", ".parquet"))}
+    if len(finished) == len(feature_fns):
         return paths
+    feature_fns = {name: fn for name, fn in feature_fns.items() if name not in finished}
+    if old is not None:  # the record keeps its sets and gains the added ones
+        settings = {**old, "feature_sets": {**old["feature_sets"], **settings["feature_sets"]}}
     if jax.process_index() == 0:
-        _prepare_folder(out_dir, list(feature_fns), settings, recorded)
+        _prepare_folder(out_dir, list(feature_fns), settings, old is not None)
     multihost_utils.sync_global_devices("embeddings folder prepared")
 
     local = sharding.local_batch_size(batch_size)
@@ -219,17 +231,18 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
 
 
 def _prepare_folder(out_dir: str, names: list[str], settings: Mapping[str, Any], recorded: bool) -> None:
-    """Record the settings of a new export, and remove what no resume can use (process 0, before any part).
+    """Record the settings of a new or grown export, and remove what no resume of `names` can use (process 0,
+    before any part).
 
     Parts without a settings record are of unknown settings; parts of another process count index other
     streams; temporary files are what killed writers left.
     """
     tf.io.gfile.makedirs(out_dir)
     fileio.remove_temp_files(out_dir)
+    if not recorded and tf.io.gfile.exists(os.path.join(out_dir, "parts")):
+        tf.io.gfile.rmtree(os.path.join(out_dir, "parts"))
+    fileio.write_json(os.path.join(out_dir, SETTINGS), settings)  # new, or with sets added
     if not recorded:
-        if tf.io.gfile.exists(os.path.join(out_dir, "parts")):
-            tf.io.gfile.rmtree(os.path.join(out_dir, "parts"))
-        fileio.write_json(os.path.join(out_dir, SETTINGS), settings)
         return
     count = jax.process_count()
     for name in names:

@@ -102,7 +102,8 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Export every feature set of `embed.feature_sets` for the screen and the zero-shot set.
 
     The discriminator comes from the latest (or `embed.step`) checkpoint; an extractor is built only when
-    some target still lacks its feature set. A finished export with other settings is refused.
+    some target still lacks its feature set. A finished export with other settings is refused; one that
+    lacks some of the sets gets them added.
     """
     from gandl import embed
     from gandl.features import base, registry
@@ -123,10 +124,9 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     context = base.Context(config, mesh, model, d_params, screen, options)
     checkpoint = os.path.join(layout.checkpoints(workdir), str(step))
     # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
-    # embed settings that change values (not batch sizes or part lengths).
+    # embed fields that shape its values (so sets can be added to a finished export, see embed.export).
     described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint, seed=config.seed,
-                            **{k: v for k, v in e.to_dict().items()
-                               if k not in ("batch_size", "part_batches", "step", "feature_sets")},
+                            **{k: e.to_dict()[k] for k in registry.get(name).embed_fields},
                             **registry.settings(name, context))  # e.g. the width, the mbstd value D is fed
                  for name in e.feature_sets}
     # Built on first use: a finished export skips costly set-ups (the comparator's fine-tuning).

@@ -6,6 +6,7 @@ multiprocessing resource tracker) can be found by session id; every wait is boun
 """
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -253,14 +254,30 @@ def test_embed_killed_and_resumed_with_another_batch_size_equals_an_uninterrupte
                              r"feature_sets.means.orientation_average: \(absent\) -> True")]:
         with pytest.raises(embed.ExportError, match=message):
             embed.export(spec, str(out), FEATURES, batch_size=16, provenance={}, progress=False, **change)
-    with pytest.raises(embed.ExportError, match=r"feature_sets.handcrafted: \{\} -> \(absent\)"):
-        embed.export(spec, str(out), {"means": FEATURES["means"]}, batch_size=16, provenance={}, progress=False)
+    # A subset of the finished sets is returned as it is; an added set is exported alone, next to them, and
+    # recorded; a changed setting of a finished set is still refused when a set is added.
+    assert embed.export(spec, str(out), {"means": embed.lazy(never_built)}, batch_size=16, provenance={},
+                        progress=False) == {"means": resumed["means"]}
+    maxima = lambda x: x.max(axis=(1, 2))  # noqa: E731
+    with pytest.raises(embed.ExportError, match=r"feature_sets.means.orientation_average: \(absent\) -> True"):
+        embed.export(spec, str(out), dict(FEATURES, maxima=maxima), batch_size=16, provenance={}, progress=False,
+                     feature_settings={"means": {"orientation_average": True}})
+    added = embed.export(spec, str(out), dict(FEATURES, means=embed.lazy(never_built), maxima=maxima),
+                         batch_size=16, part_batches=3, provenance={}, progress=False)
     assert os.stat(resumed["means"]).st_mtime_ns == mtime
+    alone = embed.export(spec, str(tmp_path / "alone"), {"maxima": maxima}, batch_size=16, provenance={},
+                         progress=False)
+    for key, value in _load(alone["maxima"]).items():
+        np.testing.assert_array_equal(_load(added["maxima"])[key], value, err_msg=key)
+    with open(out / embed.SETTINGS) as f:
+        assert sorted(json.load(f)["feature_sets"]) == ["handcrafted", "maxima", "means"]
+    assert not _temp_files(out)
 
 
 def test_mode_embed_refuses_a_finished_export_made_with_other_settings(tiny_config, shards_dir, tmp_path,
                                                                       monkeypatch):
-    """Issue item 6: `embed.orientation_average=True` on a finished export is refused, not silently reused.
+    """Issue item 6: `embed.orientation_average=True` on a finished export is refused, not silently reused;
+    a feature set added to it is exported alone.
 
     A freshly initialised discriminator stands in for the checkpoint (restoring one is tested elsewhere).
     """
@@ -279,6 +296,10 @@ def test_mode_embed_refuses_a_finished_export_made_with_other_settings(tiny_conf
     cfg.embed.batch_size = 32  # does not change the export: reused
     main.run_embed(cfg, workdir)
     assert os.stat(npz).st_mtime_ns == mtime
+    # A field no exported set uses does not matter; a set added later is exported alone, next to the others.
+    cfg.embed.update(imagenet_weights="random", feature_sets=("gandl", "handcrafted", "random_d"))
+    main.run_embed(cfg, workdir)
+    assert os.stat(npz).st_mtime_ns == mtime and os.path.exists(os.path.join(folder, "random_d.npz"))
     cfg.embed.orientation_average = True
     with pytest.raises(RuntimeError, match="feature_sets.gandl.orientation_average: False -> True"):  # ExportError
         main.run_embed(cfg, workdir)

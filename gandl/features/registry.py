@@ -15,17 +15,22 @@ class Extractor:
     label: str  # the feature set's name in reports and tables
     target: str  # "module:function" under gandl.features; the function maps a Context to a FeatureFn
     reference: str = ""  # the registry name of the same option on a random-init D (the probe's baseline)
+    # The config.embed fields that shape its features: what its exports record (so adding a feature set to a
+    # finished export, or changing a field another set uses, leaves this one's files valid).
+    embed_fields: tuple[str, ...] = ()
 
 
 # File stem of the exported feature set -> extractor. The report lists feature sets in this order.
+_D_FIELDS = ("orientation_average", "mbstd", "mbstd_batches")
 EXTRACTORS = {
-    "gandl": Extractor("GAN-DL", "discriminator:trained", reference="random_d"),
-    "random_d": Extractor("random-init D", "discriminator:random_init"),
+    "gandl": Extractor("GAN-DL", "discriminator:trained", reference="random_d", embed_fields=_D_FIELDS),
+    "random_d": Extractor("random-init D", "discriminator:random_init", embed_fields=_D_FIELDS),
     "gandl_multiscale": Extractor("GAN-DL multiscale", "discriminator:trained_multiscale",
-                                  reference="random_d_multiscale"),
-    "random_d_multiscale": Extractor("random-init D multiscale", "discriminator:random_init_multiscale"),
+                                  reference="random_d_multiscale", embed_fields=_D_FIELDS),
+    "random_d_multiscale": Extractor("random-init D multiscale", "discriminator:random_init_multiscale",
+                                     embed_fields=_D_FIELDS),
     "handcrafted": Extractor("handcrafted", "handcrafted:extractor"),
-    "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor"),
+    "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor", embed_fields=("imagenet_weights", "imagenet")),
 }
 
 
