@@ -1,10 +1,13 @@
-"""Demo: the embedded synthetic screen, trained on a CPU (about 6 minutes on 2 idle cores end to end).
+"""Demo: the embedded synthetic screen, trained on a CPU (about 15 minutes on 2 idle cores end to end).
 
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
 4,512 synthetic RxRx19a-like sites (`gandl.data.synthetic.DEMO_RXRX19A`) rendered at 64 px and converted
-to 32 px, a narrow StyleGAN2 (32 channels per block, 64-d latents) trained for 1,000 iterations of 16
-images, then embeddings of the screen and of a synthetic RxRx1-like zero-shot set, and the analysis report.
+to 32 px, a narrow StyleGAN2 (32 channels per block, 64-d latents) trained for 4,000 iterations of 16
+images with the linear probe every 500, then embeddings of the screen and of a synthetic RxRx1-like
+zero-shot set, and the analysis report. The recommended GAN-DL feature set here is `gandl_multiscale`
+(README, "What the demo reaches"). Settings chosen on screen seed 0; configs/sweeps/demo_seeds.py reruns
+the job on seeds 1-3.
 """
 
 import ml_collections

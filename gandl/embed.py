@@ -136,14 +136,18 @@ def _recorded_settings(out_dir: str, settings: Mapping[str, Any]) -> dict | None
 
     Only what both name is compared: records, pipeline options and each feature set both hold. A feature set
     the record lacks is an addition (exported next to the finished ones), one the request lacks stays put.
+    Of a set's settings, those this code records are compared: a field an older record also holds is one
+    that does not shape the set (the registry's `embed_fields`).
     """
     path = os.path.join(out_dir, SETTINGS)
     if not tf.io.gfile.exists(path):
         return None
     old = fileio.read_json(path)
-    shared = [name for name in settings["feature_sets"] if name in old.get("feature_sets", {})]
-    changes = _changes({**old, "feature_sets": {n: old["feature_sets"][n] for n in shared}},
-                       {**settings, "feature_sets": {n: settings["feature_sets"][n] for n in shared}})
+    new_sets = settings["feature_sets"]
+    shared = [name for name in new_sets if name in old.get("feature_sets", {})]
+    changes = _changes({**old, "feature_sets": {n: {k: v for k, v in old["feature_sets"][n].items()
+                                                    if k in new_sets[n]} for n in shared}},
+                       {**settings, "feature_sets": {n: new_sets[n] for n in shared}})
     if changes:
         raise ExportError(f"{out_dir} holds an export made with other settings (changed: {'; '.join(changes)}); "
                           "rerun with its settings, or delete the folder to export again")

@@ -270,7 +270,14 @@ def test_embed_killed_and_resumed_with_another_batch_size_equals_an_uninterrupte
     for key, value in _load(alone["maxima"]).items():
         np.testing.assert_array_equal(_load(added["maxima"])[key], value, err_msg=key)
     with open(out / embed.SETTINGS) as f:
-        assert sorted(json.load(f)["feature_sets"]) == ["handcrafted", "maxima", "means"]
+        record = json.load(f)
+    assert sorted(record["feature_sets"]) == ["handcrafted", "maxima", "means"]
+    # An older record that also holds a field which does not shape the set is still this export.
+    record["feature_sets"]["means"]["imagenet_weights"] = ""
+    with open(out / embed.SETTINGS, "w") as f:
+        json.dump(record, f)
+    assert embed.export(spec, str(out), {"means": embed.lazy(never_built)}, batch_size=16, provenance={},
+                        progress=False) == {"means": resumed["means"]}
     assert not _temp_files(out)
 
 
