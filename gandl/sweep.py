@@ -61,7 +61,7 @@ class Sweep:
     runs: list[Run]
 
 
-def _call_in_file(path: str, attr: str) -> Any:
+def call_in_file(path: str, attr: str) -> Any:
     """`attr()` of a Python file loaded by path: sweep and config files are files, not importable modules."""
     spec = importlib.util.spec_from_file_location(f"_gandl_{attr}", path)
     if spec is None or spec.loader is None:
@@ -148,7 +148,7 @@ def check_runs(sweep: Sweep, num_devices: int) -> None:
     """The config check's validation of every run for `num_devices` devices; one error listing every failure."""
     from gandl import check
 
-    base = _call_in_file(_base_path(sweep.base), "get_config")
+    base = call_in_file(_base_path(sweep.base), "get_config")
     failures = [f"run {run.name}: {f}" for run in sweep.runs
                 for f in check.validate(run_config(base, run), num_devices)]
     if failures:
@@ -157,13 +157,13 @@ def check_runs(sweep: Sweep, num_devices: int) -> None:
 
 def load_sweep(path: str) -> Sweep:
     """Read, expand and check a sweep file."""
-    spec = _call_in_file(path, "get_sweep")
+    spec = call_in_file(path, "get_sweep")
     unknown = set(spec) - _SWEEP_KEYS
     if unknown or "base" not in spec:
         raise ValueError(f"{path}: get_sweep() needs 'base' and may hold {sorted(_SWEEP_KEYS)}; got {sorted(spec)}")
     fixed = dict(spec.get("overrides") or {})
     runs = [Run(run_name(swept), swept, {**fixed, **swept}) for swept in expand(spec)]
-    base_config = _call_in_file(_base_path(spec["base"]), "get_config")
+    base_config = call_in_file(_base_path(spec["base"]), "get_config")
     for run in runs:
         run_config(base_config, run)
     return Sweep(spec["base"], spec.get("mode") or "train", runs)

@@ -17,7 +17,7 @@ SWEEPS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "sweeps", "*.py")))
 
 
 def _config(path: str):
-    return sweep._call_in_file(path, "get_config")
+    return sweep.call_in_file(path, "get_config")
 
 
 def _demo(**overrides):
@@ -59,8 +59,8 @@ def test_every_sweep_run_passes_for_1_and_8_devices(path, num_devices):
     ({"model.num_channels": 6}, "model.num_channels=6: the rxrx19a data has 5 channels on 8 device(s)"),
     ({"zeroshot.channels": (1, 2, 3)}, "zeroshot.channels=(1, 2, 3): maps to (1, 2, 3), but the zero-shot set"),
     ({"model.resolution": 48}, "model: resolution must be a power of two >= 8, got 48"),
-    ({"train.probe_every": 300}, "train.probe_every=300: not a multiple of train.checkpoint_every=250, so probed "
-     "steps would have no checkpoint to embed (on 8 device(s)); use train.probe_every=250"),
+    ({"train.probe_every": 1200}, "train.probe_every=1200: not a multiple of train.checkpoint_every=500, so probed "
+     "steps would have no checkpoint to embed (on 8 device(s)); use train.probe_every=1000"),
 ])
 def test_settings_that_cannot_run_fail_with_a_clear_message(overrides, message):
     failures = check.validate(_demo(**overrides), 8)

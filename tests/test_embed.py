@@ -73,6 +73,7 @@ def test_export_writes_the_npz_contract_and_profiles(features_fn, rxrx19a_dir, s
     parts = sorted(os.listdir(os.path.join(out, "parts", "handcrafted")))
     os.remove(os.path.join(out, "parts", "handcrafted", parts[-1]))
     os.remove(paths["gandl"])
+    os.remove(paths["handcrafted"])  # a set whose files are all there counts as finished and is left alone
     calls = []
 
     def counting(images):
