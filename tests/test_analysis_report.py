@@ -73,18 +73,20 @@ def test_report_folder(analysis):
     for name in ("report.md", "summary.csv", "analysis.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     for folder in ("handcrafted", "shuffled"):
-        for name in ("table1_controls.csv", "table1_controls.md", "spaces.csv", "dose_response.csv", "hits.csv",
-                     "fig3_controls.png", "fig4_compounds.png", "fig5_dose_response.png"):
+        for name in ("table1_controls.csv", "table1_controls.md", "spaces.csv", "efficacy.csv", "dose_response.csv",
+                     "hits.csv", "fig3_controls.png", "fig4_compounds.png", "fig5_dose_response.png"):
             path = os.path.join(out, folder, name)
             assert os.path.getsize(path) > 0, path
     assert all(os.path.exists(f) for f in result["files"])
     assert not [f for f in os.listdir(out) if ".tmp-" in f]
     text = open(os.path.join(out, "report.md")).read()
     assert "## Side by side" in text and "| handcrafted | shuffled |" in text
-    spaces_csv = pd.read_csv(os.path.join(out, "handcrafted", "spaces.csv"))
-    assert spaces_csv["on"].min() == pytest.approx(-1) and spaces_csv["on"].max() == pytest.approx(1)
-    controls = spaces_csv[spaces_csv["role"].isin(["C+", "C-"])].groupby(["cell_type", "role"])["efficacy"].mean()
-    np.testing.assert_allclose(controls.to_numpy(), [1, -1, 1, -1], atol=1e-9)
+    scored = pd.read_csv(os.path.join(out, "handcrafted", "efficacy.csv"))
+    held_out = result["screens"]["handcrafted"]["held_out"]
+    plate = scored["experiment"] + "_" + scored["plate"].astype(str)
+    assert len(held_out) >= 2 and len(scored) == len(result["screens"]["handcrafted"]["coordinates"])
+    for k, groups in enumerate(held_out):  # every site is scored by the model that held its plate out
+        assert set(plate[scored["model"] == k]) == set(groups)
 
 
 def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
@@ -98,7 +100,7 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
                                    report.AnalysisConfig(normalization="center_scale"))
     notes = "\n".join(result["notes"])
     assert "C+ vs C- (VERO): skipped" in notes
-    assert "cell line VERO skipped (no C+ control sites)" in notes
+    assert "cell line VERO: not scored (no C+ control sites)" in notes
     assert "Polydatin (HRCE) has 1 dose(s)" in notes
     assert set(result["hits"]["cell_type"]) == {"HRCE"}
     with pytest.raises(ValueError, match="align them by site_id"):

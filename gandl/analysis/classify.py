@@ -95,19 +95,21 @@ class TypicalVariationWhitener(TransformerMixin, BaseEstimator):
 
 
 def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
-              reference: np.ndarray | None = None, uv_is_positive: bool = False) -> np.ndarray:
+              reference: np.ndarray | None = None, uv_is_positive: bool = False, centred: bool = False) -> np.ndarray:
     """Features with plate effects removed, every statistic fitted on all `reference` rows (default: controls).
 
     - 'none': unchanged.
     - 'center_scale': per plate, subtract the reference rows' mean and divide by their std (per feature).
     - 'tvn': typical-variation normalisation: per-plate centring on the reference rows, then whitening
       (`TypicalVariationWhitener`) fitted on the reference rows of every plate.
-    This is the descriptive path (E²/C² spaces, efficacy): nothing is held out there. Table 1 uses
-    `plate_normalize` and fits the whitening inside each fold instead (`classify_controls`).
+    `centred`: the features already went through `plate_normalize` (only the whitening is left to do).
+    This is the descriptive path (E²/C² figures, the mAP profiles): nothing is held out there. Table 1 and
+    the cross-fitted efficacy scores use `plate_normalize` and fit the whitening inside each fold instead.
     Per-plate statistics also remove whatever differs between plates in biology: on RxRx19a every plate
     holds one cell line, so HRCE vs VERO is only meaningful with 'none'.
     """
-    x = plate_normalize(features, metadata, method, reference, uv_is_positive)
+    x = np.asarray(features, np.float32) if centred else plate_normalize(features, metadata, method, reference,
+                                                                           uv_is_positive)
     if method != "tvn":
         return x
     ref = control_mask(metadata, uv_is_positive) if reference is None else np.asarray(reference, bool)
@@ -204,19 +206,52 @@ def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = 
                   uv_is_positive: bool = False) -> list[tuple[str, ...]]:
     """The screen's one fold assignment: the groups (plates / experiments) each fold holds out.
 
-    Every Table-1 task of every feature set uses it, and so does the ImageNet comparator's per-fold
-    fine-tuning (`gandl.main.run_embed`): fold k's model never saw fold k's groups. Folds are stratified
-    by cell line x control role when every such class spans two or more groups, else by control role;
-    computed from the C+/C- control sites only.
+    Every Table-1 task of every feature set uses it, and so do the cross-fitted efficacy scores and the
+    ImageNet comparator's per-fold fine-tuning: fold k's model never saw fold k's groups. Folds are
+    stratified by the finest of cell line x control role, cell line, or control role whose every class
+    spans two or more groups: a plate that lacks one control kind then leaves only the tasks that need that
+    kind, not the cell-line stratification of all the others. Computed from the C+/C- control sites only.
     """
     role = control_role(metadata, uv_is_positive).to_numpy()
     ctrl = np.isin(role, ["C+", "C-"])
     groups = plate_key(metadata, group_by)[ctrl]
-    fine = metadata["cell_type"].astype(str).to_numpy()[ctrl] + "|" + role[ctrl]
-    per_class = pd.DataFrame({"y": fine, "g": groups}).drop_duplicates().groupby("y")["g"].nunique()
-    labels = fine if len(per_class) and per_class.min() >= 2 else role[ctrl]
+    line = metadata["cell_type"].astype(str).to_numpy()[ctrl]
+    labels = role[ctrl]
+    for candidate in (line + "|" + role[ctrl], line):
+        spans = pd.DataFrame({"y": candidate, "g": groups}).drop_duplicates().groupby("y")["g"].nunique()
+        if len(spans) and spans.min() >= 2:
+            labels = candidate
+            break
     folds = grouped_folds(labels, groups, n_splits, seed)
     return [tuple(sorted(set(groups[test]))) for _, test in folds]
+
+
+def crossfit_decision(features: np.ndarray, labels: np.ndarray, fitted: np.ndarray, groups: np.ndarray,
+                      held_out: Sequence[Sequence[str]], *, c: float = 1.0, seed: int = 0,
+                      conditions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Linear-SVM decision values of every row under per-fold models, and the model that never saw its group.
+
+    Model k < K (K = len(held_out)) is fitted on the `fitted` rows (e.g. the C+/C- controls, `labels` their
+    classes, the positive class last) outside the groups `held_out[k]`; model K on every `fitted` row. Returns
+    (decisions [N, K + 1]: every model's value for every row, fold [N]): a row's cross-fitted value is
+    `decisions[i, fold[i]]`, with fold[i] = k for a row of held_out[k], K for a row whose group no fold
+    holds out (a plate without controls: none of its rows trained model K either). With `conditions`
+    the SVM is preceded by TVN whitening fitted on the same training rows.
+    """
+    groups = np.asarray(groups).astype(str)
+    fitted = np.asarray(fitted, bool)
+    fold = np.full(len(groups), len(held_out))
+    for k, names in enumerate(held_out):
+        fold[np.isin(groups, list(names))] = k
+    decisions = np.empty((len(groups), len(held_out) + 1))
+    for k in range(len(held_out) + 1):
+        train = fitted & (fold != k) if k < len(held_out) else fitted
+        if len(np.unique(labels[train])) < 2:
+            raise CVError(f"model {k} has only {sorted(set(labels[train]))} among its training rows")
+        fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
+        model = make_svm(c, seed, whiten=conditions is not None).fit(features[train], labels[train], **fit_params)
+        decisions[:, k] = model.decision_function(features)
+    return decisions, fold
 
 
 @dataclasses.dataclass(frozen=True)

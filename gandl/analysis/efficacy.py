@@ -25,6 +25,16 @@ WELL_KEYS = ["treatment", "cell_type", "treatment_conc"]  # one dose point of on
 CURVE_KEYS = ["treatment", "cell_type"]
 
 
+def _anchored(on: np.ndarray, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray | str:
+    """`on[rows]` mapped so that mean(on[neg]) = -1 and mean(on[pos]) = +1, or the reason it cannot be."""
+    if not pos.any() or not neg.any():
+        return f"no {' or '.join(r for r, v in (('C+', pos), ('C-', neg)) if not v.any())} control sites"
+    gap = on[pos].mean() - on[neg].mean()
+    if not abs(gap) > 1e-12:
+        return "C+ and C- controls have the same mean on-perturbation value"
+    return -1.0 + 2.0 * (on[rows] - on[neg].mean()) / gap
+
+
 def efficacy_scores(on: np.ndarray, metadata: pd.DataFrame,
                     uv_is_positive: bool = False) -> tuple[np.ndarray, dict[str, str]]:
     """Per-site efficacy scores and the cell lines that could not be scored (line -> reason).
@@ -39,17 +49,48 @@ def efficacy_scores(on: np.ndarray, metadata: pd.DataFrame,
     skipped = {}
     for name in pd.unique(line):
         rows = line == name
-        pos, neg = on[rows & (role == "C+")], on[rows & (role == "C-")]
-        if not len(pos) or not len(neg):
-            missing = [r for r, v in (("C+", pos), ("C-", neg)) if not len(v)]
-            skipped[str(name)] = f"no {' or '.join(missing)} control sites"
-            continue
-        gap = pos.mean() - neg.mean()
-        if not abs(gap) > 1e-12:
-            skipped[str(name)] = "C+ and C- controls have the same mean on-perturbation value"
-            continue
-        scores[rows] = -1.0 + 2.0 * (on[rows] - neg.mean()) / gap
+        value = _anchored(on, rows, rows & (role == "C+"), rows & (role == "C-"))
+        if isinstance(value, str):
+            skipped[str(name)] = value
+        else:
+            scores[rows] = value
     return scores, skipped
+
+
+def crossfit_efficacy(decisions: np.ndarray, fold: np.ndarray, metadata: pd.DataFrame,
+                      uv_is_positive: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Efficacy scores from cross-fitted axes (`classify.crossfit_decision`), and notes on what was not held out.
+
+    `decisions[:, k]` is fold k's model's decision value for every row, `fold` the model that scores each
+    row (the one that never saw its plate). Within each fold and cell line the anchors are the means of that
+    fold's held-out control sites, scored like the treated wells beside them: no anchor, no score and no
+    reference a hit is tested against comes from a model fitted on it. Where the held-out plates lack a
+    control kind, its anchor comes from the fold's training controls (their scores are inflated by the
+    fit, which only rescales the line's scores; noted); a line with neither kind is not scored (noted).
+    """
+    role = control_role(metadata, uv_is_positive).to_numpy()
+    line = metadata["cell_type"].astype(str).to_numpy()
+    scores = np.full(len(fold), np.nan)
+    notes = []
+    for k in np.unique(fold):
+        own, held = np.asarray(decisions[:, k], np.float64), fold == k
+        source = "every control site" if k == decisions.shape[1] - 1 else "its training plates"
+        for name in pd.unique(line[held]):
+            rows = held & (line == name)
+            anchors = []
+            for kind in ("C+", "C-"):
+                chosen = rows & (role == kind)
+                if not chosen.any() and ((line == name) & (role == kind)).any():
+                    chosen = (line == name) & (role == kind)
+                    notes.append(f"efficacy: model {k}, cell line {name}: no {kind} sites on its held-out plates, "
+                                 f"the {kind} anchor comes from {source}")
+                anchors.append(chosen)
+            value = _anchored(own, rows, *anchors)
+            if isinstance(value, str):
+                notes.append(f"efficacy: model {k}, cell line {name}: not scored ({value})")
+            else:
+                scores[rows] = value
+    return scores, notes
 
 
 def _plate_id(metadata: pd.DataFrame) -> pd.Series:
@@ -316,15 +357,27 @@ def toxic_drop(means: np.ndarray, sems: np.ndarray, threshold: float = 0.5) -> b
     return bool(drop > max(threshold, noise))
 
 
+def simes(p: np.ndarray) -> float:
+    """Simes' combination of p-values: min over i of n p_(i) / i (NaNs left out; NaN when none is finite).
+
+    It tests "no dose has an effect" and stays valid under the positive dependence of doses tested against
+    one shared set of control wells (Sarkar 1998), where Fisher's or Stouffer's independence would not.
+    """
+    p = np.sort(np.asarray(p, np.float64)[np.isfinite(p)])
+    return float(np.min(p * len(p) / np.arange(1, len(p) + 1))) if len(p) else float("nan")
+
+
 def hit_table(wells: pd.DataFrame, controls: pd.DataFrame, *, fdr: float = 0.05, flat_threshold: float = 0.25,
               toxic_threshold: float = 0.5) -> pd.DataFrame:
     """One row per compound x cell line: best dose, hit call, Hill fit, AUC, flags, and the rank within the line.
 
     Ranked by the best mean efficacy score over the tested doses (fit-free, so a flat or one-dose compound
-    still gets a place). `hit`: some dose has q < `fdr` (`dose_tests`: t-test vs the same plates' C- wells,
-    Benjamini-Hochberg over all compound x dose tests) and a mean score above the 0 threshold. `best_dose`
-    (µM) is the dose the call rests on: the lowest q among doses with a mean above 0 (else among all
-    tested doses; ties to the higher mean), with its `p` and `q`.
+    still gets a place). The call is made where it is read, per compound x cell line: `p` combines the
+    compound's dose p-values (`dose_tests`: t-test vs the same plates' C- wells) by Simes' rule, `q` is
+    Benjamini-Hochberg over every compound x cell line, so `hit` (q < `fdr`, and some dose's mean score
+    above the 0 threshold) controls the false discovery rate of the hit list itself. `best_dose` (µM)
+    is the tested dose with the lowest p (ties to the higher mean); `dose_p` and `dose_q` are its own test
+    and its q among every compound x dose test (the dose-level FDR of `dose_response`).
     """
     doses = dose_tests(wells, controls)
     if doses.empty:
@@ -336,13 +389,17 @@ def hit_table(wells: pd.DataFrame, controls: pd.DataFrame, *, fdr: float = 0.05,
     table["auc"] = [curve_auc(c["log10_conc"].to_numpy(), c["mean"].to_numpy()) for _, c in by_curve]
     table["toxic_drop"] = [toxic_drop(c["mean"].to_numpy(), c["sem"].to_numpy(), toxic_threshold)
                            for _, c in by_curve]
-    call = (doses.assign(below=~(doses["mean"] > 0), neg_mean=-doses["mean"])
-            .sort_values(CURVE_KEYS + ["below", "q", "neg_mean"], na_position="last")
+    best = (doses.assign(neg_mean=-doses["mean"]).sort_values(CURVE_KEYS + ["p", "neg_mean"], na_position="last")
             .drop_duplicates(CURVE_KEYS).sort_values(CURVE_KEYS))
-    table["best_dose"] = np.where(np.isfinite(call["q"]), call["treatment_conc"], np.nan)
-    table["p"], table["q"] = call["p"].to_numpy(), call["q"].to_numpy()
-    table["hit"] = (doses.assign(hit=(doses["q"] < fdr) & (doses["mean"] > 0))
-                    .groupby(CURVE_KEYS, sort=True)["hit"].any().to_numpy())
+    tested = np.isfinite(best["p"].to_numpy())
+    table["best_dose"] = np.where(tested, best["treatment_conc"], np.nan)
+    table["dose_p"], table["dose_q"] = best["p"].to_numpy(), best["q"].to_numpy()
+    table["p"] = by_curve["p"].agg(simes).to_numpy()
+    table["q"] = np.nan
+    if np.isfinite(table["p"]).any():
+        finite = np.isfinite(table["p"]).to_numpy()
+        table.loc[finite, "q"] = stats.false_discovery_control(table.loc[finite, "p"], method="bh")
+    table["hit"] = (table["q"] < fdr) & (table["max_score"] > 0)
     curve = wells.groupby(CURVE_KEYS, sort=True).ngroup().to_numpy()
     fits = fit_hills(curve, np.log10(wells["treatment_conc"].to_numpy()), wells["score"].to_numpy(),
                      flat_threshold=flat_threshold)

@@ -99,13 +99,28 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
     if per_fold_extractor is False:
         table1_text += "; not computed: this extractor was fitted on labels and no per-fold features were given"
     descriptive = ("no groups held out (descriptive): SVM normal and min-max range on all C+/C- controls, "
-                   "off-axis PCA on every site, efficacy anchors on each cell line's controls"
+                   "off-axis PCA on every site"
                    + (f", {per_plate} and TVN whitening on all plates' controls" if config.normalization == "tvn"
                       else f", {per_plate} on each plate's controls" if per_plate else ""))
+    crossfit = (f"cross-fitted: every site scored by a linear SVM fitted on the C+/C- controls of the other "
+                f"{config.group_by}s (Table 1's folds; {config.group_by}s without controls by one SVM on all "
+                "controls, which none of their sites trained)"
+                + (", TVN whitening fitted with it" if config.normalization == "tvn" else "")
+                + "; per fold and cell line the held-out controls anchor C- = -1 and C+ = +1, so the C- wells a "
+                  "dose is tested against were never fitted on")
+    hits = (crossfit + "; `hit`, `p`, `q`: Simes' combination of a compound's dose p-values, Benjamini-Hochberg "
+            "over compound x cell line (the FDR of the hit list); `dose_p`, `dose_q`: the best dose's t-test and "
+            "its Benjamini-Hochberg q over every compound x dose (the FDR of single doses)")
+    activity = ("well profiles as the descriptive path (" + (per_plate or "no normalisation")
+                + (", TVN whitening on all controls" if config.normalization == "tvn" else "")
+                + "); copairs mAP against the cell line's C- wells, permutation p, Benjamini-Hochberg q over "
+                  "compound x dose x cell line")
     if per_fold_extractor is not None:
         descriptive += "; features from one model fine-tuned on all control sites"
-    return {"table1_controls": table1_text, "spaces": descriptive, "dose_response": descriptive,
-            "hits": descriptive}
+        crossfit = hits = activity = ("not computed: the feature extractor was fine-tuned on every control's "
+                                      "label, so no C- well is a held-out reference")
+    return {"table1_controls": table1_text, "spaces": descriptive, "efficacy": crossfit,
+            "dose_response": crossfit, "hits": hits, "map_activity": activity}
 
 
 def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
@@ -122,18 +137,23 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     reason) and `results`.
     """
     _check_inputs(features, metadata, RXRX19A_REQUIRED)
-    metadata = metadata.reset_index(drop=True)
+    site_metadata = metadata.reset_index(drop=True)
     per_fold = None if fold_sets is None else bool(fold_sets)
     try:
-        x = classify.normalize(features, metadata, config.normalization, uv_is_positive=config.uv_is_positive)
+        unfitted = classify.plate_normalize(features, site_metadata, config.normalization,
+                                            uv_is_positive=config.uv_is_positive)
+        metadata = site_metadata
         if config.level == "well":
-            x, metadata = aggregate_wells(x, metadata)
+            unfitted, metadata = aggregate_wells(unfitted, site_metadata)
+        x = (classify.normalize(unfitted, metadata, "tvn", uv_is_positive=config.uv_is_positive, centred=True)
+             if config.normalization == "tvn" else unfitted)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run
         reason = f"{config.normalization} normalisation: {e}"
         return dict(_outcome(SCREEN_TASKS, {}, {t.name: reason for t in SCREEN_TASKS}),
                     protocol=protocol(config, None, per_fold))
-    sites = (np.asarray(features), metadata)
-    results, skipped = run_tasks(SCREEN_TASKS, Inputs(x, metadata, config, folder, {}, truth, sites, fold_sets))
+    inputs = Inputs(x, metadata, config, folder, {}, truth, (np.asarray(features), site_metadata), fold_sets,
+                    unfitted)
+    results, skipped = run_tasks(SCREEN_TASKS, inputs)
     outcome = _outcome(SCREEN_TASKS, results, skipped)
     return dict(outcome, protocol=protocol(config, outcome.get("table1"), per_fold))
 
@@ -208,9 +228,10 @@ def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots
                  "or zero-shot number is fitted on the training folds only"
                  + (" (the per-plate normalisation uses each plate's own control sites, C+ and C- pooled, "
                     "labels unused, held-out plates included)" if config.normalization != "none" else "")
-                 + "; efficacy scores put the mean C- control at -1 and the mean C+ control at +1 per cell "
-                   "line (0 = efficacy threshold). Each feature set's Protocol lists what was held out and "
-                   "fitted where, per table."),
+                 + "; efficacy scores are cross-fitted (each site scored by an axis fitted without its "
+                   f"{config.group_by}) and put the mean C- control at -1 and the mean C+ control at +1 per "
+                   "cell line (0 = efficacy threshold); hits control the false discovery rate per compound x cell "
+                   "line. Each feature set's Protocol lists what was held out and fitted where, per table."),
         ("heading", 2, "Side by side"), ("table", summary, True)]
     for name, outcome in screens.items():
         blocks.append(("heading", 2, name))

@@ -64,6 +64,7 @@ class Inputs:
     truth: pd.DataFrame | None = None
     sites: tuple[np.ndarray, pd.DataFrame] | None = None  # the raw site-level features: steps fitted per fold
     fold_sets: Sequence[FoldSet] | None = None  # per-fold control features of a label-fitted extractor
+    unfitted: np.ndarray | None = None  # `features` before any step fitted on labels (cross-fitted steps)
 
 
 @dataclasses.dataclass
@@ -138,23 +139,57 @@ def _highlighted(coords: pd.DataFrame, config: AnalysisConfig) -> list[str]:
 
 
 def spaces_task(inp: Inputs) -> Result:
-    """E²/C² spaces: the on/off-perturbation axes of the controls' SVM and every site's efficacy score."""
+    """E²/C² spaces: the on/off-perturbation axes of one SVM on all controls (descriptive figures)."""
     cfg = inp.config
     axes = spaces.fit_axes(inp.features, inp.metadata, **_common(cfg))
     coords = spaces.coordinates(inp.features, inp.metadata, axes, cfg.uv_is_positive)
-    scores, skipped = efficacy.efficacy_scores(coords["on"].to_numpy(), inp.metadata, cfg.uv_is_positive)
-    coords["efficacy"] = scores
     threshold = float(axes.scale_on(axes.threshold))
     out = Result(tables={"spaces": (coords, False)},
                  figures={"fig3_controls.png": plots.controls_figure(coords[coords["role"] != "treated"], threshold)},
-                 blocks=[("figure", "E² controls", f"{inp.folder}/fig3_controls.png")],
-                 notes=[f"efficacy: cell line {line} skipped ({why})" for line, why in skipped.items()],
+                 blocks=[("figure", "E² controls (axis fitted on all controls: descriptive)",
+                          f"{inp.folder}/fig3_controls.png")],
                  values=dict(axes=axes, coordinates=coords))
     present = _highlighted(coords, cfg)
     if present:
         out.figures["fig4_compounds.png"] = plots.compounds_figure(coords, present)
-        out.blocks.append(("figure", "C² compounds", f"{inp.folder}/fig4_compounds.png"))
+        out.blocks.append(("figure", "C² compounds (axis fitted on all controls: descriptive)",
+                           f"{inp.folder}/fig4_compounds.png"))
     return out
+
+
+def _refuse_label_fitted(inp: Inputs, what: str) -> None:
+    """An extractor fitted on the controls' labels saw every C- well a treated well would be tested against."""
+    if inp.fold_sets is not None:
+        raise ValueError(f"the feature extractor was fitted on every control's label, so its C- wells are no "
+                         f"held-out reference for {what}")
+
+
+def efficacy_task(inp: Inputs) -> Result:
+    """Cross-fitted efficacy scores: every site scored by an axis fitted without its plate (or experiment).
+
+    Fold k's SVM (with TVN whitening when configured) is fitted on the controls outside Table 1's held-out
+    groups k and scores every site inside them; each fold's held-out controls anchor its scores per cell
+    line (C- = -1, C+ = +1). Dose-response, Hill fits, hits and the truth agreement read these scores.
+    """
+    cfg = inp.config
+    _refuse_label_fitted(inp, "efficacy scores")
+    meta = inp.metadata
+    role = classify.control_role(meta, cfg.uv_is_positive)
+    held_out = classify.control_folds(meta, n_splits=cfg.n_splits, group_by=cfg.group_by, seed=cfg.seed,
+                                      uv_is_positive=cfg.uv_is_positive)
+    conditions = (classify.whitening_conditions(meta, cfg.uv_is_positive) if cfg.normalization == "tvn"
+                  else None)
+    decisions, fold = classify.crossfit_decision(
+        inp.unfitted, (role == "C+").to_numpy(), role.isin(["C+", "C-"]).to_numpy(),
+        classify.plate_key(meta, cfg.group_by), held_out, c=cfg.c, seed=cfg.seed, conditions=conditions)
+    scores, notes = efficacy.crossfit_efficacy(decisions, fold, meta, cfg.uv_is_positive)
+    keep = [c for c in ("site_id", "well_id", "cell_type", "experiment", "plate", "treatment", "treatment_conc")
+            if c in meta]
+    table = meta[keep].assign(role=role.to_numpy(), model=fold,
+                              decision=decisions[np.arange(len(fold)), fold], efficacy=scores)
+    return Result(tables={"efficacy": (table, False)}, notes=notes,
+                  summary={"efficacy: models (folds + all-controls)": len(np.unique(fold))},
+                  values=dict(efficacy=table, held_out=held_out))
 
 
 HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax", "hill_slope", "r2",
@@ -164,8 +199,7 @@ HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", 
 def dose_response_task(inp: Inputs) -> Result:
     """Efficacy per compound and dose (well means), Hill fits and the hit table; agreement with a known truth."""
     cfg = inp.config
-    coords = inp.earlier["spaces"]["coordinates"]
-    scores = coords["efficacy"].to_numpy()
+    scores = inp.earlier["efficacy"]["efficacy"]["efficacy"].to_numpy()
     wells = efficacy.well_scores(scores, inp.metadata)
     controls = efficacy.control_wells(scores, inp.metadata, cfg.uv_is_positive)
     hits = efficacy.hit_table(wells, controls, fdr=cfg.fdr, flat_threshold=cfg.flat_threshold,
@@ -206,6 +240,7 @@ def activity_task(inp: Inputs) -> Result:
     wells against its cell line's C- wells; consistency, of the active groups, against the other compounds.
     """
     cfg = inp.config
+    _refuse_label_fitted(inp, "phenotypic activity")
     x, meta = (inp.features, inp.metadata) if cfg.level == "well" else aggregate_wells(inp.features, inp.metadata)
     act = activity.phenotypic_activity(x, meta, alpha=MAP_ALPHA, seed=cfg.seed)
     compounds = activity.compound_table(act)
@@ -247,7 +282,8 @@ def zeroshot_task(inp: Inputs) -> Result:
 SCREEN_TASKS = (
     Task("controls", "Table 1 (control classification)", controls_task),
     Task("spaces", "E²/C² spaces and efficacy scores", spaces_task),
-    Task("dose_response", "dose-response and hits", dose_response_task, needs=("spaces",)),
+    Task("efficacy", "cross-fitted efficacy scores", efficacy_task),
+    Task("dose_response", "dose-response and hits", dose_response_task, needs=("efficacy",)),
     Task("activity", "phenotypic activity (copairs mAP)", activity_task),
 )
 ZEROSHOT_TASKS = (
