@@ -368,7 +368,7 @@ def simes(p: np.ndarray) -> float:
 
 
 def hit_table(wells: pd.DataFrame, controls: pd.DataFrame, *, fdr: float = 0.05, flat_threshold: float = 0.25,
-              toxic_threshold: float = 0.5) -> pd.DataFrame:
+              toxic_threshold: float = 0.5, doses: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per compound x cell line: best dose, hit call, Hill fit, AUC, flags, and the rank within the line.
 
     Ranked by the best mean efficacy score over the tested doses (fit-free, so a flat or one-dose compound
@@ -377,9 +377,10 @@ def hit_table(wells: pd.DataFrame, controls: pd.DataFrame, *, fdr: float = 0.05,
     Benjamini-Hochberg over every compound x cell line, so `hit` (q < `fdr`, and some dose's mean score
     above the 0 threshold) controls the false discovery rate of the hit list itself. `best_dose` (µM)
     is the tested dose with the lowest p (ties to the higher mean); `dose_p` and `dose_q` are its own test
-    and its q among every compound x dose test (the dose-level FDR of `dose_response`).
+    and its q among every compound x dose test (the dose-level FDR of `dose_response`). `doses`: the
+    `dose_tests` table of these wells, when the caller has it already.
     """
-    doses = dose_tests(wells, controls)
+    doses = dose_tests(wells, controls) if doses is None else doses
     if doses.empty:
         return pd.DataFrame()
     by_curve = doses.groupby(CURVE_KEYS, sort=True)

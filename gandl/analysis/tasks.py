@@ -202,9 +202,9 @@ def dose_response_task(inp: Inputs) -> Result:
     scores = inp.earlier["efficacy"]["efficacy"]["efficacy"].to_numpy()
     wells = efficacy.well_scores(scores, inp.metadata)
     controls = efficacy.control_wells(scores, inp.metadata, cfg.uv_is_positive)
+    dose_response = efficacy.dose_tests(wells, controls)
     hits = efficacy.hit_table(wells, controls, fdr=cfg.fdr, flat_threshold=cfg.flat_threshold,
-                              toxic_threshold=cfg.toxic_threshold)
-    dose_response = efficacy.dose_response(wells)
+                              toxic_threshold=cfg.toxic_threshold, doses=dose_response)
     out = Result(tables={"dose_response": (dose_response, False), "hits": (hits, False)},
                  values=dict(dose_response=dose_response, hits=hits))
     for line, sub in hits.groupby("cell_type") if len(hits) else ():
