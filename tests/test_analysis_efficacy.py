@@ -197,8 +197,9 @@ def _noise_screen(rng: np.random.Generator, effective: int = 0, compounds: int =
     """Well scores (wells, controls) of a screen whose compounds do nothing, but the first `effective`
     (which rescue to +1 at their top `active_doses` doses).
 
-    Plates carry offsets (sd `plate_sd`, by default larger than the well noise) shared by their compound and control wells,
-    and each compound sits on a few plates only, so a test against other plates' controls would call hits.
+    Plates carry offsets (sd `plate_sd`, by default larger than the well noise) shared by their compound and
+    control wells, and each compound sits on a few plates only, so a test against other plates' controls
+    would call hits.
     """
     names = [f"P{i}" for i in range(plates)]
     offsets = dict(zip(names, rng.normal(0, plate_sd, plates)))
@@ -270,3 +271,21 @@ def test_truth_agreement_reports_each_cell_line_so_a_failing_line_is_not_hidden_
     assert agreement["per_line"]["VERO"]["spearman_compound"] == pytest.approx(-1.0)
     assert agreement["spearman_compound"] > 0
     assert agreement["n_compounds"] == 10
+
+
+def test_truth_agreement_scores_separation_rank_and_hits_against_the_truly_active():
+    ec50s = {"A0": 0.05, "A1": 0.5, "A2": 2.0, "I0": np.nan, "I1": np.nan, "I2": np.nan}
+    truth = pd.DataFrame([dict(treatment=name, cell_type="HRCE", effect_class="x", emax=0.0 if name[0] == "I" else 1.0,
+                               ec50_uM=ec50, hill=1.0, tox_ec50_uM=np.nan, tox_hill=np.nan, SMILES="")
+                          for name, ec50 in ec50s.items()])
+    # Best scores: the actives in the wrong order among themselves, all above the inert ones but I0 (0.9).
+    best = {"A0": 0.5, "A1": 0.8, "A2": 0.7, "I0": 0.9, "I1": -1.0, "I2": -0.9}
+    curves = pd.DataFrame([dict(treatment=n, cell_type="HRCE", treatment_conc=d, mean=best[n] - (d < DOSES[-1]))
+                           for n in ec50s for d in DOSES])
+    hits = pd.DataFrame(dict(treatment=list(ec50s), cell_type="HRCE", hit=[True, False, True, True, False, False]))
+    line = efficacy.truth_agreement(curves, truth, hits)["per_line"]["HRCE"]
+    assert line["auroc"] == pytest.approx(6 / 9)  # I0 outranks all three actives: 6 of 9 pairs in order
+    assert line["spearman_active"] == pytest.approx(-0.5)  # hidden A0 > A1 > A2, scores A1 > A2 > A0
+    assert line["precision"] == pytest.approx(2 / 3) and line["recall"] == pytest.approx(2 / 3)
+    assert line["n_active"] == 3 and line["n_inert"] == 3
+    assert 0.8 < line["spearman_ceiling"] < 1.0  # the three inert compounds tie at 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn import metrics
 
 from gandl.data.rxrx import control_role
 
@@ -410,27 +411,58 @@ def hit_table(wells: pd.DataFrame, controls: pd.DataFrame, *, fdr: float = 0.05,
     return table.sort_values(["cell_type", "rank"]).reset_index(drop=True)
 
 
-def truth_agreement(curves: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
-    """Spearman correlation of mean scores with a synthetic screen's hidden efficacy (dose points).
+ACTIVE_EFFICACY = 0.5  # hidden efficacy at which a compound is truly above the threshold (half-way to C+)
 
-    For `gandl.data.synthetic` screens only: `truth` is their truth.csv. Also reports, per compound x cell
-    line, the correlation of the best (maximum over doses) mean score with the maximum hidden efficacy over
-    the tested doses: the two maxima may sit at different doses. `per_line` holds the same two numbers
-    within each cell line, where the efficacy axis is fitted: pooled lines can hide one that fails.
+
+def _line_truth(best: pd.DataFrame, hits: pd.DataFrame | None) -> dict[str, float]:
+    """Agreement of one cell line's best-dose scores (`mean`) and hit calls with the hidden best-dose efficacy.
+
+    Truly active: hidden efficacy >= ACTIVE_EFFICACY at some tested dose; inert: 0 at every dose (in between
+    counts for neither AUROC class). The Spearman over all compounds is capped below 1 by the inert
+    compounds' tie (`spearman_ceiling`: its value for scores in the truth's order with the ties broken).
+    """
+    active, inert = best["hidden"] >= ACTIVE_EFFICACY, best["hidden"] == 0
+    nan = float("nan")
+    out = dict(spearman_compound=float(stats.spearmanr(best["mean"], best["hidden"]).statistic),
+               spearman_ceiling=float(stats.spearmanr(best["hidden"], stats.rankdata(best["hidden"], "ordinal"))
+                                      .statistic),
+               auroc=nan, spearman_active=nan, precision=nan, recall=nan, n_active=int(active.sum()),
+               n_inert=int(inert.sum()))
+    if active.any() and inert.any():
+        out["auroc"] = float(metrics.roc_auc_score(np.r_[np.ones(active.sum()), np.zeros(inert.sum())],
+                                                   np.r_[best.loc[active, "mean"], best.loc[inert, "mean"]]))
+    if active.sum() >= 3:
+        out["spearman_active"] = float(stats.spearmanr(best.loc[active, "mean"], best.loc[active, "hidden"])
+                                       .statistic)
+    if hits is not None and len(hits):
+        called = set(hits.loc[hits["hit"], "treatment"])
+        true = set(best.index[active])
+        out["precision"] = len(called & true) / len(called) if called else nan
+        out["recall"] = len(called & true) / len(true) if true else nan
+    return out
+
+
+def truth_agreement(curves: pd.DataFrame, truth: pd.DataFrame, hits: pd.DataFrame | None = None) -> dict[str, Any]:
+    """How a feature set's scores and hits agree with a synthetic screen's hidden efficacy.
+
+    For `gandl.data.synthetic` screens only: `truth` is their truth.csv, `curves` the dose-response table
+    (mean score per compound x cell line x dose), `hits` the hit table. Pooled over cell lines: the Spearman
+    of the dose points and of each compound's best (maximum over doses) mean score with its maximum hidden
+    efficacy over the tested doses (the two maxima may sit at different doses). `per_line`, where the
+    efficacy axis is anchored: that Spearman and its ceiling, the AUROC of the best-dose score for truly
+    active against inert compounds, the Spearman among the truly active, and the hits' precision and
+    recall against the truly active (`_line_truth`).
     """
     from gandl.data.synthetic import hidden_efficacy
 
     hidden = np.array([hidden_efficacy(truth, r.treatment, r.cell_type, r.treatment_conc)
                        for r in curves.itertuples()])
     scored = curves.assign(hidden=hidden)
-
-    def spearman(frame: pd.DataFrame) -> tuple[float, float, int]:
-        best = frame.groupby(["treatment", "cell_type"])[["mean", "hidden"]].max()
-        return (float(stats.spearmanr(frame["mean"], frame["hidden"]).statistic),
-                float(stats.spearmanr(best["mean"], best["hidden"]).statistic), len(best))
-
-    per_dose, per_compound, n_compounds = spearman(scored)
-    per_line = {str(line): dict(zip(("spearman_dose", "spearman_compound"), spearman(frame)[:2]))
-                for line, frame in scored.groupby("cell_type")}
-    return dict(spearman_dose=per_dose, spearman_compound=per_compound, n_points=len(curves),
-                n_compounds=n_compounds, per_line=per_line)
+    best = scored.groupby(["treatment", "cell_type"])[["mean", "hidden"]].max()
+    per_line = {}
+    for line, frame in best.groupby(level="cell_type"):
+        line_hits = None if hits is None else hits[hits["cell_type"] == line]
+        per_line[str(line)] = _line_truth(frame.droplevel("cell_type"), line_hits)
+    return dict(spearman_dose=float(stats.spearmanr(scored["mean"], scored["hidden"]).statistic),
+                spearman_compound=float(stats.spearmanr(best["mean"], best["hidden"]).statistic),
+                n_points=len(curves), n_compounds=len(best), per_line=per_line)

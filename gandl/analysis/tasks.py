@@ -192,8 +192,13 @@ def efficacy_task(inp: Inputs) -> Result:
                   values=dict(efficacy=table, held_out=held_out))
 
 
+TRUTH_ROWS = (("auroc", "AUROC (best-dose score, active vs inert)"),
+              ("spearman_active", "Spearman among truly active"),
+              ("precision", "hit precision"), ("recall", "hit recall"),
+              ("spearman_compound", "Spearman (best dose, all compounds)"),
+              ("spearman_ceiling", "Spearman ceiling (ties among inert)"))
 HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax", "hill_slope", "r2",
-               "fit_status", "toxic_drop", "best_dose", "q", "hit"]
+               "fit_status", "toxic_drop", "best_dose", "dose_q", "q", "hit"]
 
 
 def dose_response_task(inp: Inputs) -> Result:
@@ -213,11 +218,12 @@ def dose_response_task(inp: Inputs) -> Result:
         top = sub.nsmallest(1, "rank").iloc[0]
         out.summary[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
     if inp.truth is not None:
-        agreement = efficacy.truth_agreement(dose_response, inp.truth)
+        agreement = efficacy.truth_agreement(dose_response, inp.truth, hits)
         out.summary["hidden efficacy: Spearman (dose points)"] = agreement["spearman_dose"]
         out.summary["hidden efficacy: Spearman (best dose per compound)"] = agreement["spearman_compound"]
         for line, values in agreement["per_line"].items():
-            out.summary[f"{line}: hidden efficacy Spearman (best dose per compound)"] = values["spearman_compound"]
+            out.summary.update({f"{line}: hidden efficacy {label}": values[key] for key, label in TRUTH_ROWS})
+        out.values["truth"] = agreement
     if len(hits):
         out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, hits, cfg.highlight,
                                                                            cfg.top_k)
