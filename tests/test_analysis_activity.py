@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from copairs.map import average_precision
+from copairs import compute
+from copairs.map import average_precision, mean_average_precision
 
 from gandl.analysis import activity, plots
 from gandl.data import images, rxrx, synthetic
@@ -22,10 +23,9 @@ def _wells(rng, lines=("HRCE", "VERO"), compounds=3, doses=(0.1, 1.0), replicate
 
 
 @pytest.mark.parametrize("block_entries", [40, 2_000_000])  # tiny blocks: many blocks, same APs
-def test_activity_aps_match_copairs_pair_lists(tmp_path, block_entries):
+def test_activity_aps_match_copairs_pair_lists(block_entries):
     features, meta = _wells(np.random.default_rng(0))
-    table = activity.phenotypic_activity(features, meta, null_size=500, block_entries=block_entries,
-                                         cache_dir=str(tmp_path))
+    table = activity.phenotypic_activity(features, meta, null_size=500, block_entries=block_entries)
     role = rxrx.control_role(meta)
     for line in ("HRCE", "VERO"):  # copairs' reference path: explicit pairs, one cell line at a time
         rows = np.flatnonzero((meta["cell_type"] == line) & role.isin(["C-", "treated"]))
@@ -103,3 +103,30 @@ def test_effective_compounds_are_active_at_high_dose_and_inert_ones_are_not(synt
 
     png = plots.map_dose_figure(table, ["Remdesivir", "Polydatin", "not-in-screen"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def _ap_table(rng, groups: int, perfect: int = 0, negatives: int = 40) -> pd.DataFrame:
+    """Per-query APs of `groups` groups of 3 replicate wells (2 positives each) against `negatives` C- wells:
+    null groups drawn as copairs draws its null, the first `perfect` groups ranking both positives first."""
+    total = 2 + negatives
+    ap = compute.random_ap(3 * groups, 2, total, int(rng.integers(1000)))
+    ap[:3 * perfect] = 1.0
+    return pd.DataFrame(dict(cell_type="HRCE", treatment=np.repeat([f"c{g}" for g in range(groups)], 3),
+                             treatment_conc=1.0, average_precision=ap, normalized_average_precision=ap,
+                             n_pos_pairs=2, n_total_pairs=total))
+
+
+def test_p_values_are_copairs_test_and_a_clear_group_passes_bh_among_thousands():
+    rng = np.random.default_rng(5)
+    small = _ap_table(rng, 200, perfect=5)
+    ours = activity._map_table(small, 20000, 0.05, seed=1)
+    reference = mean_average_precision(small, activity.GROUP, null_size=20000, threshold=0.05, seed=3,
+                                       progress_bar=False)
+    merged = ours.merge(reference, on=activity.GROUP)
+    assert len(merged) == 200 and np.abs(merged["p_value_x"] - merged["p_value_y"]).max() < 0.02
+    # 3,000 groups: BH's first threshold is 0.05 / 3000 = 1.7e-5; 10,000 draws floor p at 1e-4.
+    many = _ap_table(rng, 3000, perfect=1)
+    default = activity._map_table(many, None, 0.05, seed=0)
+    assert default.attrs["p_floor"] < 0.05 / 3000 / 2
+    assert default.loc[default["treatment"] == "c0", "active"].item() and default["active"].sum() == 1
+    assert not activity._map_table(many, 10000, 0.05, seed=0)["active"].any()

@@ -66,6 +66,11 @@ def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     assert remdesivir["hit"] and remdesivir["fit_status"] == "ok"
     assert 0.25 / 3 < remdesivir["ec50_uM"] < 0.25 * 3  # hidden EC50 0.25 µM
     assert not hits.loc[("Polydatin", "HRCE"), "hit"] and not hits.loc[("Polydatin", "VERO"), "hit"]
+    # Features shuffled across sites carry no compound effect: no hit.
+    assert not analysis[0]["screens"]["shuffled"]["hits"]["hit"].any()
+    for line in ("HRCE", "VERO"):
+        assert summary.loc[f"{line}: hidden efficacy AUROC (best-dose score, active vs inert)", "handcrafted"] > 0.9
+        assert summary.loc[f"{line}: hidden efficacy hit precision", "handcrafted"] >= 0.75
 
 
 def test_report_folder(analysis):

@@ -59,18 +59,6 @@ def test_features_without_the_label_score_at_chance_and_with_it_high(normalizati
     assert "fitted on each fold's training groups only" in result["protocol"]["table1_controls"]
 
 
-def test_tvn_whitening_is_fitted_on_the_training_rows_only():
-    x, meta = _inputs("noise")
-    conditions = classify.whitening_conditions(meta)
-    train = (meta["plate"] <= 2).to_numpy()
-    whitener = classify.TypicalVariationWhitener().fit(x[train], conditions=conditions[train])
-    model = classify.make_svm(whiten=True).fit(x[train], meta["disease_condition"][train],
-                                               whiten__conditions=conditions[train])
-    np.testing.assert_allclose(model["whiten"].components_, whitener.components_)
-    other = classify.TypicalVariationWhitener().fit(x, conditions=conditions)
-    assert np.abs(other.components_ - whitener.components_).max() > 1e-3  # the held-out rows would change it
-
-
 def _image_screen(root: pathlib.Path, signal: bool, seed: int = 0) -> str:
     """Shards of 6 plates x 48 control sites of 16 px noise; with `signal`, C+ sites are brighter in w1."""
     from gandl.data import convert, rxrx, synthetic

@@ -11,22 +11,24 @@ copairs' own pipeline enumerates and sorts every pair (about 3.6 µs per pair on
 62,500 HRCE treated wells × 4,300 C- wells are 266 M negative pairs, a quarter of an hour and gigabytes
 of pair lists). So similarities come here from blocks of one matmul each, sized to `block_entries`,
 each query's positives are ranked by counting the negatives above them, and copairs computes the APs
-from those ranks (`compute.average_precision`, the function of its null distributions), their expected
-value under random ranking, the null distributions, p-values and the FDR (`map.mean_average_precision`).
-Memory beyond the profiles is one block (a few bytes per entry) plus the null distributions.
+from those ranks (`compute.average_precision`, the function of its null distributions) and their
+expected value under random ranking. The permutation test is copairs' (a group's null: the draw-by-draw
+mean of its queries' null APs), with the positives' random ranks drawn directly rather than as whole
+permutations, so the null can be large enough for the smallest p to pass Benjamini-Hochberg over every
+group of a screen (`null_size_for`). Memory beyond the profiles is one block (a few bytes per entry)
+plus one null per (positives, total) configuration.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 from absl import logging
 from copairs import compute
-from copairs.map import mean_average_precision
 from copairs.map.normalization import expected_ap
+from scipy import stats
 
 from gandl.data import rxrx
 
@@ -116,34 +118,67 @@ def _ap_frame(metadata: pd.DataFrame, rows: list[np.ndarray], aps: list[np.ndarr
     return frame
 
 
-def _map_table(ap: pd.DataFrame, null_size: int, alpha: float, seed: int, cache_dir: str | None) -> pd.DataFrame:
-    """copairs' mAP, permutation p-value and BH q per group, sorted by group."""
-    def run(folder: str) -> pd.DataFrame:
-        return mean_average_precision(ap, GROUP, null_size=null_size, threshold=alpha, seed=seed,
-                                      progress_bar=False, cache_dir=folder)
-
-    if cache_dir is None:  # copairs would otherwise cache null distributions under ~/.copairs
-        with tempfile.TemporaryDirectory() as folder:
-            table = run(folder)
-    else:
-        table = run(cache_dir)
-    n_wells = ap.groupby(GROUP, sort=True, dropna=False).size().rename("n_wells").reset_index()
-    table = table.merge(n_wells, on=GROUP, how="left").rename(columns={
-        "mean_average_precision": "mAP", "mean_normalized_average_precision": "mAP_normalized",
-        "corrected_p_value": "q_value", "below_corrected_p": "active"})
-    return (table[[*GROUP, "n_wells", "mAP", "mAP_normalized", "p_value", "q_value", "active"]]
-            .sort_values(GROUP).reset_index(drop=True))
+def null_size_for(groups: int, alpha: float, minimum: int = 10000) -> int:
+    """Permutations per null so that the smallest attainable p, 1 / (n + 1), is below half of BH's first
+    threshold alpha / groups: a group beyond every permutation can pass Benjamini-Hochberg however many
+    groups are tested (10,000 draws floor p at 1e-4, which passes nothing among 20,000 groups)."""
+    return max(minimum, int(np.ceil(2.0 * groups / alpha)))
 
 
-def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_size: int = 10000,
-                        alpha: float = 0.05, seed: int = 0, block_entries: int = 2_000_000,
-                        cache_dir: str | None = None) -> pd.DataFrame:
+def _null_ap(num_pos: int, total: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` APs of `num_pos` positives placed at random among `total` ranks (copairs' null), in O(size x num_pos).
+
+    copairs draws each null ranking as a permutation of all `total` items (O(size x total): gigabytes at a
+    screen's sizes); only the positives' ranks matter, so they are drawn directly, without replacement
+    (rows with a repeated rank are drawn again), and copairs' `average_precision` scores them.
+    """
+    if num_pos * num_pos > total:  # repeats would be common: copairs' own sampler
+        return compute.random_ap(size, num_pos, total, int(rng.integers(2**31)))
+    ranks = np.sort(rng.integers(0, total, (size, num_pos)), axis=1)
+    while (repeated := np.flatnonzero((np.diff(ranks, axis=1) == 0).any(axis=1))).size:
+        ranks[repeated] = np.sort(rng.integers(0, total, (repeated.size, num_pos)), axis=1)
+    return compute.average_precision(ranks)
+
+
+def _map_table(ap: pd.DataFrame, null_size: int | None, alpha: float, seed: int) -> pd.DataFrame:
+    """mAP, permutation p-value and BH q per group, sorted by group.
+
+    copairs' test: a group's null is the mean, draw by draw, of its queries' null APs (one null per
+    (positives, total) configuration), p = (#null above the mAP + 1) / (null_size + 1). Groups with the same
+    configurations share one sorted null. `null_size` None: `null_size_for` the number of groups.
+    """
+    ap = ap[ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)].reset_index(drop=True)
+    grouped = ap.groupby(GROUP, sort=True, dropna=False)
+    table = grouped.agg(mAP=("average_precision", "mean"), mAP_normalized=("normalized_average_precision", "mean"),
+                        n_wells=("average_precision", "size")).reset_index()
+    null_size = null_size or null_size_for(len(table), alpha)
+    configs, config_of = np.unique(ap[["n_pos_pairs", "n_total_pairs"]].to_numpy(), axis=0, return_inverse=True)
+    config_of = config_of.ravel()
+    rng = np.random.default_rng(seed)
+    nulls = [_null_ap(int(k), int(t), null_size, rng) for k, t in configs]
+    codes, keys = pd.factorize(pd.Series([tuple(sorted(config_of[rows])) for rows in grouped.indices.values()]))
+    p = np.empty(len(table))
+    for code, key in enumerate(keys):
+        null = np.sort(np.mean([nulls[c] for c in key], axis=0))
+        chosen = np.flatnonzero(codes == code)
+        above = null_size - np.searchsorted(null, table["mAP"].to_numpy()[chosen], side="right")
+        p[chosen] = (above + 1) / (null_size + 1)
+    table["p_value"] = p
+    table["q_value"] = stats.false_discovery_control(p, method="bh")
+    table["active"] = table["q_value"] < alpha
+    table.attrs["p_floor"] = 1.0 / (null_size + 1)
+    return table[[*GROUP, "n_wells", "mAP", "mAP_normalized", "p_value", "q_value", "active"]]
+
+
+def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_size: int | None = None,
+                        alpha: float = 0.05, seed: int = 0, block_entries: int = 2_000_000) -> pd.DataFrame:
     """mAP of every compound × dose × cell line against the C- wells of its cell line.
 
     `features` are well-level profiles [n_wells, D] (already normalised as configured) with their
     `metadata` rows. Returns one row per group with two or more replicate wells, in a cell line that has
     C- wells: GROUP columns, n_wells, mAP, mAP_normalized, p_value (copairs' permutation test with
-    `null_size` draws), q_value (Benjamini-Hochberg over all rows) and active (q < `alpha`).
+    `null_size` draws, by default enough for any group to pass BH: `null_size_for`; the smallest attainable
+    p is `table.attrs["p_floor"]`), q_value (Benjamini-Hochberg over all rows) and active (q < `alpha`).
     """
     _check(features, metadata)
     unit = _unit_rows(features)
@@ -166,12 +201,12 @@ def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_si
             rows.append(treated[block])
             aps.append(ap)
             configs.append(conf)
-    return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed, cache_dir)
+    return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed)
 
 
 def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups: pd.DataFrame | None = None, *,
-                           null_size: int = 10000, alpha: float = 0.05, seed: int = 0,
-                           block_entries: int = 2_000_000, cache_dir: str | None = None) -> pd.DataFrame:
+                           null_size: int | None = None, alpha: float = 0.05, seed: int = 0,
+                           block_entries: int = 2_000_000) -> pd.DataFrame:
     """mAP of replicate wells of each compound × dose against the other compounds' wells of its cell line.
 
     Only the wells of `groups` (rows with GROUP columns, e.g. `phenotypic_activity(...)` filtered to
@@ -204,7 +239,7 @@ def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups:
             rows.append(members[block])
             aps.append(ap)
             configs.append(conf)
-    return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed, cache_dir)
+    return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed)
 
 
 def compound_table(activity: pd.DataFrame) -> pd.DataFrame:

@@ -264,7 +264,11 @@ def activity_task(inp: Inputs) -> Result:
             out.summary["phenotypic consistency (active groups): fraction with q < 0.05"] = \
                 activity.fraction_active(consistency)
     out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, cfg.highlight)
+    floor = act.attrs["p_floor"]
     out.blocks += [("heading", 3, "Phenotypic activity (mAP against C-)"),
+                   ("text", f"Permutation p-values floor at {floor:.2g} ({round(1 / floor) - 1} draws), below half "
+                            f"of Benjamini-Hochberg's first threshold {MAP_ALPHA / len(act):.2g} over the "
+                            f"{len(act)} groups tested."),
                    ("table", compounds.head(2 * cfg.top_k), False),
                    ("figure", "mAP against dose", f"{inp.folder}/fig7_map_dose.png")]
     return out
