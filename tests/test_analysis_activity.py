@@ -98,6 +98,9 @@ def test_effective_compounds_are_active_at_high_dose_and_inert_ones_are_not(synt
     assert len(per_compound) == 8 and per_compound["doses_tested"].eq(6).all()
     row = per_compound.set_index(["treatment", "cell_type"]).loc[("Remdesivir", "HRCE")]
     assert row["best_mAP"] == pytest.approx(remdesivir["mAP"].max()) and row["doses_active"] >= 2
+    assert row["active"] and row["p"] <= row["q"] <= 0.05
+    inert = per_compound["treatment"].isin(truth.loc[truth["effect_class"] == "inert", "treatment"])
+    assert not per_compound.loc[inert, "active"].any()
     fraction = activity.fraction_active(table)
     assert fraction == pytest.approx(table["active"].mean()) and 0 < fraction < 0.5
 

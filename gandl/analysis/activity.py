@@ -30,6 +30,7 @@ from copairs import compute
 from copairs.map.normalization import expected_ap
 from scipy import stats
 
+from gandl.analysis import efficacy
 from gandl.data import rxrx
 
 GROUP = ["cell_type", "treatment", "treatment_conc"]  # one hypothesis: a compound at one dose in one cell line
@@ -242,13 +243,21 @@ def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups:
     return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed)
 
 
-def compound_table(activity: pd.DataFrame) -> pd.DataFrame:
-    """Per compound × cell line: best mAP and its dose, doses tested and active, lowest q (the CSV table)."""
-    best = activity.loc[activity.groupby(["treatment", "cell_type"])["mAP"].idxmax()]
-    summary = activity.groupby(["treatment", "cell_type"]).agg(
-        doses_tested=("mAP", "size"), doses_active=("active", "sum"), min_q_value=("q_value", "min"))
+def compound_table(activity: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per compound × cell line: best mAP and its dose, doses tested and active, and the compound-level call.
+
+    `p` combines the compound's dose p-values by Simes' rule and `q` is Benjamini-Hochberg over every
+    compound × cell line, so `active` (q < `alpha`) controls the false discovery rate of the list of active
+    compounds, as the efficacy hit table does; `min_q_value` is the best dose's q among every dose group.
+    """
+    by = activity.groupby(["treatment", "cell_type"])
+    best = activity.loc[by["mAP"].idxmax()]
+    summary = by.agg(doses_tested=("mAP", "size"), doses_active=("active", "sum"), min_q_value=("q_value", "min"),
+                     p=("p_value", efficacy.simes))
     out = best.set_index(["treatment", "cell_type"])[["mAP", "treatment_conc"]].rename(
         columns={"mAP": "best_mAP", "treatment_conc": "best_conc_uM"}).join(summary)
+    out["q"] = stats.false_discovery_control(out["p"], method="bh") if len(out) else []
+    out["active"] = out["q"] < alpha
     return out.reset_index().sort_values(["cell_type", "best_mAP"], ascending=[True, False]).reset_index(drop=True)
 
 

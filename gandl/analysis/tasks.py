@@ -249,10 +249,12 @@ def activity_task(inp: Inputs) -> Result:
     _refuse_label_fitted(inp, "phenotypic activity")
     x, meta = (inp.features, inp.metadata) if cfg.level == "well" else aggregate_wells(inp.features, inp.metadata)
     act = activity.phenotypic_activity(x, meta, alpha=MAP_ALPHA, seed=cfg.seed)
-    compounds = activity.compound_table(act)
+    compounds = activity.compound_table(act, MAP_ALPHA)
     out = Result(tables={"map_activity": (act, False), "map_compounds": (compounds, False)},
                  summary={"phenotypic activity (mAP vs C-): fraction with q < 0.05": activity.fraction_active(act)},
-                 values=dict(activity=act))
+                 values=dict(activity=act, compounds=compounds))
+    for line, sub in compounds.groupby("cell_type"):
+        out.summary[f"{line}: active compounds (mAP, compound q < 0.05)"] = int(sub["active"].sum())
     active = act[act["active"]]
     if active["treatment"].nunique() < 2:  # consistency compares active compounds with each other
         out.notes.append(f"phenotypic consistency not computed: {active['treatment'].nunique()} active compound(s)")
