@@ -64,7 +64,7 @@ SETTINGS = "export.json"
 _PART = re.compile(r"part-(\d{9})-(\d{9})-of(\d{3})-p(\d{3})\.npz")
 
 
-class ExportError(RuntimeError):
+class ExportError(fileio.FileFault):
     """An export that cannot go on: its folder holds one made with other settings, or sites went missing."""
 
 

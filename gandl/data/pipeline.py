@@ -238,7 +238,8 @@ def _locate_damage(files: Sequence[str], error: tf.errors.DataLossError) -> str:
         except tf.errors.DataLossError as e:
             damaged[path] = f"record {count + 1} unreadable: {_reason(e)}"
     if not damaged:
-        return f"a record file among {list(files)[:3]}{'...' if len(files) > 3 else ''} could not be read ({_reason(error)})"
+        shown = f"{list(files)[:3]}{'...' if len(files) > 3 else ''}"
+        return f"a record file among {shown} could not be read ({_reason(error)})"
     ours = tf.io.gfile.exists(os.path.join(os.path.dirname(next(iter(damaged))), convert.MANIFEST))
     fix = ("convert again: --mode convert checks every shard against its checksum and rewrites a damaged one" if ours
            else "replace them with intact copies")

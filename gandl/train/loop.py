@@ -181,9 +181,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
     try:
         with jax.set_mesh(mesh):
             state = state_lib.create(model, t, config.seed, mesh)
-            start = ckpt.latest_step() or 0
-            if start:
-                state, _ = ckpt.restore(checkpoint.abstract_like(state))
+            start = 0
+            if ckpt.latest_step() is not None:  # the newest intact checkpoint; damaged newer ones are set aside
+                abstract = checkpoint.abstract_like(state)
+                state, _, start = ckpt.restore_intact(lambda saved: abstract, set_aside=True)
                 logging.info("resumed from step %d", start)
             train_step = compiled_step(model, step_lib.step_config(t), mesh)
             batches = (sharding.global_batch(local, mesh) for local in input_fn(start))
