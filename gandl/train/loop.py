@@ -186,6 +186,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
                 abstract = checkpoint.abstract_like(state)
                 state, _, start = ckpt.restore_intact(lambda saved: abstract, set_aside=True)
                 logging.info("resumed from step %d", start)
+            if start >= t.steps:  # finished: nothing to compile
+                return TrainResult(state, start, False, history)
             train_step = compiled_step(model, step_lib.step_config(t), mesh)
             batches = (sharding.global_batch(local, mesh) for local in input_fn(start))
             first = next(batches)
