@@ -105,7 +105,7 @@ def _number(low: float, high: float | None = None, *, open_low: bool = False, op
         wanted = f"a number {'>' if open_low else '>='} {low:g}"
     else:
         wanted = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    return Rule(ok, wanted, high if high is not None and not open_high else low if not open_low else low + 1)
+    return Rule(ok, wanted, (low + high) / 2 if high is not None else low + 1 if open_low else low)
 
 
 def _one_of(*options: Any) -> Rule:
