@@ -187,7 +187,7 @@ def fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Every leaf field of a config as {dotted path: value} (sections are walked, tuples are values)."""
     out = {}
     for key, value in config.items():
-        if isinstance(value, Mapping) or hasattr(value, "items"):
+        if hasattr(value, "items"):  # a section (ConfigDict or dict)
             out.update(fields(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

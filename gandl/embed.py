@@ -258,6 +258,8 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
 def _finished(out_dir: str, names: list[str]) -> set[str]:
     """The sets among `names` whose completion record matches their files, as process 0 finds them (it says why
     any other is exported again)."""
+    if not names:
+        return set()
     intact = np.zeros(len(names), bool)
     if jax.process_index() == 0:
         for i, name in enumerate(names):
