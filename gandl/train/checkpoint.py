@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from gandl import fileio
 from gandl import workdir as layout
@@ -148,6 +149,7 @@ class Checkpointer:
                     target += "+"
                 tf.io.gfile.rename(self.step_dir(step), target)
                 logging.warning("moved the damaged checkpoint of step %d to %s", step, target)
+        multihost_utils.sync_global_devices("damaged checkpoints set aside")  # before any process lists steps again
         self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
