@@ -1,7 +1,9 @@
 """The config check, run before any work: will this config run on these devices, and what will it cost?
 
 `validate` tests the config against a device count (pure: no JAX computation), collecting every failure as
-one message that names the field, its value, the device count and a value that would work. `trace` then
+one message that names the field, its value and a value that would work: first every field against its rule
+(`RULES`: every config field has one, and a field without one is refused as unknown), then what depends on
+the devices and on several fields at once. `trace` then
 traces one full training step (G main, G reg, D main, D reg, EMA) and one embedding batch abstractly at the
 config's real size (`jax.jit(...).trace(...).lower()` on shapes only: nothing is compiled or run) and
 reports parameter counts, per-image FLOPs from XLA's cost analysis of the lowered programs, and a
@@ -16,16 +18,20 @@ import dataclasses
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gandl.data.pipeline import INTENSITIES
 from gandl.data.rxrx import STAINS, channel_map
-from gandl.features import discriminator
-from gandl.models.config import ModelConfig
+from gandl.data.vocabulary import SCREEN_KINDS
+from gandl.defaults import base_config
+from gandl.features import discriminator, registry
+from gandl.models.config import DTYPES, ModelConfig
 from gandl.train import loop, sharding
 from gandl.train import state as state_lib
 from gandl.train import step as step_lib
@@ -65,6 +71,142 @@ def simulate_devices(n: int) -> None:
     if jax.device_count() != n:
         raise RuntimeError(f"cannot simulate {n} devices: JAX already runs on {jax.device_count()} "
                            "(XLA_FLAGS --xla_force_host_platform_device_count, or JAX used before the check)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one config field may hold: values passing `ok`, described as `wanted`; `example` passes."""
+
+    ok: Callable[[Any], bool]
+    wanted: str
+    example: Any
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _integer(low: int, high: int | None = None) -> Rule:
+    return Rule(lambda v: _is_int(v) and low <= v and (high is None or v <= high),
+                f"an integer >= {low}" if high is None else f"an integer in {low}..{high}", low)
+
+
+def _number(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Rule:
+    """A real number in the interval from `low` to `high` (None: unbounded), open at either end when asked."""
+    def ok(v: Any) -> bool:
+        return ((_is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > low if open_low else v >= low)
+                and (high is None or (v < high if open_high else v <= high)))
+
+    if high is None:
+        wanted = f"a number {'>' if open_low else '>='} {low:g}"
+    else:
+        wanted = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    return Rule(ok, wanted, (low + high) / 2 if high is not None else low + 1 if open_low else low)
+
+
+def _one_of(*options: Any) -> Rule:
+    return Rule(lambda v: v in options and not isinstance(v, bool), f"one of {options}", options[0])
+
+
+def _sequence(item: Rule, length: int | None = None, nonempty: bool = False) -> Rule:
+    """A tuple (or list) of values passing `item`."""
+    def ok(v: Any) -> bool:
+        return (isinstance(v, (tuple, list)) and all(item.ok(x) for x in v) and (length is None or len(v) == length)
+                and (len(v) > 0 or not nonempty))
+
+    size = f" of {length}" if length is not None else " (non-empty)" if nonempty else ""
+    return Rule(ok, f"a tuple{size} whose items are each {item.wanted}", (item.example,) * (length or 1))
+
+
+def _optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.ok(v), f"None or {rule.wanted}", None)
+
+
+_BOOL = Rule(lambda v: isinstance(v, bool), "True or False", False)
+_TEXT = Rule(lambda v: isinstance(v, str), "a string", "")
+_NAME = Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty string", "x")
+_POWER_OF_TWO = Rule(lambda v: _is_int(v) and v >= 8 and not v & (v - 1), "a power of two >= 8", 64)
+_FEATURE_SETS = _sequence(Rule(lambda v: v in registry.EXTRACTORS,
+                               f"a feature set of gandl.features.registry: {sorted(registry.EXTRACTORS)}", "gandl"),
+                          nonempty=True)
+_SEED, _COUNT, _SIZE = _integer(0), _integer(1), _integer(0)
+_RATE, _PROBABILITY, _DECAY = _number(0, open_low=True), _number(0, 1), _number(0, 1, open_high=True)
+# Arguments of gandl.data.synthetic's writers (write_rxrx19a for `synthetic`, write_rxrx1 for `zeroshot.synthetic`).
+_SYNTHETIC = {"seed": _SEED, "plates_per_cell_line": _COUNT, "plates_per_experiment": _COUNT, "sites_per_well": _COUNT,
+              "bit_depth": _one_of(8, 16)}
+
+# Every config field (dotted path) and its rule; `validate` refuses a field without one as unknown.
+RULES: dict[str, Rule] = {
+    "seed": _SEED,
+    "data.kind": _one_of(*SCREEN_KINDS), "data.root": _TEXT, "data.metadata": _NAME,
+    "data.channel_columns": _sequence(_NAME), "data.stains": _sequence(_NAME), "data.shards": _TEXT,
+    "data.image_size": _SIZE, "data.sites_per_shard": _COUNT, "data.skip_bad_sites": _BOOL, "data.num_workers": _SIZE,
+    "data.channels": _sequence(_COUNT), "data.intensity": _one_of(*INTENSITIES), "data.crop_size": _SIZE,
+    "data.augment": _BOOL, "data.shuffle_buffer": _COUNT, "data.rxrx1_utils_image_size": _COUNT,
+    **{f"synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
+    "synthetic.image_size": _integer(16, 1024), "synthetic.num_compounds": _integer(3),
+    "synthetic.control_wells_per_plate": _sequence(_SIZE, length=4),
+    "preview.num_images": _COUNT, "preview.cols": _COUNT,
+    "model.resolution": _POWER_OF_TWO, "model.num_channels": _COUNT, "model.z_dim": _COUNT, "model.w_dim": _COUNT,
+    "model.mapping_layers": _COUNT, "model.channel_base": _COUNT, "model.channel_max": _COUNT,
+    "model.conv_clamp": _optional(_RATE), "model.mbstd_group_size": _COUNT, "model.mbstd_num_channels": _SIZE,
+    "model.dtype": _one_of(*DTYPES), "model.mapping_lr_multiplier": _RATE, "model.w_avg_beta": _PROBABILITY,
+    "train.batch_size": _COUNT, "train.steps": _COUNT, "train.g_lr": _RATE, "train.d_lr": _RATE,
+    "train.adam_b1": _DECAY, "train.adam_b2": _DECAY, "train.adam_eps": _RATE, "train.r1_gamma": _number(0),
+    "train.r1_interval": _COUNT, "train.lipschitz_weight": _number(0), "train.pl_weight": _number(0),
+    "train.pl_interval": _COUNT, "train.pl_decay": _PROBABILITY, "train.pl_batch_shrink": _COUNT,
+    "train.style_mixing_prob": _PROBABILITY, "train.ema_kimg": _number(0), "train.ema_rampup": _optional(_number(0)),
+    "train.log_every": _COUNT, "train.sample_every": _COUNT, "train.checkpoint_every": _COUNT,
+    "train.keep_checkpoints": _COUNT, "train.swd_every": _SIZE, "train.swd_images": _COUNT,
+    "train.probe_every": _SIZE, "train.probe_features": _FEATURE_SETS, "train.probe_sites": _COUNT,
+    "train.probe_zeroshot_sites": _COUNT, "train.distributed": _one_of(*sharding.DISTRIBUTED_MODES),
+    "embed.batch_size": _COUNT, "embed.step": _integer(-1), "embed.orientation_average": _BOOL,
+    "embed.feature_sets": _FEATURE_SETS, "embed.mbstd": _one_of(*discriminator.MBSTD_MODES),
+    "embed.mbstd_batches": _COUNT, "embed.part_batches": _COUNT, "embed.imagenet_weights": _TEXT,
+    "embed.imagenet.epochs": _COUNT, "embed.imagenet.batch_size": _COUNT, "embed.imagenet.learning_rate": _RATE,
+    "embed.imagenet.train_backbone": _BOOL, "embed.imagenet.blocks": _sequence(_COUNT, nonempty=True),
+    "embed.imagenet.pool_batches": _COUNT,
+    "zeroshot.enabled": _BOOL, "zeroshot.root": _TEXT, "zeroshot.shards": _TEXT, "zeroshot.channels": _sequence(_COUNT),
+    **{f"zeroshot.synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
+    "zeroshot.synthetic.num_sirnas": _COUNT, "zeroshot.synthetic.num_positive_controls": _SIZE,
+    "zeroshot.synthetic.negative_control_wells": _SIZE,
+    # gandl.analysis.tasks.AnalysisConfig (tests/test_check.py holds these enumerations to the analysis' own).
+    "analysis.normalization": _one_of("none", "center_scale", "tvn"), "analysis.level": _one_of("site", "well"),
+    "analysis.c": _RATE, "analysis.n_splits": _integer(2), "analysis.group_by": _one_of("plate", "experiment"),
+    "analysis.uv_is_positive": _BOOL, "analysis.highlight": _sequence(_NAME), "analysis.top_k": _COUNT,
+    "analysis.flat_threshold": _number(0), "analysis.toxic_threshold": _number(0),
+    "analysis.fdr": _number(0, 1, open_low=True, open_high=True), "analysis.seed": _SEED, "analysis.truth": _TEXT,
+}
+
+
+def fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of a config as {dotted path: value} (sections are walked, tuples are values)."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):  # a section (ConfigDict or dict)
+            out.update(fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _field_failures(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """{field: message} for every field whose value breaks its rule, or that has no rule."""
+    defaults = fields(base_config())
+    failures = {}
+    for field, value in fields(config).items():
+        rule = RULES.get(field)
+        if rule is None:
+            failures[field] = f"{field}={value!r}: not a GAN-DL setting (no rule in gandl.check.RULES); remove it"
+        elif not rule.ok(value):
+            default = defaults.get(field, rule.example)
+            good = default if rule.ok(default) else rule.example
+            failures[field] = f"{field}={value!r}: must be {rule.wanted}; use {field}={good!r}"
+    return failures
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,42 +265,55 @@ def _size_failures(side: tuple[int, str] | None, crop: int, res: int, n: int, wh
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
-    """Every reason `config` cannot run on `num_devices` devices (empty: it can), one message each."""
+    """Every reason `config` cannot run on `num_devices` devices (empty: it can), one message each.
+
+    Every field is held to its rule first; a check across fields runs only when the fields it reads passed.
+    """
     n = num_devices
     d, t, e, z = config.data, config.train, config.embed, config.zeroshot
+    bad = _field_failures(config)
+    failures = list(bad.values())
+    if any(field.startswith("model.") for field in bad):
+        return failures
     try:
         model = ModelConfig.from_mapping(config.model)
     except (TypeError, ValueError) as err:
-        return [f"model: {err} (on {n} device(s)); fix the model section"]
-    res, failures = model.resolution, []
+        return [*failures, f"model: {err} (on {n} device(s)); fix the model section"]
+    res = model.resolution
+
+    def ok(*names: str) -> bool:
+        """Whether the fields a check reads passed their rules (a broken one is reported already)."""
+        return not any(name in bad for name in names)
 
     # Sizes: conversion never upscales; records reach the model by a whole area-downscale factor.
+    sizes = ("data.image_size", "synthetic.image_size", "data.crop_size", "data.rxrx1_utils_image_size")
     synthetic_used = (not d.root and not d.shards) or (z.enabled and not z.root and not z.shards)
-    if synthetic_used and d.image_size > config.synthetic.image_size:
+    if ok(*sizes) and synthetic_used and d.image_size > config.synthetic.image_size:
         failures.append(f"data.image_size={d.image_size}: conversion would upscale the "
                         f"{config.synthetic.image_size}-px synthetic screen (synthetic.image_size) on {n} device(s); "
                         f"use data.image_size<={config.synthetic.image_size} or synthetic.image_size={d.image_size}")
-    failures += _size_failures(_record_side(config, d.shards, d.root), d.crop_size, res, n, "training records")
-    if z.enabled:
+    if ok(*sizes):
+        failures += _size_failures(_record_side(config, d.shards, d.root), d.crop_size, res, n, "training records")
+    if ok(*sizes) and z.enabled:
         zside = _record_side(config, z.shards, z.root)
         if zside != _record_side(config, d.shards, d.root):  # the same sizes are reported once
             failures += _size_failures(zside, d.crop_size, res, n, "zero-shot records")
 
     # Channels: the data's (after data.channels) and the zero-shot map's must be the model's.
-    source = _source_channels(d)
-    if d.channels:
-        bad = [c for c in d.channels if source and not 1 <= c <= source]
-        if bad:
-            failures.append(f"data.channels={tuple(d.channels)}: channels {bad} do not exist in the {source}-channel "
-                            f"{d.kind} data on {n} device(s); use 1-based channels in 1..{source}")
+    source = _source_channels(d) if ok("data.kind", "data.channel_columns") else None
+    if ok("data.channels") and d.channels:
+        missing = [c for c in d.channels if source and not 1 <= c <= source]
+        if missing:
+            failures.append(f"data.channels={tuple(d.channels)}: channels {missing} do not exist in the "
+                            f"{source}-channel {d.kind} data on {n} device(s); use 1-based channels in 1..{source}")
         elif len(d.channels) != model.num_channels:
             failures.append(f"data.channels={tuple(d.channels)}: {len(d.channels)} channels for a "
                             f"model.num_channels={model.num_channels} model on {n} device(s); name "
                             f"{model.num_channels} channels or set model.num_channels={len(d.channels)}")
-    elif source and source != model.num_channels:
+    elif ok("data.channels") and source and source != model.num_channels:
         failures.append(f"model.num_channels={model.num_channels}: the {d.kind} data has {source} channels on {n} "
                         f"device(s); use model.num_channels={source} or pick {model.num_channels} with data.channels")
-    if z.enabled:
+    if z.enabled and ok("zeroshot.channels"):
         zchannels = tuple(z.channels) or channel_map("rxrx1", "rxrx19a")
         rxrx1 = len(STAINS["rxrx1"])
         if len(zchannels) != model.num_channels or not all(1 <= c <= rxrx1 for c in zchannels):
@@ -170,9 +325,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     # Batches: whole mbstd groups per device (D main, D reg), the path-length share per device (G reg).
     shrink = t.pl_batch_shrink if t.pl_weight > 0 else None
     group = model.mbstd_group_size
-    if t.pl_weight > 0 and t.pl_batch_shrink < 1:
-        failures.append(f"train.pl_batch_shrink={t.pl_batch_shrink}: must be >= 1 on {n} device(s); use 2")
-    elif not _batch_ok(t.batch_size, n, group, shrink):
+    if ok("train.batch_size", "train.pl_weight", "train.pl_batch_shrink") and not _batch_ok(t.batch_size, n, group,
+                                                                                                shrink):
         per = t.batch_size / n
         why = (f"{per:g} images per device" if t.batch_size % n else
                f"{int(per)} images per device hold no whole minibatch-stddev groups of model.mbstd_group_size={group}"
@@ -181,11 +335,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
         failures.append(f"train.batch_size={t.batch_size}: {why} on {n} device(s); use train.batch_size="
                         f"{_suggest(t.batch_size, lambda b: _batch_ok(b, n, group, shrink))}"
                         + (f" (or model.mbstd_group_size={alt[0]})" if alt else ""))
-    if e.batch_size % n:
+    if ok("embed.batch_size") and e.batch_size % n:
         failures.append(f"embed.batch_size={e.batch_size}: does not split over {n} device(s); use embed.batch_size="
                         f"{_suggest(e.batch_size, lambda b: b % n == 0)}")
     # A probed step must have a checkpoint (kept: keep_period) for embed.step to name it.
-    if t.probe_every and t.probe_every % t.checkpoint_every:
+    if ok("train.probe_every", "train.checkpoint_every") and t.probe_every and t.probe_every % t.checkpoint_every:
         fix = t.checkpoint_every * max(1, round(t.probe_every / t.checkpoint_every))
         failures.append(f"train.probe_every={t.probe_every}: not a multiple of train.checkpoint_every="
                         f"{t.checkpoint_every}, so probed steps would have no checkpoint to embed (on {n} device(s)); "
@@ -324,7 +478,7 @@ def run(config: ml_collections.ConfigDict, devices: str = "") -> Report:
     """
     if devices:
         simulate_devices(device_count(devices))
-    else:
+    elif "train.distributed" not in _field_failures(config):  # a bad mode is reported below, with every other
         sharding.initialize_distributed(config.train.distributed)
     n = jax.device_count()
     failures = validate(config, n)

@@ -5,7 +5,9 @@ streams the eval pipeline (every site once), computes several feature sets in th
 a random-init discriminator, handcrafted statistics), and writes parts every few batches, so memory stays
 bounded. Parts are named by the sites they hold, so an interrupted export resumes at
 its first missing site whatever the rerun's batch size; `export.json` records what the files depend
-on, and a rerun with other settings is refused rather than handed the old files.
+on, and a rerun with other settings is refused rather than handed the old files. A feature set is finished
+only when its completion record (`{name}.complete.json`, gandl.fileio), written after its last file, still
+matches every file it owes; a rerun redoes any other set.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -61,7 +64,7 @@ SETTINGS = "export.json"
 _PART = re.compile(r"part-(\d{9})-(\d{9})-of(\d{3})-p(\d{3})\.npz")
 
 
-class ExportError(RuntimeError):
+class ExportError(fileio.FileFault):
     """An export that cannot go on: its folder holds one made with other settings, or sites went missing."""
 
 
@@ -95,20 +98,33 @@ def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pi
     return out
 
 
+def completion_record(out_dir: str, name: str) -> str:
+    """Where feature set `name`'s completion record lies: written last, it lists every file the set owes."""
+    return os.path.join(out_dir, f"{name}.complete.json")
+
+
 def export_settings(spec: pipeline.RecordSpec, feature_settings: Mapping[str, Mapping[str, Any]],
                     options: pipeline.InputOptions = pipeline.InputOptions()) -> dict:
     """What an export's files depend on, as recorded in its `export.json`: records, pipeline options, feature sets.
 
     `feature_settings` says what each feature set is (checkpoint, orientation averaging, ...): a function
     cannot say it itself. Batch size, part length and process count are left out: they change no value.
+    Channels are recorded as the list read (every channel when none are named), so spelling out the default
+    is no change.
     """
     record = {"format": FORMAT,
               "records": {"files": list(spec.files), "height": spec.height, "width": spec.width,
                           "stains": list(spec.stains), "dtype": spec.dtype, "features": dict(spec.features),
                           "shard_sizes": spec.shard_sizes, "intensity_range": spec.intensity_range},
-              "channels": list(options.channels), "intensity": options.intensity, "crop_size": options.crop_size,
+              "channels": _channels(options.channels, len(spec.stains)), "intensity": options.intensity,
+              "crop_size": options.crop_size,
               "feature_sets": {name: dict(value) for name, value in feature_settings.items()}}
     return json.loads(json.dumps(record, default=str))  # tuples as lists: as read back from the file
+
+
+def _channels(channels: Sequence[int], num_channels: int) -> list[int]:
+    """The 1-based channels a pipeline reads: `channels`, or all of them when empty."""
+    return list(channels) or list(range(1, num_channels + 1))
 
 
 _ABSENT = object()
@@ -143,6 +159,7 @@ def _recorded_settings(out_dir: str, settings: Mapping[str, Any]) -> dict | None
     if not tf.io.gfile.exists(path):
         return None
     old = fileio.read_json(path)
+    old["channels"] = _channels(old["channels"], len(old["records"]["stains"]))  # records before the explicit list
     new_sets = settings["feature_sets"]
     shared = [name for name in new_sets if name in old.get("feature_sets", {})]
     changes = _changes({**old, "feature_sets": {n: {k: v for k, v in old["feature_sets"][n].items()
@@ -174,7 +191,10 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     gathers the parts into the final files (sites in metadata order when the records carry `index`).
     The first run records its settings (`export_settings`) in `export.json`; a rerun with the same ones
     resumes or returns the finished files, one with other ones is refused, naming what changed. A rerun that
-    adds feature sets exports only those, next to the finished ones, and adds them to the record.
+    adds feature sets exports only those, next to the finished ones, and adds them to the record. A set is
+    finished when its completion record matches its files (checked by process 0); one whose files are missing
+    or differ is gathered again from its parts (or exported again without them), and temporary files that
+    killed writers left are removed.
     """
     unknown = sorted(set(feature_settings or {}) - set(feature_fns))
     if unknown:
@@ -183,9 +203,10 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
                                options)
     paths = {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
     old = _recorded_settings(out_dir, settings)
-    finished = {name for name in feature_fns if old is not None and name in old["feature_sets"]
-                and all(tf.io.gfile.exists(os.path.join(out_dir, f"{name}{ext}")) for ext in (".npz", ".parquet"))}
+    finished = _finished(out_dir, [name for name in feature_fns if old is not None and name in old["feature_sets"]])
     if len(finished) == len(feature_fns):
+        if jax.process_index() == 0 and tf.io.gfile.isdir(out_dir):
+            fileio.remove_temp_files(out_dir)
         return paths
     feature_fns = {name: fn for name, fn in feature_fns.items() if name not in finished}
     if old is not None:  # the record keeps its sets and gains the added ones
@@ -208,7 +229,7 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     buffers: dict[str, list[dict]] = {name: [] for name in feature_fns}
     held: list[np.ndarray] = []
     end = offset
-    for i, batch in enumerate(ds.skip(first).as_numpy_iterator(), start=first):
+    for i, batch in enumerate(pipeline.batches(ds.skip(first), pipeline.process_files(spec, me, count)), start=first):
         position = i * local + np.arange(local)
         new = batch["mask"] & (position >= offset)  # stream sites this run has not exported yet
         keep = new if rows is None else new & rows(batch)
@@ -232,6 +253,23 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
                                                 feature_settings=settings["feature_sets"][name]))
     multihost_utils.sync_global_devices("embeddings gathered")
     return paths
+
+
+def _finished(out_dir: str, names: list[str]) -> set[str]:
+    """The sets among `names` whose completion record matches their files, as process 0 finds them (it says why
+    any other is exported again)."""
+    if not names:
+        return set()
+    intact = np.zeros(len(names), bool)
+    if jax.process_index() == 0:
+        for i, name in enumerate(names):
+            problems = fileio.verify_record(completion_record(out_dir, name))
+            intact[i] = problems == []
+            if not intact[i]:
+                logging.warning("feature set %s in %s is not finished (%s): exporting it again", name, out_dir,
+                                "; ".join(problems) if problems else "no completion record")
+    intact = multihost_utils.broadcast_one_to_all(intact)
+    return {name for name, ok in zip(names, intact) if ok}
 
 
 def _prepare_folder(out_dir: str, names: list[str], settings: Mapping[str, Any], recorded: bool) -> None:
@@ -315,7 +353,8 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
     (`columns`), site_id first. Only the metadata is held whole: features pass through a local scratch
     file in output order and are streamed `chunk_rows` at a time into every file, so memory does not
     grow with the feature matrix (305,520 × 512 for RxRx19a; benchmarks/analysis.py). Sites with a
-    `well_id` also give well profiles, `{name}_wells.parquet` / `.h5ad` (gandl.profiles).
+    `well_id` also give well profiles, `{name}_wells.parquet` / `.h5ad` (gandl.profiles). The set's completion
+    record, listing every file written, comes last.
     """
     pattern = os.path.join(out_dir, "parts", name, "part-*.npz")
     paths = sorted(tf.io.gfile.glob(pattern))
@@ -363,6 +402,9 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
         if profiles.WELL in merged:
             profiles.write_well_profiles(os.path.join(out_dir, f"{name}_wells"), rows, merged, provenance,
                                          chunk_rows=chunk_rows)
+    owed = (".npz", ".parquet", ".h5ad") + (("_wells.parquet", "_wells.h5ad") if profiles.WELL in merged else ())
+    fileio.write_record(completion_record(out_dir, name), [os.path.join(out_dir, f"{name}{ext}") for ext in owed],
+                        feature_set=name)
 
 
 @contextlib.contextmanager

@@ -1,12 +1,17 @@
-"""Atomic file writes: a reader (or a resumed job) never sees a half-written file.
+"""Atomic file writes and completion records: a reader (or a resumed job) never takes a half-written or damaged
+output for a finished one.
 
 Everything is written to a temporary name beside the target and renamed into place; works for local
-paths and gs:// (tf.io.gfile).
+paths and gs:// (tf.io.gfile). A stage's outputs count as finished only when a completion record, written
+after them, lists each with its size and SHA-256 and the files still match it (`write_record`,
+`verify_record`): an existing file proves nothing after a kill, a full disk or a damaged copy.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from gandl._tf import tf
+
+_CHUNK = 8 << 20  # bytes per read while hashing: large reads matter on gs://
+
+
+class FileFault(RuntimeError):
+    """A file that is damaged, unfinished or held by another run. The message names it and what to do; the
+    entry point prints it as one line, without a traceback."""
 
 
 def temp_path(path: str) -> str:
@@ -92,3 +104,52 @@ def write_json(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
     with tf.io.gfile.GFile(path, "r") as f:
         return json.load(f)
+
+
+def digest(path: str) -> dict[str, Any]:
+    """Size in bytes and SHA-256 of a file, streamed in chunks (local or gs://)."""
+    sha, size = hashlib.sha256(), 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": sha.hexdigest()}
+
+
+def _digests(paths: list[str]) -> list[dict[str, Any]]:
+    """`digest` of each path, several at once (hashlib and file reads release the GIL)."""
+    with concurrent.futures.ThreadPoolExecutor(min(8, max(1, len(paths)))) as pool:
+        return list(pool.map(digest, paths))
+
+
+def write_record(path: str, files: list[str], **fields: Any) -> dict:
+    """Write the completion record `path` listing `files` (their paths; stored relative to the record's folder)
+    with size and checksum, plus `fields`; call it after every file it lists is in place. Returns the record."""
+    folder = os.path.dirname(path)
+    names = [os.path.relpath(f, folder) for f in files]
+    record = {**fields, "files": dict(zip(names, _digests([os.path.join(folder, n) for n in names])))}
+    write_json(path, record)
+    return record
+
+
+def verify_record(path: str, expected: list[str] | None = None) -> list[str] | None:
+    """What is wrong with the files the completion record `path` lists: missing, another size, another checksum
+    (empty: all intact); None when there is no record. `expected` names files the record must list."""
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        record = read_json(path)
+        files = dict(record["files"])
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{path}: unreadable completion record ({e})"]
+    folder = os.path.dirname(path)
+    problems = [f"{name}: not in the completion record" for name in expected or () if name not in files]
+    present = [n for n in files if tf.io.gfile.exists(os.path.join(folder, n))]
+    problems += [f"{os.path.join(folder, n)}: missing" for n in files if n not in present]
+    for name, found in zip(present, _digests([os.path.join(folder, n) for n in present])):
+        wanted = files[name]
+        if found["size"] != wanted.get("size"):
+            problems.append(f"{os.path.join(folder, name)}: {found['size']} bytes, {wanted.get('size')} recorded")
+        elif found["sha256"] != wanted.get("sha256"):
+            problems.append(f"{os.path.join(folder, name)}: its checksum differs from the recorded one")
+    return problems

@@ -7,6 +7,8 @@
 Modes: check, synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
 Every mode first runs the config check (gandl.check) for the devices it will use; `check` runs only that.
 The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips what is already complete.
+One run at a time works in a workdir (`gandl.workdir.locked`); a damaged or held file ends a run with
+one line naming it (`gandl.fileio.FileFault`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from gandl import fileio  # noqa: E402
 from gandl import workdir as layout  # noqa: E402
 from gandl._tf import tf  # noqa: E402
 from gandl.data import convert, pipeline, render, rxrx  # noqa: E402
@@ -335,7 +338,13 @@ def main(argv: list[str]) -> None:
     if _MODE.value == "check":
         return
     mode = _MODE.value
-    result = MODES[mode](_CONFIG.value, _WORKDIR.value)
+    import jax  # started by the check (with jax.distributed when configured): the first process holds the lock
+
+    try:
+        with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
+            result = MODES[mode](_CONFIG.value, _WORKDIR.value)
+    except fileio.FileFault as e:
+        sys.exit(f"{mode}: {e}")
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
         logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
         sys.exit(EXIT_INTERRUPTED)

@@ -9,15 +9,29 @@
   probe.csv, probe_curve.png   the linear probe of D's features over training (train.probe_every)
   embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/}
   analysis/          report.md, report.html, summary.csv, analysis.json, tables and figures
+  gandl.lock         while a run works in the folder: its pid, host and mode (`locked`)
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 
 import ml_collections
+from absl import logging
 
+from gandl import fileio
 from gandl._tf import tf
+
+LOCK = "gandl.lock"
+
+
+class WorkdirInUse(fileio.FileFault):
+    """Another run holds the workdir: two runs in one folder would do the work twice and race on its files."""
 
 
 def raw(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -101,3 +115,111 @@ def latest_embeddings(workdir: str) -> str:
 
 def analysis(workdir: str) -> str:
     return os.path.join(workdir, "analysis")
+
+
+def lock_file(workdir: str) -> str:
+    return os.path.join(workdir, LOCK)
+
+
+@contextlib.contextmanager
+def locked(workdir: str, mode: str, hold: bool = True) -> Iterator[None]:
+    """Hold `workdir` for one run (`mode` names it to a second run, which is refused) while the block runs.
+
+    The lock file records the owner's pid, host, boot and process start time; a lock whose owner ended on this
+    host (a killed run, a reused pid) is taken over, logged. Exclusive on local disks (a hard link to a written
+    file); on gs:// a check before the write, so two runs started in the same second may both pass. `hold`
+    False (every process of a multi-process run but the first) takes nothing.
+    """
+    if not hold:
+        yield
+        return
+    path, me = lock_file(workdir), _owner(mode)
+    tf.io.gfile.makedirs(workdir)
+    for attempt in range(3):
+        if _create(path, me):
+            break
+        owner = _read(path)
+        if owner is None:  # released meanwhile, or not fully written yet
+            time.sleep(0.1 * (attempt + 1))
+            continue
+        if not _ended(owner):
+            raise WorkdirInUse(f"{workdir} is in use by another GAN-DL run ({_describe(owner)}); wait for it to end, "
+                               f"or if it is gone, delete {path}")
+        logging.warning("taking over %s from a run that ended (%s)", path, _describe(owner))
+        tf.io.gfile.remove(path)
+    else:
+        raise WorkdirInUse(f"{workdir}: could not take {path}; another run is starting there")
+    try:
+        yield
+    finally:
+        if _read(path) == me:
+            tf.io.gfile.remove(path)
+
+
+def _owner(mode: str) -> dict:
+    pid = os.getpid()
+    return {"mode": mode, "pid": pid, "host": socket.gethostname(), "boot": _boot_id(), "started": _start_ticks(pid),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _describe(owner: dict) -> str:
+    return f"--mode {owner.get('mode')}, pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}"
+
+
+def _create(path: str, owner: dict) -> bool:
+    """Write the lock file unless one exists; True when this call wrote it."""
+    text = json.dumps(owner, indent=1) + "\n"
+    if "://" in path:
+        if tf.io.gfile.exists(path):
+            return False
+        fileio.write_text(path, text)
+        return True
+    tmp = fileio.temp_path(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.link(tmp, path)  # atomic: fails when the lock exists
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+
+
+def _read(path: str) -> dict | None:
+    try:
+        return fileio.read_json(path)
+    except (tf.errors.NotFoundError, ValueError):
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot), to tell a reused pid from the lock's owner."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _ended(owner: dict) -> bool:
+    """Whether the lock's owner has ended: known only on its own host."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    if owner.get("boot") and owner["boot"] != _boot_id():
+        return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        pass  # alive under another user, or a lock this code did not write
+    return bool(owner.get("started")) and owner["started"] != _start_ticks(int(owner["pid"]))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gandl import fileio
 from gandl.analysis import io, report
 from gandl.data import images as image_io
 from gandl.data import rxrx, synthetic
@@ -128,3 +129,14 @@ def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
     markdown = open(os.path.join(out, "report.md")).read()
     assert page.count('src="data:image/png;base64,iVBORw0KGgo') == markdown.count("](") >= 6
     assert ".png" not in page
+
+
+
+def test_the_report_folder_is_complete_only_with_its_completion_record(analysis):
+    """Every file the analysis wrote is listed, with size and checksum, in a record written after them."""
+    result, out = analysis
+    record = os.path.join(out, report.RECORD)
+    assert fileio.verify_record(record) == []
+    listed = fileio.read_json(record)["files"]
+    assert sorted(os.path.join(out, f) for f in listed) == sorted(result["files"])
+    assert os.stat(record).st_mtime_ns >= max(os.stat(f).st_mtime_ns for f in result["files"])

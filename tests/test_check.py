@@ -10,6 +10,9 @@ import jax
 import pytest
 
 from gandl import check, sweep
+from gandl.analysis.classify import NORMALIZATIONS
+from gandl.analysis.tasks import AnalysisConfig
+from gandl.defaults import base_config
 from gandl.sweep import REPO_ROOT
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.py")))
@@ -58,7 +61,16 @@ def test_every_sweep_run_passes_for_1_and_8_devices(path, num_devices):
     ({"data.channels": (1, 2, 3, 4, 6)}, "data.channels=(1, 2, 3, 4, 6): channels [6] do not exist in the 5-channel"),
     ({"model.num_channels": 6}, "model.num_channels=6: the rxrx19a data has 5 channels on 8 device(s)"),
     ({"zeroshot.channels": (1, 2, 3)}, "zeroshot.channels=(1, 2, 3): maps to (1, 2, 3), but the zero-shot set"),
-    ({"model.resolution": 48}, "model: resolution must be a power of two >= 8, got 48"),
+    ({"model.resolution": 48}, "model.resolution=48: must be a power of two >= 8; use model.resolution=64"),
+    ({"model.mbstd_num_channels": 3}, "model: mbstd_num_channels must divide the 4x4 block's channel count"),
+    ({"train.log_every": 0}, "train.log_every=0: must be an integer >= 1; use train.log_every=50"),
+    ({"embed.step": -2}, "embed.step=-2: must be an integer >= -1; use embed.step=-1"),
+    ({"model.conv_clamp": 0.0}, "model.conv_clamp=0.0: must be None or a number > 0; use model.conv_clamp=256.0"),
+    ({"analysis.fdr": 1.0}, "analysis.fdr=1.0: must be a number in (0, 1); use analysis.fdr=0.05"),
+    ({"data.channels": (0, 1)}, "data.channels=(0, 1): must be a tuple whose items are each an integer >= 1; use "
+     "data.channels=()"),
+    ({"synthetic.control_wells_per_plate": (6, 3, 6)},
+     "synthetic.control_wells_per_plate=(6, 3, 6): must be a tuple of 4 whose items are each an integer >= 0"),
     ({"train.probe_every": 1200}, "train.probe_every=1200: not a multiple of train.checkpoint_every=500, so probed "
      "steps would have no checkpoint to embed (on 8 device(s)); use train.probe_every=1000"),
 ])
@@ -116,3 +128,35 @@ def test_main_checks_the_paper_config_on_one_device(tmp_path):
     assert "config check passed for 1 device(s)" in result.stdout
     assert "256 px x 5 channels; G 23," in result.stdout and "GFLOP per image" in result.stdout
     assert not os.listdir(tmp_path)  # checked, nothing written
+
+
+def test_every_config_field_has_a_rule_that_its_default_passes():
+    """A field added to the defaults or a shipped config without a rule in check.RULES fails here (and is refused
+    as unknown by the check), so no setting reaches a run unchecked."""
+    held = set().union(*(check.fields(c) for c in [base_config(), *map(_config, CONFIGS)]))
+    assert sorted(held - set(check.RULES)) == [], "config fields without a rule in gandl.check.RULES"
+    defaults = check.fields(base_config())
+    assert [f for f, value in defaults.items() if not check.RULES[f].ok(value)] == []
+    assert all(rule.ok(rule.example) for rule in check.RULES.values())
+
+
+def test_a_field_without_a_rule_is_refused_as_unknown():
+    config = _demo()
+    with config.unlocked():
+        config.data.imagesize = 32
+    assert check.validate(config, 8) == ["data.imagesize=32: not a GAN-DL setting (no rule in gandl.check.RULES); "
+                                         "remove it"]
+
+
+@pytest.mark.parametrize("field, values", [("normalization", (*NORMALIZATIONS, "zscore")),
+                                           ("level", ("site", "well", "plate")),
+                                           ("group_by", ("plate", "experiment", "well"))])
+def test_the_analysis_enumerations_are_the_analysis_own(field, values):
+    """check.py sits below the analysis and cannot import it: its rules must accept what AnalysisConfig accepts."""
+    for value in values:
+        try:
+            AnalysisConfig(**{field: value})
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert check.RULES[f"analysis.{field}"].ok(value) == accepted, value

@@ -14,16 +14,20 @@ import subprocess
 import sys
 import time
 
+import anndata
 import jax
 import numpy as np
 import pandas as pd
 import pytest
 
-from gandl import embed, main
+from gandl import check, embed, fileio, main, profiles
+from gandl import workdir as workdir_lib
 from gandl.data import convert, images, pipeline, rxrx, synthetic
 from gandl.features import handcrafted
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
+from gandl.train import checkpoint, loop, sharding
+from gandl.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -248,7 +252,7 @@ def test_embed_killed_and_resumed_with_another_batch_size_equals_an_uninterrupte
                  progress=False)
     assert os.stat(resumed["means"]).st_mtime_ns == mtime
     options = pipeline.InputOptions
-    for change, message in [(dict(options=options(channels=(1, 2, 3))), r"channels: \[\] -> \[1, 2, 3\]"),
+    for change, message in [(dict(options=options(channels=(1, 2, 3))), r"channels: \[1, 2, 3, 4, 5\] -> \[1, 2, 3\]"),
                             (dict(options=options(intensity="dataset")), "intensity: 'auto' -> 'dataset'"),
                             (dict(feature_settings={"means": {"orientation_average": True}}),
                              r"feature_sets.means.orientation_average: \(absent\) -> True")]:
@@ -349,3 +353,226 @@ def test_a_refused_synthetic_screen_leaves_no_settings_file(tmp_path):
         synthetic.write_rxrx1(tmp_path / "raw_rxrx1", num_sirnas=400, **kwargs)
     assert not (tmp_path / "raw_rxrx1" / "synthetic.json").exists()
     assert (synthetic.write_rxrx1(tmp_path / "raw_rxrx1", **kwargs) / "metadata.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Completion verified, corrupt inputs named, one run per workdir, impossible settings refused up front.
+
+
+def _h5ad_content(path) -> tuple:
+    data = anndata.read_h5ad(path)
+    return data.X, data.obs.reset_index(), data.uns["provenance"]
+
+
+def _assert_same_export(out, reference, names) -> None:
+    for name in names:
+        for key, value in _load(reference / f"{name}.npz").items():
+            np.testing.assert_array_equal(_load(out / f"{name}.npz")[key], value, err_msg=f"{name}.npz {key}")
+        for stem in (name, f"{name}_wells"):
+            pd.testing.assert_frame_equal(pd.read_parquet(out / f"{stem}.parquet"),
+                                          pd.read_parquet(reference / f"{stem}.parquet"))
+            got, expected = _h5ad_content(out / f"{stem}.h5ad"), _h5ad_content(reference / f"{stem}.h5ad")
+            np.testing.assert_array_equal(got[0], expected[0])
+            pd.testing.assert_frame_equal(got[1], expected[1])
+            assert got[2] == expected[2]
+        assert fileio.verify_record(embed.completion_record(str(out), name)) == []
+
+
+@pytest.mark.parametrize("writer", ["write_h5ad", "write_well_profiles"])
+def test_an_export_stopped_in_its_h5ad_or_well_profiles_is_finished_by_the_rerun(shards_dir, tmp_path, monkeypatch,
+                                                                                 writer):
+    """npz and parquet written, then the h5ad (or the last set's well profiles) killed mid-write: the rerun does
+    not take the set for finished; it writes what is missing and removes what the killed writer left."""
+    spec = pipeline.open_shards(shards_dir)
+    reference = tmp_path / "reference"
+    embed.export(spec, str(reference), FEATURES, batch_size=16, provenance={}, progress=False)
+    out = tmp_path / "out"
+    real = getattr(profiles, writer)
+
+    def killed(path, *args, **kwargs):  # the last set's writer dies as kill -9 leaves it: a partial temporary
+        if "means" not in os.path.basename(path):
+            return real(path, *args, **kwargs)
+        target = path if writer == "write_h5ad" else f"{path}.h5ad"
+        with open(fileio.temp_path(target), "wb") as f:
+            f.write(b"\x89HDF partial")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(profiles, writer, killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        embed.export(spec, str(out), FEATURES, batch_size=16, provenance={}, progress=False)
+    monkeypatch.setattr(profiles, writer, real)
+    assert (out / "means.npz").exists() and (out / "means.parquet").exists() and _temp_files(out)
+    assert not (out / embed.completion_record("", "means")).exists()
+    mtime = os.stat(out / "handcrafted.npz").st_mtime_ns
+
+    embed.export(spec, str(out), FEATURES, batch_size=16, provenance={}, progress=False)
+    _assert_same_export(out, reference, FEATURES)
+    assert not _temp_files(out)
+    assert os.stat(out / "handcrafted.npz").st_mtime_ns == mtime  # the finished set is left alone
+
+
+def test_a_damaged_export_file_is_written_again(shards_dir, tmp_path, caplog):
+    """A finished set's file overwritten in place (same size) or deleted: the rerun checks every file against the
+    set's completion record, names the damage and gathers that set again."""
+    spec = pipeline.open_shards(shards_dir)
+    reference = tmp_path / "reference"
+    embed.export(spec, str(reference), FEATURES, batch_size=16, provenance={}, progress=False)
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    damaged = out / "means_wells.parquet"
+    data = bytearray(damaged.read_bytes())
+    data[100:120] = bytes(20)
+    damaged.write_bytes(bytes(data))
+    (out / "handcrafted.h5ad").unlink()
+
+    with caplog.at_level("WARNING"):
+        embed.export(spec, str(out), FEATURES, batch_size=16, provenance={}, progress=False)
+    _assert_same_export(out, reference, FEATURES)
+    assert f"{damaged}: its checksum differs" in caplog.text and f"{out / 'handcrafted.h5ad'}: missing" in caplog.text
+
+
+def _damage_shards(folder) -> tuple[str, str]:
+    """Truncate shard 2 to 60% and overwrite 200 bytes of shard 3: the two faults a copy or a disk leaves."""
+    truncated, overwritten = (os.path.join(str(folder), convert.shard_name(k, 5)) for k in (2, 3))
+    os.truncate(truncated, int(os.path.getsize(truncated) * 0.6))
+    with open(overwritten, "r+b") as f:
+        f.seek(5000)
+        f.write(bytes(200))
+    return truncated, overwritten
+
+
+def test_damaged_shards_are_named_by_their_readers_and_rewritten_by_convert(rxrx19a_dir, shards_dir, tiny_config,
+                                                                           tmp_path, caplog):
+    out = tmp_path / "shards"
+    shutil.copytree(shards_dir, out)
+    truncated, overwritten = _damage_shards(out)
+    spec = pipeline.open_shards(str(out))
+    named = rf"damaged record files: {truncated} \(record \d+ unreadable: truncated record.*{overwritten} " \
+            r"\(record 1 unreadable: inflate\(\) failed.*--mode convert"
+    with pytest.raises(pipeline.CorruptRecordsError, match=named):  # the export
+        embed.export(spec, str(tmp_path / "emb"), FEATURES, batch_size=16, provenance={}, progress=False)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = str(out)
+    with pytest.raises(pipeline.CorruptRecordsError, match=named):  # training's input
+        for _, _ in zip(range(20), loop.shard_input_fn(cfg, spec)(0)):
+            pass
+
+    with caplog.at_level("WARNING"):
+        manifest = convert.convert(rxrx.read_rxrx19a(rxrx19a_dir), str(out), _options(), progress=False)
+    assert _shard_bytes(out) == _shard_bytes(shards_dir)
+    assert manifest["num_sites"] == 70 and fileio.verify_record(str(out / convert.MANIFEST)) == []
+    assert f"{truncated}: " in caplog.text and f"{overwritten}: its checksum differs" in caplog.text
+
+
+def test_a_finished_shard_set_is_reused_without_writing(rxrx19a_dir, shards_dir, tmp_path, monkeypatch):
+    """A complete, intact conversion (e.g. on a read-only disk) is returned as it is: no file is written."""
+    out = tmp_path / "shards"
+    shutil.copytree(shards_dir, out)
+
+    def no_write(path, data):
+        raise PermissionError(f"read-only: {path}")
+
+    monkeypatch.setattr(fileio, "write_bytes", no_write)
+    manifest = convert.convert(rxrx.read_rxrx19a(rxrx19a_dir), str(out), _options(), progress=False)
+    assert manifest == json.loads((out / convert.MANIFEST).read_text())
+
+
+def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
+    spec = pipeline.open_shards(shards_dir)
+    out = tmp_path / "out"
+    paths = embed.export(spec, str(out), FEATURES, batch_size=16, provenance={}, progress=False)
+    mtime = os.stat(paths["means"]).st_mtime_ns
+    every = pipeline.InputOptions(channels=(1, 2, 3, 4, 5))
+    assert embed.export(spec, str(out), FEATURES, batch_size=16, options=every, provenance={}, progress=False) == paths
+    record = json.loads((out / embed.SETTINGS).read_text())
+    record["channels"] = []  # as records made before channels were spelled out hold them
+    (out / embed.SETTINGS).write_text(json.dumps(record))
+    assert embed.export(spec, str(out), FEATURES, batch_size=16, options=every, provenance={}, progress=False) == paths
+    assert os.stat(paths["means"]).st_mtime_ns == mtime
+    with pytest.raises(embed.ExportError, match=r"channels: \[1, 2, 3, 4, 5\] -> \[1, 2, 3, 4, 4\]"):
+        embed.export(spec, str(out), FEATURES, batch_size=16, options=every.replace(channels=(1, 2, 3, 4, 4)),
+                     provenance={}, progress=False)
+
+
+def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_before(tiny_config, shards_dir,
+                                                                                      tmp_path, caplog):
+    """Half of the latest checkpoint's array data lost: one line names its step, folder and file, training goes on
+    from the checkpoint before it (the damaged one set aside, so that step can be saved again), and with no intact
+    checkpoint left it stops naming them, never silently starting from step 0."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.train.steps = 1  # resumed at step 1, the run is finished: no step is compiled
+    mesh = sharding.make_mesh()
+    with jax.set_mesh(mesh):
+        state = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+    at = {step: state.replace(pl_mean=state.pl_mean + step) for step in (1, 2)}
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    for step, value in at.items():
+        ckpt.save(step, value, cfg.to_dict(), force=True)
+    ckpt.close()
+
+    def damage(step: int) -> str:
+        folder = tmp_path / "checkpoints" / str(step)
+        assert fileio.verify_record(str(folder / checkpoint.RECORD)) == []
+        data = max((p for p in (folder / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        os.truncate(data, data.stat().st_size // 2)
+        return f"the checkpoint of step {step} in {folder} is damaged: {data}: "
+
+    named = damage(2)
+    with caplog.at_level("WARNING"):
+        resumed = loop.train(cfg, str(tmp_path))
+    assert named in caplog.text and "using step 1, the newest intact checkpoint" in caplog.text
+    assert resumed.step == 1 and float(resumed.state.pl_mean) == 1.0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2.damaged"]
+
+    # The run that resumes saves the damaged step anew, with its completion record.
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    ckpt.save(2, at[2], cfg.to_dict(), force=True)
+    ckpt.wait()
+    named = damage(2)
+    template = checkpoint.abstract_like(state)
+    restored, _, step = ckpt.restore_intact(lambda saved: template, set_aside=True)
+    assert step == 1 and ckpt.save(2, at[2], cfg.to_dict(), force=True)
+    ckpt.close()
+    assert fileio.verify_record(str(tmp_path / "checkpoints" / "2" / checkpoint.RECORD)) == []
+
+    for step in (1, 2):
+        damage(step)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"no intact checkpoint in .*steps \[2, 1\]"):
+        loop.train(cfg, str(tmp_path))
+
+
+def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    with workdir_lib.locked(workdir, "train"):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+        result = subprocess.run([sys.executable, "-m", "gandl.main", "--config", "tests/tiny_config.py", "--workdir",
+                                 workdir, "--mode", "convert"], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 1, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"convert: {workdir} is in use by another GAN-DL run (--mode train, pid {os.getpid()}")
+        assert "Traceback" not in result.stderr and os.listdir(workdir) == [workdir_lib.LOCK]
+    assert not os.listdir(workdir)  # released
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    with open(workdir_lib.lock_file(workdir), "w") as f:  # what a killed run leaves
+        json.dump(dict(workdir_lib._owner("embed"), pid=ended.pid), f)
+    with caplog.at_level("WARNING"), workdir_lib.locked(workdir, "analyze"):
+        assert json.loads(open(workdir_lib.lock_file(workdir)).read())["mode"] == "analyze"
+    assert f"from a run that ended (--mode embed, pid {ended.pid}" in caplog.text
+
+
+def test_every_impossible_setting_is_refused_at_once(tiny_config):
+    cfg = tiny_config.copy_and_resolve_references()
+    bad = {"data.image_size": -3, "train.log_every": 0, "train.checkpoint_every": 0, "train.steps": -5,
+           "embed.batch_size": 0, "embed.part_batches": 0, "data.intensity": "bogus", "embed.mbstd": "bogus",
+           "data.kind": "bogus", "analysis.n_splits": 1, "train.sample_every": 0,
+           "embed.feature_sets": ("gandl", "bogus")}
+    cfg.update_from_flattened_dict(bad)
+    with pytest.raises(check.ConfigCheckError) as info:
+        check.run(cfg)
+    assert len(info.value.failures) == len(bad)
+    for field, value in bad.items():
+        assert any(f.startswith(f"{field}={value!r}: must be") and "; use " in f for f in info.value.failures), field

@@ -10,6 +10,7 @@ features aligned with RxRx19a-style metadata run through it unchanged.
 
 Layout of `out_dir` (e.g. `workdir/analysis/`):
   report.md, report.html (figures embedded), summary.csv, analysis.json
+  complete.json: written last, every file above and below with its size and checksum (gandl.fileio)
   <feature set>/table1_controls.{csv,md}, spaces.csv, dose_response.csv, hits.csv,
                 fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
                 zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given)
@@ -35,6 +36,7 @@ from gandl.data.vocabulary import RXRX19A_REQUIRED
 __all__ = ["AnalysisConfig", "analyze", "analyze_screen", "analyze_zeroshot"]
 
 FeatureSet = tuple[np.ndarray, pd.DataFrame]
+RECORD = "complete.json"
 
 
 def _check_inputs(features: np.ndarray, metadata: pd.DataFrame, columns: tuple[str, ...]) -> None:
@@ -305,4 +307,5 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     if skips:
         logging.warning("analysis finished with %d skipped task(s):\n  %s", len(skips), "\n  ".join(skips))
     files += [os.path.join(out_dir, n) for n in ("summary.csv", "analysis.json", "report.md", "report.html")]
+    fileio.write_record(os.path.join(out_dir, RECORD), files, source=source)  # last: the analysis is complete
     return dict(summary=summary, screens=screens, zeroshot=zeroshots, skipped=skipped, files=files)

@@ -8,9 +8,15 @@ adds `height`, `width`, `channels` and the site's row `index` in the metadata ta
 
 Layout of an output folder:
   conversion.json              what is being converted (checked on resume)
-  shard-00000-of-00012.tfrecord.gz   + shard-00000-of-00012.json (sidecar: sites, skips, histograms)
-  manifest.json                written last: shapes, dtype, stains, feature schema, per-channel stats
+  shard-00000-of-00012.tfrecord.gz   + shard-00000-of-00012.json (sidecar, written after its shard: sites,
+                               skips, histograms, the shard's size and checksum)
+  manifest.json                written last: shapes, dtype, stains, feature schema, per-channel stats, and
+                               every shard's size and checksum (the conversion's completion record)
   skipped_sites.csv            only when bad sites were skipped on request
+
+A rerun checks the files against these records (gandl.fileio): a finished conversion whose shards all
+match its manifest is returned untouched (a read-only folder can be reused); a shard that does not match
+its sidecar (truncated, overwritten) is written again.
 
 Site i goes to shard i mod num_shards, so every shard samples every plate: a process that reads a
 subset of shards (multi-host training) still sees the whole screen.
@@ -31,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from absl import logging
 from tqdm import tqdm
 
 from gandl import fileio
@@ -46,7 +53,7 @@ PERCENTILES = (0.1, 1.0, 50.0, 99.0, 99.9)
 PROBE_SITES = 16  # sites whose majority shape and dtype is the screen's
 
 
-class ConversionError(RuntimeError):
+class ConversionError(fileio.FileFault):
     """A conversion stopped on bad input; finished shards are kept and a rerun resumes."""
 
 
@@ -132,7 +139,7 @@ def load_site(paths: list[str], source_shape: tuple[int, int], dtype: np.dtype, 
 
 
 def _write_shard(task: _ShardTask) -> dict[str, Any]:
-    """Write one shard atomically, then its sidecar (the shard's completion marker).
+    """Write one shard atomically, then its sidecar (the shard's completion record, with its checksum).
 
     A failing shard removes its temporary file; one killed outright leaves it to the rerun's clean-up.
     """
@@ -163,9 +170,8 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     fileio.commit(tmp, task.path)
     sparse = [] if hist is None else [
         {"values": np.flatnonzero(h).tolist(), "counts": h[h > 0].tolist()} for h in hist]
-    sidecar = {"num_sites": written, "skipped": skipped, "histograms": sparse}
-    fileio.write_json(_sidecar(task.path), sidecar)
-    return sidecar
+    return fileio.write_record(_sidecar(task.path), [task.path], num_sites=written, skipped=skipped,
+                               histograms=sparse)
 
 
 def _probe_rows(num_sites: int) -> np.ndarray:
@@ -268,6 +274,9 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
                                   f"{shape[0]} px")
     tf.io.gfile.makedirs(out_dir)
     _check_resume(out_dir, _fingerprint(screen, options, shape, dtype))
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if fileio.verify_record(manifest_path) == []:  # finished, and every shard is as recorded: nothing to write
+        return fileio.read_json(manifest_path)
     fileio.remove_temp_files(out_dir)  # of shards a killed run was writing
 
     num_shards = math.ceil(screen.num_sites / options.sites_per_shard)
@@ -281,11 +290,19 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
             rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], schema=schema,
             source_shape=tuple(int(s) for s in shape), dtype=dtype.name, image_size=options.image_size,
             skip_bad_sites=options.skip_bad_sites))
-    pending = [t for t in tasks if not tf.io.gfile.exists(_sidecar(t.path))]
+    pending = [t for t in tasks if not _intact(t.path)]
     _run(pending, options.num_workers or os.cpu_count() or 1,
          tqdm(total=screen.num_sites, initial=screen.num_sites - sum(len(t.indices) for t in pending),
               unit="site", desc="convert", disable=not progress, smoothing=0.1))
     return _finish(screen, out_dir, tasks, shape, dtype, options, schema)
+
+
+def _intact(shard: str) -> bool:
+    """Whether `shard` was written and still matches the size and checksum its sidecar records (says why not)."""
+    problems = fileio.verify_record(_sidecar(shard))
+    if problems:
+        logging.warning("%s: writing the shard again", "; ".join(problems))
+    return problems == []
 
 
 def _run(tasks: list[_ShardTask], num_workers: int, bar: tqdm) -> None:
@@ -336,8 +353,10 @@ def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[
             dtype: np.dtype, options: ConvertOptions, schema: dict[str, str]) -> dict[str, Any]:
     sidecars = [fileio.read_json(_sidecar(t.path)) for t in tasks]
     skipped = [s for sc in sidecars for s in sc["skipped"]]
+    files = [t.path for t in tasks]
     if skipped:
-        fileio.write_text(os.path.join(out_dir, SKIPPED), pd.DataFrame(skipped).to_csv(index=False))
+        files.append(os.path.join(out_dir, SKIPPED))
+        fileio.write_text(files[-1], pd.DataFrame(skipped).to_csv(index=False))
     num_sites = sum(sc["num_sites"] for sc in sidecars)
     if num_sites == 0:
         raise ConversionError(f"{screen.source}: every site was skipped; see {SKIPPED}")
@@ -353,5 +372,4 @@ def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[
         "channel_stats": channel_stats(
             _merge_histograms(sidecars, len(screen.stains), np.iinfo(dtype).max + 1), screen.stains),
     }
-    fileio.write_json(os.path.join(out_dir, MANIFEST), manifest)
-    return manifest
+    return fileio.write_record(os.path.join(out_dir, MANIFEST), files, **manifest)

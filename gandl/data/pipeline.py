@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -23,11 +23,16 @@ from gandl.data import convert
 from gandl.data.rxrx import STAINS
 
 AUTOTUNE = tf.data.AUTOTUNE
+INTENSITIES = ("auto", "dtype", "dataset")
 _READ_BUFFER = 8 << 20  # bytes per open file: large reads matter on gs://
 _TF_TYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
 _DEFAULTS = {"int64": -1, "float32": float("nan"), "string": ""}
 RXRX1_UTILS_FEATURES = {"well": "string", "well_type": "string", "experiment": "string",
                         "cell_type": "string", "plate": "int64", "site": "int64", "sirna": "int64"}
+
+
+class CorruptRecordsError(fileio.FileFault):
+    """A record file that cannot be read to its end (truncated, overwritten): named with the record it fails at."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +139,7 @@ def _intensity_bounds(spec: RecordSpec, intensity: str) -> tuple[np.ndarray, np.
             raise ValueError("intensity='dataset' needs converted shards with statistics (manifest.json)")
         lo, hi = np.array(spec.intensity_range, np.float32).T
         return lo, np.maximum(hi, lo + 1.0)
-    raise ValueError(f"unknown intensity mode {intensity!r}; expected 'auto', 'dtype' or 'dataset'")
+    raise ValueError(f"unknown intensity mode {intensity!r}; expected one of {INTENSITIES}")
 
 
 def downscale_factor(spec: RecordSpec, crop_size: int, image_size: int) -> int:
@@ -206,6 +211,45 @@ def _records(filenames: tf.data.Dataset, cycle_length: int) -> tf.data.Dataset:
         return tf.data.TFRecordDataset(f, "GZIP", buffer_size=_READ_BUFFER).map(lambda r: (r, f))
 
     return filenames.interleave(read, cycle_length=cycle_length, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def batches(ds: tf.data.Dataset, files: Sequence[str]) -> Iterator:
+    """`ds`'s elements as numpy; a damaged file among `files` (those `ds` reads) stops it with a
+    `CorruptRecordsError` naming the file, rather than TensorFlow's DataLossError, which names none."""
+    it = ds.as_numpy_iterator()
+    while True:
+        try:
+            element = next(it)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as e:
+            raise CorruptRecordsError(_locate_damage(files, e)) from None
+        yield element
+
+
+def _locate_damage(files: Sequence[str], error: tf.errors.DataLossError) -> str:
+    """Which of `files` are damaged, and at which record (`error` read from one of them): each is read again."""
+    damaged = {}
+    for path in files:
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path, "GZIP", buffer_size=_READ_BUFFER):
+                count += 1
+        except tf.errors.DataLossError as e:
+            damaged[path] = f"record {count + 1} unreadable: {_reason(e)}"
+    if not damaged:
+        shown = f"{list(files)[:3]}{'...' if len(files) > 3 else ''}"
+        return f"a record file among {shown} could not be read ({_reason(error)})"
+    ours = tf.io.gfile.exists(os.path.join(os.path.dirname(next(iter(damaged))), convert.MANIFEST))
+    fix = ("convert again: --mode convert checks every shard against its checksum and rewrites a damaged one" if ours
+           else "replace them with intact copies")
+    listed = "; ".join(f"{path} ({why})" for path, why in damaged.items())
+    return f"damaged record file{'s' if len(damaged) > 1 else ''}: {listed}; {fix}"
+
+
+def _reason(error: tf.errors.OpError) -> str:
+    """TensorFlow's own words, without the op and function names around them."""
+    return error.message.split("}}")[-1].split("[Op:")[0].strip()
 
 
 def process_files(spec: RecordSpec, process_index: int, process_count: int) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from gandl.data.vocabulary import (  # noqa: F401 (re-exported: the readers' nam
     RXRX1_REQUIRED,
     RXRX19A_COLUMNS,
     RXRX19A_REQUIRED,
+    SCREEN_KINDS,
     STAIN_TARGETS,
     STAINS,
     UV_INACTIVATED,
@@ -243,7 +244,7 @@ def read_screen(kind: str, path: str, *, metadata: str = "metadata.csv",
         from gandl.data import ome_zarr  # zarr and dask load only for plates
 
         return ome_zarr.read_plate(path)
-    raise ValueError(f"unknown screen kind {kind!r}; expected 'rxrx19a', 'rxrx1', 'generic' or 'ome_zarr'")
+    raise ValueError(f"unknown screen kind {kind!r}; expected one of {SCREEN_KINDS}")
 
 
 def missing_files(screen: Screen) -> list[str]:

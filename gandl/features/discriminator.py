@@ -96,7 +96,8 @@ def _variables(context: Context, random: bool) -> tuple[Any, np.ndarray | None]:
     ds = pipeline.train_dataset(context.screen, context.options, seed=context.config.seed,
                                 batch_size=sharding.local_batch_size(context.config.train.batch_size),
                                 process_index=jax.process_index(), process_count=jax.process_count())
-    batches = (b["image"] for b in ds.take(e.mbstd_batches).as_numpy_iterator())
+    files = pipeline.process_files(context.screen, jax.process_index(), jax.process_count())
+    batches = (b["image"] for b in pipeline.batches(ds.take(e.mbstd_batches), files))
     return params, training_mbstd(context.model, params, batches)
 
 

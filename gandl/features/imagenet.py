@@ -80,7 +80,8 @@ def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: in
     ds = pipeline.eval_dataset(spec, options, batch_size=batch_size, process_index=jax.process_index(),
                                process_count=jax.process_count())
     images, labels = [], []
-    for batch in itertools.chain(ds.as_numpy_iterator(), [None]):
+    files = pipeline.process_files(spec, jax.process_index(), jax.process_count())
+    for batch in itertools.chain(pipeline.batches(ds, files), [None]):
         if batch is not None:
             y = control_labels(batch, controls)
             images.append(batch["image"][y >= 0])

@@ -8,7 +8,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +38,15 @@ class ModelConfig:
         res = self.resolution
         if res < 8 or res & (res - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {res}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.mbstd_num_channels and min(self.channel_base // 4, self.channel_max) % self.mbstd_num_channels:
             raise ValueError("mbstd_num_channels must divide the 4x4 block's channel count")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
         """The jnp dtype named by `dtype`."""
-        return jnp.dtype(_DTYPES[self.dtype])
+        return jnp.dtype(DTYPES[self.dtype])
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> ModelConfig:

@@ -5,22 +5,38 @@ forced (preemption, end of training), keeping the last `keep` checkpoints and, w
 checkpoint whose step is a multiple of it (the probed steps, so `embed.step` can name any of them).
 Restoring takes the abstract state with its shardings, so arrays land directly on the devices they belong
 to, on any mesh.
+
+Each finished save gets a completion record (`<step>/complete.json`, gandl.fileio) listing every file with
+its size and checksum. A restore checks it first, so a damaged checkpoint is named in one line (its step,
+folder and file) before orbax reads a byte of it, and "the latest" means the newest intact one: damaged
+newer ones are logged and passed over, never silently replaced by step 0.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
+from gandl import fileio
 from gandl import workdir as layout
+from gandl._tf import tf
 from gandl.models.config import ModelConfig
 from gandl.train import state as state_lib
 
 STATE = "state"
 CONFIG = "config"
+RECORD = "complete.json"
+
+
+class CorruptCheckpointError(fileio.FileFault):
+    """A checkpoint whose files do not match its completion record, or that orbax cannot read."""
 
 
 class Checkpointer:
@@ -37,40 +53,116 @@ class Checkpointer:
                 save_interval_steps=save_every, enable_async_checkpointing=async_save,
                 preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies)),
             item_names=(STATE, CONFIG))
+        self._unrecorded: list[int] = []  # steps saved by this object whose completion record is not written yet
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def save(self, step: int, state: Any, config: dict, force: bool = False) -> bool:
         """Start saving (returns at once when async); True if this step is saved at all."""
-        return self.manager.save(step, args=ocp.args.Composite(
+        self._record_saved()
+        saved = self.manager.save(step, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config)}), force=force)
+        if saved:
+            self._unrecorded.append(step)
+        return saved
+
+    def _record_saved(self) -> None:
+        """Write the completion records of this object's saves once they are on disk (process 0 writes them)."""
+        if not self._unrecorded:
+            return
+        self.manager.wait_until_finished()
+        for step in self._unrecorded:
+            folder = self.step_dir(step)
+            if jax.process_index() == 0 and tf.io.gfile.isdir(folder):  # not already dropped by the keep policy
+                files = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(folder) for name in names]
+                fileio.write_record(os.path.join(folder, RECORD), files, step=step)
+        self._unrecorded = []
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """State (placed per `abstract_state`'s shardings) and config of `step` (default: the latest)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardRestore(abstract_state), CONFIG: ocp.args.JsonRestore()}))
-        return out[STATE], out[CONFIG]
+        """State (placed per `abstract_state`'s shardings) and config of `step` (default: the newest intact one)."""
+        state, config, _ = self.restore_intact(lambda config: abstract_state, step)
+        return state, config
 
-    def restore_config(self, step: int | None = None) -> dict:
-        """Only the config saved with `step` (default: the latest), e.g. to rebuild the state's template."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        return self.manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+    def restore_intact(self, template: Callable[[dict], Any], step: int | None = None, set_aside: bool = False
+                       ) -> tuple[Any, dict, int]:
+        """(state, config, step) of checkpoint `step`, or of the newest intact one; `template(config)` gives the
+        abstract state to restore into.
+
+        Each checkpoint is checked against its completion record first. A damaged named `step` is an error; without
+        one, damaged newer checkpoints are logged and passed over, and with `set_aside` (a run that will save those
+        steps again) moved to `<step>.damaged`. Only when every checkpoint is damaged does it fail, naming them.
+        """
+        saved = sorted(self.manager.all_steps(), reverse=True)
+        if not saved or (step is not None and step not in saved):
+            raise FileNotFoundError(f"no checkpoint{'' if step is None else f' of step {step}'} in {self.directory}"
+                                    + (f" (it holds steps {saved[::-1]})" if saved else ""))
+        steps = [step] if step is not None else saved
+        damaged = []
+        for candidate in steps:
+            try:
+                config = self._restore(candidate, {CONFIG: ocp.args.JsonRestore()})[CONFIG]
+                state = self._restore(candidate, {STATE: ocp.args.StandardRestore(template(config))})[STATE]
+            except CorruptCheckpointError as e:
+                if step is not None:
+                    raise
+                logging.warning("%s; %s", e, "trying the one before" if candidate != steps[-1] else "none is left")
+                damaged.append(candidate)
+                continue
+            if damaged and set_aside:
+                self._set_aside(damaged)
+            if damaged:
+                logging.warning("using step %d, the newest intact checkpoint in %s", candidate, self.directory)
+            return state, config, candidate
+        raise CorruptCheckpointError(f"no intact checkpoint in {self.directory}: steps {damaged} are damaged (see "
+                                     "above); move them away to start from step 0")
+
+    def _restore(self, step: int, items: dict) -> dict:
+        """orbax's restore of `items` of `step`, after checking the step's files against its completion record.
+
+        Without a record (a checkpoint older than records, or a run killed between save and record) orbax's own
+        error is what tells a damaged checkpoint; with an intact record an orbax error is not damage and passes.
+        """
+        folder = self.step_dir(step)
+        problems = fileio.verify_record(os.path.join(folder, RECORD))
+        if problems:
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise CorruptCheckpointError(f"the checkpoint of step {step} in {folder} is damaged: "
+                                         f"{'; '.join(problems[:3])}{more}")
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore wrap read errors in many types
+            if problems is not None:
+                raise
+            raise CorruptCheckpointError(f"the checkpoint of step {step} in {folder} cannot be read: "
+                                         f"{_root_cause(e)}") from None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move damaged checkpoints out of orbax's way (`<step>.damaged`), so the run can save those steps again."""
+        if jax.process_index() == 0:
+            for step in steps:
+                target = f"{self.step_dir(step)}.damaged"
+                while tf.io.gfile.exists(target):
+                    target += "+"
+                tf.io.gfile.rename(self.step_dir(step), target)
+                logging.warning("moved the damaged checkpoint of step %d to %s", step, target)
+        multihost_utils.sync_global_devices("damaged checkpoints set aside")  # before any process lists steps again
+        self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """Whether any process got a preemption notice (needs jax.distributed); all agree on the step."""
         return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
-        """Block until pending async saves are on disk."""
+        """Block until pending async saves are on disk, with their completion records."""
         self.manager.wait_until_finished()
+        self._record_saved()
 
     def close(self) -> None:
+        self._record_saved()
         self.manager.close()
 
 
@@ -79,17 +171,20 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
     """(config, train state, step) of checkpoint `step` (default: the latest) of a workdir.
 
     The state's template is rebuilt from the config saved with the checkpoint, so no config file is needed.
+    Without `step`, damaged newer checkpoints are passed over (logged) for the newest intact one.
     """
     ckpt = Checkpointer(workdir, save_every=1)
+
+    def template(saved: dict) -> Any:
+        config = ml_collections.ConfigDict(saved)
+        return abstract_like(state_lib.create(ModelConfig.from_mapping(config.model), config.train, config.seed, mesh))
+
     try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
+        if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
-        config = ml_collections.ConfigDict(ckpt.restore_config(step))
         with jax.set_mesh(mesh):
-            template = state_lib.create(ModelConfig.from_mapping(config.model), config.train, config.seed, mesh)
-            state, _ = ckpt.restore(abstract_like(template), step)
-        return config, state, step
+            state, config, step = ckpt.restore_intact(template, step)
+        return ml_collections.ConfigDict(config), state, step
     finally:
         ckpt.close()
 
@@ -97,3 +192,10 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
 def abstract_like(state: Any) -> Any:
     """Shape, dtype and sharding of every array in `state`, the template orbax restores into."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error behind `error` (orbax wraps tensorstore's, which names the file)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -72,6 +72,7 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     local = sharding.local_batch_size(t.batch_size, process_count)
+    files = pipeline.process_files(spec, process_index, process_count)
 
     def batches(start: int) -> Iterator[np.ndarray]:
         chunk = t.checkpoint_every
@@ -81,7 +82,7 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
                 spec, options, batch_size=local,
                 seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
                 process_index=process_index, process_count=process_count)
-            it = ds.skip(start - first).as_numpy_iterator()
+            it = pipeline.batches(ds.skip(start - first), files)  # a damaged shard is named
             for _ in range(first + chunk - start):
                 yield next(it)["image"]
             start = first = first + chunk
@@ -180,10 +181,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
     try:
         with jax.set_mesh(mesh):
             state = state_lib.create(model, t, config.seed, mesh)
-            start = ckpt.latest_step() or 0
-            if start:
-                state, _ = ckpt.restore(checkpoint.abstract_like(state))
+            start = 0
+            if ckpt.latest_step() is not None:  # the newest intact checkpoint; damaged newer ones are set aside
+                abstract = checkpoint.abstract_like(state)
+                state, _, start = ckpt.restore_intact(lambda saved: abstract, set_aside=True)
                 logging.info("resumed from step %d", start)
+            if start >= t.steps:  # finished: nothing to compile
+                return TrainResult(state, start, False, history)
             train_step = compiled_step(model, step_lib.step_config(t), mesh)
             batches = (sharding.global_batch(local, mesh) for local in input_fn(start))
             first = next(batches)
@@ -258,7 +262,7 @@ def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, 
     """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
     ds = pipeline.eval_dataset(spec, pipeline.InputOptions.from_config(config), batch_size=64)
     reals = []
-    for batch in ds.as_numpy_iterator():
+    for batch in pipeline.batches(ds, spec.files):
         reals.append(batch["image"][batch["mask"]])
         if sum(len(r) for r in reals) >= config.train.swd_images:
             break

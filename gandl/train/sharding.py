@@ -17,6 +17,7 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+DISTRIBUTED_MODES = ("auto", "on", "off")  # config.train.distributed: see initialize_distributed
 _BARRIERS = itertools.count()
 
 # Environment variables that mean "this process is one of several" (Cloud TPU VMs, explicit coordinators).
@@ -31,8 +32,8 @@ def initialize_distributed(mode: str = "auto") -> bool:
     itself, JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID start any set of processes by hand
     (several on one machine, or plain VMs). Safe to call again. Returns whether the runtime is up.
     """
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode not in DISTRIBUTED_MODES:
+        raise ValueError(f"distributed mode must be one of {DISTRIBUTED_MODES}, got {mode!r}")
     if jax.distributed.is_initialized():
         return True
     if mode == "off" or (mode == "auto" and not any(v in os.environ for v in _CLUSTER_ENV)):
