@@ -1,8 +1,9 @@
 """Object-store paths: every file goes through tf.io.gfile, so a `ram://` filesystem stands in for gs://."""
 
 import numpy as np
+import pytest
 
-from gandl import fileio
+from gandl import fileio, workdir
 from gandl._tf import tf
 from gandl.data import convert, pipeline, render, rxrx
 
@@ -21,3 +22,13 @@ def test_shards_manifests_and_figures_on_a_non_local_filesystem(rxrx19a_dir):
     assert tf.io.gfile.stat("ram://gandl_test/preview.png").length > 100
     fileio.write_json("ram://gandl_test/x.json", {"a": 1})
     assert fileio.read_json("ram://gandl_test/x.json") == {"a": 1}
+    # Completion records and the workdir lock work there too.
+    assert convert.convert(screen, out, convert.ConvertOptions(image_size=16, sites_per_shard=4, num_workers=1),
+                           progress=False) == manifest
+    assert fileio.verify_record(f"{out}/manifest.json") == [] and set(manifest["files"]) == {
+        convert.shard_name(k, 3) for k in range(3)}
+    with workdir.locked("ram://gandl_test/run", "train"):
+        with pytest.raises(workdir.WorkdirInUse, match="in use by another GAN-DL run \\(--mode train"):
+            with workdir.locked("ram://gandl_test/run", "embed"):
+                pass
+    assert not tf.io.gfile.exists(workdir.lock_file("ram://gandl_test/run"))
