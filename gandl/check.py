@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gandl.data.rxrx import STAINS, channel_map
+from gandl.data import screen
+from gandl.data.vocabulary import STAINS, channel_map
 from gandl.features import discriminator
 from gandl.models.config import ModelConfig
 from gandl.train import loop, sharding
@@ -86,9 +87,7 @@ def _source_channels(d: ml_collections.ConfigDict) -> int | None:
     """Channels of the training records before data.channels picks from them; None when unknown."""
     if d.shards and _GLOB.search(d.shards):
         return len(STAINS["rxrx1"])  # rxrx1-utils records
-    if d.kind == "generic":
-        return len(d.channel_columns) or None
-    return len(STAINS[d.kind]) if d.kind in STAINS else None
+    return screen.channel_count(screen.Source.from_config(d))
 
 
 def _suggest(value: int, ok) -> int:
@@ -316,8 +315,9 @@ def trace(config: ml_collections.ConfigDict) -> Report:
         seconds=time.time() - start)
 
 
-def run(config: ml_collections.ConfigDict, devices: str = "") -> Report:
-    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then trace it.
+def run(config: ml_collections.ConfigDict, devices: str = "", traced: bool = True) -> Report | None:
+    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then trace it (unless
+    not `traced`: for modes that run no model).
 
     `devices` ('' = this machine's; a count or a TPU type: simulated on this CPU) is resolved after
     jax.distributed has started (per `train.distributed`), so a pod slice counts all of its devices.
@@ -330,4 +330,4 @@ def run(config: ml_collections.ConfigDict, devices: str = "") -> Report:
     failures = validate(config, n)
     if failures:
         raise ConfigCheckError(failures, n)
-    return trace(config)
+    return trace(config) if traced else None

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from gandl._tf import tf
-from gandl.data import convert, images, rxrx
+from gandl.data import convert, generic, images, rxrx
 
 TIF = os.path.join(os.path.dirname(__file__), "data", "nuclei_16bit.tif")
 
@@ -163,7 +163,7 @@ def test_16bit_tiff_ingest_keeps_16_bits(tmp_path):
         paths.append((tif.name, png.name, tile))
     pd.DataFrame({"site_id": [f"s{k}" for k in range(4)], "a": [p[0] for p in paths],
                   "b": [p[1] for p in paths]}).to_csv(tmp_path / "screen.csv", index=False)
-    screen = rxrx.read_generic(str(tmp_path / "screen.csv"), ["a", "b"], stains=["Hoechst", "Hoechst"])
+    screen = generic.read_generic(str(tmp_path / "screen.csv"), ["a", "b"], stains=["Hoechst", "Hoechst"])
     manifest = convert.convert(screen, str(tmp_path / "out"), _options(image_size=0, sites_per_shard=2),
                                progress=False)
     assert manifest["dtype"] == "uint16" and manifest["height"] == 256

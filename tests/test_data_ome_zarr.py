@@ -5,7 +5,7 @@ import pytest
 import zarr
 from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
 
-from gandl.data import convert, images, pipeline, rxrx
+from gandl.data import convert, images, pipeline, screen
 from gandl.data import ome_zarr as ome
 
 STAINS = ["Hoechst", "ConA", "Phalloidin"]
@@ -35,20 +35,20 @@ def _plate(path, dtype=np.uint16, fields=2, size=16, labels=STAINS, z=1) -> dict
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_a_plate_reads_as_sites_with_omero_channels_and_converts(tmp_path, dtype):
     pixels = _plate(tmp_path / "plate.zarr", dtype)
-    screen = rxrx.read_screen("ome_zarr", str(tmp_path / "plate.zarr"))
-    assert screen.stains == tuple(STAINS) and screen.num_sites == 6
-    meta = screen.metadata
+    plate = screen.read_screen(screen.Source("ome_zarr", str(tmp_path / "plate.zarr")))
+    assert plate.stains == tuple(STAINS) and plate.num_sites == 6
+    meta = plate.metadata
     assert meta["site_id"].tolist()[:2] == ["P7_A1_1", "P7_A1_2"] and meta["well_id"].iloc[-1] == "P7_B1"
     assert meta["site"].tolist() == [1, 2] * 3 and set(meta["plate"]) == {"P7"}
-    rxrx.check_files(screen)  # channel references count as existing files
+    screen.check_files(plate)  # channel references count as existing files
     for i, (well, field) in enumerate([(w, f) for w in WELLS for f in range(2)]):
         for c in range(3):
-            plane = images.read(screen.paths[i, c])
+            plane = plate.reader.read(plate.paths[i, c])
             assert plane.dtype == dtype
             np.testing.assert_array_equal(plane, pixels[well, field][c, 0])
 
     out = tmp_path / "shards"
-    manifest = convert.convert(screen, str(out), convert.ConvertOptions(sites_per_shard=4, num_workers=1),
+    manifest = convert.convert(plate, str(out), convert.ConvertOptions(sites_per_shard=4, num_workers=1),
                                progress=False)
     assert manifest["num_sites"] == 6 and manifest["dtype"] == np.dtype(dtype).name
     assert manifest["stains"] == STAINS and manifest["height"] == 16
@@ -60,10 +60,10 @@ def test_a_plate_reads_as_sites_with_omero_channels_and_converts(tmp_path, dtype
 
 def test_plates_ome_zarr_cannot_describe_are_refused_with_the_reason(tmp_path):
     _plate(tmp_path / "stack.zarr", z=3)
-    with pytest.raises(rxrx.MetadataError, match="'z': 3.*project the stack"):
+    with pytest.raises(screen.MetadataError, match="'z': 3.*project the stack"):
         ome.read_plate(str(tmp_path / "stack.zarr"))
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
-    with pytest.raises(rxrx.MetadataError, match="without plate metadata"):
+    with pytest.raises(screen.MetadataError, match="without plate metadata"):
         ome.read_plate(str(tmp_path / "plain.zarr"))
     with pytest.raises(images.BadImageError, match="unreadable OME-Zarr plane"):
-        images.read(str(tmp_path / "missing.zarr/A/1/0/0") + images.OME_ZARR_CHANNEL + "0")
+        ome.read_plane(ome.Plane(str(tmp_path / "missing.zarr/A/1/0/0"), 0))

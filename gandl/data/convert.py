@@ -36,7 +36,7 @@ from tqdm import tqdm
 from gandl import fileio
 from gandl._tf import tf
 from gandl.data import images
-from gandl.data.rxrx import Screen
+from gandl.data.screen import ChannelReader, Screen
 
 FORMAT = "gandl-shards/1"
 MANIFEST = "manifest.json"
@@ -109,7 +109,8 @@ class _ShardTask:
     path: str
     indices: list[int]
     rows: list[dict[str, Any]]
-    paths: list[list[str]]
+    paths: list[list[Any]]  # channel references, read by `reader`
+    reader: ChannelReader
     schema: dict[str, str]
     source_shape: tuple[int, int]
     dtype: str
@@ -117,16 +118,17 @@ class _ShardTask:
     skip_bad_sites: bool
 
 
-def load_site(paths: list[str], source_shape: tuple[int, int], dtype: np.dtype, image_size: int) -> np.ndarray:
-    """Read, validate and downscale every channel of one site into an H×W×C array."""
+def load_site(paths: list[Any], reader: ChannelReader, source_shape: tuple[int, int], dtype: np.dtype,
+              image_size: int) -> np.ndarray:
+    """Read, validate and downscale every channel of one site (its references, read by `reader`) into H×W×C."""
     channels = []
     for path in paths:
-        arr = images.read(path)
+        arr = reader.read(path)
         if arr.shape != source_shape:
-            raise images.BadImageError(path, f"image size {arr.shape[1]}x{arr.shape[0]} differs from the "
+            raise images.BadImageError(str(path), f"image size {arr.shape[1]}x{arr.shape[0]} differs from the "
                                              f"screen's {source_shape[1]}x{source_shape[0]}")
         if arr.dtype != dtype:
-            raise images.BadImageError(path, f"{arr.dtype} pixels where the screen is {dtype}")
+            raise images.BadImageError(str(path), f"{arr.dtype} pixels where the screen is {dtype}")
         channels.append(images.downscale(arr, image_size) if image_size else arr)
     return np.stack(channels, axis=-1)
 
@@ -145,7 +147,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
         with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
             for index, row, paths in zip(task.indices, task.rows, task.paths):
                 try:
-                    site = load_site(paths, task.source_shape, dtype, task.image_size)
+                    site = load_site(paths, task.reader, task.source_shape, dtype, task.image_size)
                 except images.BadImageError as e:
                     if not task.skip_bad_sites:
                         raise
@@ -185,15 +187,15 @@ def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dt
     example = {}
     for i in order:
         try:
-            first = images.read(screen.paths[i, 0])
-            load_site(list(screen.paths[i]), first.shape, first.dtype, 0)
+            first = screen.reader.read(screen.paths[i, 0])
+            load_site(list(screen.paths[i]), screen.reader, first.shape, first.dtype, 0)
         except images.BadImageError:
             if not skip_bad_sites:
                 raise
             continue
         kind = (first.shape, first.dtype)
         kinds[kind] += 1
-        example.setdefault(kind, screen.paths[i, 0])
+        example.setdefault(kind, str(screen.paths[i, 0]))
         if kinds.total() == PROBE_SITES:
             break
     if not kinds:
@@ -206,7 +208,7 @@ def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dt
     return kind
 def _fingerprint(screen: Screen, options: ConvertOptions, shape: tuple[int, int], dtype: np.dtype) -> dict:
     digest = hashlib.sha256()
-    for chunk in (screen.metadata.to_csv(index=False), "\n".join(screen.paths.ravel())):
+    for chunk in (screen.metadata.to_csv(index=False), "\n".join(map(str, screen.paths.ravel()))):
         digest.update(chunk.encode("utf-8"))
     return {"format": FORMAT, "source": screen.source, "stains": list(screen.stains),
             "num_sites": screen.num_sites, "content_sha256": digest.hexdigest(),
@@ -278,7 +280,8 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
         idx = list(range(k, screen.num_sites, num_shards))
         tasks.append(_ShardTask(
             path=os.path.join(out_dir, shard_name(k, num_shards)), indices=idx,
-            rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], schema=schema,
+            rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], reader=screen.reader,
+            schema=schema,
             source_shape=tuple(int(s) for s in shape), dtype=dtype.name, image_size=options.image_size,
             skip_bad_sites=options.skip_bad_sites))
     pending = [t for t in tasks if not tf.io.gfile.exists(_sidecar(t.path))]

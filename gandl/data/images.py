@@ -8,16 +8,15 @@ every embedding computed from it.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tifffile
 from PIL import Image
 
 from gandl._tf import tf
+from gandl.data.screen import ChannelReader
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
-OME_ZARR_CHANNEL = "#channel="  # `{array}#channel={c}`: one channel of an OME-Zarr field (gandl.data.ome_zarr)
 
 
 class BadImageError(ValueError):
@@ -63,11 +62,7 @@ def decode(data: bytes, path: str) -> np.ndarray:
 
 
 def read(path: str) -> np.ndarray:
-    """Read one channel file (local or gs://), or an OME-Zarr channel reference, as a 2-D uint8/uint16 array."""
-    if OME_ZARR_CHANNEL in path:
-        from gandl.data import ome_zarr  # zarr and dask load only for plates
-
-        return ome_zarr.read_plane(path)
+    """Read one channel file (local or gs://) as a 2-D uint8/uint16 array."""
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
@@ -101,18 +96,9 @@ def downscale(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
 
 
-def read_site_images(paths: np.ndarray, channels: Sequence[int] | None = None,
-                     batch_size: int = 64) -> Iterator[np.ndarray]:
-    """Batches [B, H, W, C] of site images from a [N, num_channels] path array (`Screen.paths`).
-
-    `channels` are 1-based and select/reorder channels, e.g. (1, 2, 3, 4, 6) to view RxRx1 as RxRx19a.
-    """
-    cols = [c - 1 for c in channels] if channels else list(range(paths.shape[1]))
-    for start in range(0, len(paths), batch_size):
-        yield np.stack([np.stack([read(str(p)) for p in row[cols]], axis=-1)
-                        for row in paths[start:start + batch_size]])
-
-
 def exists(path: str) -> bool:
-    """Whether a channel file, or the array behind an OME-Zarr channel reference, exists."""
-    return tf.io.gfile.exists(path.partition(OME_ZARR_CHANNEL)[0])
+    """Whether a channel file (local or gs://) exists."""
+    return tf.io.gfile.exists(path)
+
+
+FILES = ChannelReader(read, exists)  # `Screen.reader` of the readers whose channels are image files

@@ -20,7 +20,7 @@ import numpy as np
 from gandl import fileio
 from gandl._tf import tf
 from gandl.data import convert
-from gandl.data.rxrx import STAINS
+from gandl.data.vocabulary import STAINS
 
 AUTOTUNE = tf.data.AUTOTUNE
 _READ_BUFFER = 8 << 20  # bytes per open file: large reads matter on gs://
