@@ -175,7 +175,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     for source, target, target_options in targets:
         spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
         embed.export(spec, target, fns, batch_size=e.batch_size, options=target_options, part_batches=e.part_batches,
-                     feature_settings=described,
+                     feature_settings=described, well_aggregate=e.well_aggregate,
                      provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
     if "imagenet" in e.feature_sets:
         _export_comparator_folds(config, context, out, described["imagenet"], provenance)

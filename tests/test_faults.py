@@ -115,7 +115,7 @@ def _temp_files(folder) -> list[str]:
 
 def _shard_bytes(out_dir) -> dict[str, bytes]:
     return {os.path.basename(p): open(p, "rb").read()
-            for p in sorted(glob.glob(os.path.join(str(out_dir), "shard-*.tfrecord.gz")))}
+            for p in sorted(glob.glob(os.path.join(str(out_dir), "shard-*.tfrecord")))}
 
 
 def _options(**kw) -> convert.ConvertOptions:

@@ -1,14 +1,17 @@
-"""Raw screen -> TFRecord shards, the format every later stage streams from.
+"""Raw screen -> TFRecord shards, the format every later stage streams from, and a TFDS dataset.
 
 Why our own writer rather than a tfds builder: a screen conversion is hours of decoding, so it must
-resume shard by shard, report skipped sites, keep 16-bit data 16-bit, and stay readable by the same
-parser as Recursion's rxrx1-utils records. Each record therefore follows that convention (GZIP
-TFRecords, `image` = raw little-endian pixel bytes of an H×W×C array, metadata as plain features) and
-adds `height`, `width`, `channels` and the site's row `index` in the metadata table.
+resume shard by shard, report skipped sites and keep 16-bit data 16-bit. The finished folder is still a
+TFDS dataset (`tfds.builder_from_directory(folder).as_dataset(split="train")` decodes every feature), so
+records are what TFDS' `Tensor` features read: TFRecord files (uncompressed: TFDS reads no GZIP files),
+`image` = the zlib-compressed raw little-endian pixel bytes of an H×W×C array, metadata as features that
+round-trip exactly (int64 as int64, floats as their 8 little-endian float64 bytes, strings as UTF-8), plus
+`height`, `width`, `channels` and the site's row `index` in the metadata table.
 
 Layout of an output folder:
   conversion.json              what is being converted (checked on resume)
-  shard-00000-of-00012.tfrecord.gz   + shard-00000-of-00012.json (sidecar: sites, skips, histograms)
+  shard-00000-of-00012.tfrecord   + shard-00000-of-00012.json (sidecar: sites, skips, histograms)
+  features.json, dataset_info.json   the TFDS metadata
   manifest.json                written last: shapes, dtype, stains, feature schema, per-channel stats
   skipped_sites.csv            only when bad sites were skipped on request
 
@@ -27,6 +30,7 @@ import multiprocessing
 import os
 import threading
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,7 @@ from gandl._tf import tf
 from gandl.data import images
 from gandl.data.screen import ChannelReader, Screen
 
-FORMAT = "gandl-shards/1"
+FORMAT = "gandl-shards/2"
 MANIFEST = "manifest.json"
 CONVERSION = "conversion.json"
 SKIPPED = "skipped_sites.csv"
@@ -60,42 +64,49 @@ class ConvertOptions:
     num_workers: int = 0  # 0: one per CPU core
 
 
+SHARD_TEMPLATE = "shard-{SHARD_X_OF_Y}.tfrecord"  # the files, in TFDS' template syntax (one split: "train")
+
+
 def shard_name(index: int, count: int) -> str:
-    return f"shard-{index:05d}-of-{count:05d}.tfrecord.gz"
+    return f"shard-{index:05d}-of-{count:05d}.tfrecord"
 
 
 def _sidecar(shard_file: str) -> str:
-    return shard_file.removesuffix(".tfrecord.gz") + ".json"
+    return shard_file.removesuffix(".tfrecord") + ".json"
 
 
 def feature_schema(metadata: pd.DataFrame) -> dict[str, str]:
-    """Record feature type of each metadata column: 'int64', 'float32' or 'string'."""
+    """Record feature type of each metadata column: 'int64', 'float64' or 'string'."""
     kinds = {}
     for col, dtype in metadata.dtypes.items():
         if pd.api.types.is_integer_dtype(dtype):
             kinds[col] = "int64"
         elif pd.api.types.is_float_dtype(dtype):
-            kinds[col] = "float32"
+            kinds[col] = "float64"
         else:
             kinds[col] = "string"
     return kinds
 
 
 def _feature(kind: str, value: Any) -> tf.train.Feature:
+    """One metadata value as a record feature that reads back exactly (a FloatList would hold float32)."""
     if kind == "int64":
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    if kind == "float32":
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
+    if kind == "float64":
+        return _bytes(np.float64(value).astype("<f8").tobytes())
+    return _bytes(str(value).encode("utf-8"))
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def serialize_site(image: np.ndarray, index: int, row: dict[str, Any], schema: dict[str, str]) -> bytes:
-    """One site as a tf.train.Example: raw little-endian H×W×C pixels plus its metadata."""
+    """One site as a tf.train.Example: zlib-compressed raw little-endian H×W×C pixels plus its metadata."""
     h, w, c = image.shape
     features = {name: _feature(kind, row[name]) for name, kind in schema.items()}
     features.update(
-        image=tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[np.ascontiguousarray(image.astype(image.dtype.newbyteorder("<"))).tobytes()])),
+        image=_bytes(zlib.compress(np.ascontiguousarray(image.astype(image.dtype.newbyteorder("<"))).tobytes())),
         height=_feature("int64", h), width=_feature("int64", w), channels=_feature("int64", c),
         index=_feature("int64", index))
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
@@ -144,7 +155,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     skipped, written = [], 0
     tmp = fileio.temp_path(task.path)
     try:
-        with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
+        with tf.io.TFRecordWriter(tmp) as writer:
             for index, row, paths in zip(task.indices, task.rows, task.paths):
                 try:
                     site = load_site(paths, task.reader, task.source_shape, dtype, task.image_size)
@@ -349,12 +360,39 @@ def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[
         "format": FORMAT, "source": screen.source, "stains": list(screen.stains),
         "height": size or int(shape[0]), "width": size or int(shape[1]), "channels": len(screen.stains),
         "dtype": dtype.name, "source_height": int(shape[0]), "source_width": int(shape[1]),
-        "num_sites": num_sites, "num_skipped": len(skipped), "compression": "GZIP",
+        "num_sites": num_sites, "num_skipped": len(skipped), "image_encoding": "zlib",
         "shards": [{"file": os.path.basename(t.path), "num_sites": sc["num_sites"]}
                    for t, sc in zip(tasks, sidecars)],
         "features": schema,
         "channel_stats": channel_stats(
             _merge_histograms(sidecars, len(screen.stains), np.iinfo(dtype).max + 1), screen.stains),
     }
+    write_tfds_metadata(out_dir, manifest)
     fileio.write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+def write_tfds_metadata(out_dir: str, manifest: dict[str, Any]) -> None:
+    """Make the shards a TFDS dataset (features.json, dataset_info.json): every record feature, typed.
+
+    `tfds.builder_from_directory(out_dir).as_dataset(split="train")` then yields the uint8/uint16 images and
+    the metadata as stored. TFDS loads only here, at the end of a conversion.
+    """
+    import tensorflow_datasets as tfds
+
+    scalar = {"int64": tfds.features.Tensor(shape=(), dtype=np.int64),
+              "float64": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
+              "string": tfds.features.Text()}
+    shape = (manifest["height"], manifest["width"], manifest["channels"])
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=shape, dtype=np.dtype(manifest["dtype"]), encoding="zlib"),
+        **{k: scalar["int64"] for k in ("height", "width", "channels", "index")},
+        **{name: scalar[kind] for name, kind in manifest["features"].items()}})
+    template = tfds.core.ShardedFileTemplate(data_dir=out_dir, template=SHARD_TEMPLATE, dataset_name="gandl_screen",
+                                             split="train", filetype_suffix="tfrecord")
+    split = tfds.core.SplitInfo(name="train", shard_lengths=[s["num_sites"] for s in manifest["shards"]],
+                                num_bytes=sum(tf.io.gfile.stat(os.path.join(out_dir, s["file"])).length
+                                              for s in manifest["shards"]), filename_template=template)
+    tfds.folder_dataset.write_metadata(data_dir=out_dir, features=features, split_infos=[split],
+                                       filename_template=template, check_data=False,
+                                       description=f"GAN-DL shards of {manifest['source']} ({FORMAT})")

@@ -27,9 +27,10 @@ import pandas as pd
 from gandl.data.vocabulary import ACTIVE, MOCK, STAINS, UV_INACTIVATED
 
 # Names the stages after reading use for their own data: record keys (convert), batch keys (pipeline), npz
-# entries (embed), and AnnData's reserved obs name. A metadata column of one of these names would be
-# overwritten or break a later stage.
-RESERVED_COLUMNS = ("image", "height", "width", "channels", "index", "mask", "features", "provenance", "_index")
+# entries (embed), the well profiles' site count (profiles) and AnnData's reserved obs name. A metadata column
+# of one of these names would be overwritten or break a later stage.
+RESERVED_COLUMNS = ("image", "height", "width", "channels", "index", "mask", "features", "provenance", "n_sites",
+                    "_index")
 # Metadata columns are `Metadata_<column>` in profile tables (the cell-profiling convention); a column that
 # already carries the prefix keeps its name.
 METADATA_PREFIX = "Metadata_"
