@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 # so launchers and sweeps can tell it from a finished run.
 EXIT_INTERRUPTED = 75
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
+                                          "overridden with --config.FIELD=VALUE, e.g. --config.data.root=/data/screen",
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
 _MODE = flags.DEFINE_enum("mode", "all", ["check", "synth", "convert", "preview", "train", "embed", "analyze", "all"],
                           "What to run; every mode checks the config (and the data it reads) first, `check` only "

@@ -1,6 +1,9 @@
 """OME-Zarr HCS plates written by ome-zarr-py: read as a screen, converted like any other, bad input named."""
 
+import logging
+
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
@@ -12,11 +15,11 @@ STAINS = ["Hoechst", "ConA", "Phalloidin"]
 WELLS = ["A/1", "A/2", "B/1"]
 
 
-def _plate(path, dtype=np.uint16, fields=2, size=16, labels=STAINS, z=1) -> dict:
+def _plate(path, dtype=np.uint16, fields=2, size=16, labels=STAINS, z=1, name="P7") -> dict:
     """A small plate (3 wells × `fields` fields, 3 channels) and its pixels by (well, field)."""
     rng = np.random.default_rng(0)
     root = zarr.open_group(str(path), mode="w")
-    write_plate_metadata(root, ["A", "B"], ["1", "2"], WELLS, field_count=fields, name="P7")
+    write_plate_metadata(root, ["A", "B"], ["1", "2"], WELLS, field_count=fields, name=name)
     pixels = {}
     for well in WELLS:
         row, column = well.split("/")
@@ -67,3 +70,39 @@ def test_plates_ome_zarr_cannot_describe_are_refused_with_the_reason(tmp_path):
         ome.read_plate(str(tmp_path / "plain.zarr"))
     with pytest.raises(images.BadImageError, match="unreadable OME-Zarr plane"):
         ome.read_plane(ome.Plane(str(tmp_path / "missing.zarr/A/1/0/0"), 0))
+
+
+def test_several_plates_join_their_plate_map_on_plate_and_well(tmp_path):
+    for name in ("P1", "P2"):
+        _plate(tmp_path / f"{name}.zarr", name=name)
+    table = pd.DataFrame({"plate": ["P1", "P1", "P1", "P2", "P2", "P2"], "well": ["A01", "A02", "B01"] * 2,
+                          "compound": ["DMSO", "cpd", "cpd", "DMSO", "cpd", ""], "dose": [0, 0.1, 0.3, 0, 0.1, 0.3]})
+    table.to_csv(tmp_path / "plate_map.csv", index=False)
+    plates = screen.read_screen(screen.Source("ome_zarr", str(tmp_path / "*.zarr"), "plate_map.csv"))
+    meta = plates.metadata
+    assert plates.num_sites == 12 and meta["plate"].tolist() == ["P1"] * 6 + ["P2"] * 6
+    assert meta["well"].tolist()[:2] == ["A1", "A1"] and meta["dose"].iloc[2] == 0.1  # A01 in the map is A1
+    assert meta["compound"].tolist()[-2:] == ["", ""] and meta["dose"].dtype == np.float64
+    listed = screen.read_screen(screen.Source("ome_zarr", f"{tmp_path / 'P2.zarr'}, {tmp_path / 'P1.zarr'}", ""))
+    assert listed.metadata["plate"].iloc[0] == "P2" and "compound" not in listed.metadata  # no plate map: none joined
+
+    table.iloc[:5].to_csv(tmp_path / "plate_map.csv", index=False)
+    with pytest.raises(screen.MetadataError, match=r"plate_map.csv has no row for 1 imaged well\(s\) of the plates, "
+                                                   r"e.g. \['P2_B1'\]"):
+        screen.read_screen(screen.Source("ome_zarr", str(tmp_path / "*.zarr"), "plate_map.csv"))
+    pd.concat([table, table.iloc[[1]]]).to_csv(tmp_path / "plate_map.csv", index=False)
+    with pytest.raises(screen.MetadataError, match=r"2 rows share their plate/well, e.g. \{'plate': 'P1', 'well'"):
+        screen.read_screen(screen.Source("ome_zarr", str(tmp_path / "*.zarr"), "plate_map.csv"))
+    with pytest.raises(screen.ScreenNotFound, match="no plate matches"):
+        screen.read_screen(screen.Source("ome_zarr", str(tmp_path / "*.ome.zarr")))
+
+
+def test_unnamed_channels_are_named_by_data_stains_or_by_index_with_a_warning(tmp_path, caplog):
+    _plate(tmp_path / "bare.zarr", labels=["", "", ""])
+    with caplog.at_level(logging.WARNING):
+        plate = ome.read_plate(str(tmp_path / "bare.zarr"))
+    assert plate.stains == ("c1", "c2", "c3")
+    assert any(str(tmp_path / "bare.zarr") in r.getMessage() and "c1..c3" in r.getMessage() for r in caplog.records)
+    assert ome.read_plate(str(tmp_path / "bare.zarr"), ("DNA", "Actin", "RNA")).stains == ("DNA", "Actin", "RNA")
+    with pytest.raises(screen.MetadataError, match="3 channels but data.stains names 2"):
+        ome.read_plate(str(tmp_path / "bare.zarr"), ("DNA", "Actin"))
