@@ -400,19 +400,23 @@ def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None
 _TRACED = ("check", "train", "embed", "all")
 
 
-def _user_error(error: Exception) -> bool:
-    """Whether `error` is a mistake in the config or the data (said in one line), not a fault of the code."""
-    from gandl import check, embed
-    from gandl.data import convert, screen
+# The errors that mean a mistake in the config or the data (said in one line), not a fault of the code. A module
+# not imported yet cannot have raised its error, so checking one loads nothing.
+_USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
+                ("gandl.data.convert", "ConversionError"), ("gandl.embed", "ExportError"))
 
-    return isinstance(error, (screen.MetadataError, check.ConfigCheckError, convert.ConversionError,
-                              embed.ExportError, FileNotFoundError))
+
+def _user_error(error: Exception) -> bool:
+    kinds = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
+    return isinstance(error, (FileNotFoundError, *kinds))
 
 
 def _config(name: str = "config") -> ml_collections.ConfigDict:
     """The --config file's config; a file that cannot be loaded is said in one line."""
     try:
-        return _CONFIG.value
+        config = _CONFIG.value
+        config.keys()  # a config file that failed to load raises on first use
+        return config
     except OSError as e:
         reason = str(e).strip().splitlines()[-1].strip()
         sys.exit(f"gandl: --{name}={config_flags.get_config_filename(flags.FLAGS[name])}: cannot load it ({reason})")
@@ -438,10 +442,8 @@ def main(argv: list[str]) -> None:
     except Exception as e:
         if not _user_error(e):
             raise
-        from gandl import check
-
-        where = f"{config_flags.get_config_filename(flags.FLAGS['config'])}: " \
-            if isinstance(e, check.ConfigCheckError) else ""
+        checked = type(e).__name__ == "ConfigCheckError"  # about the config file: named first
+        where = f"{config_flags.get_config_filename(flags.FLAGS['config'])}: " if checked else ""
         sys.exit(f"gandl: {where}{e}")
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
         logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")

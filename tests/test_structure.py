@@ -62,3 +62,15 @@ def test_an_unknown_feature_set_is_named():
 
     with pytest.raises(ValueError, match="unknown feature set 'gan_dl'.*'gandl'"):
         registry.get("gan_dl")
+
+
+def test_the_screen_schema_and_vocabulary_load_without_tensorflow():
+    """The analysis and the config check read the schema and control roles; they must not pull TensorFlow in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import gandl.data.screen, gandl.data.vocabulary; "
+            "print([m for m in ('tensorflow', 'jax', 'zarr') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout.strip()
+    assert out == "[]"

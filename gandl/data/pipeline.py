@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from gandl.data import convert
 from gandl.data.vocabulary import STAINS
 
 AUTOTUNE = tf.data.AUTOTUNE
+_GLOB = re.compile(r"[*?\[]")
 _READ_BUFFER = 8 << 20  # bytes per open file: large reads matter on gs://
 _TF_TYPES = {"int64": tf.int64, "float64": tf.string, "string": tf.string}  # float64: its 8 little-endian bytes
 _DEFAULTS = {"int64": -1, "float64": np.array(np.nan, "<f8").tobytes(), "string": ""}
@@ -102,9 +104,12 @@ def rxrx1_utils_spec(pattern: str, image_size: int = 512) -> RecordSpec:
 
 
 def open_records(source: str, image_size: int = 512) -> RecordSpec:
-    """A shard folder (has manifest.json) or else a glob of rxrx1-utils TFRecord files."""
+    """A shard folder (has manifest.json) or else rxrx1-utils TFRecord files (a file or a glob)."""
     if tf.io.gfile.exists(os.path.join(source, convert.MANIFEST)):
         return open_shards(source)
+    if not _GLOB.search(source) and (tf.io.gfile.isdir(source) or not tf.io.gfile.exists(source)):
+        raise FileNotFoundError(f"{source}: no converted shards there (no {convert.MANIFEST}); run --mode convert "
+                                "first (it resumes an interrupted conversion), or point data.shards at them")
     return rxrx1_utils_spec(source, image_size)
 
 
