@@ -387,6 +387,10 @@ def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None
 
     d = config.data
     screen_lib.from_config(config.screen.to_dict(), d.kind)  # a preset or field that does not exist
+    if mode in ("check", "embed", "all"):
+        from gandl import profiles
+
+        profiles.check_aggregate(config.embed.well_aggregate)
     if mode in ("check", "convert", "all") and d.root:
         read_screen(config)
     if mode in ("preview", "train", "embed"):
@@ -403,7 +407,8 @@ _TRACED = ("check", "train", "embed", "all")
 # The errors that mean a mistake in the config or the data (said in one line), not a fault of the code. A module
 # not imported yet cannot have raised its error, so checking one loads nothing.
 _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
-                ("gandl.data.convert", "ConversionError"), ("gandl.embed", "ExportError"))
+                ("gandl.data.convert", "ConversionError"), ("gandl.embed", "ExportError"),
+                ("gandl.profiles", "SettingError"))
 
 
 def _user_error(error: Exception) -> bool:

@@ -142,9 +142,13 @@ def well_metadata(metadata: Mapping[str, np.ndarray], by: str = WELL) -> tuple[p
     return out, codes
 
 
+class SettingError(ValueError):
+    """A profile setting that does not exist (said in one line by the command)."""
+
+
 def check_aggregate(aggregate: str) -> None:
     if aggregate not in AGGREGATES:
-        raise ValueError(f"embed.well_aggregate={aggregate!r}: expected one of {list(AGGREGATES)}")
+        raise SettingError(f"embed.well_aggregate={aggregate!r}: expected one of {list(AGGREGATES)}")
 
 
 def _well_profiles(features: Rows, codes: np.ndarray, chunk_rows: int, aggregate: str):

@@ -45,6 +45,8 @@ def test_help_answers_at_once_without_loading_tensorflow_or_jax():
      "gandl: a --config override cannot apply: 'kindd' Did you mean \"kind\""),
     (("--config", "configs/demo.py", "--config.screen.preset=rxrx19b"),
      "gandl: screen.preset='rxrx19b': no such preset; known: rxrx19a, rxrx19a_uv, rxrx1, generic"),
+    (("--config", "configs/demo.py", "--config.embed.well_aggregate=max"),
+     "gandl: embed.well_aggregate='max': expected one of ['median', 'mean']"),
 ])
 def test_config_mistakes_are_one_line(args, expected, tmp_path):
     start = time.perf_counter()
