@@ -8,6 +8,7 @@ every embedding computed from it.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -94,6 +95,19 @@ def downscale(image: np.ndarray, size: int) -> np.ndarray:
                          .resize((size, size), Image.Resampling.BOX))
     info = np.iinfo(image.dtype)
     return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
+
+
+def read_site_images(paths: np.ndarray, channels: Sequence[int] | None = None,
+                     batch_size: int = 64) -> Iterator[np.ndarray]:
+    """Batches [B, H, W, C] of site images from a [N, num_channels] array of file paths (`Screen.paths` of a
+    file-based screen).
+
+    `channels` are 1-based and select/reorder channels, e.g. (1, 2, 3, 4, 6) to view RxRx1 as RxRx19a.
+    """
+    cols = [c - 1 for c in channels] if channels else list(range(paths.shape[1]))
+    for start in range(0, len(paths), batch_size):
+        yield np.stack([np.stack([read(str(p)) for p in row[cols]], axis=-1)
+                        for row in paths[start:start + batch_size]])
 
 
 def exists(path: str) -> bool:
