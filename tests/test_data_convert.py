@@ -240,3 +240,18 @@ def test_metadata_numbers_round_trip_exactly_through_shards(tmp_path):
     assert batch["count"].dtype == np.int64
     np.testing.assert_array_equal(batch["count"][batch["mask"]][order], [1, 2, 3, 2**40, -5])
     assert [v.decode() for v in batch["note"][batch["mask"]][order]] == ["", "a b", "é", "x", ""]
+
+
+def test_shards_of_an_older_format_are_refused_by_name(rxrx19a_dir, shards_dir, tmp_path):
+    """Format-1 shards held float32 metadata: they are neither read nor resumed into."""
+    from gandl.data import pipeline
+
+    old = tmp_path / "old"
+    shutil.copytree(shards_dir, old)
+    for name in (convert.MANIFEST, convert.CONVERSION):
+        record = convert.fileio.read_json(str(old / name))
+        convert.fileio.write_json(str(old / name), dict(record, format="gandl-shards/1"))
+    with pytest.raises(ValueError, match="shard format 'gandl-shards/1', this code reads 'gandl-shards/2'; convert"):
+        pipeline.open_shards(str(old))
+    with pytest.raises(convert.ConversionError, match=r"changed: \['format'\]"):
+        convert.convert(rxrx.read_rxrx19a(rxrx19a_dir), str(old), _options(), progress=False)
