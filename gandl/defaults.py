@@ -1,6 +1,7 @@
 """The fields every config shares; each configs/*.py `get_config()` starts from `base_config()`."""
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -9,11 +10,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Raw screen -> shards (mode=convert) and the input pipeline.
     config.data = ml_collections.ConfigDict(dict(
-        kind="rxrx19a",  # rxrx19a | rxrx1 (folders with metadata.csv + images/) | generic (a CSV)
+        kind="rxrx19a",  # a screen reader of gandl.data.screen.READERS (what root names: READERS[kind].summary)
         root="",  # the raw screen; "" = the embedded synthetic screen, generated into workdir/raw
-        metadata="metadata.csv",
+        metadata="metadata.csv",  # the metadata table's file name in root (ome_zarr: the plate map CSV)
         channel_columns=(),  # generic screens: one image-path column per channel
-        stains=(),  # generic screens: stain names (default: the column names)
+        stains=(),  # stain names of the channels (generic default: the column names; ome_zarr: the OMERO labels)
         shards="",  # converted shards (or an rxrx1-utils TFRecord glob); "" = workdir/shards
         image_size=64,  # conversion target side in px; 0 keeps full resolution
         sites_per_shard=256,
@@ -25,6 +26,21 @@ def base_config() -> ml_collections.ConfigDict:
         augment=True,  # random flips and 90-degree rotations
         shuffle_buffer=1024,
         rxrx1_utils_image_size=512,  # side of images in rxrx1-utils records
+    ))
+
+    # The screen schema (gandl.data.screen.ScreenSchema): which metadata columns are plate, well, site, batch,
+    # biological group, perturbation and dose, and which sites are controls (pandas queries). `preset` names one
+    # of gandl.data.screen.PRESETS ("" = data.kind's own); every field left None keeps the preset's value.
+    config.screen = ml_collections.ConfigDict(dict(
+        preset="",
+        plate=config_dict.placeholder(str), well=config_dict.placeholder(str), site=config_dict.placeholder(str),
+        experiment=config_dict.placeholder(str),  # batch column; plates are named {experiment}_{plate}
+        group=config_dict.placeholder(str),  # biological group, e.g. the cell line column
+        perturbation=config_dict.placeholder(str), dose=config_dict.placeholder(str),
+        positive=config_dict.placeholder(str),  # e.g. "compound == 'staurosporine'"
+        negative=config_dict.placeholder(str),  # e.g. "compound == 'DMSO'"
+        positive_name=config_dict.placeholder(str), negative_name=config_dict.placeholder(str),
+        highlight=config_dict.placeholder(tuple),  # perturbations the figures draw
     ))
 
     # The embedded default screen (gandl.data.synthetic.write_rxrx19a arguments).
@@ -71,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
         mbstd="constant",
         mbstd_batches=4,
         part_batches=32,  # batches per resumable part file
+        well_aggregate="median",  # median | mean over a well's sites: the well profiles (and the analysis' wells)
         # ImageNet comparator (gandl.features.imagenet): a torchvision densenet121 state dict (.npz, or .pt with
         # torch) or "random" for a random backbone; fine-tuned per `imagenet` (FineTuneConfig fields).
         imagenet_weights="",

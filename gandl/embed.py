@@ -59,7 +59,7 @@ def code_version() -> str:
     return f"{gandl.__version__}+{commit}"
 
 
-FORMAT = "gandl-embeddings/1"
+FORMAT = "gandl-embeddings/2"
 SETTINGS = "export.json"
 _PART = re.compile(r"part-(\d{9})-(\d{9})-of(\d{3})-p(\d{3})\.npz")
 
@@ -88,13 +88,14 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def _metadata_arrays(batch: Mapping[str, np.ndarray], keep: np.ndarray, spec: pipeline.RecordSpec) -> dict:
-    """The batch's metadata columns (padding dropped): strings as unicode, numbers as float."""
+    """The batch's metadata columns (padding dropped), as the screen typed them: strings as unicode, integers as
+    int64, floats as float64."""
     out = {}
     for name in [*spec.features, "site_id", "index"]:
         if name not in batch:
             continue
         values = batch[name][keep]
-        out[name] = values.astype(str) if values.dtype.kind in "SO" else values.astype(np.float64)
+        out[name] = np.char.decode(values.astype(bytes), "utf-8") if values.dtype.kind in "SO" else values
     return out
 
 
@@ -104,7 +105,7 @@ def completion_record(out_dir: str, name: str) -> str:
 
 
 def export_settings(spec: pipeline.RecordSpec, feature_settings: Mapping[str, Mapping[str, Any]],
-                    options: pipeline.InputOptions = pipeline.InputOptions()) -> dict:
+                    options: pipeline.InputOptions = pipeline.InputOptions(), well_aggregate: str = "median") -> dict:
     """What an export's files depend on, as recorded in its `export.json`: records, pipeline options, feature sets.
 
     `feature_settings` says what each feature set is (checkpoint, orientation averaging, ...): a function
@@ -117,7 +118,7 @@ def export_settings(spec: pipeline.RecordSpec, feature_settings: Mapping[str, Ma
                           "stains": list(spec.stains), "dtype": spec.dtype, "features": dict(spec.features),
                           "shard_sizes": spec.shard_sizes, "intensity_range": spec.intensity_range},
               "channels": _channels(options.channels, len(spec.stains)), "intensity": options.intensity,
-              "crop_size": options.crop_size,
+              "crop_size": options.crop_size, "well_aggregate": well_aggregate,
               "feature_sets": {name: dict(value) for name, value in feature_settings.items()}}
     return json.loads(json.dumps(record, default=str))  # tuples as lists: as read back from the file
 
@@ -180,9 +181,12 @@ def lazy(make: Callable[[], FeatureFn]) -> FeatureFn:
 def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, FeatureFn], *, batch_size: int,
            provenance: Mapping[str, Any], feature_settings: Mapping[str, Mapping[str, Any]] | None = None,
            options: pipeline.InputOptions = pipeline.InputOptions(), part_batches: int = 32,
-           progress: bool = True, rows: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
-           ) -> dict[str, str]:
+           progress: bool = True, rows: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+           well_aggregate: str = "median") -> dict[str, str]:
     """Write `{out_dir}/{name}.npz` and `{name}.parquet` for each feature set; returns the npz paths.
+
+    Sites with a `well_id` also give well profiles (`gandl.profiles`), each well the `well_aggregate` (median or
+    mean) of its sites.
 
     `rows(batch)`, when given, picks the sites of a batch to write (e.g. only the controls); say so in
     `feature_settings`, since the settings record cannot see a function.
@@ -199,8 +203,9 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     unknown = sorted(set(feature_settings or {}) - set(feature_fns))
     if unknown:
         raise ValueError(f"feature_settings for {unknown}, which are not among the feature sets {list(feature_fns)}")
+    profiles.check_aggregate(well_aggregate)  # before any site is streamed
     settings = export_settings(spec, {name: (feature_settings or {}).get(name, {}) for name in feature_fns},
-                               options)
+                               options, well_aggregate)
     paths = {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
     old = _recorded_settings(out_dir, settings)
     finished = _finished(out_dir, [name for name in feature_fns if old is not None and name in old["feature_sets"]])
@@ -229,7 +234,8 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     buffers: dict[str, list[dict]] = {name: [] for name in feature_fns}
     held: list[np.ndarray] = []
     end = offset
-    for i, batch in enumerate(pipeline.batches(ds.skip(first), pipeline.process_files(spec, me, count)), start=first):
+    for i, batch in enumerate(pipeline.batches(ds.skip(first), pipeline.process_files(spec, me, count),
+                                                    spec.compression), start=first):
         position = i * local + np.arange(local)
         new = batch["mask"] & (position >= offset)  # stream sites this run has not exported yet
         keep = new if rows is None else new & rows(batch)
@@ -250,7 +256,8 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
         columns = ["site_id", *[c for c in spec.features if c != "site_id"]]
         for name in feature_fns:
             gather(out_dir, name, columns, dict(provenance, feature_set=name,
-                                                feature_settings=settings["feature_sets"][name]))
+                                                feature_settings=settings["feature_sets"][name]),
+                   well_aggregate=well_aggregate)
     multihost_utils.sync_global_devices("embeddings gathered")
     return paths
 
@@ -346,15 +353,15 @@ def _flush(out_dir: str, held: list[np.ndarray], buffers: dict[str, list[dict]],
 
 
 def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any],
-           chunk_rows: int = 16384) -> None:
+           chunk_rows: int = 16384, well_aggregate: str = "median") -> None:
     """Merge every process's parts into the final npz (contract: DESIGN.md), parquet and h5ad, in bounded memory.
 
     Sites go into metadata order (`index`, else site_id); metadata columns keep the screen's order
     (`columns`), site_id first. Only the metadata is held whole: features pass through a local scratch
     file in output order and are streamed `chunk_rows` at a time into every file, so memory does not
     grow with the feature matrix (305,520 × 512 for RxRx19a; benchmarks/analysis.py). Sites with a
-    `well_id` also give well profiles, `{name}_wells.parquet` / `.h5ad` (gandl.profiles). The set's completion
-    record, listing every file written, comes last.
+    `well_id` also give well profiles, `{name}_wells.parquet` / `.h5ad` (gandl.profiles): each well the
+    `well_aggregate` of its sites. The set's completion record, listing every file written, comes last.
     """
     pattern = os.path.join(out_dir, "parts", name, "part-*.npz")
     paths = sorted(tf.io.gfile.glob(pattern))
@@ -392,7 +399,7 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
         with fileio.written_locally(os.path.join(out_dir, f"{name}.parquet")) as local:
             writer = None
             for start, chunk in _chunks(scratch, len(order), dim, chunk_rows):
-                table = pa.table({**{f"Metadata_{k}": v[start:start + len(chunk)] for k, v in merged.items()},
+                table = pa.table({**profiles.metadata_table(merged, start, start + len(chunk)),
                                   **{n: chunk[:, j] for j, n in enumerate(names)}})
                 writer = writer or pq.ParquetWriter(local, table.schema)
                 writer.write_table(table)
@@ -401,7 +408,7 @@ def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str,
         profiles.write_h5ad(os.path.join(out_dir, f"{name}.h5ad"), rows, merged, provenance, chunk_rows=chunk_rows)
         if profiles.WELL in merged:
             profiles.write_well_profiles(os.path.join(out_dir, f"{name}_wells"), rows, merged, provenance,
-                                         chunk_rows=chunk_rows)
+                                         aggregate=well_aggregate, chunk_rows=chunk_rows)
     owed = (".npz", ".parquet", ".h5ad") + (("_wells.parquet", "_wells.h5ad") if profiles.WELL in merged else ())
     fileio.write_record(completion_record(out_dir, name), [os.path.join(out_dir, f"{name}{ext}") for ext in owed],
                         feature_set=name)

@@ -1,14 +1,16 @@
 """GAN-DL entry point: one config file, one workdir, one mode.
 
-  python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
-  python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode preview \
-      --config.preview.num_images=16
+  gandl --config configs/demo.py --workdir /tmp/gandl_demo --mode all
+  gandl --config configs/demo.py --workdir /tmp/gandl_demo --mode preview --config.preview.num_images=16
 
-Modes: check, synth, convert, preview, train, embed, analyze, and all (convert -> train -> embed -> analyze).
-Every mode first runs the config check (gandl.check) for the devices it will use; `check` runs only that.
-The workdir's layout is `gandl.workdir`'s. Every mode resumes: rerunning skips what is already complete.
-One run at a time works in a workdir (`gandl.workdir.locked`); a damaged or held file ends a run with
-one line naming it (`gandl.fileio.FileFault`).
+(`gandl` is `python -m gandl.main`.) Modes: check, synth, convert, preview, train, embed, analyze, and all
+(convert -> train -> embed -> analyze). Before any work every mode checks what it will use, so a mistake
+costs seconds and one line: the config (gandl.check; the modes that run the model also trace its train
+step and embedding, `check` runs only that), the screen's metadata and schema (config.screen) when it reads
+the raw screen, and the shards when it reads them. The workdir's layout is `gandl.workdir`'s. Every mode
+resumes: rerunning skips what is already complete. One run at a time works in a workdir
+(`gandl.workdir.locked`); a damaged or held file ends a run with one line naming it (`gandl.fileio.FileFault`).
+TensorFlow and JAX load only once a mode runs, so `gandl --help` and flag mistakes answer at once.
 """
 
 from __future__ import annotations
@@ -17,32 +19,36 @@ import functools
 import logging as pylogging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's / XLA's C++ INFO lines: set before they load
 
-import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gandl import fileio  # noqa: E402
-from gandl import workdir as layout  # noqa: E402
-from gandl._tf import tf  # noqa: E402
-from gandl.data import convert, pipeline, render, rxrx  # noqa: E402
+if TYPE_CHECKING:
+    import ml_collections
+
+    from gandl.data.screen import Screen
 
 # Exit status of a run stopped by SIGTERM/preemption after checkpointing (EX_TEMPFAIL: rerun to resume),
 # so launchers and sweeps can tell it from a finished run.
 EXIT_INTERRUPTED = 75
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
+                                          "overridden with --config.FIELD=VALUE, e.g. --config.data.root=/data/screen",
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (local or gs://).")
 _MODE = flags.DEFINE_enum("mode", "all", ["check", "synth", "convert", "preview", "train", "embed", "analyze", "all"],
-                          "What to run; every mode runs the config check first, `check` only that.")
+                          "What to run; every mode checks the config (and the data it reads) first, `check` only "
+                          "that.")
 _DEVICES = flags.DEFINE_string("devices", "", "Check for this many devices (8) or a TPU type (v3-8), simulated on "
                                "this CPU; '' = the devices JAX finds here.")
 
 
 def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Write the embedded synthetic screen into workdir/raw (a no-op once it is complete)."""
+    from gandl import workdir as layout
     from gandl.data import synthetic  # only the demo needs the generator
 
     out = layout.raw(config, workdir)
@@ -50,9 +56,12 @@ def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
 
 
-def _convert(screen: rxrx.Screen, out: str, d: ml_collections.ConfigDict) -> dict:
+def _convert(screen: Screen, out: str, d: ml_collections.ConfigDict) -> dict:
+    from gandl.data import convert
+    from gandl.data import screen as screen_lib
+
     if not d.skip_bad_sites:
-        rxrx.check_files(screen)
+        screen_lib.check_files(screen)
     options = convert.ConvertOptions(image_size=d.image_size, sites_per_shard=d.sites_per_shard,
                                      skip_bad_sites=d.skip_bad_sites, num_workers=d.num_workers)
     manifest = convert.convert(screen, out, options)
@@ -63,6 +72,9 @@ def _convert(screen: rxrx.Screen, out: str, d: ml_collections.ConfigDict) -> dic
 
 def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Shards of the zero-shot (RxRx1-layout) set: given, converted from zeroshot.root, or synthesized first."""
+    from gandl import workdir as layout
+    from gandl.data import rxrx
+
     z = config.zeroshot
     out = layout.zeroshot_shards(config, workdir)
     if z.shards:
@@ -76,13 +88,39 @@ def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
 
 
+def read_screen(config: ml_collections.ConfigDict, root: str | None = None) -> Screen:
+    """The screen config.data names (or the one at `root`), its schema (config.screen) checked against its
+    metadata and its channels against the model: what convert will read, refused in one line if it cannot be.
+
+    Reads metadata and channel references only, never pixels.
+    """
+    from gandl.data import screen as screen_lib
+
+    d = config.data
+    source = screen_lib.Source.from_config(d, root)
+    schema = screen_lib.from_config(config.screen.to_dict(), d.kind)
+    screen = screen_lib.read_screen(source, schema)
+    screen_lib.validate(screen.metadata, schema, screen.source)
+    stains, wanted = screen.stains, config.model.num_channels
+    channels = tuple(d.channels) or tuple(range(1, len(stains) + 1))
+    if not all(1 <= c <= len(stains) for c in channels):
+        raise screen_lib.MetadataError(f"data.channels={channels}: {screen.source} has {len(stains)} channels "
+                                       f"{stains}; name channels in 1..{len(stains)}")
+    if len(channels) != wanted:
+        picked = f" read as data.channels={channels}" if d.channels else ""
+        pick = f" or pick {wanted} of them with data.channels" if wanted < len(stains) else ""
+        raise screen_lib.MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
+                                       f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")
+    return screen
+
+
 def run_convert(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Raw screen -> shards (the synthetic screen is generated first when no data.root is configured), and
     the zero-shot set's shards when zero-shot cell typing is enabled."""
+    from gandl import workdir as layout
+
     d = config.data
-    root = d.root or synthesize(config, workdir)
-    screen = rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
-                              stains=d.stains)
+    screen = read_screen(config, d.root or synthesize(config, workdir))
     manifest = _convert(screen, layout.shards(config, workdir), d)
     if config.zeroshot.enabled:
         convert_zeroshot(config, workdir)
@@ -109,6 +147,8 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     lacks some of the sets gets them added.
     """
     from gandl import embed
+    from gandl import workdir as layout
+    from gandl.data import pipeline, rxrx
     from gandl.features import base, registry
     from gandl.train import sharding
 
@@ -138,7 +178,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     for source, target, target_options in targets:
         spec = pipeline.open_records(source, d.rxrx1_utils_image_size)
         embed.export(spec, target, fns, batch_size=e.batch_size, options=target_options, part_batches=e.part_batches,
-                     feature_settings=described,
+                     feature_settings=described, well_aggregate=e.well_aggregate,
                      provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
     if "imagenet" in e.feature_sets:
         _export_comparator_folds(config, context, out, described["imagenet"], provenance)
@@ -185,6 +225,8 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str):
     """
     import pandas as pd
 
+    from gandl import workdir as layout
+    from gandl._tf import tf
     from gandl.data.synthetic import TRUTH_COLUMNS
 
     named = config.analysis.truth
@@ -205,16 +247,21 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str):
     return truth
 
 
-def check_site_ids(sets: dict, source: str, read_metadata, show: int = 5) -> None:
-    """Refuse embeddings holding sites that the screen's metadata (`source`, when present) does not list.
+def check_site_ids(sets: dict, read_metadata, show: int = 5) -> None:
+    """Refuse embeddings holding sites that the screen's metadata (`read_metadata()`, when it is there) does not
+    list.
 
     Such ids come from another screen or a stale folder; analysed, they would silently mix screens.
     Sites without embeddings are fine (skipped bad sites).
     """
-    if not tf.io.gfile.exists(source):
-        logging.info("no screen metadata at %s: embedding site ids not checked", source)
+    from gandl.data.screen import ScreenNotFound
+
+    try:
+        metadata, source = read_metadata()
+    except ScreenNotFound as e:
+        logging.info("embedding site ids not checked: %s", e)
         return
-    known = set(read_metadata()["site_id"].astype(str))
+    known = set(metadata["site_id"].astype(str))
     for name, (_, meta) in sets.items():
         foreign = [s for s in meta["site_id"].astype(str) if s not in known]
         if foreign:
@@ -225,8 +272,12 @@ def check_site_ids(sets: dict, source: str, read_metadata, show: int = 5) -> Non
 
 def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
+    from gandl import workdir as layout
+    from gandl._tf import tf
     from gandl.analysis import io as analysis_io
     from gandl.analysis import report
+    from gandl.data import rxrx
+    from gandl.data import screen as screen_lib
     from gandl.features import registry
 
     step = config.embed.step
@@ -236,14 +287,13 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     truth = read_truth(config, workdir)
     sets, d = analysis_io.load_feature_sets(folder), config.data
     if d.root or not d.shards:  # the screen the shards were converted from
-        root = layout.raw(config, workdir)
-        check_site_ids(sets, root if d.kind == "generic" else os.path.join(root, d.metadata),
-                       lambda: rxrx.read_screen(d.kind, root, metadata=d.metadata, channel_columns=d.channel_columns,
-                                                stains=d.stains).metadata)
+        source = screen_lib.Source.from_config(d, layout.raw(config, workdir))
+        schema = screen_lib.from_config(config.screen.to_dict(), d.kind)
+        check_site_ids(sets, lambda: _metadata(screen_lib.read_screen(source, schema)))
     zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
     if zeroshot and not config.zeroshot.shards:
         zroot = layout.zeroshot_raw(config, workdir)
-        check_site_ids(zeroshot, os.path.join(zroot, "metadata.csv"), lambda: rxrx.read_rxrx1(zroot).metadata)
+        check_site_ids(zeroshot, lambda: _metadata(rxrx.read_rxrx1(zroot)))
     fold_sets = None
     if tf.io.gfile.exists(os.path.join(folder, "imagenet.npz")):  # fitted on labels: Table 1 needs its folds
         fold_sets = {registry.get("imagenet").label: analysis_io.load_fold_sets(folder)}
@@ -254,9 +304,14 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
+def _metadata(screen: Screen) -> tuple:
+    return screen.metadata, screen.source
+
+
 def describe_source(config: ml_collections.ConfigDict, workdir: str, folder: str) -> str:
     """Which checkpoint the analysed embeddings come from and how it was chosen (the report's first line)."""
     from gandl import probe as probe_lib
+    from gandl import workdir as layout
 
     step = layout.embedding_step(folder)
     how = (f"named by embed.step={step}" if config.embed.step >= 0
@@ -282,6 +337,9 @@ def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
 
 def run_preview(config: ml_collections.ConfigDict, workdir: str) -> str:
     """A PNG grid of one (augmented) training batch, rendered with the RxRx colour map."""
+    from gandl import workdir as layout
+    from gandl.data import pipeline, render
+
     d = config.data
     spec = pipeline.open_records(layout.shards(config, workdir), d.rxrx1_utils_image_size)
     options = pipeline.InputOptions.from_config(config)
@@ -323,33 +381,110 @@ def quiet_third_party_logs() -> None:
             handler.addFilter(_OwnInfoOnly())
 
 
+def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+    """What `mode` will read, checked before anything slow: the raw screen, its schema and channels (modes that
+    read it, when data.root names one; the synthetic screen is checked as it is converted), or the shards."""
+    from gandl.data import screen as screen_lib
+
+    d = config.data
+    screen_lib.from_config(config.screen.to_dict(), d.kind)  # a preset or field that does not exist
+    if mode in ("check", "embed", "all"):
+        from gandl import profiles
+
+        profiles.check_aggregate(config.embed.well_aggregate)
+    if mode in ("check", "convert", "all") and d.root:
+        read_screen(config)
+    if mode in ("preview", "train", "embed"):
+        from gandl import workdir as layout
+        from gandl.data import pipeline
+
+        pipeline.open_records(layout.shards(config, workdir), d.rxrx1_utils_image_size)
+
+
+# Modes that run the model: the config check traces their train step and embedding program first.
+_TRACED = ("check", "train", "embed", "all")
+
+
+# The errors that mean a mistake in the config or the data (said in one line), not a fault of the code. A module
+# not imported yet cannot have raised its error, so checking one loads nothing.
+_USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
+                ("gandl.data.convert", "ConversionError"), ("gandl.embed", "ExportError"),
+                ("gandl.profiles", "SettingError"), ("gandl.fileio", "FileFault"))
+
+
+def _user_error(error: Exception) -> bool:
+    kinds = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
+    return isinstance(error, (FileNotFoundError, *kinds))
+
+
+def _config(name: str = "config") -> ml_collections.ConfigDict:
+    """The --config file's config; a file that cannot be loaded is said in one line."""
+    try:
+        config = _CONFIG.value
+        config.keys()  # a config file that failed to load raises on first use
+        return config
+    except OSError as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        sys.exit(f"gandl: --{name}={config_flags.get_config_filename(flags.FLAGS[name])}: cannot load it ({reason})")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     quiet_third_party_logs()
-    if _DEVICES.value and _MODE.value != "check":
-        raise app.UsageError("--devices simulates devices for --mode check only")
-    from gandl import check  # before any work: a config that cannot run here fails now, with every reason
-
-    try:
-        print(check.run(_CONFIG.value, _DEVICES.value), flush=True)
-    except check.ConfigCheckError as e:
-        sys.exit(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: {e}")
-    if _MODE.value == "check":
-        return
     mode = _MODE.value
-    import jax  # started by the check (with jax.distributed when configured): the first process holds the lock
-
+    if _DEVICES.value and mode != "check":
+        raise app.UsageError("--devices simulates devices for --mode check only")
+    config = _config()
     try:
+        precheck(config, _WORKDIR.value, mode)
+        from gandl import check  # a config that cannot run here fails now, with every reason
+
+        report = check.run(config, _DEVICES.value, traced=mode in _TRACED)
+        print(report or f"config check passed (--mode {mode} runs no model: nothing traced)", flush=True)
+        if mode == "check":
+            return
+        import jax  # started by the check (with jax.distributed when configured): the first process holds the lock
+
+        from gandl import workdir as layout
+
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
-            result = MODES[mode](_CONFIG.value, _WORKDIR.value)
-    except fileio.FileFault as e:
-        sys.exit(f"{mode}: {e}")
+            result = MODES[mode](config, _WORKDIR.value)
+    except Exception as e:
+        if not _user_error(e):
+            raise
+        checked = type(e).__name__ == "ConfigCheckError"  # about the config file: named first
+        where = f"{config_flags.get_config_filename(flags.FLAGS['config'])}: " if checked else ""
+        sys.exit(f"gandl: {where}{e}")
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
         logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
         sys.exit(EXIT_INTERRUPTED)
 
 
-if __name__ == "__main__":
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with --help answered on stdout (exit 0) and flag or config-override mistakes said in
+    one line."""
+    if any(a in ("-h", "-?", "--help", "--helpshort") for a in argv[1:]):
+        print(__doc__)
+        print(flags.FLAGS.module_help(sys.modules[__name__]))
+        sys.exit(0)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"gandl: {e} (try --help)")
+    except Exception as e:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
+        cause = e
+        while cause.args and isinstance(cause.args[0], BaseException):  # config_flags wraps the KeyError it met
+            cause = cause.args[0]
+        text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
+        sys.exit(f"gandl: a --config override cannot apply: {' '.join(text.split())}")
+
+
+def run() -> None:
+    """The `gandl` command."""
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -62,7 +62,8 @@ def fixed_subset(spec: pipeline.RecordSpec, options: pipeline.InputOptions, size
         held["priority"] = [np.concatenate(held["priority"])[order]]
         held["meta"] = [pd.concat(held["meta"], ignore_index=True).iloc[order].reset_index(drop=True)]
 
-    for batch in pipeline.batches(pipeline.eval_dataset(spec, options, batch_size=batch_size), spec.files):
+    for batch in pipeline.batches(pipeline.eval_dataset(spec, options, batch_size=batch_size), spec.files,
+                                 spec.compression):
         frame = pd.DataFrame({k: _decoded(batch[k][batch["mask"]]) for k in [*spec.features, "site_id"]
                               if k in batch})
         rows = np.ones(len(frame), bool) if keep is None else np.asarray(keep(frame), bool)

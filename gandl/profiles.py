@@ -3,9 +3,10 @@
 Image-based profiling tools read AnnData (scanpy and friends) or `Metadata_` + feature-column tables
 (pycytominer, copairs). Each exported feature set is written as `{name}.h5ad` (X float32 sites ×
 features, obs the metadata indexed by site_id, uns["provenance"] the provenance JSON), and when the sites
-carry a `well_id`, as well-level consensus profiles: the median of each feature over the well's sites,
-with the metadata that is constant within the well and `n_sites`, as `{name}_wells.parquet` and
-`{name}_wells.h5ad` (obs indexed by well_id).
+carry a `well_id`, as well-level consensus profiles: the median (or mean: `embed.well_aggregate`) of each
+feature over the well's sites, with the metadata that is constant within the well and `n_sites`, as
+`{name}_wells.parquet` and `{name}_wells.h5ad` (obs indexed by well_id). Parquet tables name metadata
+columns `Metadata_<column>` (a column already so named keeps its name) and features `GANDL_0000...`.
 
 Features are read `chunk_rows` rows at a time from anything with `.shape` and `.take(rows, axis=0)`: a
 numpy array, or `FeatureRows` over a scratch file of float32 rows (what the export's gather holds), so
@@ -31,8 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gandl import fileio
+from gandl.data.screen import profile_column
 
 WELL = "well_id"
+N_SITES = "n_sites"  # the well profiles' site count (a reserved metadata name: gandl.data.screen)
+AGGREGATES = {"median": np.median, "mean": np.mean}  # embed.well_aggregate: a well's profile from its sites
 
 
 class Rows(Protocol):
@@ -67,8 +71,15 @@ class FeatureRows:
 
 
 def feature_names(dim: int) -> list[str]:
-    """Feature column names of every GANDL table (`GANDL_0000`, ...), the cell-profiling convention."""
+    """Feature column names of every GANDL table (`GANDL_0000`, ...). pycytominer infers features only from
+    CellProfiler's compartment prefixes, which a learned whole-site embedding has none of: hand it these
+    names (`features=[c for c in table if c.startswith("GANDL_")]`)."""
     return [f"GANDL_{j:04d}" for j in range(dim)]
+
+
+def metadata_table(columns: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of the metadata columns under their profile-table names (`Metadata_<column>`)."""
+    return {profile_column(k): v[start:stop] for k, v in columns.items()}
 
 
 def _obs(metadata: Mapping[str, np.ndarray], index: str) -> pd.DataFrame:
@@ -120,17 +131,30 @@ def write_h5ad(path: str, features: Rows, metadata: Mapping[str, np.ndarray], pr
 def well_metadata(metadata: Mapping[str, np.ndarray], by: str = WELL) -> tuple[pd.DataFrame, np.ndarray]:
     """Metadata of each well (columns constant within every well, first-seen well order) plus `n_sites`,
     and each site's well number."""
+    if N_SITES in metadata:
+        raise ValueError(f"a metadata column is named {N_SITES!r}, the well profiles' site count; rename it")
     frame = pd.DataFrame(dict(metadata))
     codes, wells = pd.factorize(frame[by], sort=False)
     constant = frame.groupby(codes, sort=True).nunique(dropna=False).max() <= 1
     first = frame.groupby(codes, sort=True).head(1)
     out = first.loc[:, constant[constant].index].reset_index(drop=True)
-    out["n_sites"] = np.bincount(codes).astype(np.int64)
+    out[N_SITES] = np.bincount(codes).astype(np.int64)
     return out, codes
 
 
-def _well_medians(features: Rows, codes: np.ndarray, chunk_rows: int):
-    """(first well, medians [n, D]) blocks: each well's per-feature median over its sites, wells in code order."""
+class SettingError(ValueError):
+    """A profile setting that does not exist (said in one line by the command)."""
+
+
+def check_aggregate(aggregate: str) -> None:
+    if aggregate not in AGGREGATES:
+        raise SettingError(f"embed.well_aggregate={aggregate!r}: expected one of {list(AGGREGATES)}")
+
+
+def _well_profiles(features: Rows, codes: np.ndarray, chunk_rows: int, aggregate: str):
+    """(first well, profiles [n, D]) blocks: each well's per-feature median or mean over its sites, wells in code
+    order."""
+    reduce = AGGREGATES[aggregate]
     counts = np.bincount(codes)
     order = np.argsort(codes, kind="stable")
     ends = np.concatenate([[0], np.cumsum(counts)])
@@ -139,33 +163,35 @@ def _well_medians(features: Rows, codes: np.ndarray, chunk_rows: int):
         last = max(first + 1, int(np.searchsorted(ends, ends[first] + chunk_rows, side="right")) - 1)
         last = min(last, len(counts))
         block = features.take(order[ends[first]:ends[last]], axis=0)
-        medians = np.empty((last - first, block.shape[1]), np.float32)
+        profiles = np.empty((last - first, block.shape[1]), np.float32)
         local = ends[first:last] - ends[first]
-        for k in np.unique(counts[first:last]):  # wells with k sites at once: a [n, k, D] median
+        for k in np.unique(counts[first:last]):  # wells with k sites at once: a [n, k, D] reduction
             wells = np.flatnonzero(counts[first:last] == k)
-            medians[wells] = np.median(block[local[wells, None] + np.arange(k)], axis=1)
-        yield first, medians
+            profiles[wells] = reduce(block[local[wells, None] + np.arange(k)], axis=1)
+        yield first, profiles
         first = last
 
 
 def write_well_profiles(stem: str, features: Rows, metadata: Mapping[str, np.ndarray],
-                        provenance: Mapping[str, Any], *, by: str = WELL, chunk_rows: int = 16384) -> None:
-    """Well-level consensus profiles (median over sites) as `{stem}.parquet` and `{stem}.h5ad`."""
+                        provenance: Mapping[str, Any], *, by: str = WELL, aggregate: str = "median",
+                        chunk_rows: int = 16384) -> None:
+    """Well-level consensus profiles (the median or mean over sites) as `{stem}.parquet` and `{stem}.h5ad`."""
+    check_aggregate(aggregate)
     wells, codes = well_metadata(metadata, by)
     dim = features.shape[1]
     names = feature_names(dim)
-    provenance = dict(provenance, aggregation=f"median over the sites of each {by}")
+    provenance = dict(provenance, aggregation=f"{aggregate} over the sites of each {by}")
     columns = {k: wells[k].to_numpy() for k in wells.columns}
     obs = _obs(columns, by)
     with fileio.written_locally(f"{stem}.parquet") as parquet_local, \
             fileio.written_locally(f"{stem}.h5ad") as h5ad_local, h5py.File(h5ad_local, "w") as f:
         x = _create_h5ad(f, obs, dim, provenance)
         writer = None
-        for first, medians in _well_medians(features, codes, chunk_rows):
-            stop = first + len(medians)
-            x[first:stop] = medians
-            table = pa.table({**{f"Metadata_{k}": v[first:stop] for k, v in columns.items()},
-                              **{n: medians[:, j] for j, n in enumerate(names)}})
+        for first, profiles in _well_profiles(features, codes, chunk_rows, aggregate):
+            stop = first + len(profiles)
+            x[first:stop] = profiles
+            table = pa.table({**metadata_table(columns, first, stop),
+                              **{n: profiles[:, j] for j, n in enumerate(names)}})
             writer = writer or pq.ParquetWriter(parquet_local, table.schema)
             writer.write_table(table)
         writer.close()

@@ -17,10 +17,12 @@ def _metadata(n: int = 6) -> pd.DataFrame:
 
 
 def test_load_embeddings_reads_the_npz_contract(tmp_path):
-    meta = _metadata()
+    # As the screen typed them: a float column of whole numbers stays float, a dose of 0.1 stays 0.1.
+    meta = _metadata().assign(treatment_conc=[np.nan, 0.1, 0.3, 1.0, 3.0, 1.0],
+                              Metadata_Dose_uM=[0.0, 1.0, 3.0, 1.0, 0.0, 10.0])
     feats = np.arange(12, dtype=np.float32).reshape(6, 2)
-    arrays = {c: (meta[c].to_numpy(float) if pd.api.types.is_numeric_dtype(meta[c]) else
-                  meta[c].to_numpy().astype(str)) for c in meta}
+    arrays = {c: (meta[c].to_numpy() if pd.api.types.is_numeric_dtype(meta[c]) else meta[c].to_numpy().astype(str))
+              for c in meta}
     path = tmp_path / "emb.npz"
     np.savez(path, features=feats, provenance=np.array('{"step": 1}'), **arrays)
     loaded, loaded_meta = io.load_embeddings(str(path))
@@ -29,8 +31,11 @@ def test_load_embeddings_reads_the_npz_contract(tmp_path):
     assert "provenance" not in loaded_meta
     assert loaded_meta["plate"].dtype == np.int64 and loaded_meta["site"].tolist() == meta["site"].tolist()
     assert loaded_meta["treatment"].tolist() == [""] * 6
-    assert loaded_meta["treatment_conc"].isna().all()
+    assert loaded_meta["treatment_conc"].dtype == np.float64 and loaded_meta["treatment_conc"].iloc[1] == 0.1
+    assert loaded_meta["treatment_conc"].iloc[3] == 1.0 and loaded_meta["treatment_conc"].dtype == np.float64
     pd.testing.assert_frame_equal(loaded_meta[meta.columns], meta, check_dtype=False)
+    for column in meta.select_dtypes("number"):  # no float turned int, no int turned float
+        assert loaded_meta[column].dtype == meta[column].dtype, column
 
 
 def test_load_embeddings_rejects_npz_without_features(tmp_path):

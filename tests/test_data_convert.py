@@ -4,6 +4,7 @@ import glob
 import io
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -11,22 +12,27 @@ import pytest
 from PIL import Image
 
 from gandl._tf import tf
-from gandl.data import convert, images, rxrx
+from gandl.data import convert, generic, images, rxrx
 
 TIF = os.path.join(os.path.dirname(__file__), "data", "nuclei_16bit.tif")
 
 
 def _records(out_dir: str) -> list[tf.train.Example]:
     examples = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "shard-*.tfrecord.gz"))):
-        for raw in tf.data.TFRecordDataset(path, "GZIP"):
+    for path in sorted(glob.glob(os.path.join(out_dir, "shard-*.tfrecord"))):
+        for raw in tf.data.TFRecordDataset(path):
             examples.append(tf.train.Example.FromString(raw.numpy()))
     return examples
 
 
 def _shard_bytes(out_dir: str) -> dict[str, bytes]:
     return {os.path.basename(p): open(p, "rb").read()
-            for p in sorted(glob.glob(os.path.join(out_dir, "shard-*.tfrecord.gz")))}
+            for p in sorted(glob.glob(os.path.join(out_dir, "shard-*.tfrecord")))}
+
+
+def _pixels(example: tf.train.Example, dtype) -> np.ndarray:
+    """A record's raw pixel bytes (zlib-compressed in the record) as a flat array."""
+    return np.frombuffer(zlib.decompress(example.features.feature["image"].bytes_list.value[0]), dtype)
 
 
 def _options(**kw) -> convert.ConvertOptions:
@@ -39,7 +45,7 @@ def test_shards_hold_every_site_losslessly(rxrx19a_dir, shards_dir):
     assert manifest["num_sites"] == screen.num_sites and manifest["num_skipped"] == 0
     assert (manifest["height"], manifest["width"], manifest["channels"]) == (16, 16, 5)
     assert (manifest["source_height"], manifest["dtype"]) == (32, "uint8")
-    assert manifest["features"]["treatment_conc"] == "float32" and manifest["features"]["plate"] == "int64"
+    assert manifest["features"]["treatment_conc"] == "float64" and manifest["features"]["plate"] == "int64"
     assert sum(s["num_sites"] for s in manifest["shards"]) == screen.num_sites
 
     examples = _records(shards_dir)
@@ -47,7 +53,7 @@ def test_shards_hold_every_site_losslessly(rxrx19a_dir, shards_dir):
     assert sorted(by_index) == list(range(screen.num_sites))
     for i in (0, screen.num_sites // 2, screen.num_sites - 1):
         f = by_index[i].features.feature
-        stored = np.frombuffer(f["image"].bytes_list.value[0], np.uint8).reshape(16, 16, 5)
+        stored = _pixels(by_index[i], np.uint8).reshape(16, 16, 5)
         source = np.stack([images.read(p) for p in screen.paths[i]], -1).astype(np.float64)
         expected = np.rint(source.reshape(16, 2, 16, 2, 5).mean(axis=(1, 3)))  # 2x2 area mean
         np.testing.assert_array_equal(stored, expected)
@@ -59,14 +65,13 @@ def test_shards_hold_every_site_losslessly(rxrx19a_dir, shards_dir):
 
 
 def _records_of(out_dir: str, shard: int) -> list[tf.train.Example]:
-    path = sorted(glob.glob(os.path.join(out_dir, "shard-*.tfrecord.gz")))[shard]
-    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path, "GZIP")]
+    path = sorted(glob.glob(os.path.join(out_dir, "shard-*.tfrecord")))[shard]
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
 
 
 def test_channel_stats_are_exact(shards_dir):
     manifest = convert.fileio.read_json(os.path.join(shards_dir, convert.MANIFEST))
-    pixels = np.concatenate([np.frombuffer(ex.features.feature["image"].bytes_list.value[0], np.uint8)
-                             .reshape(-1, 5) for ex in _records(shards_dir)])
+    pixels = np.concatenate([_pixels(ex, np.uint8).reshape(-1, 5) for ex in _records(shards_dir)])
     for c, stats in enumerate(manifest["channel_stats"]):
         assert stats["min"] == pixels[:, c].min() and stats["max"] == pixels[:, c].max()
         assert stats["mean"] == pytest.approx(pixels[:, c].mean())
@@ -163,7 +168,7 @@ def test_16bit_tiff_ingest_keeps_16_bits(tmp_path):
         paths.append((tif.name, png.name, tile))
     pd.DataFrame({"site_id": [f"s{k}" for k in range(4)], "a": [p[0] for p in paths],
                   "b": [p[1] for p in paths]}).to_csv(tmp_path / "screen.csv", index=False)
-    screen = rxrx.read_generic(str(tmp_path / "screen.csv"), ["a", "b"], stains=["Hoechst", "Hoechst"])
+    screen = generic.read_generic(str(tmp_path / "screen.csv"), ["a", "b"], stains=["Hoechst", "Hoechst"])
     manifest = convert.convert(screen, str(tmp_path / "out"), _options(image_size=0, sites_per_shard=2),
                                progress=False)
     assert manifest["dtype"] == "uint16" and manifest["height"] == 256
@@ -171,7 +176,7 @@ def test_16bit_tiff_ingest_keeps_16_bits(tmp_path):
     assert stats["max"] == real.max() and stats["p99.9"] < 300  # the real image uses a sliver of 16 bits
     by_id = {ex.features.feature["site_id"].bytes_list.value[0].decode(): ex for ex in _records(str(tmp_path / "out"))}
     for k, (_, _, tile) in enumerate(paths):
-        stored = np.frombuffer(by_id[f"s{k}"].features.feature["image"].bytes_list.value[0], "<u2")
+        stored = _pixels(by_id[f"s{k}"], "<u2")
         np.testing.assert_array_equal(stored.reshape(256, 256, 2), np.stack([tile, tile], -1))
 
 
@@ -184,3 +189,69 @@ def test_downscale_is_an_antialiased_area_mean():
     assert abs(float(odd.mean()) - float(img.mean())) < 25 and odd.std() < 100
     with pytest.raises(ValueError, match="upscale"):
         images.downscale(img, 40)
+
+
+def test_shards_are_a_tfds_dataset_with_every_feature(rxrx19a_dir, shards_dir):
+    """`tfds.builder_from_directory` on a finished conversion decodes images and metadata as stored."""
+    import tensorflow_datasets as tfds
+
+    screen = rxrx.read_rxrx19a(rxrx19a_dir)
+    builder = tfds.builder_from_directory(shards_dir)
+    assert builder.info.splits["train"].num_examples == screen.num_sites
+    by_index = {int(ex["index"]): ex for ex in tfds.as_numpy(builder.as_dataset(split="train"))}
+    assert sorted(by_index) == list(range(screen.num_sites))
+    mine = {int(ex["index"][i]): ex["image"][i] for ex in _records_batches(shards_dir) for i in range(len(ex["index"]))}
+    for i in (0, screen.num_sites - 1):
+        site, row = by_index[i], screen.metadata.iloc[i]
+        assert site["image"].dtype == np.uint8 and site["image"].shape == (16, 16, 5)
+        np.testing.assert_array_equal(site["image"], mine[i])
+        assert site["site_id"].decode() == row["site_id"] and site["plate"] == row["plate"]
+        assert site["treatment_conc"].dtype == np.float64
+        np.testing.assert_array_equal(site["treatment_conc"], row["treatment_conc"])  # NaN for controls too
+
+
+def _records_batches(shards_dir: str):
+    """The pipeline's own reading of the shards (raw pixel values: intensity 'dtype' maps them linearly)."""
+    from gandl.data import pipeline
+
+    spec = pipeline.open_shards(shards_dir)
+    for batch in pipeline.eval_dataset(spec, pipeline.InputOptions(intensity="dtype"), batch_size=64,
+                                       num_batches=None).as_numpy_iterator():
+        keep = batch["mask"]
+        yield {"index": batch["index"][keep],
+               "image": np.rint((batch["image"][keep] + 1.0) * 127.5).astype(np.uint8)}
+
+
+def test_metadata_numbers_round_trip_exactly_through_shards(tmp_path):
+    """Doses such as 0.1 come back as 0.1 (not float32's 0.10000000149011612), integers as integers."""
+    from gandl.data import pipeline
+
+    tile = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(tile).save(tmp_path / "a.png")
+    doses = [0.1, 0.3, 1e-7, 123456789.123, float("nan")]
+    table = pd.DataFrame({"site_id": [f"s{k}" for k in range(5)], "dna": ["a.png"] * 5, "dose": doses,
+                          "count": [1, 2, 3, 2**40, -5], "note": ["", "a b", "é", "x", ""]})
+    table.to_csv(tmp_path / "s.csv", index=False)
+    screen = generic.read_generic(str(tmp_path / "s.csv"), ["dna"])
+    convert.convert(screen, str(tmp_path / "out"), _options(image_size=0, sites_per_shard=2), progress=False)
+    batch = next(pipeline.eval_dataset(pipeline.open_shards(str(tmp_path / "out")), batch_size=8).as_numpy_iterator())
+    order = np.argsort(batch["index"][batch["mask"]])
+    np.testing.assert_array_equal(batch["dose"][batch["mask"]][order], screen.metadata["dose"].to_numpy())
+    assert batch["count"].dtype == np.int64
+    np.testing.assert_array_equal(batch["count"][batch["mask"]][order], [1, 2, 3, 2**40, -5])
+    assert [v.decode() for v in batch["note"][batch["mask"]][order]] == ["", "a b", "é", "x", ""]
+
+
+def test_shards_of_an_older_format_are_refused_by_name(rxrx19a_dir, shards_dir, tmp_path):
+    """Format-1 shards held float32 metadata: they are neither read nor resumed into."""
+    from gandl.data import pipeline
+
+    old = tmp_path / "old"
+    shutil.copytree(shards_dir, old)
+    for name in (convert.MANIFEST, convert.CONVERSION):
+        record = convert.fileio.read_json(str(old / name))
+        convert.fileio.write_json(str(old / name), dict(record, format="gandl-shards/1"))
+    with pytest.raises(ValueError, match="shard format 'gandl-shards/1', this code reads 'gandl-shards/2'; convert"):
+        pipeline.open_shards(str(old))
+    with pytest.raises(convert.ConversionError, match=r"changed: \['format'\]"):
+        convert.convert(rxrx.read_rxrx19a(rxrx19a_dir), str(old), _options(), progress=False)

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gandl._tf import tf
-from gandl.data import pipeline, rxrx
+from gandl.data import generic, pipeline, rxrx
 
 
 def _take(ds, n: int) -> list[dict]:
@@ -153,7 +153,7 @@ def test_16bit_shards_are_scaled_by_dataset_percentiles(tmp_path):
         images.tifffile.imwrite(tmp_path / f"s{k}.tif", real[k * 128:(k + 1) * 128, :128])
         names.append(f"s{k}.tif")
     pd.DataFrame({"site_id": names, "dna": names}).to_csv(tmp_path / "screen.csv", index=False)
-    screen = rxrx.read_generic(str(tmp_path / "screen.csv"), ["dna"], stains=["Hoechst"])
+    screen = generic.read_generic(str(tmp_path / "screen.csv"), ["dna"], stains=["Hoechst"])
     convert.convert(screen, str(tmp_path / "out"), convert.ConvertOptions(num_workers=1), progress=False)
     spec = pipeline.open_shards(str(tmp_path / "out"))
     auto = _all_sites(spec)["image"]

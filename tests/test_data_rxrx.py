@@ -1,4 +1,4 @@
-"""Metadata readers, control roles, channel registry and their validation errors."""
+"""The RxRx readers, their control roles and channel maps, and their validation errors."""
 
 import os
 import shutil
@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from gandl.data import rxrx
+from gandl.data import screen as screen_lib
 
 
 def _copy_screen(src: str, dst) -> str:
@@ -32,7 +33,7 @@ def test_reads_rxrx19a_with_exact_columns_and_types(rxrx19a_dir):
     first = md.iloc[0]
     assert screen.paths[0, 2] == os.path.join(rxrx19a_dir, "images", first.experiment, f"Plate{first.plate}",
                                               f"{first.well}_s{first.site}_w3.png")
-    assert not rxrx.missing_files(screen)
+    assert not screen_lib.missing_files(screen)
 
 
 def test_control_roles(rxrx19a_dir):
@@ -107,31 +108,8 @@ def test_missing_files_are_listed(rxrx19a_dir, tmp_path):
     for p in gone:
         os.remove(p)
     with pytest.raises(rxrx.MetadataError, match="2 of .* image files are missing") as err:
-        rxrx.check_files(rxrx.read_rxrx19a(root))
+        screen_lib.check_files(rxrx.read_rxrx19a(root))
     assert all(p in str(err.value) for p in gone)
-
-
-def test_generic_screen(rxrx19a_dir, tmp_path):
-    screen = rxrx.read_rxrx19a(rxrx19a_dir)
-    rel = np.vectorize(lambda p: os.path.relpath(p, tmp_path))(screen.paths[:10, [0, 2]])
-    table = pd.DataFrame({"id": screen.metadata["site_id"][:10], "dna": rel[:, 0], "actin": rel[:, 1],
-                          "dose": ["0.5"] * 9 + [""], "replicate": [str(i % 2) for i in range(10)],
-                          "group": ["a"] * 10})
-    table.to_csv(tmp_path / "screen.csv", index=False)
-    generic = rxrx.read_generic(str(tmp_path / "screen.csv"), ["dna", "actin"], stains=["Hoechst", "Phalloidin"],
-                                id_column="id")
-    assert generic.stains == ("Hoechst", "Phalloidin")
-    assert list(generic.metadata.columns) == ["site_id", "dose", "replicate", "group"]
-    assert generic.metadata["replicate"].dtype == np.int64
-    assert generic.metadata["dose"].dtype == np.float64 and np.isnan(generic.metadata["dose"][9])
-    np.testing.assert_array_equal(np.vectorize(os.path.normpath)(generic.paths), screen.paths[:10, [0, 2]])
-
-    table.loc[4, "actin"] = ""
-    table.to_csv(tmp_path / "broken.csv", index=False)
-    with pytest.raises(rxrx.MetadataError, match="row 6 has an empty path in column 'actin'"):
-        rxrx.read_generic(str(tmp_path / "broken.csv"), ["dna", "actin"], id_column="id")
-    with pytest.raises(rxrx.MetadataError, match="2 channel columns but 3 stain names"):
-        rxrx.read_generic(str(tmp_path / "broken.csv"), ["dna", "actin"], stains=["a", "b", "c"], id_column="id")
 
 
 def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
@@ -140,7 +118,7 @@ def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
     root = str(synthetic.write_rxrx1(tmp_path / "rxrx1", image_size=16, plates_per_cell_line=1, sites_per_well=1))
     screen = rxrx.read_rxrx1(root)
     assert tuple(screen.metadata.columns) == rxrx.RXRX1_COLUMNS
-    assert screen.paths.shape[1] == 6 and not rxrx.missing_files(screen)
+    assert screen.paths.shape[1] == 6 and not screen_lib.missing_files(screen)
     assert screen.metadata["cell_type"].nunique() == 4
 
     split = screen.metadata["dataset"].iloc[0]
@@ -151,7 +129,7 @@ def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
     os.rename(nested, os.path.join(images, split))
     moved = rxrx.read_rxrx1(root)
     assert moved.paths[0, 0].startswith(os.path.join(images, split) + os.sep)
-    assert not rxrx.missing_files(moved)
+    assert not screen_lib.missing_files(moved)
 
     # An RxRx1 table without the sirna_id / dataset columns still reads (nothing needs them).
     metadata = pd.read_csv(os.path.join(root, "metadata.csv"), dtype=str, keep_default_na=False)
@@ -160,4 +138,4 @@ def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
     os.rmdir(images)
     os.rename(nested, images)
     trimmed = rxrx.read_rxrx1(root)
-    assert "sirna_id" not in trimmed.metadata and not rxrx.missing_files(trimmed)
+    assert "sirna_id" not in trimmed.metadata and not screen_lib.missing_files(trimmed)

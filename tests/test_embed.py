@@ -57,8 +57,9 @@ def test_export_writes_the_npz_contract_and_profiles(features_fn, rxrx19a_dir, s
         assert npz["features"].dtype == np.float32 and npz["features"].shape == (len(metadata), 32)
         np.testing.assert_array_equal(npz["site_id"], metadata["site_id"].to_numpy(str))  # metadata order
         assert npz["site_id"].dtype.kind == "U" and npz["treatment"].dtype.kind == "U"
-        assert npz["plate"].dtype == np.float64 and npz["treatment_conc"].dtype == np.float64
-        np.testing.assert_allclose(npz["treatment_conc"], metadata["treatment_conc"].astype(np.float32))
+        assert npz["plate"].dtype == np.int64 and npz["treatment_conc"].dtype == np.float64  # as the screen typed them
+        np.testing.assert_array_equal(npz["plate"], metadata["plate"])
+        np.testing.assert_array_equal(npz["treatment_conc"], metadata["treatment_conc"])  # exactly, NaN included
         provenance = json.loads(str(npz["provenance"]))
         assert provenance["step"] == 7 and provenance["feature_set"] == "gandl"
         gandl_features = npz["features"]

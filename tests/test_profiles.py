@@ -92,3 +92,19 @@ def test_well_profiles_take_uneven_wells_and_h5ad_checks_row_counts(tmp_path):
     assert "Metadata_site" not in wells  # varies within a well: not well metadata
     with pytest.raises(ValueError, match="3 feature rows for"):
         profiles.write_h5ad(str(tmp_path / "x.h5ad"), features[:3], meta, {})
+
+
+def test_well_profiles_take_the_mean_when_asked_and_keep_metadata_names(tmp_path):
+    meta, features = _sites(np.random.default_rng(4), wells=3, sites_per_well=3)
+    meta = dict(meta, Metadata_Plate=np.array(["P1"] * len(features)))  # already in the profile convention
+    profiles.write_well_profiles(str(tmp_path / "w"), features, meta, {}, aggregate="mean")
+    wells = pd.read_parquet(tmp_path / "w.parquet")
+    assert "Metadata_Plate" in wells and "Metadata_Metadata_Plate" not in wells
+    for _, row in wells.iterrows():
+        mine = meta["well_id"] == row["Metadata_well_id"]
+        np.testing.assert_allclose(row[profiles.feature_names(5)].to_numpy(np.float32), features[mine].mean(axis=0),
+                                   rtol=1e-6)
+    assert json.loads(anndata.read_h5ad(tmp_path / "w.h5ad").uns["provenance"])["aggregation"] == \
+        "mean over the sites of each well_id"
+    with pytest.raises(ValueError, match="embed.well_aggregate='max': expected one of"):
+        profiles.write_well_profiles(str(tmp_path / "x"), features, meta, {}, aggregate="max")

@@ -62,3 +62,47 @@ def test_an_unknown_feature_set_is_named():
 
     with pytest.raises(ValueError, match="unknown feature set 'gan_dl'.*'gandl'"):
         registry.get("gan_dl")
+
+
+def test_the_screen_schema_and_vocabulary_load_without_tensorflow():
+    """The analysis and the config check read the schema and control roles; they must not pull TensorFlow in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import gandl.data.screen, gandl.data.vocabulary; "
+            "print([m for m in ('tensorflow', 'jax', 'zarr') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout.strip()
+    assert out == "[]"
+
+
+def test_the_import_graph_has_no_cycle():
+    """No two modules import each other, directly or round a loop, not even inside a function (packages'
+    `__init__` re-exports aside)."""
+    modules = {"gandl." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py"}
+    def imported(path: pathlib.Path) -> set[str]:  # `from gandl.data import rxrx` imports gandl.data.rxrx
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gandl"):
+                out |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                        for a in node.names}
+            elif isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+        return out
+
+    graph = {m: {i for i in imported(p) if i in modules and i != m} for m, p in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = 1
+        for nxt in sorted(graph[module]):
+            if state.get(nxt) == 1:
+                return path + [module, nxt]
+            if nxt not in state and (loop := visit(nxt, path + [module])):
+                return loop
+        state[module] = 2
+        return None
+
+    loops = [loop for m in sorted(graph) if m not in state and (loop := visit(m, []))]
+    assert not loops, loops

@@ -28,9 +28,9 @@ class JoinError(ValueError):
 def load_embeddings(npz_path: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Features [N, D] float32 and the metadata columns stored beside them in an embeddings npz.
 
-    The npz holds `features`, `site_id` and every metadata column (strings as unicode, numbers as float);
-    `provenance` and any other non-[N] entry are not metadata and are left out. Integer-valued float
-    columns (plate, site) are restored to int64 so they compare equal to the screen's metadata.
+    The npz holds `features`, `site_id` and every metadata column as the screen typed it (strings as unicode,
+    integers as int64, floats as float64); `provenance` and any other non-[N] entry are not metadata and are
+    left out. Values come back exactly as stored.
     """
     with tf.io.gfile.GFile(npz_path, "rb") as f, np.load(f, allow_pickle=False) as npz:  # no whole-file copy
         if "features" not in npz or "site_id" not in npz:
@@ -43,13 +43,7 @@ def load_embeddings(npz_path: str) -> tuple[np.ndarray, pd.DataFrame]:
         columns = {k: npz[k] for k in npz.files if k != "features" and npz[k].ndim == 1 and len(npz[k]) == n}
     meta = pd.DataFrame({"site_id": columns.pop("site_id").astype(str)})
     for name, values in columns.items():
-        if values.dtype.kind in "US":
-            meta[name] = values.astype(str)
-        elif values.dtype.kind == "f" and np.isfinite(values).all() and (values == np.round(values)).all() \
-                and name != "treatment_conc":
-            meta[name] = values.astype(np.int64)
-        else:
-            meta[name] = values
+        meta[name] = values.astype(str) if values.dtype.kind in "US" else values
     return features, meta
 
 

@@ -1,17 +1,20 @@
-"""Raw screen -> TFRecord shards, the format every later stage streams from.
+"""Raw screen -> TFRecord shards, the format every later stage streams from, and a TFDS dataset.
 
 Why our own writer rather than a tfds builder: a screen conversion is hours of decoding, so it must
-resume shard by shard, report skipped sites, keep 16-bit data 16-bit, and stay readable by the same
-parser as Recursion's rxrx1-utils records. Each record therefore follows that convention (GZIP
-TFRecords, `image` = raw little-endian pixel bytes of an H×W×C array, metadata as plain features) and
-adds `height`, `width`, `channels` and the site's row `index` in the metadata table.
+resume shard by shard, report skipped sites and keep 16-bit data 16-bit. The finished folder is still a
+TFDS dataset (`tfds.builder_from_directory(folder).as_dataset(split="train")` decodes every feature), so
+records are what TFDS' `Tensor` features read: TFRecord files (uncompressed: TFDS reads no GZIP files),
+`image` = the zlib-compressed raw little-endian pixel bytes of an H×W×C array, metadata as features that
+round-trip exactly (int64 as int64, floats as their 8 little-endian float64 bytes, strings as UTF-8), plus
+`height`, `width`, `channels` and the site's row `index` in the metadata table.
 
 Layout of an output folder:
   conversion.json              what is being converted (checked on resume)
-  shard-00000-of-00012.tfrecord.gz   + shard-00000-of-00012.json (sidecar, written after its shard: sites,
+  shard-00000-of-00012.tfrecord   + shard-00000-of-00012.json (sidecar, written after its shard: sites,
                                skips, histograms, the shard's size and checksum)
+  features.json, dataset_info.json   the TFDS metadata
   manifest.json                written last: shapes, dtype, stains, feature schema, per-channel stats, and
-                               every shard's size and checksum (the conversion's completion record)
+                               every shard's and TFDS file's size and checksum (the conversion's completion record)
   skipped_sites.csv            only when bad sites were skipped on request
 
 A rerun checks the files against these records (gandl.fileio): a finished conversion whose shards all
@@ -33,6 +36,7 @@ import multiprocessing
 import os
 import threading
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -43,9 +47,9 @@ from tqdm import tqdm
 from gandl import fileio
 from gandl._tf import tf
 from gandl.data import images
-from gandl.data.rxrx import Screen
+from gandl.data.screen import ChannelReader, Screen
 
-FORMAT = "gandl-shards/1"
+FORMAT = "gandl-shards/2"
 MANIFEST = "manifest.json"
 CONVERSION = "conversion.json"
 SKIPPED = "skipped_sites.csv"
@@ -67,42 +71,49 @@ class ConvertOptions:
     num_workers: int = 0  # 0: one per CPU core
 
 
+SHARD_TEMPLATE = "shard-{SHARD_X_OF_Y}.tfrecord"  # the files, in TFDS' template syntax (one split: "train")
+
+
 def shard_name(index: int, count: int) -> str:
-    return f"shard-{index:05d}-of-{count:05d}.tfrecord.gz"
+    return f"shard-{index:05d}-of-{count:05d}.tfrecord"
 
 
 def _sidecar(shard_file: str) -> str:
-    return shard_file.removesuffix(".tfrecord.gz") + ".json"
+    return shard_file.removesuffix(".tfrecord") + ".json"
 
 
 def feature_schema(metadata: pd.DataFrame) -> dict[str, str]:
-    """Record feature type of each metadata column: 'int64', 'float32' or 'string'."""
+    """Record feature type of each metadata column: 'int64', 'float64' or 'string'."""
     kinds = {}
     for col, dtype in metadata.dtypes.items():
         if pd.api.types.is_integer_dtype(dtype):
             kinds[col] = "int64"
         elif pd.api.types.is_float_dtype(dtype):
-            kinds[col] = "float32"
+            kinds[col] = "float64"
         else:
             kinds[col] = "string"
     return kinds
 
 
 def _feature(kind: str, value: Any) -> tf.train.Feature:
+    """One metadata value as a record feature that reads back exactly (a FloatList would hold float32)."""
     if kind == "int64":
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    if kind == "float32":
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
+    if kind == "float64":
+        return _bytes(np.float64(value).astype("<f8").tobytes())
+    return _bytes(str(value).encode("utf-8"))
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def serialize_site(image: np.ndarray, index: int, row: dict[str, Any], schema: dict[str, str]) -> bytes:
-    """One site as a tf.train.Example: raw little-endian H×W×C pixels plus its metadata."""
+    """One site as a tf.train.Example: zlib-compressed raw little-endian H×W×C pixels plus its metadata."""
     h, w, c = image.shape
     features = {name: _feature(kind, row[name]) for name, kind in schema.items()}
     features.update(
-        image=tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[np.ascontiguousarray(image.astype(image.dtype.newbyteorder("<"))).tobytes()])),
+        image=_bytes(zlib.compress(np.ascontiguousarray(image.astype(image.dtype.newbyteorder("<"))).tobytes())),
         height=_feature("int64", h), width=_feature("int64", w), channels=_feature("int64", c),
         index=_feature("int64", index))
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
@@ -116,7 +127,8 @@ class _ShardTask:
     path: str
     indices: list[int]
     rows: list[dict[str, Any]]
-    paths: list[list[str]]
+    paths: list[list[Any]]  # channel references, read by `reader`
+    reader: ChannelReader
     schema: dict[str, str]
     source_shape: tuple[int, int]
     dtype: str
@@ -124,16 +136,17 @@ class _ShardTask:
     skip_bad_sites: bool
 
 
-def load_site(paths: list[str], source_shape: tuple[int, int], dtype: np.dtype, image_size: int) -> np.ndarray:
-    """Read, validate and downscale every channel of one site into an H×W×C array."""
+def load_site(paths: list[Any], reader: ChannelReader, source_shape: tuple[int, int], dtype: np.dtype,
+              image_size: int) -> np.ndarray:
+    """Read, validate and downscale every channel of one site (its references, read by `reader`) into H×W×C."""
     channels = []
     for path in paths:
-        arr = images.read(path)
+        arr = reader.read(path)
         if arr.shape != source_shape:
-            raise images.BadImageError(path, f"image size {arr.shape[1]}x{arr.shape[0]} differs from the "
+            raise images.BadImageError(str(path), f"image size {arr.shape[1]}x{arr.shape[0]} differs from the "
                                              f"screen's {source_shape[1]}x{source_shape[0]}")
         if arr.dtype != dtype:
-            raise images.BadImageError(path, f"{arr.dtype} pixels where the screen is {dtype}")
+            raise images.BadImageError(str(path), f"{arr.dtype} pixels where the screen is {dtype}")
         channels.append(images.downscale(arr, image_size) if image_size else arr)
     return np.stack(channels, axis=-1)
 
@@ -149,10 +162,10 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     skipped, written = [], 0
     tmp = fileio.temp_path(task.path)
     try:
-        with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
+        with tf.io.TFRecordWriter(tmp) as writer:
             for index, row, paths in zip(task.indices, task.rows, task.paths):
                 try:
-                    site = load_site(paths, task.source_shape, dtype, task.image_size)
+                    site = load_site(paths, task.reader, task.source_shape, dtype, task.image_size)
                 except images.BadImageError as e:
                     if not task.skip_bad_sites:
                         raise
@@ -191,15 +204,15 @@ def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dt
     example = {}
     for i in order:
         try:
-            first = images.read(screen.paths[i, 0])
-            load_site(list(screen.paths[i]), first.shape, first.dtype, 0)
+            first = screen.reader.read(screen.paths[i, 0])
+            load_site(list(screen.paths[i]), screen.reader, first.shape, first.dtype, 0)
         except images.BadImageError:
             if not skip_bad_sites:
                 raise
             continue
         kind = (first.shape, first.dtype)
         kinds[kind] += 1
-        example.setdefault(kind, screen.paths[i, 0])
+        example.setdefault(kind, str(screen.paths[i, 0]))
         if kinds.total() == PROBE_SITES:
             break
     if not kinds:
@@ -212,7 +225,7 @@ def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dt
     return kind
 def _fingerprint(screen: Screen, options: ConvertOptions, shape: tuple[int, int], dtype: np.dtype) -> dict:
     digest = hashlib.sha256()
-    for chunk in (screen.metadata.to_csv(index=False), "\n".join(screen.paths.ravel())):
+    for chunk in (screen.metadata.to_csv(index=False), "\n".join(map(str, screen.paths.ravel()))):
         digest.update(chunk.encode("utf-8"))
     return {"format": FORMAT, "source": screen.source, "stains": list(screen.stains),
             "num_sites": screen.num_sites, "content_sha256": digest.hexdigest(),
@@ -287,7 +300,8 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
         idx = list(range(k, screen.num_sites, num_shards))
         tasks.append(_ShardTask(
             path=os.path.join(out_dir, shard_name(k, num_shards)), indices=idx,
-            rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], schema=schema,
+            rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], reader=screen.reader,
+            schema=schema,
             source_shape=tuple(int(s) for s in shape), dtype=dtype.name, image_size=options.image_size,
             skip_bad_sites=options.skip_bad_sites))
     pending = [t for t in tasks if not _intact(t.path)]
@@ -365,11 +379,40 @@ def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[
         "format": FORMAT, "source": screen.source, "stains": list(screen.stains),
         "height": size or int(shape[0]), "width": size or int(shape[1]), "channels": len(screen.stains),
         "dtype": dtype.name, "source_height": int(shape[0]), "source_width": int(shape[1]),
-        "num_sites": num_sites, "num_skipped": len(skipped), "compression": "GZIP",
+        "num_sites": num_sites, "num_skipped": len(skipped), "image_encoding": "zlib",
         "shards": [{"file": os.path.basename(t.path), "num_sites": sc["num_sites"]}
                    for t, sc in zip(tasks, sidecars)],
         "features": schema,
         "channel_stats": channel_stats(
             _merge_histograms(sidecars, len(screen.stains), np.iinfo(dtype).max + 1), screen.stains),
     }
+    files += write_tfds_metadata(out_dir, manifest)
     return fileio.write_record(os.path.join(out_dir, MANIFEST), files, **manifest)
+
+
+def write_tfds_metadata(out_dir: str, manifest: dict[str, Any]) -> list[str]:
+    """Make the shards a TFDS dataset (features.json, dataset_info.json): every record feature, typed; returns
+    the files written.
+
+    `tfds.builder_from_directory(out_dir).as_dataset(split="train")` then yields the uint8/uint16 images and
+    the metadata as stored. TFDS loads only here, at the end of a conversion.
+    """
+    import tensorflow_datasets as tfds
+
+    scalar = {"int64": tfds.features.Tensor(shape=(), dtype=np.int64),
+              "float64": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
+              "string": tfds.features.Text()}
+    shape = (manifest["height"], manifest["width"], manifest["channels"])
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=shape, dtype=np.dtype(manifest["dtype"]), encoding="zlib"),
+        **{k: scalar["int64"] for k in ("height", "width", "channels", "index")},
+        **{name: scalar[kind] for name, kind in manifest["features"].items()}})
+    template = tfds.core.ShardedFileTemplate(data_dir=out_dir, template=SHARD_TEMPLATE, dataset_name="gandl_screen",
+                                             split="train", filetype_suffix="tfrecord")
+    split = tfds.core.SplitInfo(name="train", shard_lengths=[s["num_sites"] for s in manifest["shards"]],
+                                num_bytes=sum(tf.io.gfile.stat(os.path.join(out_dir, s["file"])).length
+                                              for s in manifest["shards"]), filename_template=template)
+    tfds.folder_dataset.write_metadata(data_dir=out_dir, features=features, split_infos=[split],
+                                       filename_template=template, check_data=False,
+                                       description=f"GAN-DL shards of {manifest['source']} ({FORMAT})")
+    return [os.path.join(out_dir, name) for name in ("features.json", "dataset_info.json")]

@@ -15,9 +15,9 @@ import tifffile
 from PIL import Image
 
 from gandl._tf import tf
+from gandl.data.screen import ChannelReader
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
-OME_ZARR_CHANNEL = "#channel="  # `{array}#channel={c}`: one channel of an OME-Zarr field (gandl.data.ome_zarr)
 
 
 class BadImageError(ValueError):
@@ -63,11 +63,7 @@ def decode(data: bytes, path: str) -> np.ndarray:
 
 
 def read(path: str) -> np.ndarray:
-    """Read one channel file (local or gs://), or an OME-Zarr channel reference, as a 2-D uint8/uint16 array."""
-    if OME_ZARR_CHANNEL in path:
-        from gandl.data import ome_zarr  # zarr and dask load only for plates
-
-        return ome_zarr.read_plane(path)
+    """Read one channel file (local or gs://) as a 2-D uint8/uint16 array."""
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
@@ -103,7 +99,8 @@ def downscale(image: np.ndarray, size: int) -> np.ndarray:
 
 def read_site_images(paths: np.ndarray, channels: Sequence[int] | None = None,
                      batch_size: int = 64) -> Iterator[np.ndarray]:
-    """Batches [B, H, W, C] of site images from a [N, num_channels] path array (`Screen.paths`).
+    """Batches [B, H, W, C] of site images from a [N, num_channels] array of file paths (`Screen.paths` of a
+    file-based screen).
 
     `channels` are 1-based and select/reorder channels, e.g. (1, 2, 3, 4, 6) to view RxRx1 as RxRx19a.
     """
@@ -114,5 +111,8 @@ def read_site_images(paths: np.ndarray, channels: Sequence[int] | None = None,
 
 
 def exists(path: str) -> bool:
-    """Whether a channel file, or the array behind an OME-Zarr channel reference, exists."""
-    return tf.io.gfile.exists(path.partition(OME_ZARR_CHANNEL)[0])
+    """Whether a channel file (local or gs://) exists."""
+    return tf.io.gfile.exists(path)
+
+
+FILES = ChannelReader(read, exists)  # `Screen.reader` of the readers whose channels are image files

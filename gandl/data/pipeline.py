@@ -1,7 +1,7 @@
 """tf.data pipelines over TFRecord shards: random batches for training, every site once for export.
 
-Both read our converted shards (described by their `manifest.json`) and Recursion's rxrx1-utils RxRx1
-TFRecords, which share the record convention (GZIP, raw pixel bytes in `image`). Batches are numpy
+Both read our converted shards (described by their `manifest.json`: zlib-compressed pixels in `image`) and
+Recursion's rxrx1-utils RxRx1 TFRecords (GZIP files, raw pixel bytes in `image`). Batches are numpy
 dicts of this process's part of the global batch, ready for `jax.make_array_from_process_local_data`.
 
 Determinism: file order, shuffles and augmentations derive from the seed alone (stateless random ops
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -20,13 +21,14 @@ import numpy as np
 from gandl import fileio
 from gandl._tf import tf
 from gandl.data import convert
-from gandl.data.rxrx import STAINS
+from gandl.data.vocabulary import STAINS
 
 AUTOTUNE = tf.data.AUTOTUNE
 INTENSITIES = ("auto", "dtype", "dataset")
+_GLOB = re.compile(r"[*?\[]")
 _READ_BUFFER = 8 << 20  # bytes per open file: large reads matter on gs://
-_TF_TYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
-_DEFAULTS = {"int64": -1, "float32": float("nan"), "string": ""}
+_TF_TYPES = {"int64": tf.int64, "float64": tf.string, "string": tf.string}  # float64: its 8 little-endian bytes
+_DEFAULTS = {"int64": -1, "float64": np.array(np.nan, "<f8").tobytes(), "string": ""}
 RXRX1_UTILS_FEATURES = {"well": "string", "well_type": "string", "experiment": "string",
                         "cell_type": "string", "plate": "int64", "site": "int64", "sirna": "int64"}
 
@@ -71,6 +73,8 @@ class RecordSpec:
     shard_sizes: tuple[int, ...] | None = None  # sites per file, when known (our shards)
     intensity_range: tuple[tuple[float, float], ...] | None = None  # per channel, from conversion stats
     has_index: bool = False
+    compression: str = "GZIP"  # of the files ("" for ours)
+    image_encoding: str = "raw"  # raw | zlib: how `image` holds the pixel bytes
 
     @property
     def num_channels(self) -> int:
@@ -85,12 +89,14 @@ def open_shards(data_dir: str) -> RecordSpec:
                                 "(run the convert mode, which resumes an interrupted one)")
     m = fileio.read_json(path)
     if m.get("format") != convert.FORMAT:
-        raise ValueError(f"{path}: unknown shard format {m.get('format')!r}, expected {convert.FORMAT!r}")
+        raise ValueError(f"{path}: shard format {m.get('format')!r}, this code reads {convert.FORMAT!r}; convert the "
+                         "screen again into a new folder")
     return RecordSpec(
         files=tuple(os.path.join(data_dir, s["file"]) for s in m["shards"]), height=m["height"],
         width=m["width"], stains=tuple(m["stains"]), dtype=m["dtype"], features=m["features"],
         shard_sizes=tuple(s["num_sites"] for s in m["shards"]),
-        intensity_range=tuple((s["p0.1"], s["p99.9"]) for s in m["channel_stats"]), has_index=True)
+        intensity_range=tuple((s["p0.1"], s["p99.9"]) for s in m["channel_stats"]), has_index=True,
+        compression="", image_encoding=m["image_encoding"])
 
 
 def rxrx1_utils_spec(pattern: str, image_size: int = 512) -> RecordSpec:
@@ -103,9 +109,12 @@ def rxrx1_utils_spec(pattern: str, image_size: int = 512) -> RecordSpec:
 
 
 def open_records(source: str, image_size: int = 512) -> RecordSpec:
-    """A shard folder (has manifest.json) or else a glob of rxrx1-utils TFRecord files."""
+    """A shard folder (has manifest.json) or else rxrx1-utils TFRecord files (a file or a glob)."""
     if tf.io.gfile.exists(os.path.join(source, convert.MANIFEST)):
         return open_shards(source)
+    if not _GLOB.search(source) and (tf.io.gfile.isdir(source) or not tf.io.gfile.exists(source)):
+        raise FileNotFoundError(f"{source}: no converted shards there (no {convert.MANIFEST}); run --mode convert "
+                                "first (it resumes an interrupted conversion), or point data.shards at them")
     return rxrx1_utils_spec(source, image_size)
 
 
@@ -187,10 +196,16 @@ def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_meta
     shape = [spec.height, spec.width, spec.num_channels]
     size = int(np.prod(shape))
     derive_site_id = with_metadata and "site_id" not in spec.features
+    floats = [k for k, v in spec.features.items() if with_metadata and v == "float64"]
 
     def parse(record: tf.Tensor, filename: tf.Tensor) -> dict[str, tf.Tensor]:
         ex = tf.io.parse_single_example(record, desc)
-        pixels = tf.io.decode_raw(ex.pop("image"), tf.as_dtype(spec.dtype), little_endian=True)
+        for name in floats:
+            ex[name] = tf.reshape(tf.io.decode_raw(ex[name], tf.float64, little_endian=True), [])
+        data = ex.pop("image")
+        if spec.image_encoding == "zlib":
+            data = tf.io.decode_compressed(data, "ZLIB")
+        pixels = tf.io.decode_raw(data, tf.as_dtype(spec.dtype), little_endian=True)
         check = tf.debugging.Assert(tf.equal(tf.size(pixels), size), [
             "a record in", filename, "holds", tf.size(pixels), f"pixels, expected {spec.height}x{spec.width}"
             f"x{spec.num_channels} = {size} (wrong image size or channel count for these records)"])
@@ -205,15 +220,15 @@ def _parser(spec: RecordSpec, channels: Sequence[int], intensity: str, with_meta
     return parse
 
 
-def _records(filenames: tf.data.Dataset, cycle_length: int) -> tf.data.Dataset:
+def _records(filenames: tf.data.Dataset, cycle_length: int, compression: str) -> tf.data.Dataset:
     """(record, file name) pairs, interleaved over `cycle_length` files at a time in a fixed order."""
     def read(f: tf.Tensor) -> tf.data.Dataset:
-        return tf.data.TFRecordDataset(f, "GZIP", buffer_size=_READ_BUFFER).map(lambda r: (r, f))
+        return tf.data.TFRecordDataset(f, compression, buffer_size=_READ_BUFFER).map(lambda r: (r, f))
 
     return filenames.interleave(read, cycle_length=cycle_length, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def batches(ds: tf.data.Dataset, files: Sequence[str]) -> Iterator:
+def batches(ds: tf.data.Dataset, files: Sequence[str], compression: str = "") -> Iterator:
     """`ds`'s elements as numpy; a damaged file among `files` (those `ds` reads) stops it with a
     `CorruptRecordsError` naming the file, rather than TensorFlow's DataLossError, which names none."""
     it = ds.as_numpy_iterator()
@@ -223,17 +238,17 @@ def batches(ds: tf.data.Dataset, files: Sequence[str]) -> Iterator:
         except StopIteration:
             return
         except tf.errors.DataLossError as e:
-            raise CorruptRecordsError(_locate_damage(files, e)) from None
+            raise CorruptRecordsError(_locate_damage(files, e, compression)) from None
         yield element
 
 
-def _locate_damage(files: Sequence[str], error: tf.errors.DataLossError) -> str:
+def _locate_damage(files: Sequence[str], error: tf.errors.DataLossError, compression: str) -> str:
     """Which of `files` are damaged, and at which record (`error` read from one of them): each is read again."""
     damaged = {}
     for path in files:
         count = 0
         try:
-            for _ in tf.data.TFRecordDataset(path, "GZIP", buffer_size=_READ_BUFFER):
+            for _ in tf.data.TFRecordDataset(path, compression, buffer_size=_READ_BUFFER):
                 count += 1
         except tf.errors.DataLossError as e:
             damaged[path] = f"record {count + 1} unreadable: {_reason(e)}"
@@ -287,7 +302,7 @@ def train_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, b
     seed = int(seed) * 1009 + process_index  # each process its own stream, all fixed by the seed
     parse = _parser(spec, channels, intensity, with_metadata=False)
     filenames = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed).repeat()
-    ds = _records(filenames, min(cycle_length, len(files))).shuffle(shuffle_buffer, seed=seed + 1)
+    ds = _records(filenames, min(cycle_length, len(files)), spec.compression).shuffle(shuffle_buffer, seed=seed + 1)
     ds = ds.map(lambda r, f: parse(r, f)["image"], num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.enumerate().map(
         lambda i, img: {"image": _finish(_dihedral_crop(img, tf.stack([tf.constant(seed, tf.int64), i]), augment,
@@ -323,7 +338,7 @@ def eval_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, ba
             ex["image"] = tf.image.resize_with_crop_or_pad(ex["image"], crop_size, crop_size)
         return dict(ex, image=_finish(ex["image"], factor), mask=tf.constant(True))
 
-    ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files)))
+    ds = _records(tf.data.Dataset.from_tensor_slices(list(files)), min(4, len(files)), spec.compression)
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
     if num_batches is None:

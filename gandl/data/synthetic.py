@@ -825,6 +825,99 @@ def write_rxrx1(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 
     return root
 
 
+# A compound screen in a CellProfiler user's own terms: the foreign screen the generic and OME-Zarr readers, and
+# the screen schema, are tested on. Its channels (the user's names) are drawn as these stains.
+CELL_PAINTING_CHANNELS = {"DNA": "Hoechst", "Actin": "Phalloidin", "RNA": "Syto14"}
+CELL_PAINTING_DOSES_UM = (0.1, 0.3, 1.0)
+_CELL_PAINTING_WELLS = (("DMSO", 0.0, 1.0),) * 3 + (("staurosporine", 1.0, 0.0),) * 2 + tuple(
+    ("cpd-7", dose, 1.0 - efficacy) for dose, efficacy in zip(CELL_PAINTING_DOSES_UM, (0.25, 0.6, 0.9)))
+
+
+def write_cell_painting(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 32, plates: int = 3,
+                        sites_per_well: int = 2, layout: str = "csv") -> pathlib.Path:
+    """Writes a small 16-bit, 3-channel compound screen with CellProfiler-style metadata; returns its directory.
+
+    Each plate (P1, P2, ...; U2OS cells) holds 3 DMSO wells (the negative control: the disease phenotype, drawn
+    as infection), 2 wells of a positive-control compound that reverses it (staurosporine, 1 µM) and one
+    compound, cpd-7, at CELL_PAINTING_DOSES_UM reversing it by 25 %, 60 % and 90 %, in a random layout.
+    `layout` "csv": 16-bit TIFFs `images/{plate}_{well}_s{site}_{channel}.tif` and `metadata.csv` (one row per
+    site: Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Compound, Metadata_Dose_uM, Metadata_CellLine,
+    Metadata_Note (blank but for edge wells), FileName_DNA / _Actin / _RNA relative to it): data.kind=generic.
+    "ome_zarr": one HCS plate `{plate}.zarr` per plate (OMERO channel labels, fields = sites) and the plate map
+    `metadata.csv` (one row per well: plate, well and the Metadata_ columns): data.kind=ome_zarr.
+    metadata.csv is written last: a directory holding it is complete.
+    """
+    if layout not in ("csv", "ome_zarr"):
+        raise ValueError(f"layout must be 'csv' or 'ome_zarr', got {layout!r}")
+    params = dict(kind="cell_painting", seed=seed, image_size=image_size, plates=plates,
+                  sites_per_well=sites_per_well, layout=layout)
+    _check_common(image_size, 16, sites_per_well, plates, 1)
+    root, done = _prepare(out_dir, params)
+    if done:
+        return root
+    stains = tuple(CELL_PAINTING_CHANNELS.values())
+    wells, sites = [], {}
+    for pi in range(plates):
+        plate, plate_rng = f"P{pi + 1}", _seed(seed, 27, pi)
+        effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
+        for wi, (well, (compound, dose, infection)) in enumerate(
+                zip(_plate_wells(plate_rng, len(_CELL_PAINTING_WELLS)), _CELL_PAINTING_WELLS)):
+            wells.append(dict(plate=plate, well=well, Metadata_Compound=compound, Metadata_Dose_uM=dose,
+                              Metadata_CellLine="U2OS", Metadata_Note="edge" if well in _EDGE_WELLS else ""))
+            for site in range(1, sites_per_well + 1):
+                sites[plate, well, site] = render_site(_seed(seed, 27, pi, wi, site), "U2OS", image_size=image_size,
+                                                       stains=stains, infection=infection, plate=effects,
+                                                       bit_depth=16)
+    _claim(root, params)
+    plate_map = pd.DataFrame(wells)
+    if layout == "csv":
+        table = _write_tiffs(root, plate_map, sites)
+    else:
+        _write_plates(root, plate_map, sites)
+        table = plate_map
+    _write_table(root / "metadata.csv", table)
+    return root
+
+
+def _write_tiffs(root: pathlib.Path, plate_map: pd.DataFrame, sites: Mapping) -> pd.DataFrame:
+    """One 16-bit TIFF per channel of every site; the per-site table in CellProfiler's names."""
+    import tifffile
+
+    (root / "images").mkdir(exist_ok=True)
+    rows = []
+    for (plate, well, site), image in sites.items():
+        files = {}
+        for c, channel in enumerate(CELL_PAINTING_CHANNELS):
+            files[f"FileName_{channel}"] = f"images/{plate}_{well}_s{site}_{channel}.tif"
+            plane = np.ascontiguousarray(image[..., c])
+            _atomic_write(root / files[f"FileName_{channel}"], lambda tmp, plane=plane: tifffile.imwrite(tmp, plane))
+        well_row = plate_map[(plate_map["plate"] == plate) & (plate_map["well"] == well)].iloc[0]
+        rows.append(dict(Metadata_Plate=plate, Metadata_Well=well, Metadata_Site=site,
+                         **{k: well_row[k] for k in plate_map.columns if k.startswith("Metadata_")}, **files))
+    return pd.DataFrame(rows)
+
+
+def _write_plates(root: pathlib.Path, plate_map: pd.DataFrame, sites: Mapping) -> None:
+    """One OME-Zarr HCS plate per plate, written with ome-zarr-py: fields are sites, channels OMERO-labelled."""
+    import zarr
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    window = {"min": 0, "max": 65535, "start": 0, "end": 65535}
+    omero = {"channels": [{"label": name, "color": "FFFFFF", "window": window} for name in CELL_PAINTING_CHANNELS]}
+    for plate, wells in plate_map.groupby("plate", sort=True):
+        group = zarr.open_group(str(root / f"{plate}.zarr"), mode="w")
+        names = [(w[0], w[1:]) for w in wells["well"]]
+        write_plate_metadata(group, sorted({r for r, _ in names}), sorted({c for _, c in names}),
+                             [f"{r}/{c}" for r, c in names], field_count=max(k[2] for k in sites), name=plate)
+        for (row, column), well in zip(names, wells["well"]):
+            well_group = group.require_group(row).require_group(column)
+            fields = sorted(site for (p, w, site) in sites if (p, w) == (plate, well))
+            write_well_metadata(well_group, [str(f - 1) for f in fields])
+            for f in fields:
+                write_image(np.moveaxis(sites[plate, well, f], -1, 0), well_group.require_group(str(f - 1)),
+                            axes="cyx", scale_factors=(), omero=omero)
+
+
 def _check_size_depth(image_size: int, bit_depth: int) -> None:
     if not 16 <= image_size <= 1024:
         raise ValueError(f"image_size must be in 16..1024, got {image_size}")
@@ -846,10 +939,11 @@ def _metadata(records: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: python -m gandl.data.synthetic --out DIR --kind rxrx19a|rxrx1 [--image_size 64] [--demo]."""
+    """CLI: python -m gandl.data.synthetic --out DIR --kind rxrx19a|rxrx1|cell_painting [--image_size 64] [--demo]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--kind", choices=("rxrx19a", "rxrx1"), default="rxrx19a")
+    parser.add_argument("--kind", choices=("rxrx19a", "rxrx1", "cell_painting"), default="rxrx19a")
+    parser.add_argument("--layout", choices=("csv", "ome_zarr"), default="csv", help="cell_painting only")
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--bit_depth", type=int, choices=(8, 16), default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -858,8 +952,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num_compounds", type=int, help="rxrx19a only")
     parser.add_argument("--demo", action="store_true", help="rxrx19a: the demo size, DEMO_RXRX19A")
     args = parser.parse_args(argv)
-    if args.kind == "rxrx1" and (args.num_compounds is not None or args.demo):
+    if args.kind != "rxrx19a" and (args.num_compounds is not None or args.demo):
         parser.error("--num_compounds and --demo apply to --kind rxrx19a only")
+    if args.kind == "cell_painting":
+        print(write_cell_painting(args.out, seed=args.seed, image_size=args.image_size, layout=args.layout,
+                                  **{k: getattr(args, k) for k in ("sites_per_well",) if getattr(args, k)}))
+        return
     kwargs = dict(DEMO_RXRX19A) if args.demo and args.kind == "rxrx19a" else {}
     kwargs.update(seed=args.seed, image_size=args.image_size, bit_depth=args.bit_depth)
     for name in ("plates_per_cell_line", "sites_per_well", "num_compounds"):

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import posixpath
 
-# Screen layouts `gandl.data.rxrx.read_screen` reads (config.data.kind).
-SCREEN_KINDS = ("rxrx19a", "rxrx1", "generic", "ome_zarr")
-
 # The official metadata columns, in the order the releases list them.
 RXRX19A_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site",
                    "disease_condition", "treatment", "treatment_conc", "SMILES")

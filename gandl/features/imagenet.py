@@ -81,7 +81,7 @@ def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: in
                                process_count=jax.process_count())
     images, labels = [], []
     files = pipeline.process_files(spec, jax.process_index(), jax.process_count())
-    for batch in itertools.chain(pipeline.batches(ds, files), [None]):
+    for batch in itertools.chain(pipeline.batches(ds, files, spec.compression), [None]):
         if batch is not None:
             y = control_labels(batch, controls)
             images.append(batch["image"][y >= 0])

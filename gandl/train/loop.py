@@ -82,7 +82,7 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
                 spec, options, batch_size=local,
                 seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
                 process_index=process_index, process_count=process_count)
-            it = pipeline.batches(ds.skip(start - first), files)  # a damaged shard is named
+            it = pipeline.batches(ds.skip(start - first), files, spec.compression)  # a damaged shard is named
             for _ in range(first + chunk - start):
                 yield next(it)["image"]
             start = first = first + chunk
@@ -262,7 +262,7 @@ def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, 
     """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
     ds = pipeline.eval_dataset(spec, pipeline.InputOptions.from_config(config), batch_size=64)
     reals = []
-    for batch in pipeline.batches(ds, spec.files):
+    for batch in pipeline.batches(ds, spec.files, spec.compression):
         reals.append(batch["image"][batch["mask"]])
         if sum(len(r) for r in reals) >= config.train.swd_images:
             break

@@ -1,0 +1,107 @@
+"""Screens in their users' own terms, end to end: a CellProfiler-style CSV of 16-bit TIFFs and two OME-Zarr plates
+with a plate map convert, train and embed, and every metadata value comes back exactly in npz, parquet and h5ad."""
+
+import os
+import shutil
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+from gandl import main
+from gandl.analysis import io as analysis_io
+from gandl.data import screen, synthetic
+from gandl.profiles import feature_names
+
+# The CSV screen's schema, in its own column names and control labels.
+CELL_PAINTING = dict(plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site", group="Metadata_CellLine",
+                     perturbation="Metadata_Compound", dose="Metadata_Dose_uM",
+                     positive="Metadata_Compound == 'staurosporine'", negative="Metadata_Compound == 'DMSO'",
+                     positive_name="staurosporine", negative_name="DMSO")
+
+
+def _config(tiny_config, **data):
+    """The tests' tiny model on a 3-channel screen, without the (RxRx1, 5-channel) zero-shot set."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.update(image_size=16, sites_per_shard=16, num_workers=1, **data)
+    cfg.model.num_channels = 3
+    cfg.zeroshot.enabled = False
+    cfg.embed.feature_sets = ("gandl", "handcrafted")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def csv_run(tiny_config, tmp_path_factory):
+    """(config, workdir, the screen as read) of the CSV screen converted, trained for 10 steps and embedded."""
+    root = synthetic.write_cell_painting(tmp_path_factory.mktemp("cell_painting"), image_size=32)
+    cfg = _config(tiny_config, kind="generic", root=str(root / "metadata.csv"),
+                  channel_columns=("FileName_DNA", "FileName_Actin", "FileName_RNA"), stains=("DNA", "Actin", "RNA"))
+    cfg.screen.update(CELL_PAINTING)
+    workdir = str(tmp_path_factory.mktemp("csv_run"))
+    main.run_convert(cfg, workdir)
+    main.run_train(cfg, workdir)
+    main.run_embed(cfg, workdir)
+    return cfg, workdir, main.read_screen(cfg)
+
+
+def _assert_same_values(exported: pd.Series, expected: pd.Series, what: str) -> None:
+    """Equal values of the same kind: floats as float64 (NaN matching NaN), integers as integers, strings as str."""
+    if pd.api.types.is_float_dtype(expected):
+        assert exported.dtype == np.float64, what
+        np.testing.assert_array_equal(exported.to_numpy(np.float64), expected.to_numpy(np.float64), err_msg=what)
+    elif pd.api.types.is_integer_dtype(expected):
+        assert pd.api.types.is_integer_dtype(exported), what
+        np.testing.assert_array_equal(exported.to_numpy(np.int64), expected.to_numpy(np.int64), err_msg=what)
+    else:
+        assert exported.map(type).eq(str).all(), what
+        assert exported.tolist() == expected.astype(str).tolist(), what
+
+
+def test_a_cellprofiler_csv_screen_exports_its_metadata_exactly(csv_run):
+    cfg, workdir, read = csv_run
+    expected = read.metadata
+    raw = pd.read_csv(cfg.data.root)
+    assert expected["Metadata_Dose_uM"].tolist() == raw["Metadata_Dose_uM"].tolist()  # 0.1 is 0.1, as typed in
+    assert set(expected["Metadata_Dose_uM"]) == {0.0, 1.0, *synthetic.CELL_PAINTING_DOSES_UM}
+    assert expected["site_id"].iloc[0] == f"{raw['Metadata_Plate'][0]}_{raw['Metadata_Well'][0]}_1"  # derived ids
+    folder = os.path.join(workdir, "embeddings", "step_10")
+    _, npz = analysis_io.load_embeddings(os.path.join(folder, "gandl.npz"))
+    sites = pd.read_parquet(os.path.join(folder, "gandl.parquet"))
+    h5ad = anndata.read_h5ad(os.path.join(folder, "gandl.h5ad"))
+    assert list(npz.columns) == list(expected.columns)
+    assert list(sites.columns) == [screen.profile_column(c) for c in expected.columns] + feature_names(32)
+    assert "Metadata_Plate" in sites and not any(c.startswith("Metadata_Metadata_") for c in sites)
+    for column in expected.columns:
+        _assert_same_values(npz[column], expected[column], f"npz {column}")
+        _assert_same_values(sites[screen.profile_column(column)], expected[column], f"parquet {column}")
+        if column != "site_id":
+            _assert_same_values(h5ad.obs[column].astype(object if h5ad.obs[column].dtype == "category" else
+                                                         h5ad.obs[column].dtype), expected[column], f"h5ad {column}")
+    assert h5ad.obs_names.tolist() == expected["site_id"].tolist()
+    wells = pd.read_parquet(os.path.join(folder, "gandl_wells.parquet"))
+    first = expected.groupby("well_id", sort=False).head(1).reset_index(drop=True)
+    assert wells["Metadata_well_id"].tolist() == first["well_id"].tolist()
+    _assert_same_values(wells["Metadata_Dose_uM"], first["Metadata_Dose_uM"], "wells dose")
+    assert (wells["Metadata_n_sites"] == 2).all() and "Metadata_Metadata_Plate" not in wells
+
+
+def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_config, tmp_path):
+    _, csv_workdir, _ = csv_run
+    root = synthetic.write_cell_painting(tmp_path / "plates", image_size=32, plates=2, layout="ome_zarr")
+    zarr_cfg = _config(tiny_config, kind="ome_zarr", root=str(root / "*.zarr"))  # plate map: metadata.csv beside
+    zarr_cfg.screen.update(preset="generic", perturbation="Metadata_Compound", dose="Metadata_Dose_uM",
+                           negative="Metadata_Compound == 'DMSO'", positive="Metadata_Compound == 'staurosporine'")
+    workdir = tmp_path / "run"
+    shutil.copytree(os.path.join(csv_workdir, "checkpoints"), workdir / "checkpoints")  # the CSV run's 3-channel D
+    manifest = main.run_convert(zarr_cfg, str(workdir))
+    assert manifest["num_sites"] == 2 * 8 * 2 and manifest["stains"] == ["DNA", "Actin", "RNA"]  # OMERO labels
+    main.run_embed(zarr_cfg, str(workdir))
+    _, meta = analysis_io.load_embeddings(str(workdir / "embeddings" / "step_10" / "gandl.npz"))
+    plate_map = pd.read_csv(root / "metadata.csv", keep_default_na=False)
+    assert set(meta["plate"]) == {"P1", "P2"} and meta["well_id"].iloc[0] == f"{meta['plate'][0]}_{meta['well'][0]}"
+    joined = meta.merge(plate_map, on=["plate", "well"], suffixes=("", "_map"))
+    assert len(joined) == len(meta)
+    for column in ("Metadata_Compound", "Metadata_Dose_uM", "Metadata_Note"):
+        assert joined[column].tolist() == joined[f"{column}_map"].tolist(), column
+    assert meta["Metadata_Dose_uM"].dtype == np.float64 and meta["site"].dtype == np.int64

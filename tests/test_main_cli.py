@@ -1,0 +1,87 @@
+"""The `gandl` command as a user meets it: --help at once, mistakes in one line before anything slow."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gandl.data import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GANDL = [sys.executable, "-c", "from gandl.main import run; run()"]  # what the console script runs
+
+
+def _gandl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([*GANDL, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+
+
+def _error_line(out: subprocess.CompletedProcess) -> str:
+    """The run's one error line (stderr holds TensorFlow's start-up chatter besides it)."""
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("gandl: ")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    return lines[0]
+
+
+def test_help_answers_at_once_without_loading_tensorflow_or_jax():
+    start = time.perf_counter()
+    out = _gandl("--help")
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0 and "--config" in out.stdout and "--mode" in out.stdout, out.stderr
+    assert elapsed < 2.0, f"--help took {elapsed:.1f} s"
+    loaded = subprocess.run([sys.executable, "-c", "import sys; import gandl.main; "
+                             "print(sorted(m for m in ('tensorflow', 'jax', 'pandas') if m in sys.modules))"],
+                            capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("--config", "configs/no_such.py"), "gandl: --config=configs/no_such.py: cannot load it ([Errno 2] No such file"),
+    (("--config", "configs/demo.py", "--config.data.kindd=generic"),
+     "gandl: a --config override cannot apply: 'kindd' Did you mean \"kind\""),
+    (("--config", "configs/demo.py", "--config.screen.preset=rxrx19b"),
+     "gandl: screen.preset='rxrx19b': no such preset; known: rxrx19a, rxrx19a_uv, rxrx1, generic"),
+    (("--config", "configs/demo.py", "--config.embed.well_aggregate=max"),
+     "gandl: embed.well_aggregate='max': expected one of ['median', 'mean']"),
+])
+def test_config_mistakes_are_one_line(args, expected, tmp_path):
+    start = time.perf_counter()
+    assert _error_line(_gandl(*args, "--workdir", str(tmp_path), "--mode", "check")).startswith(expected)
+    assert time.perf_counter() - start < 10  # said before TensorFlow or JAX load
+
+
+def test_data_mistakes_are_one_line_before_the_model_is_traced(tmp_path):
+    root = synthetic.write_cell_painting(tmp_path / "screen", image_size=16, plates=1, sites_per_well=1)
+    csv = str(root / "metadata.csv")
+
+    def check(data_root: str, *overrides: str) -> subprocess.CompletedProcess:
+        return _gandl("--config", "configs/demo.py", "--workdir", str(tmp_path / "run"), "--mode", "check",
+                      "--config.data.kind=generic", f"--config.data.root={data_root}",
+                      "--config.zeroshot.enabled=False",
+                      "--config.data.channel_columns=('FileName_DNA', 'FileName_Actin', 'FileName_RNA')",
+                      "--config.screen.plate=Metadata_Plate", "--config.screen.well=Metadata_Well",
+                      "--config.screen.site=Metadata_Site", *overrides)
+
+    wrong_root = check("/no/such/screen.csv")
+    assert _error_line(wrong_root) == "gandl: /no/such/screen.csv: no such file"
+    channels = check(csv)  # the demo's 5-channel model on a 3-channel screen
+    assert _error_line(channels).startswith(f"gandl: model.num_channels=5: {csv} has 3 channels ('FileName_DNA', ")
+    assert _error_line(channels).endswith("set model.num_channels=3")
+    query = check(csv, "--config.model.num_channels=3", "--config.screen.negative=compound == 'DMSO'")
+    assert _error_line(query).startswith("gandl: screen.negative=\"compound == 'DMSO'\" names column 'compound', which "
+                                         "the metadata lacks (columns: site_id, well_id, Metadata_Plate, ")
+    for out in (wrong_root, channels, query):
+        assert "train step" not in out.stdout  # refused before the config check traced anything
+
+
+def test_modes_that_run_no_model_trace_nothing(tmp_path):
+    out = _gandl("--config", "configs/demo.py", "--workdir", str(tmp_path), "--mode", "analyze")
+    assert "config check passed (--mode analyze runs no model: nothing traced)" in out.stdout, out.stderr[-3000:]
+    assert _error_line(out) == f"gandl: no embeddings in {tmp_path}/embeddings: run mode=embed first"
+    preview = _error_line(_gandl("--config", "configs/demo.py", "--workdir", str(tmp_path), "--mode", "preview"))
+    assert preview.startswith(f"gandl: {tmp_path}/shards: no converted shards there (no manifest.json); run --mode "
+                              "convert first")
