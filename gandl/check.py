@@ -180,7 +180,7 @@ RULES: dict[str, Rule] = {
     # gandl.analysis.tasks.AnalysisConfig (tests/test_check.py holds these enumerations to the analysis' own).
     "analysis.normalization": _one_of("none", "center_scale", "tvn"), "analysis.level": _one_of("site", "well"),
     "analysis.c": _RATE, "analysis.n_splits": _integer(2), "analysis.group_by": _one_of("plate", "experiment"),
-    "analysis.uv_is_positive": _BOOL, "analysis.highlight": _sequence(_NAME), "analysis.top_k": _COUNT,
+    "analysis.uv_is_positive": _BOOL, "analysis.top_k": _COUNT,
     "analysis.flat_threshold": _number(0), "analysis.toxic_threshold": _number(0),
     "analysis.fdr": _number(0, 1, open_low=True, open_high=True), "analysis.seed": _SEED, "analysis.truth": _TEXT,
 }

@@ -108,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Analysis (gandl.analysis.report.AnalysisConfig fields).
     config.analysis = ml_collections.ConfigDict(dict(
         normalization="none", level="site", c=1.0, n_splits=5, group_by="plate", uv_is_positive=False,
-        highlight=("Remdesivir", "GS-441524", "Polydatin"), top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
+        top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
         fdr=0.05,  # false discovery rate of the hit calls
         seed=0,
         truth=""))  # a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the screen, if any

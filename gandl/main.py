@@ -286,9 +286,11 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise FileNotFoundError(f"embed.step={step}: no embeddings in {folder}; run mode=embed with it first")
     truth = read_truth(config, workdir)
     sets, d = analysis_io.load_feature_sets(folder), config.data
+    schema = screen_lib.from_config(config.screen.to_dict(), d.kind)
+    if config.analysis.uv_is_positive and schema == screen_lib.PRESETS["rxrx19a"]:
+        schema = screen_lib.PRESETS["rxrx19a_uv"]  # the one RxRx19a knob the probe and the comparator read too
     if d.root or not d.shards:  # the screen the shards were converted from
         source = screen_lib.Source.from_config(d, layout.raw(config, workdir))
-        schema = screen_lib.from_config(config.screen.to_dict(), d.kind)
         check_site_ids(sets, lambda: _metadata(screen_lib.read_screen(source, schema)))
     zeroshot = analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
     if zeroshot and not config.zeroshot.shards:
@@ -299,7 +301,8 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
         fold_sets = {registry.get("imagenet").label: analysis_io.load_fold_sets(folder)}
     result = report.analyze(sets, layout.analysis(workdir),
                             report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
-                            truth=truth, fold_sets=fold_sets, source=describe_source(config, workdir, folder))
+                            truth=truth, fold_sets=fold_sets, source=describe_source(config, workdir, folder),
+                            schema=schema)
     logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))
     return result
 

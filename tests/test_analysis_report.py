@@ -111,7 +111,7 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
     assert set(result["hits"]["cell_type"]) == {"HRCE"}
     with pytest.raises(ValueError, match="align them by site_id"):
         report.analyze_screen(feats[:-1], meta)
-    with pytest.raises(ValueError, match="missing columns"):
+    with pytest.raises(ValueError, match="screen.perturbation='treatment'"):
         report.analyze_screen(feats, meta.drop(columns="treatment"))
     with pytest.raises(io.JoinError, match="without metadata"):
         io.align(feats, meta["site_id"].str.replace("HRCE", "HRCE-x"), meta)

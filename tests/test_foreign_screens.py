@@ -1,6 +1,7 @@
 """Screens in their users' own terms, end to end: a CellProfiler-style CSV of 16-bit TIFFs and two OME-Zarr plates
 with a plate map convert, train and embed, and every metadata value comes back exactly in npz, parquet and h5ad."""
 
+import json
 import os
 import shutil
 
@@ -105,3 +106,25 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
     for column in ("Metadata_Compound", "Metadata_Dose_uM", "Metadata_Note"):
         assert joined[column].tolist() == joined[f"{column}_map"].tolist(), column
     assert meta["Metadata_Dose_uM"].dtype == np.float64 and meta["site"].dtype == np.int64
+
+
+def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
+    cfg, workdir, _ = csv_run
+    result = main.run_analyze(cfg, workdir)
+    out = os.path.join(workdir, "analysis")
+    with open(os.path.join(out, "analysis.json")) as f:
+        folders = json.load(f)["folders"]
+    for name in result["screens"]:
+        outcome = result["screens"][name]
+        ran = set(outcome["results"])
+        assert {"controls", "efficacy", "dose_response", "activity"} <= ran, outcome["skipped"]
+        table1 = outcome["table1"].set_index("task")
+        assert table1.loc["C+ vs C- (all cell lines)", "status"] == "ok"
+        hits = pd.read_csv(os.path.join(out, folders[name], "hits.csv"))
+        assert {"Metadata_Compound", "Metadata_CellLine", "hit", "q"} <= set(hits.columns)
+        assert set(hits["Metadata_Compound"]) == {"cpd-7"}  # controls (DMSO, staurosporine) are never hits
+        doses = pd.read_csv(os.path.join(out, folders[name], "dose_response.csv"))
+        assert sorted(doses["Metadata_Dose_uM"]) == list(synthetic.CELL_PAINTING_DOSES_UM)
+        assert os.path.getsize(os.path.join(out, folders[name], "map_activity.csv")) > 0
+    report = open(os.path.join(out, "report.md")).read()
+    assert "C+ = staurosporine" in report and "C- = DMSO" in report and "SARS" not in report

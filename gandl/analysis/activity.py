@@ -31,10 +31,10 @@ from copairs.map.normalization import expected_ap
 from scipy import stats
 
 from gandl.analysis import efficacy
-from gandl.data import rxrx
+from gandl.analysis.io import control_role
 
 GROUP = ["cell_type", "treatment", "treatment_conc"]  # one hypothesis: a compound at one dose in one cell line
-NEEDED = ["cell_type", "disease_condition", "treatment", "treatment_conc"]
+NEEDED = ["cell_type", "treatment", "treatment_conc"]  # and `role`, or RxRx19a's disease_condition
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 def _check(features: np.ndarray, metadata: pd.DataFrame) -> None:
-    missing = [c for c in NEEDED if c not in metadata.columns]
+    missing = [c for c in NEEDED + ([] if "role" in metadata else ["disease_condition"]) if c not in metadata.columns]
     if missing:
         raise ValueError(f"well metadata is missing columns {missing}; mAP needs {NEEDED}")
     if len(features) != len(metadata):
@@ -183,7 +183,7 @@ def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_si
     """
     _check(features, metadata)
     unit = _unit_rows(features)
-    role = rxrx.control_role(metadata).to_numpy()
+    role = control_role(metadata).to_numpy()
     rows, aps, configs = [], [], []
     for line, pool in metadata.groupby("cell_type", sort=True).indices.items():
         controls = pool[role[pool] == "C-"]
@@ -216,7 +216,7 @@ def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups:
     """
     _check(features, metadata)
     unit = _unit_rows(features)
-    treated = rxrx.control_role(metadata).to_numpy() == "treated"
+    treated = control_role(metadata).to_numpy() == "treated"
     if groups is not None:
         chosen = pd.MultiIndex.from_frame(groups[GROUP])
         treated &= pd.MultiIndex.from_frame(metadata[GROUP]).isin(chosen)

@@ -21,8 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from gandl.analysis.io import group_means, plate_key
-from gandl.data.rxrx import control_role
+from gandl.analysis.io import control_role, group_means, plate_key
 
 NORMALIZATIONS = ("none", "center_scale", "tvn")
 

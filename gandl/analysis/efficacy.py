@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics
 
-from gandl.data.rxrx import control_role
+from gandl.analysis.io import control_role
 
 WELL_KEYS = ["treatment", "cell_type", "treatment_conc"]  # one dose point of one curve
 CURVE_KEYS = ["treatment", "cell_type"]

@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 
 from gandl.analysis.efficacy import hill
 
-ROLE_STYLE = {"C+": ("#2ca02c", "C+ (Mock)"), "C-": ("#d62728", "C- (Active SARS-CoV-2)"),
-              "UV": ("#ff7f0e", "UV-inactivated")}
+ROLE_COLOURS = {"C+": "#2ca02c", "C-": "#d62728", "other": "#ff7f0e"}  # other: untreated, neither control
 
 
 def _png(fig: Figure) -> bytes:
@@ -41,18 +40,22 @@ def _panels(n: int, rows: int = 1, size: float = 4.0) -> tuple[Figure, np.ndarra
     return fig, axes
 
 
-def controls_figure(coords: pd.DataFrame, threshold: float | None = None) -> bytes:
+def controls_figure(coords: pd.DataFrame, threshold: float | None = None,
+                    names: dict[str, str] | None = None) -> bytes:
     """Figure 3: control sites in the E² plane (on-perturbation x, off-perturbation y), one panel per line.
 
-    `threshold` is the SVM boundary on the scaled on-axis, drawn as a dashed line.
+    `threshold` is the SVM boundary on the scaled on-axis, drawn as a dashed line; `names` says what the
+    screen calls C+ and C- (its schema's control names) for the legend.
     """
+    names = {"other": "other untreated", **(names or {})}
     lines = sorted(coords["cell_type"].astype(str).unique())
     fig, axes = _panels(len(lines))
     for ax, line in zip(axes, lines):
         sub = coords[coords["cell_type"] == line]
-        for role, (colour, label) in ROLE_STYLE.items():
+        for role, colour in ROLE_COLOURS.items():
             pts = sub[sub["role"] == role]
             if len(pts):
+                label = f"{role} ({names[role]})" if role in ("C+", "C-") and role in names else names.get(role, role)
                 ax.scatter(pts["on"], pts["off"], s=8, c=colour, alpha=0.6, label=f"{label} (n={len(pts)})")
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=0.8)

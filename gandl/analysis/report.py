@@ -28,10 +28,10 @@ import pandas as pd
 from absl import logging
 
 from gandl import fileio
-from gandl.analysis import classify, markup
+from gandl.analysis import classify, io, markup
 from gandl.analysis.io import aggregate_wells
 from gandl.analysis.tasks import SCREEN_TASKS, ZEROSHOT_TASKS, AnalysisConfig, FoldSet, Inputs, Result, Task
-from gandl.data.vocabulary import RXRX19A_REQUIRED
+from gandl.data.screen import ScreenSchema
 
 __all__ = ["AnalysisConfig", "analyze", "analyze_screen", "analyze_zeroshot"]
 
@@ -127,7 +127,7 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
 
 def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
                    truth: pd.DataFrame | None = None, folder: str = "features",
-                   fold_sets: Sequence[FoldSet] | None = None) -> dict:
+                   fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None) -> dict:
     """Table 1, E²/C² coordinates, efficacy scores, dose-response and hits for one RxRx19a feature set.
 
     `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
@@ -138,8 +138,9 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
     reason) and `results`.
     """
-    _check_inputs(features, metadata, RXRX19A_REQUIRED)
-    site_metadata = metadata.reset_index(drop=True)
+    schema = schema or io.default_schema(config.uv_is_positive)
+    _check_inputs(features, metadata, ())
+    site_metadata = io.screen_view(metadata, schema)
     per_fold = None if fold_sets is None else bool(fold_sets)
     try:
         unfitted = classify.plate_normalize(features, site_metadata, config.normalization,
@@ -154,7 +155,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
         return dict(_outcome(SCREEN_TASKS, {}, {t.name: reason for t in SCREEN_TASKS}),
                     protocol=protocol(config, None, per_fold))
     inputs = Inputs(x, metadata, config, folder, {}, truth, (np.asarray(features), site_metadata), fold_sets,
-                    unfitted)
+                    unfitted, schema)
     results, skipped = run_tasks(SCREEN_TASKS, inputs)
     outcome = _outcome(SCREEN_TASKS, results, skipped)
     return dict(outcome, protocol=protocol(config, outcome.get("table1"), per_fold))
@@ -203,12 +204,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "features"
 
 
-def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str]) -> dict[str, bytes]:
+def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str],
+                   names: Mapping[str, str] | None = None) -> dict[str, bytes]:
     """Every table (CSV, Table 1 also as markdown) and figure of one outcome, their paths appended to `files`;
-    returns the figures by their path relative to the report."""
+    returns the figures by their path relative to the report. `names` renames the analysis' columns to the
+    screen's own (`io.output_names`)."""
     figures = {}
     for result in outcome["results"].values():
-        texts = {f"{stem}.csv": table.to_csv(index=index) for stem, (table, index) in result.tables.items()}
+        texts = {f"{stem}.csv": table.rename(columns=names or {}).to_csv(index=index)
+                 for stem, (table, index) in result.tables.items()}
         if "table1_controls" in result.tables:
             texts["table1_controls.md"] = markup.markdown_table(*result.tables["table1_controls"])
         for file, text in texts.items():
@@ -222,10 +226,14 @@ def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str]) -
 
 
 def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots: Mapping[str, dict],
-                   config: AnalysisConfig, source: str = "") -> list[markup.Block]:
+                   config: AnalysisConfig, schema: ScreenSchema, source: str = "") -> list[markup.Block]:
+    columns = ", ".join(f"{field} = {column}" for field, column in schema.columns().items())
     blocks: list[markup.Block] = [
         ("heading", 1, "GAN-DL analysis"), *([("text", source)] if source else []),
         ("text", f"Settings: {', '.join(f'{k}={v}' for k, v in dataclasses.asdict(config).items())}."),
+        ("text", f"Screen: C+ = {schema.positive_name} ({schema.positive or 'none declared'}), C- = "
+                 f"{schema.negative_name} ({schema.negative or 'none declared'}); columns: {columns}. "
+                 "\"cell line\" below is the screen's biological group."),
         ("text", "Cross-validation holds out whole plates (or experiments): every fitted step of a Table 1 "
                  "or zero-shot number is fitted on the training folds only"
                  + (" (the per-plate normalisation uses each plate's own control sites, C+ and C- pooled, "
@@ -259,7 +267,7 @@ def _protocol_record(name: str, screens: Mapping[str, dict], zeroshots: Mapping[
 def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: AnalysisConfig = AnalysisConfig(),
             *, zeroshot_sets: Mapping[str, FeatureSet] | None = None,
             truth: pd.DataFrame | None = None, fold_sets: Mapping[str, Sequence[FoldSet]] | None = None,
-            source: str = "") -> dict:
+            source: str = "", schema: ScreenSchema | None = None) -> dict:
     """Run every analysis task on every feature set and write the report folder; returns the results.
 
     `source` says where the features come from (e.g. which checkpoint, and how it was chosen): the report's
@@ -268,8 +276,10 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     names to RxRx1-shaped (features, metadata) for zero-shot cell typing; `truth` (a synthetic screen's
     truth.csv) adds the agreement with the hidden efficacy. Returns {"summary", "screens", "zeroshot",
     "skipped", "files"}. `fold_sets` maps a name to its per-fold control features (see `analyze_screen`): an
-    extractor fitted on the controls' labels must come with them (an empty list skips its Table 1).
+    extractor fitted on the controls' labels must come with them (an empty list skips its Table 1). `schema`
+    says which metadata columns and sites are what (default RxRx19a's); the tables use the screen's own names.
     """
+    schema = schema or io.default_schema(config.uv_is_positive)
     if not feature_sets:
         raise ValueError("analyze needs at least one feature set")
     zeroshot_sets = zeroshot_sets or {}
@@ -283,15 +293,16 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     unknown = sorted(set(fold_sets) - set(feature_sets))
     if unknown:
         raise ValueError(f"per-fold sets {unknown} have no screen feature set of the same name")
-    screens = {name: analyze_screen(f, m, config, truth, folders[name], fold_sets.get(name))
+    screens = {name: analyze_screen(f, m, config, truth, folders[name], fold_sets.get(name), schema)
                for name, (f, m) in feature_sets.items()}
     zeroshots = {name: analyze_zeroshot(f, m, config, folders[name]) for name, (f, m) in zeroshot_sets.items()}
     summary = summary_table(screens, zeroshots)
     figures: dict[str, bytes] = {}
     files: list[str] = []
-    for outcomes in (screens, zeroshots):
-        for name, outcome in outcomes.items():
-            figures.update(_write_outcome(outcome, out_dir, folders[name], files))
+    for name, outcome in screens.items():
+        figures.update(_write_outcome(outcome, out_dir, folders[name], files, io.output_names(schema)))
+    for name, outcome in zeroshots.items():
+        figures.update(_write_outcome(outcome, out_dir, folders[name], files))
     fileio.write_text(os.path.join(out_dir, "summary.csv"), summary.to_csv(index=True))
     skipped = {name: {**screens[name]["skipped"], **(zeroshots[name]["skipped"] if name in zeroshots else {})}
                for name in feature_sets}
@@ -300,7 +311,7 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
                   zeroshot={name: r["summary"] for name, r in zeroshots.items() if "summary" in r},
                   protocol={name: _protocol_record(name, screens, zeroshots) for name in screens})
     fileio.write_json(os.path.join(out_dir, "analysis.json"), record)
-    blocks = _report_blocks(summary, screens, zeroshots, config, source)
+    blocks = _report_blocks(summary, screens, zeroshots, config, schema, source)
     fileio.write_text(os.path.join(out_dir, "report.md"), markup.render_markdown(blocks))
     fileio.write_text(os.path.join(out_dir, "report.html"), markup.render_html(blocks, figures))
     skips = [f"{name}: {task}: {why}" for name, tasks in skipped.items() for task, why in tasks.items()]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from gandl.analysis.classify import hyperplane, make_svm
-from gandl.data.rxrx import control_role
+from gandl.analysis.io import control_role
 
 
 @dataclasses.dataclass(frozen=True)

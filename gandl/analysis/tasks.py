@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gandl.analysis import activity, classify, efficacy, plots, spaces, zeroshot
+from gandl.analysis import activity, classify, efficacy, io, plots, spaces, zeroshot
 from gandl.analysis.io import JoinError, aggregate_wells, align
 from gandl.analysis.markup import Block
+from gandl.data.screen import ScreenSchema
 
 # Control-site features of one cross-validation fold's extractor, their metadata, and the groups it held out.
 FoldSet = tuple[np.ndarray, pd.DataFrame, Sequence[str]]
@@ -33,8 +34,7 @@ class AnalysisConfig:
     n_splits: int = 5  # at most this many grouped folds
     group_by: str = "plate"  # plate | experiment: what a fold holds out
     uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
-    highlight: tuple[str, ...] = ("Remdesivir", "GS-441524", "Polydatin")  # Figures 4 and 5
-    top_k: int = 5  # best-ranked compounds per cell line drawn in Figure 5 and listed in the report
+    top_k: int = 5  # best-ranked compounds per cell line listed, and drawn when the schema highlights none
     flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
     toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
     fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
@@ -65,6 +65,7 @@ class Inputs:
     sites: tuple[np.ndarray, pd.DataFrame] | None = None  # the raw site-level features: steps fitted per fold
     fold_sets: Sequence[FoldSet] | None = None  # per-fold control features of a label-fitted extractor
     unfitted: np.ndarray | None = None  # `features` before any step fitted on labels (cross-fitted steps)
+    schema: ScreenSchema = io.default_schema()  # the screen's columns and controls (names in legends)
 
 
 @dataclasses.dataclass
@@ -83,6 +84,10 @@ class Task:
     title: str  # the side-by-side row of a skipped task
     run: Callable[[Inputs], Result]
     needs: tuple[str, ...] = ()  # tasks whose values this one reads
+
+
+def _control_names(schema: ScreenSchema) -> dict[str, str]:
+    return {"C+": schema.positive_name, "C-": schema.negative_name}
 
 
 def _common(config: AnalysisConfig) -> dict:
@@ -133,9 +138,16 @@ def controls_task(inp: Inputs) -> Result:
                   values=dict(table1=table1))
 
 
-def _highlighted(coords: pd.DataFrame, config: AnalysisConfig) -> list[str]:
-    """The highlighted compounds this screen holds (Figure 4 draws only these; absent ones are skipped)."""
-    return [c for c in config.highlight if c in set(coords["treatment"])]
+def highlighted(inp: Inputs) -> list[str]:
+    """The compounds the figures draw: the schema's highlights this screen holds, else each cell line's top
+    `top_k` by best mean score (the hit table's ranks)."""
+    present = set(inp.metadata["treatment"])
+    chosen = [c for c in inp.schema.highlight if c in present]
+    hits = inp.earlier.get("dose_response", {}).get("hits")
+    if chosen or hits is None or not len(hits):
+        return chosen
+    return list(dict.fromkeys(hits.sort_values(["rank", "cell_type"]).loc[lambda t: t["rank"] <= inp.config.top_k,
+                                                                             "treatment"]))
 
 
 def spaces_task(inp: Inputs) -> Result:
@@ -145,11 +157,12 @@ def spaces_task(inp: Inputs) -> Result:
     coords = spaces.coordinates(inp.features, inp.metadata, axes, cfg.uv_is_positive)
     threshold = float(axes.scale_on(axes.threshold))
     out = Result(tables={"spaces": (coords, False)},
-                 figures={"fig3_controls.png": plots.controls_figure(coords[coords["role"] != "treated"], threshold)},
+                 figures={"fig3_controls.png": plots.controls_figure(
+                     coords[coords["role"] != "treated"], threshold, _control_names(inp.schema))},
                  blocks=[("figure", "E² controls (axis fitted on all controls: descriptive)",
                           f"{inp.folder}/fig3_controls.png")],
                  values=dict(axes=axes, coordinates=coords))
-    present = _highlighted(coords, cfg)
+    present = highlighted(inp)
     if present:
         out.figures["fig4_compounds.png"] = plots.compounds_figure(coords, present)
         out.blocks.append(("figure", "C² compounds (axis fitted on all controls: descriptive)",
@@ -225,8 +238,8 @@ def dose_response_task(inp: Inputs) -> Result:
             out.summary.update({f"{line}: hidden efficacy {label}": values[key] for key, label in TRUTH_ROWS})
         out.values["truth"] = agreement
     if len(hits):
-        out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, hits, cfg.highlight,
-                                                                           cfg.top_k)
+        out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, hits,
+                                                                           inp.schema.highlight, cfg.top_k)
         out.blocks += [("heading", 3, f"Top {cfg.top_k} compounds per cell line"),
                        ("table", hits[hits["rank"] <= cfg.top_k][HIT_COLUMNS], False),
                        ("figure", "dose-response", f"{inp.folder}/fig5_dose_response.png")]
@@ -265,7 +278,7 @@ def activity_task(inp: Inputs) -> Result:
         if len(consistency):
             out.summary["phenotypic consistency (active groups): fraction with q < 0.05"] = \
                 activity.fraction_active(consistency)
-    out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, cfg.highlight)
+    out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, highlighted(inp))
     floor = act.attrs["p_floor"]
     out.blocks += [("heading", 3, "Phenotypic activity (mAP against C-)"),
                    ("text", f"Permutation p-values floor at {floor:.2g} ({round(1 / floor) - 1} draws), below half "
@@ -293,9 +306,9 @@ def zeroshot_task(inp: Inputs) -> Result:
 
 SCREEN_TASKS = (
     Task("controls", "Table 1 (control classification)", controls_task),
-    Task("spaces", "E²/C² spaces and efficacy scores", spaces_task),
     Task("efficacy", "cross-fitted efficacy scores", efficacy_task),
     Task("dose_response", "dose-response and hits", dose_response_task, needs=("efficacy",)),
+    Task("spaces", "E²/C² spaces", spaces_task),
     Task("activity", "phenotypic activity (copairs mAP)", activity_task),
 )
 ZEROSHOT_TASKS = (
