@@ -300,7 +300,9 @@ def run_analyze(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if tf.io.gfile.exists(os.path.join(folder, "imagenet.npz")):  # fitted on labels: Table 1 needs its folds
         fold_sets = {registry.get("imagenet").label: analysis_io.load_fold_sets(folder)}
     result = report.analyze(sets, layout.analysis(workdir),
-                            report.AnalysisConfig(**config.analysis.to_dict()), zeroshot_sets=zeroshot or None,
+                            report.AnalysisConfig(**config.analysis.to_dict(),
+                                                  well_aggregate=config.embed.well_aggregate),
+                            zeroshot_sets=zeroshot or None,
                             truth=truth, fold_sets=fold_sets, source=describe_source(config, workdir, folder),
                             schema=schema)
     logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))

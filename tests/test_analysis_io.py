@@ -78,3 +78,15 @@ def test_plate_key():
     meta = pd.DataFrame({"experiment": ["A", "A", "B"], "plate": [1, 2, 1]})
     assert io.plate_key(meta).tolist() == ["A_1", "A_2", "B_1"]
     assert io.plate_key(meta, "experiment").tolist() == ["A", "A", "B"]
+
+
+def test_well_medians_resist_one_outlying_site():
+    features = np.array([[0.0, 1.0], [0.2, 1.2], [9.0, 50.0], [4.0, 4.0]], np.float32)
+    meta = pd.DataFrame({"site_id": list("abcd"), "well_id": ["w1", "w1", "w1", "w2"], "site": [1, 2, 3, 1]})
+    medians, wells = io.aggregate_wells(features, meta, "median")
+    means, _ = io.aggregate_wells(features, meta, "mean")
+    np.testing.assert_allclose(medians, [[0.2, 1.2], [4.0, 4.0]])
+    np.testing.assert_allclose(means[0], [9.2 / 3, 52.2 / 3], rtol=1e-6)
+    assert wells["n_sites"].tolist() == [3, 1] and wells["site_id"].tolist() == ["w1", "w2"]
+    with pytest.raises(ValueError, match="well aggregate"):
+        io.aggregate_wells(features, meta, "max")

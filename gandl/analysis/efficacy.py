@@ -102,23 +102,28 @@ def _plate_id(metadata: pd.DataFrame) -> pd.Series:
     return metadata["experiment"].astype(str) + "_" + metadata["plate"].astype(str)
 
 
-def _well_means(scores: np.ndarray, metadata: pd.DataFrame, rows: np.ndarray, keys: list[str]) -> pd.DataFrame:
-    """Mean finite score per well among `rows`, with the well's `keys`, its plate_id and n_sites."""
+def _well_means(scores: np.ndarray, metadata: pd.DataFrame, rows: np.ndarray, keys: list[str],
+                how: str = "mean") -> pd.DataFrame:
+    """The `how` (mean / median) of the finite scores per well among `rows`, with the well's `keys`, its plate_id
+    and n_sites."""
     frame = metadata[keys + ["well_id"]].assign(plate_id=_plate_id(metadata), score=scores)
     frame = frame[rows & np.isfinite(frame["score"].to_numpy())]
     return (frame.groupby(keys + ["plate_id", "well_id"], sort=True)["score"]
-            .agg(score="mean", n_sites="size").reset_index())
+            .agg(score=how, n_sites="size").reset_index())
 
 
-def well_scores(scores: np.ndarray, metadata: pd.DataFrame) -> pd.DataFrame:
-    """Mean efficacy score per treated well: treatment, cell_type, treatment_conc, plate_id, score, n_sites."""
-    return _well_means(scores, metadata, (metadata["treatment"] != "").to_numpy(), WELL_KEYS)
+def well_scores(scores: np.ndarray, metadata: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
+    """Efficacy score per treated well (mean or median of its sites): treatment, cell_type, treatment_conc,
+    plate_id, score, n_sites."""
+    return _well_means(scores, metadata, (metadata["treatment"] != "").to_numpy(), WELL_KEYS, how)
 
 
-def control_wells(scores: np.ndarray, metadata: pd.DataFrame, uv_is_positive: bool = False) -> pd.DataFrame:
-    """Mean efficacy score per disease-control (C-) well: cell_type, plate_id, well_id, score, n_sites."""
+def control_wells(scores: np.ndarray, metadata: pd.DataFrame, uv_is_positive: bool = False,
+                  how: str = "mean") -> pd.DataFrame:
+    """Efficacy score per disease-control (C-) well (as `well_scores`): cell_type, plate_id, well_id, score,
+    n_sites."""
     rows = (control_role(metadata, uv_is_positive) == "C-").to_numpy()
-    return _well_means(scores, metadata, rows, ["cell_type"])
+    return _well_means(scores, metadata, rows, ["cell_type"], how)
 
 
 def dose_response(wells: pd.DataFrame) -> pd.DataFrame:

@@ -141,20 +141,28 @@ def group_means(features: np.ndarray, codes: np.ndarray, num_groups: int) -> tup
         return sums / counts[:, None], counts
 
 
-def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """Mean feature vector per well (well_id) and the well's metadata (its first site's), with `n_sites`.
+WELL_AGGREGATES = ("median", "mean")
+
+
+def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame, how: str = "mean") -> tuple[np.ndarray, pd.DataFrame]:
+    """Feature vector per well (well_id: the `how` of its sites, "mean" or "median") and the well's metadata
+    (its first site's), with `n_sites`; the same statistic as the exported well profiles' `embed.well_aggregate`.
 
     The well's `site_id` becomes its `well_id`, so the aggregated table still satisfies the id contract.
     """
+    if how not in WELL_AGGREGATES:
+        raise ValueError(f"well aggregate must be one of {WELL_AGGREGATES}, got {how!r}")
     codes, wells = pd.factorize(metadata["well_id"].astype(str), sort=False)
-    means, counts = group_means(features, codes, len(wells))
+    values, counts = group_means(features, codes, len(wells))
+    if how == "median":
+        values = pd.DataFrame(np.asarray(features)).groupby(codes, sort=True).median().to_numpy()
     first = np.full(len(wells), len(codes), np.int64)
     np.minimum.at(first, codes, np.arange(len(codes)))
     meta = metadata.iloc[first].drop(columns=[c for c in ("site", "site_id") if c in metadata])
     meta = meta.reset_index(drop=True)
     meta.insert(0, "site_id", meta["well_id"].astype(str))
     meta["n_sites"] = counts
-    return means.astype(np.float32), meta
+    return values.astype(np.float32), meta
 
 
 def load_feature_sets(folder: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:

@@ -147,7 +147,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
                                             uv_is_positive=config.uv_is_positive)
         metadata = site_metadata
         if config.level == "well":
-            unfitted, metadata = aggregate_wells(unfitted, site_metadata)
+            unfitted, metadata = aggregate_wells(unfitted, site_metadata, config.well_aggregate)
         x = (classify.normalize(unfitted, metadata, "tvn", uv_is_positive=config.uv_is_positive, centred=True)
              if config.normalization == "tvn" else unfitted)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run

@@ -38,6 +38,7 @@ class AnalysisConfig:
     flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
     toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
     fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
+    well_aggregate: str = "mean"  # mean | median of a well's sites (gandl.main passes embed.well_aggregate)
     seed: int = 0
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
 
@@ -46,6 +47,8 @@ class AnalysisConfig:
             raise ValueError(f"normalization must be one of {classify.NORMALIZATIONS}, got {self.normalization!r}")
         if self.level not in ("site", "well"):
             raise ValueError(f"level must be 'site' or 'well', got {self.level!r}")
+        if self.well_aggregate not in io.WELL_AGGREGATES:
+            raise ValueError(f"well_aggregate must be one of {io.WELL_AGGREGATES}, got {self.well_aggregate!r}")
         if self.group_by not in ("plate", "experiment"):
             raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
         if not 0.0 < self.fdr < 1.0:
@@ -125,8 +128,8 @@ def controls_task(inp: Inputs) -> Result:
     fold_x = None if fold_x is None else [plate_step(f) for f in fold_x]
     table_meta = ctrl_meta
     if cfg.level == "well":
-        ctrl_x, table_meta = aggregate_wells(ctrl_x, ctrl_meta)
-        fold_x = None if fold_x is None else [aggregate_wells(f, ctrl_meta)[0] for f in fold_x]
+        ctrl_x, table_meta = aggregate_wells(ctrl_x, ctrl_meta, cfg.well_aggregate)
+        fold_x = None if fold_x is None else [aggregate_wells(f, ctrl_meta, cfg.well_aggregate)[0] for f in fold_x]
     table1 = classify.classify_controls(ctrl_x, table_meta, n_splits=cfg.n_splits, group_by=cfg.group_by,
                                         whiten=cfg.normalization == "tvn", fold_features=fold_x,
                                         fold_held_out=held_out, **_common(cfg))
@@ -218,8 +221,8 @@ def dose_response_task(inp: Inputs) -> Result:
     """Efficacy per compound and dose (well means), Hill fits and the hit table; agreement with a known truth."""
     cfg = inp.config
     scores = inp.earlier["efficacy"]["efficacy"]["efficacy"].to_numpy()
-    wells = efficacy.well_scores(scores, inp.metadata)
-    controls = efficacy.control_wells(scores, inp.metadata, cfg.uv_is_positive)
+    wells = efficacy.well_scores(scores, inp.metadata, cfg.well_aggregate)
+    controls = efficacy.control_wells(scores, inp.metadata, cfg.uv_is_positive, cfg.well_aggregate)
     dose_response = efficacy.dose_tests(wells, controls)
     hits = efficacy.hit_table(wells, controls, fdr=cfg.fdr, flat_threshold=cfg.flat_threshold,
                               toxic_threshold=cfg.toxic_threshold, doses=dose_response)
@@ -260,7 +263,8 @@ def activity_task(inp: Inputs) -> Result:
     """
     cfg = inp.config
     _refuse_label_fitted(inp, "phenotypic activity")
-    x, meta = (inp.features, inp.metadata) if cfg.level == "well" else aggregate_wells(inp.features, inp.metadata)
+    x, meta = ((inp.features, inp.metadata) if cfg.level == "well"
+               else aggregate_wells(inp.features, inp.metadata, cfg.well_aggregate))
     act = activity.phenotypic_activity(x, meta, alpha=MAP_ALPHA, seed=cfg.seed)
     compounds = activity.compound_table(act, MAP_ALPHA)
     out = Result(tables={"map_activity": (act, False), "map_compounds": (compounds, False)},
