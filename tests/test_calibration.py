@@ -52,3 +52,9 @@ def test_within_plate_shuffle_removes_a_real_effect(layout):
     null = calibration.error_rates(report.analyze_screen(calibration.shuffle_within_plates(features, layout, rng),
                                                          layout))
     assert null["hit_rate"] <= 0.05 and null["table1_accuracy"] < 0.7
+
+
+def test_constant_features_skip_every_task_with_the_reason(layout):
+    outcome = report.analyze_screen(np.ones((len(layout), 8), np.float32), layout)
+    assert set(outcome["skipped"]) == {"controls", "efficacy", "dose_response", "spaces", "activity"}
+    assert all("no variance" in why for why in outcome["skipped"].values())

@@ -125,6 +125,12 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
             "dose_response": crossfit, "hits": hits, "map_activity": activity}
 
 
+def _none_ran(reason: str, config: AnalysisConfig, per_fold: bool | None) -> dict:
+    """The outcome of a screen no task can run on: every task skipped with `reason`."""
+    return dict(_outcome(SCREEN_TASKS, {}, {t.name: reason for t in SCREEN_TASKS}),
+                protocol=protocol(config, None, per_fold))
+
+
 def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
                    truth: pd.DataFrame | None = None, folder: str = "features",
                    fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None) -> dict:
@@ -142,6 +148,9 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     _check_inputs(features, metadata, ())
     site_metadata = io.screen_view(metadata, schema)
     per_fold = None if fold_sets is None else bool(fold_sets)
+    if len(features) and not np.ptp(np.asarray(features), axis=0).any():
+        return _none_ran("every site has the same features (constant images?): no variance to analyse", config,
+                         per_fold)
     try:
         unfitted = classify.plate_normalize(features, site_metadata, config.normalization,
                                             uv_is_positive=config.uv_is_positive)
@@ -151,9 +160,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
         x = (classify.normalize(unfitted, metadata, "tvn", uv_is_positive=config.uv_is_positive, centred=True)
              if config.normalization == "tvn" else unfitted)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run
-        reason = f"{config.normalization} normalisation: {e}"
-        return dict(_outcome(SCREEN_TASKS, {}, {t.name: reason for t in SCREEN_TASKS}),
-                    protocol=protocol(config, None, per_fold))
+        return _none_ran(f"{config.normalization} normalisation: {e}", config, per_fold)
     inputs = Inputs(x, metadata, config, folder, {}, truth, (np.asarray(features), site_metadata), fold_sets,
                     unfitted, schema)
     results, skipped = run_tasks(SCREEN_TASKS, inputs)
