@@ -135,6 +135,7 @@ _FEATURE_SETS = _sequence(Rule(lambda v: v in registry.EXTRACTORS,
                           nonempty=True)
 _SEED, _COUNT, _SIZE = _integer(0), _integer(1), _integer(0)
 _RATE, _PROBABILITY, _DECAY = _number(0, open_low=True), _number(0, 1), _number(0, 1, open_high=True)
+_FACTOR = _number(0, 1, open_low=True)
 # Arguments of gandl.data.synthetic's writers (write_rxrx19a for `synthetic`, write_rxrx1 for `zeroshot.synthetic`).
 _SYNTHETIC = {"seed": _SEED, "plates_per_cell_line": _COUNT, "plates_per_experiment": _COUNT, "sites_per_well": _COUNT,
               "bit_depth": _one_of(8, 16)}
@@ -149,7 +150,8 @@ RULES: dict[str, Rule] = {
     "data.augment": _BOOL, "data.shuffle_buffer": _COUNT, "data.rxrx1_utils_image_size": _COUNT,
     **{f"synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
     "synthetic.image_size": _integer(16, 1024), "synthetic.num_compounds": _integer(3),
-    "synthetic.control_wells_per_plate": _sequence(_SIZE, length=4),
+    "synthetic.control_wells_per_plate": _sequence(_SIZE, length=4), "synthetic.morphology_only": _BOOL,
+    "synthetic.phenotype_strength": _FACTOR, "synthetic.cell_density": _FACTOR,
     "preview.num_images": _COUNT, "preview.cols": _COUNT,
     "model.resolution": _POWER_OF_TWO, "model.num_channels": _COUNT, "model.z_dim": _COUNT, "model.w_dim": _COUNT,
     "model.mapping_layers": _COUNT, "model.channel_base": _COUNT, "model.channel_max": _COUNT,

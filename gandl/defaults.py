@@ -46,7 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The embedded default screen (gandl.data.synthetic.write_rxrx19a arguments).
     config.synthetic = ml_collections.ConfigDict(dict(
         seed=0, image_size=64, plates_per_cell_line=2, sites_per_well=2, num_compounds=12,
-        control_wells_per_plate=(6, 3, 6, 2)))
+        control_wells_per_plate=(6, 3, 6, 2),
+        # Harder test beds: one intensity histogram per channel for every site; infection and compound effects
+        # scaled by a factor in (0, 1]; cells per site scaled by a factor in (0, 1].
+        morphology_only=False, phenotype_strength=1.0, cell_density=1.0))
 
     config.preview = ml_collections.ConfigDict(dict(num_images=32, cols=8))
 

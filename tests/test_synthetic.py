@@ -222,3 +222,63 @@ def test_png_round_trip(dtype, top):
     channel = np.random.default_rng(0).integers(0, top + 1, (3, 5)).astype(dtype)
     back = np.asarray(Image.open(io.BytesIO(syn.png_bytes(channel))))
     assert back.dtype == dtype and np.array_equal(back, channel)
+
+
+# Harder test beds: controls only matter here, so compounds are the fewest the writer allows.
+TEST_BED = dict(image_size=32, plates_per_cell_line=1, sites_per_well=2, num_compounds=3,
+                control_wells_per_plate=(4, 0, 4, 0))
+
+
+def _controls(tmp_path: pathlib.Path, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [sites, pixels, channels] of the Mock and of the Active control sites of a test-bed screen."""
+    root = syn.write_rxrx19a(tmp_path / "_".join(f"{k}{v}" for k, v in options.items()), **TEST_BED, **options)
+    md = _read(root)
+    pixels = _load(root, md, 5).reshape(len(md), -1, 5).astype(np.float64)
+    blank = md.treatment == ""
+    return pixels[(blank & (md.disease_condition == "Mock")).to_numpy()], \
+        pixels[(blank & (md.disease_condition == "Active SARS-CoV-2")).to_numpy()]
+
+
+def test_morphology_only_matches_every_site_to_one_histogram(tmp_path):
+    def quantile_gap(a: np.ndarray, b: np.ndarray) -> float:  # per channel, over all pixels of the sites
+        levels = (0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+        return float(np.abs(np.quantile(a, levels, axis=(0, 1)) - np.quantile(b, levels, axis=(0, 1))).max())
+
+    mock, active = _controls(tmp_path)
+    assert quantile_gap(mock, active) > 10
+    mock_m, active_m = _controls(tmp_path, morphology_only=True)
+    assert quantile_gap(mock_m, active_m) <= 1
+    sites = np.concatenate([mock_m, active_m])
+    assert (np.sort(sites, axis=1) == np.sort(sites[:1], axis=1)).all()  # every site, every channel: one histogram
+    # Shape and arrangement survive: the same site's pixels keep their order (ranks), only their values change.
+    for standard, matched in zip(np.concatenate([mock, active]), sites):
+        for c in range(5):
+            ranks = [pd.Series(v).rank().to_numpy() for v in (standard[:, c], matched[:, c])]
+            assert np.corrcoef(*ranks)[0, 1] > 0.95
+
+
+def test_phenotype_strength_shrinks_the_control_difference_monotonically(tmp_path):
+    gaps = []
+    for strength in (1.0, 0.5, 0.2):
+        mock, active = _controls(tmp_path, phenotype_strength=strength)
+        gaps.append(np.abs(active.mean((0, 1)) - mock.mean((0, 1))).mean())
+    assert gaps[0] > gaps[1] > gaps[2] > 0, gaps
+
+
+def test_cell_density_thins_the_cells(tmp_path):
+    nuclei = [(np.concatenate(_controls(tmp_path, cell_density=d))[..., 0] > 60).mean() for d in (1.0, 0.5)]
+    assert 0.35 < nuclei[1] / nuclei[0] < 0.7, nuclei  # nuclear area, at one nucleus size: the cell count
+
+
+def test_test_bed_options_are_stamped_and_checked(tmp_path):
+    root = syn.write_rxrx19a(tmp_path / "s", **TINY)
+    assert "phenotype_strength" not in (root / "synthetic.json").read_text()  # standard screens keep their stamp
+    subtle = syn.write_rxrx19a(tmp_path / "subtle", phenotype_strength=0.5, **TINY)
+    syn.write_rxrx19a(subtle, phenotype_strength=0.5, **TINY)
+    for change in (dict(phenotype_strength=0.4), dict(phenotype_strength=1.0), dict(morphology_only=True)):
+        with pytest.raises(ValueError, match="other parameters"):
+            syn.write_rxrx19a(subtle, **TINY, **{"phenotype_strength": 0.5, **change})
+    for bad in (dict(phenotype_strength=0.0), dict(cell_density=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            syn.write_rxrx19a(tmp_path / "bad", **TINY, **bad)
+    assert not (tmp_path / "bad").exists()

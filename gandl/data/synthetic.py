@@ -65,6 +65,9 @@ DEMO_RXRX19A = dict(image_size=64, plates_per_cell_line=4, sites_per_well=3, num
                     control_wells_per_plate=(16, 8, 16, 4))
 
 _FORMAT_VERSION = 1
+# write_rxrx19a's test-bed options at which it draws the standard screen; only other values enter its stamp,
+# so a standard screen written before the options existed still resumes.
+_TEST_BED_DEFAULTS = dict(morphology_only=False, phenotype_strength=1.0, cell_density=1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -361,11 +364,14 @@ def _band_limited_cos(phase: np.ndarray, period: float, pixel: float) -> np.ndar
 
 def render_site(rng: np.random.Generator, cell_line: str | CellLine, *, image_size: int = 64,
                 stains: Sequence[str] = RXRX19A_STAINS, infection: float = 0.0, toxicity: float = 0.0,
-                plate: PlateEffects | None = None, bit_depth: int = 8) -> np.ndarray:
+                plate: PlateEffects | None = None, bit_depth: int = 8,
+                histogram: np.ndarray | None = None) -> np.ndarray:
     """Renders one site as an [image_size, image_size, len(stains)] uint8 / uint16 array.
 
     `infection` and `toxicity` in [0, 1] set the phenotype (module docstring); `plate` adds that plate's
-    batch effects (None: an ideal microscope). All randomness comes from `rng`.
+    batch effects (None: an ideal microscope). `histogram` ([len(stains), image_size**2], each row sorted, in
+    output units; `reference_histogram`) rank-matches every channel to it: the site keeps only the order of
+    its pixels, so its intensity distribution is exactly the reference's. All randomness comes from `rng`.
     """
     _check_size_depth(image_size, bit_depth)
     unknown = set(stains) - set(RXRX1_STAINS)
@@ -402,8 +408,28 @@ def render_site(rng: np.random.Generator, cell_line: str | CellLine, *, image_si
         value = value * effects.gain[k] + effects.offset[k]
         value = value + np.sqrt(np.maximum(value, 0.0) / _PHOTONS_PER_UNIT) * noise[0, ci]
         value = value + _READ_NOISE * noise[1, ci]
-        out[..., ci] = np.clip(np.rint(value * _OUTPUT_SCALE[bit_depth]), 0, 2**bit_depth - 1)
+        if histogram is None:
+            out[..., ci] = np.clip(np.rint(value * _OUTPUT_SCALE[bit_depth]), 0, 2**bit_depth - 1)
+        else:  # ranks of the unquantised values: shot and read noise leave (almost) no ties to break
+            flat = np.empty(size * size, out.dtype)
+            flat[np.argsort(value, axis=None, kind="stable")] = histogram[ci]
+            out[..., ci] = flat.reshape(size, size)
     return out
+
+
+def reference_histogram(seed: int, lines: Sequence[str], *, image_size: int, stains: Sequence[str],
+                        bit_depth: int = 8, sites: int = 4) -> np.ndarray:
+    """One intensity histogram per channel for `render_site(histogram=...)`: [len(stains), image_size**2] sorted.
+
+    Pooled over `sites` ideal-microscope sites of every cell line at infection 0 and 1 (their own random
+    streams), so no condition, plate or line owns it; every site matched to it has these exact pixel values.
+    """
+    pool = [render_site(_seed(seed, 19, 4, li, level, i), line, image_size=image_size, stains=stains,
+                        infection=float(level), bit_depth=bit_depth)
+            for li, line in enumerate(lines) for level in (0, 1) for i in range(sites)]
+    pixels = np.stack(pool).reshape(-1, len(stains))
+    quantiles = (np.arange(image_size * image_size) + 0.5) / (image_size * image_size)
+    return np.quantile(pixels, quantiles, axis=0, method="inverted_cdf").T.astype(pool[0].dtype)
 
 
 def _paint(c: _Cells, line: CellLine, stains: Sequence[str], size: int,
@@ -686,19 +712,30 @@ def _write_table(path: pathlib.Path, frame: pd.DataFrame) -> None:
 def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64,
                   plates_per_cell_line: int = 2, plates_per_experiment: int = 2, sites_per_well: int = 2,
                   num_compounds: int = 8, control_wells_per_plate: tuple[int, int, int, int] = (6, 3, 6, 2),
-                  bit_depth: int = 8) -> pathlib.Path:
+                  bit_depth: int = 8, morphology_only: bool = False, phenotype_strength: float = 1.0,
+                  cell_density: float = 1.0) -> pathlib.Path:
     """Writes an RxRx19a-like screen (images, metadata.csv, truth.csv) and returns its directory.
 
     Each plate holds every compound at the six DOSES_UM plus `control_wells_per_plate` = (Mock, UV, Active,
     blank) wells, in a random layout. HRCE and VERO get their own experiments (`HRCE-1`, `HRCE-2`, ... of
     `plates_per_experiment` plates each). metadata.csv is written last: a directory holding it is complete,
     and a rerun with the same parameters returns at once; an interrupted run resumes where it stopped.
+
+    Harder test beds, each off at its default: `morphology_only` rank-matches every channel of every site to
+    one `reference_histogram` per channel (shared by all conditions, plates and lines), so only shape,
+    arrangement and texture tell conditions apart; `phenotype_strength` in (0, 1] scales every site's
+    infection and toxicity level (the infection phenotype and the compound effects; truth.csv keeps the
+    relative efficacy); `cell_density` in (0, 1] scales each cell line's cells per site.
     """
+    options = dict(morphology_only=morphology_only, phenotype_strength=phenotype_strength, cell_density=cell_density)
     params = dict(kind="rxrx19a", seed=seed, image_size=image_size, plates_per_cell_line=plates_per_cell_line,
                   plates_per_experiment=plates_per_experiment, sites_per_well=sites_per_well,
                   num_compounds=num_compounds, control_wells_per_plate=list(control_wells_per_plate),
-                  bit_depth=bit_depth)
+                  bit_depth=bit_depth, **{k: v for k, v in options.items() if v != _TEST_BED_DEFAULTS[k]})
     _check_common(image_size, bit_depth, sites_per_well, plates_per_cell_line, plates_per_experiment)
+    for name in ("phenotype_strength", "cell_density"):
+        if not 0.0 < options[name] <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {options[name]!r}")
     root, done = _prepare(out_dir, params)
     if done:
         return root
@@ -725,20 +762,26 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
             for wi, (well, cond) in enumerate(zip(_plate_wells(plate_rng, len(conditions)), conditions)):
                 # Well-to-well biology: virus dose (MOI) and seeding vary a little between wells.
                 well_rng = _seed(seed, 19, 2, li, pi, wi)
-                infection = float(np.clip(cond["infection"] * np.exp(well_rng.normal(0, 0.08)), 0, 1))
+                infection = float(np.clip(cond["infection"] * phenotype_strength * np.exp(well_rng.normal(0, 0.08)),
+                                          0, 1))
                 for site in range(1, sites_per_well + 1):
                     records.append(dict(
                         site_id=f"{experiment}_{plate}_{well}_{site}", well_id=f"{experiment}_{plate}_{well}",
                         cell_type=line, experiment=experiment, plate=plate, well=well, site=site,
                         disease_condition=cond["disease_condition"], treatment=cond["treatment"],
                         treatment_conc=cond["treatment_conc"], SMILES=cond["SMILES"], _line=line,
-                        _infection=infection, _toxicity=cond["toxicity"], _effects=effects,
+                        _infection=infection, _toxicity=cond["toxicity"] * phenotype_strength, _effects=effects,
                         _key=(seed, 19, 3, li, pi, wi, site), _channels=len(RXRX19A_STAINS)))
 
+    cells = {line: dataclasses.replace(CELL_LINES[line], density=CELL_LINES[line].density * cell_density)
+             for line in lines}
+    histogram = (reference_histogram(seed, lines, image_size=image_size, stains=RXRX19A_STAINS, bit_depth=bit_depth)
+                 if morphology_only else None)
+
     def render(rec: dict) -> np.ndarray:
-        return render_site(_seed(*rec["_key"]), rec["_line"], image_size=image_size, stains=RXRX19A_STAINS,
+        return render_site(_seed(*rec["_key"]), cells[rec["_line"]], image_size=image_size, stains=RXRX19A_STAINS,
                            infection=rec["_infection"], toxicity=rec["_toxicity"], plate=rec["_effects"],
-                           bit_depth=bit_depth)
+                           bit_depth=bit_depth, histogram=histogram)
 
     _claim(root, params)
     _write_sites(root, records, render)
@@ -939,7 +982,8 @@ def _metadata(records: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: python -m gandl.data.synthetic --out DIR --kind rxrx19a|rxrx1|cell_painting [--image_size 64] [--demo]."""
+    """CLI: python -m gandl.data.synthetic --out DIR --kind rxrx19a|rxrx1|cell_painting [--image_size 64] [--demo]
+    [--morphology_only] [--phenotype_strength 0.3] [--cell_density 0.5]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--kind", choices=("rxrx19a", "rxrx1", "cell_painting"), default="rxrx19a")
@@ -951,15 +995,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sites_per_well", type=int)
     parser.add_argument("--num_compounds", type=int, help="rxrx19a only")
     parser.add_argument("--demo", action="store_true", help="rxrx19a: the demo size, DEMO_RXRX19A")
+    parser.add_argument("--morphology_only", action="store_true", help="rxrx19a: one intensity histogram per channel")
+    parser.add_argument("--phenotype_strength", type=float, help="rxrx19a: in (0, 1], scales infection and compounds")
+    parser.add_argument("--cell_density", type=float, help="rxrx19a: in (0, 1], scales the cells per site")
     args = parser.parse_args(argv)
-    if args.kind != "rxrx19a" and (args.num_compounds is not None or args.demo):
-        parser.error("--num_compounds and --demo apply to --kind rxrx19a only")
+    test_bed = {k: v for k, v in (("morphology_only", args.morphology_only or None),
+                                  ("phenotype_strength", args.phenotype_strength),
+                                  ("cell_density", args.cell_density)) if v is not None}
+    if args.kind != "rxrx19a" and (args.num_compounds is not None or args.demo or test_bed):
+        parser.error("--num_compounds, --demo and the test-bed options apply to --kind rxrx19a only")
     if args.kind == "cell_painting":
         print(write_cell_painting(args.out, seed=args.seed, image_size=args.image_size, layout=args.layout,
                                   **{k: getattr(args, k) for k in ("sites_per_well",) if getattr(args, k)}))
         return
     kwargs = dict(DEMO_RXRX19A) if args.demo and args.kind == "rxrx19a" else {}
-    kwargs.update(seed=args.seed, image_size=args.image_size, bit_depth=args.bit_depth)
+    kwargs.update(seed=args.seed, image_size=args.image_size, bit_depth=args.bit_depth, **test_bed)
     for name in ("plates_per_cell_line", "sites_per_well", "num_compounds"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
