@@ -185,6 +185,7 @@ RULES: dict[str, Rule] = {
     "analysis.uv_is_positive": _BOOL, "analysis.top_k": _COUNT,
     "analysis.flat_threshold": _number(0), "analysis.toxic_threshold": _number(0),
     "analysis.fdr": _number(0, 1, open_low=True, open_high=True), "analysis.seed": _SEED, "analysis.truth": _TEXT,
+    "analysis.few_labels": _sequence(_COUNT), "analysis.few_label_draws": _COUNT,
 }
 
 

@@ -114,5 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
         top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
         fdr=0.05,  # false discovery rate of the hit calls
         seed=0,
+        few_labels=(),  # e.g. (4, 8, 16): Table 1 also with k labelled control wells per class (table1_few_labels)
+        few_label_draws=5,  # seeded draws of those wells, averaged
         truth=""))  # a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the screen, if any
     return config

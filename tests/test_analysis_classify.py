@@ -89,3 +89,75 @@ def test_table1_skips_a_cell_line_without_controls():
     assert table.loc["C+ vs C- (VERO)", "status"].startswith("skipped: only one class")
     assert np.isnan(table.loc["C+ vs C- (VERO)", "accuracy"])
     assert table.loc["C+ vs C- (HRCE)", "status"] == "ok"
+
+
+def _wells(meta: pd.DataFrame, sites_per_well: int = 3) -> pd.DataFrame:
+    """The same sites, `sites_per_well` consecutive sites of a plate and condition making one well."""
+    index = meta.groupby(["experiment", "plate", "disease_condition"]).cumcount() // sites_per_well
+    return meta.assign(well_id=meta["experiment"] + "_" + meta["plate"].astype(str) + "_"
+                       + meta["disease_condition"].str[0] + index.astype(str))
+
+
+def _weak(shift: float, seed: int = 0, noise_dims: int = 20) -> tuple[np.ndarray, pd.DataFrame]:
+    """Plate-normalised controls whose C+/C- differ by `shift` sds along one feature among `noise_dims` others."""
+    x, meta = _screen(seed, plates_per_line=3, sites=30, shift=shift)
+    extra = np.random.default_rng(seed + 1).normal(0, 1, (len(x), noise_dims)).astype(np.float32)
+    meta = _wells(meta)
+    return classify.normalize(np.concatenate([x[:, :1], extra], 1), meta, "center_scale"), meta
+
+
+def test_draw_wells_takes_whole_wells_from_the_training_plates_only():
+    _, meta = _weak(1.0)
+    labels = classify.control_role(meta).to_numpy()
+    wells, groups = meta["well_id"].to_numpy(), classify.plate_key(meta)
+    held_out = classify.control_folds(meta, n_splits=3)
+    rng = np.random.default_rng(0)
+    for train, test, k in classify.folds_of_groups(groups, held_out):
+        rows = classify.draw_wells(train, labels, wells, 2, rng)
+        assert set(rows) <= set(train) and not set(rows) & set(test) and not set(groups[rows]) & set(held_out[k])
+        chosen = set(wells[rows])
+        assert sorted(pd.Series(wells[rows]).groupby(labels[rows]).nunique()) == [2, 2]
+        assert sorted(rows) == sorted(i for i in train if wells[i] in chosen)  # every site of a chosen well
+    few = np.flatnonzero((labels == "C-") | (wells == wells[labels == "C+"][0]))  # one C+ well in all
+    assert set(wells[classify.draw_wells(few, labels, wells, 4, rng)]) >= {wells[labels == "C+"][0]}
+
+
+def test_few_labels_cost_accuracy_on_a_weak_signal_and_stay_at_chance_on_noise():
+    x, meta = _weak(1.2)
+    full = classify.classify_controls(x, meta, n_splits=3).set_index("task")
+    few = classify.classify_few_labels(x, meta, (4, 1000), n_splits=3).set_index(["task", "k"])
+    task = "C+ vs C- (all cell lines)"
+    assert (few["status"] == "ok").all() and (few["draws"] == 5).all()
+    assert 0.55 < few.loc[(task, 4), "accuracy"] < full.loc[task, "accuracy"] - 0.03
+    assert few.loc[(task, 4), "roc_auc"] < full.loc[task, "roc_auc"]
+    assert few.loc[(task, 4), "min_wells"] == 4 and few.loc[(task, 4), "accuracy_sd"] > 0
+    # k above what the training plates hold: every training well, i.e. Table 1 itself.
+    assert few.loc[(task, 1000), "accuracy"] == pytest.approx(full.loc[task, "accuracy"])
+    assert few.loc[(task, 1000), "min_wells"] < 1000
+    noise, meta = _weak(0.0)
+    for k in (2, 4, 8):
+        table = classify.classify_few_labels(noise, meta, (k,), n_splits=3).set_index("task")
+        assert abs(table.loc[task, "accuracy"] - 0.5) < 0.08 and abs(table.loc[task, "roc_auc"] - 0.5) < 0.1
+
+
+def test_few_labels_skip_a_label_fitted_extractor():
+    x, meta = _weak(1.0)
+    table = classify.classify_few_labels(x, meta, (4,), n_splits=3, label_fitted=True)
+    assert table["status"].str.startswith("skipped: the feature extractor was fitted").all()
+    assert table["accuracy"].isna().all()
+
+
+def test_the_table1_task_adds_few_label_rows_when_asked():
+    from gandl.analysis import tasks
+
+    x, meta = _weak(1.2)
+    inputs = tasks.Inputs(x, meta, tasks.AnalysisConfig(n_splits=3), "f", {}, sites=(x, meta))
+    assert "table1_few_labels" not in tasks.controls_task(inputs).tables
+    config = tasks.AnalysisConfig(n_splits=3, few_labels=(2, 8), few_label_draws=3, level="well")
+    result = tasks.controls_task(tasks.Inputs(x, meta, config, "f", {}, sites=(x, meta)))
+    few = result.tables["table1_few_labels"][0]
+    assert len(few) == 4 * 2 and (few["draws"] == 3).all() and (few["status"] == "ok").all()
+    assert 0.5 < result.summary["C+ vs C- (all cell lines): accuracy @ k=8"] <= 1
+    assert result.summary["C+ vs C- (all cell lines): roc_auc @ k=2"] == few.loc[0, "roc_auc"]
+    with pytest.raises(ValueError, match="few_labels"):
+        tasks.AnalysisConfig(few_labels=(0,))

@@ -10,7 +10,8 @@ normalisation) removes plate effects before the SVM; it is the first thing a rea
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -269,13 +270,16 @@ class CVResult:
 def cross_validate(features: np.ndarray | Sequence[np.ndarray], labels: np.ndarray, groups: np.ndarray, *,
                    c: float = 1.0, n_splits: int = 5, seed: int = 0,
                    held_out: Sequence[Sequence[str]] | None = None,
-                   conditions: np.ndarray | None = None) -> CVResult:
+                   conditions: np.ndarray | None = None,
+                   labelled: Callable[[np.ndarray], np.ndarray] | None = None) -> CVResult:
     """Out-of-fold linear-SVM predictions with whole groups (plates / experiments) held out.
 
     `held_out` fixes the folds (see `control_folds`); by default they are drawn for these labels
     (`grouped_folds`). `features` may be one [N, D] array, or one per fold of `held_out`: the features of
     an extractor fitted without that fold's groups. With `conditions` (`whitening_conditions`) the SVM is
     preceded by TVN whitening; like the scaling and the SVM it is fitted on each fold's training rows.
+    `labelled` maps a fold's training rows to the ones whose labels it may use (`draw_wells`); every test
+    row is still scored.
     """
     labels, groups = np.asarray(labels), np.asarray(groups).astype(str)
     if held_out is None:
@@ -298,6 +302,7 @@ def cross_validate(features: np.ndarray | Sequence[np.ndarray], labels: np.ndarr
             raise CVError(f"classes {list(unseen)} are in a test fold but not in its training plates; "
                           "add plates or use group_by='plate'")
         x = features[k] if per_fold else features
+        train = train if labelled is None else labelled(train)
         fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
         model = make_svm(c, seed, whiten=conditions is not None).fit(x[train], labels[train], **fit_params)
         decision = model.decision_function(x[test])
@@ -386,3 +391,81 @@ def classify_controls(features: np.ndarray, metadata: pd.DataFrame, *, c: float 
     columns = ["task", "accuracy", "balanced_accuracy", "roc_auc", "n", "n_groups", "n_folds", "held_out",
                "status"]
     return pd.DataFrame(rows)[columns]
+
+
+def draw_wells(train: np.ndarray, labels: np.ndarray, wells: np.ndarray, k: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """The rows of `k` whole wells per class drawn from the training rows `train` (all, for a class with fewer).
+
+    Whole wells: a well's sites share its biology and imaging, so labelling one site labels the well.
+    """
+    chosen = []
+    for cls in np.unique(labels[train]):
+        rows = train[labels[train] == cls]
+        names = np.unique(wells[rows])
+        chosen.append(rows[np.isin(wells[rows], rng.choice(names, size=min(k, len(names)), replace=False))])
+    return np.sort(np.concatenate(chosen))
+
+
+FEW_LABEL_COLUMNS = ["task", "k", "accuracy", "accuracy_sd", "roc_auc", "roc_auc_sd", "draws", "min_wells", "n",
+                     "status"]
+
+
+def classify_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequence[int], *, draws: int = 5,
+                        c: float = 1.0, n_splits: int = 5, group_by: str = "plate", uv_is_positive: bool = False,
+                        seed: int = 0, whiten: bool = False, label_fitted: bool = False) -> pd.DataFrame:
+    """Table 1 with `k` labelled control wells per class: one row per task and k, means and sds over `draws`.
+
+    Table 1's folds (`control_folds`); in each fold the SVM (and TVN whitening with `whiten`) is fitted on k
+    whole wells per class drawn from its training groups (`draw_wells`, seeded by seed, k and draw), and
+    every held-out control site is scored, as in Table 1. `min_wells` is the fewest wells of a class any fold
+    trained on (below k where the training groups hold fewer). A `label_fitted` extractor saw every
+    training control's label, so its rows are skipped: its numbers would not be k-label numbers.
+    """
+    groups = plate_key(metadata, group_by)
+    wells = metadata["well_id"].astype(str).to_numpy()
+    conditions = whitening_conditions(metadata, uv_is_positive) if whiten else None
+    failure = ("skipped: the feature extractor was fitted on every training control's label" if label_fitted
+               else None)
+    held_out = []
+    if failure is None:
+        try:
+            held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed,
+                                     uv_is_positive=uv_is_positive)
+        except CVError as e:
+            failure = f"skipped: {e}"
+    rows = []
+    for name, mask, labels in control_tasks(metadata, uv_is_positive):
+        for k in ks:
+            row = dict(task=name, k=int(k), accuracy=np.nan, accuracy_sd=np.nan, roc_auc=np.nan, roc_auc_sd=np.nan,
+                       draws=0, min_wells=0, n=int(mask.sum()), status=failure or "ok")
+            if failure is None:
+                try:
+                    row.update(_few_label_draws(features[mask], labels, groups[mask], wells[mask], int(k), draws,
+                                                held_out, None if conditions is None else conditions[mask],
+                                                c=c, seed=seed))
+                except CVError as e:
+                    row["status"] = f"skipped: {e}"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=FEW_LABEL_COLUMNS)
+
+
+def _few_label_draws(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, wells: np.ndarray, k: int, draws: int,
+                     held_out: Sequence[Sequence[str]], conditions: np.ndarray | None, *, c: float,
+                     seed: int) -> dict:
+    """Accuracy and ROC-AUC (mean, sd) over `draws` seeded draws of k wells per class, and the fewest wells."""
+    scores, fewest = [], []
+
+    def labelled(train: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        rows = draw_wells(train, labels, wells, k, rng)
+        fewest.append(pd.Series(wells[rows]).groupby(labels[rows]).nunique().min())
+        return rows
+
+    for draw in range(draws):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, k, draw]))
+        scores.append(summarize(cross_validate(x, labels, groups, c=c, seed=seed, held_out=held_out,
+                                               conditions=conditions, labelled=functools.partial(labelled, rng=rng))))
+    table = pd.DataFrame(scores)
+    return dict(accuracy=table["accuracy"].mean(), accuracy_sd=table["accuracy"].std(ddof=1) if draws > 1 else 0.0,
+                roc_auc=table["roc_auc"].mean(), roc_auc_sd=table["roc_auc"].std(ddof=1) if draws > 1 else 0.0,
+                draws=draws, min_wells=int(min(fewest)))

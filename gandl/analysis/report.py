@@ -121,8 +121,15 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
         descriptive += "; features from one model fine-tuned on all control sites"
         crossfit = hits = activity = ("not computed: the feature extractor was fine-tuned on every control's "
                                       "label, so no C- well is a held-out reference")
-    return {"table1_controls": table1_text, "spaces": descriptive, "efficacy": crossfit,
-            "dose_response": crossfit, "hits": hits, "map_activity": activity}
+    tables = {"table1_controls": table1_text, "spaces": descriptive, "efficacy": crossfit,
+              "dose_response": crossfit, "hits": hits, "map_activity": activity}
+    if config.few_labels:
+        tables["table1_few_labels"] = (
+            f"Table 1's folds; fitted on k whole control wells per class (k in {tuple(config.few_labels)}) drawn "
+            f"from each fold's training groups, {config.few_label_draws} seeded draws (mean, sd); every held-out "
+            "control site scored" + ("; not computed: this extractor was fitted on every control's label"
+                                     if per_fold_extractor is not None else ""))
+    return tables
 
 
 def _none_ran(reason: str, config: AnalysisConfig, per_fold: bool | None) -> dict:

@@ -41,6 +41,8 @@ class AnalysisConfig:
     well_aggregate: str = "mean"  # mean | median of a well's sites (gandl.main passes embed.well_aggregate)
     seed: int = 0
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
+    few_labels: tuple[int, ...] = ()  # Table 1 also with k labelled control wells per class, for each k; () = off
+    few_label_draws: int = 5  # seeded draws of the k wells, averaged
 
     def __post_init__(self):
         if self.normalization not in classify.NORMALIZATIONS:
@@ -53,6 +55,9 @@ class AnalysisConfig:
             raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
         if not 0.0 < self.fdr < 1.0:
             raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}")
+        if any(not isinstance(k, int) or k < 1 for k in self.few_labels) or self.few_label_draws < 1:
+            raise ValueError(f"few_labels must be integers >= 1 and few_label_draws >= 1, got {self.few_labels!r} "
+                             f"and {self.few_label_draws!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +140,23 @@ def controls_task(inp: Inputs) -> Result:
                                         fold_held_out=held_out, **_common(cfg))
     summary = {f"{r.task}: {metric}": getattr(r, metric) for r in table1.itertuples()
                for metric in ("accuracy", "balanced_accuracy", "roc_auc")}
-    return Result(tables={"table1_controls": (table1, False)}, summary=summary,
-                  blocks=[("heading", 3, "Table 1: control classification"), ("table", table1, False)],
-                  notes=[f"Table 1: {r.task}: {r.status}" for r in table1.itertuples() if r.status != "ok"],
-                  values=dict(table1=table1))
+    out = Result(tables={"table1_controls": (table1, False)}, summary=summary,
+                 blocks=[("heading", 3, "Table 1: control classification"), ("table", table1, False)],
+                 notes=[f"Table 1: {r.task}: {r.status}" for r in table1.itertuples() if r.status != "ok"],
+                 values=dict(table1=table1))
+    if cfg.few_labels:
+        few = classify.classify_few_labels(ctrl_x, table_meta, cfg.few_labels, draws=cfg.few_label_draws,
+                                           n_splits=cfg.n_splits, group_by=cfg.group_by,
+                                           whiten=cfg.normalization == "tvn", label_fitted=fold_x is not None,
+                                           **_common(cfg))
+        out.tables["table1_few_labels"] = (few, False)
+        out.summary.update({f"{r.task}: {metric} @ k={r.k}": getattr(r, metric) for r in few.itertuples()
+                            for metric in ("accuracy", "roc_auc")})
+        out.blocks += [("heading", 3, f"Table 1 with k labelled control wells per class (mean, sd over "
+                                      f"{cfg.few_label_draws} draws)"), ("table", few, False)]
+        out.notes += [f"Table 1 @ k={r.k}: {r.task}: {r.status}" for r in few.itertuples() if r.status != "ok"]
+        out.values["table1_few_labels"] = few
+    return out
 
 
 def highlighted(inp: Inputs) -> list[str]:
