@@ -11,8 +11,8 @@ features aligned with RxRx19a-style metadata run through it unchanged.
 Layout of `out_dir` (e.g. `workdir/analysis/`):
   report.md, report.html (figures embedded), summary.csv, analysis.json
   complete.json: written last, every file above and below with its size and checksum (gandl.fileio)
-  <feature set>/table1_controls.{csv,md}, spaces.csv, dose_response.csv, hits.csv,
-                fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
+  <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.csv,
+                dose_response.csv, hits.csv, fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
                 zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given)
 """
 
