@@ -323,8 +323,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
         if len(zchannels) != model.num_channels or not all(1 <= c <= rxrx1 for c in zchannels):
             failures.append(f"zeroshot.channels={tuple(z.channels)}: maps to {zchannels}, but the zero-shot set "
                             f"(RxRx1, {rxrx1} channels) must feed model.num_channels={model.num_channels} on {n} "
-                            f"device(s); give {model.num_channels} channels in 1..{rxrx1}, e.g. "
-                            f"{channel_map('rxrx1', 'rxrx19a')} for a 5-channel model")
+                            f"device(s); give {model.num_channels} channels in 1..{rxrx1}"
+                            + (f", e.g. {channel_map('rxrx1', 'rxrx19a')}" if model.num_channels == 5 else
+                               ", or zeroshot.enabled=False: the zero-shot set is an RxRx1-layout screen"))
 
     # Batches: whole mbstd groups per device (D main, D reg), the path-length share per device (G reg).
     shrink = t.pl_batch_shrink if t.pl_weight > 0 else None

@@ -106,6 +106,10 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
     for column in ("Metadata_Compound", "Metadata_Dose_uM", "Metadata_Note"):
         assert joined[column].tolist() == joined[f"{column}_map"].tolist(), column
     assert meta["Metadata_Dose_uM"].dtype == np.float64 and meta["site"].dtype == np.int64
+    analysis = main.run_analyze(zarr_cfg, str(workdir))  # the plates' own schema: no cell line column
+    outcome = next(iter(analysis["screens"].values()))
+    assert {"controls", "efficacy", "dose_response", "activity"} <= set(outcome["results"]), outcome["skipped"]
+    assert set(outcome["hits"]["treatment"]) == {"cpd-7"} and outcome["table1"]["n_groups"].iloc[0] == 2
 
 
 def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
