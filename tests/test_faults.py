@@ -551,7 +551,7 @@ def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog)
                                 timeout=600)
         assert result.returncode == 1, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"convert: {workdir} is in use by another GAN-DL run (--mode train, pid {os.getpid()}")
+        assert last.startswith(f"gandl: {workdir} is in use by another GAN-DL run (--mode train, pid {os.getpid()}")
         assert "Traceback" not in result.stderr and os.listdir(workdir) == [workdir_lib.LOCK]
     assert not os.listdir(workdir)  # released
 
