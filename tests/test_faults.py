@@ -1,6 +1,7 @@
-"""Fault injection: kill -9 mid-convert and mid-embed, changed settings on resume, malformed inputs.
+"""Fault injection: kill -9 mid-convert and mid-embed, outputs cut short or damaged after the fact, damaged shards
+and checkpoints, changed settings on resume, two runs in one workdir, malformed inputs and impossible settings.
 
-Each test reproduces one defect of issue 16 on a tiny screen and asserts the fixed behaviour. Jobs to
+Each test reproduces one defect on a tiny screen and asserts the fixed behaviour. Jobs to
 be killed run as subprocesses in a session of their own, so every process they start (pool workers, the
 multiprocessing resource tracker) can be found by session id; every wait is bounded.
 """
