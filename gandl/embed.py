@@ -208,7 +208,7 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
                                options, well_aggregate)
     paths = {name: os.path.join(out_dir, f"{name}.npz") for name in feature_fns}
     old = _recorded_settings(out_dir, settings)
-    finished = _finished(out_dir, [name for name in feature_fns if old is not None and name in old["feature_sets"]])
+    finished = _finished(out_dir, list(feature_fns), set(old["feature_sets"]) if old is not None else set())
     if len(finished) == len(feature_fns):
         if jax.process_index() == 0 and tf.io.gfile.isdir(out_dir):
             fileio.remove_temp_files(out_dir)
@@ -262,14 +262,15 @@ def export(spec: pipeline.RecordSpec, out_dir: str, feature_fns: Mapping[str, Fe
     return paths
 
 
-def _finished(out_dir: str, names: list[str]) -> set[str]:
-    """The sets among `names` whose completion record matches their files, as process 0 finds them (it says why
-    any other is exported again)."""
-    if not names:
-        return set()
-    intact = np.zeros(len(names), bool)
+def _finished(out_dir: str, names: list[str], recorded: set[str]) -> set[str]:
+    """The sets among `names` that the settings record holds (`recorded`) and whose completion record matches their
+    files, as process 0 finds them (it says why any other is exported again); every process gets its answer, as
+    another may read the settings record after process 0 has written it."""
+    intact = np.zeros(len(names), np.int32)  # summed over processes by the broadcast
     if jax.process_index() == 0:
         for i, name in enumerate(names):
+            if name not in recorded:
+                continue
             problems = fileio.verify_record(completion_record(out_dir, name))
             intact[i] = problems == []
             if not intact[i]:

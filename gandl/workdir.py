@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -28,6 +29,9 @@ from gandl import fileio
 from gandl._tf import tf
 
 LOCK = "gandl.lock"
+# The lock's holder rewrites its heartbeat every REFRESH_S; a lock from another host is stale after STALE_S
+# without one (a run on a VM that was preempted or recreated under another name).
+REFRESH_S, STALE_S = 60.0, 600.0
 
 
 class WorkdirInUse(fileio.FileFault):
@@ -125,10 +129,11 @@ def lock_file(workdir: str) -> str:
 def locked(workdir: str, mode: str, hold: bool = True) -> Iterator[None]:
     """Hold `workdir` for one run (`mode` names it to a second run, which is refused) while the block runs.
 
-    The lock file records the owner's pid, host, boot and process start time; a lock whose owner ended on this
-    host (a killed run, a reused pid) is taken over, logged. Exclusive on local disks (a hard link to a written
-    file); on gs:// a check before the write, so two runs started in the same second may both pass. `hold`
-    False (every process of a multi-process run but the first) takes nothing.
+    The lock file records the owner's pid, host, boot and process start time and a heartbeat the owner renews
+    every REFRESH_S; a lock whose owner ended on this host (a killed run, a reused pid), or one from another
+    host without a heartbeat for STALE_S, is taken over, logged. Exclusive on local disks (a hard link to a
+    written file); on gs:// a check before the write, so two runs started in the same second may both pass.
+    `hold` False (every process of a multi-process run but the first) takes nothing.
     """
     if not hold:
         yield
@@ -149,17 +154,33 @@ def locked(workdir: str, mode: str, hold: bool = True) -> Iterator[None]:
         tf.io.gfile.remove(path)
     else:
         raise WorkdirInUse(f"{workdir}: could not take {path}; another run is starting there")
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(path, me, stop), name="workdir-lock-heartbeat", daemon=True)
+    beat.start()
     try:
         yield
     finally:
-        if _read(path) == me:
+        stop.set()
+        beat.join()
+        if _mine(_read(path), me):
             tf.io.gfile.remove(path)
+
+
+def _beat(path: str, me: dict, stop: threading.Event) -> None:
+    """Renew the lock's heartbeat until `stop`, while the lock is still this run's."""
+    while not stop.wait(REFRESH_S):
+        if _mine(_read(path), me):
+            fileio.write_text(path, json.dumps(dict(me, heartbeat=time.time()), indent=1) + "\n")
+
+
+def _mine(owner: dict | None, me: dict) -> bool:
+    return owner is not None and all(owner.get(k) == me[k] for k in ("pid", "host", "boot", "started"))
 
 
 def _owner(mode: str) -> dict:
     pid = os.getpid()
     return {"mode": mode, "pid": pid, "host": socket.gethostname(), "boot": _boot_id(), "started": _start_ticks(pid),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "heartbeat": time.time()}
 
 
 def _describe(owner: dict) -> str:
@@ -211,9 +232,12 @@ def _start_ticks(pid: int) -> str:
 
 
 def _ended(owner: dict) -> bool:
-    """Whether the lock's owner has ended: known only on its own host."""
+    """Whether the lock's owner has ended: its process is gone (on this host), or its heartbeat stopped (elsewhere)."""
     if owner.get("host") != socket.gethostname():
-        return False
+        try:
+            return time.time() - float(owner["heartbeat"]) > STALE_S
+        except (KeyError, ValueError, TypeError):
+            return False
     if owner.get("boot") and owner["boot"] != _boot_id():
         return True
     try:

@@ -41,6 +41,7 @@ def analysis(screen, tmp_path_factory):
     aligned, aligned_meta = io.align(loaded, loaded_meta["site_id"], meta)
     shuffled = feats[np.random.default_rng(1).permutation(len(feats))]
     out = str(tmp_path_factory.mktemp("analysis"))
+    open(os.path.join(out, "report.md.tmp-0dead"), "w").close()  # what a writer killed in an earlier run leaves
     config = report.AnalysisConfig(normalization="center_scale")
     result = report.analyze({"handcrafted": (aligned, aligned_meta), "shuffled": (shuffled, meta)}, out, config,
                             truth=truth)

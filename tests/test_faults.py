@@ -1,6 +1,7 @@
-"""Fault injection: kill -9 mid-convert and mid-embed, changed settings on resume, malformed inputs.
+"""Fault injection: kill -9 mid-convert and mid-embed, outputs cut short or damaged after the fact, damaged shards
+and checkpoints, changed settings on resume, two runs in one workdir, malformed inputs and impossible settings.
 
-Each test reproduces one defect of issue 16 on a tiny screen and asserts the fixed behaviour. Jobs to
+Each test reproduces one defect on a tiny screen and asserts the fixed behaviour. Jobs to
 be killed run as subprocesses in a session of their own, so every process they start (pool workers, the
 multiprocessing resource tracker) can be found by session id; every wait is bounded.
 """
@@ -542,7 +543,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
         loop.train(cfg, str(tmp_path))
 
 
-def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog):
+def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog, monkeypatch):
     workdir = str(tmp_path / "run")
     with workdir_lib.locked(workdir, "train"):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
@@ -562,6 +563,22 @@ def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog)
     with caplog.at_level("WARNING"), workdir_lib.locked(workdir, "analyze"):
         assert json.loads(open(workdir_lib.lock_file(workdir)).read())["mode"] == "analyze"
     assert f"from a run that ended (--mode embed, pid {ended.pid}" in caplog.text
+
+    # Another host's run cannot be asked whether it lives: its lock holds until its heartbeat is STALE_S old.
+    elsewhere = dict(workdir_lib._owner("train"), host="elsewhere", pid=1)
+    with open(workdir_lib.lock_file(workdir), "w") as f:
+        json.dump(elsewhere, f)
+    with pytest.raises(workdir_lib.WorkdirInUse, match="pid 1 on elsewhere"):
+        with workdir_lib.locked(workdir, "embed"):
+            pass
+    with open(workdir_lib.lock_file(workdir), "w") as f:
+        json.dump(dict(elsewhere, heartbeat=time.time() - workdir_lib.STALE_S - 1), f)
+    monkeypatch.setattr(workdir_lib, "REFRESH_S", 0.05)
+    with workdir_lib.locked(workdir, "embed"):
+        first = json.loads(open(workdir_lib.lock_file(workdir)).read())["heartbeat"]
+        _wait_for(lambda: json.loads(open(workdir_lib.lock_file(workdir)).read())["heartbeat"] > first, 10,
+                  "the holder to renew its heartbeat")
+    assert not os.listdir(workdir)
 
 
 def test_every_impossible_setting_is_refused_at_once(tiny_config):

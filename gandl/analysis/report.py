@@ -332,5 +332,7 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     if skips:
         logging.warning("analysis finished with %d skipped task(s):\n  %s", len(skips), "\n  ".join(skips))
     files += [os.path.join(out_dir, n) for n in ("summary.csv", "analysis.json", "report.md", "report.html")]
+    for folder in {"", *folders.values()}:  # what writers killed in an earlier run left
+        fileio.remove_temp_files(os.path.join(out_dir, folder))
     fileio.write_record(os.path.join(out_dir, RECORD), files, source=source)  # last: the analysis is complete
     return dict(summary=summary, screens=screens, zeroshot=zeroshots, skipped=skipped, files=files)
