@@ -395,8 +395,16 @@ def write_tfds_metadata(out_dir: str, manifest: dict[str, Any]) -> list[str]:
     the files written.
 
     `tfds.builder_from_directory(out_dir).as_dataset(split="train")` then yields the uint8/uint16 images and
-    the metadata as stored. TFDS loads only here, at the end of a conversion.
+    the metadata as stored. TFDS loads only here, at the end of a conversion. A file system TFDS cannot
+    address (e.g. TensorFlow's ram://) gets no TFDS metadata, with a warning: the shards serve GAN-DL as ever.
     """
+    from etils import epath
+
+    try:
+        epath.Path(out_dir)
+    except KeyError:
+        logging.warning("%s: TFDS cannot address this file system; the shards get no TFDS metadata", out_dir)
+        return []
     import tensorflow_datasets as tfds
 
     scalar = {"int64": tfds.features.Tensor(shape=(), dtype=np.int64),
