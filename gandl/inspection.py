@@ -24,7 +24,8 @@ from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import io as analysis_io
 from gandl.analysis import report
-from gandl.data import pipeline, render
+from gandl.data import pipeline, render, screen
+from gandl.data.screen import ScreenSchema
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.models.generator import Generator
@@ -111,6 +112,7 @@ class Embeddings:
     sets: dict[str, tuple[np.ndarray, pd.DataFrame]]  # report name (GAN-DL, baselines) -> (features, metadata)
     zeroshot: dict[str, tuple[np.ndarray, pd.DataFrame]]  # the same for the zero-shot set (may be empty)
     config: report.AnalysisConfig  # the analysis settings of the run that exported them
+    schema: ScreenSchema  # the run's screen schema (which columns and sites are what)
 
 
 def load_embeddings(workdir: str) -> Embeddings:
@@ -119,6 +121,8 @@ def load_embeddings(workdir: str) -> Embeddings:
 
     with tf.io.gfile.GFile(os.path.join(folder, "gandl.npz"), "rb") as f, np.load(io.BytesIO(f.read())) as npz:
         provenance = json.loads(str(npz["provenance"]))
-    config = report.AnalysisConfig(**provenance["config"]["analysis"])
+    run = provenance["config"]
+    config = report.AnalysisConfig(**run["analysis"], well_aggregate=run["embed"]["well_aggregate"])
+    schema = screen.from_config(run["screen"], run["data"]["kind"])
     return Embeddings(folder, analysis_io.load_feature_sets(folder),
-                      analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)), config)
+                      analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)), config, schema)
