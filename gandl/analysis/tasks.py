@@ -208,14 +208,14 @@ def efficacy_task(inp: Inputs) -> Result:
     cfg = inp.config
     _refuse_label_fitted(inp, "efficacy scores")
     meta = inp.metadata
-    role = classify.control_role(meta, cfg.uv_is_positive)
+    role = io.control_role(meta, cfg.uv_is_positive)
     held_out = classify.control_folds(meta, n_splits=cfg.n_splits, group_by=cfg.group_by, seed=cfg.seed,
                                       uv_is_positive=cfg.uv_is_positive)
     conditions = (classify.whitening_conditions(meta, cfg.uv_is_positive) if cfg.normalization == "tvn"
                   else None)
     decisions, fold = classify.crossfit_decision(
         inp.unfitted, (role == "C+").to_numpy(), role.isin(["C+", "C-"]).to_numpy(),
-        classify.plate_key(meta, cfg.group_by), held_out, c=cfg.c, seed=cfg.seed, conditions=conditions)
+        io.plate_key(meta, cfg.group_by), held_out, c=cfg.c, seed=cfg.seed, conditions=conditions)
     scores, notes = efficacy.crossfit_efficacy(decisions, fold, meta, cfg.uv_is_positive)
     keep = [c for c in ("site_id", "well_id", "cell_type", "experiment", "plate", "treatment", "treatment_conc")
             if c in meta]
