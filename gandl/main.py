@@ -36,6 +36,10 @@ _MODE = flags.DEFINE_enum("mode", "all", ["check", "synth", "convert", "preview"
                           "What to run; every mode runs the config check first, `check` only that.")
 _DEVICES = flags.DEFINE_string("devices", "", "Check for this many devices (8) or a TPU type (v3-8), simulated on "
                                "this CPU; '' = the devices JAX finds here.")
+_COMPILE = flags.DEFINE_list("compile", ["step", "main_step", "embed"],
+                             "With --mode check and a TPU type in --devices (and libtpu installed): the programs XLA "
+                             "compiles for its topology: step (every phase due), main_step, embed; '' for none "
+                             "(the traced estimate). Results are kept in a report cache ($GANDL_COST_CACHE).")
 
 
 def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -326,10 +330,18 @@ def main(argv: list[str]) -> None:
     quiet_third_party_logs()
     if _DEVICES.value and _MODE.value != "check":
         raise app.UsageError("--devices simulates devices for --mode check only")
-    from gandl import check  # before any work: a config that cannot run here fails now, with every reason
+    from gandl import check, cost  # before any work: a config that cannot run here fails now, with every reason
 
+    unknown = sorted(set(_COMPILE.value) - set(cost.PROGRAMS))
+    if unknown:
+        raise app.UsageError(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}")
+    if _DEVICES.value and not _DEVICES.value.isdigit():
+        try:
+            cost.tpu_slice(_DEVICES.value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
     try:
-        print(check.run(_CONFIG.value, _DEVICES.value), flush=True)
+        print(check.run(_CONFIG.value, _DEVICES.value, tuple(_COMPILE.value)), flush=True)
     except check.ConfigCheckError as e:
         sys.exit(f"{config_flags.get_config_filename(flags.FLAGS['config'])}: {e}")
     if _MODE.value == "check":
