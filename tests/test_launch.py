@@ -76,6 +76,7 @@ def test_the_launcher_checks_the_config_it_would_launch_for_the_tpu_devices(tmp_
         assert "config check passed for 32 device(s)" in result.stderr and "32 px x 5 channels" in result.stderr
         assert 'libtpu is not installed (pip install -e ".[tpu]")' in result.stderr
     estimate = _tpu(*ARGS, "--type", "v3-32", "--config.train.batch_size=64", "--compile=", "--dry-run", env=env)
+    assert estimate.returncode == 0, estimate.stderr
     assert "config check passed for 32 device(s)" in estimate.stderr and "(estimate)" in estimate.stderr
     # A batch that a v3-8 cannot split into whole mbstd groups: stopped before any gcloud command.
     bad = _tpu(*ARGS, "--config.train.batch_size=12", "--dry-run", env=env)
