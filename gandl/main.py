@@ -44,6 +44,10 @@ _MODE = flags.DEFINE_enum("mode", "all", ["check", "synth", "convert", "preview"
                           "that.")
 _DEVICES = flags.DEFINE_string("devices", "", "Check for this many devices (8) or a TPU type (v3-8), simulated on "
                                "this CPU; '' = the devices JAX finds here.")
+_COMPILE = flags.DEFINE_list("compile", ["step", "main_step", "embed"],
+                             "With --mode check and a TPU type in --devices (and libtpu installed): the programs XLA "
+                             "compiles for its topology: step (every phase due), main_step, embed; '' for none "
+                             "(the traced estimate). Results are kept in a report cache ($GANDL_COST_CACHE).")
 
 
 def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -440,12 +444,22 @@ def main(argv: list[str]) -> None:
     mode = _MODE.value
     if _DEVICES.value and mode != "check":
         raise app.UsageError("--devices simulates devices for --mode check only")
+    from gandl import cost
+
+    unknown = sorted(set(_COMPILE.value) - set(cost.PROGRAMS))
+    if unknown:
+        raise app.UsageError(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}")
+    if _DEVICES.value and not _DEVICES.value.isdigit():
+        try:
+            cost.tpu_slice(_DEVICES.value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
     config = _config()
     try:
         precheck(config, _WORKDIR.value, mode)
         from gandl import check  # a config that cannot run here fails now, with every reason
 
-        report = check.run(config, _DEVICES.value, traced=mode in _TRACED)
+        report = check.run(config, _DEVICES.value, tuple(_COMPILE.value), traced=mode in _TRACED)
         print(report or f"config check passed (--mode {mode} runs no model: nothing traced)", flush=True)
         if mode == "check":
             return

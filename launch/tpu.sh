@@ -24,6 +24,7 @@ POLL=60
 KEEP=0
 DRY_RUN=0
 CHECK=1
+COMPILE="step,main_step,embed"
 OVERRIDES=()
 RESTARTS=0
 DRY_EXISTS=0  # --dry-run: whether the VM would exist by now
@@ -33,8 +34,9 @@ usage() {
   cat <<'EOF'
 Usage: launch/tpu.sh --name NAME --workdir gs://BUCKET/DIR [options] [--config.FIELD=VALUE ...]
 
-Checks the config here for the TPU type's devices (python -m gandl.main --mode check --devices TYPE), then
-creates the TPU VM (or its queued resource) unless it exists, copies the code to every worker and installs it
+Checks the config here for the TPU type (python -m gandl.main --mode check --devices TYPE: with libtpu installed,
+pip install -e ".[tpu]", XLA compiles the programs for the TPU's topology and the check prints their memory per
+core, FLOPs and roofline bound, and refuses a config that does not fit; a result is cached), then creates the TPU VM (or its queued resource) unless it exists, copies the code to every worker and installs it
 (launch/worker_setup.sh), runs `python -m gandl.main` on all workers, and relaunches after a preemption: the
 VM is recreated (or re-queued), the code reinstalled and the same command rerun, which resumes from the
 workdir's latest checkpoint. A job that exits non-zero on a healthy VM is rerun on it (a lost connection, a
@@ -57,6 +59,8 @@ transient error); every relaunch counts against --max-restarts. The VM is delete
   --max-restarts N     relaunches allowed: preemptions, failed runs, failed creations   [20]
   --poll SECONDS       wait between state checks                       [60]
   --keep               keep the VM after the job has finished
+  --compile LIST       programs the local check compiles for --type: step, main_step, embed, comma-separated;
+                       '' for none (the traced estimate)                [step,main_step,embed]
   --skip-check         skip the local config check (it needs this checkout's Python environment)
   --dry-run            print the gcloud commands instead of running them, assuming that no VM exists
                        yet and that every command succeeds (a local checkout is still packed)
@@ -138,6 +142,7 @@ parse_args() {
       --repo) REPO="${value}" ;;
       --ref) REF="${value}" ;;
       --max-restarts) MAX_RESTARTS="${value}" ;;
+      --compile) COMPILE="${value}" ;;
       --poll) POLL="${value}" ;;
       *) die "unknown flag: ${flag} (see --help)" ;;
     esac
@@ -197,8 +202,9 @@ count_restart() {
   log "$1; restart ${RESTARTS} of ${MAX_RESTARTS}"
 }
 
-# The config check on this machine, for the TPU type's device count simulated on its CPU: a config that cannot
-# run there fails here, before a VM is paid for. Python: $GANDL_PYTHON, else the checkout's .venv, else python3.
+# The config check on this machine for the TPU type, compiled for its topology where libtpu is installed (else its
+# device count simulated on this CPU): a config that cannot run there fails here, before a VM is paid for.
+# Python: $GANDL_PYTHON, else the checkout's .venv, else python3.
 check_config() {
   local python="${GANDL_PYTHON:-}"
   if [[ -z "${python}" ]]; then
@@ -207,7 +213,8 @@ check_config() {
   fi
   log "checking ${CONFIG} for ${TYPE}"
   (cd "${CHECKOUT}" && "${python}" -m gandl.main --config "${CONFIG}" --workdir "${WORKDIR}" --mode check \
-    --devices "${TYPE}" "${OVERRIDES[@]}") >&2 || die "the config check failed for ${TYPE}: nothing was launched"
+    --devices "${TYPE}" --compile "${COMPILE}" "${OVERRIDES[@]}") >&2 ||
+    die "the config check failed for ${TYPE}: nothing was launched"
 }
 
 # Wait until the VM is usable: create it when missing, recreate it when preempted or failed.

@@ -9,6 +9,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests run on the CPU, also where libtpu is installed (the `tpu` extra: it compiles for TPU topologies
+# without initialising a TPU backend), which JAX would otherwise try to start first in every process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 

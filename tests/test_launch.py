@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from gandl import cost
 from gandl.sweep import REPO_ROOT
 
 TPU = os.path.join(REPO_ROOT, "launch", "tpu.sh")
@@ -64,11 +65,19 @@ def test_dry_run_spot_prints_every_gcloud_command(tmp_path):
 
 
 def test_the_launcher_checks_the_config_it_would_launch_for_the_tpu_devices(tmp_path):
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    result = _tpu(*ARGS, "--type", "v3-32", "--config.train.batch_size=64", "--dry-run", env=env)
+    env = dict(os.environ, TMPDIR=str(tmp_path), GANDL_COST_CACHE=str(tmp_path / "cost"))
+    result = _tpu(*ARGS, "--type", "v3-32", "--config.train.batch_size=64", "--compile=embed", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     assert "checking configs/demo.py for v3-32" in result.stderr
-    assert "config check passed for 32 device(s)" in result.stderr and "32 px x 5 channels" in result.stderr
+    if cost.libtpu_version():  # the embedding compiled for the pod's topology, its table printed
+        assert "config check passed for v3-32 (32 x TPU v3, topology v3:4x4): compiled by XLA" in result.stderr
+        assert "embedding batch" in result.stderr and "32 px x 5 channels" in result.stderr
+    else:
+        assert "config check passed for 32 device(s)" in result.stderr and "32 px x 5 channels" in result.stderr
+        assert 'libtpu is not installed (pip install -e ".[tpu]")' in result.stderr
+    estimate = _tpu(*ARGS, "--type", "v3-32", "--config.train.batch_size=64", "--compile=", "--dry-run", env=env)
+    assert estimate.returncode == 0, estimate.stderr
+    assert "config check passed for 32 device(s)" in estimate.stderr and "(estimate)" in estimate.stderr
     # A batch that a v3-8 cannot split into whole mbstd groups: stopped before any gcloud command.
     bad = _tpu(*ARGS, "--config.train.batch_size=12", "--dry-run", env=env)
     assert bad.returncode == 1 and bad.stdout == ""
