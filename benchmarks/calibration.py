@@ -32,12 +32,13 @@ SETTINGS = ("noise-32", "noise-224", "noise-512", "noise-5376", "plate-noise-224
 
 def real_screen(seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
     """Handcrafted features of a synthetic screen (4 plates per line, 2 sites per well, 12 compounds, 32 px)."""
-    from gandl.data import images, rxrx, synthetic
+    from gandl.data import images, rxrx
+    from gandl.data.synthetic import layouts
     from gandl.features import handcrafted
 
     with tempfile.TemporaryDirectory() as folder:
-        root = synthetic.write_rxrx19a(folder, seed=seed, image_size=32, plates_per_cell_line=4, sites_per_well=2,
-                                       num_compounds=12)
+        root = layouts.write_rxrx19a(folder, seed=seed, image_size=32, plates_per_cell_line=4, sites_per_well=2,
+                                     num_compounds=12)
         screen = rxrx.read_rxrx19a(str(root))
         return handcrafted.features(images.read_site_images(screen.paths)), screen.metadata
 

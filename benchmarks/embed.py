@@ -16,10 +16,10 @@ import jax
 import numpy as np
 from flops import compiled_flops, matmul_flops_per_s
 
+from gandl import sharding
 from gandl.features import discriminator
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
-from gandl.train import sharding
 
 
 def time_features(model: ModelConfig, batch: int, iters: int, orientation_average: bool) -> tuple[float, float]:

@@ -17,8 +17,9 @@ import tempfile
 import time
 
 from gandl._tf import tf
-from gandl.data import convert, pipeline, rxrx, synthetic
+from gandl.data import convert, pipeline, rxrx
 from gandl.data.screen import Screen
+from gandl.data.synthetic import layouts
 
 
 def _convert_rate(screen: Screen, out: str, size: int, workers: int) -> float:
@@ -51,8 +52,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in [int(s) for s in args.sizes.split(",")]:
-            src = synthetic.write_rxrx19a(os.path.join(tmp, f"raw{size}"), image_size=4 * size, sites_per_well=1,
-                                          plates_per_cell_line=args.plates, num_compounds=3)
+            src = layouts.write_rxrx19a(os.path.join(tmp, f"raw{size}"), image_size=4 * size, sites_per_well=1,
+                                        plates_per_cell_line=args.plates, num_compounds=3)
             screen = rxrx.read_rxrx19a(str(src))
             shards = os.path.join(tmp, f"shards{size}")
             rate = _convert_rate(screen, shards, size, workers=1)

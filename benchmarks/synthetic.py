@@ -17,7 +17,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from gandl.data import synthetic  # noqa: E402
+from gandl.data.synthetic import cells, layouts  # noqa: E402
 
 
 def _rate(fn, count: int) -> tuple[float, float]:
@@ -27,10 +27,10 @@ def _rate(fn, count: int) -> tuple[float, float]:
 
 
 def _render(line: str, size: int, n: int) -> None:
-    plate = synthetic.sample_plate_effects(np.random.default_rng(0), len(synthetic.RXRX1_STAINS))
+    plate = cells.sample_plate_effects(np.random.default_rng(0), len(cells.RXRX1_STAINS))
     for i in range(n):
-        synthetic.render_site(np.random.default_rng(i), line, image_size=size, infection=(i % 3) / 2,
-                              plate=plate)
+        cells.render_site(np.random.default_rng(i), line, image_size=size, infection=(i % 3) / 2,
+                          plate=plate)
 
 
 def main() -> None:
@@ -44,10 +44,10 @@ def main() -> None:
             wall, cpu = _rate(functools.partial(_render, line, size, n), n)
             print(f"{size:>5} {'render_site ' + line:<28} {n:>6} {wall:>13.1f} {cpu:>12.1f}")
         sites_per_well = 2 if size <= 128 else 1
-        sites = 2 * (3 * len(synthetic.DOSES_UM) + 17) * sites_per_well
+        sites = 2 * (3 * len(layouts.DOSES_UM) + 17) * sites_per_well
         with tempfile.TemporaryDirectory() as tmp:
             wall, cpu = _rate(functools.partial(
-                synthetic.write_rxrx19a, tmp, image_size=size, plates_per_cell_line=1, num_compounds=3,
+                layouts.write_rxrx19a, tmp, image_size=size, plates_per_cell_line=1, num_compounds=3,
                 sites_per_well=sites_per_well), sites)
         print(f"{size:>5} {'write_rxrx19a (5 PNG/site)':<28} {sites:>6} {wall:>13.1f} {cpu:>12.1f}")
 

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 from flops import compiled_flops, matmul_flops_per_s
 
+from gandl import sharding
 from gandl.defaults import base_config
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
-from gandl.train import sharding
 from gandl.train import state as state_lib
 from gandl.train import step as step_lib
 

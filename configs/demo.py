@@ -2,7 +2,7 @@
 
   python -m gandl.main --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
-4,512 synthetic RxRx19a-like sites (`gandl.data.synthetic.DEMO_RXRX19A`) rendered at 64 px and converted
+4,512 synthetic RxRx19a-like sites (`gandl.data.synthetic.layouts.DEMO_RXRX19A`) rendered at 64 px and converted
 to 32 px, a narrow StyleGAN2 (32 channels per block, 64-d latents) trained for 4,000 iterations of 16
 images with the linear probe every 500, then embeddings of the screen and of a synthetic RxRx1-like
 zero-shot set, and the analysis report. The recommended GAN-DL feature set here is `gandl_multiscale`
@@ -12,7 +12,7 @@ the job on seeds 1-3.
 
 import ml_collections
 
-from gandl.data.synthetic import DEMO_RXRX19A
+from gandl.data.synthetic.layouts import DEMO_RXRX19A
 from gandl.defaults import base_config
 
 

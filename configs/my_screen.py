@@ -3,7 +3,7 @@
   python -m gandl.data.synthetic --out /tmp/my_screen --kind cell_painting   # an example screen to try it on
   gandl --config configs/my_screen.py --workdir /tmp/my_run --mode check
 
-The lines marked "yours" describe the example screen (`gandl.data.synthetic.write_cell_painting`: 3 plates of
+The lines marked "yours" describe the example screen (`gandl.data.synthetic.layouts.write_cell_painting`: 3 plates of
 U2OS cells, 3 channels of 16-bit TIFFs, DMSO against staurosporine and one compound at three doses, in
 CellProfiler's column names); edit them for your screen, or override them on the command line
 (--config.data.root=/data/screen.csv). README, "Your own screen", walks through every field.

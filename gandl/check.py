@@ -24,14 +24,14 @@ from typing import Any
 import jax
 import ml_collections
 
-from gandl import cost
+from gandl import cost, sharding
 from gandl.data import screen
 from gandl.data.pipeline import INTENSITIES
 from gandl.data.vocabulary import STAINS, channel_map
 from gandl.defaults import base_config
 from gandl.features import discriminator, registry
 from gandl.models.config import DTYPES, ModelConfig
-from gandl.train import loop, sharding
+from gandl.train import loop
 
 _GLOB = re.compile(r"[*?\[]")
 

@@ -34,9 +34,10 @@ import numpy as np
 from absl import logging
 
 import gandl
+from gandl import sharding
 from gandl.features import discriminator
 from gandl.models.config import ModelConfig
-from gandl.train import loop, sharding
+from gandl.train import loop
 from gandl.train import state as state_lib
 from gandl.train import step as step_lib
 

@@ -33,13 +33,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import gandl
-from gandl import fileio, profiles
+from gandl import fileio, profiles, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline
 from gandl.features.base import FeatureFn
 from gandl.models.config import ModelConfig
-from gandl.train import checkpoint, sharding
+from gandl.train import checkpoint
 
 
 def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from gandl import sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import io as analysis_io
@@ -29,7 +30,7 @@ from gandl.data.screen import ScreenSchema
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.models.generator import Generator
-from gandl.train import checkpoint, loop, sharding
+from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
 

@@ -53,7 +53,7 @@ _COMPILE = flags.DEFINE_list("compile", ["step", "main_step", "embed"],
 def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Write the embedded synthetic screen into workdir/raw (a no-op once it is complete)."""
     from gandl import workdir as layout
-    from gandl.data import synthetic  # only the demo needs the generator
+    from gandl.data.synthetic import layouts as synthetic  # only the demo needs the generator
 
     out = layout.raw(config, workdir)
     synthetic.write_rxrx19a(out, **config.synthetic.to_dict())
@@ -85,7 +85,7 @@ def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
         return out
     root = layout.zeroshot_raw(config, workdir)
     if not z.root:
-        from gandl.data import synthetic
+        from gandl.data.synthetic import layouts as synthetic
 
         synthetic.write_rxrx1(root, image_size=config.synthetic.image_size, **z.synthetic.to_dict())
     _convert(rxrx.read_rxrx1(root), out, config.data)
@@ -150,11 +150,10 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     some target still lacks its feature set. A finished export with other settings is refused; one that
     lacks some of the sets gets them added.
     """
-    from gandl import embed
+    from gandl import embed, sharding
     from gandl import workdir as layout
     from gandl.data import pipeline, rxrx
     from gandl.features import base, registry
-    from gandl.train import sharding
 
     e, d = config.embed, config.data
     sharding.initialize_distributed(config.train.distributed)
@@ -231,7 +230,7 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str):
 
     from gandl import workdir as layout
     from gandl._tf import tf
-    from gandl.data.synthetic import TRUTH_COLUMNS
+    from gandl.data.synthetic.truth import TRUTH_COLUMNS
 
     named = config.analysis.truth
     path = named or os.path.join(layout.raw(config, workdir), "truth.csv")

@@ -24,14 +24,13 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from gandl import fileio
+from gandl import fileio, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import classify, plots, zeroshot
 from gandl.data import pipeline, rxrx
 from gandl.features import base, registry
 from gandl.models.config import ModelConfig
-from gandl.train import sharding
 
 COLUMNS = ["step", "images_seen", "feature_set", "label", "task", "accuracy", "status", "reference_label",
            "reference_accuracy"]

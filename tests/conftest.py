@@ -25,9 +25,9 @@ def tiny_screen() -> dict:
 @pytest.fixture(scope="session")
 def rxrx19a_dir(tmp_path_factory, tiny_screen) -> str:
     """A small RxRx19a-layout synthetic screen (8-bit PNGs at 32 px), never modified by tests."""
-    from gandl.data import synthetic
+    from gandl.data.synthetic import layouts
 
-    return str(synthetic.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), **tiny_screen))
+    return str(layouts.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), **tiny_screen))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ from copairs import compute
 from copairs.map import average_precision, mean_average_precision
 
 from gandl.analysis import activity, plots
-from gandl.data import images, rxrx, synthetic
+from gandl.data import images, rxrx
+from gandl.data.synthetic import layouts
 from gandl.features import handcrafted
 
 
@@ -73,8 +74,8 @@ def test_consistency_tells_distinct_compounds_apart_but_not_a_shared_phenotype()
 @pytest.fixture(scope="module")
 def synthetic_wells(tmp_path_factory):
     """Handcrafted features of a small synthetic screen, one site per well, z-scored per cell line."""
-    root = synthetic.write_rxrx19a(tmp_path_factory.mktemp("screen"), seed=0, image_size=32, plates_per_cell_line=4,
-                                   sites_per_well=1, num_compounds=4)
+    root = layouts.write_rxrx19a(tmp_path_factory.mktemp("screen"), seed=0, image_size=32, plates_per_cell_line=4,
+                                 sites_per_well=1, num_compounds=4)
     screen = rxrx.read_rxrx19a(str(root))
     pixels = np.stack([np.stack([images.read(p) for p in site], -1) for site in screen.paths])
     features = handcrafted.features([pixels.astype(np.float32) / 255.0])

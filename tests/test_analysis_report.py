@@ -15,14 +15,15 @@ import pytest
 from gandl import fileio
 from gandl.analysis import io, report
 from gandl.data import images as image_io
-from gandl.data import rxrx, synthetic
+from gandl.data import rxrx
+from gandl.data.synthetic import layouts
 from gandl.features import handcrafted
 
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
-    root = synthetic.write_rxrx19a(tmp_path_factory.mktemp("analysis_screen"), seed=0, image_size=32,
-                                   plates_per_cell_line=2, sites_per_well=2, num_compounds=9)
+    root = layouts.write_rxrx19a(tmp_path_factory.mktemp("analysis_screen"), seed=0, image_size=32,
+                                 plates_per_cell_line=2, sites_per_well=2, num_compounds=9)
     scr = rxrx.read_rxrx19a(str(root))
     feats = handcrafted.features(image_io.read_site_images(scr.paths))
     return feats, scr.metadata, pd.read_csv(root / "truth.csv")

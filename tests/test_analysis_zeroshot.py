@@ -4,14 +4,15 @@ import pytest
 
 from gandl.analysis import classify, plots, zeroshot
 from gandl.data import images as image_io
-from gandl.data import rxrx, synthetic
+from gandl.data import rxrx
+from gandl.data.synthetic import layouts
 from gandl.features import handcrafted
 
 
 @pytest.fixture(scope="module")
 def rxrx1_features(tmp_path_factory):
-    root = synthetic.write_rxrx1(tmp_path_factory.mktemp("rxrx1_zeroshot"), seed=0, image_size=32,
-                                 plates_per_cell_line=2, sites_per_well=2)
+    root = layouts.write_rxrx1(tmp_path_factory.mktemp("rxrx1_zeroshot"), seed=0, image_size=32,
+                               plates_per_cell_line=2, sites_per_well=2)
     screen = rxrx.read_rxrx1(str(root))
     channels = rxrx.channel_map("rxrx1", "rxrx19a")
     feats = handcrafted.features(image_io.read_site_images(screen.paths, channels))

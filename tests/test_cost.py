@@ -10,9 +10,8 @@ import sys
 import jax
 import pytest
 
-from gandl import check, cost, sweep
+from gandl import check, cost, sharding, sweep
 from gandl.sweep import REPO_ROOT
-from gandl.train import sharding
 
 requires_libtpu = pytest.mark.skipif(
     cost.libtpu_version() is None,

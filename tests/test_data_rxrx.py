@@ -113,9 +113,9 @@ def test_missing_files_are_listed(rxrx19a_dir, tmp_path):
 
 
 def test_rxrx1_reader_finds_flat_and_nested_layouts(tmp_path):
-    from gandl.data import synthetic
+    from gandl.data.synthetic import layouts
 
-    root = str(synthetic.write_rxrx1(tmp_path / "rxrx1", image_size=16, plates_per_cell_line=1, sites_per_well=1))
+    root = str(layouts.write_rxrx1(tmp_path / "rxrx1", image_size=16, plates_per_cell_line=1, sites_per_well=1))
     screen = rxrx.read_rxrx1(root)
     assert tuple(screen.metadata.columns) == rxrx.RXRX1_COLUMNS
     assert screen.paths.shape[1] == 6 and not screen_lib.missing_files(screen)

@@ -101,9 +101,9 @@ def test_batchnorm_inference_is_per_image_and_training_updates_running_stats(sma
 
 
 def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
+    from gandl import sharding
     from gandl.data import pipeline
     from gandl.features import imagenet
-    from gandl.train import sharding
 
     model, before = small
     spec, mesh = pipeline.open_shards(shards_dir), sharding.make_mesh()

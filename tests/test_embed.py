@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gandl import embed
+from gandl import embed, sharding
 from gandl.data import pipeline, rxrx
 from gandl.features import discriminator, handcrafted
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
-from gandl.train import sharding
 
 MODEL = ModelConfig(resolution=16, num_channels=5, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
                     channel_max=32, mbstd_group_size=4)

@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gandl import check, embed, fileio, main, profiles
+from gandl import check, embed, fileio, main, profiles, sharding
 from gandl import workdir as workdir_lib
-from gandl.data import convert, generic, images, pipeline, rxrx, synthetic
+from gandl.data import convert, generic, images, pipeline, rxrx
+from gandl.data.synthetic import cli, layouts
 from gandl.features import handcrafted
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
-from gandl.train import checkpoint, loop, sharding
+from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +178,7 @@ def test_one_odd_site_does_not_decide_the_bit_depth(rxrx19a_dir, tmp_path):
     for path in screen.paths[0]:
         deep = images.read(path).astype(np.uint16) * 257
         with open(path, "wb") as f:
-            f.write(synthetic.png_bytes(deep))
+            f.write(layouts.png_bytes(deep))
     assert images.read(screen.paths[0, 0]).dtype == np.uint16
 
     manifest = convert.convert(screen, str(tmp_path / "skip"), _options(skip_bad_sites=True), progress=False)
@@ -343,17 +344,17 @@ def test_a_refused_synthetic_screen_leaves_no_settings_file(tmp_path):
     common = ["--out", str(tmp_path / "raw"), "--image_size", "16", "--plates_per_cell_line", "1",
               "--sites_per_well", "1"]
     with pytest.raises(ValueError, match="num_compounds must be >= 3"):
-        synthetic.main([*common, "--num_compounds", "1"])
+        cli.main([*common, "--num_compounds", "1"])
     assert not (tmp_path / "raw" / "synthetic.json").exists()
-    synthetic.main([*common, "--num_compounds", "3"])
+    cli.main([*common, "--num_compounds", "3"])
     assert (tmp_path / "raw" / "synthetic.json").exists() and (tmp_path / "raw" / "metadata.csv").exists()
 
     # The same for a design error found while laying out the plates (rxrx1: more wells than a plate has).
     kwargs = dict(image_size=16, plates_per_cell_line=1, sites_per_well=1)
     with pytest.raises(ValueError, match="at most 384 wells"):
-        synthetic.write_rxrx1(tmp_path / "raw_rxrx1", num_sirnas=400, **kwargs)
+        layouts.write_rxrx1(tmp_path / "raw_rxrx1", num_sirnas=400, **kwargs)
     assert not (tmp_path / "raw_rxrx1" / "synthetic.json").exists()
-    assert (synthetic.write_rxrx1(tmp_path / "raw_rxrx1", **kwargs) / "metadata.csv").exists()
+    assert (layouts.write_rxrx1(tmp_path / "raw_rxrx1", **kwargs) / "metadata.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 
 from gandl import main
 from gandl.analysis import io as analysis_io
-from gandl.data import screen, synthetic
+from gandl.data import screen
+from gandl.data.synthetic import layouts
 from gandl.profiles import feature_names
 
 # The CSV screen's schema, in its own column names and control labels.
@@ -35,7 +36,7 @@ def _config(tiny_config, **data):
 @pytest.fixture(scope="module")
 def csv_run(tiny_config, tmp_path_factory):
     """(config, workdir, the screen as read) of the CSV screen converted, trained for 10 steps and embedded."""
-    root = synthetic.write_cell_painting(tmp_path_factory.mktemp("cell_painting"), image_size=32)
+    root = layouts.write_cell_painting(tmp_path_factory.mktemp("cell_painting"), image_size=32)
     cfg = _config(tiny_config, kind="generic", root=str(root / "metadata.csv"),
                   channel_columns=("FileName_DNA", "FileName_Actin", "FileName_RNA"), stains=("DNA", "Actin", "RNA"))
     cfg.screen.update(CELL_PAINTING)
@@ -64,7 +65,7 @@ def test_a_cellprofiler_csv_screen_exports_its_metadata_exactly(csv_run):
     expected = read.metadata
     raw = pd.read_csv(cfg.data.root)
     assert expected["Metadata_Dose_uM"].tolist() == raw["Metadata_Dose_uM"].tolist()  # 0.1 is 0.1, as typed in
-    assert set(expected["Metadata_Dose_uM"]) == {0.0, 1.0, *synthetic.CELL_PAINTING_DOSES_UM}
+    assert set(expected["Metadata_Dose_uM"]) == {0.0, 1.0, *layouts.CELL_PAINTING_DOSES_UM}
     assert expected["site_id"].iloc[0] == f"{raw['Metadata_Plate'][0]}_{raw['Metadata_Well'][0]}_1"  # derived ids
     folder = os.path.join(workdir, "embeddings", "step_10")
     _, npz = analysis_io.load_embeddings(os.path.join(folder, "gandl.npz"))
@@ -89,7 +90,7 @@ def test_a_cellprofiler_csv_screen_exports_its_metadata_exactly(csv_run):
 
 def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_config, tmp_path):
     _, csv_workdir, _ = csv_run
-    root = synthetic.write_cell_painting(tmp_path / "plates", image_size=32, plates=2, layout="ome_zarr")
+    root = layouts.write_cell_painting(tmp_path / "plates", image_size=32, plates=2, layout="ome_zarr")
     zarr_cfg = _config(tiny_config, kind="ome_zarr", root=str(root / "*.zarr"))  # plate map: metadata.csv beside
     zarr_cfg.screen.update(preset="generic", perturbation="Metadata_Compound", dose="Metadata_Dose_uM",
                            negative="Metadata_Compound == 'DMSO'", positive="Metadata_Compound == 'staurosporine'")
@@ -128,7 +129,7 @@ def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
         assert {"Metadata_Compound", "Metadata_CellLine", "hit", "q"} <= set(hits.columns)
         assert set(hits["Metadata_Compound"]) == {"cpd-7"}  # controls (DMSO, staurosporine) are never hits
         doses = pd.read_csv(os.path.join(out, folders[name], "dose_response.csv"))
-        assert sorted(doses["Metadata_Dose_uM"]) == list(synthetic.CELL_PAINTING_DOSES_UM)
+        assert sorted(doses["Metadata_Dose_uM"]) == list(layouts.CELL_PAINTING_DOSES_UM)
         assert os.path.getsize(os.path.join(out, folders[name], "map_activity.csv")) > 0
     report = open(os.path.join(out, "report.md")).read()
     assert "C+ = staurosporine" in report and "C- = DMSO" in report and "SARS" not in report

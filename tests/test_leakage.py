@@ -61,7 +61,8 @@ def test_features_without_the_label_score_at_chance_and_with_it_high(normalizati
 
 def _image_screen(root: pathlib.Path, signal: bool, seed: int = 0) -> str:
     """Shards of 6 plates x 48 control sites of 16 px noise; with `signal`, C+ sites are brighter in w1."""
-    from gandl.data import convert, rxrx, synthetic
+    from gandl.data import convert, rxrx
+    from gandl.data.synthetic import layouts
 
     rng = np.random.default_rng(seed)
     meta = _controls(rng, plates=6, sites=48)
@@ -73,9 +74,9 @@ def _image_screen(root: pathlib.Path, signal: bool, seed: int = 0) -> str:
         if signal and row.disease_condition == "Mock":
             image[..., 0] = np.minimum(image[..., 0] + 80, 255)
         for c in range(5):
-            path = synthetic.image_path(root / "raw", row.experiment, row.plate, row.well, 1, c + 1)
+            path = layouts.image_path(root / "raw", row.experiment, row.plate, row.well, 1, c + 1)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(synthetic.png_bytes(image[..., c].astype(np.uint8)))
+            path.write_bytes(layouts.png_bytes(image[..., c].astype(np.uint8)))
     meta.to_csv(root / "raw" / "metadata.csv", index=False)
     convert.convert(rxrx.read_rxrx19a(str(root / "raw")), str(root / "shards"),
                     convert.ConvertOptions(image_size=16, sites_per_shard=96, num_workers=1), progress=False)
@@ -88,11 +89,10 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     The old protocol scores the model fine-tuned on every control (the descriptive outputs' model) in the
     same cross-validation.
     """
-    from gandl import embed
+    from gandl import embed, sharding
     from gandl.analysis import io
     from gandl.data import pipeline
     from gandl.features import imagenet
-    from gandl.train import sharding
 
     spec, mesh = pipeline.open_shards(_image_screen(root, signal)), sharding.make_mesh()
     # A random backbone that is trained too: enough capacity to memorise random labels in a few steps.

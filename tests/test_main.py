@@ -47,15 +47,15 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
     import json
     import shutil
 
-    from gandl.data import synthetic
+    from gandl.data.synthetic import layouts
 
     cfg, run_dir, _ = tiny_run
     workdir = tmp_path / "run"
     # The run's screen, shards and checkpoints; exports record their absolute paths, so embed anew.
     shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns("raw_rxrx1", "shards_rxrx1", "embeddings",
                                                                     "analysis"))
-    zeroshot_root = synthetic.write_rxrx1(tmp_path / "rxrx1", seed=5, image_size=16, plates_per_cell_line=1,
-                                          sites_per_well=1)
+    zeroshot_root = layouts.write_rxrx1(tmp_path / "rxrx1", seed=5, image_size=16, plates_per_cell_line=1,
+                                        sites_per_well=1)
     metadata = pd.read_csv(zeroshot_root / "metadata.csv", dtype=str, keep_default_na=False)
     metadata.drop(columns=["sirna_id"]).to_csv(zeroshot_root / "metadata.csv", index=False)
     pd.DataFrame({"compound": ["Remdesivir"], "ic50": [1.0]}).to_csv(workdir / "raw" / "truth.csv", index=False)

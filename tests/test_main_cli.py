@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gandl.data import synthetic
+from gandl.data.synthetic import layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GANDL = [sys.executable, "-c", "from gandl.main import run; run()"]  # what the console script runs
@@ -55,7 +55,7 @@ def test_config_mistakes_are_one_line(args, expected, tmp_path):
 
 
 def test_data_mistakes_are_one_line_before_the_model_is_traced(tmp_path):
-    root = synthetic.write_cell_painting(tmp_path / "screen", image_size=16, plates=1, sites_per_well=1)
+    root = layouts.write_cell_painting(tmp_path / "screen", image_size=16, plates=1, sites_per_well=1)
     csv = str(root / "metadata.csv")
 
     def check(data_root: str, *overrides: str) -> subprocess.CompletedProcess:

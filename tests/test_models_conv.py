@@ -7,8 +7,8 @@ import pytest
 from jax import lax
 from jax.sharding import PartitionSpec
 
+from gandl import sharding
 from gandl.models import conv
-from gandl.train import sharding
 
 CASES = [(8, 3, 1, 1), (9, 3, 2, 0), (7, 4, 3, 2)]  # size, k, stride, pad
 

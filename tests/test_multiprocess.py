@@ -22,10 +22,10 @@ import jax
 import numpy as np
 import pytest
 
-from gandl import embed, main
+from gandl import embed, main, sharding
 from gandl.data import pipeline
 from gandl.features import discriminator
-from gandl.train import checkpoint, loop, sharding
+from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gandl import embed, main, probe
+from gandl import embed, main, probe, sharding
 from gandl import workdir as layout
 from gandl.analysis import classify
 from gandl.data import pipeline
@@ -17,7 +17,6 @@ from gandl.models import init_variables
 from gandl.models.config import ModelConfig
 from gandl.models.discriminator import multiscale_dim
 from gandl.sweep import last_scalars
-from gandl.train import sharding
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import gandl
 from gandl.features import registry
 
 # Pipeline order; a module may import its own layer and the ones before it, never a later one.
-LAYERS = ["_tf", "fileio", "workdir", "defaults", "data", "models", "train", "features", "profiles", "embed",
-          "cost", "check", "analysis", "probe", "inspection", "sweep", "main"]
+LAYERS = ["_tf", "fileio", "workdir", "defaults", "sharding", "data", "models", "train", "features", "profiles",
+          "embed", "cost", "check", "analysis", "probe", "inspection", "sweep", "main"]
 PACKAGE = pathlib.Path(gandl.__file__).parent
 
 
@@ -71,6 +71,19 @@ def test_the_screen_schema_and_vocabulary_load_without_tensorflow():
 
     code = ("import sys; import gandl.data.screen, gandl.data.vocabulary; "
             "print([m for m in ('tensorflow', 'jax', 'zarr') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout.strip()
+    assert out == "[]"
+
+
+def test_the_synthetic_truth_loads_without_the_drawing_code():
+    """The analysis scores a synthetic screen against its hidden truth; that needs neither the painting code nor
+    TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import gandl.data.synthetic.truth; print([m for m in "
+            "('gandl.data.synthetic.cells', 'scipy', 'PIL', 'tensorflow', 'jax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
     assert out == "[]"

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gandl.data import synthetic as syn
+from gandl.data import vocabulary
+from gandl.data.synthetic import cells, layouts
+from gandl.data.synthetic.truth import TRUTH_COLUMNS, hidden_efficacy
 
 TINY = dict(image_size=16, plates_per_cell_line=1, sites_per_well=1, num_compounds=3,
             control_wells_per_plate=(1, 1, 1, 1))
@@ -24,7 +26,7 @@ def _read(root: pathlib.Path) -> pd.DataFrame:
 
 def _load(root: pathlib.Path, md: pd.DataFrame, channels: int) -> np.ndarray:
     return np.stack([
-        np.stack([np.asarray(Image.open(syn.image_path(root, r.experiment, r.plate, r.well, r.site, ch)))
+        np.stack([np.asarray(Image.open(layouts.image_path(root, r.experiment, r.plate, r.well, r.site, ch)))
                   for ch in range(1, channels + 1)], -1)
         for r in md.itertuples()])
 
@@ -35,21 +37,21 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory):
-    root = syn.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), image_size=32)
+    root = layouts.write_rxrx19a(tmp_path_factory.mktemp("rxrx19a"), image_size=32)
     md = _read(root)
     return root, md, _load(root, md, 5)
 
 
 @pytest.fixture(scope="module")
 def rxrx1(tmp_path_factory):
-    root = syn.write_rxrx1(tmp_path_factory.mktemp("rxrx1"), image_size=32)
+    root = layouts.write_rxrx1(tmp_path_factory.mktemp("rxrx1"), image_size=32)
     md = pd.read_csv(root / "metadata.csv", keep_default_na=False)
     return root, md, _load(root, md, 6)
 
 
 def test_rxrx19a_metadata_contract(screen):
     root, md, images = screen
-    assert tuple(md.columns) == syn.RXRX19A_COLUMNS
+    assert tuple(md.columns) == vocabulary.RXRX19A_COLUMNS
     assert len(md) == 2 * 2 * (8 * 6 + 17) * 2
     assert set(md.disease_condition) == {"Mock", "UV Inactivated SARS-CoV-2", "Active SARS-CoV-2", ""}
     assert set(md.cell_type) == {"HRCE", "VERO"}
@@ -64,7 +66,7 @@ def test_rxrx19a_metadata_contract(screen):
     assert controls.treatment_conc.isna().all() and (controls.SMILES == "").all()
     compounds = md[md.treatment != ""]
     assert (compounds.disease_condition == "Active SARS-CoV-2").all()
-    assert set(compounds.treatment_conc) == set(syn.DOSES_UM) and len(syn.DOSES_UM) == 6
+    assert set(compounds.treatment_conc) == set(layouts.DOSES_UM) and len(layouts.DOSES_UM) == 6
     assert (compounds.SMILES.str.len() > 5).all()
     assert {"Remdesivir", "GS-441524", "Polydatin"} <= set(compounds.treatment)
     # Every plate carries all controls.
@@ -77,23 +79,23 @@ def test_rxrx19a_metadata_contract(screen):
 def test_truth_and_hidden_efficacy(screen):
     root, md, _ = screen
     truth = pd.read_csv(root / "truth.csv")
-    assert set(syn.TRUTH_COLUMNS) <= set(truth.columns)
+    assert set(TRUTH_COLUMNS) <= set(truth.columns)
     assert set(truth.effect_class) == {"effective", "inert", "toxic"}
     assert set(truth.treatment) == set(md.treatment) - {""}
     toxic = truth.effect_class == "toxic"
     assert truth.loc[toxic, "tox_ec50_uM"].notna().all() and truth.loc[~toxic, "tox_ec50_uM"].isna().all()
-    doses = np.array(syn.DOSES_UM)
+    doses = np.array(layouts.DOSES_UM)
     for line in ("HRCE", "VERO"):
         for name in ("Remdesivir", "GS-441524"):
-            curve = syn.hidden_efficacy(truth, name, line, doses)
+            curve = hidden_efficacy(truth, name, line, doses)
             assert np.all(np.diff(curve) > 0) and curve[-1] > 0.7
-        assert syn.hidden_efficacy(truth, "Polydatin", line, 10.0) == 0.0
+        assert hidden_efficacy(truth, "Polydatin", line, 10.0) == 0.0
     remdesivir = truth[truth.treatment == "Remdesivir"].set_index("cell_type").ec50_uM
     assert remdesivir["HRCE"] != remdesivir["VERO"]
     row = truth[truth.treatment == "Remdesivir"].iloc[0]
-    assert syn.hidden_efficacy(truth, "Remdesivir", row.cell_type, row.ec50_uM) == pytest.approx(row.emax / 2)
+    assert hidden_efficacy(truth, "Remdesivir", row.cell_type, row.ec50_uM) == pytest.approx(row.emax / 2)
     with pytest.raises(KeyError):
-        syn.hidden_efficacy(truth, "Aspirin", "HRCE", 1.0)
+        hidden_efficacy(truth, "Aspirin", "HRCE", 1.0)
 
 
 def _site_stats(md: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
@@ -119,7 +121,7 @@ def test_disease_phenotype_is_visible_and_rescued(screen):
         se = math.sqrt(mock.var() / len(mock) + active.var() / len(active))
         assert active.mean() - mock.mean() > 6 * se, line
         assert abs(uv.mean() - mock.mean()) < 0.5 * (active.mean() - mock.mean()), line
-        top = s[s.treatment_conc == max(syn.DOSES_UM)].groupby("treatment").rna.mean()
+        top = s[s.treatment_conc == max(layouts.DOSES_UM)].groupby("treatment").rna.mean()
         assert abs(top["Remdesivir"] - mock.mean()) < 0.5 * abs(top["Polydatin"] - mock.mean()), line
 
 
@@ -129,8 +131,8 @@ def test_toxic_compounds_kill_cells_at_top_dose(screen):
     truth = pd.read_csv(root / "truth.csv")
     for name in truth[truth.effect_class == "toxic"].treatment.unique():
         s = stats[stats.treatment == name]
-        low = s[s.treatment_conc == min(syn.DOSES_UM)].dna.mean()
-        high = s[s.treatment_conc == max(syn.DOSES_UM)].dna.mean()
+        low = s[s.treatment_conc == min(layouts.DOSES_UM)].dna.mean()
+        high = s[s.treatment_conc == max(layouts.DOSES_UM)].dna.mean()
         assert high < 0.8 * low, name
 
 
@@ -146,7 +148,7 @@ def test_cell_lines_differ_in_morphology(screen):
 
 def test_rxrx1_set(rxrx1):
     root, md, images = rxrx1
-    assert tuple(md.columns) == syn.RXRX1_COLUMNS
+    assert tuple(md.columns) == vocabulary.RXRX1_COLUMNS
     assert set(md.cell_type) == {"HEPG2", "HUVEC", "RPE", "U2OS"}
     assert set(md.well_type) == {"treatment", "negative_control", "positive_control"}
     assert set(md.dataset) == {"train"}
@@ -154,22 +156,22 @@ def test_rxrx1_set(rxrx1):
     assert md.sirna_id.dtype.kind == "i" and (md[md.well_type == "negative_control"].sirna == "EMPTY").all()
     assert images.shape == (len(md), 32, 32, 6) and images.dtype == np.uint8
     first = md.iloc[0]
-    assert syn.image_path(root, first.experiment, first.plate, first.well, first.site, 6).exists()
+    assert layouts.image_path(root, first.experiment, first.plate, first.well, first.site, 6).exists()
 
 
 def test_shared_stains_render_alike_across_sets():
     """RxRx1's channels (1,2,3,4,6) are the RxRx19a stains: same pixels for the same cells and noise."""
     for line in ("HRCE", "U2OS"):
-        five = syn.render_site(np.random.default_rng(3), line, image_size=48, stains=syn.RXRX19A_STAINS)
-        six = syn.render_site(np.random.default_rng(3), line, image_size=48, stains=syn.RXRX1_STAINS)
+        five = cells.render_site(np.random.default_rng(3), line, image_size=48, stains=cells.RXRX19A_STAINS)
+        six = cells.render_site(np.random.default_rng(3), line, image_size=48, stains=cells.RXRX1_STAINS)
         for c5, c6 in zip(range(5), (0, 1, 2, 3, 5)):
             assert abs(float(five[..., c5].mean()) - float(six[..., c6].mean())) < 0.03 * five[..., c5].mean()
 
 
 def test_deterministic_and_seed_dependent(tmp_path):
-    a = _tree(syn.write_rxrx19a(tmp_path / "a", seed=5, **TINY))
-    b = _tree(syn.write_rxrx19a(tmp_path / "b", seed=5, **TINY))
-    c = _tree(syn.write_rxrx19a(tmp_path / "c", seed=6, **TINY))
+    a = _tree(layouts.write_rxrx19a(tmp_path / "a", seed=5, **TINY))
+    b = _tree(layouts.write_rxrx19a(tmp_path / "b", seed=5, **TINY))
+    c = _tree(layouts.write_rxrx19a(tmp_path / "c", seed=6, **TINY))
     assert a == b
     assert a["metadata.csv"] != c["metadata.csv"]  # another plate layout and other compounds
     shared = set(a.values()) & set(c.values())
@@ -177,25 +179,25 @@ def test_deterministic_and_seed_dependent(tmp_path):
 
 
 def test_rerun_is_free_and_resumes(tmp_path):
-    root = syn.write_rxrx19a(tmp_path / "s", **TINY)
+    root = layouts.write_rxrx19a(tmp_path / "s", **TINY)
     before = _tree(root)
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
-    syn.write_rxrx19a(root, **TINY)
+    layouts.write_rxrx19a(root, **TINY)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     # An interrupted run (no metadata.csv yet, one image missing) resumes and redraws only what is missing.
     victim = sorted(mtimes)[7]
     victim.unlink()
     (root / "metadata.csv").unlink()
-    syn.write_rxrx19a(root, **TINY)
+    layouts.write_rxrx19a(root, **TINY)
     assert _tree(root) == before
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != victim)
     assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
     with pytest.raises(ValueError, match="other parameters"):
-        syn.write_rxrx19a(root, **{**TINY, "seed": 1})
+        layouts.write_rxrx19a(root, **{**TINY, "seed": 1})
 
 
 def test_16_bit_has_a_realistic_low_range(tmp_path):
-    root = syn.write_rxrx19a(tmp_path / "deep", bit_depth=16, **TINY)
+    root = layouts.write_rxrx19a(tmp_path / "deep", bit_depth=16, **TINY)
     md = _read(root)
     images = _load(root, md, 5)
     assert images.dtype == np.uint16
@@ -204,23 +206,23 @@ def test_16_bit_has_a_realistic_low_range(tmp_path):
 
 @pytest.mark.parametrize("size", [16, 97, 1024])
 def test_render_any_size(size):
-    img = syn.render_site(np.random.default_rng(0), "VERO", image_size=size, infection=0.5)
+    img = cells.render_site(np.random.default_rng(0), "VERO", image_size=size, infection=0.5)
     assert img.shape == (size, size, 5) and img.dtype == np.uint8
     assert img[..., 0].max() > 100  # nuclei present at every resolution
 
 
 def test_bad_arguments_fail_before_writing(tmp_path):
     with pytest.raises(ValueError):
-        syn.write_rxrx19a(tmp_path / "x", image_size=8)
+        layouts.write_rxrx19a(tmp_path / "x", image_size=8)
     with pytest.raises(ValueError):
-        syn.write_rxrx19a(tmp_path / "y", bit_depth=12)
+        layouts.write_rxrx19a(tmp_path / "y", bit_depth=12)
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
 
 
 @pytest.mark.parametrize("dtype,top", [(np.uint8, 255), (np.uint16, 65535)])
 def test_png_round_trip(dtype, top):
     channel = np.random.default_rng(0).integers(0, top + 1, (3, 5)).astype(dtype)
-    back = np.asarray(Image.open(io.BytesIO(syn.png_bytes(channel))))
+    back = np.asarray(Image.open(io.BytesIO(layouts.png_bytes(channel))))
     assert back.dtype == dtype and np.array_equal(back, channel)
 
 
@@ -231,7 +233,7 @@ TEST_BED = dict(image_size=32, plates_per_cell_line=1, sites_per_well=2, num_com
 
 def _controls(tmp_path: pathlib.Path, **options) -> tuple[np.ndarray, np.ndarray]:
     """Pixels [sites, pixels, channels] of the Mock and of the Active control sites of a test-bed screen."""
-    root = syn.write_rxrx19a(tmp_path / "_".join(f"{k}{v}" for k, v in options.items()), **TEST_BED, **options)
+    root = layouts.write_rxrx19a(tmp_path / "_".join(f"{k}{v}" for k, v in options.items()), **TEST_BED, **options)
     md = _read(root)
     pixels = _load(root, md, 5).reshape(len(md), -1, 5).astype(np.float64)
     blank = md.treatment == ""
@@ -271,14 +273,14 @@ def test_cell_density_thins_the_cells(tmp_path):
 
 
 def test_test_bed_options_are_stamped_and_checked(tmp_path):
-    root = syn.write_rxrx19a(tmp_path / "s", **TINY)
+    root = layouts.write_rxrx19a(tmp_path / "s", **TINY)
     assert "phenotype_strength" not in (root / "synthetic.json").read_text()  # standard screens keep their stamp
-    subtle = syn.write_rxrx19a(tmp_path / "subtle", phenotype_strength=0.5, **TINY)
-    syn.write_rxrx19a(subtle, phenotype_strength=0.5, **TINY)
+    subtle = layouts.write_rxrx19a(tmp_path / "subtle", phenotype_strength=0.5, **TINY)
+    layouts.write_rxrx19a(subtle, phenotype_strength=0.5, **TINY)
     for change in (dict(phenotype_strength=0.4), dict(phenotype_strength=1.0), dict(morphology_only=True)):
         with pytest.raises(ValueError, match="other parameters"):
-            syn.write_rxrx19a(subtle, **TINY, **{"phenotype_strength": 0.5, **change})
+            layouts.write_rxrx19a(subtle, **TINY, **{"phenotype_strength": 0.5, **change})
     for bad in (dict(phenotype_strength=0.0), dict(cell_density=1.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            syn.write_rxrx19a(tmp_path / "bad", **TINY, **bad)
+            layouts.write_rxrx19a(tmp_path / "bad", **TINY, **bad)
     assert not (tmp_path / "bad").exists()

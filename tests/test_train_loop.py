@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from gandl import sharding
 from gandl.data import pipeline
-from gandl.train import checkpoint, loop, sharding
+from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
 

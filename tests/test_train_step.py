@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gandl import sharding
 from gandl.models import ModelConfig, build_models
-from gandl.train import losses, sharding
+from gandl.train import losses
 from gandl.train import state as state_lib
 from gandl.train import step as step_lib
 

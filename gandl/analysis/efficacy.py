@@ -21,6 +21,7 @@ from scipy import stats
 from sklearn import metrics
 
 from gandl.analysis.io import control_role
+from gandl.data.synthetic.truth import hidden_efficacy
 
 WELL_KEYS = ["treatment", "cell_type", "treatment_conc"]  # one dose point of one curve
 CURVE_KEYS = ["treatment", "cell_type"]
@@ -458,8 +459,6 @@ def truth_agreement(curves: pd.DataFrame, truth: pd.DataFrame, hits: pd.DataFram
     active against inert compounds, the Spearman among the truly active, and the hits' precision and
     recall against the truly active (`_line_truth`).
     """
-    from gandl.data.synthetic import hidden_efficacy
-
     hidden = np.array([hidden_efficacy(truth, r.treatment, r.cell_type, r.treatment_conc)
                        for r in curves.itertuples()])
     scored = curves.assign(hidden=hidden)

@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from gandl import sharding
 from gandl.data import pipeline
 from gandl.models.config import ModelConfig
-from gandl.train import sharding
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
 

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from gandl import sharding
 from gandl.data import pipeline
 from gandl.features.base import Context, FeatureFn, on_mesh
 from gandl.models import build_models, init_variables
 from gandl.models import layers as model_layers
 from gandl.models.config import ModelConfig
 from gandl.models.discriminator import multiscale_dim
-from gandl.train import sharding
 
 # Feature option -> the Discriminator method computing it.
 OPTIONS = {"fc": "features", "multiscale": "multiscale_features"}

@@ -28,10 +28,10 @@ import optax
 import pandas as pd
 from jax.experimental import multihost_utils
 
+from gandl import sharding
 from gandl.data import pipeline, rxrx
 from gandl.features.base import Context, FeatureFn, on_mesh
 from gandl.models import densenet
-from gandl.train import sharding
 
 RANDOM = "random"  # `weights` value for a randomly initialised backbone (tests, demos without weights)
 LABELS = {"C+": 0, "C-": 1}

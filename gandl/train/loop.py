@@ -22,12 +22,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gandl import sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline, render
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
-from gandl.train import checkpoint, sharding, swd
+from gandl.train import checkpoint, swd
 from gandl.train import state as state_lib
 from gandl.train import step as step_lib
 

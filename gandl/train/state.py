@@ -15,9 +15,10 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
+from gandl import sharding
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
-from gandl.train import losses, sharding
+from gandl.train import losses
 
 
 @struct.dataclass

@@ -29,8 +29,8 @@ from jax.sharding import PartitionSpec
 
 from gandl.models.discriminator import Discriminator
 from gandl.models.generator import Generator
+from gandl.sharding import DATA_AXIS
 from gandl.train import losses
-from gandl.train.sharding import DATA_AXIS
 from gandl.train.state import TrainState, optimizers
 
 Array = jax.Array

@@ -1,0 +1,395 @@
+"""Writing synthetic screens in the layouts the readers know: RxRx19a, RxRx1, and a CellProfiler-style screen.
+
+Each writer builds its whole plate design first, then claims the directory (`synthetic.json`, its parameters)
+and renders site after site; metadata.csv is written last, so a directory holding it is complete, a rerun with
+the same parameters returns at once and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from gandl.data.synthetic.cells import (
+    CELL_LINES,
+    RXRX1_STAINS,
+    RXRX19A_STAINS,
+    CellLine,
+    check_size_depth,
+    keyed_rng,
+    reference_histogram,
+    render_site,
+    sample_plate_effects,
+)
+from gandl.data.synthetic.truth import CONDITION_INFECTION, hidden_efficacy, hidden_toxicity, make_truth
+from gandl.data.vocabulary import ACTIVE, BLANK, MOCK, RXRX1_COLUMNS, RXRX19A_COLUMNS, UV_INACTIVATED
+from gandl.data.vocabulary import image_path as rxrx_image_path
+
+# Six half-log doses, 0.0316 .. 10 uM, rounded to three significant digits as a plate map would list them.
+DOSES_UM = tuple(float(f"{c:.3g}") for c in 10.0 ** np.arange(-1.5, 1.5, 0.5))
+
+DEMO_RXRX19A = dict(image_size=64, plates_per_cell_line=4, sites_per_well=3, num_compounds=24,
+                    control_wells_per_plate=(16, 8, 16, 4))
+
+_FORMAT_VERSION = 1
+# write_rxrx19a's test-bed options at which it draws the standard screen; only other values enter its stamp,
+# so a standard screen written before the options existed still resumes.
+_TEST_BED_DEFAULTS = dict(morphology_only=False, phenotype_strength=1.0, cell_density=1.0)
+
+
+_INNER_WELLS = tuple(f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24))
+_EDGE_WELLS = tuple(f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)
+                    if r in "AP" or c in (1, 24))
+
+
+def _plate_wells(rng: np.random.Generator, n: int) -> list[str]:
+    """n wells of a 384-well plate in random positions, inner wells first (edges only when needed)."""
+    if n > 384:
+        raise ValueError(f"a 384-well plate holds at most 384 wells, asked for {n}")
+    inner = list(rng.permutation(_INNER_WELLS))
+    return (inner + list(rng.permutation(_EDGE_WELLS)))[:n]
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def png_bytes(channel: np.ndarray) -> bytes:
+    """A grayscale PNG (8 or 16 bit) of a 2-D uint8 / uint16 array."""
+    buf = io.BytesIO()
+    Image.fromarray(channel).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _save_png(path: pathlib.Path, channel: np.ndarray) -> None:
+    data = png_bytes(channel)
+    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def image_path(root: pathlib.Path, experiment: str, plate: int, well: str, site: int, channel: int,
+               ) -> pathlib.Path:
+    """Where a site's channel goes in the screen folder `root` (the official layout under images/)."""
+    return pathlib.Path(rxrx_image_path(str(pathlib.Path(root) / "images"), experiment, plate, well, site, channel))
+
+
+def _prepare(out_dir: str | os.PathLike, params: dict) -> tuple[pathlib.Path, bool]:
+    """True when `out_dir` already holds this exact, complete screen; refuses one made with other parameters."""
+    root = pathlib.Path(out_dir)
+    stamp = root / "synthetic.json"
+    if stamp.exists():
+        if stamp.read_text() != _stamp_text(params):
+            raise ValueError(f"{root} holds a synthetic screen made with other parameters; use a new dir")
+        return root, (root / "metadata.csv").exists()
+    return root, False
+
+
+def _stamp_text(params: dict) -> str:
+    return json.dumps({"format_version": _FORMAT_VERSION, **params}, sort_keys=True, indent=1)
+
+
+def _claim(root: pathlib.Path, params: dict) -> None:
+    """Mark `root` as this screen's, once its whole design is built: a refused call leaves nothing behind."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = root / "synthetic.json"
+    if not stamp.exists():
+        _atomic_write(stamp, lambda tmp: tmp.write_text(_stamp_text(params)))
+
+
+def _write_sites(root: pathlib.Path, records: Sequence[dict], render) -> None:
+    """Renders and writes every site whose channel files are not all present yet."""
+    for rec in records:
+        paths = [image_path(root, rec["experiment"], rec["plate"], rec["well"], rec["site"], ch + 1)
+                 for ch in range(rec["_channels"])]
+        if all(p.exists() for p in paths):
+            continue
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        img = render(rec)
+        for ch, path in enumerate(paths):
+            if not path.exists():
+                _save_png(path, np.ascontiguousarray(img[..., ch]))
+
+
+def _write_table(path: pathlib.Path, frame: pd.DataFrame) -> None:
+    _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64,
+                  plates_per_cell_line: int = 2, plates_per_experiment: int = 2, sites_per_well: int = 2,
+                  num_compounds: int = 8, control_wells_per_plate: tuple[int, int, int, int] = (6, 3, 6, 2),
+                  bit_depth: int = 8, morphology_only: bool = False, phenotype_strength: float = 1.0,
+                  cell_density: float = 1.0) -> pathlib.Path:
+    """Writes an RxRx19a-like screen (images, metadata.csv, truth.csv) and returns its directory.
+
+    Each plate holds every compound at the six DOSES_UM plus `control_wells_per_plate` = (Mock, UV, Active,
+    blank) wells, in a random layout. HRCE and VERO get their own experiments (`HRCE-1`, `HRCE-2`, ... of
+    `plates_per_experiment` plates each). metadata.csv is written last: a directory holding it is complete,
+    and a rerun with the same parameters returns at once; an interrupted run resumes where it stopped.
+
+    Harder test beds, each off at its default: `morphology_only` rank-matches every channel of every site to
+    one `reference_histogram` per channel (shared by all conditions, plates and lines), so only shape,
+    arrangement and texture tell conditions apart; `phenotype_strength` in (0, 1] scales every site's
+    infection and toxicity level (the infection phenotype and the compound effects; truth.csv keeps the
+    relative efficacy); `cell_density` in (0, 1] scales each cell line's cells per site.
+    """
+    options = dict(morphology_only=morphology_only, phenotype_strength=phenotype_strength, cell_density=cell_density)
+    params = dict(kind="rxrx19a", seed=seed, image_size=image_size, plates_per_cell_line=plates_per_cell_line,
+                  plates_per_experiment=plates_per_experiment, sites_per_well=sites_per_well,
+                  num_compounds=num_compounds, control_wells_per_plate=list(control_wells_per_plate),
+                  bit_depth=bit_depth, **{k: v for k, v in options.items() if v != _TEST_BED_DEFAULTS[k]})
+    _check_common(image_size, bit_depth, sites_per_well, plates_per_cell_line, plates_per_experiment)
+    for name in ("phenotype_strength", "cell_density"):
+        if not 0.0 < options[name] <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {options[name]!r}")
+    root, done = _prepare(out_dir, params)
+    if done:
+        return root
+    lines = ("HRCE", "VERO")
+    truth = make_truth(keyed_rng(seed, 19, 0), num_compounds, lines)
+    records = []
+    for li, line in enumerate(lines):
+        conditions = _rxrx19a_conditions(truth, line, control_wells_per_plate)
+        for pi in range(plates_per_cell_line):
+            experiment = f"{line}-{pi // plates_per_experiment + 1}"
+            plate = pi % plates_per_experiment + 1
+            plate_rng = keyed_rng(seed, 19, 1, li, pi)
+            effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
+            for wi, (well, cond) in enumerate(zip(_plate_wells(plate_rng, len(conditions)), conditions)):
+                # Well-to-well biology: virus dose (MOI) and seeding vary a little between wells.
+                well_rng = keyed_rng(seed, 19, 2, li, pi, wi)
+                infection = float(np.clip(cond["infection"] * phenotype_strength * np.exp(well_rng.normal(0, 0.08)),
+                                          0, 1))
+                for site in range(1, sites_per_well + 1):
+                    records.append(dict(
+                        site_id=f"{experiment}_{plate}_{well}_{site}", well_id=f"{experiment}_{plate}_{well}",
+                        cell_type=line, experiment=experiment, plate=plate, well=well, site=site,
+                        disease_condition=cond["disease_condition"], treatment=cond["treatment"],
+                        treatment_conc=cond["treatment_conc"], SMILES=cond["SMILES"], _line=line,
+                        _infection=infection, _toxicity=cond["toxicity"] * phenotype_strength, _effects=effects,
+                        _key=(seed, 19, 3, li, pi, wi, site), _channels=len(RXRX19A_STAINS)))
+
+    cells = {line: dataclasses.replace(CELL_LINES[line], density=CELL_LINES[line].density * cell_density)
+             for line in lines}
+    histogram = (reference_histogram(seed, lines, image_size=image_size, stains=RXRX19A_STAINS, bit_depth=bit_depth)
+                 if morphology_only else None)
+
+    def render(rec: dict) -> np.ndarray:
+        return render_site(keyed_rng(*rec["_key"]), cells[rec["_line"]], image_size=image_size, stains=RXRX19A_STAINS,
+                           infection=rec["_infection"], toxicity=rec["_toxicity"], plate=rec["_effects"],
+                           bit_depth=bit_depth, histogram=histogram)
+
+    _claim(root, params)
+    _write_sites(root, records, render)
+    _write_table(root / "truth.csv", truth)
+    _write_table(root / "metadata.csv", _metadata(records, RXRX19A_COLUMNS))
+    return root
+
+
+def _rxrx19a_conditions(truth: pd.DataFrame, line: str, control_wells: Sequence[int]) -> list[dict]:
+    """One plate's wells of a cell line: (Mock, UV, Active, blank) controls, then every compound at DOSES_UM,
+    each with the infection and toxicity level its sites are drawn at."""
+    controls = [(cond, n) for cond, n in zip((MOCK, UV_INACTIVATED, ACTIVE, BLANK), control_wells)]
+    conditions = [dict(disease_condition=cond, treatment="", treatment_conc=math.nan, SMILES="",
+                       infection=CONDITION_INFECTION[cond], toxicity=0.0)
+                  for cond, n in controls for _ in range(n)]
+    for row in truth[truth["cell_type"] == line].itertuples():
+        efficacy = hidden_efficacy(truth, row.treatment, line, np.array(DOSES_UM))
+        toxicity = hidden_toxicity(truth, row.treatment, line, np.array(DOSES_UM))
+        for conc, eff, tox in zip(DOSES_UM, efficacy, toxicity):
+            conditions.append(dict(disease_condition=ACTIVE, treatment=row.treatment, treatment_conc=conc,
+                                   SMILES=row.SMILES, infection=1.0 - float(eff), toxicity=float(tox)))
+    return conditions
+
+
+RXRX1_CELL_LINES = ("HEPG2", "HUVEC", "RPE", "U2OS")
+_NEGATIVE_SIRNA_ID = 1138
+_POSITIVE_SIRNA_ID0 = 1108
+# Morphology parameters an siRNA knock-down can move, and how far (log-scale sd; positives 2.5x more).
+_KNOCKDOWN_TARGETS = ("density", "length", "aspect", "nucleus", "irregularity", "fibres")
+
+
+def _knockdown(rng: np.random.Generator, strength: float) -> dict[str, float]:
+    """An siRNA's phenotype: multiplicative changes to two morphology parameters and one stain."""
+    targets = rng.choice(_KNOCKDOWN_TARGETS, size=2, replace=False)
+    effect = {str(t): float(np.exp(rng.normal(0.0, strength))) for t in targets}
+    effect["stain:" + str(rng.choice(RXRX1_STAINS))] = float(np.exp(rng.normal(0.0, strength)))
+    return effect
+
+
+def _apply_knockdown(line: CellLine, effect: Mapping[str, float]) -> CellLine:
+    changes = {k: getattr(line, k) * f for k, f in effect.items() if not k.startswith("stain:")}
+    if "aspect" in changes:
+        changes["aspect"] = max(1.0, changes["aspect"])
+    brightness = dict(line.brightness)
+    for k, f in effect.items():
+        if k.startswith("stain:"):
+            brightness[k[6:]] = brightness.get(k[6:], 1.0) * f
+    return dataclasses.replace(line, brightness=brightness, **changes)
+
+
+def write_rxrx1(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64,
+                plates_per_cell_line: int = 1, plates_per_experiment: int = 4, sites_per_well: int = 2,
+                num_sirnas: int = 8, num_positive_controls: int = 2, negative_control_wells: int = 4,
+                bit_depth: int = 8) -> pathlib.Path:
+    """Writes an RxRx1-like 6-stain siRNA set of HEPG2, HUVEC, RPE and U2OS cells (metadata.csv, images).
+
+    Each plate holds every siRNA and positive control once plus `negative_control_wells` EMPTY wells.
+    Experiments are `HEPG2-01`, ...; same resumable, atomic writing as `write_rxrx19a`.
+    """
+    params = dict(kind="rxrx1", seed=seed, image_size=image_size, plates_per_cell_line=plates_per_cell_line,
+                  plates_per_experiment=plates_per_experiment, sites_per_well=sites_per_well,
+                  num_sirnas=num_sirnas, num_positive_controls=num_positive_controls,
+                  negative_control_wells=negative_control_wells, bit_depth=bit_depth)
+    _check_common(image_size, bit_depth, sites_per_well, plates_per_cell_line, plates_per_experiment)
+    root, done = _prepare(out_dir, params)
+    if done:
+        return root
+    design = keyed_rng(seed, 1, 0)
+    names = design.choice(np.arange(10000, 30000), size=num_sirnas + num_positive_controls, replace=False)
+    wells = [dict(well_type="treatment", sirna=f"s{names[i]}", sirna_id=i, effect=_knockdown(design, 0.15))
+             for i in range(num_sirnas)]
+    wells += [dict(well_type="positive_control", sirna=f"s{names[num_sirnas + i]}",
+                   sirna_id=_POSITIVE_SIRNA_ID0 + i, effect=_knockdown(design, 0.4))
+              for i in range(num_positive_controls)]
+    wells += [dict(well_type="negative_control", sirna="EMPTY", sirna_id=_NEGATIVE_SIRNA_ID, effect={})
+              for _ in range(negative_control_wells)]
+    records = []
+    for li, line in enumerate(RXRX1_CELL_LINES):
+        for pi in range(plates_per_cell_line):
+            experiment = f"{line}-{pi // plates_per_experiment + 1:02d}"
+            plate = pi % plates_per_experiment + 1
+            plate_rng = keyed_rng(seed, 1, 1, li, pi)
+            effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
+            for wi, (well, w) in enumerate(zip(_plate_wells(plate_rng, len(wells)), wells)):
+                for site in range(1, sites_per_well + 1):
+                    records.append(dict(
+                        site_id=f"{experiment}_{plate}_{well}_{site}", well_id=f"{experiment}_{plate}_{well}",
+                        cell_type=line, dataset="train", experiment=experiment, plate=plate, well=well,
+                        site=site, well_type=w["well_type"], sirna=w["sirna"], sirna_id=w["sirna_id"],
+                        _line=_apply_knockdown(CELL_LINES[line], w["effect"]), _effects=effects,
+                        _key=(seed, 1, 3, li, pi, wi, site), _channels=len(RXRX1_STAINS)))
+
+    def render(rec: dict) -> np.ndarray:
+        return render_site(keyed_rng(*rec["_key"]), rec["_line"], image_size=image_size, stains=RXRX1_STAINS,
+                           plate=rec["_effects"], bit_depth=bit_depth)
+
+    _claim(root, params)
+    _write_sites(root, records, render)
+    _write_table(root / "metadata.csv", _metadata(records, RXRX1_COLUMNS))
+    return root
+
+
+# A compound screen in a CellProfiler user's own terms: the foreign screen the generic and OME-Zarr readers, and
+# the screen schema, are tested on. Its channels (the user's names) are drawn as these stains.
+CELL_PAINTING_CHANNELS = {"DNA": "Hoechst", "Actin": "Phalloidin", "RNA": "Syto14"}
+CELL_PAINTING_DOSES_UM = (0.1, 0.3, 1.0)
+_CELL_PAINTING_WELLS = (("DMSO", 0.0, 1.0),) * 3 + (("staurosporine", 1.0, 0.0),) * 2 + tuple(
+    ("cpd-7", dose, 1.0 - efficacy) for dose, efficacy in zip(CELL_PAINTING_DOSES_UM, (0.25, 0.6, 0.9)))
+
+
+def write_cell_painting(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 32, plates: int = 3,
+                        sites_per_well: int = 2, layout: str = "csv") -> pathlib.Path:
+    """Writes a small 16-bit, 3-channel compound screen with CellProfiler-style metadata; returns its directory.
+
+    Each plate (P1, P2, ...; U2OS cells) holds 3 DMSO wells (the negative control: the disease phenotype, drawn
+    as infection), 2 wells of a positive-control compound that reverses it (staurosporine, 1 µM) and one
+    compound, cpd-7, at CELL_PAINTING_DOSES_UM reversing it by 25 %, 60 % and 90 %, in a random layout.
+    `layout` "csv": 16-bit TIFFs `images/{plate}_{well}_s{site}_{channel}.tif` and `metadata.csv` (one row per
+    site: Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Compound, Metadata_Dose_uM, Metadata_CellLine,
+    Metadata_Note (blank but for edge wells), FileName_DNA / _Actin / _RNA relative to it): data.kind=generic.
+    "ome_zarr": one HCS plate `{plate}.zarr` per plate (OMERO channel labels, fields = sites) and the plate map
+    `metadata.csv` (one row per well: plate, well and the Metadata_ columns): data.kind=ome_zarr.
+    metadata.csv is written last: a directory holding it is complete.
+    """
+    if layout not in ("csv", "ome_zarr"):
+        raise ValueError(f"layout must be 'csv' or 'ome_zarr', got {layout!r}")
+    params = dict(kind="cell_painting", seed=seed, image_size=image_size, plates=plates,
+                  sites_per_well=sites_per_well, layout=layout)
+    _check_common(image_size, 16, sites_per_well, plates, 1)
+    root, done = _prepare(out_dir, params)
+    if done:
+        return root
+    stains = tuple(CELL_PAINTING_CHANNELS.values())
+    wells, sites = [], {}
+    for pi in range(plates):
+        plate, plate_rng = f"P{pi + 1}", keyed_rng(seed, 27, pi)
+        effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
+        for wi, (well, (compound, dose, infection)) in enumerate(
+                zip(_plate_wells(plate_rng, len(_CELL_PAINTING_WELLS)), _CELL_PAINTING_WELLS)):
+            wells.append(dict(plate=plate, well=well, Metadata_Compound=compound, Metadata_Dose_uM=dose,
+                              Metadata_CellLine="U2OS", Metadata_Note="edge" if well in _EDGE_WELLS else ""))
+            for site in range(1, sites_per_well + 1):
+                sites[plate, well, site] = render_site(keyed_rng(seed, 27, pi, wi, site), "U2OS", image_size=image_size,
+                                                       stains=stains, infection=infection, plate=effects,
+                                                       bit_depth=16)
+    _claim(root, params)
+    plate_map = pd.DataFrame(wells)
+    if layout == "csv":
+        table = _write_tiffs(root, plate_map, sites)
+    else:
+        _write_plates(root, plate_map, sites)
+        table = plate_map
+    _write_table(root / "metadata.csv", table)
+    return root
+
+
+def _write_tiffs(root: pathlib.Path, plate_map: pd.DataFrame, sites: Mapping) -> pd.DataFrame:
+    """One 16-bit TIFF per channel of every site; the per-site table in CellProfiler's names."""
+    import tifffile
+
+    (root / "images").mkdir(exist_ok=True)
+    rows = []
+    for (plate, well, site), image in sites.items():
+        files = {}
+        for c, channel in enumerate(CELL_PAINTING_CHANNELS):
+            files[f"FileName_{channel}"] = f"images/{plate}_{well}_s{site}_{channel}.tif"
+            plane = np.ascontiguousarray(image[..., c])
+            _atomic_write(root / files[f"FileName_{channel}"], lambda tmp, plane=plane: tifffile.imwrite(tmp, plane))
+        well_row = plate_map[(plate_map["plate"] == plate) & (plate_map["well"] == well)].iloc[0]
+        rows.append(dict(Metadata_Plate=plate, Metadata_Well=well, Metadata_Site=site,
+                         **{k: well_row[k] for k in plate_map.columns if k.startswith("Metadata_")}, **files))
+    return pd.DataFrame(rows)
+
+
+def _write_plates(root: pathlib.Path, plate_map: pd.DataFrame, sites: Mapping) -> None:
+    """One OME-Zarr HCS plate per plate, written with ome-zarr-py: fields are sites, channels OMERO-labelled."""
+    import zarr
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    window = {"min": 0, "max": 65535, "start": 0, "end": 65535}
+    omero = {"channels": [{"label": name, "color": "FFFFFF", "window": window} for name in CELL_PAINTING_CHANNELS]}
+    for plate, wells in plate_map.groupby("plate", sort=True):
+        group = zarr.open_group(str(root / f"{plate}.zarr"), mode="w")
+        names = [(w[0], w[1:]) for w in wells["well"]]
+        write_plate_metadata(group, sorted({r for r, _ in names}), sorted({c for _, c in names}),
+                             [f"{r}/{c}" for r, c in names], field_count=max(k[2] for k in sites), name=plate)
+        for (row, column), well in zip(names, wells["well"]):
+            well_group = group.require_group(row).require_group(column)
+            fields = sorted(site for (p, w, site) in sites if (p, w) == (plate, well))
+            write_well_metadata(well_group, [str(f - 1) for f in fields])
+            for f in fields:
+                write_image(np.moveaxis(sites[plate, well, f], -1, 0), well_group.require_group(str(f - 1)),
+                            axes="cyx", scale_factors=(), omero=omero)
+
+
+def _check_common(image_size: int, bit_depth: int, sites_per_well: int, plates: int, per_experiment: int,
+                  ) -> None:
+    """Fails before anything is written, so a bad call leaves no half-made directory."""
+    check_size_depth(image_size, bit_depth)
+    if min(sites_per_well, plates, per_experiment) < 1:
+        raise ValueError("sites_per_well, plates_per_cell_line and plates_per_experiment must be >= 1")
+
+
+def _metadata(records: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame([{c: r[c] for c in columns} for r in records], columns=list(columns))
+    return frame.sort_values(["experiment", "plate", "well", "site"], kind="stable").reset_index(drop=True)
