@@ -129,7 +129,7 @@ def test_reads_rxrx1_utils_records_with_the_zero_shot_channel_map(tmp_path):
                   **({"sirna": 1100 + k} if k % 2 else {})) for k in range(5)]
     _write_rxrx1_utils(str(tmp_path / "a.tfrecord"), sites[:3], 12)
     _write_rxrx1_utils(str(tmp_path / "b.tfrecord"), sites[3:], 12)
-    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=12)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), rxrx1_utils_size=12)
     channels = rxrx.channel_map("rxrx1", "rxrx19a")
     assert pipeline.output_stains(spec, channels) == rxrx.STAINS["rxrx19a"]
     out = _all_sites(spec, channels=channels)
@@ -139,7 +139,7 @@ def test_reads_rxrx1_utils_records_with_the_zero_shot_channel_map(tmp_path):
         np.testing.assert_allclose(out["image"][i], s["image"][..., [0, 1, 2, 3, 5]] / 127.5 - 1.0, atol=1e-6)
         assert out["sirna"][i] == s.get("sirna", -1) and out["cell_type"][i] == b"HUVEC"
 
-    wrong = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=16)
+    wrong = pipeline.open_records(str(tmp_path / "*.tfrecord"), rxrx1_utils_size=16)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"a.tfrecord.*expected 16x16x6"):
         _all_sites(wrong)
 
@@ -174,9 +174,9 @@ def test_64px_rxrx1_utils_records_are_area_downscaled_to_a_32px_model(tmp_path):
 
     sites = _rxrx1_utils_sites(np.random.default_rng(1), 64, 4)
     _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), sites, 64)
-    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), rxrx1_utils_size=64)
     channels = rxrx.channel_map("rxrx1", "rxrx19a")
-    out = _all_sites(spec, channels=channels, image_size=32)
+    out = _all_sites(spec, channels=channels, resolution=32)
     assert out["image"].shape == (4, 32, 32, 5)
     by_id = {sid.decode(): i for i, sid in enumerate(out["site_id"])}
     for s in sites:
@@ -188,23 +188,23 @@ def test_64px_rxrx1_utils_records_are_area_downscaled_to_a_32px_model(tmp_path):
         converted = np.stack([images.downscale(raw[..., c], 32) for c in range(5)], -1) / 127.5 - 1.0
         np.testing.assert_allclose(got, converted, atol=1.0 / 255 + 1e-6)
 
-    train = _take(pipeline.train_dataset(spec, pipeline.InputOptions(channels=channels, image_size=32), batch_size=2,
+    train = _take(pipeline.train_dataset(spec, pipeline.InputOptions(channels=channels, resolution=32), batch_size=2,
                                          seed=0), 1)[0]
     assert train["image"].shape == (2, 32, 32, 5) and -1.0 <= train["image"].min() < train["image"].max() <= 1.0
     # A 16-px central crop of the 64-px records, downscaled 2x to 8 px.
-    crop = _all_sites(spec, channels=channels, crop_size=16, image_size=8)["image"]
+    crop = _all_sites(spec, channels=channels, crop_size=16, resolution=8)["image"]
     assert crop.shape == (4, 8, 8, 5)
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(image_size=24), r"r.tfrecord cannot be area-downscaled to 24 px: 64 is not a whole multiple of 24"),
-    (dict(image_size=128), r"cannot be area-downscaled to 128 px"),
-    (dict(crop_size=48, image_size=32), r"crop_size 48 of the 64x64 records .* 48 is not a whole multiple of 32"),
-    (dict(crop_size=80, image_size=32), r"crop_size 80 exceeds the 64x64 images"),
+    (dict(resolution=24), r"r.tfrecord cannot be area-downscaled to 24 px: 64 is not a whole multiple of 24"),
+    (dict(resolution=128), r"cannot be area-downscaled to 128 px"),
+    (dict(crop_size=48, resolution=32), r"crop_size 48 of the 64x64 records .* 48 is not a whole multiple of 32"),
+    (dict(crop_size=80, resolution=32), r"crop_size 80 exceeds the 64x64 images"),
 ])
 def test_record_sizes_that_do_not_divide_are_rejected_in_both_pipelines(tmp_path, kw, message):
     _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), _rxrx1_utils_sites(np.random.default_rng(2), 64, 1), 64)
-    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), rxrx1_utils_size=64)
     with pytest.raises(ValueError, match=message):
         pipeline.eval_dataset(spec, pipeline.InputOptions(**kw), batch_size=1)
     with pytest.raises(ValueError, match=message):
@@ -214,5 +214,5 @@ def test_record_sizes_that_do_not_divide_are_rejected_in_both_pipelines(tmp_path
 def test_our_shards_are_downscaled_too(shards_dir):
     spec = pipeline.open_shards(shards_dir)  # 16 px
     full = _all_sites(spec)["image"]
-    half = _all_sites(spec, image_size=8)["image"]
+    half = _all_sites(spec, resolution=8)["image"]
     np.testing.assert_allclose(half, full.reshape(-1, 8, 2, 8, 2, 5).mean(axis=(2, 4)), atol=1e-6)

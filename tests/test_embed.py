@@ -91,11 +91,11 @@ def test_64px_rxrx1_utils_records_embed_through_a_32px_model(tmp_path):
     from test_data_pipeline import _rxrx1_utils_sites, _write_rxrx1_utils
 
     _write_rxrx1_utils(str(tmp_path / "r.tfrecord"), _rxrx1_utils_sites(np.random.default_rng(3), 64, 5), 64)
-    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), image_size=64)
+    spec = pipeline.open_records(str(tmp_path / "*.tfrecord"), rxrx1_utils_size=64)
     model = ModelConfig(**{**MODEL.__dict__, "resolution": 32})
     mesh = sharding.make_mesh()
     fn = discriminator.feature_fn(model, init_variables(model, jax.random.key(0))[1]["params"], mesh)
-    options = pipeline.InputOptions(channels=rxrx.channel_map("rxrx1", "rxrx19a"), image_size=model.resolution)
+    options = pipeline.InputOptions(channels=rxrx.channel_map("rxrx1", "rxrx19a"), resolution=model.resolution)
     paths = embed.export(spec, str(tmp_path / "emb"), {"gandl": fn}, batch_size=8, provenance={}, options=options,
                          progress=False)
     with np.load(paths["gandl"], allow_pickle=False) as npz:

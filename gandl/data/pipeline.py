@@ -44,7 +44,7 @@ class InputOptions:
     channels: tuple[int, ...] = ()  # 1-based channels to read, in order; () = all
     intensity: str = "auto"  # auto | dtype | dataset: which raw values map to [-1, 1]
     crop_size: int = 0  # random crop in training, central crop in export; 0 = none
-    image_size: int = 0  # area-downscale (after any crop) to this side, the model's resolution; 0 = as stored
+    resolution: int = 0  # the model's: area-downscale (after any crop) to this side; 0 = as stored
     augment: bool = True  # random flips and 90-degree turns in training
     shuffle_buffer: int = 1024  # training records shuffled within this many
 
@@ -53,7 +53,7 @@ class InputOptions:
         """The options of a run's config: its `data` block, images brought to `model.resolution`."""
         data = config["data"]
         return cls(channels=tuple(data["channels"]), intensity=data["intensity"], crop_size=data["crop_size"],
-                   image_size=config["model"]["resolution"], augment=data["augment"],
+                   resolution=config["model"]["resolution"], augment=data["augment"],
                    shuffle_buffer=data["shuffle_buffer"])
 
     def replace(self, **changes) -> InputOptions:
@@ -99,23 +99,25 @@ def open_shards(data_dir: str) -> RecordSpec:
         compression="", image_encoding=m["image_encoding"])
 
 
-def rxrx1_utils_spec(pattern: str, image_size: int = 512) -> RecordSpec:
-    """Recursion's published RxRx1 TFRecords (GZIP, uint8 H×W×6 `image`), matched by a glob pattern."""
+def rxrx1_utils_spec(pattern: str, rxrx1_utils_size: int = 512) -> RecordSpec:
+    """Recursion's published RxRx1 TFRecords (GZIP, uint8 H×W×6 `image`, `rxrx1_utils_size` px a side), matched by
+    a glob pattern."""
     files = tuple(sorted(tf.io.gfile.glob(pattern)))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
-    return RecordSpec(files=files, height=image_size, width=image_size, stains=STAINS["rxrx1"],
+    return RecordSpec(files=files, height=rxrx1_utils_size, width=rxrx1_utils_size, stains=STAINS["rxrx1"],
                       dtype="uint8", features=dict(RXRX1_UTILS_FEATURES))
 
 
-def open_records(source: str, image_size: int = 512) -> RecordSpec:
-    """A shard folder (has manifest.json) or else rxrx1-utils TFRecord files (a file or a glob)."""
+def open_records(source: str, rxrx1_utils_size: int = 512) -> RecordSpec:
+    """A shard folder (has manifest.json) or else rxrx1-utils TFRecord files (a file or a glob) of images
+    `rxrx1_utils_size` px a side (`data.rxrx1_utils_image_size`; the shards' manifest gives theirs)."""
     if tf.io.gfile.exists(os.path.join(source, convert.MANIFEST)):
         return open_shards(source)
     if not _GLOB.search(source) and (tf.io.gfile.isdir(source) or not tf.io.gfile.exists(source)):
         raise FileNotFoundError(f"{source}: no converted shards there (no {convert.MANIFEST}); run --mode convert "
                                 "first (it resumes an interrupted conversion), or point data.shards at them")
-    return rxrx1_utils_spec(source, image_size)
+    return rxrx1_utils_spec(source, rxrx1_utils_size)
 
 
 def output_stains(spec: RecordSpec, channels: Sequence[int] = ()) -> tuple[str, ...]:
@@ -151,26 +153,26 @@ def _intensity_bounds(spec: RecordSpec, intensity: str) -> tuple[np.ndarray, np.
     raise ValueError(f"unknown intensity mode {intensity!r}; expected one of {INTENSITIES}")
 
 
-def downscale_factor(spec: RecordSpec, crop_size: int, image_size: int) -> int:
-    """The whole factor that area-downscales the records (after any crop) to `image_size` px; 1 when it is 0.
+def downscale_factor(spec: RecordSpec, crop_size: int, resolution: int) -> int:
+    """The whole factor that area-downscales the records (after any crop) to `resolution` px; 1 when it is 0.
 
     Only whole factors: the box filter of conversion (gandl.data.images.downscale) is then an exact block mean.
     """
     side = crop_size or spec.height
     if crop_size and crop_size > min(spec.height, spec.width):
         raise ValueError(f"crop_size {crop_size} exceeds the {spec.height}x{spec.width} images of {spec.files[0]}")
-    if not image_size or image_size == side:
+    if not resolution or resolution == side:
         return 1
     what = f"crop_size {crop_size} of the" if crop_size else "the"
     if spec.height != spec.width and not crop_size:
         raise ValueError(f"{what} {spec.height}x{spec.width} records of {spec.files[0]} are not square: they cannot "
-                         f"be area-downscaled to {image_size} px; set data.crop_size")
-    if image_size > side or side % image_size:
+                         f"be area-downscaled to {resolution} px; set data.crop_size")
+    if resolution > side or side % resolution:
         fits = [side // k for k in range(1, side + 1) if side % k == 0 and side // k >= 8]
         raise ValueError(f"{what} {spec.height}x{spec.width} records of {spec.files[0]} cannot be area-downscaled to "
-                         f"{image_size} px: {side} is not a whole multiple of {image_size} (sizes that divide it: "
+                         f"{resolution} px: {side} is not a whole multiple of {resolution} (sizes that divide it: "
                          f"{fits}); choose model.resolution / data.crop_size to match")
-    return side // image_size
+    return side // resolution
 
 
 def _finish(image: tf.Tensor, factor: int) -> tf.Tensor:
@@ -292,12 +294,12 @@ def train_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, b
     """An endless stream of this process's training batches: {"image": float32 [B, H, W, C] in [-1, 1]}.
 
     `batch_size` is the per-process batch (global batch / process count); partial batches are dropped so
-    every step has the same shape. Crops (`crop_size`, in record pixels) are area-downscaled to `options.image_size`
+    every step has the same shape. Crops (`crop_size`, in record pixels) are area-downscaled to `options.resolution`
     (the model's resolution; 0 = as stored) by a whole factor (`downscale_factor`).
     """
     channels, intensity, crop_size = options.channels, options.intensity, options.crop_size
     augment, shuffle_buffer = options.augment, options.shuffle_buffer
-    factor = downscale_factor(spec, crop_size, options.image_size)
+    factor = downscale_factor(spec, crop_size, options.resolution)
     files = process_files(spec, process_index, process_count)
     seed = int(seed) * 1009 + process_index  # each process its own stream, all fixed by the seed
     parse = _parser(spec, channels, intensity, with_metadata=False)
@@ -325,10 +327,10 @@ def eval_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, ba
     Batches are padded to `batch_size` with `mask` False on the padding; with `num_batches` (by default
     the count of the busiest process, when the files' sizes are known) fully masked batches are appended
     so every process yields the same number of batches. Crops, if any, are central; images are then
-    area-downscaled to `options.image_size` as in `train_dataset`; no augmentation.
+    area-downscaled to `options.resolution` as in `train_dataset`; no augmentation.
     """
     crop_size = options.crop_size
-    factor = downscale_factor(spec, crop_size, options.image_size)
+    factor = downscale_factor(spec, crop_size, options.resolution)
     files = process_files(spec, process_index, process_count)
     parse = _parser(spec, options.channels, options.intensity, with_metadata=True)
 
