@@ -225,11 +225,11 @@ def _record_side(config: ml_collections.ConfigDict, shards: str, root: str) -> t
     return (config.synthetic.image_size, "synthetic.image_size") if not root else None
 
 
-def _source_channels(d: ml_collections.ConfigDict) -> int | None:
+def _source_channels(data: ml_collections.ConfigDict) -> int | None:
     """Channels of the training records before data.channels picks from them; None when unknown."""
-    if d.shards and _GLOB.search(d.shards):
+    if data.shards and _GLOB.search(data.shards):
         return len(STAINS["rxrx1"])  # rxrx1-utils records
-    return screen.channel_count(screen.Source.from_config(d))
+    return screen.channel_count(screen.Source.from_config(data))
 
 
 def _suggest(value: int, ok) -> int:
@@ -268,8 +268,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
 
     Every field is held to its rule first; a check across fields runs only when the fields it reads passed.
     """
-    n = num_devices
-    d, t, e, z = config.data, config.train, config.embed, config.zeroshot
     bad = _field_failures(config)
     failures = list(bad.values())
     if any(field.startswith("model.") for field in bad):
@@ -277,73 +275,93 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     try:
         model = ModelConfig.from_mapping(config.model)
     except (TypeError, ValueError) as err:
-        return [*failures, f"model: {err} (on {n} device(s)); fix the model section"]
-    res = model.resolution
+        return [*failures, f"model: {err} (on {num_devices} device(s)); fix the model section"]
 
     def ok(*names: str) -> bool:
         """Whether the fields a check reads passed their rules (a broken one is reported already)."""
         return not any(name in bad for name in names)
 
-    # Sizes: conversion never upscales; records reach the model by a whole area-downscale factor.
-    sizes = ("data.image_size", "synthetic.image_size", "data.crop_size", "data.rxrx1_utils_image_size")
-    synthetic_used = (not d.root and not d.shards) or (z.enabled and not z.root and not z.shards)
-    if ok(*sizes) and synthetic_used and d.image_size > config.synthetic.image_size:
-        failures.append(f"data.image_size={d.image_size}: conversion would upscale the "
-                        f"{config.synthetic.image_size}-px synthetic screen (synthetic.image_size) on {n} device(s); "
-                        f"use data.image_size<={config.synthetic.image_size} or synthetic.image_size={d.image_size}")
-    if ok(*sizes):
-        failures += _size_failures(_record_side(config, d.shards, d.root), d.crop_size, res, n, "training records")
-    if ok(*sizes) and z.enabled:
-        zside = _record_side(config, z.shards, z.root)
-        if zside != _record_side(config, d.shards, d.root):  # the same sizes are reported once
-            failures += _size_failures(zside, d.crop_size, res, n, "zero-shot records")
+    for check in (_size_failures_across, _channel_failures, _batch_failures):
+        failures += check(config, model, num_devices, ok)
+    return failures
 
-    # Channels: the data's (after data.channels) and the zero-shot map's must be the model's.
-    source = _source_channels(d) if ok("data.kind", "data.channel_columns") else None
-    if ok("data.channels") and d.channels:
-        missing = [c for c in d.channels if source and not 1 <= c <= source]
+
+def _size_failures_across(config: ml_collections.ConfigDict, model: ModelConfig, n: int,
+                          ok: Callable[..., bool]) -> list[str]:
+    """Conversion never upscales; records reach the model by a whole area-downscale factor."""
+    data, zeroshot, synthetic = config.data, config.zeroshot, config.synthetic
+    if not ok("data.image_size", "synthetic.image_size", "data.crop_size", "data.rxrx1_utils_image_size"):
+        return []
+    failures = []
+    synthetic_used = (not data.root and not data.shards) or (zeroshot.enabled and not zeroshot.root
+                                                              and not zeroshot.shards)
+    if synthetic_used and data.image_size > synthetic.image_size:
+        failures.append(f"data.image_size={data.image_size}: conversion would upscale the "
+                        f"{synthetic.image_size}-px synthetic screen (synthetic.image_size) on {n} device(s); "
+                        f"use data.image_size<={synthetic.image_size} or synthetic.image_size={data.image_size}")
+    side = _record_side(config, data.shards, data.root)
+    failures += _size_failures(side, data.crop_size, model.resolution, n, "training records")
+    if zeroshot.enabled:
+        zside = _record_side(config, zeroshot.shards, zeroshot.root)
+        if zside != side:  # the same sizes are reported once
+            failures += _size_failures(zside, data.crop_size, model.resolution, n, "zero-shot records")
+    return failures
+
+
+def _channel_failures(config: ml_collections.ConfigDict, model: ModelConfig, n: int,
+                      ok: Callable[..., bool]) -> list[str]:
+    """The data's channels (after data.channels) and the zero-shot map's must be the model's."""
+    data, zeroshot, failures = config.data, config.zeroshot, []
+    source = _source_channels(data) if ok("data.kind", "data.channel_columns") else None
+    if ok("data.channels") and data.channels:
+        missing = [c for c in data.channels if source and not 1 <= c <= source]
         if missing:
-            failures.append(f"data.channels={tuple(d.channels)}: channels {missing} do not exist in the "
-                            f"{source}-channel {d.kind} data on {n} device(s); use 1-based channels in 1..{source}")
-        elif len(d.channels) != model.num_channels:
-            failures.append(f"data.channels={tuple(d.channels)}: {len(d.channels)} channels for a "
+            failures.append(f"data.channels={tuple(data.channels)}: channels {missing} do not exist in the "
+                            f"{source}-channel {data.kind} data on {n} device(s); use 1-based channels in 1..{source}")
+        elif len(data.channels) != model.num_channels:
+            failures.append(f"data.channels={tuple(data.channels)}: {len(data.channels)} channels for a "
                             f"model.num_channels={model.num_channels} model on {n} device(s); name "
-                            f"{model.num_channels} channels or set model.num_channels={len(d.channels)}")
+                            f"{model.num_channels} channels or set model.num_channels={len(data.channels)}")
     elif ok("data.channels") and source and source != model.num_channels:
-        failures.append(f"model.num_channels={model.num_channels}: the {d.kind} data has {source} channels on {n} "
+        failures.append(f"model.num_channels={model.num_channels}: the {data.kind} data has {source} channels on {n} "
                         f"device(s); use model.num_channels={source} or pick {model.num_channels} with data.channels")
-    if z.enabled and ok("zeroshot.channels"):
-        zchannels = tuple(z.channels) or channel_map("rxrx1", "rxrx19a")
+    if zeroshot.enabled and ok("zeroshot.channels"):
+        zchannels = tuple(zeroshot.channels) or channel_map("rxrx1", "rxrx19a")
         rxrx1 = len(STAINS["rxrx1"])
         if len(zchannels) != model.num_channels or not all(1 <= c <= rxrx1 for c in zchannels):
-            failures.append(f"zeroshot.channels={tuple(z.channels)}: maps to {zchannels}, but the zero-shot set "
-                            f"(RxRx1, {rxrx1} channels) must feed model.num_channels={model.num_channels} on {n} "
+            failures.append(f"zeroshot.channels={tuple(zeroshot.channels)}: maps to {zchannels}, but the zero-shot "
+                            f"set (RxRx1, {rxrx1} channels) must feed model.num_channels={model.num_channels} on {n} "
                             f"device(s); give {model.num_channels} channels in 1..{rxrx1}"
                             + (f", e.g. {channel_map('rxrx1', 'rxrx19a')}" if model.num_channels == 5 else
                                ", or zeroshot.enabled=False: the zero-shot set is an RxRx1-layout screen"))
+    return failures
 
-    # Batches: whole mbstd groups per device (D main, D reg), the path-length share per device (G reg).
-    shrink = t.pl_batch_shrink if t.pl_weight > 0 else None
+
+def _batch_failures(config: ml_collections.ConfigDict, model: ModelConfig, n: int,
+                    ok: Callable[..., bool]) -> list[str]:
+    """Whole mbstd groups per device (D main, D reg), the path-length share per device (G reg); embed batches
+    split over the devices; a probed step has a checkpoint (kept: keep_period) for embed.step to name."""
+    train, embed, failures = config.train, config.embed, []
+    shrink = train.pl_batch_shrink if train.pl_weight > 0 else None
     group = model.mbstd_group_size
-    if ok("train.batch_size", "train.pl_weight", "train.pl_batch_shrink") and not _batch_ok(t.batch_size, n, group,
-                                                                                                shrink):
-        per = t.batch_size / n
-        why = (f"{per:g} images per device" if t.batch_size % n else
+    if (ok("train.batch_size", "train.pl_weight", "train.pl_batch_shrink")
+            and not _batch_ok(train.batch_size, n, group, shrink)):
+        per = train.batch_size / n
+        why = (f"{per:g} images per device" if train.batch_size % n else
                f"{int(per)} images per device hold no whole minibatch-stddev groups of model.mbstd_group_size={group}"
-               + (f" or path-length batches (/ train.pl_batch_shrink={t.pl_batch_shrink})" if shrink else ""))
-        alt = [g for g in range(group - 1, 0, -1) if _batch_ok(t.batch_size, n, g, shrink)]
-        failures.append(f"train.batch_size={t.batch_size}: {why} on {n} device(s); use train.batch_size="
-                        f"{_suggest(t.batch_size, lambda b: _batch_ok(b, n, group, shrink))}"
+               + (f" or path-length batches (/ train.pl_batch_shrink={train.pl_batch_shrink})" if shrink else ""))
+        alt = [g for g in range(group - 1, 0, -1) if _batch_ok(train.batch_size, n, g, shrink)]
+        failures.append(f"train.batch_size={train.batch_size}: {why} on {n} device(s); use train.batch_size="
+                        f"{_suggest(train.batch_size, lambda b: _batch_ok(b, n, group, shrink))}"
                         + (f" (or model.mbstd_group_size={alt[0]})" if alt else ""))
-    if ok("embed.batch_size") and e.batch_size % n:
-        failures.append(f"embed.batch_size={e.batch_size}: does not split over {n} device(s); use embed.batch_size="
-                        f"{_suggest(e.batch_size, lambda b: b % n == 0)}")
-    # A probed step must have a checkpoint (kept: keep_period) for embed.step to name it.
-    if ok("train.probe_every", "train.checkpoint_every") and t.probe_every and t.probe_every % t.checkpoint_every:
-        fix = t.checkpoint_every * max(1, round(t.probe_every / t.checkpoint_every))
-        failures.append(f"train.probe_every={t.probe_every}: not a multiple of train.checkpoint_every="
-                        f"{t.checkpoint_every}, so probed steps would have no checkpoint to embed (on {n} device(s)); "
-                        f"use train.probe_every={fix}")
+    if ok("embed.batch_size") and embed.batch_size % n:
+        failures.append(f"embed.batch_size={embed.batch_size}: does not split over {n} device(s); use "
+                        f"embed.batch_size={_suggest(embed.batch_size, lambda b: b % n == 0)}")
+    probe, every = train.probe_every, train.checkpoint_every
+    if ok("train.probe_every", "train.checkpoint_every") and probe and probe % every:
+        failures.append(f"train.probe_every={probe}: not a multiple of train.checkpoint_every={every}, so probed "
+                        f"steps would have no checkpoint to embed (on {n} device(s)); use train.probe_every="
+                        f"{every * max(1, round(probe / every))}")
     return failures
 
 

@@ -192,9 +192,9 @@ def batch_size(config: ml_collections.ConfigDict, program: str) -> int:
 
 def main_only(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The train config with both lazy regularisers off: the step then holds only the phases due every step."""
-    t = ml_collections.ConfigDict(train.to_dict())
-    t.update(pl_weight=0.0, r1_gamma=0.0, lipschitz_weight=0.0)
-    return t
+    main = ml_collections.ConfigDict(train.to_dict())
+    main.update(pl_weight=0.0, r1_gamma=0.0, lipschitz_weight=0.0)
+    return main
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> state_lib.TrainState:
@@ -208,7 +208,7 @@ def traced(config: ml_collections.ConfigDict, program: str, mesh: jax.sharding.M
            state: state_lib.TrainState) -> jax.stages.Traced:
     """One of `PROGRAMS`, traced on shapes alone for a global `batch`: the jitted functions training and
     the embedding export run, with their own caches (`loop.compiled_step`, `discriminator.compiled_features`)."""
-    model, t = loop.model_config(config), config.train
+    model, train = loop.model_config(config), config.train
     images = jax.ShapeDtypeStruct((batch, model.resolution, model.resolution, model.num_channels), jnp.float32,
                                   sharding=sharding.data_sharding(mesh))
     with jax.set_mesh(mesh):
@@ -217,7 +217,7 @@ def traced(config: ml_collections.ConfigDict, program: str, mesh: jax.sharding.M
                      if config.embed.mbstd == "train" else None)
             features = discriminator.compiled_features(model, config.embed.orientation_average)
             return features.trace(dict(params=state.d_params, mbstd=mbstd), images)
-        step_train = t if program == "step" else main_only(t)
+        step_train = train if program == "step" else main_only(train)
         return loop.compiled_step(model, step_lib.step_config(step_train), mesh).trace(state, images)
 
 
@@ -324,18 +324,18 @@ class Estimate:
 def estimate(config: ml_collections.ConfigDict, note: str = "") -> Estimate:
     """Trace and lower one train step and one embedding batch on shapes alone, over every device JAX has."""
     start = time.time()
-    model, t, e = loop.model_config(config), config.train, config.embed
+    model, train, embed = loop.model_config(config), config.train, config.embed
     mesh = sharding.make_mesh()
     state = abstract_state(config, mesh)
     with jax.set_mesh(mesh):
-        step = traced(config, "step", mesh, t.batch_size, state)
-        embedding = traced(config, "embed", mesh, e.batch_size, state)
+        step = traced(config, "step", mesh, train.batch_size, state)
+        embedding = traced(config, "embed", mesh, embed.batch_size, state)
         step_flops, embed_flops = _flops(step.lower()), _flops(embedding.lower())
     return Estimate(
         num_devices=mesh.size, resolution=model.resolution, num_channels=model.num_channels,
-        batch_size=t.batch_size, embed_batch_size=e.batch_size, g_params=count(state.g_params),
-        d_params=count(state.d_params), step_flops_per_image=step_flops / t.batch_size,
-        embed_flops_per_image=embed_flops / e.batch_size,
+        batch_size=train.batch_size, embed_batch_size=embed.batch_size, g_params=count(state.g_params),
+        d_params=count(state.d_params), step_flops_per_image=step_flops / train.batch_size,
+        embed_flops_per_image=embed_flops / embed.batch_size,
         step_bytes_per_device=tree_bytes(step.jaxpr.in_avals) + _peak_bytes(step.jaxpr.jaxpr),
         embed_bytes_per_device=tree_bytes(embedding.jaxpr.in_avals) + _peak_bytes(embedding.jaxpr.jaxpr),
         seconds=time.time() - start, note=note)
@@ -564,8 +564,9 @@ class Roofline:
         return "HBM bandwidth" if self.bytes_seconds >= self.flops_seconds else "FLOPs"
 
 
-def roofline(m: Measured, chip: Chip) -> Roofline:
-    return Roofline(m.flops / chip.per_device(chip.peak_flops), m.bytes_accessed / chip.per_device(chip.hbm_bandwidth))
+def roofline(measured: Measured, chip: Chip) -> Roofline:
+    return Roofline(measured.flops / chip.per_device(chip.peak_flops),
+                    measured.bytes_accessed / chip.per_device(chip.hbm_bandwidth))
 
 
 def regularised_fraction(train: ml_collections.ConfigDict) -> float:
