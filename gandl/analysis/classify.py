@@ -157,6 +157,14 @@ def hyperplane(model: Pipeline) -> tuple[np.ndarray, float]:
     return w, b
 
 
+def _require_trained(labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> None:
+    """Every class of a test fold must be among its training rows: an SVM cannot score a class it never saw."""
+    unseen = np.setdiff1d(labels[test], labels[train])
+    if unseen.size:
+        raise CVError(f"classes {list(unseen)} are in a test fold but not in its training plates; "
+                      "add plates or use group_by='plate'")
+
+
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
                   seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) row indices holding out whole groups, every test class also present in training.
@@ -180,10 +188,7 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
     for train, test in folds:
         if np.intersect1d(groups[train], groups[test]).size:
             raise AssertionError("a group landed on both sides of a fold")  # a splitter bug, never data
-        unseen = np.setdiff1d(labels[test], labels[train])
-        if unseen.size:
-            raise CVError(f"classes {list(unseen)} are in a test fold but not in its training plates; "
-                          "add plates or use group_by='plate'")
+        _require_trained(labels, train, test)
     return folds
 
 
@@ -297,10 +302,7 @@ def cross_validate(features: np.ndarray | Sequence[np.ndarray], labels: np.ndarr
     predicted = np.empty(len(labels), dtype=labels.dtype)
     fold_of = np.full(len(labels), -1)
     for i, (train, test, k) in enumerate(folds):
-        unseen = np.setdiff1d(labels[test], labels[train])
-        if unseen.size:
-            raise CVError(f"classes {list(unseen)} are in a test fold but not in its training plates; "
-                          "add plates or use group_by='plate'")
+        _require_trained(labels, train, test)
         x = features[k] if per_fold else features
         train = train if labelled is None else labelled(train)
         fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}

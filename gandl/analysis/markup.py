@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -42,21 +42,20 @@ def html_table(frame: pd.DataFrame, index: bool = True) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n"
 
 
+def _render(blocks: list[Block], renderers: Mapping[str, Callable[..., str]]) -> list[str]:
+    """Each block through its kind's renderer: one structure, two formats."""
+    return [renderers[kind](*args) for kind, *args in blocks]
+
+
 def render_markdown(blocks: list[Block]) -> str:
     """report.md: figures are links relative to the report."""
-    parts = []
-    for kind, *args in blocks:
-        if kind == "heading":
-            parts.append(f"{'#' * args[0]} {args[1]}\n")
-        elif kind == "text":
-            parts.append(f"{args[0]}\n")
-        elif kind == "table":
-            parts.append(markdown_table(*args))
-        elif kind == "figure":
-            parts.append(f"![{args[0]}]({args[1]})\n")
-        else:
-            parts.append("".join(f"- {item}\n" for item in args[0]))
-    return "\n".join(parts)
+    return "\n".join(_render(blocks, {
+        "heading": lambda level, text: f"{'#' * level} {text}\n",
+        "text": lambda text: f"{text}\n",
+        "table": markdown_table,
+        "figure": lambda alt, path: f"![{alt}]({path})\n",
+        "bullets": lambda items: "".join(f"- {item}\n" for item in items),
+    }))
 
 
 _HTML_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
@@ -67,19 +66,16 @@ _HTML_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;pad
 
 def render_html(blocks: list[Block], figures: Mapping[str, bytes], title: str = "GAN-DL analysis") -> str:
     """One self-contained page: each figure block's PNG (`figures[path]`) embedded as a data URI."""
-    parts = []
-    for kind, *args in blocks:
-        if kind == "heading":
-            parts.append(f"<h{args[0]}>{html.escape(args[1])}</h{args[0]}>")
-        elif kind == "text":
-            parts.append(f"<p>{html.escape(args[0])}</p>")
-        elif kind == "table":
-            parts.append(html_table(*args))
-        elif kind == "figure":
-            data = base64.b64encode(figures[args[1]]).decode("ascii")
-            parts.append(f'<img alt="{html.escape(args[0])}" src="data:image/png;base64,{data}">')
-        else:
-            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in args[0]) + "</ul>")
-    body = "\n".join(parts)
+    def figure(alt: str, path: str) -> str:
+        data = base64.b64encode(figures[path]).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    body = "\n".join(_render(blocks, {
+        "heading": lambda level, text: f"<h{level}>{html.escape(text)}</h{level}>",
+        "text": lambda text: f"<p>{html.escape(text)}</p>",
+        "table": html_table,
+        "figure": figure,
+        "bullets": lambda items: "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul>",
+    }))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_HTML_STYLE}</style></head>\n<body>\n{body}\n</body>\n</html>\n")
