@@ -64,29 +64,27 @@ def test_an_unknown_feature_set_is_named():
         registry.get("gan_dl")
 
 
-def test_the_screen_schema_and_vocabulary_load_without_tensorflow():
-    """The analysis and the config check read the schema and control roles; they must not pull TensorFlow in."""
+def _loaded_by(modules: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of `candidates` a fresh interpreter holds after importing `modules` (comma-separated)."""
     import subprocess
     import sys
 
-    code = ("import sys; import gandl.data.screen, gandl.data.vocabulary; "
-            "print([m for m in ('tensorflow', 'jax', 'zarr') if m in sys.modules])")
+    code = f"import sys; import {modules}; print([m for m in {candidates!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
-    assert out == "[]"
+    return ast.literal_eval(out)
+
+
+def test_the_screen_schema_and_vocabulary_load_without_tensorflow():
+    """The analysis and the config check read the schema and control roles; they must not pull TensorFlow in."""
+    assert _loaded_by("gandl.data.screen, gandl.data.vocabulary", ("tensorflow", "jax", "zarr")) == []
 
 
 def test_the_synthetic_truth_loads_without_the_drawing_code():
     """The analysis scores a synthetic screen against its hidden truth; that needs neither the painting code nor
     TensorFlow."""
-    import subprocess
-    import sys
-
-    code = ("import sys; import gandl.data.synthetic.truth; print([m for m in "
-            "('gandl.data.synthetic.cells', 'scipy', 'PIL', 'tensorflow', 'jax') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent).stdout.strip()
-    assert out == "[]"
+    assert _loaded_by("gandl.data.synthetic.truth",
+                      ("gandl.data.synthetic.cells", "scipy", "PIL", "tensorflow", "jax")) == []
 
 
 def test_the_import_graph_has_no_cycle():

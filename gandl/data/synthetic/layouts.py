@@ -13,7 +13,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from gandl.data.synthetic.cells import (
     RXRX1_STAINS,
     RXRX19A_STAINS,
     CellLine,
+    PlateEffects,
     check_size_depth,
     keyed_rng,
     reference_histogram,
@@ -57,6 +58,42 @@ def _plate_wells(rng: np.random.Generator, n: int) -> list[str]:
         raise ValueError(f"a 384-well plate holds at most 384 wells, asked for {n}")
     inner = list(rng.permutation(_INNER_WELLS))
     return (inner + list(rng.permutation(_EDGE_WELLS)))[:n]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Well:
+    """One well of a plate design where the layout put it; `key` (line, plate, well indices) seeds its streams."""
+
+    key: tuple[int, int, int]
+    line: str
+    experiment: str
+    plate: int
+    well: str
+    effects: PlateEffects  # its plate's
+    design: dict  # what the design puts in it (a condition, an siRNA)
+
+    def site(self, site: int) -> dict:
+        """The metadata every layout gives a site of this well."""
+        return dict(site_id=f"{self.experiment}_{self.plate}_{self.well}_{site}",
+                    well_id=f"{self.experiment}_{self.plate}_{self.well}", cell_type=self.line,
+                    experiment=self.experiment, plate=self.plate, well=self.well, site=site)
+
+
+def _wells(seed: int, screen: int, lines: Sequence[str], plates_per_cell_line: int, plates_per_experiment: int,
+           design: Callable[[str], Sequence[dict]], experiment_digits: int = 1) -> Iterator[_Well]:
+    """Every well of every plate of every cell line, plates numbered within experiments `{line}-{n}`.
+
+    Each plate's own stream (seed, screen, 1, line, plate) draws its batch effects, then where each of the
+    line's `design` wells goes.
+    """
+    for li, line in enumerate(lines):
+        items = design(line)
+        for pi in range(plates_per_cell_line):
+            experiment = f"{line}-{pi // plates_per_experiment + 1:0{experiment_digits}d}"
+            plate_rng = keyed_rng(seed, screen, 1, li, pi)
+            effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
+            for wi, (well, item) in enumerate(zip(_plate_wells(plate_rng, len(items)), items)):
+                yield _Well((li, pi, wi), line, experiment, pi % plates_per_experiment + 1, well, effects, item)
 
 
 def _atomic_write(path: pathlib.Path, write) -> None:
@@ -157,26 +194,17 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
     lines = ("HRCE", "VERO")
     truth = make_truth(keyed_rng(seed, 19, 0), num_compounds, lines)
     records = []
-    for li, line in enumerate(lines):
-        conditions = _rxrx19a_conditions(truth, line, control_wells_per_plate)
-        for pi in range(plates_per_cell_line):
-            experiment = f"{line}-{pi // plates_per_experiment + 1}"
-            plate = pi % plates_per_experiment + 1
-            plate_rng = keyed_rng(seed, 19, 1, li, pi)
-            effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
-            for wi, (well, cond) in enumerate(zip(_plate_wells(plate_rng, len(conditions)), conditions)):
-                # Well-to-well biology: virus dose (MOI) and seeding vary a little between wells.
-                well_rng = keyed_rng(seed, 19, 2, li, pi, wi)
-                infection = float(np.clip(cond["infection"] * phenotype_strength * np.exp(well_rng.normal(0, 0.08)),
-                                          0, 1))
-                for site in range(1, sites_per_well + 1):
-                    records.append(dict(
-                        site_id=f"{experiment}_{plate}_{well}_{site}", well_id=f"{experiment}_{plate}_{well}",
-                        cell_type=line, experiment=experiment, plate=plate, well=well, site=site,
-                        disease_condition=cond["disease_condition"], treatment=cond["treatment"],
-                        treatment_conc=cond["treatment_conc"], SMILES=cond["SMILES"], _line=line,
-                        _infection=infection, _toxicity=cond["toxicity"] * phenotype_strength, _effects=effects,
-                        _key=(seed, 19, 3, li, pi, wi, site), _channels=len(RXRX19A_STAINS)))
+    for w in _wells(seed, 19, lines, plates_per_cell_line, plates_per_experiment,
+                    lambda line: _rxrx19a_conditions(truth, line, control_wells_per_plate)):
+        cond = w.design
+        # Well-to-well biology: virus dose (MOI) and seeding vary a little between wells.
+        well_rng = keyed_rng(seed, 19, 2, *w.key)
+        infection = float(np.clip(cond["infection"] * phenotype_strength * np.exp(well_rng.normal(0, 0.08)), 0, 1))
+        records += [dict(w.site(site), disease_condition=cond["disease_condition"], treatment=cond["treatment"],
+                         treatment_conc=cond["treatment_conc"], SMILES=cond["SMILES"], _line=w.line,
+                         _infection=infection, _toxicity=cond["toxicity"] * phenotype_strength, _effects=w.effects,
+                         _key=(seed, 19, 3, *w.key, site), _channels=len(RXRX19A_STAINS))
+                    for site in range(1, sites_per_well + 1)]
 
     cells = {line: dataclasses.replace(CELL_LINES[line], density=CELL_LINES[line].density * cell_density)
              for line in lines}
@@ -263,21 +291,12 @@ def write_rxrx1(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 
               for i in range(num_positive_controls)]
     wells += [dict(well_type="negative_control", sirna="EMPTY", sirna_id=_NEGATIVE_SIRNA_ID, effect={})
               for _ in range(negative_control_wells)]
-    records = []
-    for li, line in enumerate(RXRX1_CELL_LINES):
-        for pi in range(plates_per_cell_line):
-            experiment = f"{line}-{pi // plates_per_experiment + 1:02d}"
-            plate = pi % plates_per_experiment + 1
-            plate_rng = keyed_rng(seed, 1, 1, li, pi)
-            effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
-            for wi, (well, w) in enumerate(zip(_plate_wells(plate_rng, len(wells)), wells)):
-                for site in range(1, sites_per_well + 1):
-                    records.append(dict(
-                        site_id=f"{experiment}_{plate}_{well}_{site}", well_id=f"{experiment}_{plate}_{well}",
-                        cell_type=line, dataset="train", experiment=experiment, plate=plate, well=well,
-                        site=site, well_type=w["well_type"], sirna=w["sirna"], sirna_id=w["sirna_id"],
-                        _line=_apply_knockdown(CELL_LINES[line], w["effect"]), _effects=effects,
-                        _key=(seed, 1, 3, li, pi, wi, site), _channels=len(RXRX1_STAINS)))
+    records = [dict(w.site(site), dataset="train", well_type=w.design["well_type"], sirna=w.design["sirna"],
+                    sirna_id=w.design["sirna_id"], _line=_apply_knockdown(CELL_LINES[w.line], w.design["effect"]),
+                    _effects=w.effects, _key=(seed, 1, 3, *w.key, site), _channels=len(RXRX1_STAINS))
+               for w in _wells(seed, 1, RXRX1_CELL_LINES, plates_per_cell_line, plates_per_experiment,
+                               lambda line: wells, experiment_digits=2)
+               for site in range(1, sites_per_well + 1)]
 
     def render(rec: dict) -> np.ndarray:
         return render_site(keyed_rng(*rec["_key"]), rec["_line"], image_size=image_size, stains=RXRX1_STAINS,
