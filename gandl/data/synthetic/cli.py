@@ -12,7 +12,8 @@ from gandl.data.synthetic import layouts
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: python -m gandl.data.synthetic --out DIR --kind rxrx19a|rxrx1|cell_painting [--image_size 64] [--demo]
     [--morphology_only] [--phenotype_strength 0.3] [--cell_density 0.5]."""
-    parser = argparse.ArgumentParser(description=synthetic.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gandl.data.synthetic",
+                                     description=synthetic.__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--kind", choices=("rxrx19a", "rxrx1", "cell_painting"), default="rxrx19a")
     parser.add_argument("--layout", choices=("csv", "ome_zarr"), default="csv", help="cell_painting only")
