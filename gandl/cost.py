@@ -72,9 +72,9 @@ CHIPS = {
     "v2": Chip("TPU v2", "v2", 2, False, True, 2, 45e12, 16 * GIB, 600e9),
     "v3": Chip("TPU v3", "v3", 2, False, True, 2, 123e12, 32 * GIB, 900e9),
     "v4": Chip("TPU v4", "v4", 2, True, True, 3, 275e12, 32 * GIB, 1200e9),
-    "v5p": Chip("TPU v5", "v5p", 2, True, True, 3, 459e12, 95e9, 2765e9),
-    "v5litepod": Chip("TPU v5 lite", "v5e", 1, False, False, 2, 197e12, 16e9, 819e9),
-    "v6e": Chip("TPU v6 lite", "v6e", 1, False, False, 2, 918e12, 32e9, 1638e9),
+    "v5p": Chip("TPU v5", "v5p", 2, True, True, 3, 459e12, 95 * GIB, 2765e9),
+    "v5litepod": Chip("TPU v5 lite", "v5e", 1, False, False, 2, 197e12, 16 * GIB, 819e9),
+    "v6e": Chip("TPU v6 lite", "v6e", 1, False, False, 2, 918e12, 32 * GIB, 1638e9),
 }
 _TYPE = re.compile(r"(v\d+[a-z]*)-(\d+)")
 
@@ -281,7 +281,7 @@ def count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def _flops(lowered) -> float:
+def lowered_flops(lowered) -> float:
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
@@ -330,7 +330,7 @@ def estimate(config: ml_collections.ConfigDict, note: str = "") -> Estimate:
     with jax.set_mesh(mesh):
         step = traced(config, "step", mesh, train.batch_size, state)
         embedding = traced(config, "embed", mesh, embed.batch_size, state)
-        step_flops, embed_flops = _flops(step.lower()), _flops(embedding.lower())
+        step_flops, embed_flops = lowered_flops(step.lower()), lowered_flops(embedding.lower())
     return Estimate(
         num_devices=mesh.size, resolution=model.resolution, num_channels=model.num_channels,
         batch_size=train.batch_size, embed_batch_size=embed.batch_size, g_params=count(state.g_params),
@@ -644,7 +644,8 @@ class Report:
             unit = "sites/s" if name == "embed" else "images/s"
             lines.append(f"    {PROGRAMS[name]:<30} >= {r.seconds * 1e3:,.1f} ms, <= {m.batch / r.seconds:,.0f} {unit} "
                          f"(bound by {r.bound_by}; FLOPs alone {r.flops_seconds * 1e3:,.1f} ms, bytes alone "
-                         f"{r.bytes_seconds * 1e3:,.1f} ms; XLA's own TPU cost model {m.xla_seconds * 1e3:,.1f} ms)")
+                         f"{r.bytes_seconds * 1e3:,.1f} ms; XLA's own TPU cost model "
+                         + (f"{m.xla_seconds * 1e3:,.1f} ms)" if m.xla_seconds > 0 else "gives no time for this chip)"))
         amortised = self.amortised()
         if amortised:
             seconds, rate = amortised
