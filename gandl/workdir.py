@@ -7,7 +7,7 @@
   preview.png        one augmented training batch
   checkpoints/<step> orbax checkpoints        tensorboard/  scalars and samples     samples/  EMA grids
   probe.csv, probe_curve.png   the linear probe of D's features over training (train.probe_every)
-  embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/}
+  embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/, folds.json, <label-fitted set>_folds/fold<k>/}
   analysis/          report.md, report.html, summary.csv, analysis.json, tables and figures
   gandl.lock         while a run works in the folder: its pid, host and mode (`locked`)
 """
@@ -86,9 +86,10 @@ def zeroshot_embeddings(embeddings_dir: str) -> str:
     return os.path.join(embeddings_dir, "zeroshot")
 
 
-def comparator_fold(embeddings_dir: str, fold: int) -> str:
-    """Where fold `fold`'s label-fitted comparator writes its control sites' features (its own export folder)."""
-    return os.path.join(embeddings_dir, "imagenet_folds", f"fold{fold}")
+def label_fold(embeddings_dir: str, feature_set: str, fold: int) -> str:
+    """Where fold `fold`'s model of a label-fitted feature set writes its control sites' features (its own export
+    folder); the fold assignment is `embeddings_dir`'s folds.json (gandl.data.folds)."""
+    return os.path.join(embeddings_dir, f"{feature_set}_folds", f"fold{fold}")
 
 
 def _numbered(folder: str, prefix: str = "") -> list[int]:

@@ -17,7 +17,8 @@ from scipy import sparse
 
 from gandl import workdir as layout
 from gandl._tf import tf
-from gandl.data import rxrx, screen
+from gandl.data import screen
+from gandl.data.folds import control_role, plate_key  # noqa: F401 (the analysis reads them from here)
 from gandl.data.screen import PRESETS, ScreenSchema
 from gandl.features.registry import EXTRACTORS
 
@@ -62,16 +63,6 @@ def output_names(schema: ScreenSchema) -> dict[str, str]:
     """Analysis column -> the screen's own name, for the tables a report writes (only names that differ)."""
     return {ours: getattr(schema, field) for ours, field in VIEW_COLUMNS.items()
             if getattr(schema, field) and getattr(schema, field) != ours}
-
-
-def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False) -> pd.Series:
-    """Each row's role: the `role` column of a `screen_view`, else RxRx19a's (`rxrx.control_role`)."""
-    return metadata["role"] if "role" in metadata else rxrx.control_role(metadata, uv_is_positive)
-
-
-def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
-    """The cross-validation group of each row: `{experiment}_{plate}` (by='plate') or the experiment."""
-    return screen.plate_key(metadata, PRESETS["rxrx19a"], by)
 
 
 class JoinError(ValueError):
