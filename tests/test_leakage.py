@@ -90,7 +90,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     """
     from gandl import embed
     from gandl.analysis import io
-    from gandl.data import pipeline
+    from gandl.data import folds, pipeline
     from gandl.features import imagenet
     from gandl.train import sharding
 
@@ -105,16 +105,17 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
                                                      provenance={}, progress=False)["imagenet"])
     config = report.AnalysisConfig(n_splits=2)
     old = report.analyze_screen(features, meta, config)["table1"].set_index("task")
-    folds = classify.control_folds(meta, n_splits=2)
+    assignment = folds.assignment(meta, n_splits=2, group_by="plate", seed=0, uv_is_positive=False)
     every_control = imagenet.Controls()
 
     def fine_tuned(held_out):
         return imagenet.fine_tune_comparator(spec, settings, mesh, imagenet.RANDOM, 0, options,
                                              imagenet.Controls(held_out, "plate"))
 
-    embed.export_folds(spec, out, folds, fine_tuned, batch_size=32, provenance={}, feature_settings={},
-                       controls=lambda batch: imagenet.control_labels(batch, every_control) >= 0, group_by="plate")
-    fold_sets = io.load_fold_sets(out)
+    embed.export_folds(spec, out, "imagenet", assignment, fine_tuned, batch_size=32, provenance={},
+                       feature_settings={}, rows=lambda batch: imagenet.control_labels(batch, every_control) >= 0)
+    fold_sets = io.load_fold_sets(out, "imagenet")
+    folds = classify.control_folds(meta, n_splits=2)
     assert [h for *_, h in fold_sets] == [list(f) for f in folds]
     assert all(len(m) == len(meta) for _, m, _ in fold_sets)  # every site here is a control
     result = report.analyze_screen(features, meta, config, fold_sets=fold_sets)
