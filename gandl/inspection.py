@@ -43,7 +43,7 @@ class Run:
 
 def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
     """Stain names from the run's shards; generic channel names when the shards are not at hand."""
-    shards = layout.shards(config, workdir)
+    shards = layout.shards(config.data.shards, workdir)
     if tf.io.gfile.exists(os.path.join(shards, "manifest.json")) or config.data.shards:
         return pipeline.output_stains(pipeline.open_records(shards, config.data.rxrx1_utils_image_size),
                                       config.data.channels)
@@ -58,7 +58,8 @@ def load_run(workdir: str, step: int | None = None) -> Run:
 
 def sample_grid(run: Run, num: int = 16, cols: int = 8, seed: int = 0) -> np.ndarray:
     """EMA generator samples for fixed latents, as one uint8 RGB grid in the RxRx colour map."""
-    return render.grid(render.to_rgb(loop.samples(run.config, run.state, num, seed), run.stains), cols)
+    images = loop.samples(loop.model_config(run.config), run.state, num, seed)
+    return render.grid(render.to_rgb(images, run.stains), cols)
 
 
 @functools.lru_cache(maxsize=8)

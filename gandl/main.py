@@ -45,7 +45,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: str):
     from gandl import probe
     from gandl.train import stage
 
-    return stage.run(config, workdir, probe.Probe(config, workdir) if config.train.probe_every else None)
+    return stage.run(config, workdir, probe.Probe.from_config(config, workdir) if config.train.probe_every else None)
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -103,7 +103,7 @@ def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None
     if mode in ("check", "convert", "all") and config.data.root:
         stage.read_screen(config)
     if mode in ("preview", "train", "embed"):
-        pipeline.open_records(layout.shards(config, workdir), config.data.rxrx1_utils_image_size)
+        pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
 
 
 def _config(name: str = "config") -> ml_collections.ConfigDict:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import ml_collections
 from absl import logging
 
 from gandl import fileio
@@ -38,20 +37,24 @@ class WorkdirInUse(fileio.FileFault):
     """Another run holds the workdir: two runs in one folder would do the work twice and race on its files."""
 
 
-def raw(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.data.root or os.path.join(workdir, "raw")
+def raw(root: str, workdir: str) -> str:
+    """The raw screen: `data.root`, or the synthetic one's folder."""
+    return root or os.path.join(workdir, "raw")
 
 
-def shards(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.data.shards or os.path.join(workdir, "shards")
+def shards(given: str, workdir: str) -> str:
+    """The screen's records: `data.shards`, or the converted ones' folder."""
+    return given or os.path.join(workdir, "shards")
 
 
-def zeroshot_raw(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.zeroshot.root or os.path.join(workdir, "raw_rxrx1")
+def zeroshot_raw(root: str, workdir: str) -> str:
+    """The zero-shot set: `zeroshot.root`, or the synthetic one's folder."""
+    return root or os.path.join(workdir, "raw_rxrx1")
 
 
-def zeroshot_shards(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.zeroshot.shards or os.path.join(workdir, "shards_rxrx1")
+def zeroshot_shards(given: str, workdir: str) -> str:
+    """The zero-shot set's records: `zeroshot.shards`, or the converted ones' folder."""
+    return given or os.path.join(workdir, "shards_rxrx1")
 
 
 def preview(workdir: str) -> str:

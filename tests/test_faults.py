@@ -456,7 +456,7 @@ def test_damaged_shards_are_named_by_their_readers_and_rewritten_by_convert(rxrx
     cfg = tiny_config.copy_and_resolve_references()
     cfg.data.shards = str(out)
     with pytest.raises(pipeline.CorruptRecordsError, match=named):  # training's input
-        for _, _ in zip(range(20), loop.shard_input_fn(cfg, spec)(0)):
+        for _, _ in zip(range(20), loop.shard_input_fn(loop.TrainSettings.from_config(cfg, ""), spec)(0)):
             pass
 
     with caplog.at_level("WARNING"):
@@ -522,7 +522,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
 
     named = damage(2)
     with caplog.at_level("WARNING"):
-        resumed = loop.train(cfg, str(tmp_path))
+        resumed = loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
     assert named in caplog.text and "using step 1, the newest intact checkpoint" in caplog.text
     assert resumed.step == 1 and float(resumed.state.pl_mean) == 1.0
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2.damaged"]
@@ -541,7 +541,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
     for step in (1, 2):
         damage(step)
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"no intact checkpoint in .*steps \[2, 1\]"):
-        loop.train(cfg, str(tmp_path))
+        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 
 def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog, monkeypatch):

@@ -30,7 +30,7 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame 
     ignored with a warning saying why otherwise.
     """
     named = config.analysis.truth
-    path = named or os.path.join(layout.raw(config, workdir), "truth.csv")
+    path = named or os.path.join(layout.raw(config.data.root, workdir), "truth.csv")
     if not tf.io.gfile.exists(path):
         if named:
             raise FileNotFoundError(f"analysis.truth={named!r}: no such file")
@@ -91,11 +91,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.analysis.uv_is_positive and schema == screen_lib.PRESETS["rxrx19a"]:
         schema = screen_lib.PRESETS["rxrx19a_uv"]  # the one RxRx19a knob the probe and the comparator read too
     if data.root or not data.shards:  # the screen the shards were converted from
-        source = screen_lib.Source.from_config(data, layout.raw(config, workdir))
+        source = screen_lib.Source.from_config(data, layout.raw(config.data.root, workdir))
         check_site_ids(sets, lambda: screen_lib.read_screen(source, schema))
     zeroshot = io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
     if zeroshot and not config.zeroshot.shards:
-        zeroshot_root = layout.zeroshot_raw(config, workdir)
+        zeroshot_root = layout.zeroshot_raw(config.zeroshot.root, workdir)
         check_site_ids(zeroshot, lambda: rxrx.read_rxrx1(zeroshot_root))
     # Label-fitted sets: Table 1 scores them with their per-fold exports only.
     fold_sets = {extractor.label: io.load_fold_sets(folder, name) for name, extractor in registry.EXTRACTORS.items()

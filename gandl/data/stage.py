@@ -18,7 +18,7 @@ def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Write the embedded synthetic screen into workdir/raw (a no-op once it is complete)."""
     from gandl.data import synthetic  # only the demo needs the generator
 
-    out = layout.raw(config, workdir)
+    out = layout.raw(config.data.root, workdir)
     synthetic.write_rxrx19a(out, **config.synthetic.to_dict())
     return out
 
@@ -61,10 +61,10 @@ def _convert(screen: screen_lib.Screen, out: str, data: ml_collections.ConfigDic
 def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Shards of the zero-shot (RxRx1-layout) set: given, converted from zeroshot.root, or synthesized first."""
     zeroshot = config.zeroshot
-    out = layout.zeroshot_shards(config, workdir)
+    out = layout.zeroshot_shards(config.zeroshot.shards, workdir)
     if zeroshot.shards:
         return out
-    root = layout.zeroshot_raw(config, workdir)
+    root = layout.zeroshot_raw(config.zeroshot.root, workdir)
     if not zeroshot.root:
         from gandl.data import synthetic
 
@@ -77,7 +77,7 @@ def convert_screen(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Raw screen -> shards (the synthetic screen is generated first when no data.root is configured), and
     the zero-shot set's shards when zero-shot cell typing is enabled."""
     screen = read_screen(config, config.data.root or synthesize(config, workdir))
-    manifest = _convert(screen, layout.shards(config, workdir), config.data)
+    manifest = _convert(screen, layout.shards(config.data.shards, workdir), config.data)
     if config.zeroshot.enabled:
         convert_zeroshot(config, workdir)
     return manifest
@@ -85,7 +85,7 @@ def convert_screen(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def preview(config: ml_collections.ConfigDict, workdir: str) -> str:
     """A PNG grid of one (augmented) training batch, rendered with the RxRx colour map."""
-    spec = pipeline.open_records(layout.shards(config, workdir), config.data.rxrx1_utils_image_size)
+    spec = pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
     options = pipeline.InputOptions.from_config(config)
     ds = pipeline.train_dataset(spec, options, batch_size=config.preview.num_images, seed=config.seed)
     batch = next(ds.as_numpy_iterator())

@@ -54,10 +54,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     model, d_params, step, _ = restore_discriminator(workdir, mesh, settings.step if settings.step >= 0 else None)
     out = layout.embeddings(workdir, step)
     options = pipeline.InputOptions.from_config(config)
-    targets = [(layout.shards(config, workdir), out, options)]
+    targets = [(layout.shards(config.data.shards, workdir), out, options)]
     if config.zeroshot.enabled:
         channels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
-        targets.append((layout.zeroshot_shards(config, workdir), layout.zeroshot_embeddings(out),
+        targets.append((layout.zeroshot_shards(config.zeroshot.shards, workdir), layout.zeroshot_embeddings(out),
                         options.replace(channels=channels)))
     screen = pipeline.open_records(targets[0][0], config.data.rxrx1_utils_image_size)
     context = base.Context.of_run(config, mesh, model, d_params, screen, options)

@@ -28,23 +28,25 @@ import optax
 from jax.experimental import multihost_utils
 
 from gandl.data import pipeline
+from gandl.defaults import base_config
 from gandl.features.base import LABELS, Context, Controls, FeatureFn, control_labels, on_mesh
 from gandl.models import densenet
 from gandl.train import sharding
 
+_BASE = base_config().embed.imagenet
 RANDOM = "random"  # `weights` value for a randomly initialised backbone (tests, demos without weights)
 
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
-    """Fine-tuning settings (`config.embed.imagenet`)."""
+    """Fine-tuning settings (`config.embed.imagenet`; the defaults are `gandl.defaults.base_config`'s)."""
 
-    epochs: int = 3
-    batch_size: int = 32  # global, over every device
-    learning_rate: float = 1e-3
-    train_backbone: bool = False  # False: only the channel adapter and the head learn
-    blocks: tuple[int, ...] = densenet.DENSENET121_BLOCKS  # smaller for quick tests
-    pool_batches: int = 8  # controls are shuffled within pools of this many batches
+    epochs: int = _BASE.epochs
+    batch_size: int = _BASE.batch_size  # global, over every device
+    learning_rate: float = _BASE.learning_rate
+    train_backbone: bool = _BASE.train_backbone  # False: only the channel adapter and the head learn
+    blocks: tuple[int, ...] = tuple(_BASE.blocks)  # DenseNet-121's; smaller for quick tests
+    pool_batches: int = _BASE.pool_batches  # controls are shuffled within pools of this many batches
 
 
 def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,

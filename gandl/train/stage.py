@@ -9,4 +9,4 @@ from gandl.train import loop
 
 def run(config: ml_collections.ConfigDict, workdir: str, probe: loop.ProbeFn | None = None) -> loop.TrainResult:
     """Train (or resume) the StyleGAN2 on the shards; `probe` (gandl.probe, above this layer) is passed in."""
-    return loop.train(config, workdir, probe=probe)
+    return loop.train(loop.TrainSettings.from_config(config, workdir), workdir, probe=probe)
