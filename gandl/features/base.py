@@ -56,8 +56,8 @@ class EmbedSettings:
     @classmethod
     def from_config(cls, embed: ml_collections.ConfigDict) -> EmbedSettings:
         values = embed.to_dict()
-        fields = {f.name: values[f.name] for f in dataclasses.fields(cls)}
-        return cls(**dict(fields, imagenet=types.MappingProxyType(dict(fields["imagenet"]))))
+        return cls(**{f.name: types.MappingProxyType(values[f.name]) if isinstance(values[f.name], dict)
+                      else values[f.name] for f in dataclasses.fields(cls)})  # blocks read-only, as the rest
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
