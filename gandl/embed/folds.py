@@ -23,16 +23,16 @@ from gandl.features.base import FeatureFn
 
 
 def record_folds(out_dir: str, assignment: Mapping[str, Any]) -> None:
-    """Write `assignment` as `out_dir`'s folds.json unless it is recorded there already; another one is refused
-    (the per-fold exports beside it were fitted for it)."""
+    """Write `assignment` as `out_dir`'s folds.json; one holding out other groups is refused (the per-fold exports
+    beside it were fitted for it)."""
     old = folds.read_folds(out_dir)
     new = json.loads(json.dumps(dict(assignment)))  # as read back from the file
-    if old is None:
-        folds.write_folds(out_dir, new)
-    elif changed := changes(old, new):
+    if old is not None and old["held_out"] != new["held_out"]:
         raise ExportError(f"{out_dir} holds per-fold exports of another fold assignment (changed: "
-                          f"{'; '.join(changed)}); rerun with its analysis settings, or delete the folder to export "
-                          "again")
+                          f"{'; '.join(changes(old, new))}); rerun with its analysis settings, or delete the folder "
+                          "to export again")
+    if old != new:
+        folds.write_folds(out_dir, new)
 
 
 def export_folds(spec: pipeline.RecordSpec, out_dir: str, name: str, assignment: Mapping[str, Any],
