@@ -86,7 +86,7 @@ def quiet_third_party_logs() -> None:
     """GAN-DL's INFO lines and progress bars stay; other libraries' INFO goes unless --verbosity > 0 asks."""
     if logging.get_verbosity() <= logging.INFO:
         handler = logging.get_absl_handler()
-        if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+        if not any(isinstance(added, _OwnInfoOnly) for added in handler.filters):
             handler.addFilter(_OwnInfoOnly())
 
 
@@ -110,8 +110,8 @@ def _config(name: str = "config") -> ml_collections.ConfigDict:
     """The --config file's config; a file that cannot be loaded is said in one line."""
     try:
         _CONFIG.value.keys()  # a config file that failed to load raises on first use
-    except OSError as e:
-        reason = str(e).strip().splitlines()[-1].strip()
+    except OSError as error:
+        reason = str(error).strip().splitlines()[-1].strip()
         sys.exit(f"gandl: --{name}={config_flags.get_config_filename(flags.FLAGS[name])}: cannot load it ({reason})")
     return _CONFIG.value
 
@@ -127,8 +127,8 @@ def _check_flags(mode: str) -> None:
     if _DEVICES.value and not _DEVICES.value.isdigit():
         try:
             cost.tpu_slice(_DEVICES.value)
-        except ValueError as e:
-            raise app.UsageError(str(e)) from None
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
 
 
 def main(argv: list[str]) -> None:
@@ -152,12 +152,12 @@ def main(argv: list[str]) -> None:
 
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
             result = _runner(mode)(config, _WORKDIR.value)
-    except Exception as e:
+    except Exception as error:
         kinds = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
-        if not isinstance(e, (FileNotFoundError, *kinds)):
+        if not isinstance(error, (FileNotFoundError, *kinds)):
             raise
-        named = type(e).__name__ == "ConfigCheckError"  # about the config file: named first
-        sys.exit(f"gandl: {config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{e}")
+        named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
+        sys.exit(f"gandl: {config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}")
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
         logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
         sys.exit(EXIT_INTERRUPTED)
@@ -165,16 +165,16 @@ def main(argv: list[str]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing; --help on stdout (exit 0), flag or config-override mistakes in one line."""
-    if any(a in ("-h", "-?", "--help", "--helpshort") for a in argv[1:]):
+    if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
         print(__doc__)
         print(flags.FLAGS.module_help(sys.modules[__name__]))
         sys.exit(0)
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"gandl: {e} (try --help)")
-    except Exception as e:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
-        cause = e
+    except flags.Error as error:
+        sys.exit(f"gandl: {error} (try --help)")
+    except Exception as error:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
+        cause = error
         while cause.args and isinstance(cause.args[0], BaseException):  # config_flags wraps the KeyError it met
             cause = cause.args[0]
         text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
