@@ -3,9 +3,9 @@
   gandl --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
 Modes: check, synth, convert, preview, train, embed, analyze, all (convert -> train -> embed -> analyze), each its
-stage's runner (`MODES`). Every mode first checks, in seconds and one line per mistake, the config (gandl.check,
-which traces the model for the modes that run it) and what it reads (`precheck`); every mode resumes; one run at a
-time works in a workdir. TensorFlow and JAX load only once a mode runs.
+stage's runner (`MODES`). Every mode first checks the config (gandl.check; it traces the model for the modes that
+run it) and what it reads (`precheck`), in seconds and one line; every mode resumes; one run at a time per workdir.
+TensorFlow and JAX load only once a mode runs, so `gandl --help` and flag mistakes answer at once.
 """
 
 from __future__ import annotations
@@ -93,16 +93,19 @@ def quiet_third_party_logs() -> None:
 def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     """What `mode` will read, checked before anything slow: the raw screen named by data.root, its schema and
     channels (the synthetic one is checked as it is converted), or the shards."""
-    from gandl import profiles
-    from gandl import workdir as layout
-    from gandl.data import pipeline, screen, stage
+    from gandl.data import screen
 
     screen.from_config(config.screen.to_dict(), config.data.kind)  # a preset or field that does not exist
     if mode in ("check", "embed", "all"):
+        from gandl import profiles
+
         profiles.check_aggregate(config.embed.well_aggregate)
     if mode in ("check", "convert", "all") and config.data.root:
-        stage.read_screen(config)
+        screen.read_configured(config)
     if mode in ("preview", "train", "embed"):
+        from gandl import workdir as layout
+        from gandl.data import pipeline
+
         pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
 
 
@@ -121,8 +124,7 @@ def _check_flags(mode: str) -> None:
 
     if _DEVICES.value and mode != "check":
         raise app.UsageError("--devices simulates devices for --mode check only")
-    unknown = sorted(set(_COMPILE.value) - set(cost.PROGRAMS))
-    if unknown:
+    if unknown := sorted(set(_COMPILE.value) - set(cost.PROGRAMS)):
         raise app.UsageError(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}")
     if _DEVICES.value and not _DEVICES.value.isdigit():
         try:

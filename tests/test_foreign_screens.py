@@ -45,7 +45,7 @@ def csv_run(tiny_config, tmp_path_factory):
     data_stage.convert_screen(cfg, workdir)
     main.run_train(cfg, workdir)
     embed.run(cfg, workdir)
-    return cfg, workdir, data_stage.read_screen(cfg)
+    return cfg, workdir, screen.read_configured(cfg)
 
 
 def _assert_same_values(exported: pd.Series, expected: pd.Series, what: str) -> None:

@@ -1,8 +1,4 @@
-"""The data stage: the modes synth, convert and preview, from a run's config to files in its workdir.
-
-`read_screen` is also what the config check reads before anything slow: metadata and channel references,
-never pixels.
-"""
+"""The data stage: the modes synth, convert and preview, from a run's config to files in its workdir."""
 
 from __future__ import annotations
 
@@ -21,30 +17,6 @@ def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     out = layout.raw(config.data.root, workdir)
     synthetic.write_rxrx19a(out, **config.synthetic.to_dict())
     return out
-
-
-def read_screen(config: ml_collections.ConfigDict, root: str | None = None) -> screen_lib.Screen:
-    """The screen config.data names (or the one at `root`), its schema (config.screen) checked against its
-    metadata and its channels against the model: what convert will read, refused in one line if it cannot be.
-
-    Reads metadata and channel references only, never pixels.
-    """
-    data = config.data
-    source = screen_lib.Source.from_config(data, root)
-    schema = screen_lib.from_config(config.screen.to_dict(), data.kind)
-    screen = screen_lib.read_screen(source, schema)
-    screen_lib.validate(screen.metadata, schema, screen.source)
-    stains, wanted = screen.stains, config.model.num_channels
-    channels = tuple(data.channels) or tuple(range(1, len(stains) + 1))
-    if not all(1 <= c <= len(stains) for c in channels):
-        raise screen_lib.MetadataError(f"data.channels={channels}: {screen.source} has {len(stains)} channels "
-                                       f"{stains}; name channels in 1..{len(stains)}")
-    if len(channels) != wanted:
-        picked = f" read as data.channels={channels}" if data.channels else ""
-        pick = f" or pick {wanted} of them with data.channels" if wanted < len(stains) else ""
-        raise screen_lib.MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
-                                       f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")
-    return screen
 
 
 def _convert(screen: screen_lib.Screen, out: str, data: ml_collections.ConfigDict) -> dict:
@@ -76,7 +48,7 @@ def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
 def convert_screen(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Raw screen -> shards (the synthetic screen is generated first when no data.root is configured), and
     the zero-shot set's shards when zero-shot cell typing is enabled."""
-    screen = read_screen(config, config.data.root or synthesize(config, workdir))
+    screen = screen_lib.read_configured(config, config.data.root or synthesize(config, workdir))
     manifest = _convert(screen, layout.shards(config.data.shards, workdir), config.data)
     if config.zeroshot.enabled:
         convert_zeroshot(config, workdir)
