@@ -57,10 +57,10 @@ def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     return _runner("analyze")(config, workdir)
 
 
-# Mode -> its stage's runner `(config, workdir)`, imported when the mode runs.
+# Mode -> its stage's runner `(config, workdir)`, imported when the mode runs (no module: this one's).
 MODES = {"synth": "gandl.data.stage:synthesize", "convert": "gandl.data.stage:convert_screen",
-         "preview": "gandl.data.stage:preview", "train": "gandl.main:run_train", "embed": "gandl.embed.stage:run",
-         "analyze": "gandl.analysis.stage:run", "all": "gandl.main:run_all"}
+         "preview": "gandl.data.stage:preview", "train": "run_train", "embed": "gandl.embed.stage:run",
+         "analyze": "gandl.analysis.stage:run", "all": "run_all"}
 _TRACED = ("check", "train", "embed", "all")  # modes running the model: the check traces its programs first
 # Mistakes in the config or the data (said in one line), not faults of the code; an unloaded module raised none.
 _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
@@ -69,8 +69,8 @@ _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigC
 
 
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
-    module, function = MODES[mode].split(":")
-    return getattr(importlib.import_module(module), function)
+    module, _, function = MODES[mode].rpartition(":")  # not gandl.main again: `python -m` runs it as __main__
+    return getattr(importlib.import_module(module), function) if module else globals()[function]
 
 
 class _OwnInfoOnly(pylogging.Filter):
