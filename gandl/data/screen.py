@@ -376,6 +376,28 @@ def read_screen(source: Source, schema: ScreenSchema | None = None) -> Screen:
     return read(**{name: values[name] for name in reader.args})
 
 
+def read_configured(config: Mapping[str, Any], root: str | None = None) -> Screen:
+    """The screen a run's config names in `data` (or the one at `root`), its schema (`screen`) checked against its
+    metadata and its channels against `model.num_channels`: what convert will read, refused in one line if it
+    cannot be. Reads metadata and channel references only, never pixels (and loads no TensorFlow here).
+    """
+    data = config["data"]
+    schema = from_config(dict(config["screen"]), data["kind"])
+    screen = read_screen(Source.from_config(data, root), schema)
+    validate(screen.metadata, schema, screen.source)
+    stains, wanted = screen.stains, config["model"]["num_channels"]
+    channels = tuple(data["channels"]) or tuple(range(1, len(stains) + 1))
+    if not all(1 <= c <= len(stains) for c in channels):
+        raise MetadataError(f"data.channels={channels}: {screen.source} has {len(stains)} channels {stains}; name "
+                            f"channels in 1..{len(stains)}")
+    if len(channels) != wanted:
+        picked = f" read as data.channels={channels}" if data["channels"] else ""
+        pick = f" or pick {wanted} of them with data.channels" if wanted < len(stains) else ""
+        raise MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
+                            f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")
+    return screen
+
+
 def channel_count(source: Source) -> int | None:
     """Channels of the screen `source` names, when its settings say (None: known only once read)."""
     reader = READERS.get(source.kind)
