@@ -3,9 +3,8 @@
   gandl --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
 Modes: check, synth, convert, preview, train, embed, analyze, all (convert -> train -> embed -> analyze), each its
-stage's runner (`MODES`). Every mode first checks the config (gandl.check; it traces the model for the modes that
-run it) and what it reads (`precheck`), in seconds and one line; every mode resumes; one run at a time per workdir.
-TensorFlow and JAX load only once a mode runs, so `gandl --help` and flag mistakes answer at once.
+stage's runner (`MODES`). Every mode first checks the config (gandl.check) and what it reads (`precheck`), in one
+line; every mode resumes; one run per workdir. TensorFlow and JAX load only once a mode runs.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ _TRACED = ("check", "train", "embed", "all")  # modes running the model: the che
 # Mistakes in the config or the data (said in one line), not faults of the code; an unloaded module raised none.
 _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
                 ("gandl.data.convert", "ConversionError"), ("gandl.embed.records", "ExportError"),
-                ("gandl.profiles", "SettingError"), ("gandl.fileio", "FileFault"))
+                ("gandl.data.screen", "SettingError"), ("gandl.fileio", "FileFault"))
 
 
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
@@ -97,9 +96,7 @@ def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None
 
     screen.from_config(config.screen.to_dict(), config.data.kind)  # a preset or field that does not exist
     if mode in ("check", "embed", "all"):
-        from gandl import profiles
-
-        profiles.check_aggregate(config.embed.well_aggregate)
+        screen.check_aggregate(config.embed.well_aggregate)
     if mode in ("check", "convert", "all") and config.data.root:
         screen.read_configured(config)
     if mode in ("preview", "train", "embed"):
@@ -123,18 +120,12 @@ def _check_flags(mode: str) -> None:
     """--devices and --compile, before anything loads: `gandl.cost` (JAX) only for a TPU type's check."""
     if _DEVICES.value and mode != "check":
         raise app.UsageError("--devices simulates devices for --mode check only")
-    if not _DEVICES.value or _DEVICES.value.isdigit():
-        if _COMPILE.value != flags.FLAGS["compile"].default:
-            raise app.UsageError("--compile chooses what --mode check compiles for a TPU type in --devices (v3-8)")
-        return
-    from gandl import cost
+    if _DEVICES.value and not _DEVICES.value.isdigit():
+        from gandl import cost
 
-    if unknown := sorted(set(_COMPILE.value) - set(cost.PROGRAMS)):
-        raise app.UsageError(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}")
-    try:
-        cost.tpu_slice(_DEVICES.value)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        if unknown := sorted(set(_COMPILE.value) - set(cost.PROGRAMS)):
+            raise app.UsageError(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}")
+        cost.tpu_slice(_DEVICES.value)  # a ValueError for a type that does not exist
 
 
 def main(argv: list[str]) -> None:
@@ -142,7 +133,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     quiet_third_party_logs()
     mode = _MODE.value
-    _check_flags(mode)
+    try:
+        _check_flags(mode)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     config = _config()
     try:
         precheck(config, _WORKDIR.value, mode)

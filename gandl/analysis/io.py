@@ -19,7 +19,7 @@ from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import folds, screen
 from gandl.data.folds import control_role, plate_key  # noqa: F401 (the analysis reads them from here)
-from gandl.data.screen import PRESETS, ScreenSchema
+from gandl.data.screen import PRESETS, WELL_AGGREGATES, ScreenSchema
 from gandl.features.registry import EXTRACTORS
 
 # The analysis' own column names, and the schema field each is read from (`screen_view`).
@@ -130,9 +130,6 @@ def group_means(features: np.ndarray, codes: np.ndarray, num_groups: int) -> tup
     counts = np.bincount(codes, minlength=num_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None], counts
-
-
-WELL_AGGREGATES = ("median", "mean")
 
 
 def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame, how: str = "mean") -> tuple[np.ndarray, pd.DataFrame]:

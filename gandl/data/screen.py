@@ -40,6 +40,19 @@ class MetadataError(ValueError):
     """A metadata table or schema that cannot describe a screen; the message names the file and the problem."""
 
 
+class SettingError(ValueError):
+    """A profile setting that does not exist (said in one line by the command)."""
+
+
+WELL_AGGREGATES = ("median", "mean")  # embed.well_aggregate: how a well's profile comes from its sites
+
+
+def check_aggregate(aggregate: str) -> None:
+    """Refuse a well aggregate that does not exist (here, TF-free: the command says it before anything loads)."""
+    if aggregate not in WELL_AGGREGATES:
+        raise SettingError(f"embed.well_aggregate={aggregate!r}: expected one of {list(WELL_AGGREGATES)}")
+
+
 class ScreenNotFound(MetadataError):
     """The screen is not where the config says (no such file, folder or plate)."""
 
