@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from gandl.sweep import call_in_file
+from gandl.defaults import call_in_file
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,4 +1,8 @@
-"""The fields every config shares; each configs/*.py `get_config()` starts from `base_config()`."""
+"""The fields every config shares; each configs/*.py `get_config()` starts from `base_config()` (or from another
+config file, `call_in_file`)."""
+
+import importlib.util
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -118,3 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
         few_label_draws=5,  # seeded draws of those wells, averaged
         truth=""))  # a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the screen, if any
     return config
+
+
+def call_in_file(path: str, attr: str) -> Any:
+    """`attr()` of a Python file loaded by path: sweep and config files are files, not importable modules."""
+    spec = importlib.util.spec_from_file_location(f"_gandl_{attr}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, attr)()

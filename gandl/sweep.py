@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import os
 import re
@@ -40,6 +39,8 @@ from typing import Any
 
 import ml_collections
 import pandas as pd
+
+from gandl.defaults import call_in_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_LAUNCHER = os.path.join(REPO_ROOT, "launch", "tpu.sh")
@@ -59,16 +60,6 @@ class Sweep:
     base: str
     mode: str
     runs: list[Run]
-
-
-def call_in_file(path: str, attr: str) -> Any:
-    """`attr()` of a Python file loaded by path: sweep and config files are files, not importable modules."""
-    spec = importlib.util.spec_from_file_location(f"_gandl_{attr}", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, attr)()
 
 
 def cli_value(value: Any) -> str:
