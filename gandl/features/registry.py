@@ -29,6 +29,9 @@ EXTRACTORS = {
                                   reference="random_d_multiscale", embed_fields=_D_FIELDS),
     "random_d_multiscale": Extractor("random-init D multiscale", "discriminator:random_init_multiscale",
                                      embed_fields=_D_FIELDS),
+    "gandl_blocks": Extractor("GAN-DL blocks", "discriminator:trained_blocks", reference="random_d_blocks",
+                              embed_fields=_D_FIELDS),
+    "random_d_blocks": Extractor("random-init D blocks", "discriminator:random_init_blocks", embed_fields=_D_FIELDS),
     "handcrafted": Extractor("handcrafted", "handcrafted:extractor"),
     "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor", embed_fields=("imagenet_weights", "imagenet")),
 }
