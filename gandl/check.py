@@ -172,7 +172,7 @@ RULES: dict[str, Rule] = {
     "embed.mbstd_batches": _COUNT, "embed.part_batches": _COUNT, "embed.imagenet_weights": _TEXT,
     "embed.imagenet.epochs": _COUNT, "embed.imagenet.batch_size": _COUNT, "embed.imagenet.learning_rate": _RATE,
     "embed.imagenet.train_backbone": _BOOL, "embed.imagenet.blocks": _sequence(_COUNT, nonempty=True),
-    "embed.imagenet.pool_batches": _COUNT, "embed.well_aggregate": _one_of("median", "mean"),
+    "embed.imagenet.pool_batches": _COUNT, "embed.well_aggregate": _one_of(*screen.WELL_AGGREGATES),
     "screen.preset": _one_of("", *screen.PRESETS), "screen.highlight": _optional(_sequence(_NAME)),
     **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, "positive", "negative", "positive_name",
                                                  "negative_name")},

@@ -27,6 +27,7 @@ from gandl.analysis import io as analysis_io
 from gandl.analysis import report
 from gandl.data import pipeline, render, screen
 from gandl.data.screen import ScreenSchema
+from gandl.features import registry
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.models.generator import Generator
@@ -44,7 +45,7 @@ class Run:
 
 def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
     """Stain names from the run's shards; generic channel names when the shards are not at hand."""
-    shards = layout.shards(config, workdir)
+    shards = layout.shards(config.data.shards, workdir)
     if tf.io.gfile.exists(os.path.join(shards, "manifest.json")) or config.data.shards:
         return pipeline.output_stains(pipeline.open_records(shards, config.data.rxrx1_utils_image_size),
                                       config.data.channels)
@@ -59,7 +60,8 @@ def load_run(workdir: str, step: int | None = None) -> Run:
 
 def sample_grid(run: Run, num: int = 16, cols: int = 8, seed: int = 0) -> np.ndarray:
     """EMA generator samples for fixed latents, as one uint8 RGB grid in the RxRx colour map."""
-    return render.grid(render.to_rgb(loop.samples(run.config, run.state, num, seed), run.stains), cols)
+    images = loop.samples(loop.model_config(run.config), run.state, num, seed)
+    return render.grid(render.to_rgb(images, run.stains), cols)
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,8 +121,10 @@ class Embeddings:
 def load_embeddings(workdir: str) -> Embeddings:
     """The latest exported feature sets (GAN-DL and the baselines beside it) and the run's analysis config."""
     folder = layout.latest_embeddings(workdir)
-
-    with tf.io.gfile.GFile(os.path.join(folder, "gandl.npz"), "rb") as f, np.load(io.BytesIO(f.read())) as npz:
+    exported = [path for name in registry.EXTRACTORS if tf.io.gfile.exists(path := os.path.join(folder, f"{name}.npz"))]
+    if not exported:
+        raise FileNotFoundError(f"no feature set in {folder}: run mode=embed first")
+    with tf.io.gfile.GFile(exported[0], "rb") as f, np.load(io.BytesIO(f.read())) as npz:  # any set: the run's config
         provenance = json.loads(str(npz["provenance"]))
     run = provenance["config"]
     config = report.AnalysisConfig(**run["analysis"], well_aggregate=run["embed"]["well_aggregate"])

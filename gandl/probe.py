@@ -7,15 +7,16 @@ plate-held-out linear SVMs with the analysis' own functions: Table 1's tasks (C+
 per line) and zero-shot cell typing. Each option's random-init reference (its registry `reference`) does not
 change with training and is scored once. Rows are appended to workdir/probe.csv, the curve is redrawn as
 probe_curve.png, and the accuracies go to TensorBoard. The probe sits above train and features: the loop
-only calls it (`gandl.main.run_train` passes it in), so nothing imports upward.
+only calls it (`gandl.main` passes it in), so nothing imports upward. The table itself is
+`gandl.analysis.probe_table`'s (the report describes it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import io
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,12 +29,12 @@ from gandl import fileio, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import classify, plots, zeroshot
+from gandl.analysis.probe_table import append_rows
+from gandl.analysis.tasks import AnalysisConfig
 from gandl.data import pipeline, rxrx
 from gandl.features import base, registry
 from gandl.models.config import ModelConfig
 
-COLUMNS = ["step", "images_seen", "feature_set", "label", "task", "accuracy", "status", "reference_label",
-           "reference_accuracy"]
 ZEROSHOT_TASK = "zero-shot cell type"
 
 
@@ -92,95 +93,78 @@ def features_of(fn: base.FeatureFn, images: np.ndarray, batch_size: int) -> np.n
 
 
 def score(features: np.ndarray, metadata: pd.DataFrame, zeroshot_features: np.ndarray | None,
-          zeroshot_metadata: pd.DataFrame | None, a: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+          zeroshot_metadata: pd.DataFrame | None, analysis: AnalysisConfig) -> list[dict[str, Any]]:
     """(task, accuracy, status) rows: Table 1 on the control subset, zero-shot cell typing on its subset."""
-    table = classify.classify_controls(features, metadata, c=a.c, n_splits=a.n_splits, group_by=a.group_by,
-                                       uv_is_positive=a.uv_is_positive, seed=a.seed)
+    table = classify.classify_controls(features, metadata, c=analysis.c, n_splits=analysis.n_splits,
+                                       group_by=analysis.group_by, uv_is_positive=analysis.uv_is_positive,
+                                       seed=analysis.seed)
     rows = [dict(task=r.task, accuracy=float(r.accuracy), status=r.status) for r in table.itertuples()]
     if zeroshot_features is not None:
         try:
-            summary, _ = zeroshot.classify_cell_types(zeroshot_features, zeroshot_metadata, c=a.c,
-                                                      n_splits=a.n_splits, seed=a.seed)
+            summary, _ = zeroshot.classify_cell_types(zeroshot_features, zeroshot_metadata, c=analysis.c,
+                                                      n_splits=analysis.n_splits, seed=analysis.seed)
             rows.append(dict(task=ZEROSHOT_TASK, accuracy=summary["accuracy"], status="ok"))
         except classify.CVError as e:
             rows.append(dict(task=ZEROSHOT_TASK, accuracy=float("nan"), status=f"skipped: {e}"))
     return rows
 
 
-def read_table(path: str) -> pd.DataFrame | None:
-    """The probe table at `path`, None when there is none; one of other columns is refused."""
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        table = pd.read_csv(f)
-    if list(table.columns) != COLUMNS:
-        raise ValueError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}; move it away to start anew")
-    return table
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    """What the probe reads of a run's config, typed once (`Probe.from_config`)."""
 
-
-def append_rows(path: str, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Add rows to the probe table at `path` (atomically), replacing any earlier rows of the same steps
-    (a resumed run probes again the steps after its checkpoint); returns the whole table."""
-    new = pd.DataFrame(list(rows), columns=COLUMNS)
-    old = read_table(path)
-    if old is not None:
-        new = pd.concat([old[~old["step"].isin(new["step"])], new], ignore_index=True)
-    new = new.sort_values("step", kind="stable").reset_index(drop=True)
-    buf = io.StringIO()
-    new.to_csv(buf, index=False)
-    fileio.write_text(path, buf.getvalue())
-    return new
-
-
-def describe_step(table: pd.DataFrame, step: int) -> str:
-    """What the probe says of checkpoint `step`, for the report: each option's mean accuracy over its tasks
-    there, its random-init reference and its best probed step. Picking `embed.step` from this curve uses the
-    control labels, so the report says so."""
-    ok = table[table["status"] == "ok"]
-    if ok.empty:
-        return "The probe table has no scored rows."
-    parts = []
-    for _, rows in ok.groupby("feature_set", sort=False):
-        means = rows.groupby("step")["accuracy"].mean()
-        best = int(means.idxmax())
-        here = f"{means[step]:.3f} at this step" if step in means.index else "not probed at this step"
-        reference = rows.groupby("task")["reference_accuracy"].first().mean()
-        parts.append(f"{rows['label'].iloc[0]} {here} (random-init {reference:.3f}; best probed step {best}, "
-                     f"{means[best]:.3f})")
-    return (f"Probe (probe.csv; mean plate-held-out accuracy over its {ok['task'].nunique()} tasks): "
-            + "; ".join(parts) + ". A step picked from this curve is chosen on the control sites' labels, which "
-            "Table 1 also scores: its numbers at that step are optimistic by that choice.")
+    feature_sets: tuple[str, ...]  # train.probe_features: registry names
+    sites: int  # control sites probed (train.probe_sites)
+    zeroshot_sites: int  # zero-shot sites probed (train.probe_zeroshot_sites)
+    batch_size: int  # global batch the features are computed in (embed.batch_size)
+    train_batch_size: int  # images per training step (the table's images_seen)
+    seed: int
+    analysis: AnalysisConfig  # Table 1's and zero-shot typing's settings
+    zeroshot_shards: str  # the zero-shot set's records; "" = zero-shot cell typing off
+    zeroshot_channels: tuple[int, ...]  # its channels feeding the model's
+    rxrx1_utils_image_size: int  # the image side of rxrx1-utils records
 
 
 class Probe:
     """The training loop's probe callback: `probe(step, d_params)` -> TensorBoard scalars."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        t = config.train
-        for name in t.probe_features:
+    def __init__(self, settings: ProbeSettings, workdir: str, context: base.Context):
+        """`context` is the run's extractor context, without devices and parameters (each probe sets them)."""
+        for name in settings.feature_sets:
             registry.get(name)
-        self.config, self.workdir = config, workdir
-        self.model = ModelConfig.from_mapping(config.model)
-        self.batch_size = sharding.local_batch_size(config.embed.batch_size)
-        self.options = pipeline.InputOptions.from_config(config)
-        self.spec = pipeline.open_records(layout.shards(config, workdir), config.data.rxrx1_utils_image_size)
+        self.settings, self.workdir, self.context = settings, workdir, context
+        self.batch_size = sharding.local_batch_size(settings.batch_size)
         self.references: dict[str, list[dict[str, Any]]] = {}  # random-init rows: they do not change
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, workdir: str) -> Probe:
+        train = config.train
+        settings = ProbeSettings(
+            tuple(train.probe_features), train.probe_sites, train.probe_zeroshot_sites, config.embed.batch_size,
+            train.batch_size, config.seed, AnalysisConfig(**config.analysis.to_dict()),
+            layout.zeroshot_shards(config.zeroshot.shards, workdir) if config.zeroshot.enabled else "",
+            tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a"),
+            config.data.rxrx1_utils_image_size)
+        spec = pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
+        context = base.Context.of_run(config, None, ModelConfig.from_mapping(config.model), None, spec,
+                                      pipeline.InputOptions.from_config(config))
+        return cls(settings, workdir, context)
 
     @functools.cached_property
     def subsets(self) -> tuple[np.ndarray, pd.DataFrame, np.ndarray | None, pd.DataFrame | None]:
         """(control images, their metadata, zero-shot images, their metadata), drawn at the first probe (a
         finished run that is only resumed never reads them)."""
-        config, t = self.config, self.config.train
-        images, metadata = fixed_subset(self.spec, self.options, t.probe_sites, config.seed, batch_size=self.batch_size,
-                                        keep=lambda m: classify.control_mask(m, config.analysis.uv_is_positive))
+        settings, options = self.settings, self.context.options
+        images, metadata = fixed_subset(
+            self.context.screen, options, settings.sites, settings.seed, batch_size=self.batch_size,
+            keep=lambda meta: classify.control_mask(meta, settings.analysis.uv_is_positive))
         zimages = zmetadata = None
-        zshards = layout.zeroshot_shards(config, self.workdir)
-        if config.zeroshot.enabled and tf.io.gfile.glob(f"{zshards}/*"):
-            zspec = pipeline.open_records(zshards, config.data.rxrx1_utils_image_size)
-            zchannels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
-            zimages, zmetadata = fixed_subset(zspec, self.options.replace(channels=zchannels),
-                                              t.probe_zeroshot_sites, config.seed, batch_size=self.batch_size)
-        elif config.zeroshot.enabled:
+        zshards = settings.zeroshot_shards
+        if zshards and tf.io.gfile.glob(f"{zshards}/*"):
+            zspec = pipeline.open_records(zshards, settings.rxrx1_utils_image_size)
+            zimages, zmetadata = fixed_subset(zspec, options.replace(channels=settings.zeroshot_channels),
+                                              settings.zeroshot_sites, settings.seed, batch_size=self.batch_size)
+        elif zshards:
             logging.warning("probe: no zero-shot shards at %s; probing without zero-shot cell typing", zshards)
         logging.info("probe: %d control sites, %d zero-shot sites", len(metadata),
                      0 if zmetadata is None else len(zmetadata))
@@ -190,19 +174,19 @@ class Probe:
         fn = registry.build(name, context)
         images, metadata, zimages, zmetadata = self.subsets
         zf = None if zimages is None else features_of(fn, zimages, self.batch_size)
-        return score(features_of(fn, images, self.batch_size), metadata, zf, zmetadata, self.config.analysis)
+        return score(features_of(fn, images, self.batch_size), metadata, zf, zmetadata, self.settings.analysis)
 
     def __call__(self, step: int, d_params: Any) -> dict[str, float]:
-        context = base.Context(self.config, sharding.make_mesh(), self.model, d_params, self.spec, self.options)
+        context = dataclasses.replace(self.context, mesh=sharding.make_mesh(), d_params=d_params)
         rows, scalars = [], {}
-        for name in self.config.train.probe_features:
+        for name in self.settings.feature_sets:
             reference = registry.get(name).reference
             if reference and reference not in self.references:
                 self.references[reference] = self._score(reference, context)
             by_task = {r["task"]: r for r in self.references.get(reference, [])}
             for row in self._score(name, context):
                 ref = by_task.get(row["task"], {})
-                rows.append(dict(row, step=step, images_seen=step * self.config.train.batch_size,
+                rows.append(dict(row, step=step, images_seen=step * self.settings.train_batch_size,
                                  feature_set=name, label=registry.get(name).label,
                                  reference_label=registry.get(reference).label if reference else "",
                                  reference_accuracy=ref.get("accuracy", float("nan"))))

@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gandl import fileio
-from gandl.data.screen import profile_column
+from gandl.data.screen import WELL_AGGREGATES, SettingError, check_aggregate, profile_column  # noqa: F401 (the stages' names)
 
 WELL = "well_id"
 N_SITES = "n_sites"  # the well profiles' site count (a reserved metadata name: gandl.data.screen)
-AGGREGATES = {"median": np.median, "mean": np.mean}  # embed.well_aggregate: a well's profile from its sites
+AGGREGATES = dict(zip(WELL_AGGREGATES, (np.median, np.mean)))  # a well's profile from its sites
 
 
 class Rows(Protocol):
@@ -140,15 +140,6 @@ def well_metadata(metadata: Mapping[str, np.ndarray], by: str = WELL) -> tuple[p
     out = first.loc[:, constant[constant].index].reset_index(drop=True)
     out[N_SITES] = np.bincount(codes).astype(np.int64)
     return out, codes
-
-
-class SettingError(ValueError):
-    """A profile setting that does not exist (said in one line by the command)."""
-
-
-def check_aggregate(aggregate: str) -> None:
-    if aggregate not in AGGREGATES:
-        raise SettingError(f"embed.well_aggregate={aggregate!r}: expected one of {list(AGGREGATES)}")
 
 
 def _well_profiles(features: Rows, codes: np.ndarray, chunk_rows: int, aggregate: str):

@@ -7,7 +7,7 @@
   preview.png        one augmented training batch
   checkpoints/<step> orbax checkpoints        tensorboard/  scalars and samples     samples/  EMA grids
   probe.csv, probe_curve.png   the linear probe of D's features over training (train.probe_every)
-  embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/}
+  embeddings/step_<step>/{<feature set>.npz, .parquet, zeroshot/, folds.json, <label-fitted set>_folds/fold<k>/}
   analysis/          report.md, report.html, summary.csv, analysis.json, tables and figures
   gandl.lock         while a run works in the folder: its pid, host and mode (`locked`)
 """
@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import ml_collections
 from absl import logging
 
 from gandl import fileio
@@ -38,20 +37,24 @@ class WorkdirInUse(fileio.FileFault):
     """Another run holds the workdir: two runs in one folder would do the work twice and race on its files."""
 
 
-def raw(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.data.root or os.path.join(workdir, "raw")
+def raw(root: str, workdir: str) -> str:
+    """The raw screen: `data.root`, or the synthetic one's folder."""
+    return root or os.path.join(workdir, "raw")
 
 
-def shards(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.data.shards or os.path.join(workdir, "shards")
+def shards(given: str, workdir: str) -> str:
+    """The screen's records: `data.shards`, or the converted ones' folder."""
+    return given or os.path.join(workdir, "shards")
 
 
-def zeroshot_raw(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.zeroshot.root or os.path.join(workdir, "raw_rxrx1")
+def zeroshot_raw(root: str, workdir: str) -> str:
+    """The zero-shot set: `zeroshot.root`, or the synthetic one's folder."""
+    return root or os.path.join(workdir, "raw_rxrx1")
 
 
-def zeroshot_shards(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.zeroshot.shards or os.path.join(workdir, "shards_rxrx1")
+def zeroshot_shards(given: str, workdir: str) -> str:
+    """The zero-shot set's records: `zeroshot.shards`, or the converted ones' folder."""
+    return given or os.path.join(workdir, "shards_rxrx1")
 
 
 def preview(workdir: str) -> str:
@@ -86,9 +89,10 @@ def zeroshot_embeddings(embeddings_dir: str) -> str:
     return os.path.join(embeddings_dir, "zeroshot")
 
 
-def comparator_fold(embeddings_dir: str, fold: int) -> str:
-    """Where fold `fold`'s label-fitted comparator writes its control sites' features (its own export folder)."""
-    return os.path.join(embeddings_dir, "imagenet_folds", f"fold{fold}")
+def label_fold(embeddings_dir: str, feature_set: str, fold: int) -> str:
+    """Where fold `fold`'s model of a label-fitted feature set writes its control sites' features (its own export
+    folder); the fold assignment is `embeddings_dir`'s folds.json (gandl.data.folds)."""
+    return os.path.join(embeddings_dir, f"{feature_set}_folds", f"fold{fold}")
 
 
 def _numbered(folder: str, prefix: str = "") -> list[int]:

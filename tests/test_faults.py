@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gandl import check, embed, fileio, main, profiles, sharding
+from gandl import check, embed, fileio, profiles, sharding
 from gandl import workdir as workdir_lib
+from gandl.analysis import stage as analysis_stage
 from gandl.data import convert, generic, images, pipeline, rxrx
 from gandl.data.synthetic import cli, layouts
 from gandl.features import handcrafted
@@ -300,22 +301,22 @@ def test_mode_embed_refuses_a_finished_export_made_with_other_settings(tiny_conf
     cfg.embed.feature_sets = ("gandl", "handcrafted")
     model = ModelConfig.from_mapping(cfg.model)
     d_params = init_variables(model, jax.random.key(0))[1]["params"]
-    monkeypatch.setattr(embed, "restore_discriminator", lambda workdir, mesh, step: (model, d_params, 7, {}))
+    monkeypatch.setattr(embed.stage, "restore_discriminator", lambda workdir, mesh, step: (model, d_params, 7, {}))
     workdir = str(tmp_path)
-    folder = main.run_embed(cfg, workdir)
+    folder = embed.run(cfg, workdir)
     npz = os.path.join(folder, "gandl.npz")
     mtime = os.stat(npz).st_mtime_ns
 
     cfg.embed.batch_size = 32  # does not change the export: reused
-    main.run_embed(cfg, workdir)
+    embed.run(cfg, workdir)
     assert os.stat(npz).st_mtime_ns == mtime
     # A field no exported set uses does not matter; a set added later is exported alone, next to the others.
     cfg.embed.update(imagenet_weights="random", feature_sets=("gandl", "handcrafted", "random_d"))
-    main.run_embed(cfg, workdir)
+    embed.run(cfg, workdir)
     assert os.stat(npz).st_mtime_ns == mtime and os.path.exists(os.path.join(folder, "random_d.npz"))
     cfg.embed.orientation_average = True
     with pytest.raises(RuntimeError, match="feature_sets.gandl.orientation_average: False -> True"):  # ExportError
-        main.run_embed(cfg, workdir)
+        embed.run(cfg, workdir)
     assert os.stat(npz).st_mtime_ns == mtime
 
 
@@ -335,7 +336,7 @@ def test_mode_analyze_refuses_embeddings_of_sites_the_screen_does_not_have(tiny_
     features = np.random.default_rng(0).normal(size=(len(metadata), 8)).astype(np.float32)
     np.savez(folder / "gandl.npz", features=features, **arrays)
     with pytest.raises(ValueError, match=r"2 site ids .*ELSEWHERE-1_1_A01_1.*ELSEWHERE-1_1_A02_1"):
-        main.run_analyze(cfg, str(tmp_path))
+        analysis_stage.run(cfg, str(tmp_path))
     assert not (tmp_path / "analysis").exists()
 
 
@@ -456,7 +457,7 @@ def test_damaged_shards_are_named_by_their_readers_and_rewritten_by_convert(rxrx
     cfg = tiny_config.copy_and_resolve_references()
     cfg.data.shards = str(out)
     with pytest.raises(pipeline.CorruptRecordsError, match=named):  # training's input
-        for _, _ in zip(range(20), loop.shard_input_fn(cfg, spec)(0)):
+        for _, _ in zip(range(20), loop.shard_input_fn(loop.TrainSettings.from_config(cfg, ""), spec)(0)):
             pass
 
     with caplog.at_level("WARNING"):
@@ -522,7 +523,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
 
     named = damage(2)
     with caplog.at_level("WARNING"):
-        resumed = loop.train(cfg, str(tmp_path))
+        resumed = loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
     assert named in caplog.text and "using step 1, the newest intact checkpoint" in caplog.text
     assert resumed.step == 1 and float(resumed.state.pl_mean) == 1.0
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2.damaged"]
@@ -541,7 +542,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
     for step in (1, 2):
         damage(step)
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"no intact checkpoint in .*steps \[2, 1\]"):
-        loop.train(cfg, str(tmp_path))
+        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 
 def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog, monkeypatch):

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gandl import main
+from gandl import embed, main
 from gandl.analysis import io as analysis_io
+from gandl.analysis import stage as analysis_stage
 from gandl.data import screen
+from gandl.data import stage as data_stage
 from gandl.data.synthetic import layouts
 from gandl.profiles import feature_names
 
@@ -41,10 +43,10 @@ def csv_run(tiny_config, tmp_path_factory):
                   channel_columns=("FileName_DNA", "FileName_Actin", "FileName_RNA"), stains=("DNA", "Actin", "RNA"))
     cfg.screen.update(CELL_PAINTING)
     workdir = str(tmp_path_factory.mktemp("csv_run"))
-    main.run_convert(cfg, workdir)
+    data_stage.convert_screen(cfg, workdir)
     main.run_train(cfg, workdir)
-    main.run_embed(cfg, workdir)
-    return cfg, workdir, main.read_screen(cfg)
+    embed.run(cfg, workdir)
+    return cfg, workdir, screen.read_configured(cfg)
 
 
 def _assert_same_values(exported: pd.Series, expected: pd.Series, what: str) -> None:
@@ -96,9 +98,9 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
                            negative="Metadata_Compound == 'DMSO'", positive="Metadata_Compound == 'staurosporine'")
     workdir = tmp_path / "run"
     shutil.copytree(os.path.join(csv_workdir, "checkpoints"), workdir / "checkpoints")  # the CSV run's 3-channel D
-    manifest = main.run_convert(zarr_cfg, str(workdir))
+    manifest = data_stage.convert_screen(zarr_cfg, str(workdir))
     assert manifest["num_sites"] == 2 * 8 * 2 and manifest["stains"] == ["DNA", "Actin", "RNA"]  # OMERO labels
-    main.run_embed(zarr_cfg, str(workdir))
+    embed.run(zarr_cfg, str(workdir))
     _, meta = analysis_io.load_embeddings(str(workdir / "embeddings" / "step_10" / "gandl.npz"))
     plate_map = pd.read_csv(root / "metadata.csv", keep_default_na=False)
     assert set(meta["plate"]) == {"P1", "P2"} and meta["well_id"].iloc[0] == f"{meta['plate'][0]}_{meta['well'][0]}"
@@ -107,7 +109,7 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
     for column in ("Metadata_Compound", "Metadata_Dose_uM", "Metadata_Note"):
         assert joined[column].tolist() == joined[f"{column}_map"].tolist(), column
     assert meta["Metadata_Dose_uM"].dtype == np.float64 and meta["site"].dtype == np.int64
-    analysis = main.run_analyze(zarr_cfg, str(workdir))  # the plates' own schema: no cell line column
+    analysis = analysis_stage.run(zarr_cfg, str(workdir))  # the plates' own schema: no cell line column
     outcome = next(iter(analysis["screens"].values()))
     assert {"controls", "efficacy", "dose_response", "activity"} <= set(outcome["results"]), outcome["skipped"]
     assert set(outcome["hits"]["treatment"]) == {"cpd-7"} and outcome["table1"]["n_groups"].iloc[0] == 2
@@ -115,7 +117,7 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
 
 def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
     cfg, workdir, _ = csv_run
-    result = main.run_analyze(cfg, workdir)
+    result = analysis_stage.run(cfg, workdir)
     out = os.path.join(workdir, "analysis")
     with open(os.path.join(out, "analysis.json")) as f:
         folders = json.load(f)["folders"]

@@ -91,7 +91,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     """
     from gandl import embed, sharding
     from gandl.analysis import io
-    from gandl.data import pipeline
+    from gandl.data import folds, pipeline
     from gandl.features import imagenet
 
     spec, mesh = pipeline.open_shards(_image_screen(root, signal)), sharding.make_mesh()
@@ -105,16 +105,17 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
                                                      provenance={}, progress=False)["imagenet"])
     config = report.AnalysisConfig(n_splits=2)
     old = report.analyze_screen(features, meta, config)["table1"].set_index("task")
-    folds = classify.control_folds(meta, n_splits=2)
+    assignment = folds.assignment(meta, n_splits=2, group_by="plate", seed=0, uv_is_positive=False)
     every_control = imagenet.Controls()
 
     def fine_tuned(held_out):
         return imagenet.fine_tune_comparator(spec, settings, mesh, imagenet.RANDOM, 0, options,
                                              imagenet.Controls(held_out, "plate"))
 
-    embed.export_folds(spec, out, folds, fine_tuned, batch_size=32, provenance={}, feature_settings={},
-                       controls=lambda batch: imagenet.control_labels(batch, every_control) >= 0, group_by="plate")
-    fold_sets = io.load_fold_sets(out)
+    embed.export_folds(spec, out, "imagenet", assignment, fine_tuned, batch_size=32, provenance={},
+                       feature_settings={}, rows=lambda batch: imagenet.control_labels(batch, every_control) >= 0)
+    fold_sets = io.load_fold_sets(out, "imagenet")
+    folds = classify.control_folds(meta, n_splits=2)
     assert [h for *_, h in fold_sets] == [list(f) for f in folds]
     assert all(len(m) == len(meta) for _, m, _ in fold_sets)  # every site here is a control
     result = report.analyze_screen(features, meta, config, fold_sets=fold_sets)
@@ -135,3 +136,53 @@ def test_comparator_table1_is_skipped_without_per_fold_features():
     x, meta = _inputs("signal")
     table = report.analyze_screen(x, meta, report.AnalysisConfig(n_splits=4), fold_sets=[])["table1"]
     assert table["accuracy"].isna().all() and table["status"].str.contains("no per-fold features").all()
+
+
+def test_the_embed_stage_records_one_fold_assignment_that_both_stages_read(tiny_config, tmp_path, monkeypatch):
+    """A label-fitted set (the registry's `per_fold`) is exported per fold of the analysis' folds, drawn once and
+    written as folds.json; the analysis scores Table 1 with those exports; another assignment is refused."""
+    import os
+
+    import jax
+
+    from gandl import embed
+    from gandl.analysis import io
+    from gandl.analysis import stage as analysis_stage
+    from gandl.data import convert, folds, rxrx
+    from gandl.data.synthetic import layouts as synthetic
+    from gandl.features import registry
+    from gandl.models import init_variables
+    from gandl.models.config import ModelConfig
+
+    raw = synthetic.write_rxrx19a(tmp_path / "raw", seed=0, image_size=16, plates_per_cell_line=3, sites_per_well=1,
+                                  num_compounds=3)
+    shards = str(tmp_path / "shards")
+    convert.convert(rxrx.read_rxrx19a(str(raw)), shards, convert.ConvertOptions(image_size=16, num_workers=1),
+                    progress=False)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards, cfg.zeroshot.enabled, cfg.analysis.n_splits = shards, False, 2
+    cfg.embed.update(feature_sets=("handcrafted", "imagenet"), imagenet_weights="random")
+    cfg.embed.imagenet.update(epochs=1, batch_size=16, blocks=(1, 1, 1, 1), pool_batches=2)
+    model = ModelConfig.from_mapping(cfg.model)
+    d_params = init_variables(model, jax.random.key(0))[1]["params"]
+    monkeypatch.setattr(embed.stage, "restore_discriminator", lambda workdir, mesh, step: (model, d_params, 7, {}))
+    workdir = str(tmp_path / "run")
+    folder = embed.run(cfg, workdir)
+
+    recorded = folds.read_folds(folder)
+    _, meta = io.load_embeddings(os.path.join(folder, "handcrafted.npz"))
+    assert recorded["held_out"] == [list(g) for g in classify.control_folds(meta, n_splits=2)]  # the analysis' folds
+    fold_sets = io.load_fold_sets(folder, "imagenet")
+    assert [held for *_, held in fold_sets] == recorded["held_out"]
+    assert all(len(m) == classify.control_mask(meta).sum() for _, m, _ in fold_sets)  # every control, per fold
+    result = analysis_stage.run(cfg, workdir)
+    label = registry.get("imagenet").label
+    assert "one model per fold" in result["screens"][label]["protocol"]["table1_controls"]
+
+    cfg.analysis.n_splits = 3  # three folds of the six plates: not what the exports were fitted for
+    with pytest.raises(embed.ExportError, match=r"another fold assignment \(changed: n_splits: 2 -> 3"):
+        embed.run(cfg, workdir)
+    assert folds.read_folds(folder) == recorded
+    with open(os.path.join(folder, folds.FOLDS), "a") as f:  # a damaged record is not read
+        f.write(" ")
+    assert folds.read_folds(folder) is None and io.load_fold_sets(folder, "imagenet") == []

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from gandl import main
+from gandl import embed, main
+from gandl.analysis import stage as analysis_stage
+from gandl.data import stage as data_stage
 
 
 def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
@@ -62,9 +64,9 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
     cfg = cfg.copy_and_resolve_references()
     cfg.zeroshot.root = str(zeroshot_root)
 
-    main.convert_zeroshot(cfg, str(workdir))  # the screen's own shards are the run's, as converted
-    main.run_embed(cfg, str(workdir))
-    result = main.run_analyze(cfg, str(workdir))
+    data_stage.convert_zeroshot(cfg, str(workdir))  # the screen's own shards are the run's, as converted
+    embed.run(cfg, str(workdir))
+    result = analysis_stage.run(cfg, str(workdir))
 
     summary = pd.read_csv(workdir / "analysis" / "summary.csv", index_col=0)
     assert summary.loc["zero-shot cell typing", "GAN-DL"].startswith("skipped: ")

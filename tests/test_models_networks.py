@@ -76,7 +76,7 @@ def test_shapes_and_num_ws():
 
 
 def test_features_are_512d_with_stylegan2_widths():
-    cfg = ModelConfig()  # 256 px, 5 channels, channel_base 16384, channel_max 512
+    cfg = ModelConfig(resolution=256)  # 256 px, 5 channels, channel_base 16384, channel_max 512
     _, discriminator = build_models(cfg)
     _, d_shapes = pytorch.variable_shapes(cfg)
     images = jax.ShapeDtypeStruct((3, 256, 256, 5), jnp.float32)

@@ -71,7 +71,7 @@ def expected_table(res, img_channels, z_dim, w_dim, mapping_layers, channel_base
 
 
 def test_key_shape_table_256px_5ch():
-    table = pytorch.state_dict_shapes(ModelConfig())  # 256 px, 5 channels, 3-layer mapping, 512-d z/w
+    table = pytorch.state_dict_shapes(ModelConfig(resolution=256))  # 256 px, 5 channels, 3-layer mapping, 512-d z/w
     assert table == expected_table(256, 5, 512, 512, 3, 16384, 512)
     assert table["D/b4.fc.weight"] == (512, 8192)
     assert table["D/b256.fromrgb.weight"] == (64, 5, 1, 1)

@@ -127,12 +127,13 @@ def test_two_processes_match_one(run, common, tiny_config, tmp_path):
     cfg = tiny_config.copy_and_resolve_references()
     cfg.update_from_flattened_dict(dict(common, **{"train.steps": step}))
     spec = pipeline.open_shards(cfg.data.shards)
-    streams = [loop.shard_input_fn(cfg, spec, i, PROCESSES) for i in range(PROCESSES)]
+    settings = loop.TrainSettings.from_config(cfg, str(tmp_path))
+    streams = [loop.shard_input_fn(settings, spec, i, PROCESSES) for i in range(PROCESSES)]
 
     def both(start: int):
         return (np.concatenate(parts) for parts in zip(*(s(start) for s in streams)))
 
-    single = loop.train(cfg, str(tmp_path), input_fn=both, spec=spec)
+    single = loop.train(settings, str(tmp_path), input_fn=both, spec=spec)
     assert single.step == step and jax.device_count() == 8
     mesh = sharding.make_mesh()
     _, multi, _ = checkpoint.restore_run(str(workdir), mesh)

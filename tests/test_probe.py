@@ -10,8 +10,10 @@ import pytest
 
 from gandl import embed, main, probe, sharding
 from gandl import workdir as layout
-from gandl.analysis import classify
+from gandl.analysis import classify, probe_table
+from gandl.analysis import stage as analysis_stage
 from gandl.data import pipeline
+from gandl.data import stage as data_stage
 from gandl.features import discriminator
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
@@ -31,7 +33,7 @@ def probed_run(tiny_config, tmp_path_factory):
     cfg.train.update(probe_every=5, probe_sites=64, probe_zeroshot_sites=64, checkpoint_every=5, keep_checkpoints=1)
     cfg.analysis.n_splits = 2
     workdir = str(tmp_path_factory.mktemp("probed"))
-    main.run_convert(cfg, workdir)
+    data_stage.convert_screen(cfg, workdir)
     return cfg, workdir, main.run_train(cfg, workdir)
 
 
@@ -65,7 +67,7 @@ def test_probe_writes_its_table_curve_and_scalars(probed_run):
     cfg, workdir, result = probed_run
     assert result.step == 10
     table = pd.read_csv(layout.probe_table(workdir))
-    assert list(table.columns) == probe.COLUMNS
+    assert list(table.columns) == probe_table.COLUMNS
     assert sorted(table["step"].unique()) == [5, 10]
     assert set(table["images_seen"]) == {5 * 16, 10 * 16}
     assert set(table["feature_set"]) == {"gandl", "gandl_multiscale"}
@@ -103,13 +105,13 @@ def test_the_fixed_subset_is_a_seeded_uniform_sample_whatever_the_batching(shard
 
 def test_a_resumed_probe_replaces_the_rows_of_steps_it_probes_again(tmp_path):
     path = str(tmp_path / "probe.csv")
-    row = dict(zip(probe.COLUMNS, [5, 80, "gandl", "GAN-DL", "t", 0.5, "ok", "random-init D", 0.4]))
-    probe.append_rows(path, [row, dict(row, step=10, images_seen=160)])
-    table = probe.append_rows(path, [dict(row, step=10, images_seen=160, accuracy=0.9)])
+    row = dict(zip(probe_table.COLUMNS, [5, 80, "gandl", "GAN-DL", "t", 0.5, "ok", "random-init D", 0.4]))
+    probe_table.append_rows(path, [row, dict(row, step=10, images_seen=160)])
+    table = probe_table.append_rows(path, [dict(row, step=10, images_seen=160, accuracy=0.9)])
     assert table["step"].tolist() == [5, 10] and table["accuracy"].tolist() == [0.5, 0.9]
     pd.DataFrame({"x": [1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="probe.csv: columns"):
-        probe.append_rows(path, [row])
+        probe_table.append_rows(path, [row])
 
 
 def test_export_feeds_the_training_mbstd_statistic_and_records_it(probed_run):
@@ -117,7 +119,7 @@ def test_export_feeds_the_training_mbstd_statistic_and_records_it(probed_run):
     cfg = cfg.copy_and_resolve_references()
     cfg.embed.update(mbstd="train", feature_sets=("gandl", "gandl_multiscale", "random_d_multiscale"))
     cfg.zeroshot.enabled = False
-    out = main.run_embed(cfg, workdir)
+    out = embed.run(cfg, workdir)
     with open(os.path.join(out, embed.SETTINGS)) as f:
         sets = json.load(f)["feature_sets"]
     model = ModelConfig.from_mapping(cfg.model)
@@ -153,12 +155,12 @@ def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(
     table = pd.read_csv(layout.probe_table(workdir))
     cfg = cfg.copy_and_resolve_references()
     cfg.embed.update(step=5, feature_sets=("gandl", "random_d"))
-    out = main.run_embed(cfg, workdir)
+    out = embed.run(cfg, workdir)
     assert out == layout.embeddings(workdir, 5)
     newer = layout.embeddings(workdir, 99)
     os.makedirs(newer)  # a higher exported step (empty): embed.step, not the latest, picks the analysed one
     try:
-        main.run_analyze(cfg, workdir)
+        analysis_stage.run(cfg, workdir)
     finally:
         os.rmdir(newer)
     with open(os.path.join(layout.analysis(workdir), "analysis.json")) as f:
@@ -173,4 +175,4 @@ def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(
         assert source in f.read()
     cfg.embed.step = 7
     with pytest.raises(FileNotFoundError, match="embed.step=7: no embeddings"):
-        main.run_analyze(cfg, workdir)
+        analysis_stage.run(cfg, workdir)

@@ -1,7 +1,9 @@
 """The package's shape: no module imports upward, and a new feature extractor is one module plus one entry."""
 
 import ast
+import importlib
 import pathlib
+import re
 
 import numpy as np
 
@@ -55,6 +57,48 @@ def test_a_new_extractor_is_one_module_and_one_registry_entry(monkeypatch, tmp_p
         assert registry.get("mean").label == "mean intensity"
     finally:
         module.unlink()
+
+
+# Where a registry name may appear as a string outside the registry: the config's defaults list feature sets by
+# name (as configs/*.py do), and "gandl" is also the package's own name.
+_NAMED_ELSEWHERE = {("defaults.py", name) for name in registry.EXTRACTORS} | {
+    ("cost.py", "gandl"),  # the report cache's folder, ~/.cache/gandl
+    ("check.py", "gandl"),  # the example value the config check shows for embed.feature_sets
+}
+
+
+def _spelled_names(path: pathlib.Path) -> set[str]:
+    """The registry names `path` spells: a string that is one, or one's file or folder (`imagenet.npz`,
+    `imagenet_folds`)."""
+    names = "|".join(sorted(map(re.escape, registry.EXTRACTORS), key=len, reverse=True))
+    spelled = re.compile(rf"({names})(\.(npz|parquet|h5ad)|_folds)?")
+    return {m[1] for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and (m := spelled.fullmatch(node.value))}
+
+
+def test_no_module_but_the_registry_spells_an_extractor_name():
+    """What an extractor is (its label, whether it is fitted per fold) is a registry entry's; a module spelling a
+    name would have to change with every new extractor."""
+    spelled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative == pathlib.Path("features", "registry.py"):
+            continue
+        spelled += [f"{relative}: {name!r}" for name in sorted(_spelled_names(path))
+                    if (relative.as_posix(), name) not in _NAMED_ELSEWHERE]
+    assert not spelled, spelled
+
+
+def test_main_stays_a_page_of_flags_modes_and_hand_over():
+    """Each stage's runner lives in its stage (`MODES` names them); main.py is what fits on one screen."""
+    from gandl import main
+
+    lines = [line for line in (PACKAGE / "main.py").read_text().splitlines() if line.strip()]
+    assert len(lines) < 150, f"gandl/main.py has {len(lines)} non-blank lines"
+    for mode, target in main.MODES.items():
+        module, _, function = target.rpartition(":")
+        assert not module or module.endswith(".stage"), (mode, target)  # main's own: composed of the stages
+        assert callable(getattr(importlib.import_module(module or "gandl.main"), function)), (mode, target)
 
 
 def test_an_unknown_feature_set_is_named():
@@ -117,3 +161,20 @@ def test_the_import_graph_has_no_cycle():
 
     loops = [loop for m in sorted(graph) if m not in state and (loop := visit(m, []))]
     assert not loops, loops
+
+
+def test_settings_dataclasses_take_their_defaults_from_base_config():
+    """One source of each default: a dataclass built from a config block defaults to that block's values."""
+    import dataclasses
+
+    from gandl.analysis.tasks import AnalysisConfig
+    from gandl.defaults import base_config
+    from gandl.features.imagenet import FineTuneConfig
+    from gandl.models.config import ModelConfig
+
+    config = base_config()
+    for cls, block in ((ModelConfig, config.model), (FineTuneConfig, config.embed.imagenet),
+                       (AnalysisConfig, config.analysis)):
+        defaults = dataclasses.asdict(cls())
+        differing = {k: (defaults.get(k), v) for k, v in block.to_dict().items() if defaults.get(k) != v}
+        assert not differing, (cls.__name__, differing)

@@ -24,6 +24,11 @@ def config(tiny_config, shards_dir):
     return cfg
 
 
+
+def _train(cfg, workdir: str, **kwargs) -> loop.TrainResult:
+    """The training loop on `cfg`'s typed settings, as the train stage runs it."""
+    return loop.train(loop.TrainSettings.from_config(cfg, workdir), workdir, **kwargs)
+
 def _params(state: state_lib.TrainState):
     return jax.device_get((state.g_params, state.d_params, state.ema_params, state.g_opt_state, state.d_opt_state,
                            state.pl_mean, state.rng, state.augment, state.head, state.head_opt_state))
@@ -34,7 +39,7 @@ def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
     cfg.train.steps = 120
     cfg.train.checkpoint_every = 60
     cfg.train.log_every = 20
-    result = loop.train(cfg, str(tmp_path))
+    result = _train(cfg, str(tmp_path))
     assert result.step == 120 and not result.stopped_early
     assert all(np.isfinite(h["g_loss"]) and np.isfinite(h["d_loss"]) for h in result.history)
     late = result.history[-3:]
@@ -51,12 +56,12 @@ def test_resumed_run_equals_uninterrupted(config, tmp_path, options):
     cfg = config.copy_and_resolve_references()
     cfg.train.update(options)
     cfg.train.steps = 14
-    straight = loop.train(cfg, str(tmp_path / "straight"))
+    straight = _train(cfg, str(tmp_path / "straight"))
     cfg.train.steps = 7  # stops off the input stream's 10-step restart points, so resume must skip batches
-    first = loop.train(cfg, str(tmp_path / "resumed"))
+    first = _train(cfg, str(tmp_path / "resumed"))
     assert first.step == 7
     cfg.train.steps = 14
-    resumed = loop.train(cfg, str(tmp_path / "resumed"))
+    resumed = _train(cfg, str(tmp_path / "resumed"))
     assert resumed.step == 14
     for a, b in zip(jax.tree.leaves(_params(straight.state)), jax.tree.leaves(_params(resumed.state))):
         np.testing.assert_array_equal(a, b)
@@ -71,7 +76,7 @@ def _spec(config):
 
 def _edited_input(cfg, edit):
     """The shard input with `edit(i, batch)` applied to the i-th batch: how tests inject events."""
-    source = loop.shard_input_fn(cfg, _spec(cfg))
+    source = loop.shard_input_fn(loop.TrainSettings.from_config(cfg, ""), _spec(cfg))
 
     def input_fn(start):
         for i, batch in enumerate(source(start)):
@@ -90,7 +95,7 @@ def test_sigterm_saves_and_stops(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.train.steps = 30
     handler = signal.getsignal(signal.SIGTERM)
-    result = loop.train(cfg, str(tmp_path), input_fn=_edited_input(cfg, _terminate_at_batch_3), spec=_spec(cfg))
+    result = _train(cfg, str(tmp_path), input_fn=_edited_input(cfg, _terminate_at_batch_3), spec=_spec(cfg))
     assert result.stopped_early and result.step == 4
     assert checkpoint.Checkpointer(str(tmp_path), 10).latest_step() == 4
     assert signal.getsignal(signal.SIGTERM) == handler  # the loop's handler is gone again
@@ -101,7 +106,7 @@ def test_nan_stops_cleanly_and_keeps_the_last_good_checkpoint(config, tmp_path):
     cfg.train.steps = 30
     nan_from_batch_12 = _edited_input(cfg, lambda i, batch: np.full_like(batch, np.nan) if i >= 12 else batch)
     with pytest.raises(loop.TrainingDiverged, match=r"non-finite d_loss at step 13"):
-        loop.train(cfg, str(tmp_path), input_fn=nan_from_batch_12, spec=_spec(cfg))
+        _train(cfg, str(tmp_path), input_fn=nan_from_batch_12, spec=_spec(cfg))
     ckpt = checkpoint.Checkpointer(str(tmp_path), 10)
     assert ckpt.latest_step() == 10
     mesh = sharding.make_mesh()
@@ -117,7 +122,7 @@ def test_model_must_match_the_data(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.model.num_channels = 3
     with pytest.raises(ValueError, match=r"the model has 3 channels but the data gives 5 \("):
-        loop.train(cfg, str(tmp_path))
+        _train(cfg, str(tmp_path))
     cfg.model.update(num_channels=5, resolution=32)  # 16-px shards cannot feed a 32-px model
     with pytest.raises(ValueError, match="cannot be area-downscaled to 32 px"):
-        loop.train(cfg, str(tmp_path))
+        _train(cfg, str(tmp_path))

@@ -18,17 +18,13 @@ import pandas as pd
 from sklearn import metrics
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.covariance import ledoit_wolf
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from gandl.analysis.io import control_role, group_means, plate_key
+from gandl.data.folds import CVError, control_folds, grouped_folds, require_trained  # noqa: F401 (also the analysis' names)
 
 NORMALIZATIONS = ("none", "center_scale", "tvn")
-
-
-class CVError(ValueError):
-    """A task that cannot be cross-validated by groups (too few plates, a class on one plate only)."""
 
 
 def control_mask(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.ndarray:
@@ -157,41 +153,6 @@ def hyperplane(model: Pipeline) -> tuple[np.ndarray, float]:
     return w, b
 
 
-def _require_trained(labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> None:
-    """Every class of a test fold must be among its training rows: an SVM cannot score a class it never saw."""
-    unseen = np.setdiff1d(labels[test], labels[train])
-    if unseen.size:
-        raise CVError(f"classes {list(unseen)} are in a test fold but not in its training plates; "
-                      "add plates or use group_by='plate'")
-
-
-def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
-                  seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) row indices holding out whole groups, every test class also present in training.
-
-    The number of folds is capped by the number of groups and by the fewest groups any class occurs in,
-    so a class seen on two plates gets two folds (one plate each) rather than a fold that never trained
-    on it. Raises CVError when a class is confined to a single group: it cannot be held out honestly.
-    """
-    labels, groups = np.asarray(labels), np.asarray(groups)
-    frame = pd.DataFrame({"y": labels, "g": groups}).drop_duplicates()
-    per_class = frame.groupby("y")["g"].nunique()
-    if len(per_class) < 2:
-        raise CVError(f"only one class present ({list(per_class.index)})")
-    if per_class.min() < 2:
-        lonely = list(per_class.index[per_class < 2])
-        raise CVError(f"classes {lonely} occur in a single plate/experiment: no group-held-out fold can "
-                      "test them")
-    k = int(min(n_splits, per_class.min(), frame["g"].nunique()))
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    folds = list(splitter.split(np.zeros(len(labels)), labels, groups))
-    for train, test in folds:
-        if np.intersect1d(groups[train], groups[test]).size:
-            raise AssertionError("a group landed on both sides of a fold")  # a splitter bug, never data
-        _require_trained(labels, train, test)
-    return folds
-
-
 def folds_of_groups(groups: np.ndarray, held_out: Sequence[Sequence[str]]
                     ) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """(train, test, k) of a fixed fold assignment: fold k tests the rows whose group is in held_out[k].
@@ -205,30 +166,6 @@ def folds_of_groups(groups: np.ndarray, held_out: Sequence[Sequence[str]]
         if test.any():
             folds.append((np.flatnonzero(~test), np.flatnonzero(test), k))
     return folds
-
-
-def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = "plate", seed: int = 0,
-                  uv_is_positive: bool = False) -> list[tuple[str, ...]]:
-    """The screen's one fold assignment: the groups (plates / experiments) each fold holds out.
-
-    Every Table-1 task of every feature set uses it, and so do the cross-fitted efficacy scores and the
-    ImageNet comparator's per-fold fine-tuning: fold k's model never saw fold k's groups. Folds are
-    stratified by the finest of cell line x control role, cell line, or control role whose every class
-    spans two or more groups: a plate that lacks one control kind then leaves only the tasks that need that
-    kind, not the cell-line stratification of all the others. Computed from the C+/C- control sites only.
-    """
-    role = control_role(metadata, uv_is_positive).to_numpy()
-    ctrl = np.isin(role, ["C+", "C-"])
-    groups = plate_key(metadata, group_by)[ctrl]
-    line = metadata["cell_type"].astype(str).to_numpy()[ctrl]
-    labels = role[ctrl]
-    for candidate in (line + "|" + role[ctrl], line):
-        spans = pd.DataFrame({"y": candidate, "g": groups}).drop_duplicates().groupby("y")["g"].nunique()
-        if len(spans) and spans.min() >= 2:
-            labels = candidate
-            break
-    folds = grouped_folds(labels, groups, n_splits, seed)
-    return [tuple(sorted(set(groups[test]))) for _, test in folds]
 
 
 def crossfit_decision(features: np.ndarray, labels: np.ndarray, fitted: np.ndarray, groups: np.ndarray,
@@ -302,7 +239,7 @@ def cross_validate(features: np.ndarray | Sequence[np.ndarray], labels: np.ndarr
     predicted = np.empty(len(labels), dtype=labels.dtype)
     fold_of = np.full(len(labels), -1)
     for i, (train, test, k) in enumerate(folds):
-        _require_trained(labels, train, test)
+        require_trained(labels, train, test)
         x = features[k] if per_fold else features
         train = train if labelled is None else labelled(train)
         fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}

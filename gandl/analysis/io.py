@@ -17,8 +17,9 @@ from scipy import sparse
 
 from gandl import workdir as layout
 from gandl._tf import tf
-from gandl.data import rxrx, screen
-from gandl.data.screen import PRESETS, ScreenSchema
+from gandl.data import folds, screen
+from gandl.data.folds import control_role, plate_key  # noqa: F401 (the analysis reads them from here)
+from gandl.data.screen import PRESETS, WELL_AGGREGATES, ScreenSchema
 from gandl.features.registry import EXTRACTORS
 
 # The analysis' own column names, and the schema field each is read from (`screen_view`).
@@ -62,16 +63,6 @@ def output_names(schema: ScreenSchema) -> dict[str, str]:
     """Analysis column -> the screen's own name, for the tables a report writes (only names that differ)."""
     return {ours: getattr(schema, field) for ours, field in VIEW_COLUMNS.items()
             if getattr(schema, field) and getattr(schema, field) != ours}
-
-
-def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False) -> pd.Series:
-    """Each row's role: the `role` column of a `screen_view`, else RxRx19a's (`rxrx.control_role`)."""
-    return metadata["role"] if "role" in metadata else rxrx.control_role(metadata, uv_is_positive)
-
-
-def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
-    """The cross-validation group of each row: `{experiment}_{plate}` (by='plate') or the experiment."""
-    return screen.plate_key(metadata, PRESETS["rxrx19a"], by)
 
 
 class JoinError(ValueError):
@@ -141,9 +132,6 @@ def group_means(features: np.ndarray, codes: np.ndarray, num_groups: int) -> tup
         return sums / counts[:, None], counts
 
 
-WELL_AGGREGATES = ("median", "mean")
-
-
 def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame, how: str = "mean") -> tuple[np.ndarray, pd.DataFrame]:
     """Feature vector per well (well_id: the `how` of its sites, "mean" or "median") and the well's metadata
     (its first site's), with `n_sites`; the same statistic as the exported well profiles' `embed.well_aggregate`.
@@ -171,16 +159,24 @@ def load_feature_sets(folder: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]
     return {label: load_embeddings(p) for label, p in paths.items() if tf.io.gfile.exists(p)}
 
 
-def load_fold_sets(folder: str) -> list[tuple[np.ndarray, pd.DataFrame, list[str]]]:
-    """(features, metadata, held-out groups) of every per-fold comparator export in `folder`, in fold order.
+def load_fold_sets(folder: str, name: str) -> list[tuple[np.ndarray, pd.DataFrame, list[str]]]:
+    """(features, metadata, held-out groups) of label-fitted feature set `name`'s per-fold exports in `folder`, in
+    fold order: fold k of the assignment recorded in `folder` (folds.json, `gandl.data.folds`), as far as its
+    exports go; none without a recorded assignment.
 
-    (`gandl.embed.export_folds` writes them to `gandl.workdir.comparator_fold(folder, k)/imagenet.npz`.)
+    (`gandl.embed.folds.export_folds` writes them to `gandl.workdir.label_fold(folder, name, k)/{name}.npz`.)
     """
+    assignment = folds.read_folds(folder)
     sets = []
-    while tf.io.gfile.exists(path := os.path.join(layout.comparator_fold(folder, len(sets)), "imagenet.npz")):
+    for k, held_out in enumerate(assignment["held_out"] if assignment else []):
+        path = os.path.join(layout.label_fold(folder, name, k), f"{name}.npz")
+        if not tf.io.gfile.exists(path):
+            break
         with tf.io.gfile.GFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            held_out = json.loads(str(npz["provenance"])).get("held_out") if "provenance" in npz else None
-        if held_out is None:
-            raise ValueError(f"{path}: its provenance does not name the groups its model held out")
-        sets.append((*load_embeddings(path), held_out))
+            fitted_without = json.loads(str(npz["provenance"])).get("held_out") if "provenance" in npz else None
+        if fitted_without != list(held_out):
+            raise ValueError(f"{path}: its model held out {fitted_without}, but fold {k} of "
+                             f"{os.path.join(folder, folds.FOLDS)} holds out {list(held_out)}; export again "
+                             "(mode=embed)")
+        sets.append((*load_embeddings(path), list(held_out)))
     return sets

@@ -38,7 +38,7 @@ class AnalysisConfig:
     flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
     toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
     fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
-    well_aggregate: str = "mean"  # mean | median of a well's sites (gandl.main passes embed.well_aggregate)
+    well_aggregate: str = "mean"  # mean | median of a well's sites (the analysis stage passes embed.well_aggregate)
     seed: int = 0
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
     few_labels: tuple[int, ...] = ()  # Table 1 also with k labelled control wells per class, for each k; () = off

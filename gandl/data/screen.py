@@ -40,6 +40,19 @@ class MetadataError(ValueError):
     """A metadata table or schema that cannot describe a screen; the message names the file and the problem."""
 
 
+class SettingError(ValueError):
+    """A profile setting that does not exist (said in one line by the command)."""
+
+
+WELL_AGGREGATES = ("median", "mean")  # embed.well_aggregate: how a well's profile comes from its sites
+
+
+def check_aggregate(aggregate: str) -> None:
+    """Refuse a well aggregate that does not exist (here, TF-free: the command says it before anything loads)."""
+    if aggregate not in WELL_AGGREGATES:
+        raise SettingError(f"embed.well_aggregate={aggregate!r}: expected one of {list(WELL_AGGREGATES)}")
+
+
 class ScreenNotFound(MetadataError):
     """The screen is not where the config says (no such file, folder or plate)."""
 
@@ -374,6 +387,28 @@ def read_screen(source: Source, schema: ScreenSchema | None = None) -> Screen:
     read = getattr(importlib.import_module(f"gandl.data.{module}"), function)
     values = dict(dataclasses.asdict(source), schema=schema or PRESETS[reader.preset])
     return read(**{name: values[name] for name in reader.args})
+
+
+def read_configured(config: Mapping[str, Any], root: str | None = None) -> Screen:
+    """The screen a run's config names in `data` (or the one at `root`), its schema (`screen`) checked against its
+    metadata and its channels against `model.num_channels`: what convert will read, refused in one line if it
+    cannot be. Reads metadata and channel references only, never pixels (and loads no TensorFlow here).
+    """
+    data = config["data"]
+    schema = from_config(dict(config["screen"]), data["kind"])
+    screen = read_screen(Source.from_config(data, root), schema)
+    validate(screen.metadata, schema, screen.source)
+    stains, wanted = screen.stains, config["model"]["num_channels"]
+    channels = tuple(data["channels"]) or tuple(range(1, len(stains) + 1))
+    if not all(1 <= c <= len(stains) for c in channels):
+        raise MetadataError(f"data.channels={channels}: {screen.source} has {len(stains)} channels {stains}; name "
+                            f"channels in 1..{len(stains)}")
+    if len(channels) != wanted:
+        picked = f" read as data.channels={channels}" if data["channels"] else ""
+        pick = f" or pick {wanted} of them with data.channels" if wanted < len(stains) else ""
+        raise MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
+                            f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")
+    return screen
 
 
 def channel_count(source: Source) -> int | None:

@@ -3,34 +3,88 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import pandas as pd
 from jax.experimental import multihost_utils
 
 from gandl import sharding
-from gandl.data import pipeline
+from gandl.data import pipeline, rxrx
 from gandl.models.config import ModelConfig
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
 
 
+LABELS = {"C+": 0, "C-": 1}  # the control labels a label-fitted extractor learns
+
+
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """Which sites a label-fitted extractor learns from: C+ / C- controls outside the held-out groups."""
+
+    held_out: tuple[str, ...] = ()  # groups (gandl.data.rxrx.plate_key) a cross-validation fold tests on
+    group_by: str = "plate"  # plate | experiment: what `held_out` names
+    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
+
+
+def control_labels(batch: Mapping[str, np.ndarray], controls: Controls = Controls()) -> np.ndarray:
+    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site, held-out groups and padding."""
+    frame = pd.DataFrame({c: np.char.decode(batch[c].astype(bytes), "utf-8") if batch[c].dtype.kind in "SO"
+                          else batch[c] for c in ("disease_condition", "treatment", "experiment", "plate")
+                          if c in batch})
+    labels = rxrx.control_role(frame, controls.uv_is_positive).map(LABELS).fillna(-1).to_numpy(np.int32)
+    if controls.held_out:
+        labels[np.isin(rxrx.plate_key(frame, controls.group_by), controls.held_out)] = -1
+    return np.where(batch["mask"], labels, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedSettings:
+    """The `config.embed` fields extractors read (no defaults here: they are `gandl.defaults.base_config`'s)."""
+
+    orientation_average: bool  # average the features of a site's 8 flips / rotations
+    mbstd: str  # constant | train: the stddev channel D's features are computed with
+    mbstd_batches: int  # real training batches the "train" statistic is measured on
+    imagenet_weights: str  # the comparator's backbone weights (a state dict path, or "random")
+    imagenet: Mapping[str, Any]  # the comparator's fine-tuning settings (gandl.features.imagenet.FineTuneConfig)
+
+    @classmethod
+    def from_config(cls, embed: ml_collections.ConfigDict) -> EmbedSettings:
+        values = embed.to_dict()
+        return cls(**{f.name: types.MappingProxyType(values[f.name]) if isinstance(values[f.name], dict)
+                      else values[f.name] for f in dataclasses.fields(cls)})  # blocks read-only, as the rest
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Context:
-    """The run an extractor is built for: its config, devices, trained discriminator and screen.
+    """The run an extractor is built for: devices, trained discriminator, screen, and the settings it reads.
 
     Hashed by identity, so extractors can cache what they measure once per run (`functools.lru_cache`).
     """
 
-    config: ml_collections.ConfigDict  # the run's config (seed, config.embed settings)
     mesh: jax.sharding.Mesh
     model: ModelConfig  # the discriminator's architecture, as trained
     d_params: Any  # the checkpoint's discriminator parameters
     screen: pipeline.RecordSpec  # the training screen's records (comparators fine-tune on its controls)
     options: pipeline.InputOptions  # how the screen's records become images
+    seed: int  # the run's seed (random-init references, fine-tuning)
+    embed: EmbedSettings
+    train_batch_size: int  # the global batch D was trained on (its minibatch-stddev statistic is measured so)
+    controls: Controls  # the sites a label-fitted extractor may learn from (a fold's model: without its groups)
+
+    @classmethod
+    def of_run(cls, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model: ModelConfig, d_params: Any,
+               screen: pipeline.RecordSpec, options: pipeline.InputOptions) -> Context:
+        """The context of a run's config: its seed, embed settings, training batch and control definition."""
+        analysis = config.analysis
+        return cls(mesh, model, d_params, screen, options, config.seed, EmbedSettings.from_config(config.embed),
+                   config.train.batch_size, Controls(group_by=analysis.group_by,
+                                                     uv_is_positive=analysis.uv_is_positive))
 
 
 def on_mesh(features: Callable[[Any, jax.Array], jax.Array], variables: Any, mesh: jax.sharding.Mesh) -> FeatureFn:

@@ -87,18 +87,18 @@ def training_mbstd(model: ModelConfig, d_params: Any, batches) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _variables(context: Context, random: bool) -> tuple[Any, np.ndarray | None]:
     """(params, mbstd value or None) of the checkpoint's or the random-init D; measured once per context."""
-    e = context.config.embed
-    if e.mbstd not in MBSTD_MODES:
-        raise ValueError(f"embed.mbstd={e.mbstd!r}: expected one of {MBSTD_MODES}")
-    params = (init_variables(context.model, jax.random.key(context.config.seed + 1))[1]["params"] if random
+    settings = context.embed
+    if settings.mbstd not in MBSTD_MODES:
+        raise ValueError(f"embed.mbstd={settings.mbstd!r}: expected one of {MBSTD_MODES}")
+    params = (init_variables(context.model, jax.random.key(context.seed + 1))[1]["params"] if random
               else context.d_params)
-    if e.mbstd == "constant" or context.model.mbstd_num_channels == 0:
+    if settings.mbstd == "constant" or context.model.mbstd_num_channels == 0:
         return params, None
-    ds = pipeline.train_dataset(context.screen, context.options, seed=context.config.seed,
-                                batch_size=sharding.local_batch_size(context.config.train.batch_size),
+    ds = pipeline.train_dataset(context.screen, context.options, seed=context.seed,
+                                batch_size=sharding.local_batch_size(context.train_batch_size),
                                 process_index=jax.process_index(), process_count=jax.process_count())
     files = pipeline.process_files(context.screen, jax.process_index(), jax.process_count())
-    batches = (b["image"] for b in pipeline.batches(ds.take(e.mbstd_batches), files))
+    batches = (b["image"] for b in pipeline.batches(ds.take(settings.mbstd_batches), files))
     return params, training_mbstd(context.model, params, batches)
 
 
@@ -112,7 +112,7 @@ class DiscriminatorFeatures:
 
     def __call__(self, context: Context) -> FeatureFn:
         params, mbstd = _variables(context, self.random)
-        return feature_fn(context.model, params, context.mesh, context.config.embed.orientation_average,
+        return feature_fn(context.model, params, context.mesh, context.embed.orientation_average,
                           self.option, mbstd)
 
     def settings(self, context: Context) -> dict:

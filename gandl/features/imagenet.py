@@ -25,48 +25,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
 from jax.experimental import multihost_utils
 
 from gandl import sharding
-from gandl.data import pipeline, rxrx
-from gandl.features.base import Context, FeatureFn, on_mesh
+from gandl.data import pipeline
+from gandl.defaults import base_config
+from gandl.features.base import LABELS, Context, Controls, FeatureFn, control_labels, on_mesh
 from gandl.models import densenet
 
+_BASE = base_config().embed.imagenet
 RANDOM = "random"  # `weights` value for a randomly initialised backbone (tests, demos without weights)
-LABELS = {"C+": 0, "C-": 1}
 
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
-    """Fine-tuning settings (`config.embed.imagenet`)."""
+    """Fine-tuning settings (`config.embed.imagenet`; the defaults are `gandl.defaults.base_config`'s)."""
 
-    epochs: int = 3
-    batch_size: int = 32  # global, over every device
-    learning_rate: float = 1e-3
-    train_backbone: bool = False  # False: only the channel adapter and the head learn
-    blocks: tuple[int, ...] = densenet.DENSENET121_BLOCKS  # smaller for quick tests
-    pool_batches: int = 8  # controls are shuffled within pools of this many batches
-
-
-@dataclasses.dataclass(frozen=True)
-class Controls:
-    """Which sites the comparator learns from: C+ / C- controls outside the held-out groups."""
-
-    held_out: tuple[str, ...] = ()  # groups (gandl.data.rxrx.plate_key) a cross-validation fold tests on
-    group_by: str = "plate"  # plate | experiment: what `held_out` names
-    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
-
-
-def control_labels(batch: Mapping[str, np.ndarray], controls: Controls = Controls()) -> np.ndarray:
-    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site, held-out groups and padding."""
-    frame = pd.DataFrame({c: np.char.decode(batch[c].astype(bytes), "utf-8") if batch[c].dtype.kind in "SO"
-                          else batch[c] for c in ("disease_condition", "treatment", "experiment", "plate")
-                          if c in batch})
-    labels = rxrx.control_role(frame, controls.uv_is_positive).map(LABELS).fillna(-1).to_numpy(np.int32)
-    if controls.held_out:
-        labels[np.isin(rxrx.plate_key(frame, controls.group_by), controls.held_out)] = -1
-    return np.where(batch["mask"], labels, -1)
+    epochs: int = _BASE.epochs
+    batch_size: int = _BASE.batch_size  # global, over every device
+    learning_rate: float = _BASE.learning_rate
+    train_backbone: bool = _BASE.train_backbone  # False: only the channel adapter and the head learn
+    blocks: tuple[int, ...] = tuple(_BASE.blocks)  # DenseNet-121's; smaller for quick tests
+    pool_batches: int = _BASE.pool_batches  # controls are shuffled within pools of this many batches
 
 
 def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,
@@ -197,14 +177,11 @@ def fine_tune_comparator(spec: pipeline.RecordSpec, settings: FineTuneConfig, me
 
 
 def extractor(context: Context) -> FeatureFn:
-    """The comparator of `config.embed.imagenet_weights`, fine-tuned on all of the screen's controls.
-
-    (Table 1 uses per-fold models instead: `gandl.embed.export_folds`.)
-    """
-    e = context.config.embed
-    if not e.imagenet_weights:
-        raise ValueError("embed.feature_sets lists 'imagenet' but embed.imagenet_weights is empty: give a "
-                         f"torchvision densenet121 state dict (.npz/.pt) or {RANDOM!r}")
-    return fine_tune_comparator(context.screen, FineTuneConfig(**e.imagenet.to_dict()), context.mesh,
-                                e.imagenet_weights, context.config.seed, context.options,
-                                Controls(uv_is_positive=context.config.analysis.uv_is_positive))
+    """The comparator of `embed.imagenet_weights`, fine-tuned on the controls of `context.controls`: all of the
+    screen's, or those outside a fold's held-out groups (the registry marks it `per_fold`: gandl.embed.folds)."""
+    settings = context.embed
+    if not settings.imagenet_weights:
+        raise ValueError("embed.feature_sets lists the ImageNet comparator but embed.imagenet_weights is empty: give "
+                         f"a torchvision densenet121 state dict (.npz/.pt) or {RANDOM!r}")
+    return fine_tune_comparator(context.screen, FineTuneConfig(**settings.imagenet), context.mesh,
+                                settings.imagenet_weights, context.seed, context.options, context.controls)

@@ -18,6 +18,10 @@ class Extractor:
     # The config.embed fields that shape its features: what its exports record (so adding a feature set to a
     # finished export, or changing a field another set uses, leaves this one's files valid).
     embed_fields: tuple[str, ...] = ()
+    # Fitted on the controls' labels: the embed stage also exports, per fold of the analysis' fold assignment
+    # (folds.json), the control sites' features of a model built without that fold's groups
+    # (`Context.controls.held_out`), and Table 1 scores each fold only with those (gandl.embed.folds).
+    per_fold: bool = False
 
 
 # File stem of the exported feature set -> extractor. The report lists feature sets in this order.
@@ -33,7 +37,8 @@ EXTRACTORS = {
                               embed_fields=_D_FIELDS),
     "random_d_blocks": Extractor("random-init D blocks", "discriminator:random_init_blocks", embed_fields=_D_FIELDS),
     "handcrafted": Extractor("handcrafted", "handcrafted:extractor"),
-    "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor", embed_fields=("imagenet_weights", "imagenet")),
+    "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor", embed_fields=("imagenet_weights", "imagenet"),
+                          per_fold=True),
 }
 
 

@@ -8,31 +8,35 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from gandl.defaults import base_config
+
+_BASE = base_config().model
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """StyleGAN2 hyper-parameters; defaults are the GAN-DL paper variant (256 px, 5 channels, 3-layer mapping).
+    """StyleGAN2 hyper-parameters; the defaults are `gandl.defaults.base_config().model`'s, their one source (the
+    paper's 256 px variant is configs/rxrx19a.py).
 
     dtype is the compute dtype ("float32" or "bfloat16"); parameters, w_avg, the mapping network, mbstd
     statistics, images out of G, D's low-resolution blocks and its b4 epilogue (the embedding, the logits)
     stay float32 (see discriminator.block_dtype). conv_clamp None disables clamping.
     """
 
-    resolution: int = 256
-    num_channels: int = 5
-    z_dim: int = 512
-    w_dim: int = 512
-    mapping_layers: int = 3
-    channel_base: int = 16384
-    channel_max: int = 512
-    conv_clamp: float | None = 256.0
-    mbstd_group_size: int = 4
-    mbstd_num_channels: int = 1
-    dtype: str = "float32"
-    mapping_lr_multiplier: float = 0.01
-    w_avg_beta: float = 0.995
+    resolution: int = _BASE.resolution
+    num_channels: int = _BASE.num_channels
+    z_dim: int = _BASE.z_dim
+    w_dim: int = _BASE.w_dim
+    mapping_layers: int = _BASE.mapping_layers
+    channel_base: int = _BASE.channel_base
+    channel_max: int = _BASE.channel_max
+    conv_clamp: float | None = _BASE.conv_clamp
+    mbstd_group_size: int = _BASE.mbstd_group_size
+    mbstd_num_channels: int = _BASE.mbstd_num_channels
+    dtype: str = _BASE.dtype
+    mapping_lr_multiplier: float = _BASE.mapping_lr_multiplier
+    w_avg_beta: float = _BASE.w_avg_beta
 
     def __post_init__(self) -> None:
         res = self.resolution

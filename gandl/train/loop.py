@@ -14,7 +14,8 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +53,8 @@ def compiled_step(model: ModelConfig, step_config: ml_collections.FrozenConfigDi
 @functools.lru_cache(maxsize=8)
 def _compiled_sampler(model: ModelConfig):
     generator, _ = build_models(model)
-    return jax.jit(lambda params, buffers, z: generator.apply(
-        {"params": params, "buffers": buffers}, z, noise_mode="const"))
+    return jax.jit(lambda params, buffers, latents: generator.apply(
+        {"params": params, "buffers": buffers}, latents, noise_mode="const"))
 
 
 @jax.jit
@@ -66,22 +67,43 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_mapping(config.model)
 
 
-def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec, process_index: int | None = None,
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What the loop reads of a run's config, typed once at the train stage's boundary (`from_config`)."""
+
+    model: ModelConfig
+    train: ml_collections.FrozenConfigDict  # config.train: schedule, optimisers, regularisers, checkpoints
+    inputs: pipeline.InputOptions  # how the records become training images
+    seed: int
+    shards: str  # the records trained on (gandl.workdir.shards)
+    rxrx1_utils_image_size: int  # the image side of rxrx1-utils records, when `shards` names such
+    preview: tuple[int, int]  # (images, columns) of the EMA sample grids
+    record: Mapping[str, Any]  # the whole config, saved with every checkpoint (the embed stage restores from it)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainSettings:
+        return cls(model_config(config), ml_collections.FrozenConfigDict(config.train),
+                   pipeline.InputOptions.from_config(config), config.seed, layout.shards(config.data.shards, workdir),
+                   config.data.rxrx1_utils_image_size, (config.preview.num_images, config.preview.cols),
+                   config.to_dict())
+
+
+def shard_input_fn(settings: TrainSettings, spec: pipeline.RecordSpec, process_index: int | None = None,
                    process_count: int | None = None) -> InputFn:
     """Batches of one process (default: this one) from its files, restarted every `checkpoint_every` steps."""
-    options, t = pipeline.InputOptions.from_config(config), config.train
+    schedule = settings.train
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    local = sharding.local_batch_size(t.batch_size, process_count)
+    local = sharding.local_batch_size(schedule.batch_size, process_count)
     files = pipeline.process_files(spec, process_index, process_count)
 
     def batches(start: int) -> Iterator[np.ndarray]:
-        chunk = t.checkpoint_every
+        chunk = schedule.checkpoint_every
         first = start - start % chunk
         while True:
             ds = pipeline.train_dataset(
-                spec, options, batch_size=local,
-                seed=int(np.random.SeedSequence([config.seed, first]).generate_state(1)[0]),
+                spec, settings.inputs, batch_size=local,
+                seed=int(np.random.SeedSequence([settings.seed, first]).generate_state(1)[0]),
                 process_index=process_index, process_count=process_count)
             it = pipeline.batches(ds.skip(start - first), files, spec.compression)  # a damaged shard is named
             for _ in range(first + chunk - start):
@@ -91,13 +113,13 @@ def shard_input_fn(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec,
     return batches
 
 
-def _check_data(config: ml_collections.ConfigDict, spec: pipeline.RecordSpec) -> None:
-    m, d = config.model, config.data
-    pipeline.downscale_factor(spec, d.crop_size, m.resolution)  # a size that does not divide fails here
-    channels = len(pipeline.output_stains(spec, d.channels))
-    if channels != m.num_channels:
-        raise ValueError(f"the model has {m.num_channels} channels but the data gives {channels} "
-                         f"({pipeline.output_stains(spec, d.channels)}); set model.num_channels or data.channels")
+def _check_data(settings: TrainSettings, spec: pipeline.RecordSpec) -> None:
+    model, inputs = settings.model, settings.inputs
+    pipeline.downscale_factor(spec, inputs.crop_size, model.resolution)  # a size that does not divide fails here
+    stains = pipeline.output_stains(spec, inputs.channels)
+    if len(stains) != model.num_channels:
+        raise ValueError(f"the model has {model.num_channels} channels but the data gives {len(stains)} "
+                         f"({stains}); set model.num_channels or data.channels")
 
 
 class _Writer:
@@ -149,47 +171,46 @@ class TrainResult:
     history: list[dict[str, float]]  # logged metrics, one dict per log step
 
 
-def samples(config: ml_collections.ConfigDict, state: state_lib.TrainState, num: int, seed: int) -> np.ndarray:
+def samples(model: ModelConfig, state: state_lib.TrainState, num: int, seed: int) -> np.ndarray:
     """Images of the EMA generator for fixed latents, [num, H, W, C] in about [-1, 1]."""
-    z = jax.random.normal(jax.random.key(seed), (num, config.model.z_dim))
-    return np.asarray(_compiled_sampler(model_config(config))(state.ema_params, state.ema_buffers, z))
+    latents = jax.random.normal(jax.random.key(seed), (num, model.z_dim))
+    return np.asarray(_compiled_sampler(model)(state.ema_params, state.ema_buffers, latents))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | None = None,
+def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None,
           spec: pipeline.RecordSpec | None = None, probe: ProbeFn | None = None) -> TrainResult:
-    """Train (or resume) in `workdir` until `config.train.steps`; returns the final state and history.
+    """Train (or resume) in `workdir` until `train.steps`; returns the final state and history.
 
     `input_fn(start_step)` may replace the shard pipeline (each item: this process's batch of images).
     `probe(step, d_params)`, when given, runs between steps every `train.probe_every` steps (gandl.probe:
     it lives above this layer, so the caller passes it in); its scalars go to TensorBoard.
     """
-    t = config.train
-    distributed = sharding.initialize_distributed(t.distributed)
+    schedule, model = settings.train, settings.model
+    distributed = sharding.initialize_distributed(schedule.distributed)
     mesh = sharding.make_mesh()
-    model = model_config(config)
     if input_fn is None:
-        spec = spec or pipeline.open_records(layout.shards(config, workdir), config.data.rxrx1_utils_image_size)
-        _check_data(config, spec)
-        input_fn = shard_input_fn(config, spec)
-    stains = (pipeline.output_stains(spec, config.data.channels) if spec
+        spec = spec or pipeline.open_records(settings.shards, settings.rxrx1_utils_image_size)
+        _check_data(settings, spec)
+        input_fn = shard_input_fn(settings, spec)
+    stains = (pipeline.output_stains(spec, settings.inputs.channels) if spec
               else tuple(f"channel {i + 1}" for i in range(model.num_channels)))
 
-    ckpt = checkpoint.Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints,
-                                  keep_period=t.probe_every if probe is not None else 0)
+    ckpt = checkpoint.Checkpointer(workdir, schedule.checkpoint_every, schedule.keep_checkpoints,
+                                  keep_period=schedule.probe_every if probe is not None else 0)
     writer = _Writer(layout.tensorboard(workdir))
     stop = _StopFlag(distributed)
     history: list[dict[str, float]] = []
     try:
         with jax.set_mesh(mesh):
-            state = state_lib.create(model, t, config.seed, mesh)
+            state = state_lib.create(model, schedule, settings.seed, mesh)
             start = 0
             if ckpt.latest_step() is not None:  # the newest intact checkpoint; damaged newer ones are set aside
                 abstract = checkpoint.abstract_like(state)
                 state, _, start = ckpt.restore_intact(lambda saved: abstract, set_aside=True)
                 logging.info("resumed from step %d", start)
-            if start >= t.steps:  # finished: nothing to compile
+            if start >= schedule.steps:  # finished: nothing to compile
                 return TrainResult(state, start, False, history)
-            train_step = compiled_step(model, step_lib.step_config(t), mesh)
+            train_step = compiled_step(model, step_lib.step_config(schedule), mesh)
             batches = (sharding.global_batch(local, mesh) for local in input_fn(start))
             first = next(batches)
             sharding.compile_in_step(train_step, state, first, name="train step")
@@ -197,26 +218,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
             pending: list[dict[str, jax.Array]] = []
             last_time, last_step = time.time(), start
             step = start
-            while step < t.steps:
+            while step < schedule.steps:
                 state, metrics = train_step(state, next(batches))
                 step += 1
                 pending.append(metrics)
                 preempted = stop.requested or (distributed and ckpt.reached_preemption(step))
-                boundary = step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.steps or preempted
-                if boundary:
-                    history.append(_log(step, t, pending, last_time, last_step, writer))
+                saving = step % schedule.checkpoint_every == 0 or step == schedule.steps or preempted
+                if step % schedule.log_every == 0 or saving:
+                    history.append(_log(step, schedule, pending, last_time, last_step, writer))
                     pending, last_time, last_step = [], time.time(), step
-                if step % t.sample_every == 0 or step == t.steps:
-                    _write_samples(config, workdir, state, step, stains, writer)
-                if t.swd_every and step % t.swd_every == 0 and spec is not None:
-                    writer.scalars(step, swd_metrics(config, state, spec))
-                if probe is not None and t.probe_every and step % t.probe_every == 0:
+                if step % schedule.sample_every == 0 or step == schedule.steps:
+                    _write_samples(settings, workdir, state, step, stains, writer)
+                if schedule.swd_every and step % schedule.swd_every == 0 and spec is not None:
+                    writer.scalars(step, swd_metrics(settings, state, spec))
+                if probe is not None and schedule.probe_every and step % schedule.probe_every == 0:
                     writer.scalars(step, probe(step, state.d_params))
-                if step % t.checkpoint_every == 0 or step == t.steps or preempted:
+                if saving:
                     if not bool(_all_finite(state)):
                         raise TrainingDiverged(f"non-finite parameters at step {step}; the last checkpoint "
                                                f"(step {ckpt.latest_step()}) is intact")
-                    ckpt.save(step, state, config.to_dict(), force=True)
+                    ckpt.save(step, state, dict(settings.record), force=True)
                 if preempted:
                     ckpt.wait()
                     logging.info("stopped at step %d with a checkpoint; rerun to resume", step)
@@ -229,45 +250,47 @@ def train(config: ml_collections.ConfigDict, workdir: str, input_fn: InputFn | N
         stop.restore()
 
 
-def _log(step: int, t: ml_collections.ConfigDict, pending: list[dict], since: float, since_step: int,
+def _log(step: int, schedule: ml_collections.FrozenConfigDict, pending: list[dict], since: float, since_step: int,
          writer: _Writer) -> dict[str, float]:
     """Average the steps since the last log, stop on non-finite losses, write scalars and a progress line."""
     host = jax.device_get(pending)
-    values = {k: float(np.nanmean([m[k] for m in host])) if not all(np.isnan([m[k] for m in host])) else float("nan")
-              for k in host[0]}
-    for i, m in enumerate(host):
-        bad = [k for k in ("g_loss", "d_loss") if not np.isfinite(m[k])]
+    values = {k: float(np.nanmean([logged[k] for logged in host])) if not all(np.isnan([logged[k] for logged in host]))
+              else float("nan") for k in host[0]}
+    for i, logged in enumerate(host):
+        bad = [k for k in ("g_loss", "d_loss") if not np.isfinite(logged[k])]
         if bad:
             raise TrainingDiverged(f"non-finite {' and '.join(bad)} at step {since_step + i + 1}; stopping. The last "
                                    "checkpoint on disk predates it and is intact")
     elapsed = max(time.time() - since, 1e-9)
-    values["images_per_s"] = (step - since_step) * t.batch_size / elapsed
+    values["images_per_s"] = (step - since_step) * schedule.batch_size / elapsed
     values["step_time_s"] = elapsed / (step - since_step)
-    eta = (t.steps - step) * values["step_time_s"]
-    logging.info("step %d/%d | %.1f img/s | ETA %s | G %.3f D %.3f | D(real) %.2f D(fake) %.2f", step, t.steps,
+    eta = (schedule.steps - step) * values["step_time_s"]
+    logging.info("step %d/%d | %.1f img/s | ETA %s | G %.3f D %.3f | D(real) %.2f D(fake) %.2f", step, schedule.steps,
                  values["images_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)), values["g_loss"],
                  values["d_loss"], values["d_real"], values["d_fake"])
     writer.scalars(step, {k: v for k, v in values.items() if np.isfinite(v)})
     return dict(values, step=step)
 
 
-def _write_samples(config, workdir: str, state, step: int, stains, writer: _Writer) -> None:
-    images = samples(config, state, config.preview.num_images, seed=config.seed)
+def _write_samples(settings: TrainSettings, workdir: str, state: state_lib.TrainState, step: int,
+                   stains: tuple[str, ...], writer: _Writer) -> None:
+    num, cols = settings.preview
+    images = samples(settings.model, state, num, seed=settings.seed)
     if jax.process_index() == 0:
-        grid = render.write_grid(os.path.join(layout.samples(workdir), f"step_{step:08d}.png"), images, stains,
-                                 config.preview.cols)
+        grid = render.write_grid(os.path.join(layout.samples(workdir), f"step_{step:08d}.png"), images, stains, cols)
         writer.image(step, "samples/ema", grid)
 
 
-def swd_metrics(config: ml_collections.ConfigDict, state: state_lib.TrainState, spec: pipeline.RecordSpec) -> dict:
+def swd_metrics(settings: TrainSettings, state: state_lib.TrainState, spec: pipeline.RecordSpec) -> dict:
     """SWD between `swd_images` real sites (eval order, no augmentation) and as many EMA samples."""
-    ds = pipeline.eval_dataset(spec, pipeline.InputOptions.from_config(config), batch_size=64)
+    wanted = settings.train.swd_images
+    ds = pipeline.eval_dataset(spec, settings.inputs, batch_size=64)
     reals = []
     for batch in pipeline.batches(ds, spec.files, spec.compression):
         reals.append(batch["image"][batch["mask"]])
-        if sum(len(r) for r in reals) >= config.train.swd_images:
+        if sum(len(r) for r in reals) >= wanted:
             break
-    reals = np.concatenate(reals)[: config.train.swd_images]
-    fakes = np.concatenate([samples(config, state, min(64, len(reals) - i), seed=10_000 + i)
+    reals = np.concatenate(reals)[:wanted]
+    fakes = np.concatenate([samples(settings.model, state, min(64, len(reals) - i), seed=10_000 + i)
                             for i in range(0, len(reals), 64)])
-    return swd.swd_pyramid(reals, fakes, seed=config.seed)
+    return swd.swd_pyramid(reals, fakes, seed=settings.seed)

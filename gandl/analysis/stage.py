@@ -1,0 +1,109 @@
+"""The analysis stage (mode analyze): the run's embeddings -> report, tables and figures in workdir/analysis.
+
+Before any statistic it checks what it reads: the embeddings' site ids against the screen's metadata, the
+ground truth's columns, and, for a label-fitted feature set, its per-fold exports against folds.json.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import ml_collections
+import pandas as pd
+from absl import logging
+
+from gandl import workdir as layout
+from gandl._tf import tf
+from gandl.analysis import io, probe_table, report
+from gandl.data import rxrx
+from gandl.data import screen as screen_lib
+from gandl.data.synthetic.truth import TRUTH_COLUMNS
+from gandl.features import registry
+
+
+def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame | None:
+    """The ground truth the analysis is scored against, or None.
+
+    `analysis.truth` names one (it must exist and have the synthetic screen's truth.csv columns); without
+    it, a `truth.csv` beside the screen's metadata is used only when its columns match that schema, and
+    ignored with a warning saying why otherwise.
+    """
+    named = config.analysis.truth
+    path = named or os.path.join(layout.raw(config.data.root, workdir), "truth.csv")
+    if not tf.io.gfile.exists(path):
+        if named:
+            raise FileNotFoundError(f"analysis.truth={named!r}: no such file")
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        truth = pd.read_csv(f)
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
+    if missing:
+        if named:
+            raise ValueError(f"analysis.truth={named!r} lacks the truth columns {missing} (expected {TRUTH_COLUMNS})")
+        logging.warning("ignoring %s: it lacks the truth columns %s of the synthetic screen's schema; name a ground "
+                        "truth with analysis.truth", path, missing)
+        return None
+    return truth
+
+
+def check_site_ids(sets: dict, read_metadata: Callable[[], screen_lib.Screen], show: int = 5) -> None:
+    """Refuse embeddings holding sites that the screen (`read_metadata()`, when it is there) does not list.
+
+    Such ids come from another screen or a stale folder; analysed, they would silently mix screens.
+    Sites without embeddings are fine (skipped bad sites).
+    """
+    try:
+        screen = read_metadata()
+    except screen_lib.ScreenNotFound as e:
+        logging.info("embedding site ids not checked: %s", e)
+        return
+    known = set(screen.metadata["site_id"].astype(str))
+    for name, (_, meta) in sets.items():
+        foreign = [s for s in meta["site_id"].astype(str) if s not in known]
+        if foreign:
+            raise ValueError(f"the {name} embeddings hold {len(foreign)} site ids that {screen.source} does not "
+                             f"list, e.g. {foreign[:show]}: were they exported from another screen? Export again "
+                             "(mode=embed) or point data.root at their screen")
+
+
+def describe_source(config: ml_collections.ConfigDict, workdir: str, folder: str) -> str:
+    """Which checkpoint the analysed embeddings come from and how it was chosen (the report's first line)."""
+    step = layout.embedding_step(folder)
+    how = (f"named by embed.step={step}" if config.embed.step >= 0
+           else "the highest exported step, as embed.step=-1 asks")
+    checkpoints = layout.checkpoint_steps(workdir)
+    text = f"Features of the discriminator at training step {step} ({how}"
+    text += f"; checkpoints reach step {checkpoints[-1]})." if checkpoints else ")."
+    table = probe_table.read_table(layout.probe_table(workdir))
+    return text if table is None else f"{text} {probe_table.describe_step(table, step)}"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
+    step = config.embed.step
+    folder = layout.embeddings(workdir, step) if step >= 0 else layout.latest_embeddings(workdir)
+    if not tf.io.gfile.isdir(folder):
+        raise FileNotFoundError(f"embed.step={step}: no embeddings in {folder}; run mode=embed with it first")
+    truth = read_truth(config, workdir)
+    sets, data = io.load_feature_sets(folder), config.data
+    schema = screen_lib.from_config(config.screen.to_dict(), data.kind)
+    if config.analysis.uv_is_positive and schema == screen_lib.PRESETS["rxrx19a"]:
+        schema = screen_lib.PRESETS["rxrx19a_uv"]  # the one RxRx19a knob the probe and the comparator read too
+    if data.root or not data.shards:  # the screen the shards were converted from
+        source = screen_lib.Source.from_config(data, layout.raw(config.data.root, workdir))
+        check_site_ids(sets, lambda: screen_lib.read_screen(source, schema))
+    zeroshot = io.load_feature_sets(layout.zeroshot_embeddings(folder)) if config.zeroshot.enabled else None
+    if zeroshot and not config.zeroshot.shards:
+        zeroshot_root = layout.zeroshot_raw(config.zeroshot.root, workdir)
+        check_site_ids(zeroshot, lambda: rxrx.read_rxrx1(zeroshot_root))
+    # Label-fitted sets: Table 1 scores them with their per-fold exports only.
+    fold_sets = {extractor.label: io.load_fold_sets(folder, name) for name, extractor in registry.EXTRACTORS.items()
+                 if extractor.per_fold and tf.io.gfile.exists(os.path.join(folder, f"{name}.npz"))}
+    result = report.analyze(sets, layout.analysis(workdir),
+                            report.AnalysisConfig(**config.analysis.to_dict(),
+                                                  well_aggregate=config.embed.well_aggregate),
+                            zeroshot_sets=zeroshot or None, truth=truth, fold_sets=fold_sets or None,
+                            source=describe_source(config, workdir, folder), schema=schema)
+    logging.info("report at %s", os.path.join(layout.analysis(workdir), "report.md"))
+    return result

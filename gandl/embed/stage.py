@@ -1,0 +1,110 @@
+"""The embed stage (mode embed): a checkpoint's discriminator and the run's extractors -> every feature set of
+`embed.feature_sets` for the screen and the zero-shot set, plus per-fold exports of label-fitted sets."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import subprocess
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+import gandl
+from gandl import sharding
+from gandl import workdir as layout
+from gandl.data import folds, pipeline, rxrx
+from gandl.embed import writers
+from gandl.embed.folds import export_folds
+from gandl.embed.stream import export, lazy
+from gandl.features import base, registry
+from gandl.models.config import ModelConfig
+from gandl.train import checkpoint
+
+
+def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
+                          ) -> tuple[ModelConfig, Any, int, dict]:
+    """D parameters, model config, step and full config of a training checkpoint (default: the latest)."""
+    config, state, step = checkpoint.restore_run(workdir, mesh, step)
+    return ModelConfig.from_mapping(config.model), state.d_params, step, config.to_dict()
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree, when it is a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(gandl.__file__),
+                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return f"{gandl.__version__}+{commit}"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Export every feature set of `embed.feature_sets` for the screen and the zero-shot set; returns the folder.
+
+    The discriminator comes from the latest (or `embed.step`) checkpoint; an extractor is built only when
+    some target still lacks its feature set. A finished export with other settings is refused; one that
+    lacks some of the sets gets them added.
+    """
+    settings = config.embed
+    sharding.initialize_distributed(config.train.distributed)
+    mesh = sharding.make_mesh()
+    model, d_params, step, _ = restore_discriminator(workdir, mesh, settings.step if settings.step >= 0 else None)
+    out = layout.embeddings(workdir, step)
+    options = pipeline.InputOptions.from_config(config)
+    targets = [(layout.shards(config.data.shards, workdir), out, options)]
+    if config.zeroshot.enabled:
+        channels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
+        targets.append((layout.zeroshot_shards(config.zeroshot.shards, workdir), layout.zeroshot_embeddings(out),
+                        options.replace(channels=channels)))
+    screen = pipeline.open_records(targets[0][0], config.data.rxrx1_utils_image_size)
+    context = base.Context.of_run(config, mesh, model, d_params, screen, options)
+    checkpoint_dir = os.path.join(layout.checkpoints(workdir), str(step))
+    # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
+    # embed fields that shape its values (so sets can be added to a finished export, see stream.export).
+    described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint_dir, seed=config.seed,
+                            **{k: settings.to_dict()[k] for k in registry.get(name).embed_fields},
+                            **registry.settings(name, context))  # e.g. the width, the mbstd value D is fed
+                 for name in settings.feature_sets}
+    # Built on first use: a finished export skips costly set-ups (a comparator's fine-tuning).
+    fns = {name: lazy(functools.partial(registry.build, name, context)) for name in settings.feature_sets}
+    provenance = dict(checkpoint=checkpoint_dir, step=step, config=config.to_dict(), code_version=code_version())
+    for source, target, target_options in targets:
+        spec = pipeline.open_records(source, config.data.rxrx1_utils_image_size)
+        export(spec, target, fns, batch_size=settings.batch_size, options=target_options,
+               part_batches=settings.part_batches, feature_settings=described,
+               well_aggregate=settings.well_aggregate,
+               provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
+    for name in settings.feature_sets:
+        if registry.get(name).per_fold:
+            export_label_folds(config, context, out, name, described[name], provenance)
+    logging.info("embeddings in %s", out)
+    return out
+
+
+def export_label_folds(config: ml_collections.ConfigDict, context: base.Context, out: str, name: str,
+                       described: dict, provenance: dict) -> None:
+    """Label-fitted feature set `name`, one model per fold of the analysis' folds, never one that saw the fold.
+
+    The folds are drawn once, from the exported sites, with the analysis' settings, and recorded as folds.json.
+    """
+    analysis = config.analysis
+    metadata = writers.read_metadata(os.path.join(out, f"{name}.npz"))
+    try:
+        assignment = folds.assignment(metadata, n_splits=analysis.n_splits, group_by=analysis.group_by,
+                                      seed=analysis.seed, uv_is_positive=analysis.uv_is_positive)
+    except folds.CVError as error:
+        logging.warning("no per-fold %s models (its Table 1 will be skipped): %s", registry.get(name).label, error)
+        return
+    every_control = base.Controls(uv_is_positive=analysis.uv_is_positive)
+
+    def fitted_without(held_out: tuple[str, ...]):
+        return registry.build(name, dataclasses.replace(
+            context, controls=dataclasses.replace(context.controls, held_out=held_out)))
+
+    export_folds(context.screen, out, name, assignment, fitted_without, batch_size=config.embed.batch_size,
+                 rows=lambda batch: base.control_labels(batch, every_control) >= 0, provenance=provenance,
+                 feature_settings=described, options=context.options, part_batches=config.embed.part_batches)
