@@ -500,17 +500,22 @@ def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
                      provenance={}, progress=False)
 
 
+def _finished_at_step_1(tiny_config, shards_dir) -> tuple:
+    """(config, mesh, fresh state) of a run of one step: resumed at step 1 it is finished, so no step compiles."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.train.steps = 1
+    mesh = sharding.make_mesh()
+    with jax.set_mesh(mesh):
+        return cfg, mesh, state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+
+
 def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_before(tiny_config, shards_dir,
                                                                                       tmp_path, caplog):
     """Half of the latest checkpoint's array data lost: one line names its step, folder and file, training goes on
     from the checkpoint before it (the damaged one set aside, so that step can be saved again), and with no intact
     checkpoint left it stops naming them, never silently starting from step 0."""
-    cfg = tiny_config.copy_and_resolve_references()
-    cfg.data.shards = shards_dir
-    cfg.train.steps = 1  # resumed at step 1, the run is finished: no step is compiled
-    mesh = sharding.make_mesh()
-    with jax.set_mesh(mesh):
-        state = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
     at = {step: state.replace(pl_mean=state.pl_mean + step) for step in (1, 2)}
     ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
     for step, value in at.items():
@@ -571,12 +576,7 @@ _OPTION_FIELDS = ("augment", "augment_p", "ada_target", "ada_interval", "ada_kim
 def test_a_checkpoint_from_before_the_training_options_restores_without_them(tiny_config, shards_dir, tmp_path):
     """A checkpoint of the old state layout, its config without the options' fields, resumes a run without the
     options and restores for the embed stage, array for array; a run with ADA on is refused in one line."""
-    cfg = tiny_config.copy_and_resolve_references()
-    cfg.data.shards = shards_dir
-    cfg.train.steps = 1  # resumed at step 1, the run is finished: no step is compiled
-    mesh = sharding.make_mesh()
-    with jax.set_mesh(mesh):
-        state = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+    cfg, mesh, state = _finished_at_step_1(tiny_config, shards_dir)
     old = _StateBeforeOptions(**{f.name: getattr(state, f.name) for f in dataclasses.fields(_StateBeforeOptions)})
     old = old.replace(pl_mean=old.pl_mean + 3, d_params=jax.tree.map(lambda x: x + 1, old.d_params))
     saved = cfg.to_dict()
