@@ -27,5 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     # stand over training against the random-init reference lines.
     config.train.update(batch_size=16, steps=4000, g_lr=2e-3, d_lr=2e-3, r1_gamma=0.05, log_every=100,
                         checkpoint_every=500, sample_every=1000, swd_every=2000, swd_images=512, probe_every=500)
+    # ADA, when chosen (train.augment="ada"): p can go 0 -> 1 in 10k images, the same share of this 64k-image run
+    # as the original's 500k of its multi-million-image runs.
+    config.train.ada_kimg = 10.0
     config.embed.batch_size = 64
     return config

@@ -31,7 +31,7 @@ from gandl.data.vocabulary import STAINS, channel_map
 from gandl.defaults import base_config
 from gandl.features import discriminator, registry
 from gandl.models.config import DTYPES, ModelConfig
-from gandl.train import loop
+from gandl.train import augment, loop
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -161,6 +161,12 @@ RULES: dict[str, Rule] = {
     "train.keep_checkpoints": _COUNT, "train.swd_every": _SIZE, "train.swd_images": _COUNT,
     "train.probe_every": _SIZE, "train.probe_features": _FEATURE_SETS, "train.probe_sites": _COUNT,
     "train.probe_zeroshot_sites": _COUNT, "train.distributed": _one_of(*sharding.DISTRIBUTED_MODES),
+    "train.augment": _one_of(*augment.MODES), "train.augment_p": _PROBABILITY, "train.ada_target": _number(-1, 1),
+    "train.ada_interval": _COUNT, "train.ada_kimg": _RATE,
+    "train.augment_transforms": _sequence(Rule(lambda v: v in augment.TRANSFORMS,
+                                               f"a transform of gandl.train.augment: {augment.TRANSFORMS}", "xflip"),
+                                          nonempty=True),
+    "train.contrastive_weight": _number(0), "train.contrastive_temperature": _RATE,
     "embed.batch_size": _COUNT, "embed.step": _integer(-1), "embed.orientation_average": _BOOL,
     "embed.feature_sets": _FEATURE_SETS, "embed.mbstd": _one_of(*discriminator.MBSTD_MODES),
     "embed.mbstd_batches": _COUNT, "embed.part_batches": _COUNT, "embed.imagenet_weights": _TEXT,

@@ -78,6 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
         # Linear probe of D's features every probe_every steps (0 = off; gandl.probe): probe.csv, probe_curve.png.
         probe_every=0, probe_features=("gandl", "gandl_multiscale"), probe_sites=512, probe_zeroshot_sites=512,
         distributed="auto",  # auto | on | off: jax.distributed.initialize()
+        # Adaptive discriminator augmentation (gandl.train.augment): none | fixed (p = augment_p throughout) | ada
+        # (p starts at augment_p and moves every ada_interval steps so that E[sign(D(real))] nears ada_target,
+        # by at most 1 per ada_kimg thousand images: stylegan2-ada-pytorch's 500 for runs of millions of images).
+        augment="none", augment_p=0.0, ada_target=0.6, ada_interval=4, ada_kimg=500.0,
+        augment_transforms=("xflip", "rot90", "translate", "brightness", "contrast", "noise", "cutout"),
+        # Contrastive discriminator (gandl.train.contrastive, ContraD): NT-Xent of two augmented views of the reals
+        # on D's fc features through a projection head, added to D's loss with this weight (0 = off).
+        contrastive_weight=0.0, contrastive_temperature=0.1,
     ))
 
     # Embedding export (mode=embed): one feature set per extractor named in `feature_sets`, in the same pass.

@@ -64,7 +64,8 @@ _TRACED = ("check", "train", "embed", "all")  # modes running the model: the che
 # Mistakes in the config or the data (said in one line), not faults of the code; an unloaded module raised none.
 _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
                 ("gandl.data.convert", "ConversionError"), ("gandl.embed.records", "ExportError"),
-                ("gandl.data.screen", "SettingError"), ("gandl.fileio", "FileFault"))
+                ("gandl.data.screen", "SettingError"), ("gandl.fileio", "FileFault"),
+                ("gandl.train.checkpoint", "OptionsChanged"))
 
 
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:

@@ -12,6 +12,8 @@ A sweep file is a Python file whose `get_sweep()` returns a dict:
   zip        {field: [values]} whose lists have one length and advance together, or a list of such
              groups; groups combine with the product axes, every combination (optional)
   mode       the gandl.main mode when --mode is not given (optional; default train)
+  spread_over  the swept fields that only draw chance (seeds): spread.md then gives each setting of the other
+             swept fields its own rows, over those draws (optional; default: every done run pooled)
 
 Fields are dotted config paths (`train.g_lr`). Every run's overrides are checked against the base config
 (unknown fields, wrong types) and by the config check (gandl.check.validate: sizes, channels, batches for
@@ -44,7 +46,7 @@ from gandl.defaults import call_in_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_LAUNCHER = os.path.join(REPO_ROOT, "launch", "tpu.sh")
-_SWEEP_KEYS = {"base", "overrides", "product", "zip", "mode"}
+_SWEEP_KEYS = {"base", "overrides", "product", "zip", "mode", "spread_over"}
 _MAX_NAME = 120  # longer names are cut and made unique with a hash
 
 
@@ -60,6 +62,7 @@ class Sweep:
     base: str
     mode: str
     runs: list[Run]
+    spread_over: tuple[str, ...] = ()  # swept fields of chance; the others set spread.md's groups
 
 
 def cli_value(value: Any) -> str:
@@ -157,7 +160,11 @@ def load_sweep(path: str) -> Sweep:
     base_config = call_in_file(_base_path(spec["base"]), "get_config")
     for run in runs:
         run_config(base_config, run)
-    return Sweep(spec["base"], spec.get("mode") or "train", runs)
+    spread_over = tuple(spec.get("spread_over") or ())
+    unswept = [f for f in spread_over if runs and f not in runs[0].swept]
+    if unswept:
+        raise ValueError(f"{path}: spread_over names fields the sweep does not sweep: {unswept}")
+    return Sweep(spec["base"], spec.get("mode") or "train", runs, spread_over)
 
 
 def command(sweep: Sweep, run: Run, run_dir: str, mode: str, launcher: str, launch_flags: Sequence[str] = (),
@@ -245,13 +252,27 @@ def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def spread(table: pd.DataFrame) -> pd.DataFrame:
+def spread(table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Each analysis number over the done runs, as task x feature set cells "mean ± sd (min–max)".
 
     For sweeps over seeds (screen, zero-shot set, training): how far a number moves when only chance does.
-    Columns are `summarize`'s `<feature set>: <task>`; text cells (a top compound) are left out.
+    Columns are `summarize`'s `<feature set>: <task>`; text cells (a top compound) are left out. With `by`
+    (swept fields), each setting of them gets its own rows, named in a leading `setting` column.
     """
     done = table[table["status"] == "done"]
+    if by and not done.empty:
+        groups = [_spread_cells(group).assign(setting=",".join(f"{f}={cli_value(v)}" for f, v in zip(by, key)))
+                  for key, group in done.groupby(list(by), sort=False)]
+        frame = pd.concat(groups)
+        frame = frame[["setting", *[c for c in frame.columns if c != "setting"]]]
+        frame.index.name = "task (mean ± sd (min–max) over the runs of each setting)"
+        return frame
+    frame = _spread_cells(done)
+    frame.index.name = f"task (mean ± sd (min–max) over {len(done)} runs)"
+    return frame
+
+
+def _spread_cells(done: pd.DataFrame) -> pd.DataFrame:
     cells: dict[str, dict[str, str]] = {}
     for column in done.columns:
         values = pd.to_numeric(done[column], errors="coerce").dropna()
@@ -261,12 +282,10 @@ def spread(table: pd.DataFrame) -> pd.DataFrame:
         sd = values.std(ddof=1) if len(values) > 1 else float("nan")
         cells.setdefault(task, {})[feature_set] = (f"{values.mean():.3f} ± {sd:.3f} "
                                                    f"({values.min():.3f}–{values.max():.3f})")
-    frame = pd.DataFrame.from_dict(cells, orient="index")
-    frame.index.name = f"task (mean ± sd (min–max) over {len(done)} runs)"
-    return frame
+    return pd.DataFrame.from_dict(cells, orient="index")
 
 
-def write_summary(table: pd.DataFrame, workdir: str) -> list[str]:
+def write_summary(table: pd.DataFrame, workdir: str, by: Sequence[str] = ()) -> list[str]:
     """summary.csv for tools and summary.md for reading, atomically (local or gs://); with two or more done
     runs that have analysis numbers, spread.csv / spread.md (`spread`) too."""
     from gandl import fileio
@@ -275,7 +294,7 @@ def write_summary(table: pd.DataFrame, workdir: str) -> list[str]:
     paths = [os.path.join(workdir, "summary.csv"), os.path.join(workdir, "summary.md")]
     fileio.write_text(paths[0], table.to_csv(index=False))
     fileio.write_text(paths[1], markdown_table(table, index=False))
-    over = spread(table)
+    over = spread(table, by)
     if (table["status"] == "done").sum() >= 2 and not over.empty:
         paths += [os.path.join(workdir, "spread.csv"), os.path.join(workdir, "spread.md")]
         fileio.write_text(paths[2], over.to_csv())
@@ -312,7 +331,8 @@ def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: 
         else:
             failed.append(run.name)
     if not dry_run:
-        for path in write_summary(summarize(sweep, workdir, mode), workdir):
+        by = [f for f in (sweep.runs[0].swept if sweep.spread_over else ()) if f not in sweep.spread_over]
+        for path in write_summary(summarize(sweep, workdir, mode), workdir, by):
             print(f"# wrote {path}", flush=True)
     return failed
 

@@ -6,6 +6,7 @@ be killed run as subprocesses in a session of their own, so every process they s
 multiprocessing resource tracker) can be found by session id; every wait is bounded.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -14,12 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import anndata
 import jax
 import numpy as np
 import pandas as pd
 import pytest
+from flax import struct
 
 from gandl import check, embed, fileio, profiles, sharding
 from gandl import workdir as workdir_lib
@@ -497,17 +500,22 @@ def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
                      provenance={}, progress=False)
 
 
+def _finished_at_step_1(tiny_config, shards_dir) -> tuple:
+    """(config, mesh, fresh state) of a run of one step: resumed at step 1 it is finished, so no step compiles."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.train.steps = 1
+    mesh = sharding.make_mesh()
+    with jax.set_mesh(mesh):
+        return cfg, mesh, state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+
+
 def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_before(tiny_config, shards_dir,
                                                                                       tmp_path, caplog):
     """Half of the latest checkpoint's array data lost: one line names its step, folder and file, training goes on
     from the checkpoint before it (the damaged one set aside, so that step can be saved again), and with no intact
     checkpoint left it stops naming them, never silently starting from step 0."""
-    cfg = tiny_config.copy_and_resolve_references()
-    cfg.data.shards = shards_dir
-    cfg.train.steps = 1  # resumed at step 1, the run is finished: no step is compiled
-    mesh = sharding.make_mesh()
-    with jax.set_mesh(mesh):
-        state = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
     at = {step: state.replace(pl_mean=state.pl_mean + step) for step in (1, 2)}
     ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
     for step, value in at.items():
@@ -542,6 +550,59 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
     for step in (1, 2):
         damage(step)
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"no intact checkpoint in .*steps \[2, 1\]"):
+        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+
+
+@struct.dataclass
+class _StateBeforeOptions:
+    """The train state as saved before the training options (ADA, the contrastive head) existed."""
+
+    step: jax.Array
+    g_params: Any
+    g_buffers: Any
+    ema_params: Any
+    ema_buffers: Any
+    d_params: Any
+    g_opt_state: Any
+    d_opt_state: Any
+    pl_mean: jax.Array
+    rng: jax.Array
+
+
+_OPTION_FIELDS = ("augment", "augment_p", "ada_target", "ada_interval", "ada_kimg", "augment_transforms",
+                  "contrastive_weight", "contrastive_temperature")
+
+
+def test_a_checkpoint_from_before_the_training_options_restores_without_them(tiny_config, shards_dir, tmp_path):
+    """A checkpoint of the old state layout, its config without the options' fields, resumes a run without the
+    options and restores for the embed stage, array for array; a run with ADA on is refused in one line."""
+    cfg, mesh, state = _finished_at_step_1(tiny_config, shards_dir)
+    old = _StateBeforeOptions(**{f.name: getattr(state, f.name) for f in dataclasses.fields(_StateBeforeOptions)})
+    old = old.replace(pl_mean=old.pl_mean + 3, d_params=jax.tree.map(lambda x: x + 1, old.d_params))
+    saved = cfg.to_dict()
+    for field in _OPTION_FIELDS:
+        del saved["train"][field]
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    ckpt.save(1, old, saved, force=True)
+    ckpt.close()
+
+    def assert_restored(restored: state_lib.TrainState) -> None:
+        assert restored.augment is None and restored.head is None and restored.head_opt_state is None
+        expected, got = jax.tree.leaves(old), jax.tree.leaves(restored)
+        assert len(expected) == len(got)
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    resumed = loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+    assert resumed.step == 1
+    assert_restored(resumed.state)
+    config, restored, step = checkpoint.restore_run(str(tmp_path), mesh)
+    assert step == 1 and config.train.augment == "none" and config.train.contrastive_weight == 0
+    assert_restored(restored)
+
+    cfg.train.augment = "ada"
+    with pytest.raises(checkpoint.OptionsChanged, match=r"saved with train.augment='none', train.contrastive_weight="
+                                                          r"0.0, this run has train.augment='ada'"):
         loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 

@@ -149,3 +149,12 @@ def test_spread_summarises_each_analysis_number_over_the_done_runs(tmp_path):
         assert "| C+ vs C-: accuracy | 0.850 ± 0.071 (0.800–0.900) |" in f.read()
     one = table.assign(status=["done", "not done", "not done"])
     assert len(sweep.write_summary(one, str(tmp_path / "one"))) == 2
+
+
+def test_spread_over_seeds_keeps_each_setting_apart():
+    table = pd.DataFrame({"run": list("abcd"), "status": ["done"] * 4, "synthetic.seed": [1, 2, 1, 2],
+                          "train.augment": ["none", "none", "ada", "ada"],
+                          "GAN-DL: C+ vs C-: accuracy": [0.9, 0.8, 0.6, 0.7]})
+    over = sweep.spread(table, by=["train.augment"])
+    assert list(over["setting"]) == ["train.augment=none", "train.augment=ada"]
+    assert list(over["GAN-DL"]) == ["0.850 ± 0.071 (0.800–0.900)", "0.650 ± 0.071 (0.600–0.700)"]

@@ -31,7 +31,7 @@ def _train(cfg, workdir: str, **kwargs) -> loop.TrainResult:
 
 def _params(state: state_lib.TrainState):
     return jax.device_get((state.g_params, state.d_params, state.ema_params, state.g_opt_state, state.d_opt_state,
-                           state.pl_mean, state.rng))
+                           state.pl_mean, state.rng, state.augment, state.head, state.head_opt_state))
 
 
 def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
@@ -50,8 +50,11 @@ def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
 
 
-def test_resumed_run_equals_uninterrupted(config, tmp_path):
+@pytest.mark.parametrize("options", [{}, dict(augment="ada", augment_p=0.5, ada_interval=2, ada_kimg=1.0,
+                                              contrastive_weight=0.5)], ids=["paper", "ada+contrastive"])
+def test_resumed_run_equals_uninterrupted(config, tmp_path, options):
     cfg = config.copy_and_resolve_references()
+    cfg.train.update(options)
     cfg.train.steps = 14
     straight = _train(cfg, str(tmp_path / "straight"))
     cfg.train.steps = 7  # stops off the input stream's 10-step restart points, so resume must skip batches
@@ -63,6 +66,8 @@ def test_resumed_run_equals_uninterrupted(config, tmp_path):
     for a, b in zip(jax.tree.leaves(_params(straight.state)), jax.tree.leaves(_params(resumed.state))):
         np.testing.assert_array_equal(a, b)
     assert straight.history[-1]["g_loss"] == resumed.history[-1]["g_loss"]
+    if options:  # p moved (by 32/1000 every 2 steps) and was carried over exactly
+        assert float(resumed.state.augment.p) != 0.5 and resumed.history[-1]["augment_p"] > 0
 
 
 def _spec(config):

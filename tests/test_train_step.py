@@ -26,7 +26,8 @@ MODEL = ModelConfig(resolution=8, num_channels=3, z_dim=8, w_dim=8, mapping_laye
 TRAIN = ml_collections.ConfigDict(dict(
     g_lr=2e-3, d_lr=3e-3, adam_b1=0.5, adam_b2=0.99, adam_eps=1e-8, r1_gamma=0.5, r1_interval=4,
     lipschitz_weight=10.0, pl_weight=2.0, pl_interval=2, pl_decay=0.01, pl_batch_shrink=2, style_mixing_prob=0.9,
-    ema_kimg=0.1, ema_rampup=0.05))
+    ema_kimg=0.1, ema_rampup=0.05, augment="none", augment_p=0.0, ada_target=0.6, ada_interval=4, ada_kimg=500.0,
+    augment_transforms=("xflip",), contrastive_weight=0.0, contrastive_temperature=0.1))
 BATCH = 8
 
 
@@ -212,7 +213,7 @@ def test_discriminator_phases():
     mesh, _, _, reals, state, _, phases = _setup()
     with jax.set_mesh(mesh):
         n = step_lib.step_noise(state.rng, BATCH, BATCH // 2, MODEL.z_dim)
-        d_params, opt, buffers, fakes, metrics = jax.jit(phases.d_main)(
+        d_params, opt, buffers, fakes, _, metrics = jax.jit(phases.d_main)(
             state.d_params, state.d_opt_state, state.g_params, state.g_buffers, reals, n.d_z, n.d_mix, n.d_noise)
         reg_params, reg_opt, reg_metrics = jax.jit(phases.d_reg)(
             state.d_params, state.d_opt_state, reals, fakes, n.lipschitz)

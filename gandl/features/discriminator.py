@@ -1,4 +1,5 @@
-"""Discriminator features: the GAN-DL embedding (b4.fc) and multiscale pooled statistics, trained or random-init.
+"""Discriminator features: the GAN-DL embedding (b4.fc), multiscale pooled statistics (with or without b4.fc),
+trained or random-init.
 
 Minibatch stddev would make a site's features depend on the other images in its batch, so features are
 computed without it: with `embed.mbstd = "constant"` the stddev channel is that of a group of one (the
@@ -25,10 +26,10 @@ from gandl.features.base import Context, FeatureFn, on_mesh
 from gandl.models import build_models, init_variables
 from gandl.models import layers as model_layers
 from gandl.models.config import ModelConfig
-from gandl.models.discriminator import multiscale_dim
+from gandl.models.discriminator import blocks_dim, multiscale_dim
 
 # Feature option -> the Discriminator method computing it.
-OPTIONS = {"fc": "features", "multiscale": "multiscale_features"}
+OPTIONS = {"fc": "features", "multiscale": "multiscale_features", "blocks": "block_features"}
 MBSTD_MODES = ("constant", "train")
 
 
@@ -117,8 +118,8 @@ class DiscriminatorFeatures:
     def settings(self, context: Context) -> dict:
         """What the export's settings record says of these features: option, width, the mbstd value fed."""
         _, mbstd = _variables(context, self.random)
-        dim = (multiscale_dim(context.model) if self.option == "multiscale"
-               else model_layers.block_channels(4, context.model.channel_base, context.model.channel_max))
+        dim = {"multiscale": multiscale_dim, "blocks": blocks_dim}.get(
+            self.option, lambda m: model_layers.block_channels(4, m.channel_base, m.channel_max))(context.model)
         return dict(option=self.option, dim=dim, mbstd_value=None if mbstd is None else mbstd.tolist())
 
 
@@ -126,3 +127,5 @@ trained = DiscriminatorFeatures("fc", random=False)
 random_init = DiscriminatorFeatures("fc", random=True)
 trained_multiscale = DiscriminatorFeatures("multiscale", random=False)
 random_init_multiscale = DiscriminatorFeatures("multiscale", random=True)
+trained_blocks = DiscriminatorFeatures("blocks", random=False)
+random_init_blocks = DiscriminatorFeatures("blocks", random=True)

@@ -55,7 +55,7 @@ class DiscriminatorBlock(nn.Module):
         return skip + x
 
 
-OUTPUTS = ("logits", "fc", "multiscale", "mbstd")
+OUTPUTS = ("logits", "fc", "multiscale", "blocks", "mbstd")
 
 
 class DiscriminatorEpilogue(nn.Module):
@@ -100,7 +100,8 @@ class Discriminator(nn.Module):
     def __call__(self, x: Array, mbstd_group_size: int | None = None, output: str = "logits",
                  mbstd_value: Array | None = None) -> Array:
         """Images [B, H, W, C] → one of `OUTPUTS`: logits [B, 1], the fc embedding [B, channels(4)], the
-        multiscale features [B, multiscale_dim], or the minibatch-stddev statistic [B/G, F]."""
+        multiscale features [B, multiscale_dim], the blocks' alone [B, blocks_dim], or the minibatch-stddev
+        statistic [B/G, F]."""
         cfg = self.config
         if x.shape[1:] != (cfg.resolution, cfg.resolution, cfg.num_channels):
             raise ValueError(f"expected [B, {cfg.resolution}, {cfg.resolution}, {cfg.num_channels}], got {x.shape}")
@@ -115,8 +116,10 @@ class Discriminator(nn.Module):
                 cfg.conv_clamp, block_dtype(res, cfg.resolution, cfg.compute_dtype), name=f"b{res}",
             )
             x = block(x, from_rgb=res == cfg.resolution)
-            if output == "multiscale":
+            if output in ("multiscale", "blocks"):
                 pooled.append(spatial_moments(x))
+        if output == "blocks":
+            return jnp.concatenate(pooled, axis=-1)
         epilogue = DiscriminatorEpilogue(
             layers.block_channels(4, cfg.channel_base, cfg.channel_max), cfg.mbstd_num_channels, cfg.conv_clamp,
             name="b4",
@@ -138,13 +141,24 @@ class Discriminator(nn.Module):
         """
         return self(x, mbstd_group_size, output="multiscale", mbstd_value=mbstd_value)
 
+    def block_features(self, x: Array, mbstd_group_size: int | None = None, mbstd_value: Array | None = None
+                       ) -> Array:
+        """Mean and stddev over space of every block's output (b{resolution} … b8) without the 4×4 head: what
+        the intermediate blocks learned, apart from the epilogue that is trained hardest to tell real from fake.
+        The arguments of the other outputs are accepted and unused (no block sees the minibatch stddev)."""
+        return self(x, mbstd_group_size, output="blocks", mbstd_value=mbstd_value)
+
     def mbstd_statistic(self, x: Array, mbstd_group_size: int | None = None) -> Array:
         """The minibatch-stddev statistic the epilogue computes for this batch, [B/G, mbstd_num_channels]."""
         return self(x, mbstd_group_size, output="mbstd")
 
 
+def blocks_dim(cfg: ModelConfig) -> int:
+    """Width of `Discriminator.block_features`: 2 × each block's output channels."""
+    return 2 * sum(layers.block_channels(2 ** (log2 - 1), cfg.channel_base, cfg.channel_max)
+                   for log2 in range(int(math.log2(cfg.resolution)), 2, -1))
+
+
 def multiscale_dim(cfg: ModelConfig) -> int:
-    """Width of `Discriminator.multiscale_features`: 2 × each block's output channels, plus the fc width."""
-    blocks = [layers.block_channels(2 ** (log2 - 1), cfg.channel_base, cfg.channel_max)
-              for log2 in range(int(math.log2(cfg.resolution)), 2, -1)]
-    return 2 * sum(blocks) + layers.block_channels(4, cfg.channel_base, cfg.channel_max)
+    """Width of `Discriminator.multiscale_features`: the blocks' statistics plus the fc width."""
+    return blocks_dim(cfg) + layers.block_channels(4, cfg.channel_base, cfg.channel_max)

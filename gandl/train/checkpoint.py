@@ -10,6 +10,11 @@ Each finished save gets a completion record (`<step>/complete.json`, gandl.filei
 its size and checksum. A restore checks it first, so a damaged checkpoint is named in one line (its step,
 folder and file) before orbax reads a byte of it, and "the latest" means the newest intact one: damaged
 newer ones are logged and passed over, never silently replaced by step 0.
+
+The train state is saved as `state_lib.saved_tree` (no fields for training options that are off), so
+checkpoints from before an option existed restore as a run without it; a run resuming one with options whose
+state it does not hold is refused in one line (`check_options`). A saved config lacking fields added since
+reads them as their defaults (`saved_config`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from jax.experimental import multihost_utils
 from gandl import fileio
 from gandl import workdir as layout
 from gandl._tf import tf
+from gandl.defaults import base_config
 from gandl.models.config import ModelConfig
 from gandl.train import state as state_lib
 
@@ -37,6 +43,10 @@ RECORD = "complete.json"
 
 class CorruptCheckpointError(fileio.FileFault):
     """A checkpoint whose files do not match its completion record, or that orbax cannot read."""
+
+
+class OptionsChanged(ValueError):
+    """A checkpoint saved with other training options than those of the run resuming it (said in one line)."""
 
 
 class Checkpointer:
@@ -65,7 +75,7 @@ class Checkpointer:
         """Start saving (returns at once when async); True if this step is saved at all."""
         self._record_saved()
         saved = self.manager.save(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config)}), force=force)
+            **{STATE: ocp.args.StandardSave(_saved(state)), CONFIG: ocp.args.JsonSave(config)}), force=force)
         if saved:
             self._unrecorded.append(step)
         return saved
@@ -105,7 +115,8 @@ class Checkpointer:
         for candidate in steps:
             try:
                 config = self._restore(candidate, {CONFIG: ocp.args.JsonRestore()})[CONFIG]
-                state = self._restore(candidate, {STATE: ocp.args.StandardRestore(template(config))})[STATE]
+                abstract = template(config)
+                state = self._restore(candidate, {STATE: ocp.args.StandardRestore(_saved(abstract))})[STATE]
             except CorruptCheckpointError as e:
                 if step is not None:
                     raise
@@ -116,7 +127,8 @@ class Checkpointer:
                 self._set_aside(damaged)
             if damaged:
                 logging.warning("using step %d, the newest intact checkpoint in %s", candidate, self.directory)
-            return state, config, candidate
+            return (state_lib.TrainState(**state) if isinstance(abstract, state_lib.TrainState) else state,
+                    config, candidate)
         raise CorruptCheckpointError(f"no intact checkpoint in {self.directory}: steps {damaged} are damaged (see "
                                      "above); move them away to start from step 0")
 
@@ -176,7 +188,7 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
     ckpt = Checkpointer(workdir, save_every=1)
 
     def template(saved: dict) -> Any:
-        config = ml_collections.ConfigDict(saved)
+        config = saved_config(saved)
         return abstract_like(state_lib.create(ModelConfig.from_mapping(config.model), config.train, config.seed, mesh))
 
     try:
@@ -184,9 +196,33 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first (mode=train)")
         with jax.set_mesh(mesh):
             state, config, step = ckpt.restore_intact(template, step)
-        return ml_collections.ConfigDict(config), state, step
+        return saved_config(config), state, step
     finally:
         ckpt.close()
+
+
+def saved_config(saved: dict) -> ml_collections.ConfigDict:
+    """A checkpoint's config; fields added to the config since it was saved read as their defaults."""
+    config = base_config()
+    config.update(saved)
+    return config
+
+
+def check_options(saved: dict, train: ml_collections.ConfigDict, directory: str) -> None:
+    """Refuse to resume a checkpoint (config `saved`) whose state holds other training options' state than a
+    run of `train` would: switching ADA or the contrastive head on or off midway has no state to go on from."""
+    before = saved_config(saved).train
+    if state_lib.options(before) != state_lib.options(train):
+        said = "train.augment={!r}, train.contrastive_weight={}".format
+        raise OptionsChanged(f"the checkpoints in {directory} were saved with "
+                             f"{said(before.augment, before.contrastive_weight)}, this run has "
+                             f"{said(train.augment, train.contrastive_weight)}: resume with the options they were "
+                             "saved with, or train in a new workdir")
+
+
+def _saved(state: Any) -> Any:
+    """What orbax saves of `state` (or restores into it, an abstract state): a train state as its saved tree."""
+    return state_lib.saved_tree(state) if isinstance(state, state_lib.TrainState) else state
 
 
 def abstract_like(state: Any) -> Any:

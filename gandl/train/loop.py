@@ -206,7 +206,12 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
             start = 0
             if ckpt.latest_step() is not None:  # the newest intact checkpoint; damaged newer ones are set aside
                 abstract = checkpoint.abstract_like(state)
-                state, _, start = ckpt.restore_intact(lambda saved: abstract, set_aside=True)
+
+                def template(saved: dict) -> state_lib.TrainState:
+                    checkpoint.check_options(saved, schedule, ckpt.directory)
+                    return abstract
+
+                state, _, start = ckpt.restore_intact(template, set_aside=True)
                 logging.info("resumed from step %d", start)
             if start >= schedule.steps:  # finished: nothing to compile
                 return TrainResult(state, start, False, history)
