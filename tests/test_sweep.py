@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,11 @@ def test_last_scalars_takes_the_last_step_across_a_resume(tmp_path):
     assert sweep.last_scalars(logdir) == {}
     _write_scalars(logdir, range(1, 6), 0.0)
     assert sweep.last_scalars(logdir) == {"step": 5, "g_loss": 5.0, "d_loss": -5.0}
-    _write_scalars(logdir, range(4, 8), 100.0)  # a resumed run: a second events file rewrites steps 4 and 5
+    # A resumed run: a later events file rewrites steps 4 and 5. Files are read in name order, whose first key
+    # is the creation second (then a per-process counter that sorts as text), so the resume starts a second later,
+    # as a real one does.
+    time.sleep(1.1)
+    _write_scalars(logdir, range(4, 8), 100.0)
     assert sweep.last_scalars(logdir) == {"step": 7, "g_loss": 107.0, "d_loss": -7.0}
 
 
