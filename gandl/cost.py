@@ -13,6 +13,7 @@ so each measurement is kept in a small report cache keyed by everything that sha
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -125,14 +126,28 @@ def libtpu_version() -> str | None:
         return None
 
 
+def _process_environment() -> set[str]:
+    """Names in the C library's environment, which child processes inherit; `os.environ` is Python's copy
+    and misses what native code sets with setenv()."""
+    environ = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+    names, i = set(), 0
+    while environ[i] is not None:
+        names.add(environ[i].split(b"=", 1)[0].decode(errors="replace"))
+        i += 1
+    return names
+
+
 @contextlib.contextmanager
 def _libtpu_environment(tpu_type: str) -> Iterator[None]:
     """What libtpu reads on a machine that is not a TPU VM, set for the call only: the same variables tell
-    `sharding.initialize_distributed` that a process is part of a pod. Compiling uses no TPU, so several
-    processes may load libtpu at once (it otherwise holds a lock file for the chips it would drive)."""
+    `sharding.initialize_distributed` that a process is part of a pod. libtpu also writes variables of its
+    own (CLOUD_TPU_TASK_ID among them) with setenv(); those are removed too, or every process this one
+    starts afterwards would believe it runs on a TPU pod. Compiling uses no TPU, so several processes may
+    load libtpu at once (it otherwise holds a lock file for the chips it would drive)."""
     values = dict(TPU_ACCELERATOR_TYPE=tpu_type, TPU_WORKER_HOSTNAMES="localhost", TPU_SKIP_MDS_QUERY="1",
                   ALLOW_MULTIPLE_LIBTPU_LOAD="1")
     saved = {k: os.environ.get(k) for k in values}
+    before = _process_environment()
     os.environ.update(values)
     try:
         yield
@@ -142,6 +157,8 @@ def _libtpu_environment(tpu_type: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        for k in _process_environment() - before - set(os.environ):
+            os.unsetenv(k)
 
 
 @functools.lru_cache(maxsize=8)

@@ -146,6 +146,15 @@ def test_the_report_is_what_xla_compiled_for_the_tpu(compiled_v3, tiny_config):
 
 
 @requires_libtpu
+def test_compiling_for_a_tpu_leaves_no_pod_environment_to_the_processes_started_after(compiled_v3):
+    """libtpu writes CLOUD_TPU_TASK_ID and others with setenv(), which child processes inherit: a sweep's runs
+    started afterwards took themselves for pod workers and died in jax.distributed.initialize."""
+    probe = "from gandl import sharding; print(sharding.initialize_distributed('auto'))"
+    child = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0 and child.stdout.strip() == "False", child.stderr[-2000:]
+
+
+@requires_libtpu
 def test_a_second_check_comes_from_the_report_cache(compiled_v3, tiny_config, monkeypatch):
     report, _, ok = compiled_v3
 
