@@ -326,7 +326,10 @@ def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: 
         print(f"# [{i + 1}/{len(sweep.runs)}] {run.name}\n{shlex.join(cmd)}", flush=True)
         if dry_run:
             continue
-        if subprocess.run(cmd, cwd=REPO_ROOT).returncode == 0:
+        # env: Python's view of the environment, not the C library's, where libtpu (loaded by JAX on any machine
+        # with the tpu extra) writes CLOUD_TPU_TASK_ID and others that would make every run take itself for a
+        # pod worker.
+        if subprocess.run(cmd, cwd=REPO_ROOT, env=dict(os.environ)).returncode == 0:
             _mark_done(sweep, run, run_dir, mode, cmd)
         else:
             failed.append(run.name)

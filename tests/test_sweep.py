@@ -97,9 +97,18 @@ def test_last_scalars_takes_the_last_step_across_a_resume(tmp_path):
     assert sweep.last_scalars(logdir) == {"step": 7, "g_loss": 107.0, "d_loss": -7.0}
 
 
-def test_local_convert_sweep_skips_finished_runs_and_summarizes(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def native_pod_variable():
+    """What libtpu leaves in the C library's environment (not in os.environ) once JAX has loaded it on a machine
+    that is not a TPU VM."""
+    os.putenv("CLOUD_TPU_TASK_ID", "WARNING: could not determine TPU worker number")
+    yield
+    os.unsetenv("CLOUD_TPU_TASK_ID")
+
+
+def test_local_convert_sweep_skips_finished_runs_and_summarizes(tmp_path, monkeypatch, capsys, native_pod_variable):
     workdir = str(tmp_path / "sweep")
-    assert sweep.run_sweep(SMOKE, workdir) == []
+    assert sweep.run_sweep(SMOKE, workdir) == []  # the runs did not take themselves for TPU pod workers
     shards = {}
     for n in (16, 32):
         run_dir = os.path.join(workdir, f"data.sites_per_shard={n}")
