@@ -1,14 +1,15 @@
 """Linear probe of the discriminator's features over training: when have they peaked?
 
-Every `train.probe_every` steps the training loop hands the current discriminator to a `Probe`, which
-computes each feature option of `train.probe_features` (registry names, e.g. gandl, gandl_multiscale) on a
-fixed subset of control sites (`probe_sites`) and of the zero-shot set (`probe_zeroshot_sites`), and scores
-plate-held-out linear SVMs with the analysis' own functions: Table 1's tasks (C+ vs C-, cell line, C+ vs C-
-per line) and zero-shot cell typing. Each option's random-init reference (its registry `reference`) does not
-change with training and is scored once. Rows are appended to workdir/probe.csv, the curve is redrawn as
-probe_curve.png, and the accuracies go to TensorBoard. The probe sits above train and features: the loop
-only calls it (`gandl.main` passes it in), so nothing imports upward. The table itself is
-`gandl.analysis.probe_table`'s (the report describes it).
+Every `train.probe_every` steps the training loop hands the current discriminator to a `Probe`, which computes
+each feature option of `train.probe_features` (registry names, e.g. gandl, gandl_multiscale) on a fixed subset
+of control sites (`probe_sites`) and of the zero-shot set (`probe_zeroshot_sites`), and scores plate-held-out
+linear SVMs with the analysis' own functions: Table 1's tasks (C+ vs C-, cell line, C+ vs C- per line) and
+zero-shot cell typing, with every label and, for each k of `analysis.few_labels`, with k labelled wells per
+class ("<task> @ k=<k>": the regime a feature learner is for). Each option's random-init reference (its
+registry `reference`) does not change with training and is scored once. Rows are appended to
+workdir/probe.csv, the curve is redrawn as probe_curve.png, and the accuracies go to TensorBoard. The probe
+sits above train and features: the loop only calls it (`gandl.main` passes it in), so nothing imports upward.
+The table itself is `gandl.analysis.probe_table`'s (the report describes it).
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from gandl.analysis.tasks import AnalysisConfig
 from gandl.data import pipeline, rxrx
 from gandl.features import base, registry
 from gandl.models.config import ModelConfig
-
-ZEROSHOT_TASK = "zero-shot cell type"
 
 
 def _decoded(values: np.ndarray) -> np.ndarray:
@@ -92,20 +91,33 @@ def features_of(fn: base.FeatureFn, images: np.ndarray, batch_size: int) -> np.n
     return np.concatenate(out)
 
 
+def few_label_task(task: str, k: int) -> str:
+    """The probe table's name of `task` fitted on k labelled wells per class."""
+    return f"{task} @ k={k}"
+
+
 def score(features: np.ndarray, metadata: pd.DataFrame, zeroshot_features: np.ndarray | None,
           zeroshot_metadata: pd.DataFrame | None, analysis: AnalysisConfig) -> list[dict[str, Any]]:
-    """(task, accuracy, status) rows: Table 1 on the control subset, zero-shot cell typing on its subset."""
-    table = classify.classify_controls(features, metadata, c=analysis.c, n_splits=analysis.n_splits,
-                                       group_by=analysis.group_by, uv_is_positive=analysis.uv_is_positive,
-                                       seed=analysis.seed)
+    """(task, accuracy, status) rows: Table 1 on the control subset, zero-shot cell typing on its subset, and
+    both again at each of `analysis.few_labels` labelled wells per class (mean over its draws)."""
+    common = dict(c=analysis.c, n_splits=analysis.n_splits, seed=analysis.seed)
+    table = classify.classify_controls(features, metadata, group_by=analysis.group_by,
+                                       uv_is_positive=analysis.uv_is_positive, **common)
     rows = [dict(task=r.task, accuracy=float(r.accuracy), status=r.status) for r in table.itertuples()]
+    few = [classify.classify_few_labels(features, metadata, analysis.few_labels, draws=analysis.few_label_draws,
+                                        group_by=analysis.group_by, uv_is_positive=analysis.uv_is_positive,
+                                        **common)] if analysis.few_labels else []
     if zeroshot_features is not None:
         try:
-            summary, _ = zeroshot.classify_cell_types(zeroshot_features, zeroshot_metadata, c=analysis.c,
-                                                      n_splits=analysis.n_splits, seed=analysis.seed)
-            rows.append(dict(task=ZEROSHOT_TASK, accuracy=summary["accuracy"], status="ok"))
+            summary, _ = zeroshot.classify_cell_types(zeroshot_features, zeroshot_metadata, **common)
+            rows.append(dict(task=zeroshot.ZEROSHOT_TASK, accuracy=summary["accuracy"], status="ok"))
         except classify.CVError as e:
-            rows.append(dict(task=ZEROSHOT_TASK, accuracy=float("nan"), status=f"skipped: {e}"))
+            rows.append(dict(task=zeroshot.ZEROSHOT_TASK, accuracy=float("nan"), status=f"skipped: {e}"))
+        if analysis.few_labels:
+            few.append(zeroshot.classify_cell_types_few_labels(
+                zeroshot_features, zeroshot_metadata, analysis.few_labels, draws=analysis.few_label_draws, **common))
+    rows += [dict(task=few_label_task(r.task, r.k), accuracy=float(r.accuracy), status=r.status)
+             for t in few for r in t.itertuples()]
     return rows
 
 

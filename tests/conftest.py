@@ -62,6 +62,6 @@ def tiny_run(tiny_config, tmp_path_factory) -> tuple:
     cfg.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=1)
     cfg.data.update(image_size=16, sites_per_shard=64, num_workers=1)
     cfg.train.steps = 20
-    cfg.analysis.n_splits = 2
+    cfg.analysis.update(n_splits=2, few_labels=(2,), few_label_draws=2)
     workdir = tmp_path_factory.mktemp("tiny_run")
     return cfg, workdir, main.run_all(cfg, str(workdir))

@@ -1,5 +1,6 @@
 """The main job end to end on a tiny budget: synthetic screen -> shards -> train -> embed -> analyze."""
 
+import json
 import os
 
 import numpy as np
@@ -17,7 +18,8 @@ def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
     summary = pd.read_csv(tmp_path / "analysis" / "summary.csv", index_col=0)
     assert list(summary.columns) == ["GAN-DL", "random-init D", "handcrafted"]
     for task in ("C+ vs C- (all cell lines): accuracy", "zero-shot cell type: accuracy",
-                 "hidden efficacy: Spearman (dose points)"):
+                 "hidden efficacy: Spearman (dose points)", "C+ vs C- (all cell lines): accuracy @ k=2",
+                 "zero-shot cell type: accuracy @ k=2"):
         values = summary.loc[task].astype(float)
         assert np.isfinite(values).all() and (values.abs() <= 1).all(), task
     assert float(summary.loc["zero-shot cell type: accuracy", "handcrafted"]) > 0.5  # four cell lines: chance 0.25
@@ -26,6 +28,10 @@ def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
     for fig in ("fig3_controls.png", "fig4_compounds.png", "fig5_dose_response.png", "fig6_confusion.png",
                 "fig7_map_dose.png"):
         assert (tmp_path / "analysis" / "GAN-DL" / fig).stat().st_size > 1000
+    few = pd.read_csv(tmp_path / "analysis" / "GAN-DL" / "zeroshot_few_labels.csv")
+    assert list(few["k"]) == [2] and list(few["status"]) == ["ok"] and list(few["draws"]) == [2]
+    protocol = json.loads((tmp_path / "analysis" / "analysis.json").read_text())["protocol"]["GAN-DL"]
+    assert {"zeroshot_confusion", "zeroshot_few_labels", "table1_few_labels"} <= set(protocol)
     activity = pd.read_csv(tmp_path / "analysis" / "GAN-DL" / "map_activity.csv")
     assert len(activity) and activity["q_value"].between(0, 1).all()
     assert 0 <= float(summary.loc["phenotypic activity (mAP vs C-): fraction with q < 0.05", "GAN-DL"]) <= 1

@@ -10,7 +10,7 @@ import pytest
 
 from gandl import embed, main, probe, sharding
 from gandl import workdir as layout
-from gandl.analysis import classify, probe_table
+from gandl.analysis import classify, probe_table, zeroshot
 from gandl.analysis import stage as analysis_stage
 from gandl.data import pipeline
 from gandl.data import stage as data_stage
@@ -31,7 +31,7 @@ def probed_run(tiny_config, tmp_path_factory):
     cfg.data.update(image_size=16, sites_per_shard=64, num_workers=1)
     # Checkpoints every 5 steps, only the last one kept but for the probed steps.
     cfg.train.update(probe_every=5, probe_sites=64, probe_zeroshot_sites=64, checkpoint_every=5, keep_checkpoints=1)
-    cfg.analysis.n_splits = 2
+    cfg.analysis.update(n_splits=2, few_labels=(2,), few_label_draws=2)
     workdir = str(tmp_path_factory.mktemp("probed"))
     data_stage.convert_screen(cfg, workdir)
     return cfg, workdir, main.run_train(cfg, workdir)
@@ -72,9 +72,13 @@ def test_probe_writes_its_table_curve_and_scalars(probed_run):
     assert set(table["images_seen"]) == {5 * 16, 10 * 16}
     assert set(table["feature_set"]) == {"gandl", "gandl_multiscale"}
     tasks = set(table["task"])
-    assert {"C+ vs C- (all cell lines)", "HRCE vs VERO", probe.ZEROSHOT_TASK} <= tasks, tasks
+    assert {"C+ vs C- (all cell lines)", "HRCE vs VERO", zeroshot.ZEROSHOT_TASK} <= tasks, tasks
     ok = table[table["status"] == "ok"]
-    assert {"C+ vs C- (all cell lines)", "HRCE vs VERO", probe.ZEROSHOT_TASK} <= set(ok["task"])
+    assert {"C+ vs C- (all cell lines)", "HRCE vs VERO", zeroshot.ZEROSHOT_TASK} <= set(ok["task"])
+    # Each task again with 2 labelled wells per class (analysis.few_labels), scored on the same held-out plates.
+    full = {"C+ vs C- (all cell lines)", "HRCE vs VERO", "C+ vs C- (HRCE)", "C+ vs C- (VERO)", zeroshot.ZEROSHOT_TASK}
+    assert tasks == full | {probe.few_label_task(t, 2) for t in full}
+    assert {probe.few_label_task(t, 2) for t in ("HRCE vs VERO", zeroshot.ZEROSHOT_TASK)} <= set(ok["task"])
     assert set(ok["reference_label"]) == {"random-init D", "random-init D multiscale"}
     # The random-init reference does not train: the same accuracy at every step.
     assert (ok.groupby(["feature_set", "task"])["reference_accuracy"].nunique() == 1).all()
@@ -85,8 +89,8 @@ def test_probe_writes_its_table_curve_and_scalars(probed_run):
     last = ok[ok["step"] == 10].set_index(["feature_set", "task"])
     assert scalars["probe/HRCE vs VERO/gandl_multiscale"] == pytest.approx(
         last.loc[("gandl_multiscale", "HRCE vs VERO"), "accuracy"])
-    assert scalars[f"probe/{probe.ZEROSHOT_TASK}/random_d"] == pytest.approx(
-        last.loc[("gandl", probe.ZEROSHOT_TASK), "reference_accuracy"])
+    assert scalars[f"probe/{zeroshot.ZEROSHOT_TASK}/random_d"] == pytest.approx(
+        last.loc[("gandl", zeroshot.ZEROSHOT_TASK), "reference_accuracy"])
 
 
 def test_the_fixed_subset_is_a_seeded_uniform_sample_whatever_the_batching(shards_dir):

@@ -380,7 +380,7 @@ def classify_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequen
                        draws=0, min_wells=0, n=int(mask.sum()), status=failure or "ok")
             if failure is None:
                 try:
-                    row.update(_few_label_draws(features[mask], labels, groups[mask], wells[mask], int(k), draws,
+                    row.update(few_label_draws(features[mask], labels, groups[mask], wells[mask], int(k), draws,
                                                 held_out, None if conditions is None else conditions[mask],
                                                 c=c, seed=seed))
                 except CVError as e:
@@ -389,7 +389,7 @@ def classify_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequen
     return pd.DataFrame(rows, columns=FEW_LABEL_COLUMNS)
 
 
-def _few_label_draws(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, wells: np.ndarray, k: int, draws: int,
+def few_label_draws(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, wells: np.ndarray, k: int, draws: int,
                      held_out: Sequence[Sequence[str]], conditions: np.ndarray | None, *, c: float,
                      seed: int) -> dict:
     """Accuracy and ROC-AUC (mean, sd) over `draws` seeded draws of k wells per class, and the fewest wells."""

@@ -174,7 +174,7 @@ def probe_curve_figure(table: pd.DataFrame) -> bytes:
     accuracy); each feature set's random-init reference is a dashed line of the same colour.
     """
     tasks = list(dict.fromkeys(table["task"]))
-    fig, axes = _panels(len(tasks), rows=1 if len(tasks) < 4 else 2, size=4.0)
+    fig, axes = _panels(len(tasks), rows=1 if len(tasks) < 4 else max(2, -(-len(tasks) // 5)), size=4.0)
     palette = cm.tab10(np.linspace(0, 1, 10))
     for ax, task in zip(axes, tasks):
         rows = table[table["task"] == task]

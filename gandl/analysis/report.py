@@ -13,7 +13,8 @@ Layout of `out_dir` (e.g. `workdir/analysis/`):
   complete.json: written last, every file above and below with its size and checksum (gandl.fileio)
   <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.csv,
                 dose_response.csv, hits.csv, fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
-                zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given)
+                zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given),
+                zeroshot_few_labels.csv (both, with few_labels)
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: Analy
 
     Experiments are held out when every cell type spans several, else plates (`zeroshot.zeroshot_group`).
     """
-    _check_inputs(features, metadata, ("cell_type", "experiment", "plate"))
+    wells = ("well_id",) if config.few_labels else ()
+    _check_inputs(features, metadata, ("cell_type", "experiment", "plate", *wells))
     inputs = Inputs(np.asarray(features), metadata.reset_index(drop=True), config, folder, {})
     outcome = _outcome(ZEROSHOT_TASKS, *run_tasks(ZEROSHOT_TASKS, inputs))
     held = outcome["summary"]["group_by"] if "summary" in outcome else "group"
@@ -189,7 +191,13 @@ def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: Analy
     text = (f"held out: whole {held}s (folds: {folds}); fitted on each fold's training groups only: isotropic "
             "scaling, linear SVM; the feature extractor never saw an RxRx1 label (the ImageNet comparator: the "
             "model fine-tuned on all RxRx19a controls)")
-    return dict(outcome, protocol=text)
+    protocol = {"zeroshot_confusion": text}
+    if config.few_labels:
+        protocol["zeroshot_few_labels"] = (
+            f"the same folds; fitted on k whole wells per cell type (k in {tuple(config.few_labels)}) drawn from "
+            f"each fold's training groups, {config.few_label_draws} seeded draws (mean, sd); every held-out site "
+            "scored")
+    return dict(outcome, protocol=protocol)
 
 
 def figures(outcome: dict) -> dict[str, bytes]:
@@ -274,7 +282,7 @@ def _protocol_record(name: str, screens: Mapping[str, dict], zeroshots: Mapping[
     """Table name -> what was held out and fitted where, for one feature set (report and analysis.json)."""
     record = dict(screens[name]["protocol"])
     if name in zeroshots:
-        record["zeroshot_confusion"] = zeroshots[name]["protocol"]
+        record.update(zeroshots[name]["protocol"])
     return record
 
 

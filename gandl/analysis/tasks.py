@@ -316,14 +316,25 @@ def zeroshot_task(inp: Inputs) -> Result:
     cfg = inp.config
     summary, confusion = zeroshot.classify_cell_types(inp.features, inp.metadata, c=cfg.c, n_splits=cfg.n_splits,
                                                       seed=cfg.seed)
-    rows = {f"zero-shot cell type: {m}": summary[m] for m in ("accuracy", "balanced_accuracy")}
-    rows["zero-shot cell type: held out"] = summary["group_by"]
-    return Result(tables={"zeroshot_confusion": (confusion, True)},
-                  figures={"fig6_confusion.png": plots.confusion_figure(confusion)}, summary=rows,
-                  blocks=[("heading", 3, f"Zero-shot cell typing (held out: whole {summary['group_by']}s)"),
-                          ("table", confusion, True),
-                          ("figure", "confusion", f"{inp.folder}/fig6_confusion.png")],
-                  values=dict(summary=summary, confusion=confusion))
+    rows = {f"{zeroshot.ZEROSHOT_TASK}: {m}": summary[m] for m in ("accuracy", "balanced_accuracy")}
+    rows[f"{zeroshot.ZEROSHOT_TASK}: held out"] = summary["group_by"]
+    out = Result(tables={"zeroshot_confusion": (confusion, True)},
+                 figures={"fig6_confusion.png": plots.confusion_figure(confusion)}, summary=rows,
+                 blocks=[("heading", 3, f"Zero-shot cell typing (held out: whole {summary['group_by']}s)"),
+                         ("table", confusion, True),
+                         ("figure", "confusion", f"{inp.folder}/fig6_confusion.png")],
+                 values=dict(summary=summary, confusion=confusion))
+    if cfg.few_labels:
+        few = zeroshot.classify_cell_types_few_labels(inp.features, inp.metadata, cfg.few_labels,
+                                                      draws=cfg.few_label_draws, c=cfg.c, n_splits=cfg.n_splits,
+                                                      seed=cfg.seed)
+        out.tables["zeroshot_few_labels"] = (few, False)
+        out.summary.update({f"{zeroshot.ZEROSHOT_TASK}: accuracy @ k={r.k}": r.accuracy for r in few.itertuples()})
+        out.blocks += [("heading", 3, f"Zero-shot cell typing with k labelled wells per cell type (mean, sd over "
+                                      f"{cfg.few_label_draws} draws)"), ("table", few, False)]
+        out.notes += [f"zero-shot @ k={r.k}: {r.status}" for r in few.itertuples() if r.status != "ok"]
+        out.values["zeroshot_few_labels"] = few
+    return out
 
 
 SCREEN_TASKS = (

@@ -4,16 +4,22 @@ RxRx1 images (six stains) are mapped onto RxRx19a's five (`gandl.data.rxrx.chann
 "rxrx19a")`, i.e. channels 1, 2, 3, 4, 6) before features are computed; here a linear SVM classifies the
 four cell types (HEPG2, HUVEC, RPE, U2OS) from those features, cross-validated with whole experiments
 (or plates, when a cell type has a single experiment) held out, and the confusion matrix is Figure 6.
+`classify_cell_types_few_labels` asks the same with only k labelled wells per cell type, as Table 1 does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics
 
-from gandl.analysis.classify import cross_validate, summarize
+from gandl.analysis import classify
+from gandl.analysis.classify import CVError, cross_validate, summarize
 from gandl.analysis.io import plate_key
+
+ZEROSHOT_TASK = "zero-shot cell type"  # its name in the probe table and the few-label tables
 
 
 def zeroshot_group(metadata: pd.DataFrame, label: str = "cell_type") -> str:
@@ -46,3 +52,31 @@ def classify_cell_types(features: np.ndarray, metadata: pd.DataFrame, *, label: 
     frame = pd.DataFrame(confusion, index=pd.Index(result.classes, name="true"),
                          columns=pd.Index(result.classes, name="predicted"))
     return summary, frame
+
+
+def classify_cell_types_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequence[int], *,
+                                   label: str = "cell_type", draws: int = 5, c: float = 1.0, n_splits: int = 5,
+                                   group_by: str = "auto", seed: int = 0) -> pd.DataFrame:
+    """Zero-shot cell typing with k labelled wells per cell type: one row per k (Table 1's few-label columns).
+
+    The folds are `classify_cell_types`' (whole experiments or plates held out); in each, the SVM is fitted on
+    k whole wells per cell type drawn from its training groups, `draws` seeded times, and every held-out site
+    is scored. Multi-class, so ROC-AUC is left empty. A k that cannot be run is a skipped row.
+    """
+    group_by = zeroshot_group(metadata, label) if group_by == "auto" else group_by
+    labels = metadata[label].astype(str).to_numpy()
+    groups = plate_key(metadata, group_by).astype(str)
+    wells = metadata["well_id"].astype(str).to_numpy()
+    rows = []
+    for k in ks:
+        row = dict(task=ZEROSHOT_TASK, k=int(k), accuracy=np.nan, accuracy_sd=np.nan, roc_auc=np.nan,
+                   roc_auc_sd=np.nan, draws=0, min_wells=0, n=len(labels), status="ok")
+        try:
+            folds = classify.grouped_folds(labels, groups, n_splits, seed)
+            held_out = [tuple(sorted(set(groups[test]))) for _, test in folds]
+            row.update(classify.few_label_draws(features, labels, groups, wells, int(k), draws, held_out, None,
+                                                c=c, seed=seed))
+        except CVError as e:
+            row["status"] = f"skipped: {e}"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=classify.FEW_LABEL_COLUMNS)
