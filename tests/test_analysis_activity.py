@@ -134,3 +134,23 @@ def test_p_values_are_copairs_test_and_a_clear_group_passes_bh_among_thousands()
     assert default.attrs["p_floor"] < 0.05 / 3000 / 2
     assert default.loc[default["treatment"] == "c0", "active"].item() and default["active"].sum() == 1
     assert not activity._map_table(many, 10000, 0.05, seed=0)["active"].any()
+
+
+def test_one_active_compound_per_line_keeps_the_activity_table_and_notes_why_no_consistency():
+    from gandl.analysis import tasks
+
+    rng = np.random.default_rng(3)
+    features, meta = _wells(rng, compounds=2, doses=(1.0,), replicates=4, controls=6, dim=32)
+    lines, names = meta["cell_type"].to_numpy(), meta["treatment"].to_numpy()
+    effect = rng.normal(size=32).astype(np.float32) * 4
+    features[((lines == "HRCE") & (names == "cpd0")) | ((lines == "VERO") & (names == "cpd1"))] += effect
+    meta["well_id"] = [f"w{i}" for i in range(len(meta))]
+    result = tasks.activity_task(tasks.Inputs(features, meta, tasks.AnalysisConfig(level="well"), "f", {}))
+    act = result.tables["map_activity"][0].set_index(["cell_type", "treatment"])
+    assert act.loc[("HRCE", "cpd0"), "active"] and act.loc[("VERO", "cpd1"), "active"]
+    assert act["active"].sum() == 2 and "map_consistency" not in result.tables
+    assert result.notes == ["phenotypic consistency not computed: no cell line has two active compounds "
+                            "(HRCE: 1, VERO: 1)"]
+    active = result.tables["map_activity"][0].loc[lambda t: t["active"]]
+    with pytest.raises(ValueError, match="no cell line has two compounds with replicate wells"):
+        activity.phenotypic_consistency(features, meta, active)

@@ -240,6 +240,9 @@ def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups:
             rows.append(members[block])
             aps.append(ap)
             configs.append(conf)
+    if not rows:
+        raise ValueError("no cell line has two compounds with replicate wells among the groups: consistency "
+                         "ranks a compound's wells against other compounds'")
     return _map_table(_ap_frame(metadata, rows, aps, configs), null_size, alpha, seed)
 
 

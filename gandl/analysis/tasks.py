@@ -291,8 +291,10 @@ def activity_task(inp: Inputs) -> Result:
     for line, sub in compounds.groupby("cell_type"):
         out.summary[f"{line}: active compounds (mAP, compound q < 0.05)"] = int(sub["active"].sum())
     active = act[act["active"]]
-    if active["treatment"].nunique() < 2:  # consistency compares active compounds with each other
-        out.notes.append(f"phenotypic consistency not computed: {active['treatment'].nunique()} active compound(s)")
+    per_line = active.groupby("cell_type")["treatment"].nunique()
+    if not (per_line >= 2).any():  # consistency compares a cell line's active compounds with each other
+        out.notes.append("phenotypic consistency not computed: no cell line has two active compounds ("
+                         + (", ".join(f"{line}: {n}" for line, n in per_line.items()) or "none active") + ")")
     else:
         consistency = activity.phenotypic_consistency(x, meta, active, alpha=MAP_ALPHA, seed=cfg.seed)
         out.tables["map_consistency"] = (consistency, False)
