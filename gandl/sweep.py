@@ -21,8 +21,9 @@ the device count of the launcher's machine) before anything runs. A run's workdi
 made of its swept fields (`data.sites_per_shard=16,train.g_lr=0.0001`), so it is stable across reruns; a run that
 finished leaves `done_<mode>.json` there and is skipped next time. WORKDIR/summary.{csv,md} hold one row per
 run: its swept values, the last value of every TensorBoard scalar (and its step) and the flattened
-analysis/summary.csv; WORKDIR/spread.{csv,md} the mean, sd and range of every analysis number over the done
-runs (a sweep over seeds: configs/sweeps/demo_seeds.py).
+analysis/summary.csv, plus each learned feature set's paired gap to its random-init reference
+(`GAN-DL blocks − random-init D blocks: <task>`); WORKDIR/spread.{csv,md} the mean, sd and range of every
+analysis number and gap over the done runs (a sweep over seeds: configs/sweeps/demo_seeds.py).
 """
 
 from __future__ import annotations
@@ -238,6 +239,27 @@ def analysis_columns(path: str) -> dict[str, Any]:
     return {f"{column}: {task}": value for column in table.columns for task, value in table[column].items()}
 
 
+def reference_gaps(columns: Mapping[str, Any]) -> dict[str, float]:
+    """Each learned feature set minus its random-init reference (the same extractor on an untrained D), task by
+    task, as `<set> − <reference>: <task>` columns: the paired difference within one run, so that spread.md
+    gives its mean, sd and worst seed (whether training beat chance on every draw, not just on average)."""
+    from gandl.features import registry
+
+    gaps = {}
+    for extractor in registry.EXTRACTORS.values():
+        if not extractor.reference:
+            continue
+        reference = registry.get(extractor.reference).label
+        for key, value in columns.items():
+            set_label, task = key.split(": ", 1)
+            # summary.csv columns that also hold text (a top compound) are read as text: numbers as strings.
+            gap = pd.to_numeric(value, errors="coerce") - pd.to_numeric(columns.get(f"{reference}: {task}"),
+                                                                         errors="coerce")
+            if set_label == extractor.label and pd.notna(gap):
+                gaps[f"{extractor.label} − {reference}: {task}"] = float(gap)
+    return gaps
+
+
 def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
     """One row per run: name, status of `mode`, swept values, final TensorBoard scalars, analysis summary."""
     from gandl import workdir as layout
@@ -245,10 +267,9 @@ def summarize(sweep: Sweep, workdir: str, mode: str) -> pd.DataFrame:
     rows = []
     for run in sweep.runs:
         run_dir = os.path.join(workdir, run.name)
+        analysis = analysis_columns(os.path.join(layout.analysis(run_dir), "summary.csv"))
         rows.append({"run": run.name, "status": "done" if is_done(sweep, run, run_dir, mode) else "not done",
-                     **run.swept,
-                     **last_scalars(layout.tensorboard(run_dir)),
-                     **analysis_columns(os.path.join(layout.analysis(run_dir), "summary.csv"))})
+                     **run.swept, **last_scalars(layout.tensorboard(run_dir)), **analysis, **reference_gaps(analysis)})
     return pd.DataFrame(rows)
 
 

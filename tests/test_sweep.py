@@ -172,3 +172,26 @@ def test_spread_over_seeds_keeps_each_setting_apart():
     over = sweep.spread(table, by=["train.augment"])
     assert list(over["setting"]) == ["train.augment=none", "train.augment=ada"]
     assert list(over["GAN-DL"]) == ["0.850 ± 0.071 (0.800–0.900)", "0.650 ± 0.071 (0.600–0.700)"]
+
+
+def test_learned_sets_are_paired_with_their_random_init_reference_run_by_run(tmp_path):
+    def summary(run: str, trained: list, random_init: list) -> dict:
+        path = tmp_path / run / "summary.csv"
+        path.parent.mkdir()
+        pd.DataFrame({"GAN-DL blocks": trained, "random-init D blocks": random_init, "handcrafted": [0.9, 0.9, "-"]},
+                     index=["C+ vs C-: accuracy @ k=8", "zero-shot cell type: accuracy", "HRCE: top compound"]
+                     ).to_csv(path)
+        return sweep.analysis_columns(str(path))
+
+    # Text in a column (a top compound) makes pandas read its numbers as strings; they still pair.
+    columns = [summary("a", [0.80, 0.7, "X (1.0)"], [0.75, 0.6, "Y (0.2)"]),
+               summary("b", [0.70, 0.9, "X (0.9)"], [0.72, 0.6, "Z (0.1)"])]
+    gaps = [sweep.reference_gaps(c) for c in columns]
+    assert gaps[0] == pytest.approx({"GAN-DL blocks − random-init D blocks: C+ vs C-: accuracy @ k=8": 0.05,
+                                     "GAN-DL blocks − random-init D blocks: zero-shot cell type: accuracy": 0.1})
+    table = pd.DataFrame([{"run": r, "status": "done", **c, **g} for r, c, g in zip("ab", columns, gaps)])
+    over = sweep.spread(table)
+    # The worst seed shows: trained ahead by 1.5 points on average, behind by 2 on run b.
+    assert over.loc["C+ vs C-: accuracy @ k=8", "GAN-DL blocks − random-init D blocks"] == \
+        "0.015 ± 0.049 (-0.020–0.050)"
+    assert sweep.reference_gaps({"GAN-DL blocks: C+ vs C-: accuracy": 0.8}) == {}  # no reference column, no gap
