@@ -1,7 +1,7 @@
 """Training options that may make D a feature learner, side by side on three test beds over three seeds.
 
-configs/sweeps/test_beds.py (the morphology-only and subtle test beds, seeds 1-3, the paper's training) plus the
-standard demo screen as a third test bed, each under three options: the paper's training; ADA; ADA + the
+configs/sweeps/test_beds.py (the morphology-only, subtle and standard test beds, seeds 1-3, the paper's
+training), each under three options: the paper's training; ADA; ADA + the
 ContraD contrastive head. Each run is the whole demo job (screen, conversion, training, embedding with the
 block features too, analysis with k = 4, 8, 16 labels). WORKDIR/spread.md gives every analysis number's mean ±
 sd (min–max) over the three seeds, one block of rows per test bed and option:
@@ -13,13 +13,10 @@ import os
 
 from gandl.defaults import call_in_file
 
-STANDARD = {"synthetic.morphology_only": False, "synthetic.phenotype_strength": 1.0, "synthetic.cell_density": 1.0}
-
 
 def get_sweep() -> dict:
     sweep = call_in_file(os.path.join(os.path.dirname(__file__), "test_beds.py"), "get_sweep")
     overrides = {k: v for k, v in sweep["overrides"].items() if not k.startswith("train.")}  # swept here
     seeds, beds = sweep["zip"]
-    beds = {field: [STANDARD[field], *values] for field, values in beds.items()}
     options = {"train.augment": ["none", "ada", "ada"], "train.contrastive_weight": [0.0, 0.0, 1.0]}
     return dict(sweep, overrides=overrides, zip=[beds, options, seeds])
