@@ -5,9 +5,10 @@
 4,512 synthetic RxRx19a-like sites (`gandl.data.synthetic.layouts.DEMO_RXRX19A`) rendered at 64 px and converted
 to 32 px, a narrow StyleGAN2 (32 channels per block, 64-d latents) trained for 4,000 iterations of 16
 images with the linear probe every 500, then embeddings of the screen and of a synthetic RxRx1-like
-zero-shot set, and the analysis report. The recommended GAN-DL feature set here is `gandl_multiscale`
-(README, "What the demo reaches"). Settings chosen on screen seed 0; configs/sweeps/demo_seeds.py reruns
-the job on seeds 1-3.
+zero-shot set, and the analysis report. The recommended GAN-DL feature set is `gandl_blocks`, read against
+`random_d_blocks` (README, "Harder test beds, few labels"); the paper's b4.fc (`gandl`) and the multiscale
+statistics are exported beside it. Settings chosen on screen seed 0; configs/sweeps/demo_seeds.py reruns the
+job on seeds 1-3, configs/sweeps/test_beds.py on the harder test beds.
 """
 
 import ml_collections
@@ -30,5 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     # ADA, when chosen (train.augment="ada"): p can go 0 -> 1 in 10k images, the same share of this 64k-image run
     # as the original's 500k of its multi-million-image runs.
     config.train.ada_kimg = 10.0
+    # The recommended set (block statistics alone) and its random-init reference beside the paper's b4.fc; the
+    # probe follows it too.
+    config.embed.feature_sets = ("gandl", "random_d", "gandl_multiscale", "random_d_multiscale", "gandl_blocks",
+                                 "random_d_blocks", "handcrafted")
+    config.train.probe_features = ("gandl", "gandl_multiscale", "gandl_blocks")
     config.embed.batch_size = 64
     return config
