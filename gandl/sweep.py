@@ -23,7 +23,8 @@ finished leaves `done_<mode>.json` there and is skipped next time. WORKDIR/summa
 run: its swept values, the last value of every TensorBoard scalar (and its step) and the flattened
 analysis/summary.csv, plus each learned feature set's paired gap to its random-init reference
 (`GAN-DL blocks − random-init D blocks: <task>`); WORKDIR/spread.{csv,md} the mean, sd and range of every
-analysis number and gap over the done runs (a sweep over seeds: configs/sweeps/demo_seeds.py).
+analysis number and gap over the done runs (a sweep over seeds: configs/sweeps/demo_seeds.py);
+WORKDIR/probe_gaps.{csv,png} the probe's gap to the random-init reference along training over those runs.
 """
 
 from __future__ import annotations
@@ -323,6 +324,32 @@ def write_summary(table: pd.DataFrame, workdir: str, by: Sequence[str] = ()) -> 
     return paths
 
 
+def write_probe_spread(sweep: Sweep, workdir: str, mode: str, by: Sequence[str] = ()) -> list[str]:
+    """probe_gaps.csv: every probed feature set's gap to its random-init reference along training, over the
+    done runs of each setting (`probe_table.gap_spread`), and one figure of it per label budget:
+    probe_gaps.png (all labels), probe_gaps_k<k>.png (k labelled wells per class). Nothing without a probe."""
+    from gandl import fileio
+    from gandl import workdir as layout
+    from gandl.analysis import plots, probe_table
+
+    tables = []
+    for run in sweep.runs:
+        run_dir = os.path.join(workdir, run.name)
+        table = probe_table.read_table(layout.probe_table(run_dir)) if is_done(sweep, run, run_dir, mode) else None
+        if table is not None:
+            tables.append(table.assign(run=run.name, **{f: cli_value(run.swept[f]) for f in by}))
+    spread = probe_table.gap_spread(pd.concat(tables, ignore_index=True), by) if tables else pd.DataFrame()
+    if spread.empty:
+        return []
+    paths = [os.path.join(workdir, "probe_gaps.csv")]
+    fileio.write_text(paths[0], spread.to_csv(index=False))
+    budget = spread["task"].str.extract(r" @ k=(\d+)$", expand=False).fillna("")
+    for k, part in spread.groupby(budget, sort=False):
+        paths.append(os.path.join(workdir, f"probe_gaps{'_k' + k if k else ''}.png"))
+        fileio.write_bytes(paths[-1], plots.probe_gap_figure(part, by))
+    return paths
+
+
 def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: str = "local",
               launch_flags: Sequence[str] = (), tpu_name: str = "", dry_run: bool = False) -> list[str]:
     """Run every unfinished run one after another, then write the summary; returns the failed runs' names.
@@ -356,7 +383,8 @@ def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: 
             failed.append(run.name)
     if not dry_run:
         by = [f for f in (sweep.runs[0].swept if sweep.spread_over else ()) if f not in sweep.spread_over]
-        for path in write_summary(summarize(sweep, workdir, mode), workdir, by):
+        for path in [*write_summary(summarize(sweep, workdir, mode), workdir, by),
+                     *write_probe_spread(sweep, workdir, mode, by)]:
             print(f"# wrote {path}", flush=True)
     return failed
 

@@ -195,3 +195,44 @@ def test_learned_sets_are_paired_with_their_random_init_reference_run_by_run(tmp
     assert over.loc["C+ vs C-: accuracy @ k=8", "GAN-DL blocks − random-init D blocks"] == \
         "0.015 ± 0.049 (-0.020–0.050)"
     assert sweep.reference_gaps({"GAN-DL blocks: C+ vs C-: accuracy": 0.8}) == {}  # no reference column, no gap
+
+
+def test_probe_gaps_over_seeds_per_setting_from_the_done_runs(tmp_path):
+    from gandl.analysis import probe_table
+
+    def run(augment: str, seed: int) -> sweep.Run:
+        swept = {"train.augment": augment, "seed": seed}
+        return sweep.Run(sweep.run_name(swept), swept, swept)
+
+    def probe(r: sweep.Run, gaps: dict, done: bool = True) -> None:
+        """Probe rows at two steps: the learned set at reference + gap; a set without reference; a failed task."""
+        rows = [dict(step=step, images_seen=16 * step, feature_set="gandl_blocks", label="GAN-DL blocks", task=task,
+                     accuracy=0.6 + gap * step / 1000, status="ok", reference_label="random-init D blocks",
+                     reference_accuracy=0.6) for (task, gap) in gaps.items() for step in (500, 1000)]
+        rows += [dict(rows[0], feature_set="handcrafted", label="handcrafted", reference_label="",
+                      reference_accuracy=float("nan")),
+                 dict(rows[0], task="zero-shot cell type", accuracy=float("nan"), status="skipped: one class")]
+        os.makedirs(tmp_path / r.name)
+        pd.DataFrame(rows, columns=probe_table.COLUMNS).to_csv(tmp_path / r.name / "probe.csv", index=False)
+        if done:
+            sweep._mark_done(s, r, str(tmp_path / r.name), "all", ["true"])
+
+    runs = [run("none", 1), run("none", 2), run("ada", 1), run("ada", 2), run("ada", 3)]
+    s = sweep.Sweep(base="configs/demo.py", mode="all", runs=runs, spread_over=("seed",))
+    probe(runs[0], {"C+ vs C-": 0.10, "C+ vs C- @ k=8": -0.04})
+    probe(runs[1], {"C+ vs C-": 0.02, "C+ vs C- @ k=8": 0.00})
+    probe(runs[2], {"C+ vs C-": -0.06, "C+ vs C- @ k=8": 0.02})
+    probe(runs[3], {"C+ vs C-": 0.00, "C+ vs C- @ k=8": 0.04})
+    probe(runs[4], {"C+ vs C-": 0.50, "C+ vs C- @ k=8": 0.50}, done=False)  # not done: left out
+
+    paths = sweep.write_probe_spread(s, str(tmp_path), "all", ["train.augment"])
+    assert [os.path.basename(p) for p in paths] == ["probe_gaps.csv", "probe_gaps.png", "probe_gaps_k8.png"]
+    table = pd.read_csv(paths[0])
+    assert set(table["label"]) == {"GAN-DL blocks"} and set(table["task"]) == {"C+ vs C-", "C+ vs C- @ k=8"}
+    at = table.set_index(["train.augment", "task", "images_seen"])
+    none, ada = at.loc[("none", "C+ vs C-", 16000)], at.loc[("ada", "C+ vs C- @ k=8", 8000)]
+    assert none["runs"] == 2 and ada["runs"] == 2
+    assert (none["gap_mean"], none["gap_min"], none["gap_max"]) == pytest.approx((0.06, 0.02, 0.10))
+    assert (ada["gap_mean"], ada["gap_min"], ada["gap_max"]) == pytest.approx((0.015, 0.01, 0.02))
+    assert ada["reference_accuracy"] == pytest.approx(0.6) and ada["accuracy"] == pytest.approx(0.615)
+    assert sweep.write_probe_spread(s, str(tmp_path / "empty"), "all", ["train.augment"]) == []

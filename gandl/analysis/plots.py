@@ -8,6 +8,7 @@ writes atomically.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -189,4 +190,34 @@ def probe_curve_figure(table: pd.DataFrame) -> bytes:
         _legend_below(ax)
     for ax in axes[len(tasks):]:
         ax.set_axis_off()
+    return _png(fig)
+
+
+def probe_gap_figure(spread: pd.DataFrame, by: Sequence[str] = ()) -> bytes:
+    """The probe's gap to the random-init reference over training, over runs: one row of panels per setting
+    of the `by` columns, one panel per task, one line per feature set (mean over runs) in its min–max band.
+
+    `spread` is gandl.analysis.probe_table.gap_spread's table. Above zero on the band's lower edge: training
+    beat the same extractor on a random discriminator on every run at that step.
+    """
+    settings = list(spread.groupby(list(by), sort=False)) if by else [((), spread)]
+    tasks = list(dict.fromkeys(spread["task"]))
+    fig = Figure(figsize=(3.6 * len(tasks), 3.4 * len(settings) + 0.6), layout="constrained")
+    axes = fig.subplots(len(settings), len(tasks), squeeze=False, sharey=True)
+    palette = cm.tab10(np.linspace(0, 1, 10))
+    for row, (key, here) in zip(axes, settings):
+        name = ", ".join(f"{f}={v}" for f, v in zip(by, key))
+        for ax, task in zip(row, tasks):
+            for i, (label, curve) in enumerate(here[here["task"] == task].groupby("label", sort=False)):
+                curve = curve.sort_values("images_seen")
+                colour = palette[i % 10]
+                ax.fill_between(curve["images_seen"], curve["gap_min"], curve["gap_max"], color=colour, alpha=0.2)
+                ax.plot(curve["images_seen"], curve["gap_mean"], "o-", ms=3, color=colour,
+                        label=f"{label} − {curve['reference_label'].iloc[0]} ({curve['runs'].max()} runs)")
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            ax.set_title(task, fontsize=9)
+            ax.set_xlabel("images seen")
+        row[0].set_ylabel("\n".join([*textwrap.wrap(name, 40), "accuracy − random-init reference"]), fontsize=8)
+        if row[0].has_data():
+            _legend_below(row[0])
     return _png(fig)

@@ -64,3 +64,20 @@ def describe_step(table: pd.DataFrame, step: int) -> str:
             "Table 1 also scores: its numbers at that step are optimistic by that choice.")
 
 
+
+
+def gap_spread(tables: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Each feature set's lead over its random-init reference along training, over runs (a sweep's seeds).
+
+    `tables` stacks probe tables with a `run` column and the `by` columns (the sweep's settings). One row per
+    setting, feature set, task and probed step: how many runs probed it, the mean accuracy of the set and of
+    its reference, and the gap (set − reference) as mean, sd, min and max: whether training beat a random
+    discriminator on every run, and from when. Rows without a scored reference are left out.
+    """
+    ok = tables[(tables["status"] == "ok") & tables["reference_accuracy"].notna()]
+    ok = ok.assign(gap=ok["accuracy"] - ok["reference_accuracy"])
+    keys = [*by, "label", "reference_label", "task", "images_seen"]
+    out = ok.groupby(keys, sort=False).agg(
+        runs=("run", "nunique"), accuracy=("accuracy", "mean"), reference_accuracy=("reference_accuracy", "mean"),
+        gap_mean=("gap", "mean"), gap_sd=("gap", "std"), gap_min=("gap", "min"), gap_max=("gap", "max"))
+    return out.reset_index()
