@@ -1,6 +1,7 @@
 """Config sweeps: expand a sweep file into runs, run them (here or on Cloud TPU), tabulate their final metrics.
 
   python -m gandl.sweep --sweep configs/sweeps/demo_regularizers.py --workdir /tmp/sweep [--mode train] [--dry_run]
+      [--where train.r1_gamma=2.0 ...]   (only the runs with these swept values; the summary covers all done)
   python -m gandl.sweep --sweep configs/sweeps/rxrx19a_lr.py --workdir gs://BUCKET/sweep --launcher tpu \
       --launch_flags="--spot --zone=europe-west4-a"
 
@@ -167,6 +168,23 @@ def load_sweep(path: str) -> Sweep:
     if unswept:
         raise ValueError(f"{path}: spread_over names fields the sweep does not sweep: {unswept}")
     return Sweep(spec["base"], spec.get("mode") or "train", runs, spread_over)
+
+
+def select(sweep: Sweep, where: Sequence[str]) -> list[Run]:
+    """The runs whose swept values match `where`'s `field=value` clauses (every field named; of several values
+    given for one field, any), in the sweep's order: a slice of a sweep to run now, the rest later."""
+    swept = sweep.runs[0].swept if sweep.runs else {}
+    wanted: dict[str, set[str]] = {}
+    for clause in where:
+        field, sep, value = clause.partition("=")
+        if not sep or field not in swept:
+            raise ValueError(f"--where {clause}: expected <swept field>=<value>; swept fields: {', '.join(swept)}")
+        wanted.setdefault(field, set()).add(value)
+    runs = [run for run in sweep.runs if all(cli_value(run.swept[f]) in values for f, values in wanted.items())]
+    if not runs:
+        values = {f: sorted({cli_value(run.swept[f]) for run in sweep.runs}) for f in wanted}
+        raise ValueError(f"--where {' '.join(where)} selects no run; the swept values are {values}")
+    return runs
 
 
 def command(sweep: Sweep, run: Run, run_dir: str, mode: str, launcher: str, launch_flags: Sequence[str] = (),
@@ -351,12 +369,15 @@ def write_probe_spread(sweep: Sweep, workdir: str, mode: str, by: Sequence[str] 
 
 
 def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: str = "local",
-              launch_flags: Sequence[str] = (), tpu_name: str = "", dry_run: bool = False) -> list[str]:
-    """Run every unfinished run one after another, then write the summary; returns the failed runs' names.
+              launch_flags: Sequence[str] = (), tpu_name: str = "", dry_run: bool = False,
+              where: Sequence[str] = ()) -> list[str]:
+    """Run every unfinished run (of those `where` selects: `select`) one after another, then write the summary
+    of every run; returns the failed runs' names.
 
     With dry_run, print the commands (and which runs would be skipped) and run nothing.
     """
     sweep = load_sweep(sweep_path)
+    runs = select(sweep, where)
     mode = mode or sweep.mode
     if launcher == "tpu" and not workdir.startswith("gs://"):
         raise ValueError("--launcher tpu needs a gs:// --workdir: the TPU workers write there")
@@ -365,13 +386,13 @@ def run_sweep(sweep_path: str, workdir: str, mode: str | None = None, launcher: 
     tpu_name = tpu_name or "gandl-" + re.sub(r"[^a-z0-9-]", "-", os.path.splitext(os.path.basename(sweep_path))[0])
     check_runs(sweep, _launch_devices(launcher, launch_flags))  # every run, before any is launched
     failed = []
-    for i, run in enumerate(sweep.runs):
+    for i, run in enumerate(runs):
         run_dir = os.path.join(workdir, run.name)
         cmd = command(sweep, run, run_dir, mode, launcher, launch_flags, tpu_name)
         if is_done(sweep, run, run_dir, mode):
-            print(f"# [{i + 1}/{len(sweep.runs)}] {run.name}: {mode} done, skipped", flush=True)
+            print(f"# [{i + 1}/{len(runs)}] {run.name}: {mode} done, skipped", flush=True)
             continue
-        print(f"# [{i + 1}/{len(sweep.runs)}] {run.name}\n{shlex.join(cmd)}", flush=True)
+        print(f"# [{i + 1}/{len(runs)}] {run.name}\n{shlex.join(cmd)}", flush=True)
         if dry_run:
             continue
         # env: Python's view of the environment, not the C library's, where libtpu (loaded by JAX on any machine
@@ -399,9 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--launch_flags", default="", help="extra launch/tpu.sh flags, e.g. '--spot --type=v3-32'")
     parser.add_argument("--tpu_name", default="", help="the TPU VM every run uses (default: gandl-<sweep file>)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                        help="run only the runs with this swept value (repeatable; one field's values: any of them); "
+                             "the summary still covers every finished run")
     args = parser.parse_args(argv)
-    failed = run_sweep(args.sweep, args.workdir, args.mode, args.launcher, shlex.split(args.launch_flags),
-                       args.tpu_name, args.dry_run)
+    try:
+        failed = run_sweep(args.sweep, args.workdir, args.mode, args.launcher, shlex.split(args.launch_flags),
+                           args.tpu_name, args.dry_run, args.where)
+    except ValueError as e:  # a bad sweep file, override, --where or done marker: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if failed:
         print(f"# failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -236,3 +236,24 @@ def test_probe_gaps_over_seeds_per_setting_from_the_done_runs(tmp_path):
     assert (ada["gap_mean"], ada["gap_min"], ada["gap_max"]) == pytest.approx((0.015, 0.01, 0.02))
     assert ada["reference_accuracy"] == pytest.approx(0.6) and ada["accuracy"] == pytest.approx(0.615)
     assert sweep.write_probe_spread(s, str(tmp_path / "empty"), "all", ["train.augment"]) == []
+
+
+def test_where_runs_a_slice_of_the_sweep_and_bad_clauses_get_one_line(tmp_path, capsys):
+    regularizers = os.path.join(sweep.REPO_ROOT, "configs", "sweeps", "demo_regularizers.py")
+
+    def dry(*where: str) -> tuple[int, list[str], str]:
+        flags = [f"--where={w}" for w in where]
+        rc = sweep.main(["--sweep", regularizers, "--workdir", str(tmp_path), "--dry_run", *flags])
+        out, err = capsys.readouterr()
+        return rc, [line.split("] ")[1] for line in out.splitlines() if line.startswith("# [")], err
+
+    rc, runs, _ = dry("train.r1_gamma=2.0", "train.pl_weight=2.0")
+    assert rc == 0 and runs == ["train.r1_gamma=2.0,train.lipschitz_weight=1.0,train.pl_weight=2.0"]
+    rc, runs, _ = dry("train.lipschitz_weight=0.0", "train.r1_gamma=0.5", "train.r1_gamma=2.0")  # one field: any
+    assert rc == 0 and runs == ["train.r1_gamma=0.5,train.lipschitz_weight=0.0,train.pl_weight=0.0",
+                                "train.r1_gamma=2.0,train.lipschitz_weight=0.0,train.pl_weight=0.0"]
+    assert len(dry()[1]) == 4
+    rc, runs, err = dry("train.g_lr=0.001")
+    assert (rc, runs) == (2, []) and err.count("\n") == 1 and "train.g_lr" in err and "train.r1_gamma" in err
+    rc, runs, err = dry("train.r1_gamma=2")
+    assert (rc, runs) == (2, []) and err.count("\n") == 1 and "selects no run" in err and "'0.5', '2.0'" in err
