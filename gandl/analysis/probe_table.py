@@ -64,8 +64,6 @@ def describe_step(table: pd.DataFrame, step: int) -> str:
             "Table 1 also scores: its numbers at that step are optimistic by that choice.")
 
 
-
-
 def gap_spread(tables: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Each feature set's lead over its random-init reference along training, over runs (a sweep's seeds).
 
