@@ -24,7 +24,7 @@ from gandl.features.registry import EXTRACTORS
 
 # The analysis' own column names, and the schema field each is read from (`screen_view`).
 VIEW_COLUMNS = {"cell_type": "group", "treatment": "perturbation", "treatment_conc": "dose",
-                "experiment": "experiment", "plate": "plate"}
+                "experiment": "experiment", "plate": "plate", "well": "well"}
 
 
 def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
@@ -35,10 +35,11 @@ def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
 def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     """The metadata as the analysis reads it, whatever the screen's own columns: its schema applied once.
 
-    site_id, well_id (derived when absent), `cell_type` (the biological group; one group "all" when the
-    schema names none), `experiment` (the batch; "screen" when none), `plate`, `role` (C+ / C- / treated /
-    other, from the schema's control queries), `treatment` (the perturbation of treated sites, "" for every
-    other) and `treatment_conc` (float dose; 1.0 for every treated site when the screen has no dose column).
+    site_id, well_id (derived when absent), `well` (its position name, e.g. 'B03'), `cell_type` (the biological
+    group; one group "all" when the schema names none), `experiment` (the batch; "screen" when none), `plate`,
+    `role` (C+ / C- / treated / other, from the schema's control queries), `treatment` (the perturbation of
+    treated sites, "" for every other) and `treatment_conc` (float dose; 1.0 for every treated site when the
+    screen has no dose column).
     Every other column is kept unless it would shadow one of these. `output_names` maps the names back.
     """
     missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items() if column not in metadata]
@@ -51,7 +52,7 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
         "site_id": meta["site_id"].astype(str), "well_id": meta["well_id"].astype(str),
         "cell_type": meta[schema.group].astype(str) if schema.group else "all",
         "experiment": meta[schema.experiment].astype(str) if schema.experiment else "screen",
-        "plate": meta[schema.plate], "role": role,
+        "plate": meta[schema.plate], "well": meta[schema.well].astype(str) if schema.well else "", "role": role,
         "treatment": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
         "treatment_conc": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
                            else np.where(treated, 1.0, np.nan)).astype(np.float64)})
