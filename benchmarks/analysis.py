@@ -54,7 +54,9 @@ def screen_metadata(num_sites: int, num_compounds: int, seed: int = 0) -> pd.Dat
     site = np.tile(np.arange(1, SITES_PER_WELL + 1), wells)
     experiment = np.char.add(np.char.add(cell[rows], "-"), (plate_of[rows] // 50 + 1).astype(str))
     plate = plate_of[rows] % 50 + 1
-    well = np.char.add("W", (np.arange(wells) % WELLS_PER_PLATE)[rows].astype(str))
+    index = (np.arange(wells) % WELLS_PER_PLATE)[rows]  # 384-well positions A01 .. P24, row by row
+    letters = np.asarray(list("ABCDEFGHIJKLMNOP"))
+    well = np.char.add(letters[index // 24], np.char.zfill((index % 24 + 1).astype(str), 2))
     well_id = np.char.add(np.char.add(np.char.add(experiment, "_"), plate.astype(str)), np.char.add("_", well))
     is_compound = kind[rows] == "compound"
     return pd.DataFrame({
@@ -114,7 +116,9 @@ STEPS = {
     "analyze": (("gandl.analysis.classify", "classify_controls", "Table 1 SVMs"),
                 ("gandl.analysis.spaces", "fit_axes", "E2/C2 axes"),
                 ("gandl.analysis.spaces", "coordinates", "E2/C2 coordinates"),
-                ("gandl.analysis.efficacy", "dose_tests", "hit calls (t, BH)"),
+                ("gandl.analysis.hits", "correct_positions", "plate-position correction"),
+                ("gandl.analysis.hits", "dose_tests", "rescue tests (moderated t, BH)"),
+                ("gandl.analysis.hits", "off_axis", "off-axis distances"),
                 ("gandl.analysis.efficacy", "fit_hills", "Hill fits"),
                 ("gandl.analysis.activity", "phenotypic_activity", "mAP: phenotypic activity"),
                 ("gandl.analysis.activity", "phenotypic_consistency", "mAP: phenotypic consistency"),

@@ -1,14 +1,13 @@
-"""Efficacy scores, dose-response tables, four-parameter Hill fits and the ranked hit table.
+"""Efficacy scores, dose-response tables, four-parameter Hill fits, and agreement with a known truth.
 
 Efficacy score: the on-perturbation value re-anchored per cell line so that the mean disease control (C-)
 sits at -1 and the mean healthy control (C+) at +1; 0 is the efficacy threshold. Anchoring per cell line
 removes the offset between HRCE and VERO on the shared axis.
 
-Aggregation: sites are averaged into wells first, because the well is the replicate (sites of one well
+Aggregation: sites are summarised into wells first, because the well is the replicate (sites of one well
 share its compound dispensing, virus dose and seeding); per concentration the table reports the mean,
 the SEM and n over wells. Hill curves are fitted on the well-level points, all curves of a screen at once
-(`fit_hills`), and hits are called per dose against the disease controls of the same plates with the false
-discovery rate controlled (`dose_tests`).
+(`fit_hills`). The hit calls themselves live in `gandl.analysis.hits`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from gandl.analysis.io import control_role
 from gandl.data.synthetic.truth import hidden_efficacy
 
 WELL_KEYS = ["treatment", "cell_type", "treatment_conc"]  # one dose point of one curve
-CURVE_KEYS = ["treatment", "cell_type"]
 
 
 def _anchored(on: np.ndarray, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray | str:
@@ -95,38 +93,6 @@ def crossfit_efficacy(decisions: np.ndarray, fold: np.ndarray, metadata: pd.Data
     return scores, notes
 
 
-def _plate_id(metadata: pd.DataFrame) -> pd.Series:
-    """'{experiment}_{plate}': plate numbers repeat across experiments, so the pair names a plate."""
-    missing = [c for c in ("experiment", "plate") if c not in metadata]
-    if missing:
-        raise ValueError(f"metadata is missing columns {missing}: hit calls compare wells plate by plate")
-    return metadata["experiment"].astype(str) + "_" + metadata["plate"].astype(str)
-
-
-def _well_means(scores: np.ndarray, metadata: pd.DataFrame, rows: np.ndarray, keys: list[str],
-                how: str = "mean") -> pd.DataFrame:
-    """The `how` (mean / median) of the finite scores per well among `rows`, with the well's `keys`, its plate_id
-    and n_sites."""
-    frame = metadata[keys + ["well_id"]].assign(plate_id=_plate_id(metadata), score=scores)
-    frame = frame[rows & np.isfinite(frame["score"].to_numpy())]
-    return (frame.groupby(keys + ["plate_id", "well_id"], sort=True)["score"]
-            .agg(score=how, n_sites="size").reset_index())
-
-
-def well_scores(scores: np.ndarray, metadata: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
-    """Efficacy score per treated well (mean or median of its sites): treatment, cell_type, treatment_conc,
-    plate_id, score, n_sites."""
-    return _well_means(scores, metadata, (metadata["treatment"] != "").to_numpy(), WELL_KEYS, how)
-
-
-def control_wells(scores: np.ndarray, metadata: pd.DataFrame, uv_is_positive: bool = False,
-                  how: str = "mean") -> pd.DataFrame:
-    """Efficacy score per disease-control (C-) well (as `well_scores`): cell_type, plate_id, well_id, score,
-    n_sites."""
-    rows = (control_role(metadata, uv_is_positive) == "C-").to_numpy()
-    return _well_means(scores, metadata, rows, ["cell_type"], how)
-
-
 def dose_response(wells: pd.DataFrame) -> pd.DataFrame:
     """Per compound x cell line x concentration: mean score, SEM and n over wells (SEM NaN when n = 1)."""
     out = (wells.groupby(WELL_KEYS, sort=True)
@@ -136,45 +102,6 @@ def dose_response(wells: pd.DataFrame) -> pd.DataFrame:
     out["sem"] = out["sd"] / np.sqrt(out["n"])
     return out.drop(columns="sd")[["treatment", "cell_type", "treatment_conc", "log10_conc", "mean", "sem",
                                    "n", "n_sites"]]
-
-
-def dose_tests(wells: pd.DataFrame, controls: pd.DataFrame) -> pd.DataFrame:
-    """`dose_response` plus, per dose, the one-sided p of "scores above the disease control" and its BH q.
-
-    Student's two-sample t (pooled variance; scipy's `ttest_ind_from_stats`, so all compound x dose tests
-    run as one array operation) of the dose's well scores against the C- wells of the same cell line on the
-    plates those wells sit on: plates carry batch effects, so each dose is compared with its own plates'
-    controls. The null is "no effect": the dose's wells are drawn like those controls, under which the
-    pooled t is exact for normal scores (well scores are means over sites of a linear projection), also
-    in the far tail that Benjamini-Hochberg over thousands of tests reaches. Not Welch: with the 2-6
-    replicate wells of a dose its variance comes from 1-5 degrees of freedom and its p is anti-conservative
-    in that tail (measured on normal data, 3 wells vs 18 controls: 16x too many p < 2e-4, 7x at 1e-3; the
-    pooled t within 10%). Not Mann-Whitney: its smallest attainable p, 1 / C(n + m, n) (0.011 for 2 wells
-    against 12 controls), cannot pass BH over many tests. A single well is tested too (the pooled variance
-    comes from the controls); a dose with fewer than 2 C- wells on its plates is not: p = q = NaN.
-    q: Benjamini-Hochberg over every finite p of the table (all compounds, cell lines and doses).
-    """
-    keys = WELL_KEYS
-    out = dose_response(wells)
-    per_plate = (controls.assign(square=controls["score"] ** 2).groupby(["cell_type", "plate_id"])
-                 .agg(m=("score", "size"), total=("score", "sum"), square=("square", "sum")).reset_index())
-    plates = wells[keys + ["plate_id"]].drop_duplicates().merge(per_plate, on=["cell_type", "plate_id"], how="left")
-    ref = plates.groupby(keys, sort=True)[["m", "total", "square"]].sum().reset_index()
-    ref = out[keys].merge(ref, on=keys, how="left").fillna({"m": 0, "total": 0.0, "square": 0.0})
-    m = ref["m"].to_numpy(np.float64)
-    treated = wells.groupby(keys, sort=True)["score"].agg(["mean", "std", "size"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ref_mean = ref["total"].to_numpy() / m
-        ref_sd = np.sqrt(np.maximum(ref["square"].to_numpy() - m * ref_mean ** 2, 0.0) / (m - 1))
-        p = stats.ttest_ind_from_stats(treated["mean"].to_numpy(), treated["std"].fillna(0.0).to_numpy(),
-                                       treated["size"].to_numpy(), ref_mean, ref_sd, m, equal_var=True,
-                                       alternative="greater").pvalue
-    p = np.where(m >= 2, p, np.nan)
-    q = np.full_like(p, np.nan)
-    tested = np.isfinite(p)
-    if tested.any():
-        q[tested] = stats.false_discovery_control(p[tested], method="bh")
-    return out.assign(n_controls=m.astype(int), p=p, q=q)
 
 
 def _rise(log_conc: np.ndarray, log_ec50, slope) -> tuple[np.ndarray, np.ndarray]:
@@ -356,65 +283,14 @@ def toxic_drop(means: np.ndarray, sems: np.ndarray, threshold: float = 0.5) -> b
     readout; such compounds should not be ranked on their top-dose value alone.
     """
     means = np.asarray(means, np.float64)
+    if not np.isfinite(means).any():
+        return False
     peak = int(np.nanargmax(means))
     if peak == len(means) - 1:
         return False
     drop = means[peak] - means[-1]
     noise = 2.0 * np.sqrt(np.nansum([np.asarray(sems)[peak] ** 2, np.asarray(sems)[-1] ** 2]))
     return bool(drop > max(threshold, noise))
-
-
-def simes(p: np.ndarray) -> float:
-    """Simes' combination of p-values: min over i of n p_(i) / i (NaNs left out; NaN when none is finite).
-
-    It tests "no dose has an effect" and stays valid under the positive dependence of doses tested against
-    one shared set of control wells (Sarkar 1998), where Fisher's or Stouffer's independence would not.
-    """
-    p = np.sort(np.asarray(p, np.float64)[np.isfinite(p)])
-    return float(np.min(p * len(p) / np.arange(1, len(p) + 1))) if len(p) else float("nan")
-
-
-def hit_table(wells: pd.DataFrame, controls: pd.DataFrame, *, fdr: float = 0.05, flat_threshold: float = 0.25,
-              toxic_threshold: float = 0.5, doses: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per compound x cell line: best dose, hit call, Hill fit, AUC, flags, and the rank within the line.
-
-    Ranked by the best mean efficacy score over the tested doses (fit-free, so a flat or one-dose compound
-    still gets a place). The call is made where it is read, per compound x cell line: `p` combines the
-    compound's dose p-values (`dose_tests`: t-test vs the same plates' C- wells) by Simes' rule, `q` is
-    Benjamini-Hochberg over every compound x cell line, so `hit` (q < `fdr`, and some dose's mean score
-    above the 0 threshold) controls the false discovery rate of the hit list itself. `best_dose` (µM)
-    is the tested dose with the lowest p (ties to the higher mean); `dose_p` and `dose_q` are its own test
-    and its q among every compound x dose test (the dose-level FDR of `dose_response`). `doses`: the
-    `dose_tests` table of these wells, when the caller has it already.
-    """
-    doses = dose_tests(wells, controls) if doses is None else doses
-    if doses.empty:
-        return pd.DataFrame()
-    by_curve = doses.groupby(CURVE_KEYS, sort=True)
-    peak = doses.loc[by_curve["mean"].idxmax()].reset_index(drop=True)
-    table = peak[CURVE_KEYS].assign(n_doses=by_curve.size().to_numpy(), max_score=peak["mean"],
-                                    sem_at_max=peak["sem"], conc_at_max_uM=peak["treatment_conc"])
-    table["auc"] = [curve_auc(c["log10_conc"].to_numpy(), c["mean"].to_numpy()) for _, c in by_curve]
-    table["toxic_drop"] = [toxic_drop(c["mean"].to_numpy(), c["sem"].to_numpy(), toxic_threshold)
-                           for _, c in by_curve]
-    best = (doses.assign(neg_mean=-doses["mean"]).sort_values(CURVE_KEYS + ["p", "neg_mean"], na_position="last")
-            .drop_duplicates(CURVE_KEYS).sort_values(CURVE_KEYS))
-    tested = np.isfinite(best["p"].to_numpy())
-    table["best_dose"] = np.where(tested, best["treatment_conc"], np.nan)
-    table["dose_p"], table["dose_q"] = best["p"].to_numpy(), best["q"].to_numpy()
-    table["p"] = by_curve["p"].agg(simes).to_numpy()
-    table["q"] = np.nan
-    if np.isfinite(table["p"]).any():
-        finite = np.isfinite(table["p"]).to_numpy()
-        table.loc[finite, "q"] = stats.false_discovery_control(table.loc[finite, "p"], method="bh")
-    table["hit"] = (table["q"] < fdr) & (table["max_score"] > 0)
-    curve = wells.groupby(CURVE_KEYS, sort=True).ngroup().to_numpy()
-    fits = fit_hills(curve, np.log10(wells["treatment_conc"].to_numpy()), wells["score"].to_numpy(),
-                     flat_threshold=flat_threshold)
-    table = pd.concat([table, fits.reset_index(drop=True).rename(columns={"top": "emax"})], axis=1)
-    table["fit_failed"] = table["fit_status"] != "ok"
-    table["rank"] = table.groupby("cell_type")["max_score"].rank(ascending=False, method="first").astype(int)
-    return table.sort_values(["cell_type", "rank"]).reset_index(drop=True)
 
 
 ACTIVE_EFFICACY = 0.5  # hidden efficacy at which a compound is truly above the threshold (half-way to C+)

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 _WELL = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,3})\s*$")
 PLATE_FORMATS = ((8, 12), (16, 24), (32, 48))  # 96-, 384- and 1536-well plates: (rows, columns)
@@ -90,71 +91,89 @@ def median_polish(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape:
 class PositionModel:
     """Per-well position effects of a screen's plates and what could not be estimated."""
 
-    effect: np.ndarray  # [N] row + column effect of each input row (0 where not estimated)
-    identified: np.ndarray  # [N] bool: both its row's and its column's effect came from treated wells
-    rows: np.ndarray  # [N] zero-based row, -1 without a position
-    cols: np.ndarray  # [N] zero-based column, -1 without a position
+    effect: np.ndarray  # [N] ring + row + column effect of each input row (0 where not estimated)
+    identified: np.ndarray  # [N] bool: its row's and column's effects (where fitted) came from treated wells
+    rows: np.ndarray  # [N] zero-based row
+    cols: np.ndarray  # [N] zero-based column
+    corrected: tuple[str, ...] = ()  # per plate: which effects were removed, e.g. "HRCE-1_1: edge rings"
     notes: tuple[str, ...] = ()
 
 
-def _fill_by_edge(row_eff: np.ndarray, col_eff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NaN effects of rows and columns with no treated well, from the estimated rows and columns as far from the
-    plate's edge (an edge effect reaches rows and columns alike); 0 where none is."""
-    def distance(n: int) -> np.ndarray:
-        return np.minimum(np.arange(n), n - 1 - np.arange(n))
-
-    effects = np.r_[row_eff, col_eff]
-    dist = np.r_[distance(len(row_eff)), distance(len(col_eff))]
-    out = effects.copy()
-    for i in np.flatnonzero(np.isnan(effects)):
-        same = np.isfinite(effects) & (dist == dist[i])
-        out[i] = np.mean(effects[same]) if same.any() else 0.0
-    return out[: len(row_eff)], out[len(row_eff):]
+RINGS = 3  # edge distance classes: the outer ring, the next, and the interior
 
 
-def position_effects(values: np.ndarray, plate: np.ndarray, wells: pd.Series | np.ndarray, fit: np.ndarray,
-                     min_wells: int = 24) -> PositionModel | str:
-    """Row and column effects of every row's plate position, estimated by median polish of the `fit` rows.
+def _pattern(values: np.ndarray, groups: np.ndarray, alpha: float) -> bool:
+    """Whether `values` differ between `groups` (Kruskal-Wallis p < alpha over groups of 3 or more wells)."""
+    samples = [values[groups == g] for g in np.unique(groups)]
+    samples = [v for v in samples if len(v) >= 3]
+    return len(samples) >= 2 and stats.kruskal(*samples).pvalue < alpha
 
-    `values`: one value per well (e.g. its efficacy decision value), `plate`: its plate key, `fit`: the wells
-    the effects are estimated from (the treated ones: most compounds are inert). A plate with fewer than
-    `min_wells` fit wells gets no correction (noted). A row or column without fit wells takes the mean
-    effect of the estimated rows and columns at its distance from the edge (an edge effect reaches both)
-    and is marked not identified. Returns the reason instead when the wells are not plate positions.
+
+def _plate_effects(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, fit: np.ndarray,
+                   shape: tuple[int, int], always: bool, alpha: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One plate's effect per well, whether each well's row and column effects are identified, and what was
+    removed: the edge rings' medians first (an edge effect reaches every well of a ring, controls included),
+    then, on what is left, row and column effects by median polish, each only where its pattern is
+    significant among the `fit` wells (or `always`)."""
+    ring = np.minimum(edge_distance(rows, cols, shape), RINGS - 1)
+    effect, identified, removed = np.zeros(len(values)), np.ones(len(values), bool), []
+    if always or _pattern(values[fit], ring[fit], alpha):
+        inner = values[fit & (ring == RINGS - 1)]
+        base = np.median(inner) if len(inner) else np.median(values[fit])
+        for k in range(RINGS):
+            chosen = fit & (ring == k)
+            effect[ring == k] = np.median(values[chosen]) - base if chosen.sum() >= 3 else 0.0
+        removed.append("edge rings")
+    rest = values - effect
+    if always or _pattern(rest[fit], rows[fit], alpha) or _pattern(rest[fit], cols[fit], alpha):
+        _, row_eff, col_eff = median_polish(rest[fit], rows[fit], cols[fit], shape)
+        identified = np.isfinite(row_eff)[rows] & np.isfinite(col_eff)[cols]
+        effect = effect + np.nan_to_num(row_eff)[rows] + np.nan_to_num(col_eff)[cols]
+        removed.append("rows/columns")
+    return effect, identified, removed
+
+
+def position_effects(values: np.ndarray, plate: np.ndarray, wells: pd.Series | np.ndarray, fit: np.ndarray, *,
+                     always: bool = False, alpha: float = 1e-3, min_wells: int = 24) -> PositionModel | str:
+    """Plate-position effects of every row, estimated from the `fit` rows (the treated wells: most are inert).
+
+    `values`: one value per well (e.g. its efficacy decision value), `plate`: its plate key. Per plate, the
+    edge-ring effect and then row/column effects (median polish; the B-score's model) are estimated where
+    their pattern is significant (Kruskal-Wallis p < `alpha`), or always with `always`: a correction fitted
+    to a plate without a pattern only adds noise. A plate with fewer than `min_wells` fit wells is left as it
+    is (noted). Returns the reason instead when the wells are not plate positions.
     """
     positions = well_positions(wells)
     if isinstance(positions, str):
         return positions
     rows, cols = positions
     values, plate, fit = np.asarray(values, np.float64), np.asarray(plate).astype(str), np.asarray(fit, bool)
-    effect, identified, notes = np.zeros(len(values)), np.zeros(len(values), bool), []
+    effect, identified, corrected, notes = np.zeros(len(values)), np.ones(len(values), bool), [], []
     shape = plate_shape(rows, cols)
     for name in pd.unique(plate):
-        on = plate == name
-        chosen = on & fit & np.isfinite(values)
+        on = np.flatnonzero(plate == name)
+        chosen = fit[on] & np.isfinite(values[on])
         if chosen.sum() < min_wells:
             notes.append(f"plate {name}: {int(chosen.sum())} treated wells, fewer than {min_wells}: no position "
                          "correction")
             continue
-        _, row_eff, col_eff = median_polish(values[chosen], rows[chosen], cols[chosen], shape)
-        known = np.isfinite(row_eff)[rows[on]] & np.isfinite(col_eff)[cols[on]]
-        row_fill, col_fill = _fill_by_edge(row_eff, col_eff)
-        effect[on] = row_fill[rows[on]] + col_fill[cols[on]]
-        identified[on] = known
-    return PositionModel(effect, identified, rows, cols, tuple(notes))
+        effect[on], identified[on], removed = _plate_effects(np.nan_to_num(values[on]), rows[on], cols[on], chosen,
+                                                             shape, always, alpha)
+        if removed:
+            corrected.append(f"{name}: {', '.join(removed)}")
+    return PositionModel(effect, identified, rows, cols, tuple(corrected), tuple(notes))
 
 
 def confounded(model: PositionModel, plate: np.ndarray, control: np.ndarray) -> list[str]:
-    """Plates whose control wells all sit where no treated well shares their row or column, or all on the
-    outer ring: their controls' position effect cannot be told from the controls' own signal."""
+    """Plates whose control wells all sit on the outer ring, or share no row or column with a treated well:
+    their position effect is only known through the treated wells of the same ring, not from their own."""
     plate, control = np.asarray(plate).astype(str), np.asarray(control, bool)
-    shape = plate_shape(model.rows, model.cols)
-    outer = edge_distance(model.rows, model.cols, shape) == 0
+    outer = edge_distance(model.rows, model.cols, plate_shape(model.rows, model.cols)) == 0
     out = []
     for name in pd.unique(plate[control]):
         on = control & (plate == name)
-        if not model.identified[on].any():
-            out.append(f"plate {name}: its control wells share no row or column with treated wells")
-        elif outer[on].all():
+        if outer[on].all():
             out.append(f"plate {name}: every control well is on the plate's outer ring")
+        elif not model.identified[on].any():
+            out.append(f"plate {name}: its control wells share no row or column with treated wells")
     return out

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gandl.analysis import activity, classify, efficacy, io, plots, spaces, zeroshot
+from gandl.analysis import activity, classify, efficacy, hits, io, plots, spaces, zeroshot
 from gandl.analysis.io import JoinError, aggregate_wells, align
 from gandl.analysis.markup import Block
 from gandl.data.screen import ScreenSchema
@@ -38,7 +38,11 @@ class AnalysisConfig:
     flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
     toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
     fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
-    well_aggregate: str = "mean"  # mean | median of a well's sites (the analysis stage passes embed.well_aggregate)
+    rescue_threshold: float = 0.0  # efficacy a hit must be shown to exceed (C- = -1, C+ = +1; 0 = half way)
+    off_axis_limit: float = 1.5  # off-axis distance (over the controls' own) beyond which a dose is not a rescue
+    viability_floor: float = 0.7  # cell-count proxy (over the plate's C- wells) below which a dose is cytotoxic
+    position_correction: str = "auto"  # auto | on | off: remove plate row/column effects before the hit test
+    well_aggregate: str = "median"  # median | mean of a well's sites (the analysis stage passes embed.well_aggregate)
     seed: int = 0
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
     few_labels: tuple[int, ...] = ()  # Table 1 also with k labelled control wells per class, for each k; () = off
@@ -55,6 +59,10 @@ class AnalysisConfig:
             raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
         if not 0.0 < self.fdr < 1.0:
             raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}")
+        if not -1.0 < self.rescue_threshold < 1.0:
+            raise ValueError(f"rescue_threshold must be in (-1, 1) (C- = -1, C+ = +1), got {self.rescue_threshold!r}")
+        if self.position_correction not in hits.POSITIONS:
+            raise ValueError(f"position_correction must be one of {hits.POSITIONS}, got {self.position_correction!r}")
         if any(not isinstance(k, int) or k < 1 for k in self.few_labels) or self.few_label_draws < 1:
             raise ValueError(f"few_labels must be integers >= 1 and few_label_draws >= 1, got {self.few_labels!r} "
                              f"and {self.few_label_draws!r}")
@@ -217,8 +225,8 @@ def efficacy_task(inp: Inputs) -> Result:
         inp.unfitted, (role == "C+").to_numpy(), role.isin(["C+", "C-"]).to_numpy(),
         io.plate_key(meta, cfg.group_by), held_out, c=cfg.c, seed=cfg.seed, conditions=conditions)
     scores, notes = efficacy.crossfit_efficacy(decisions, fold, meta, cfg.uv_is_positive)
-    keep = [c for c in ("site_id", "well_id", "cell_type", "experiment", "plate", "treatment", "treatment_conc")
-            if c in meta]
+    keep = [c for c in ("site_id", "well_id", "well", "cell_type", "experiment", "plate", "treatment",
+                        "treatment_conc", "viability") if c in meta]
     table = meta[keep].assign(role=role.to_numpy(), model=fold,
                               decision=decisions[np.arange(len(fold)), fold], efficacy=scores)
     return Result(tables={"efficacy": (table, False)}, notes=notes,
@@ -231,40 +239,56 @@ TRUTH_ROWS = (("auroc", "AUROC (best-dose score, active vs inert)"),
               ("precision", "hit precision"), ("recall", "hit recall"),
               ("spearman_compound", "Spearman (best dose, all compounds)"),
               ("spearman_ceiling", "Spearman ceiling (ties among inert)"))
-HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "auc", "ec50_uM", "pec50", "emax", "hill_slope", "r2",
-               "fit_status", "toxic_drop", "best_dose", "dose_q", "q", "hit"]
+HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "best_dose", "estimate", "lcb", "q", "hit", "status",
+               "max_off_axis", "min_viability", "ec50_uM", "emax", "fit_status", "toxic_drop"]
+
+
+def hit_settings(cfg: AnalysisConfig) -> hits.HitSettings:
+    """The hit rule's own settings out of the analysis config."""
+    return hits.HitSettings(threshold=cfg.rescue_threshold, fdr=cfg.fdr, off_axis_limit=cfg.off_axis_limit,
+                            viability_floor=cfg.viability_floor, position=cfg.position_correction,
+                            flat_threshold=cfg.flat_threshold, toxic_threshold=cfg.toxic_threshold)
 
 
 def dose_response_task(inp: Inputs) -> Result:
-    """Efficacy per compound and dose (well means), Hill fits and the hit table; agreement with a known truth."""
+    """Rescue tests per compound and dose, the hit table, Hill fits, and agreement with a known truth.
+
+    `gandl.analysis.hits`: plate-blocked moderated tests of "efficacy above the rescue threshold" on the
+    cross-fitted decision values, position-corrected wells, and off-axis / cytotoxic doses set apart.
+    """
     cfg = inp.config
-    scores = inp.earlier["efficacy"]["efficacy"]["efficacy"].to_numpy()
-    wells = efficacy.well_scores(scores, inp.metadata, cfg.well_aggregate)
-    controls = efficacy.control_wells(scores, inp.metadata, cfg.uv_is_positive, cfg.well_aggregate)
-    dose_response = efficacy.dose_tests(wells, controls)
-    hits = efficacy.hit_table(wells, controls, fdr=cfg.fdr, flat_threshold=cfg.flat_threshold,
-                              toxic_threshold=cfg.toxic_threshold, doses=dose_response)
-    out = Result(tables={"dose_response": (dose_response, False), "hits": (hits, False)},
-                 values=dict(dose_response=dose_response, hits=hits))
-    for line, sub in hits.groupby("cell_type") if len(hits) else ():
-        out.summary[f"{line}: hits (q < fdr, score > 0)"] = int(sub["hit"].sum())
+    called = hits.call(inp.earlier["efficacy"]["efficacy"], inp.unfitted, inp.metadata, hit_settings(cfg),
+                       cfg.well_aggregate)
+    dose_response, table = called["dose_response"], called["hits"]
+    out = Result(tables={"dose_response": (dose_response, False), "hits": (table, False),
+                         "hit_wells": (called["wells"], False), "hit_folds": (called["folds"], False)},
+                 notes=called["notes"], values=dict(dose_response=dose_response, hits=table,
+                                                    hit_wells=called["wells"], hit_folds=called["folds"]))
+    for line, sub in table.groupby("cell_type") if len(table) else ():
+        out.summary[f"{line}: hits (rescue above {cfg.rescue_threshold:g}, q < {cfg.fdr:g})"] = int(sub["hit"].sum())
+        out.summary[f"{line}: set apart (cytotoxic or off-axis)"] = int(sub["status"].isin(
+            ["cytotoxic", "off-axis"]).sum())
         out.summary[f"{line}: Hill fits ok"] = int((~sub["fit_failed"]).sum())
         top = sub.nsmallest(1, "rank").iloc[0]
         out.summary[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
-    if inp.truth is not None:
-        agreement = efficacy.truth_agreement(dose_response, inp.truth, hits)
+    if inp.truth is not None and len(dose_response):
+        agreement = efficacy.truth_agreement(dose_response, inp.truth, table)
         out.summary["hidden efficacy: Spearman (dose points)"] = agreement["spearman_dose"]
         out.summary["hidden efficacy: Spearman (best dose per compound)"] = agreement["spearman_compound"]
         for line, values in agreement["per_line"].items():
             out.summary.update({f"{line}: hidden efficacy {label}": values[key] for key, label in TRUTH_ROWS})
         out.values["truth"] = agreement
-    if len(hits):
-        out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, hits,
+    if len(table):
+        out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, table,
                                                                            inp.schema.highlight, cfg.top_k)
         out.blocks += [("heading", 3, f"Top {cfg.top_k} compounds per cell line"),
-                       ("table", hits[hits["rank"] <= cfg.top_k][HIT_COLUMNS], False),
+                       ("table", table[table["rank"] <= cfg.top_k][HIT_COLUMNS], False),
                        ("figure", "dose-response", f"{inp.folder}/fig5_dose_response.png")]
-        few = hits[hits["fit_status"] == "too_few_doses"]
+        apart = table[table["status"].isin(["cytotoxic", "off-axis"])]
+        if len(apart):
+            out.blocks += [("heading", 3, "Rescue-like but not a rescue (cytotoxic or off the C- to C+ axis)"),
+                           ("table", apart[HIT_COLUMNS], False)]
+        few = table[table["fit_status"] == "too_few_doses"]
         out.notes += [f"Hill fit: {r.treatment} ({r.cell_type}) has {r.n_doses} dose(s), fewer than "
                       f"{efficacy.MIN_DOSES}: ranked, not fitted" for r in few.itertuples()]
     return out
