@@ -1,6 +1,7 @@
 """The synthetic screen: layout and metadata contracts, determinism, and that the hidden biology is visible."""
 
 import io
+import json
 import math
 import os
 import pathlib
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from gandl.data import vocabulary
-from gandl.data.synthetic import cells, layouts
+from gandl.data.synthetic import cells, cli, layouts
 from gandl.data.synthetic.truth import TRUTH_COLUMNS, hidden_efficacy, hidden_toxicity
 
 TINY = dict(image_size=16, plates_per_cell_line=1, sites_per_well=1, num_compounds=3,
@@ -367,3 +368,22 @@ def test_toxic_fraction_makes_toxic_inert_compounds_that_lose_nuclei(false_hit_b
         dying = mine & (toxicity > 0.5)
         assert dying.sum() >= 2 and hoechst[dying].mean() < 0.8 * hoechst[active].mean(), line
 
+
+def test_false_hit_options_are_stamped_checked_and_on_the_command_line(tmp_path):
+    stamp = (layouts.write_rxrx19a(tmp_path / "s", **TINY) / "synthetic.json").read_text()
+    assert not {"cytotoxic_mimicry", "toxic_fraction", "control_layout", "edge_effect"} & set(json.loads(stamp))
+    for bad in (dict(cytotoxic_mimicry=1.5), dict(toxic_fraction=-0.1), dict(control_layout="middle"),
+                dict(edge_effect=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            layouts.write_rxrx19a(tmp_path / "bad", **TINY, **bad)
+    with pytest.raises(ValueError, match="control_layout 'edge' fits 64 control and 320 compound wells"):
+        layouts.write_rxrx19a(tmp_path / "bad", **{**TINY, "num_compounds": 60}, control_layout="edge")
+    assert not (tmp_path / "bad").exists()
+    cli.main(["--out", str(tmp_path / "cli"), "--image_size", "16", "--plates_per_cell_line", "1", "--sites_per_well",
+              "1", "--num_compounds", "4", "--cytotoxic_mimicry", "0.8", "--toxic_fraction", "1", "--control_layout",
+              "edge", "--edge_effect", "0.15"])
+    options = json.loads((tmp_path / "cli" / "synthetic.json").read_text())
+    assert {k: options[k] for k in ("cytotoxic_mimicry", "toxic_fraction", "control_layout", "edge_effect")} == \
+        dict(cytotoxic_mimicry=0.8, toxic_fraction=1.0, control_layout="edge", edge_effect=0.15)
+    truth = pd.read_csv(tmp_path / "cli" / "truth.csv")
+    assert (truth.loc[truth.treatment == "SYN-001", "effect_class"] == "toxic").all()
