@@ -27,6 +27,7 @@ import ml_collections
 from gandl import cost, sharding
 from gandl.data import screen
 from gandl.data.pipeline import INTENSITIES
+from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
 from gandl.data.vocabulary import STAINS, channel_map
 from gandl.defaults import base_config
 from gandl.features import discriminator, registry
@@ -147,6 +148,8 @@ RULES: dict[str, Rule] = {
     "synthetic.image_size": _integer(16, 1024), "synthetic.num_compounds": _integer(3),
     "synthetic.control_wells_per_plate": _sequence(_SIZE, length=4), "synthetic.morphology_only": _BOOL,
     "synthetic.phenotype_strength": _FACTOR, "synthetic.cell_density": _FACTOR,
+    "synthetic.cytotoxic_mimicry": _PROBABILITY, "synthetic.toxic_fraction": _optional(_PROBABILITY),
+    "synthetic.control_layout": _one_of(*CONTROL_LAYOUTS), "synthetic.edge_effect": _number(-1, 1, open_low=True),
     "preview.num_images": _COUNT, "preview.cols": _COUNT,
     "model.resolution": _POWER_OF_TWO, "model.num_channels": _COUNT, "model.z_dim": _COUNT, "model.w_dim": _COUNT,
     "model.mapping_layers": _COUNT, "model.channel_base": _COUNT, "model.channel_max": _COUNT,

@@ -53,7 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
         control_wells_per_plate=(6, 3, 6, 2),
         # Harder test beds: one intensity histogram per channel for every site; infection and compound effects
         # scaled by a factor in (0, 1]; cells per site scaled by a factor in (0, 1].
-        morphology_only=False, phenotype_strength=1.0, cell_density=1.0))
+        morphology_only=False, phenotype_strength=1.0, cell_density=1.0,
+        # False-hit test beds: toxic compounds' infection level cut by this share of their toxicity, in [0, 1];
+        # the share of toxic-inert compounds (None: a third); controls "random" or in the "edge" columns 1, 2,
+        # 23, 24; the outer ring's stain gain changed by this factor in (-1, 1] (0.15: 15 % brighter).
+        cytotoxic_mimicry=0.0, toxic_fraction=config_dict.placeholder(float), control_layout="random",
+        edge_effect=0.0))
 
     config.preview = ml_collections.ConfigDict(dict(num_images=32, cols=8))
 

@@ -289,3 +289,21 @@ def test_truth_agreement_scores_separation_rank_and_hits_against_the_truly_activ
     assert line["precision"] == pytest.approx(2 / 3) and line["recall"] == pytest.approx(2 / 3)
     assert line["n_active"] == 3 and line["n_inert"] == 3
     assert 0.8 < line["spearman_ceiling"] < 1.0  # the three inert compounds tie at 0
+
+
+def test_truth_agreement_names_the_false_and_the_cytotoxic_hits():
+    # A0 truly active; I0 inert; T0 and T1 inert but toxic (emax 0, a toxicity curve): the call A0, I0, T0 has
+    # two false hits, one of them cytotoxic; T1, toxic but not called, is no hit of either kind.
+    params = {"A0": (1.0, 0.5, np.nan), "I0": (0.0, np.nan, np.nan), "T0": (0.0, np.nan, 2.0), "T1": (0.0, np.nan, 3.0)}
+    truth = pd.DataFrame([dict(treatment=name, cell_type="VERO", effect_class="x", emax=emax, ec50_uM=ec50, hill=1.0,
+                               tox_ec50_uM=tox_ec50, tox_hill=2.0, SMILES="")
+                          for name, (emax, ec50, tox_ec50) in params.items()])
+    curves = pd.DataFrame([dict(treatment=n, cell_type="VERO", treatment_conc=d, mean=score * d / 10)
+                           for n, score in zip(params, (0.9, 0.4, 0.6, -0.5)) for d in DOSES])
+    hits = pd.DataFrame(dict(treatment=list(params), cell_type="VERO", hit=[True, True, True, False]))
+    line = efficacy.truth_agreement(curves, truth, hits)["per_line"]["VERO"]
+    assert line["false_hits"] == ["I0", "T0"]
+    assert line["cytotoxic_hits"] == ["T0"] and line["n_cytotoxic_hits"] == 1
+    assert line["precision"] == pytest.approx(1 / 3)
+    unscored = efficacy.truth_agreement(curves, truth)["per_line"]["VERO"]
+    assert unscored["false_hits"] == [] and unscored["cytotoxic_hits"] == [] and unscored["n_cytotoxic_hits"] == 0

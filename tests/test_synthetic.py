@@ -1,6 +1,7 @@
 """The synthetic screen: layout and metadata contracts, determinism, and that the hidden biology is visible."""
 
 import io
+import json
 import math
 import os
 import pathlib
@@ -12,8 +13,8 @@ import pytest
 from PIL import Image
 
 from gandl.data import vocabulary
-from gandl.data.synthetic import cells, layouts
-from gandl.data.synthetic.truth import TRUTH_COLUMNS, hidden_efficacy
+from gandl.data.synthetic import cells, cli, layouts
+from gandl.data.synthetic.truth import TRUTH_COLUMNS, hidden_efficacy, hidden_toxicity
 
 TINY = dict(image_size=16, plates_per_cell_line=1, sites_per_well=1, num_compounds=3,
             control_wells_per_plate=(1, 1, 1, 1))
@@ -284,3 +285,105 @@ def test_test_bed_options_are_stamped_and_checked(tmp_path):
         with pytest.raises(ValueError, match=next(iter(bad))):
             layouts.write_rxrx19a(tmp_path / "bad", **TINY, **bad)
     assert not (tmp_path / "bad").exists()
+
+
+# False-hit test beds: controls in the edge columns, half the generated compounds toxic-inert; one screen each
+# with an edge effect and with cytotoxic mimicry besides, drawn from the same streams, so pixels pair up.
+FALSE_HIT_BED = dict(image_size=32, plates_per_cell_line=1, sites_per_well=1, num_compounds=9,
+                     control_wells_per_plate=(6, 0, 6, 0), control_layout="edge", toxic_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def false_hit_beds(tmp_path_factory):
+    """{name: (root, metadata, float pixels [sites, H, W, 5])} of the plain bed, `edge` and `mimicry`."""
+    beds = {}
+    for name, extra in (("plain", {}), ("edge", dict(edge_effect=0.3)), ("mimicry", dict(cytotoxic_mimicry=1.0))):
+        root = layouts.write_rxrx19a(tmp_path_factory.mktemp(name), **FALSE_HIT_BED, **extra)
+        md = _read(root)
+        beds[name] = root, md, _load(root, md, 5).astype(np.float64)
+    return beds
+
+
+def _columns(md: pd.DataFrame) -> pd.Series:
+    return md.well.str[1:].astype(int)
+
+
+def _toxic_sites(root: pathlib.Path, md: pd.DataFrame) -> np.ndarray:
+    truth = pd.read_csv(root / "truth.csv")
+    return md.treatment.isin(truth.loc[truth.effect_class == "toxic", "treatment"]).to_numpy()
+
+
+def test_edge_layout_puts_every_control_in_the_outer_two_columns(false_hit_beds):
+    _, md, _ = false_hit_beds["plain"]
+    controls = md.treatment == ""
+    assert controls.sum() == 2 * 12
+    assert _columns(md[controls]).isin([1, 2, 23, 24]).all()
+    assert _columns(md[~controls]).between(3, 22).all()
+    assert set(_columns(md[controls])) & {1, 2} and set(_columns(md[controls])) & {23, 24}  # both sides
+
+
+def test_edge_effect_brightens_the_outer_ring_only(false_hit_beds):
+    _, md, plain = false_hit_beds["plain"]
+    _, md_edge, edge = false_hit_beds["edge"]
+    assert md_edge.equals(md)
+    ring = (md.well.str[0].isin(["A", "P"]) | _columns(md).isin([1, 24])).to_numpy()
+    assert all(ring[(md.cell_type == line).to_numpy()].any() for line in ("HRCE", "VERO"))
+    assert np.array_equal(edge[~ring], plain[~ring])
+    gain = edge[ring].mean((1, 2)) / plain[ring].mean((1, 2))  # [ring sites, channels]
+    assert (gain > 1.1).all() and gain.mean() == pytest.approx(1.3, abs=0.08), gain  # 8-bit clipping caps it a bit
+
+
+def test_cytotoxic_mimicry_moves_toxic_wells_towards_mock_and_keeps_their_truth(false_hit_beds):
+    root, md, plain = false_hit_beds["plain"]
+    root_m, md_m, mimic = false_hit_beds["mimicry"]
+    assert md_m.equals(md)
+    assert (root_m / "truth.csv").read_bytes() == (root / "truth.csv").read_bytes()  # still emax 0: no rescue
+    toxic = _toxic_sites(root, md)
+    assert np.array_equal(mimic[~toxic], plain[~toxic])  # only the toxic compounds' sites change
+    # The viral RNA (Syto14 / ConA, 1 at the plate's Mock) of the toxic sites at >= 1 uM, where they are toxic.
+    before, after = _site_stats(md, plain), _site_stats(md, mimic)
+    for line in ("HRCE", "VERO"):
+        dosed = toxic & (md.cell_type == line).to_numpy() & (md.treatment_conc >= 1.0).to_numpy()
+        active = before[(before.cell_type == line) & (before.disease_condition == "Active SARS-CoV-2")
+                        & (before.treatment == "")].rna.mean()
+        moved = before.rna[dosed].mean() - after.rna[dosed].mean()
+        assert moved > 0.1 * (active - 1.0), (line, moved, active)
+
+
+def test_toxic_fraction_makes_toxic_inert_compounds_that_lose_nuclei(false_hit_beds):
+    root, md, pixels = false_hit_beds["mimicry"]
+    truth = pd.read_csv(root / "truth.csv").drop_duplicates("treatment")
+    generated = truth[truth.treatment.str.startswith("SYN-")]
+    assert (generated.effect_class == "toxic").sum() == 3 and len(generated) == 6
+    assert set(generated.effect_class) == {"effective", "inert", "toxic"}
+    assert (truth.loc[truth.effect_class == "toxic", "emax"] == 0).all()
+    # Even where they mimic rescue, dying cells leave fewer nuclei: the Hoechst mean falls below the Active wells'.
+    full = pd.read_csv(root / "truth.csv")
+    toxicity = np.array([hidden_toxicity(full, r.treatment, r.cell_type, r.treatment_conc) if r.treatment else 0.0
+                         for r in md.itertuples()])
+    hoechst = pixels[..., 0].mean((1, 2))
+    for line in ("HRCE", "VERO"):
+        mine = (md.cell_type == line).to_numpy()
+        active = mine & (md.treatment == "").to_numpy() & (md.disease_condition == "Active SARS-CoV-2").to_numpy()
+        dying = mine & (toxicity > 0.5)
+        assert dying.sum() >= 2 and hoechst[dying].mean() < 0.8 * hoechst[active].mean(), line
+
+
+def test_false_hit_options_are_stamped_checked_and_on_the_command_line(tmp_path):
+    stamp = (layouts.write_rxrx19a(tmp_path / "s", **TINY) / "synthetic.json").read_text()
+    assert not {"cytotoxic_mimicry", "toxic_fraction", "control_layout", "edge_effect"} & set(json.loads(stamp))
+    for bad in (dict(cytotoxic_mimicry=1.5), dict(toxic_fraction=-0.1), dict(control_layout="middle"),
+                dict(edge_effect=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            layouts.write_rxrx19a(tmp_path / "bad", **TINY, **bad)
+    with pytest.raises(ValueError, match="control_layout 'edge' fits 64 control and 320 compound wells"):
+        layouts.write_rxrx19a(tmp_path / "bad", **{**TINY, "num_compounds": 60}, control_layout="edge")
+    assert not (tmp_path / "bad").exists()
+    cli.main(["--out", str(tmp_path / "cli"), "--image_size", "16", "--plates_per_cell_line", "1", "--sites_per_well",
+              "1", "--num_compounds", "4", "--cytotoxic_mimicry", "0.8", "--toxic_fraction", "1", "--control_layout",
+              "edge", "--edge_effect", "0.15"])
+    options = json.loads((tmp_path / "cli" / "synthetic.json").read_text())
+    assert {k: options[k] for k in ("cytotoxic_mimicry", "toxic_fraction", "control_layout", "edge_effect")} == \
+        dict(cytotoxic_mimicry=0.8, toxic_fraction=1.0, control_layout="edge", edge_effect=0.15)
+    truth = pd.read_csv(tmp_path / "cli" / "truth.csv")
+    assert (truth.loc[truth.treatment == "SYN-001", "effect_class"] == "toxic").all()

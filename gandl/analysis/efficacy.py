@@ -20,7 +20,7 @@ from scipy import stats
 from sklearn import metrics
 
 from gandl.analysis.io import control_role
-from gandl.data.synthetic.truth import hidden_efficacy
+from gandl.data.synthetic.truth import hidden_efficacy, hidden_toxicity
 
 WELL_KEYS = ["treatment", "cell_type", "treatment_conc"]  # one dose point of one curve
 
@@ -296,12 +296,14 @@ def toxic_drop(means: np.ndarray, sems: np.ndarray, threshold: float = 0.5) -> b
 ACTIVE_EFFICACY = 0.5  # hidden efficacy at which a compound is truly above the threshold (half-way to C+)
 
 
-def _line_truth(best: pd.DataFrame, hits: pd.DataFrame | None) -> dict[str, float]:
+def _line_truth(best: pd.DataFrame, hits: pd.DataFrame | None) -> dict[str, Any]:
     """Agreement of one cell line's best-dose scores (`mean`) and hit calls with the hidden best-dose efficacy.
 
     Truly active: hidden efficacy >= ACTIVE_EFFICACY at some tested dose; inert: 0 at every dose (in between
     counts for neither AUROC class). The Spearman over all compounds is capped below 1 by the inert
     compounds' tie (`spearman_ceiling`: its value for scores in the truth's order with the ties broken).
+    Precision alone hides which compounds the false hits are; a hit call fooled by dying cells calls toxic
+    ones, so the false hits are named, and the hits with hidden `toxicity` > 0 at some tested dose too.
     """
     active, inert = best["hidden"] >= ACTIVE_EFFICACY, best["hidden"] == 0
     nan = float("nan")
@@ -309,7 +311,7 @@ def _line_truth(best: pd.DataFrame, hits: pd.DataFrame | None) -> dict[str, floa
                spearman_ceiling=float(stats.spearmanr(best["hidden"], stats.rankdata(best["hidden"], "ordinal"))
                                       .statistic),
                auroc=nan, spearman_active=nan, precision=nan, recall=nan, n_active=int(active.sum()),
-               n_inert=int(inert.sum()))
+               n_inert=int(inert.sum()), false_hits=[], cytotoxic_hits=[])
     if active.any() and inert.any():
         out["auroc"] = float(metrics.roc_auc_score(np.r_[np.ones(active.sum()), np.zeros(inert.sum())],
                                                    np.r_[best.loc[active, "mean"], best.loc[inert, "mean"]]))
@@ -321,6 +323,9 @@ def _line_truth(best: pd.DataFrame, hits: pd.DataFrame | None) -> dict[str, floa
         true = set(best.index[active])
         out["precision"] = len(called & true) / len(called) if called else nan
         out["recall"] = len(called & true) / len(true) if true else nan
+        out["false_hits"] = sorted(called - true)
+        out["cytotoxic_hits"] = sorted(called & set(best.index[best["toxicity"] > 0]))
+    out["n_cytotoxic_hits"] = len(out["cytotoxic_hits"])
     return out
 
 
@@ -332,13 +337,14 @@ def truth_agreement(curves: pd.DataFrame, truth: pd.DataFrame, hits: pd.DataFram
     of the dose points and of each compound's best (maximum over doses) mean score with its maximum hidden
     efficacy over the tested doses (the two maxima may sit at different doses). `per_line`, where the
     efficacy axis is anchored: that Spearman and its ceiling, the AUROC of the best-dose score for truly
-    active against inert compounds, the Spearman among the truly active, and the hits' precision and
-    recall against the truly active (`_line_truth`).
+    active against inert compounds, the Spearman among the truly active, the hits' precision and recall
+    against the truly active, and the hits that are not truly active (`false_hits`) or are cytotoxic at a
+    tested dose (`cytotoxic_hits`, `n_cytotoxic_hits`) by name (`_line_truth`).
     """
-    hidden = np.array([hidden_efficacy(truth, r.treatment, r.cell_type, r.treatment_conc)
-                       for r in curves.itertuples()])
-    scored = curves.assign(hidden=hidden)
-    best = scored.groupby(["treatment", "cell_type"])[["mean", "hidden"]].max()
+    hidden, toxicity = (np.array([fn(truth, r.treatment, r.cell_type, r.treatment_conc) for r in curves.itertuples()])
+                        for fn in (hidden_efficacy, hidden_toxicity))
+    scored = curves.assign(hidden=hidden, toxicity=toxicity)
+    best = scored.groupby(["treatment", "cell_type"])[["mean", "hidden", "toxicity"]].max()
     per_line = {}
     for line, frame in best.groupby(level="cell_type"):
         line_hits = None if hits is None else hits[hits["cell_type"] == line]

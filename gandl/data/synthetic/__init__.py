@@ -24,7 +24,9 @@ Phenotypes (per site, from two levels in [0, 1]):
              level 1) carry bright cytoplasmic Syto14 puncta, round up and lose their stress fibres, and the
              site loses up to 40 % of its cells.
   toxicity   a second hidden Hill curve for toxic compounds: up to 75 % fewer cells, and up to 70 % of the
-             rest apoptotic (small bright condensed nuclei, shrunken cells).
+             rest apoptotic (small bright condensed nuclei, shrunken cells), so the Hoechst mean falls.
+             Toxic compounds are inert (emax 0); ``cytotoxic_mimicry`` lets them shed the infection phenotype
+             as they kill, ``toxic_fraction`` makes more of them: the false hits a hit call must reject.
 
 Sizes: the defaults (``write_rxrx19a(dir, image_size=32)``: 2 cell lines x 2 plates x 65 wells x 2 sites =
 520 sites) suit unit tests. The demo screen is ``DEMO_RXRX19A`` (4 plates per line, 24 compounds, 3 sites:

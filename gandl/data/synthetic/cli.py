@@ -8,10 +8,15 @@ from collections.abc import Sequence
 from gandl.data import synthetic
 from gandl.data.synthetic import layouts
 
+# write_rxrx19a's test-bed options; each one left out keeps the writer's default.
+_TEST_BED = ("morphology_only", "phenotype_strength", "cell_density", "cytotoxic_mimicry", "toxic_fraction",
+             "control_layout", "edge_effect")
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: python -m gandl.data.synthetic --out DIR --kind rxrx19a|rxrx1|cell_painting [--image_size 64] [--demo]
-    [--morphology_only] [--phenotype_strength 0.3] [--cell_density 0.5]."""
+    [--morphology_only] [--phenotype_strength 0.3] [--cell_density 0.5] [--cytotoxic_mimicry 0.8]
+    [--toxic_fraction 0.5] [--control_layout edge] [--edge_effect 0.15]."""
     parser = argparse.ArgumentParser(prog="python -m gandl.data.synthetic",
                                      description=synthetic.__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -24,13 +29,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sites_per_well", type=int)
     parser.add_argument("--num_compounds", type=int, help="rxrx19a only")
     parser.add_argument("--demo", action="store_true", help="rxrx19a: the demo size, DEMO_RXRX19A")
-    parser.add_argument("--morphology_only", action="store_true", help="rxrx19a: one intensity histogram per channel")
+    parser.add_argument("--morphology_only", action="store_true", default=None,
+                        help="rxrx19a: one intensity histogram per channel")
     parser.add_argument("--phenotype_strength", type=float, help="rxrx19a: in (0, 1], scales infection and compounds")
     parser.add_argument("--cell_density", type=float, help="rxrx19a: in (0, 1], scales the cells per site")
+    parser.add_argument("--cytotoxic_mimicry", type=float,
+                        help="rxrx19a: in [0, 1], share of a compound's toxicity taken off its infection level")
+    parser.add_argument("--toxic_fraction", type=float, help="rxrx19a: in [0, 1], share of toxic-inert compounds")
+    parser.add_argument("--control_layout", choices=layouts.CONTROL_LAYOUTS,
+                        help="rxrx19a: edge puts every control in columns 1, 2, 23 and 24")
+    parser.add_argument("--edge_effect", type=float, help="rxrx19a: in (-1, 1], stain gain change of the outer ring")
     args = parser.parse_args(argv)
-    test_bed = {k: v for k, v in (("morphology_only", args.morphology_only or None),
-                                  ("phenotype_strength", args.phenotype_strength),
-                                  ("cell_density", args.cell_density)) if v is not None}
+    test_bed = {k: getattr(args, k) for k in _TEST_BED if getattr(args, k) is not None}
     if args.kind != "rxrx19a" and (args.num_compounds is not None or args.demo or test_bed):
         parser.error("--num_compounds, --demo and the test-bed options apply to --kind rxrx19a only")
     if args.kind == "cell_painting":

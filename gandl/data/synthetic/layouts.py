@@ -44,12 +44,20 @@ DEMO_RXRX19A = dict(image_size=64, plates_per_cell_line=4, sites_per_well=3, num
 _FORMAT_VERSION = 1
 # write_rxrx19a's test-bed options at which it draws the standard screen; only other values enter its stamp,
 # so a standard screen written before the options existed still resumes.
-_TEST_BED_DEFAULTS = dict(morphology_only=False, phenotype_strength=1.0, cell_density=1.0)
+_TEST_BED_DEFAULTS = dict(morphology_only=False, phenotype_strength=1.0, cell_density=1.0, cytotoxic_mimicry=0.0,
+                          toxic_fraction=None, control_layout="random", edge_effect=0.0)
 
 
 _INNER_WELLS = tuple(f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24))
 _EDGE_WELLS = tuple(f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)
                     if r in "AP" or c in (1, 24))
+
+
+# control_layout="edge": controls in the outer two columns on each side, compounds between them (inner rows first).
+_CONTROL_COLUMNS = (1, 2, 23, 24)
+_EDGE_LAYOUT_CONTROLS = tuple(f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in _CONTROL_COLUMNS)
+_EDGE_LAYOUT_COMPOUNDS = tuple(tuple(w for w in wells if int(w[1:]) not in _CONTROL_COLUMNS)
+                               for wells in (_INNER_WELLS, _EDGE_WELLS))
 
 
 def _plate_wells(rng: np.random.Generator, n: int) -> list[str]:
@@ -58,6 +66,24 @@ def _plate_wells(rng: np.random.Generator, n: int) -> list[str]:
         raise ValueError(f"a 384-well plate holds at most 384 wells, asked for {n}")
     inner = list(rng.permutation(_INNER_WELLS))
     return (inner + list(rng.permutation(_EDGE_WELLS)))[:n]
+
+
+def _random_layout(rng: np.random.Generator, items: Sequence[dict]) -> list[str]:
+    """Every well of the design in a random position, controls and compounds alike (`_plate_wells`)."""
+    return _plate_wells(rng, len(items))
+
+
+def _edge_layout(rng: np.random.Generator, items: Sequence[dict]) -> list[str]:
+    """Controls (no treatment) in random wells of columns 1, 2, 23 and 24, compounds in random wells between
+    them, inner rows first: a plate map whose controls share the edge wells' artefacts and the compounds don't,
+    so a score anchored on the controls is confounded with position. `write_rxrx19a` checks that they fit."""
+    controls = iter(rng.permutation(_EDGE_LAYOUT_CONTROLS))
+    compounds = iter([*rng.permutation(_EDGE_LAYOUT_COMPOUNDS[0]), *rng.permutation(_EDGE_LAYOUT_COMPOUNDS[1])])
+    return [next(controls if item["treatment"] == "" else compounds) for item in items]
+
+
+_LAYOUTS = {"random": _random_layout, "edge": _edge_layout}
+CONTROL_LAYOUTS = tuple(_LAYOUTS)  # write_rxrx19a's control_layout values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +106,12 @@ class _Well:
 
 
 def _wells(seed: int, screen: int, lines: Sequence[str], plates_per_cell_line: int, plates_per_experiment: int,
-           design: Callable[[str], Sequence[dict]], experiment_digits: int = 1) -> Iterator[_Well]:
+           design: Callable[[str], Sequence[dict]], experiment_digits: int = 1,
+           place: Callable[[np.random.Generator, Sequence[dict]], list[str]] = _random_layout) -> Iterator[_Well]:
     """Every well of every plate of every cell line, plates numbered within experiments `{line}-{n}`.
 
-    Each plate's own stream (seed, screen, 1, line, plate) draws its batch effects, then where each of the
-    line's `design` wells goes.
+    Each plate's own stream (seed, screen, 1, line, plate) draws its batch effects, then where `place` puts
+    each of the line's `design` wells.
     """
     for li, line in enumerate(lines):
         items = design(line)
@@ -92,7 +119,7 @@ def _wells(seed: int, screen: int, lines: Sequence[str], plates_per_cell_line: i
             experiment = f"{line}-{pi // plates_per_experiment + 1:0{experiment_digits}d}"
             plate_rng = keyed_rng(seed, screen, 1, li, pi)
             effects = sample_plate_effects(plate_rng, len(RXRX1_STAINS))
-            for wi, (well, item) in enumerate(zip(_plate_wells(plate_rng, len(items)), items)):
+            for wi, (well, item) in enumerate(zip(place(plate_rng, items), items)):
                 yield _Well((li, pi, wi), line, experiment, pi % plates_per_experiment + 1, well, effects, item)
 
 
@@ -165,7 +192,8 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
                   plates_per_cell_line: int = 2, plates_per_experiment: int = 2, sites_per_well: int = 2,
                   num_compounds: int = 8, control_wells_per_plate: tuple[int, int, int, int] = (6, 3, 6, 2),
                   bit_depth: int = 8, morphology_only: bool = False, phenotype_strength: float = 1.0,
-                  cell_density: float = 1.0) -> pathlib.Path:
+                  cell_density: float = 1.0, cytotoxic_mimicry: float = 0.0, toxic_fraction: float | None = None,
+                  control_layout: str = "random", edge_effect: float = 0.0) -> pathlib.Path:
     """Writes an RxRx19a-like screen (images, metadata.csv, truth.csv) and returns its directory.
 
     Each plate holds every compound at the six DOSES_UM plus `control_wells_per_plate` = (Mock, UV, Active,
@@ -178,31 +206,43 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
     arrangement and texture tell conditions apart; `phenotype_strength` in (0, 1] scales every site's
     infection and toxicity level (the infection phenotype and the compound effects; truth.csv keeps the
     relative efficacy); `cell_density` in (0, 1] scales each cell line's cells per site.
+
+    Test beds for false hits, off at their defaults too: `cytotoxic_mimicry` in [0, 1] draws compounds at
+    toxicity t with their infection level scaled by 1 - cytotoxic_mimicry * t (dying cells lose the viral
+    phenotype), so inert cytotoxic compounds look partly rescued while their lost and apoptotic cells still
+    mark them (fewer nuclei: a lower Hoechst mean); truth.csv keeps their emax 0. `toxic_fraction` in
+    [0, 1] makes that share of the generated compounds toxic-inert (`truth.generated_classes`; None: the
+    effective / inert / toxic cycle). `control_layout` "edge" puts every control in columns 1, 2, 23 and 24
+    and the compounds between them ("random": anywhere, inner wells first); `edge_effect` in (-1, 1] scales
+    the stain gain of the outer ring (rows A and P, columns 1 and 24) by 1 + edge_effect, as evaporation does
+    (0.15: 15 % brighter).
     """
-    options = dict(morphology_only=morphology_only, phenotype_strength=phenotype_strength, cell_density=cell_density)
+    options = dict(morphology_only=morphology_only, phenotype_strength=phenotype_strength, cell_density=cell_density,
+                   cytotoxic_mimicry=cytotoxic_mimicry, toxic_fraction=toxic_fraction,
+                   control_layout=control_layout, edge_effect=edge_effect)
     params = dict(kind="rxrx19a", seed=seed, image_size=image_size, plates_per_cell_line=plates_per_cell_line,
                   plates_per_experiment=plates_per_experiment, sites_per_well=sites_per_well,
                   num_compounds=num_compounds, control_wells_per_plate=list(control_wells_per_plate),
                   bit_depth=bit_depth, **{k: v for k, v in options.items() if v != _TEST_BED_DEFAULTS[k]})
     _check_common(image_size, bit_depth, sites_per_well, plates_per_cell_line, plates_per_experiment)
-    for name in ("phenotype_strength", "cell_density"):
-        if not 0.0 < options[name] <= 1.0:
-            raise ValueError(f"{name} must be in (0, 1], got {options[name]!r}")
+    _check_test_bed(options, num_compounds, control_wells_per_plate)
     root, done = _prepare(out_dir, params)
     if done:
         return root
     lines = ("HRCE", "VERO")
-    truth = make_truth(keyed_rng(seed, 19, 0), num_compounds, lines)
+    truth = make_truth(keyed_rng(seed, 19, 0), num_compounds, lines, toxic_fraction)
     records = []
     for w in _wells(seed, 19, lines, plates_per_cell_line, plates_per_experiment,
-                    lambda line: _rxrx19a_conditions(truth, line, control_wells_per_plate)):
+                    lambda line: _rxrx19a_conditions(truth, line, control_wells_per_plate, cytotoxic_mimicry),
+                    place=_LAYOUTS[control_layout]):
         cond = w.design
         # Well-to-well biology: virus dose (MOI) and seeding vary a little between wells.
         well_rng = keyed_rng(seed, 19, 2, *w.key)
         infection = float(np.clip(cond["infection"] * phenotype_strength * np.exp(well_rng.normal(0, 0.08)), 0, 1))
+        effects = _edge_lit(w.effects, w.well, edge_effect)
         records += [dict(w.site(site), disease_condition=cond["disease_condition"], treatment=cond["treatment"],
                          treatment_conc=cond["treatment_conc"], SMILES=cond["SMILES"], _line=w.line,
-                         _infection=infection, _toxicity=cond["toxicity"] * phenotype_strength, _effects=w.effects,
+                         _infection=infection, _toxicity=cond["toxicity"] * phenotype_strength, _effects=effects,
                          _key=(seed, 19, 3, *w.key, site), _channels=len(RXRX19A_STAINS))
                     for site in range(1, sites_per_well + 1)]
 
@@ -223,9 +263,39 @@ def write_rxrx19a(out_dir: str | os.PathLike, *, seed: int = 0, image_size: int 
     return root
 
 
-def _rxrx19a_conditions(truth: pd.DataFrame, line: str, control_wells: Sequence[int]) -> list[dict]:
+def _check_test_bed(options: Mapping, num_compounds: int, control_wells: Sequence[int]) -> None:
+    """Refuses an out-of-range test-bed option of write_rxrx19a before anything is written."""
+    for name in ("phenotype_strength", "cell_density"):
+        if not 0.0 < options[name] <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {options[name]!r}")
+    if not 0.0 <= options["cytotoxic_mimicry"] <= 1.0:
+        raise ValueError(f"cytotoxic_mimicry must be in [0, 1], got {options['cytotoxic_mimicry']!r}")
+    if options["toxic_fraction"] is not None and not 0.0 <= options["toxic_fraction"] <= 1.0:
+        raise ValueError(f"toxic_fraction must be None or in [0, 1], got {options['toxic_fraction']!r}")
+    if not -1.0 < options["edge_effect"] <= 1.0:
+        raise ValueError(f"edge_effect must be in (-1, 1], got {options['edge_effect']!r}")
+    if options["control_layout"] not in _LAYOUTS:
+        raise ValueError(f"control_layout must be one of {CONTROL_LAYOUTS}, got {options['control_layout']!r}")
+    compound_wells = num_compounds * len(DOSES_UM)
+    if options["control_layout"] == "edge" and (sum(control_wells) > len(_EDGE_LAYOUT_CONTROLS)
+                                                or compound_wells > sum(map(len, _EDGE_LAYOUT_COMPOUNDS))):
+        raise ValueError(f"control_layout 'edge' fits {len(_EDGE_LAYOUT_CONTROLS)} control and "
+                         f"{sum(map(len, _EDGE_LAYOUT_COMPOUNDS))} compound wells a plate; asked for "
+                         f"{sum(control_wells)} and {compound_wells}")
+
+
+def _edge_lit(effects: PlateEffects, well: str, edge_effect: float) -> PlateEffects:
+    """The plate's batch effects as `well` sees them: the outer ring's stain gain scaled by 1 + edge_effect,
+    as evaporation concentrates the stain there (inner wells, and edge_effect 0, keep the plate's exactly)."""
+    factor = 1.0 + edge_effect * (well in _EDGE_WELLS)
+    return dataclasses.replace(effects, gain=(effects.gain * factor).astype(np.float32))
+
+
+def _rxrx19a_conditions(truth: pd.DataFrame, line: str, control_wells: Sequence[int],
+                        mimicry: float) -> list[dict]:
     """One plate's wells of a cell line: (Mock, UV, Active, blank) controls, then every compound at DOSES_UM,
-    each with the infection and toxicity level its sites are drawn at."""
+    each with the infection and toxicity level its sites are drawn at; `mimicry` (write_rxrx19a's
+    cytotoxic_mimicry) takes that share of a compound's toxicity off its infection level."""
     controls = [(cond, n) for cond, n in zip((MOCK, UV_INACTIVATED, ACTIVE, BLANK), control_wells)]
     conditions = [dict(disease_condition=cond, treatment="", treatment_conc=math.nan, SMILES="",
                        infection=CONDITION_INFECTION[cond], toxicity=0.0)
@@ -235,7 +305,8 @@ def _rxrx19a_conditions(truth: pd.DataFrame, line: str, control_wells: Sequence[
         toxicity = hidden_toxicity(truth, row.treatment, line, np.array(DOSES_UM))
         for conc, eff, tox in zip(DOSES_UM, efficacy, toxicity):
             conditions.append(dict(disease_condition=ACTIVE, treatment=row.treatment, treatment_conc=conc,
-                                   SMILES=row.SMILES, infection=1.0 - float(eff), toxicity=float(tox)))
+                                   SMILES=row.SMILES, infection=(1.0 - float(eff)) * (1.0 - mimicry * float(tox)),
+                                   toxicity=float(tox)))
     return conditions
 
 

@@ -31,6 +31,7 @@ _FIXED_COMPOUNDS = (
     ("Polydatin", "inert", "C1=CC(=CC=C1/C=C/C2=CC(=CC(=C2)O[C@H]3[C@@H]([C@H]([C@@H]([C@H](O3)CO)O)O)O)O)O",
      {}),
 )
+_CLASSES = ("effective", "inert", "toxic")  # the default cycle of the generated compounds
 _SMILES_CAPS = ("C", "CC", "CO", "FC(F)(F)", "N#C", "Cl", "CC(C)")
 _SMILES_RINGS = ("c{r}ccc(cc{r})", "c{r}ccc(nc{r})", "C{r}CCN(CC{r})", "C{r}CN(C{r})", "c{r}cc(sc{r})",
                  "c{r}cnc(nc{r})")
@@ -49,12 +50,28 @@ def _random_smiles(rng: np.random.Generator) -> str:
     return "".join(parts)
 
 
+def generated_classes(n: int, toxic_fraction: float | None = None) -> list[str]:
+    """The effect classes of the n generated compounds, in naming order.
+
+    None: they cycle effective / inert / toxic, so every class appears. A fraction makes round(n * fraction)
+    of them toxic (spread evenly through the list, so a screen cut short still holds some) and the rest
+    alternate effective / inert: a screen rich in inert cytotoxic compounds, the classic false hits.
+    """
+    if toxic_fraction is None:
+        return [_CLASSES[i % 3] for i in range(n)]
+    # Bresenham spacing: compound i is toxic where the running count of toxic compounds steps up.
+    toxic = np.diff(np.floor(np.arange(n + 1) * toxic_fraction + 0.5)) > 0
+    others = iter(_CLASSES[i % 2] for i in range(n))
+    return ["toxic" if t else next(others) for t in toxic]
+
+
 def make_truth(rng: np.random.Generator, num_compounds: int, cell_lines: Sequence[str] = ("HRCE", "VERO"),
-               ) -> pd.DataFrame:
+               toxic_fraction: float | None = None) -> pd.DataFrame:
     """The hidden compound parameters, one row per (compound, cell line); columns TRUTH_COLUMNS.
 
-    The three reference compounds come first; generated ones cycle effective / inert / toxic so every
-    class appears. Potency shifts between cell lines (a line-specific EC50), as in the real screen.
+    The three reference compounds come first; the generated ones take `generated_classes` (by default a
+    cycle, so every class appears). Potency shifts between cell lines (a line-specific EC50), as in the real
+    screen. Toxic compounds are inert (emax 0): any hit on them is a false one.
     """
     if num_compounds < len(_FIXED_COMPOUNDS):
         raise ValueError(f"num_compounds must be >= {len(_FIXED_COMPOUNDS)} (the reference compounds)")
@@ -63,9 +80,8 @@ def make_truth(rng: np.random.Generator, num_compounds: int, cell_lines: Sequenc
         for line in cell_lines:
             emax, ec50, hill = params.get(line, (0.0, math.nan, math.nan))
             rows.append((name, line, cls, emax, ec50, hill, math.nan, math.nan, smiles))
-    classes = ("effective", "inert", "toxic")
-    for i in range(num_compounds - len(_FIXED_COMPOUNDS)):
-        name, cls, smiles = f"SYN-{i + 1:03d}", classes[i % 3], _random_smiles(rng)
+    for i, cls in enumerate(generated_classes(num_compounds - len(_FIXED_COMPOUNDS), toxic_fraction)):
+        name, smiles = f"SYN-{i + 1:03d}", _random_smiles(rng)
         ec50 = 10 ** rng.uniform(-1.3, 0.5)
         hill = rng.uniform(0.9, 2.5)
         tox_ec50 = 10 ** rng.uniform(0.3, 1.2)
