@@ -24,7 +24,7 @@ from gandl.features.registry import EXTRACTORS
 
 # The analysis' own column names, and the schema field each is read from (`screen_view`).
 VIEW_COLUMNS = {"cell_type": "group", "treatment": "perturbation", "treatment_conc": "dose",
-                "experiment": "experiment", "plate": "plate", "well": "well"}
+                "experiment": "experiment", "plate": "plate", "well": "well", "viability": "viability"}
 
 
 def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
@@ -39,7 +39,7 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     group; one group "all" when the schema names none), `experiment` (the batch; "screen" when none), `plate`,
     `role` (C+ / C- / treated / other, from the schema's control queries), `treatment` (the perturbation of
     treated sites, "" for every other) and `treatment_conc` (float dose; 1.0 for every treated site when the
-    screen has no dose column).
+    screen has no dose column), and `viability` (float) when the schema names a cell-count readout.
     Every other column is kept unless it would shadow one of these. `output_names` maps the names back.
     """
     missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items() if column not in metadata]
@@ -56,6 +56,8 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
         "treatment": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
         "treatment_conc": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
                            else np.where(treated, 1.0, np.nan)).astype(np.float64)})
+    if schema.viability:
+        view["viability"] = pd.to_numeric(meta[schema.viability]).astype(np.float64).to_numpy()
     kept = [c for c in meta.columns if c not in view.columns and c not in schema.columns().values()]
     return pd.concat([view, meta[kept]], axis=1)
 

@@ -157,6 +157,7 @@ class ScreenSchema:
     group: str = ""  # biological group compared across, e.g. the cell line
     perturbation: str = ""  # compound / siRNA; a site with a non-blank value that is no control is treated
     dose: str = ""  # numeric concentration of the perturbation
+    viability: str = ""  # numeric cell-count or viability readout per site (e.g. a nuclei count): cytotoxicity
     positive: str = ""  # query selecting the positive-control sites (C+)
     negative: str = ""  # query selecting the negative-control sites (C-)
     positive_name: str = "positive control"  # how reports and legends call the two control kinds
@@ -168,7 +169,8 @@ class ScreenSchema:
         return {f: getattr(self, f) for f in COLUMN_FIELDS if getattr(self, f)}
 
 
-COLUMN_FIELDS = ("plate", "well", "site", "experiment", "group", "perturbation", "dose")
+COLUMN_FIELDS = ("plate", "well", "site", "experiment", "group", "perturbation", "dose", "viability")
+NUMERIC_FIELDS = ("dose", "viability")
 
 
 def _rxrx19a_controls(positive_conditions: tuple[str, ...]) -> dict[str, str]:
@@ -303,18 +305,19 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
 def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
     """Refuse a schema that does not describe `metadata` (read from `source`), in one line naming the field.
 
-    Every declared column must exist, the dose must be numeric, each control query must evaluate on the
+    Every declared column must exist, the dose and viability must be numeric, each control query must evaluate on the
     metadata and select at least one site, and no site may be both a positive and a negative control.
     """
     columns = ", ".join(map(str, metadata.columns))
     for field, column in schema.columns().items():
         if column not in metadata.columns:
             raise MetadataError(f"screen.{field}={column!r}: {source} has no such column (columns: {columns})")
-    if schema.dose and not pd.api.types.is_numeric_dtype(metadata[schema.dose]):
-        bad = pd.to_numeric(metadata[schema.dose].replace("", np.nan), errors="coerce").isna() & \
-            (metadata[schema.dose] != "")
-        example = metadata[schema.dose][bad].iloc[0] if bad.any() else metadata[schema.dose].iloc[0]
-        raise MetadataError(f"screen.dose={schema.dose!r}: column of {source} holds {example!r}, not a number")
+    for field in NUMERIC_FIELDS:
+        column = getattr(schema, field)
+        if column and not pd.api.types.is_numeric_dtype(metadata[column]):
+            bad = pd.to_numeric(metadata[column].replace("", np.nan), errors="coerce").isna() & (metadata[column] != "")
+            example = metadata[column][bad].iloc[0] if bad.any() else metadata[column].iloc[0]
+            raise MetadataError(f"screen.{field}={column!r}: column of {source} holds {example!r}, not a number")
     chosen = {}
     for field in ("positive", "negative"):
         query = getattr(schema, field)
