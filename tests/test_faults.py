@@ -338,7 +338,40 @@ def test_mode_analyze_refuses_embeddings_of_sites_the_screen_does_not_have(tiny_
     folder.mkdir(parents=True)
     features = np.random.default_rng(0).normal(size=(len(metadata), 8)).astype(np.float32)
     np.savez(folder / "gandl.npz", features=features, **arrays)
+    fileio.write_json(str(folder / embed.SETTINGS), {"format": embed.records.FORMAT, "feature_sets": {"gandl": {}}})
+    fileio.write_record(embed.completion_record(str(folder), "gandl"), [str(folder / "gandl.npz")])
     with pytest.raises(ValueError, match=r"2 site ids .*ELSEWHERE-1_1_A01_1.*ELSEWHERE-1_1_A02_1"):
+        analysis_stage.run(cfg, str(tmp_path))
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_analyze_reads_only_feature_sets_whose_completion_record_verifies(tiny_config, shards_dir, tmp_path):
+    """Issue #32 item 1: a damaged npz, a set without its completion record (an unfinished export) and an
+    export.json of an older format are each named in one line before anything is read or written."""
+    folder = tmp_path / "embeddings" / "step_0"
+    embed.export(pipeline.open_shards(shards_dir), str(folder),
+                 {"handcrafted": handcrafted.feature_fn, "random_d": FEATURES["means"]}, batch_size=16,
+                 provenance={}, progress=False)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.zeroshot.enabled = False
+    npz = folder / "handcrafted.npz"
+    original = npz.read_bytes()
+    npz.write_bytes(original[:1000] + bytes(b ^ 0xFF for b in original[1000:1100]) + original[1100:])
+    with pytest.raises(embed.ExportError, match=rf"feature set handcrafted in {folder} is not finished \({npz}: "
+                                                r"its checksum differs.*run --mode embed"):
+        analysis_stage.run(cfg, str(tmp_path))
+    npz.write_bytes(original)
+    record = folder / embed.completion_record("", "random_d")
+    kept = record.read_bytes()
+    record.unlink()
+    with pytest.raises(embed.ExportError, match=r"feature set random_d .* \(no completion record\)"):
+        analysis_stage.run(cfg, str(tmp_path))
+    record.write_bytes(kept)
+    settings = json.loads((folder / embed.SETTINGS).read_text())
+    (folder / embed.SETTINGS).write_text(json.dumps(dict(settings, format="gandl-embeddings/1")))
+    with pytest.raises(embed.ExportError, match=rf"{folder / embed.SETTINGS}: .* of format 'gandl-embeddings/1', "
+                                                "this GAN-DL reads 'gandl-embeddings/2'"):
         analysis_stage.run(cfg, str(tmp_path))
     assert not (tmp_path / "analysis").exists()
 
