@@ -516,6 +516,27 @@ def test_a_finished_shard_set_is_reused_without_writing(rxrx19a_dir, shards_dir,
     assert manifest == json.loads((out / convert.MANIFEST).read_text())
 
 
+def test_a_damaged_embedding_part_is_named_and_exported_again(shards_dir, tmp_path, caplog):
+    """Issue #32 item 2: bytes flipped in a part of an unfinished set: the rerun names the part, exports its sites
+    again and gathers the same set as an undamaged export (no rerun fails on it forever)."""
+    spec = pipeline.open_shards(shards_dir)
+    reference = tmp_path / "reference"
+    embed.export(spec, str(reference), FEATURES, batch_size=16, part_batches=1, provenance={}, progress=False)
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    part = sorted((out / "parts" / "means").glob("part-*.npz"))[2]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 16])
+    part.write_bytes(bytes(data))
+    (out / "means.npz").unlink()
+    with caplog.at_level("WARNING"):
+        embed.export(spec, str(out), FEATURES, batch_size=16, part_batches=1, provenance={}, progress=False)
+    assert f"{part}: a damaged embedding part" in caplog.text
+    for key, value in _load(reference / "means.npz").items():
+        np.testing.assert_array_equal(_load(out / "means.npz")[key], value, err_msg=key)
+    assert fileio.verify_record(embed.completion_record(str(out), "means")) == []
+
+
 def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
     spec = pipeline.open_shards(shards_dir)
     out = tmp_path / "out"
