@@ -21,7 +21,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-# A run stopped by SIGTERM/preemption with a checkpoint (EX_TEMPFAIL: rerun to resume), told apart by launchers.
+# A run stopped by SIGTERM, Ctrl-C or preemption (EX_TEMPFAIL: rerun to resume), told apart by launchers.
 EXIT_INTERRUPTED = 75
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
@@ -159,8 +159,11 @@ def main(argv: list[str]) -> None:
             raise
         named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
         sys.exit(f"gandl: {config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}")
+    except KeyboardInterrupt:  # every stage resumes: what was written stays
+        print(f"gandl: --mode {mode} interrupted (Ctrl-C); rerun to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
-        logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
+        logging.warning("training stopped early (SIGTERM, Ctrl-C or preemption) with a checkpoint; rerun to resume")
         sys.exit(EXIT_INTERRUPTED)
 
 

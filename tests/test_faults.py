@@ -607,6 +607,28 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
         loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 
+def test_ctrl_c_in_training_saves_a_checkpoint_and_stops(tiny_config, shards_dir, tmp_path):
+    """Issue #32 item 3: SIGINT, like SIGTERM, makes the loop checkpoint the step it is at and stop early (the entry
+    point's exit 75), not a traceback that loses the steps since the last checkpoint."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.train.update(steps=30, checkpoint_every=10)
+    settings = loop.TrainSettings.from_config(cfg, str(tmp_path))
+    source = loop.shard_input_fn(settings, pipeline.open_shards(shards_dir))
+
+    def ctrl_c_at_batch_3(start):
+        for i, batch in enumerate(source(start)):
+            if i == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    handler = signal.getsignal(signal.SIGINT)
+    result = loop.train(settings, str(tmp_path), input_fn=ctrl_c_at_batch_3, spec=pipeline.open_shards(shards_dir))
+    assert result.stopped_early and result.step == 4
+    assert workdir_lib.checkpoint_steps(str(tmp_path)) == [4]
+    assert signal.getsignal(signal.SIGINT) == handler
+
+
 @struct.dataclass
 class _StateBeforeOptions:
     """The train state as saved before the training options (ADA, the contrastive head) existed."""
