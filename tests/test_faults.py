@@ -682,6 +682,21 @@ def test_a_checkpoint_from_before_the_training_options_restores_without_them(tin
         loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 
+def test_a_resume_with_another_model_or_seed_is_refused_naming_the_field(tiny_config, shards_dir, tmp_path):
+    """Issue #32 item 4: a changed model field is refused before orbax reads an array, a changed seed rather than
+    silently ignored (the saved PRNG state would go on), each named in one line."""
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    ckpt.save(1, state, cfg.to_dict(), force=True)
+    ckpt.close()
+    for field, value, said in [("model.z_dim", 16, "model.z_dim=32 -> 16"), ("seed", 7, "seed=0 -> 7")]:
+        changed = cfg.copy_and_resolve_references()
+        changed.update_from_flattened_dict({field: value})
+        with pytest.raises(checkpoint.OptionsChanged, match=rf"saved with other settings \({said}\)"):
+            loop.train(loop.TrainSettings.from_config(changed, str(tmp_path)), str(tmp_path))
+    assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
+
+
 def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog, monkeypatch):
     workdir = str(tmp_path / "run")
     with workdir_lib.locked(workdir, "train"):

@@ -13,12 +13,13 @@ newer ones are logged and passed over, never silently replaced by step 0.
 
 The train state is saved as `state_lib.saved_tree` (no fields for training options that are off), so
 checkpoints from before an option existed restore as a run without it; a run resuming one with options whose
-state it does not hold is refused in one line (`check_options`). A saved config lacking fields added since
-reads them as their defaults (`saved_config`).
+state it does not hold is refused in one line (`check_options`), as is one of another model or seed
+(`check_model`). A saved config lacking fields added since reads them as their defaults (`saved_config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -218,6 +219,24 @@ def check_options(saved: dict, train: ml_collections.ConfigDict, directory: str)
                              f"{said(before.augment, before.contrastive_weight)}, this run has "
                              f"{said(train.augment, train.contrastive_weight)}: resume with the options they were "
                              "saved with, or train in a new workdir")
+
+
+def check_model(saved: dict, model: ModelConfig, seed: int, directory: str) -> None:
+    """Refuse to resume a checkpoint (config `saved`) of another model or seed, naming each changed field: another
+    model's arrays have other shapes (orbax would fail deep inside the restore), and a resumed run draws from the
+    saved PRNG state, so another seed would be silently ignored."""
+    before = saved_config(saved)
+    was = {**_fields("model", ModelConfig.from_mapping(before.model)), "seed": before.seed}
+    now = {**_fields("model", model), "seed": seed}
+    changed = [f"{k}={was[k]!r} -> {now[k]!r}" for k in was if was[k] != now[k]]
+    if changed:
+        raise OptionsChanged(f"the checkpoints in {directory} were saved with other settings ({'; '.join(changed)}): "
+                             "resume with the ones they were saved with, or train in a new workdir")
+
+
+def _fields(section: str, config: ModelConfig) -> dict[str, Any]:
+    """`config`'s fields as `section.field` -> value."""
+    return {f"{section}.{k}": v for k, v in dataclasses.asdict(config).items()}
 
 
 def _saved(state: Any) -> Any:

@@ -215,6 +215,7 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
 
                 def template(saved: dict) -> state_lib.TrainState:
                     checkpoint.check_options(saved, schedule, ckpt.directory)
+                    checkpoint.check_model(saved, model, settings.seed, ckpt.directory)
                     return abstract
 
                 state, _, start = ckpt.restore_intact(template, set_aside=True)
