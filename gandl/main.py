@@ -61,11 +61,16 @@ MODES = {"synth": "gandl.data.stage:synthesize", "convert": "gandl.data.stage:co
          "preview": "gandl.data.stage:preview", "train": "run_train", "embed": "gandl.embed.stage:run",
          "analyze": "gandl.analysis.stage:run", "all": "run_all"}
 _TRACED = ("check", "train", "embed", "all")  # modes running the model: the check traces its programs first
-# Mistakes in the config or the data (said in one line), not faults of the code; an unloaded module raised none.
+# Mistakes in the config or the data and faults outside GAN-DL (said in one line), not faults of the code; an unloaded
+# module raised none.
 _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
                 ("gandl.data.convert", "ConversionError"), ("gandl.embed.records", "ExportError"),
                 ("gandl.data.screen", "SettingError"), ("gandl.fileio", "FileFault"),
-                ("gandl.train.checkpoint", "OptionsChanged"))
+                ("gandl.train.checkpoint", "OptionsChanged"),
+                # Outside faults: a full or read-only disk, a lost mount, a file another program holds.
+                ("builtins", "OSError"), ("tensorflow.python.framework.errors_impl", "PermissionDeniedError"),
+                ("tensorflow.python.framework.errors_impl", "ResourceExhaustedError"),
+                ("tensorflow.python.framework.errors_impl", "NotFoundError"))
 
 
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
@@ -154,8 +159,8 @@ def main(argv: list[str]) -> None:
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
             result = _runner(mode)(config, _WORKDIR.value)
     except Exception as error:
-        kinds = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
-        if not isinstance(error, (FileNotFoundError, *kinds)):
+        kinds = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
+        if not isinstance(error, kinds):
             raise
         named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
         sys.exit(f"gandl: {config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}")

@@ -7,6 +7,7 @@ multiprocessing resource tracker) can be found by session id; every wait is boun
 """
 
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -552,6 +553,63 @@ def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
     with pytest.raises(embed.ExportError, match=r"channels: \[1, 2, 3, 4, 5\] -> \[1, 2, 3, 4, 4\]"):
         embed.export(spec, str(out), FEATURES, batch_size=16, options=every.replace(channels=(1, 2, 3, 4, 4)),
                      provenance={}, progress=False)
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a write() says it: no file named
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(rxrx19a_dir, shards_dir, tmp_path, monkeypatch):
+    """Issue #32 item 5: ENOSPC while a shard, an export's file or a checkpoint is written is one FileFault naming
+    the file (the entry point's one line, exit 1), every temporary file goes, and the rerun finishes the job."""
+    screen = rxrx.read_rxrx19a(rxrx19a_dir)
+    out = tmp_path / "shards"
+    real_commit = fileio.commit
+    monkeypatch.setattr(fileio, "commit", lambda tmp, to: (_disk_full if "shard-" in to else real_commit)(tmp, to))
+    with pytest.raises(fileio.FileFault, match=rf"{out / convert.shard_name(0, 5)}: cannot write it \(No space left"):
+        convert.convert(screen, str(out), _options(), progress=False)
+    monkeypatch.setattr(fileio, "commit", _disk_full)
+    with pytest.raises(fileio.FileFault, match=rf"{tmp_path / 'a.json'}: cannot write it \(No space left"):
+        fileio.write_json(str(tmp_path / "a.json"), {})
+    assert not _temp_files(tmp_path)
+    monkeypatch.setattr(fileio, "commit", real_commit)
+    convert.convert(screen, str(out), _options(), progress=False)
+    assert _shard_bytes(out) == _shard_bytes(shards_dir) and not _temp_files(out)
+
+    real_wells = profiles.write_well_profiles
+
+    def wells_on_a_full_disk(stem, *args, **kwargs):
+        with fileio.written_locally(f"{stem}.parquet") as local:
+            with open(local, "wb") as f:
+                f.write(b"PAR1 partial")
+            _disk_full()
+
+    monkeypatch.setattr(profiles, "write_well_profiles", wells_on_a_full_disk)
+    spec = pipeline.open_shards(shards_dir)
+    export = tmp_path / "export"
+    with pytest.raises(fileio.FileFault, match=rf"{export / 'handcrafted_wells.parquet'}: cannot write it"):
+        embed.export(spec, str(export), FEATURES, batch_size=16, provenance={}, progress=False)
+    assert not _temp_files(export)
+    monkeypatch.setattr(profiles, "write_well_profiles", real_wells)
+    embed.export(spec, str(export), FEATURES, batch_size=16, provenance={}, progress=False)
+    assert all(fileio.verify_record(embed.completion_record(str(export), n)) == [] for n in FEATURES)
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line(tiny_config, shards_dir, tmp_path, monkeypatch):
+    """Issue #32 item 5: tensorstore's ENOSPC, wrapped by orbax in a ValueError, is a FileFault naming the folder
+    and the file; a save that fails for another reason is not mistaken for one."""
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": No space left on device '
+                      "[os_error_code='28']")
+    monkeypatch.setattr(ckpt.manager, "save", lambda *a, **k: (_ for _ in ()).throw(full))
+    with pytest.raises(fileio.FileFault, match=rf"{tmp_path / 'checkpoints'}: cannot write a checkpoint .*x/_sharding"
+                                               ".*No space left"):
+        ckpt.save(1, state, cfg.to_dict(), force=True)
+    monkeypatch.setattr(ckpt.manager, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        ckpt.save(1, state, cfg.to_dict(), force=True)
+    ckpt.close()
 
 
 def _finished_at_step_1(tiny_config, shards_dir) -> tuple:
