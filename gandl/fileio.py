@@ -50,14 +50,38 @@ def commit(tmp: str, path: str) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+@contextlib.contextmanager
+def named_faults(path: str) -> Iterator[None]:
+    """An I/O error while writing `path` (a full or read-only disk, a lost mount: not a bug of GAN-DL) raised as a
+    `FileFault` naming it; the operating system's error often names no file, or only a temporary one."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        reason = error.strerror if isinstance(error, OSError) else error.message
+        raise FileFault(f"{path}: cannot write it ({reason or error})") from error
+
+
+@contextlib.contextmanager
+def discarded_on_error(tmp: str) -> Iterator[None]:
+    """Remove the temporary file `tmp` when the block fails: a failed write leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError, tf.errors.OpError):
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+        raise
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    parent = os.path.dirname(path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
     tmp = temp_path(path)
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    commit(tmp, path)
+    with named_faults(path), discarded_on_error(tmp):
+        parent = os.path.dirname(path)
+        if parent:
+            tf.io.gfile.makedirs(parent)
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        commit(tmp, path)
 
 
 @contextlib.contextmanager
@@ -65,32 +89,29 @@ def written_locally(path: str) -> Iterator[str]:
     """A local file name to write `path`'s content into (for libraries that need a seekable local file).
 
     On success the file is renamed into place (local `path`) or copied beside it and renamed (gs://);
-    on an error nothing at `path` changes and the local file is removed.
+    on an error nothing at `path` changes and the local file is removed; an I/O error names `path` (`named_faults`).
     """
-    parent = os.path.dirname(path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
     remote = "://" in path
-    if remote:
-        handle, local = tempfile.mkstemp(suffix=os.path.basename(path))
-        os.close(handle)
-    else:
-        local = temp_path(path)
-    try:
-        yield local
+    local = None if remote else temp_path(path)
+    with named_faults(path):
+        parent = os.path.dirname(path)
+        if parent:
+            tf.io.gfile.makedirs(parent)
         if remote:
-            tmp = temp_path(path)
-            try:
-                tf.io.gfile.copy(local, tmp, overwrite=True)
-                commit(tmp, path)
-            finally:
-                if tf.io.gfile.exists(tmp):
-                    tf.io.gfile.remove(tmp)
-        else:
-            commit(local, path)
-    finally:
-        if os.path.exists(local):
-            os.remove(local)
+            handle, local = tempfile.mkstemp(suffix=os.path.basename(path))
+            os.close(handle)
+        try:
+            yield local
+            if remote:
+                tmp = temp_path(path)
+                with discarded_on_error(tmp):
+                    tf.io.gfile.copy(local, tmp, overwrite=True)
+                    commit(tmp, path)
+            else:
+                commit(local, path)
+        finally:
+            if os.path.exists(local):
+                os.remove(local)
 
 
 def write_text(path: str, text: str) -> None:

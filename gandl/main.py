@@ -21,7 +21,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-# A run stopped by SIGTERM/preemption with a checkpoint (EX_TEMPFAIL: rerun to resume), told apart by launchers.
+# A run stopped by SIGTERM, Ctrl-C or preemption (EX_TEMPFAIL: rerun to resume), told apart by launchers.
 EXIT_INTERRUPTED = 75
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
@@ -61,11 +61,16 @@ MODES = {"synth": "gandl.data.stage:synthesize", "convert": "gandl.data.stage:co
          "preview": "gandl.data.stage:preview", "train": "run_train", "embed": "gandl.embed.stage:run",
          "analyze": "gandl.analysis.stage:run", "all": "run_all"}
 _TRACED = ("check", "train", "embed", "all")  # modes running the model: the check traces its programs first
-# Mistakes in the config or the data (said in one line), not faults of the code; an unloaded module raised none.
+# Mistakes in the config or the data and faults outside GAN-DL (said in one line), not faults of the code; an unloaded
+# module raised none.
 _USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
                 ("gandl.data.convert", "ConversionError"), ("gandl.embed.records", "ExportError"),
                 ("gandl.data.screen", "SettingError"), ("gandl.fileio", "FileFault"),
-                ("gandl.train.checkpoint", "OptionsChanged"))
+                ("gandl.train.checkpoint", "OptionsChanged"),
+                # Outside faults: a full or read-only disk, a lost mount, a file another program holds.
+                ("builtins", "OSError"), ("tensorflow.python.framework.errors_impl", "PermissionDeniedError"),
+                ("tensorflow.python.framework.errors_impl", "ResourceExhaustedError"),
+                ("tensorflow.python.framework.errors_impl", "NotFoundError"))
 
 
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
@@ -154,13 +159,16 @@ def main(argv: list[str]) -> None:
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
             result = _runner(mode)(config, _WORKDIR.value)
     except Exception as error:
-        kinds = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
-        if not isinstance(error, (FileNotFoundError, *kinds)):
+        kinds = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
+        if not isinstance(error, kinds):
             raise
         named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
         sys.exit(f"gandl: {config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}")
+    except KeyboardInterrupt:  # every stage resumes: what was written stays
+        print(f"gandl: --mode {mode} interrupted (Ctrl-C); rerun to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
-        logging.warning("training stopped early (SIGTERM/preemption) with a checkpoint; rerun to resume")
+        logging.warning("training stopped early (SIGTERM, Ctrl-C or preemption) with a checkpoint; rerun to resume")
         sys.exit(EXIT_INTERRUPTED)
 
 

@@ -7,6 +7,7 @@ multiprocessing resource tracker) can be found by session id; every wait is boun
 """
 
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -338,7 +339,40 @@ def test_mode_analyze_refuses_embeddings_of_sites_the_screen_does_not_have(tiny_
     folder.mkdir(parents=True)
     features = np.random.default_rng(0).normal(size=(len(metadata), 8)).astype(np.float32)
     np.savez(folder / "gandl.npz", features=features, **arrays)
+    fileio.write_json(str(folder / embed.SETTINGS), {"format": embed.records.FORMAT, "feature_sets": {"gandl": {}}})
+    fileio.write_record(embed.completion_record(str(folder), "gandl"), [str(folder / "gandl.npz")])
     with pytest.raises(ValueError, match=r"2 site ids .*ELSEWHERE-1_1_A01_1.*ELSEWHERE-1_1_A02_1"):
+        analysis_stage.run(cfg, str(tmp_path))
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_analyze_reads_only_feature_sets_whose_completion_record_verifies(tiny_config, shards_dir, tmp_path):
+    """Issue #32 item 1: a damaged npz, a set without its completion record (an unfinished export) and an
+    export.json of an older format are each named in one line before anything is read or written."""
+    folder = tmp_path / "embeddings" / "step_0"
+    embed.export(pipeline.open_shards(shards_dir), str(folder),
+                 {"handcrafted": handcrafted.feature_fn, "random_d": FEATURES["means"]}, batch_size=16,
+                 provenance={}, progress=False)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.zeroshot.enabled = False
+    npz = folder / "handcrafted.npz"
+    original = npz.read_bytes()
+    npz.write_bytes(original[:1000] + bytes(b ^ 0xFF for b in original[1000:1100]) + original[1100:])
+    with pytest.raises(embed.ExportError, match=rf"feature set handcrafted in {folder} is not finished \({npz}: "
+                                                r"its checksum differs.*run --mode embed"):
+        analysis_stage.run(cfg, str(tmp_path))
+    npz.write_bytes(original)
+    record = folder / embed.completion_record("", "random_d")
+    kept = record.read_bytes()
+    record.unlink()
+    with pytest.raises(embed.ExportError, match=r"feature set random_d .* \(no completion record\)"):
+        analysis_stage.run(cfg, str(tmp_path))
+    record.write_bytes(kept)
+    settings = json.loads((folder / embed.SETTINGS).read_text())
+    (folder / embed.SETTINGS).write_text(json.dumps(dict(settings, format="gandl-embeddings/1")))
+    with pytest.raises(embed.ExportError, match=rf"{folder / embed.SETTINGS}: .* of format 'gandl-embeddings/1', "
+                                                "this GAN-DL reads 'gandl-embeddings/2'"):
         analysis_stage.run(cfg, str(tmp_path))
     assert not (tmp_path / "analysis").exists()
 
@@ -483,6 +517,27 @@ def test_a_finished_shard_set_is_reused_without_writing(rxrx19a_dir, shards_dir,
     assert manifest == json.loads((out / convert.MANIFEST).read_text())
 
 
+def test_a_damaged_embedding_part_is_named_and_exported_again(shards_dir, tmp_path, caplog):
+    """Issue #32 item 2: bytes flipped in a part of an unfinished set: the rerun names the part, exports its sites
+    again and gathers the same set as an undamaged export (no rerun fails on it forever)."""
+    spec = pipeline.open_shards(shards_dir)
+    reference = tmp_path / "reference"
+    embed.export(spec, str(reference), FEATURES, batch_size=16, part_batches=1, provenance={}, progress=False)
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    part = sorted((out / "parts" / "means").glob("part-*.npz"))[2]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 16])
+    part.write_bytes(bytes(data))
+    (out / "means.npz").unlink()
+    with caplog.at_level("WARNING"):
+        embed.export(spec, str(out), FEATURES, batch_size=16, part_batches=1, provenance={}, progress=False)
+    assert f"{part}: a damaged embedding part" in caplog.text
+    for key, value in _load(reference / "means.npz").items():
+        np.testing.assert_array_equal(_load(out / "means.npz")[key], value, err_msg=key)
+    assert fileio.verify_record(embed.completion_record(str(out), "means")) == []
+
+
 def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
     spec = pipeline.open_shards(shards_dir)
     out = tmp_path / "out"
@@ -498,6 +553,63 @@ def test_the_default_channels_spelled_out_are_no_change(shards_dir, tmp_path):
     with pytest.raises(embed.ExportError, match=r"channels: \[1, 2, 3, 4, 5\] -> \[1, 2, 3, 4, 4\]"):
         embed.export(spec, str(out), FEATURES, batch_size=16, options=every.replace(channels=(1, 2, 3, 4, 4)),
                      provenance={}, progress=False)
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a write() says it: no file named
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(rxrx19a_dir, shards_dir, tmp_path, monkeypatch):
+    """Issue #32 item 5: ENOSPC while a shard, an export's file or a checkpoint is written is one FileFault naming
+    the file (the entry point's one line, exit 1), every temporary file goes, and the rerun finishes the job."""
+    screen = rxrx.read_rxrx19a(rxrx19a_dir)
+    out = tmp_path / "shards"
+    real_commit = fileio.commit
+    monkeypatch.setattr(fileio, "commit", lambda tmp, to: (_disk_full if "shard-" in to else real_commit)(tmp, to))
+    with pytest.raises(fileio.FileFault, match=rf"{out / convert.shard_name(0, 5)}: cannot write it \(No space left"):
+        convert.convert(screen, str(out), _options(), progress=False)
+    monkeypatch.setattr(fileio, "commit", _disk_full)
+    with pytest.raises(fileio.FileFault, match=rf"{tmp_path / 'a.json'}: cannot write it \(No space left"):
+        fileio.write_json(str(tmp_path / "a.json"), {})
+    assert not _temp_files(tmp_path)
+    monkeypatch.setattr(fileio, "commit", real_commit)
+    convert.convert(screen, str(out), _options(), progress=False)
+    assert _shard_bytes(out) == _shard_bytes(shards_dir) and not _temp_files(out)
+
+    real_wells = profiles.write_well_profiles
+
+    def wells_on_a_full_disk(stem, *args, **kwargs):
+        with fileio.written_locally(f"{stem}.parquet") as local:
+            with open(local, "wb") as f:
+                f.write(b"PAR1 partial")
+            _disk_full()
+
+    monkeypatch.setattr(profiles, "write_well_profiles", wells_on_a_full_disk)
+    spec = pipeline.open_shards(shards_dir)
+    export = tmp_path / "export"
+    with pytest.raises(fileio.FileFault, match=rf"{export / 'handcrafted_wells.parquet'}: cannot write it"):
+        embed.export(spec, str(export), FEATURES, batch_size=16, provenance={}, progress=False)
+    assert not _temp_files(export)
+    monkeypatch.setattr(profiles, "write_well_profiles", real_wells)
+    embed.export(spec, str(export), FEATURES, batch_size=16, provenance={}, progress=False)
+    assert all(fileio.verify_record(embed.completion_record(str(export), n)) == [] for n in FEATURES)
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line(tiny_config, shards_dir, tmp_path, monkeypatch):
+    """Issue #32 item 5: tensorstore's ENOSPC, wrapped by orbax in a ValueError, is a FileFault naming the folder
+    and the file; a save that fails for another reason is not mistaken for one."""
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": No space left on device '
+                      "[os_error_code='28']")
+    monkeypatch.setattr(ckpt.manager, "save", lambda *a, **k: (_ for _ in ()).throw(full))
+    with pytest.raises(fileio.FileFault, match=rf"{tmp_path / 'checkpoints'}: cannot write a checkpoint .*x/_sharding"
+                                               ".*No space left"):
+        ckpt.save(1, state, cfg.to_dict(), force=True)
+    monkeypatch.setattr(ckpt.manager, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        ckpt.save(1, state, cfg.to_dict(), force=True)
+    ckpt.close()
 
 
 def _finished_at_step_1(tiny_config, shards_dir) -> tuple:
@@ -553,6 +665,28 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
         loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 
+def test_ctrl_c_in_training_saves_a_checkpoint_and_stops(tiny_config, shards_dir, tmp_path):
+    """Issue #32 item 3: SIGINT, like SIGTERM, makes the loop checkpoint the step it is at and stop early (the entry
+    point's exit 75), not a traceback that loses the steps since the last checkpoint."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = shards_dir
+    cfg.train.update(steps=30, checkpoint_every=10)
+    settings = loop.TrainSettings.from_config(cfg, str(tmp_path))
+    source = loop.shard_input_fn(settings, pipeline.open_shards(shards_dir))
+
+    def ctrl_c_at_batch_3(start):
+        for i, batch in enumerate(source(start)):
+            if i == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    handler = signal.getsignal(signal.SIGINT)
+    result = loop.train(settings, str(tmp_path), input_fn=ctrl_c_at_batch_3, spec=pipeline.open_shards(shards_dir))
+    assert result.stopped_early and result.step == 4
+    assert workdir_lib.checkpoint_steps(str(tmp_path)) == [4]
+    assert signal.getsignal(signal.SIGINT) == handler
+
+
 @struct.dataclass
 class _StateBeforeOptions:
     """The train state as saved before the training options (ADA, the contrastive head) existed."""
@@ -604,6 +738,21 @@ def test_a_checkpoint_from_before_the_training_options_restores_without_them(tin
     with pytest.raises(checkpoint.OptionsChanged, match=r"saved with train.augment='none', train.contrastive_weight="
                                                           r"0.0, this run has train.augment='ada'"):
         loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+
+
+def test_a_resume_with_another_model_or_seed_is_refused_naming_the_field(tiny_config, shards_dir, tmp_path):
+    """Issue #32 item 4: a changed model field is refused before orbax reads an array, a changed seed rather than
+    silently ignored (the saved PRNG state would go on), each named in one line."""
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    ckpt.save(1, state, cfg.to_dict(), force=True)
+    ckpt.close()
+    for field, value, said in [("model.z_dim", 16, "model.z_dim=32 -> 16"), ("seed", 7, "seed=0 -> 7")]:
+        changed = cfg.copy_and_resolve_references()
+        changed.update_from_flattened_dict({field: value})
+        with pytest.raises(checkpoint.OptionsChanged, match=rf"saved with other settings \({said}\)"):
+            loop.train(loop.TrainSettings.from_config(changed, str(tmp_path)), str(tmp_path))
+    assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
 
 
 def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog, monkeypatch):

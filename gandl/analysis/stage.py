@@ -1,7 +1,8 @@
 """The analysis stage (mode analyze): the run's embeddings -> report, tables and figures in workdir/analysis.
 
-Before any statistic it checks what it reads: the embeddings' site ids against the screen's metadata, the
-ground truth's columns, and, for a label-fitted feature set, its per-fold exports against folds.json.
+Before any statistic it checks what it reads: each export's completion records, the embeddings' site ids
+against the screen's metadata, the ground truth's columns, and, for a
+label-fitted feature set, its per-fold exports against folds.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gandl.analysis import io, probe_table, report
 from gandl.data import rxrx
 from gandl.data import screen as screen_lib
 from gandl.data.synthetic.truth import TRUTH_COLUMNS
+from gandl.embed import records
 from gandl.features import registry
 
 
@@ -85,6 +87,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     folder = layout.embeddings(workdir, step) if step >= 0 else layout.latest_embeddings(workdir)
     if not tf.io.gfile.isdir(folder):
         raise FileNotFoundError(f"embed.step={step}: no embeddings in {folder}; run mode=embed with it first")
+    exported = [folder] + ([layout.zeroshot_embeddings(folder)] if config.zeroshot.enabled else [])
+    for export in filter(tf.io.gfile.isdir, exported):  # only finished, intact sets are read
+        records.check_finished(export, list(registry.EXTRACTORS))
     truth = read_truth(config, workdir)
     sets, data = io.load_feature_sets(folder), config.data
     schema = screen_lib.from_config(config.screen.to_dict(), data.kind)

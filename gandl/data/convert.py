@@ -154,14 +154,15 @@ def load_site(paths: list[Any], reader: ChannelReader, source_shape: tuple[int, 
 def _write_shard(task: _ShardTask) -> dict[str, Any]:
     """Write one shard atomically, then its sidecar (the shard's completion record, with its checksum).
 
-    A failing shard removes its temporary file; one killed outright leaves it to the rerun's clean-up.
+    A failing shard removes its temporary file (an I/O error names the shard); one killed outright leaves it to
+    the rerun's clean-up.
     """
     dtype = np.dtype(task.dtype)
     bins = np.iinfo(dtype).max + 1
     hist = None
     skipped, written = [], 0
     tmp = fileio.temp_path(task.path)
-    try:
+    with fileio.named_faults(task.path), fileio.discarded_on_error(tmp):
         with tf.io.TFRecordWriter(tmp) as writer:
             for index, row, paths in zip(task.indices, task.rows, task.paths):
                 try:
@@ -176,11 +177,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
                                    for c in range(site.shape[-1])])
                 hist = counts if hist is None else hist + counts
                 written += 1
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
-    fileio.commit(tmp, task.path)
+        fileio.commit(tmp, task.path)
     sparse = [] if hist is None else [
         {"values": np.flatnonzero(h).tolist(), "counts": h[h > 0].tolist()} for h in hist]
     return fileio.write_record(_sidecar(task.path), [task.path], num_sites=written, skipped=skipped,

@@ -69,6 +69,8 @@ def read(path: str) -> np.ndarray:
             data = f.read()
     except tf.errors.NotFoundError:
         raise BadImageError(path, "file not found") from None
+    except (OSError, tf.errors.OpError) as e:  # a folder, no permission, a failing disk: named like a bad file
+        raise BadImageError(path, f"unreadable ({e.strerror if isinstance(e, OSError) else e.message})") from None
     if not data:
         raise BadImageError(path, "empty file")
     return decode(data, path)

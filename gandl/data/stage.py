@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import ml_collections
 from absl import logging
 
+from gandl import fileio
 from gandl import workdir as layout
 from gandl.data import convert, pipeline, render, rxrx
 from gandl.data import screen as screen_lib
@@ -15,8 +22,30 @@ def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
     from gandl.data.synthetic import layouts as synthetic  # only the demo needs the generator
 
     out = layout.raw(config.data.root, workdir)
-    synthetic.write_rxrx19a(out, **config.synthetic.to_dict())
+    _write_synthetic(synthetic.write_rxrx19a, out, **config.synthetic.to_dict())
     return out
+
+
+def _write_synthetic(write: Callable[..., object], out: str, **settings: Any) -> None:
+    """`write(out, **settings)`: a synthetic screen's writer, its I/O errors naming `out`, its temporaries swept."""
+    with fileio.named_faults(out), _temp_files_swept(out):
+        write(out, **settings)
+
+
+@contextlib.contextmanager
+def _temp_files_swept(folder: str) -> Iterator[None]:
+    """Remove the synthetic writer's temporary files (`.<name>.<pid>.tmp`) from `folder` before the block (what
+    a killed run left) and after it fails (what this one left): one run writes the folder at a time (the lock)."""
+    def sweep() -> None:
+        for path in glob.glob(os.path.join(glob.escape(folder), "**", ".*.*.tmp"), recursive=True):
+            os.remove(path)
+
+    sweep()
+    try:
+        yield
+    except BaseException:
+        sweep()
+        raise
 
 
 def _convert(screen: screen_lib.Screen, out: str, data: ml_collections.ConfigDict) -> dict:
@@ -40,7 +69,8 @@ def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
     if not zeroshot.root:
         from gandl.data.synthetic import layouts as synthetic
 
-        synthetic.write_rxrx1(root, image_size=config.synthetic.image_size, **zeroshot.synthetic.to_dict())
+        _write_synthetic(synthetic.write_rxrx1, root, image_size=config.synthetic.image_size,
+                         **zeroshot.synthetic.to_dict())
     _convert(rxrx.read_rxrx1(root), out, config.data)
     return out
 

@@ -102,6 +102,30 @@ def recorded_settings(out_dir: str, settings: Mapping[str, Any]) -> dict | None:
     return old
 
 
+def check_finished(out_dir: str, names: Sequence[str]) -> None:
+    """Refuse an export a reader must not take, in one line naming the file and what to do: an `export.json` of
+    another format or none, or a feature set (among `names`, those the folder holds an npz of, and those the
+    record lists) whose completion record is missing or no longer matches its files. A reader that took the npz
+    as it is would analyse an unfinished or damaged set without a word."""
+    path = os.path.join(out_dir, SETTINGS)
+    try:
+        recorded = fileio.read_json(path) if tf.io.gfile.exists(path) else {}
+    except ValueError as e:
+        raise ExportError(f"{path}: unreadable ({e}); run --mode embed to export again") from None
+    if recorded.get("format") != FORMAT:
+        found = f"of format {recorded['format']!r}" if "format" in recorded else "without a format"
+        raise ExportError(f"{path}: an export settings record {found}, this GAN-DL reads {FORMAT!r}; delete "
+                          f"{out_dir} and run --mode embed to export again")
+    sets = [n for n in names if n in recorded.get("feature_sets", {})
+            or tf.io.gfile.exists(os.path.join(out_dir, f"{n}.npz"))]
+    for name in sets:
+        problems = fileio.verify_record(completion_record(out_dir, name))
+        if problems != []:
+            raise ExportError(f"feature set {name} in {out_dir} is not finished ("
+                              f"{'; '.join(problems) if problems else 'no completion record'}): "
+                              "run --mode embed to export it again")
+
+
 def finished(out_dir: str, names: list[str], recorded: set[str]) -> set[str]:
     """The sets among `names` that the settings record holds (`recorded`) and whose completion record matches their
     files, as process 0 finds them (it says why any other is exported again); every process gets its answer, as

@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -172,9 +174,9 @@ def _prepare_folder(out_dir: str, names: list[str], settings: Mapping[str, Any],
 def _resume_offset(out_dir: str, names: list[str]) -> int:
     """How many leading sites of this process's stream every feature set holds in parts; removes its other parts.
 
-    Each set's parts are chained from position 0; the resume point is the furthest part boundary that all
-    sets share (a kill can land between two sets' writes of one part). Parts beyond it are removed, so no
-    site is held twice once the rerun writes its own, differently cut parts.
+    Each set's parts are chained from position 0, up to the first damaged one (`_readable`); the resume point is
+    the furthest part boundary that all sets share (a kill can land between two sets' writes of one part). Parts
+    beyond it are removed, so no site is held twice once the rerun writes its own, differently cut parts.
     """
     me, count = jax.process_index(), jax.process_count()
     chains, found = {}, {}
@@ -186,7 +188,7 @@ def _resume_offset(out_dir: str, names: list[str]) -> int:
             if m and int(m[2]) > int(m[1]):
                 by_start.setdefault(int(m[1]), []).append((int(m[2]), path))
         chain, position = [], 0
-        while position in by_start:
+        while position in by_start and _readable(max(by_start[position])[1]):
             position, path = max(by_start[position])
             chain.append((position, path))
         chains[name] = chain
@@ -197,6 +199,19 @@ def _resume_offset(out_dir: str, names: list[str]) -> int:
             if path not in kept:
                 tf.io.gfile.remove(path)
     return offset
+
+
+def _readable(path: str) -> bool:
+    """Whether every array of a part reads back, checksums included; a damaged one is named (and its sites are
+    exported again), since gathered it would fail every rerun the same way."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            for key in npz.files:
+                npz[key]
+        return True
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        logging.warning("%s: a damaged embedding part (%s): exporting its sites again", path, error)
+        return False
 
 
 def _flush(out_dir: str, held: list[np.ndarray], buffers: dict[str, list[dict]], start: int) -> int:

@@ -13,14 +13,17 @@ newer ones are logged and passed over, never silently replaced by step 0.
 
 The train state is saved as `state_lib.saved_tree` (no fields for training options that are off), so
 checkpoints from before an option existed restore as a run without it; a run resuming one with options whose
-state it does not hold is refused in one line (`check_options`). A saved config lacking fields added since
-reads them as their defaults (`saved_config`).
+state it does not hold is refused in one line (`check_options`), as is one of another model or seed
+(`check_model`). A saved config lacking fields added since reads them as their defaults (`saved_config`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -45,6 +48,11 @@ class CorruptCheckpointError(fileio.FileFault):
     """A checkpoint whose files do not match its completion record, or that orbax cannot read."""
 
 
+# How tensorstore and orbax (which wrap OSError in ValueError) word a failed write: a full or read-only disk.
+_IO_FAULT = re.compile(r"os_error_code|RESOURCE_EXHAUSTED|PERMISSION_DENIED|No space left|Read-only file system|"
+                       r"Permission denied")
+
+
 class OptionsChanged(ValueError):
     """A checkpoint saved with other training options than those of the run resuming it (said in one line)."""
 
@@ -61,6 +69,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 save_interval_steps=save_every, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,  # what a failed or killed save left (one run per workdir: the lock)
                 preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies)),
             item_names=(STATE, CONFIG))
         self._unrecorded: list[int] = []  # steps saved by this object whose completion record is not written yet
@@ -73,12 +82,27 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, config: dict, force: bool = False) -> bool:
         """Start saving (returns at once when async); True if this step is saved at all."""
-        self._record_saved()
-        saved = self.manager.save(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardSave(_saved(state)), CONFIG: ocp.args.JsonSave(config)}), force=force)
+        with self._write_faults():
+            self._record_saved()
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardSave(_saved(state)), CONFIG: ocp.args.JsonSave(config)}), force=force)
         if saved:
             self._unrecorded.append(step)
         return saved
+
+    @contextlib.contextmanager
+    def _write_faults(self) -> Iterator[None]:
+        """A save that fails on the disk (full, read-only) as one `FileFault` naming the checkpoint folder and the
+        file tensorstore names; earlier checkpoints stay as they are."""
+        try:
+            yield
+        except fileio.FileFault:
+            raise
+        except Exception as error:  # noqa: BLE001 - orbax and tensorstore wrap OS errors in many types
+            cause = _root_cause(error)
+            if not isinstance(error, OSError) and not _IO_FAULT.search(cause):
+                raise
+            raise fileio.FileFault(f"{self.directory}: cannot write a checkpoint ({cause})") from error
 
     def _record_saved(self) -> None:
         """Write the completion records of this object's saves once they are on disk (process 0 writes them)."""
@@ -170,12 +194,14 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending async saves are on disk, with their completion records."""
-        self.manager.wait_until_finished()
-        self._record_saved()
+        with self._write_faults():
+            self.manager.wait_until_finished()
+            self._record_saved()
 
     def close(self) -> None:
-        self._record_saved()
-        self.manager.close()
+        with self._write_faults():
+            self._record_saved()
+            self.manager.close()
 
 
 def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
@@ -218,6 +244,24 @@ def check_options(saved: dict, train: ml_collections.ConfigDict, directory: str)
                              f"{said(before.augment, before.contrastive_weight)}, this run has "
                              f"{said(train.augment, train.contrastive_weight)}: resume with the options they were "
                              "saved with, or train in a new workdir")
+
+
+def check_model(saved: dict, model: ModelConfig, seed: int, directory: str) -> None:
+    """Refuse to resume a checkpoint (config `saved`) of another model or seed, naming each changed field: another
+    model's arrays have other shapes (orbax would fail deep inside the restore), and a resumed run draws from the
+    saved PRNG state, so another seed would be silently ignored."""
+    before = saved_config(saved)
+    was = {**_fields("model", ModelConfig.from_mapping(before.model)), "seed": before.seed}
+    now = {**_fields("model", model), "seed": seed}
+    changed = [f"{k}={was[k]!r} -> {now[k]!r}" for k in was if was[k] != now[k]]
+    if changed:
+        raise OptionsChanged(f"the checkpoints in {directory} were saved with other settings ({'; '.join(changed)}): "
+                             "resume with the ones they were saved with, or train in a new workdir")
+
+
+def _fields(section: str, config: ModelConfig) -> dict[str, Any]:
+    """`config`'s fields as `section.field` -> value."""
+    return {f"{section}.{k}": v for k, v in dataclasses.asdict(config).items()}
 
 
 def _saved(state: Any) -> Any:

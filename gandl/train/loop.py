@@ -143,31 +143,37 @@ class _Writer:
 
 
 class _StopFlag:
-    """SIGTERM (preemption, `kill`) asks the loop to checkpoint and exit at the next step.
+    """SIGTERM (preemption, `kill`) or Ctrl-C (SIGINT) asks the loop to checkpoint and exit at the next step; a
+    second Ctrl-C stops at once (KeyboardInterrupt: the last checkpoint stands), as a compile can outlast patience.
 
     Under jax.distributed the runtime's own SIGTERM notifier must stay installed: it tells every process,
-    and they agree on one step to stop at (`Checkpointer.reached_preemption`). So the flag takes SIGTERM
+    and they agree on one step to stop at (`Checkpointer.reached_preemption`). So the flag takes the signals
     only in a plain single-process run.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self, distributed: bool):
         self.requested = False
-        self._previous = None if distributed else signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {} if distributed else {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.warning("%s: saving a checkpoint and stopping (Ctrl-C again stops at once)",
+                        signal.Signals(signum).name)
         self.requested = True
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclasses.dataclass
 class TrainResult:
     state: state_lib.TrainState
     step: int
-    stopped_early: bool  # by SIGTERM or a preemption notice
+    stopped_early: bool  # by SIGTERM, Ctrl-C or a preemption notice
     history: list[dict[str, float]]  # logged metrics, one dict per log step
 
 
@@ -209,6 +215,7 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
 
                 def template(saved: dict) -> state_lib.TrainState:
                     checkpoint.check_options(saved, schedule, ckpt.directory)
+                    checkpoint.check_model(saved, model, settings.seed, ckpt.directory)
                     return abstract
 
                 state, _, start = ckpt.restore_intact(template, set_aside=True)
