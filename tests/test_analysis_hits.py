@@ -1,6 +1,8 @@
 """The hit rule on well tables built by hand: a hit is a rescue above the threshold, blocked by plate, robust to
 unequal variance and heavy tails, corrected for plate position, and never an off-axis or cytotoxic profile."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -188,3 +190,25 @@ def test_weak_actives_below_the_threshold_make_few_of_the_hits():
         fdp.append(len(called - strong) / max(len(called), 1))
         power.append(len(called & strong) / len(strong))
     assert np.mean(fdp) <= 0.06 and np.mean(power) >= 0.9
+
+
+def test_the_handcrafted_nuclear_stain_mean_becomes_the_cell_count_proxy(tmp_path):
+    from gandl import fileio
+    from gandl.analysis import stage
+    from gandl.data import screen
+    from gandl.embed import records
+    from gandl.features import handcrafted
+
+    names = handcrafted.feature_names(3)
+    meta = pd.DataFrame({"site_id": ["a", "b", "c"]})
+    hand = np.zeros((3, len(names)), np.float32)
+    hand[:, names.index("w2_mean")] = [0.5, 0.2, 0.9]  # channel 2 of those read is the DNA stain
+    other = pd.DataFrame({"site_id": ["c", "a", "b"]})
+    sets = {"handcrafted": (hand, meta), "GAN-DL": (np.zeros((3, 4), np.float32), other)}
+    export = {"records": {"stains": ["Actin", "RNA", "DNA", "ER"]}, "channels": [1, 3, 4]}
+    fileio.write_json(str(tmp_path / records.SETTINGS), export)
+    schema = stage.nuclear_proxy(sets, str(tmp_path), screen.PRESETS["generic"])
+    assert schema.viability == stage.NUCLEAR_PROXY
+    assert other[stage.NUCLEAR_PROXY].tolist() == pytest.approx([0.9, 0.5, 0.2])
+    named = dataclasses.replace(screen.PRESETS["generic"], viability="Count_Nuclei")
+    assert stage.nuclear_proxy(sets, str(tmp_path), named) is named  # the screen's own readout wins

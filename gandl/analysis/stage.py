@@ -7,6 +7,7 @@ label-fitted feature set, its per-fold exports against folds.json.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -14,14 +15,15 @@ import ml_collections
 import pandas as pd
 from absl import logging
 
+from gandl import fileio
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import io, probe_table, report
-from gandl.data import rxrx
+from gandl.data import rxrx, vocabulary
 from gandl.data import screen as screen_lib
 from gandl.data.synthetic.truth import TRUTH_COLUMNS
 from gandl.embed import records
-from gandl.features import registry
+from gandl.features import handcrafted, registry
 
 
 def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame | None:
@@ -81,6 +83,32 @@ def describe_source(config: ml_collections.ConfigDict, workdir: str, folder: str
     return text if table is None else f"{text} {probe_table.describe_step(table, step)}"
 
 
+NUCLEAR_PROXY = "gandl_nuclear_stain"  # the metadata column `nuclear_proxy` adds: the sites' nuclear-stain mean
+
+
+def nuclear_proxy(sets: dict, folder: str, schema: screen_lib.ScreenSchema) -> screen_lib.ScreenSchema:
+    """Give the hit calls a cell-count proxy where the screen names none: the nuclear stain's mean intensity of
+    each site (the handcrafted export's `w<k>_mean` of the Hoechst / DNA channel), added to every feature
+    set's metadata as NUCLEAR_PROXY, and the schema that names it. Fewer cells, less DNA stain: a compound
+    that kills cells lowers it. Unchanged when the schema names a readout or nothing provides one.
+    """
+    if schema.viability or "handcrafted" not in sets:
+        return schema
+    export = fileio.read_json(os.path.join(folder, records.SETTINGS))
+    stains = [export["records"]["stains"][c - 1] for c in export["channels"]]
+    nuclear = [i for i, stain in enumerate(stains) if stain in vocabulary.NUCLEAR_STAINS]
+    if not nuclear:
+        logging.info("no nuclear stain among %s: cytotoxicity is estimated only where screen.viability names a "
+                     "readout", stains)
+        return schema
+    features, meta = sets["handcrafted"]
+    column = handcrafted.feature_names(len(stains)).index(f"w{nuclear[0] + 1}_mean")
+    proxy = pd.Series(features[:, column], index=meta["site_id"].astype(str).to_numpy())
+    for _, set_meta in sets.values():
+        set_meta[NUCLEAR_PROXY] = set_meta["site_id"].astype(str).map(proxy).to_numpy()
+    return dataclasses.replace(schema, viability=NUCLEAR_PROXY)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     step = config.embed.step
@@ -102,6 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if zeroshot and not config.zeroshot.shards:
         zeroshot_root = layout.zeroshot_raw(config.zeroshot.root, workdir)
         check_site_ids(zeroshot, lambda: rxrx.read_rxrx1(zeroshot_root))
+    schema = nuclear_proxy(sets, folder, schema)
     # Label-fitted sets: Table 1 scores them with their per-fold exports only.
     fold_sets = {extractor.label: io.load_fold_sets(folder, name) for name, extractor in registry.EXTRACTORS.items()
                  if extractor.per_fold and tf.io.gfile.exists(os.path.join(folder, f"{name}.npz"))}

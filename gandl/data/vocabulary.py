@@ -30,6 +30,7 @@ STAINS = {
     "rxrx19a": ("Hoechst", "ConA", "Phalloidin", "Syto14", "WGA"),
     "rxrx1": ("Hoechst", "ConA", "Phalloidin", "Syto14", "MitoTracker", "WGA"),
 }
+NUCLEAR_STAINS = ("Hoechst", "DNA", "DAPI", "DRAQ5")  # stain names whose mean intensity tracks the cell count
 STAIN_TARGETS = {
     "Hoechst": "nuclei (DNA)", "ConA": "endoplasmic reticulum", "Phalloidin": "actin",
     "Syto14": "nucleoli and cytoplasmic RNA", "MitoTracker": "mitochondria",
