@@ -42,5 +42,7 @@ setup(
                              "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1"],  # colab/ notebooks
                     # XLA's TPU compiler, the build jax 0.10.2 pins: `--mode check --devices=v3-8` compiles for the
                     # TPU's topology without one (gandl.cost)
-                    "tpu": ["libtpu==0.0.42.1"]},
+                    "tpu": ["libtpu==0.0.42.1"],
+                    # the documentation site: sphinx-build -W --keep-going -b html docs docs/_build/html
+                    "docs": ["sphinx==9.0.4", "myst-parser==5.2.0", "furo==2025.12.19"]},
 )

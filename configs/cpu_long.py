@@ -5,7 +5,7 @@
 Everything but the training length and the probe interval is `configs/demo.py`'s (same screen, model,
 learning rates, checkpoint interval), so a finished demo workdir can be continued with this config: the
 run resumes at its last checkpoint and reads the same batches an uninterrupted run would. About 50 minutes
-from scratch on 2 CPU cores; README "What the demo reaches" shows what its probe curve says.
+from scratch on 2 CPU cores; docs/results.md, "Longer training", shows what its probe curve says.
 """
 
 import os

@@ -6,7 +6,7 @@
 to 32 px, a narrow StyleGAN2 (32 channels per block, 64-d latents) trained for 4,000 iterations of 16
 images with the linear probe every 500, then embeddings of the screen and of a synthetic RxRx1-like
 zero-shot set, and the analysis report. The recommended GAN-DL feature set is `gandl_blocks`, read against
-`random_d_blocks` (README, "Harder test beds, few labels"); the paper's b4.fc (`gandl`) and the multiscale
+`random_d_blocks` (docs/results.md, "Harder test beds, few labels"); the paper's b4.fc (`gandl`) and the multiscale
 statistics are exported beside it. Settings chosen on screen seed 0; configs/sweeps/demo_seeds.py reruns the
 job on seeds 1-3, configs/sweeps/test_beds.py on the harder test beds.
 """

@@ -6,7 +6,7 @@
 The lines marked "yours" describe the example screen (`gandl.data.synthetic.layouts.write_cell_painting`: 3 plates of
 U2OS cells, 3 channels of 16-bit TIFFs, DMSO against staurosporine and one compound at three doses, in
 CellProfiler's column names); edit them for your screen, or override them on the command line
-(--config.data.root=/data/screen.csv). README, "Your own screen", walks through every field.
+(--config.data.root=/data/screen.csv). docs/your_screen.md walks through every field.
 """
 
 import os

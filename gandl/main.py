@@ -146,6 +146,9 @@ def main(argv: list[str]) -> None:
     config = _config()
     try:
         precheck(config, _WORKDIR.value, mode)
+        from gandl import sharding
+
+        sharding.skip_absent_tpu()  # no libtpu start-up lines where there is no TPU (the `tpu` extra installed)
         from gandl import check  # a config that cannot run here fails now, with every reason
 
         report = check.run(config, _DEVICES.value, tuple(_COMPILE.value), traced=mode in _TRACED)

@@ -24,6 +24,37 @@ _BARRIERS = itertools.count()
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
+def skip_absent_tpu() -> str | None:
+    """Keep JAX from starting libtpu's TPU backend on a machine without a TPU chip; the platforms set, or None.
+
+    With libtpu installed (the `tpu` extra: `gandl.cost` compiles for a TPU topology with it on any machine), JAX
+    tries a TPU backend first wherever it starts. Without a chip, libtpu then prints "Failed to find host bounds
+    for accelerator type ..." and "E0000 ... INVALID_ARGUMENT: Error: unexpected worker hostname ..." to stderr
+    (and setenv()s CLOUD_TPU_TASK_ID and others) before JAX falls back to the CPU. So where no TPU chip is
+    attached (JAX's own PCI check) and neither JAX_PLATFORMS nor JAX_FORCE_TPU_INIT is set, JAX is given its
+    other backends by name, in its own order of preference (the CPU, and an installed GPU plugin's): what it
+    would have chosen, without the try. Call before JAX starts a backend; later it does nothing. The compile
+    check still loads libtpu for a topology (`gandl.cost.devices`), which needs no TPU backend.
+    """
+    if "JAX_PLATFORMS" in os.environ or "JAX_FORCE_TPU_INIT" in os.environ or jax.config.jax_platforms:
+        return None
+    try:  # JAX's TPU detection and backend registry have no public API: on any change, leave JAX as it is
+        from jax._src import hardware_utils, xla_bridge
+
+        if xla_bridge._backends or hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
+            return None
+        xla_bridge._discover_and_register_pjrt_plugins()
+        factories = xla_bridge._backend_factories
+        if "tpu" not in factories or xla_bridge.get_tpu_library_path() is None:
+            return None  # no libtpu: JAX's own start is already quiet
+        preferred = sorted((p for p in factories if p != "tpu"), key=lambda p: -factories[p].priority)
+    except (ImportError, AttributeError, TypeError):
+        return None
+    platforms = ",".join(preferred)
+    jax.config.update("jax_platforms", platforms)
+    return platforms
+
+
 def initialize_distributed(mode: str = "auto") -> bool:
     """Start JAX's multi-controller runtime when configured or when the environment is a cluster.
 

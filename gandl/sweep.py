@@ -128,9 +128,10 @@ def run_config(base: ml_collections.ConfigDict, run: Run) -> ml_collections.Conf
 
 def _launch_devices(launcher: str, launch_flags: Sequence[str]) -> int:
     """The device count the runs will see: this machine's, or the TPU type's that launch/tpu.sh creates."""
-    from gandl import check
+    from gandl import check, sharding
 
     if launcher == "local":
+        sharding.skip_absent_tpu()  # no libtpu start-up lines where there is no TPU
         return check.device_count()
     tpu_type = "v3-8"  # launch/tpu.sh's default --type
     for i, flag in enumerate(launch_flags):

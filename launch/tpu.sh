@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run `python -m gandl.main` on every worker of a Cloud TPU VM and keep it running through preemptions.
 # Every gandl mode resumes from what its workdir already holds (training from the latest checkpoint), so a
-# relaunch is the same command on a recreated VM. See usage() or README.md "Cloud TPU and sweeps".
+# relaunch is the same command on a recreated VM. See usage() or docs/cloud.md.
 set -euo pipefail
 
 readonly REMOTE_DIR="gandl"  # on each worker, in the ssh user's home

@@ -85,7 +85,7 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
 
 
 def test_profiles_load_in_the_fields_tools_as_the_readme_shows(tiny_run):
-    """README, "Using GAN-DL profiles in your tools": the well parquet, the h5ad and mAP on them."""
+    """docs/outputs.md, "In pycytominer, scanpy and copairs": the well parquet, the h5ad and mAP on them."""
     import anndata
 
     from gandl.analysis import activity

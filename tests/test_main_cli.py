@@ -1,5 +1,6 @@
 """The `gandl` command as a user meets it: --help at once, mistakes in one line before anything slow."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -96,3 +97,23 @@ def test_device_flag_mistakes_are_said_before_any_work(args, expected, tmp_path)
     out = _gandl("--config", "configs/demo.py", "--workdir", str(tmp_path), *args)
     assert out.returncode == 1 and expected in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "config check" not in out.stdout and not os.listdir(tmp_path)
+
+
+# What libtpu prints when JAX starts its TPU backend on a machine without a TPU (the `tpu` extra installed).
+LIBTPU_NOISE = ("Failed to find host bounds for accelerator type", "unexpected worker hostname")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed (the `tpu` extra): JAX starts without its lines anyway")
+def test_no_libtpu_start_up_lines_without_a_tpu(tmp_path):
+    """A CPU or GPU user's first screen holds none of libtpu's start-up lines: where no TPU chip is attached,
+    `gandl` keeps JAX from trying the TPU backend (`sharding.skip_absent_tpu`). JAX_PLATFORMS, which the tests
+    set to cpu (conftest) and which would hide them too, is left out, as a user's shell has it."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
+    out = subprocess.run([*GANDL, "--config", "configs/demo.py", "--workdir", str(tmp_path), "--mode", "analyze"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert "config check passed" in out.stdout, out.stderr[-3000:]  # JAX started (on the CPU) and the check ran
+    assert _error_line(out) == f"gandl: no embeddings in {tmp_path}/embeddings: run mode=embed first"
+    for line in LIBTPU_NOISE:
+        assert line not in out.stderr, out.stderr[-3000:]

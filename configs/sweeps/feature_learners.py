@@ -6,7 +6,7 @@ ContraD contrastive head. Each run is the whole demo job (screen, conversion, tr
 block features too, analysis with k = 4, 8, 16 labels). WORKDIR/spread.md gives every analysis number's mean ±
 sd (min–max) over the three seeds, one block of rows per test bed and option:
   python -m gandl.sweep --sweep configs/sweeps/feature_learners.py --workdir /tmp/feature_learners
-27 runs of about 15 minutes each on 2 CPU cores. The slice the README reports (ADA + ContraD on the two harder
+27 runs of about 15 minutes each on 2 CPU cores. The slice docs/results.md reports (ADA + ContraD on the two harder
 test beds; the paper's training on them is configs/sweeps/test_beds.py):
   python -m gandl.sweep --sweep configs/sweeps/feature_learners.py --workdir /tmp/feature_learners \
       --where train.contrastive_weight=1.0 --where synthetic.phenotype_strength=0.4

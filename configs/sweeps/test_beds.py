@@ -1,4 +1,4 @@
-"""The paper's training on the three test beds over three seeds: the README's test-bed table.
+"""The paper's training on the three test beds over three seeds: the test-bed table of docs/results.md.
 
 Test beds (`gandl.data.synthetic`): morphology-only (every channel of every site matched to one intensity
 histogram, so only shape, arrangement and texture differ), subtle (phenotypes at 40 % strength, half the

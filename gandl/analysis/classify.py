@@ -98,6 +98,7 @@ def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none"
     - 'center_scale': per plate, subtract the reference rows' mean and divide by their std (per feature).
     - 'tvn': typical-variation normalisation: per-plate centring on the reference rows, then whitening
       (`TypicalVariationWhitener`) fitted on the reference rows of every plate.
+
     `centred`: the features already went through `plate_normalize` (only the whitening is left to do).
     This is the descriptive path (E²/C² figures, the mAP profiles): nothing is held out there. Table 1 and
     the cross-fitted efficacy scores use `plate_normalize` and fit the whitening inside each fold instead.

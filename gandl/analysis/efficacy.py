@@ -212,7 +212,7 @@ def fit_hills(curve: np.ndarray, log_conc: np.ndarray, response: np.ndarray, *, 
 
     Bounds: EC50 within one decade of the tested range, slope in [0.1, max_slope] (the sign of the effect
     lives in top - bottom), asymptotes within [-5, 5] score units. A curve whose fitted amplitude
-    |top - bottom| is below `flat_threshold` (score units; the C- to C+ gap is 2) is 'flat': it has no
+    ``|top - bottom|`` is below `flat_threshold` (score units; the C- to C+ gap is 2) is 'flat': it has no
     EC50, and so is one the data cannot tell from a constant (extra-sum-of-squares F-test of the 4PL
     against the mean, p > `flat_p`, when there are more points than parameters): four parameters fit to
     noise always find some sigmoid. Pure noise can also leave the optimiser wandering along the flat

@@ -8,7 +8,8 @@ feature set. The tasks themselves are the lists in `gandl.analysis.tasks`; one t
 is a `skipped: <reason>` row, a line in analysis.json and a warning, never a dead job. Any [N, D]
 features aligned with RxRx19a-style metadata run through it unchanged.
 
-Layout of `out_dir` (e.g. `workdir/analysis/`):
+Layout of `out_dir` (e.g. `workdir/analysis/`)::
+
   report.md, report.html (figures embedded), summary.csv, analysis.json
   complete.json: written last, every file above and below with its size and checksum (gandl.fileio)
   <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.csv,

@@ -32,7 +32,7 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 def gather(out_dir: str, name: str, columns: list[str], provenance: Mapping[str, Any],
            chunk_rows: int = 16384, well_aggregate: str = "median") -> None:
-    """Merge every process's parts into the final npz (its contract: README, Embeddings), parquet and h5ad, in
+    """Merge every process's parts into the final npz (its contract: docs/outputs.md), parquet and h5ad, in
     bounded memory.
 
     Sites go into metadata order (`index`, else site_id); metadata columns keep the screen's order

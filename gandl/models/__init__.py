@@ -1,6 +1,6 @@
 """StyleGAN2 (skip G, residual D) in Flax, with stylegan2-ada-pytorch weight conversion.
 
-`build_models` and `init_variables` are what the trainer uses; see README "Models" for the API.
+`build_models` and `init_variables` are what the trainer uses; see docs/method.md, "Model", for the API.
 """
 
 from __future__ import annotations

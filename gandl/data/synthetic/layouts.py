@@ -398,7 +398,7 @@ def write_cell_painting(out_dir: str | os.PathLike, *, seed: int = 0, image_size
     site: Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Compound, Metadata_Dose_uM, Metadata_CellLine,
     Metadata_Note (blank but for edge wells), FileName_DNA / _Actin / _RNA relative to it): data.kind=generic.
     "ome_zarr": one HCS plate `{plate}.zarr` per plate (OMERO channel labels, fields = sites) and the plate map
-    `metadata.csv` (one row per well: plate, well and the Metadata_ columns): data.kind=ome_zarr.
+    `metadata.csv` (one row per well: plate, well and the ``Metadata_`` columns): data.kind=ome_zarr.
     metadata.csv is written last: a directory holding it is complete.
     """
     if layout not in ("csv", "ome_zarr"):
