@@ -110,11 +110,15 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
                 f"{config.group_by}s (Table 1's folds; {config.group_by}s without controls by one SVM on all "
                 "controls, which none of their sites trained)"
                 + (", TVN whitening fitted with it" if config.normalization == "tvn" else "")
-                + "; per fold and cell line the held-out controls anchor C- = -1 and C+ = +1, so the C- wells a "
-                  "dose is tested against were never fitted on")
-    hits = (crossfit + "; `hit`, `p`, `q`: Simes' combination of a compound's dose p-values, Benjamini-Hochberg "
-            "over compound x cell line (the FDR of the hit list); `dose_p`, `dose_q`: the best dose's t-test and "
-            "its Benjamini-Hochberg q over every compound x dose (the FDR of single doses)")
+                + "; per fold and cell line the held-out controls anchor C- = -1 and C+ = +1 for display")
+    hits = (crossfit + f"; the null is 'rescues less than the threshold' (efficacy {config.rescue_threshold:g}): "
+            "per dose, each plate's wells (median of their sites, plate-position effects removed) minus that plate's "
+            "reference point between its negative level (its C- wells, or its treated wells' median where that is "
+            "higher) and its C+ wells, tested over plates by a moderated t (variances shrunk across the cell line's "
+            "doses); folds whose held-out C+ - C- gap is not clearly positive are not tested; doses off the C- to C+ "
+            f"axis (off-axis distance over {config.off_axis_limit:g}x the controls') or cytotoxic (cell-count proxy "
+            f"under {config.viability_floor:g} of C-) are not eligible; `p`: Simes over a compound's eligible doses, "
+            "`q`: Benjamini-Hochberg over compound x cell line (the FDR of the hit list); `dose_q`: over every dose")
     activity = ("well profiles as the descriptive path (" + (per_plate or "no normalisation")
                 + (", TVN whitening on all controls" if config.normalization == "tvn" else "")
                 + "); copairs mAP against the cell line's C- wells, permutation p, Benjamini-Hochberg q over "
