@@ -293,6 +293,16 @@ def toxic_drop(means: np.ndarray, sems: np.ndarray, threshold: float = 0.5) -> b
     return bool(drop > max(threshold, noise))
 
 
+def simes(p: np.ndarray) -> float:
+    """Simes' combination of p-values: min over i of n p_(i) / i (NaNs left out; NaN when none is finite).
+
+    It tests "no dose has an effect" and stays valid under the positive dependence of doses that share plates
+    and their references (Sarkar 1998), where Fisher's or Stouffer's independence would not.
+    """
+    p = np.sort(np.asarray(p, np.float64)[np.isfinite(p)])
+    return float(np.min(p * len(p) / np.arange(1, len(p) + 1))) if len(p) else float("nan")
+
+
 ACTIVE_EFFICACY = 0.5  # hidden efficacy at which a compound is truly above the threshold (half-way to C+)
 
 

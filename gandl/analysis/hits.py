@@ -319,16 +319,6 @@ def display_scores(table: pd.DataFrame, gaps: pd.DataFrame) -> np.ndarray:
     return np.where(merged["usable"].fillna(False).to_numpy(bool), score, np.nan)
 
 
-def simes(p: np.ndarray) -> float:
-    """Simes' combination of p-values: min over i of n p_(i) / i (NaNs left out; NaN when none is finite).
-
-    It tests "no dose rescues" and stays valid under the positive dependence of doses that share plates and
-    their references (Sarkar 1998), where Fisher's or Stouffer's independence would not.
-    """
-    p = np.sort(np.asarray(p, np.float64)[np.isfinite(p)])
-    return float(np.min(p * len(p) / np.arange(1, len(p) + 1))) if len(p) else float("nan")
-
-
 def _bh(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q of the finite entries of `p` (NaN elsewhere)."""
     q = np.full(len(p), np.nan)
@@ -382,10 +372,10 @@ def hit_table(table: pd.DataFrame, doses: pd.DataFrame, settings: HitSettings) -
     out["estimate"] = best["estimate"].where(best["eligible"]).to_numpy()
     out["lcb"] = best["lcb"].where(best["eligible"]).to_numpy()
     out["dose_p"], out["dose_q"] = best["p_eligible"].to_numpy(), best["q"].where(best["eligible"]).to_numpy()
-    out["p"] = by_curve["p_eligible"].agg(simes).to_numpy()
+    out["p"] = by_curve["p_eligible"].agg(efficacy.simes).to_numpy()
     out["q"] = _bh(out["p"].to_numpy())
     out["hit"] = out["q"] < settings.fdr
-    any_rescue = by_curve["p"].agg(simes).to_numpy()
+    any_rescue = by_curve["p"].agg(efficacy.simes).to_numpy()
     flagged = by_curve.agg(off_axis=("off_axis_flag", "any"), cytotoxic=("cytotoxic", "any"),
                            why=("untested", "max"), max_off_axis=("off_axis", "max"),
                            min_viability=("viability", "min"))
