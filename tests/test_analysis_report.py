@@ -63,7 +63,9 @@ def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     summary = analysis[0]["summary"]
     assert summary.loc["hidden efficacy: Spearman (dose points)", "handcrafted"] > 0.5
     assert summary.loc["hidden efficacy: Spearman (best dose per compound)", "handcrafted"] > 0.7
-    assert abs(summary.loc["hidden efficacy: Spearman (dose points)", "shuffled"]) < 0.3
+    # Shuffled features: no fold's held-out C+ - C- gap is clearly positive, so no score is drawn on a mirrored axis.
+    shuffled = summary.loc["hidden efficacy: Spearman (dose points)", "shuffled"]
+    assert not np.isfinite(shuffled) or abs(shuffled) < 0.3
     hits = analysis[0]["screens"]["handcrafted"]["hits"].set_index(["treatment", "cell_type"])
     remdesivir = hits.loc[("Remdesivir", "HRCE")]
     assert remdesivir["hit"] and remdesivir["fit_status"] == "ok"
@@ -73,7 +75,9 @@ def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     assert not analysis[0]["screens"]["shuffled"]["hits"]["hit"].any()
     for line in ("HRCE", "VERO"):
         assert summary.loc[f"{line}: hidden efficacy AUROC (best-dose score, active vs inert)", "handcrafted"] > 0.9
-        assert summary.loc[f"{line}: hidden efficacy hit precision", "handcrafted"] >= 0.75
+        precision = summary.loc[f"{line}: hidden efficacy hit precision", "handcrafted"]
+        assert not np.isfinite(precision) or precision >= 0.75  # NaN: no hit (two plates: one replicate df a dose)
+    assert summary.loc["HRCE: hidden efficacy hit recall", "handcrafted"] >= 0.75
 
 
 def test_report_folder(analysis):
@@ -110,7 +114,8 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
     assert "C+ vs C- (VERO): skipped" in notes
     assert "cell line VERO: not scored (no C+ control sites)" in notes
     assert "Polydatin (HRCE) has 1 dose(s)" in notes
-    assert set(result["hits"]["cell_type"]) == {"HRCE"}
+    vero = result["hits"][result["hits"]["cell_type"] == "VERO"]  # listed, each with why it was not tested
+    assert len(vero) and not vero["hit"].any() and vero["status"].str.startswith("not tested: its fold").all()
     with pytest.raises(ValueError, match="align them by site_id"):
         report.analyze_screen(feats[:-1], meta)
     with pytest.raises(ValueError, match="screen.perturbation='treatment'"):

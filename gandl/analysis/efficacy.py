@@ -354,6 +354,10 @@ def truth_agreement(curves: pd.DataFrame, truth: pd.DataFrame, hits: pd.DataFram
     hidden, toxicity = (np.array([fn(truth, r.treatment, r.cell_type, r.treatment_conc) for r in curves.itertuples()])
                         for fn in (hidden_efficacy, hidden_toxicity))
     scored = curves.assign(hidden=hidden, toxicity=toxicity)
+    scored = scored[np.isfinite(scored["mean"].to_numpy(np.float64))]  # unscored: a fold without a clear C+ - C- gap
+    if len(scored) < 3:
+        return dict(spearman_dose=float("nan"), spearman_compound=float("nan"), n_points=len(scored),
+                    n_compounds=0, per_line={})
     best = scored.groupby(["treatment", "cell_type"])[["mean", "hidden", "toxicity"]].max()
     per_line = {}
     for line, frame in best.groupby(level="cell_type"):

@@ -227,49 +227,58 @@ def dose_tests(table: pd.DataFrame, gaps: pd.DataFrame, refs: pd.DataFrame, thre
 # Is the rescue the positive control's phenotype?
 
 
-def off_axis(features: np.ndarray, sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
-    """Per well: its distance from the controls away from the C- -> C+ direction, over the controls' own.
+def _distances_to_positive(residual: np.ndarray, plate: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Each well's distance to the median C+ residual of its plate (of the whole line where a plate has fewer
+    than 3 C+ wells); a C+ well's own plate centre leaves it out, so it is measured like any other well."""
+    line_centre = np.median(residual[positive], axis=0)
+    dist = np.empty(len(residual))
+    for name in pd.unique(plate):
+        on = plate == name
+        own = np.flatnonzero(on & positive)
+        centre = np.median(residual[own], axis=0) if len(own) >= 3 else line_centre
+        dist[on] = np.linalg.norm(residual[on] - centre, axis=1)
+        for i in own if len(own) >= 4 else ():
+            dist[i] = np.linalg.norm(residual[i] - np.median(residual[own[own != i]], axis=0))
+    return dist
 
-    Per cell line the well profiles are put on the controls' robust scale (median and MAD per dimension),
-    the direction from the C- to the C+ median profile is projected out, and each well's distance to the
-    median residual of its plate's control wells is divided by the median of the control wells' own
-    distances (so controls sit near 1). A rescue moves a well along the axis; toxicity and off-target
-    effects move it away (the paper's off-perturbation space).
+
+def off_axis(features: np.ndarray, sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
+    """Per well: its distance from the positive control away from the C- -> C+ direction, over C+'s own spread.
+
+    Per cell line the well profiles are put on the controls' robust scale (median and MAD per dimension), the
+    direction from the C- to the C+ median profile is projected out, and each well's distance to its plate's
+    C+ wells (`_distances_to_positive`) is divided by the median of the C+ wells' own distances, so C+ wells
+    sit near 1 (`control_off_axis`). A rescue moves a well along the axis to C+; toxicity and off-target
+    effects move it away from C+ (the paper's off-perturbation space).
     """
     x, meta = aggregate_wells(np.asarray(features), sites, how)
-    plate_id = meta["experiment"].astype(str) + "_" + meta["plate"].astype(str)
-    ratio = np.full(len(meta), np.nan)
-    control_ratio = np.full(len(meta), np.nan)
+    plate_id = (meta["experiment"].astype(str) + "_" + meta["plate"].astype(str)).to_numpy()
+    role_all = meta["role"].to_numpy()
+    ratio, positive_ratio = np.full(len(meta), np.nan), np.full(len(meta), np.nan)
     for line in pd.unique(meta["cell_type"]):
         rows = (meta["cell_type"] == line).to_numpy()
-        control = rows & meta["role"].isin(["C+", "C-"]).to_numpy()
-        if not ((meta["role"] == "C+") & rows).any() or not ((meta["role"] == "C-") & rows).any():
+        role = role_all[rows]
+        if (role == "C+").sum() < 2 or not (role == "C-").any():
             continue
-        centre = np.median(x[control], axis=0)
-        scale = stats.median_abs_deviation(x[control], axis=0, scale="normal")
-        z = (x[rows] - centre) / np.where(scale > 1e-12, scale, 1.0)
-        role = meta["role"].to_numpy()[rows]
+        control = np.isin(role, ["C+", "C-"])
+        xl = x[rows]
+        # The controls' robust spread, floored at a tenth of every well's: a dimension (nearly) constant in the
+        # controls must not turn a small change into a huge distance.
+        scale = np.maximum(stats.median_abs_deviation(xl[control], axis=0, scale="normal"), 0.1 * xl.std(axis=0))
+        z = (xl - np.median(xl[control], axis=0)) / np.where(scale > 1e-12, scale, 1.0)
         axis = np.median(z[role == "C+"], axis=0) - np.median(z[role == "C-"], axis=0)
         norm = np.linalg.norm(axis)
         residual = z - np.outer(z @ axis / norm, axis / norm) if norm > 0 else z
-        plate = plate_id.to_numpy()[rows]
-        is_control = np.isin(role, ["C+", "C-"])
-        line_centre = np.median(residual[is_control], axis=0)
-        dist = np.empty(len(z))
-        for name in pd.unique(plate):
-            on = plate == name
-            ref = residual[on & is_control]
-            dist[on] = np.linalg.norm(residual[on] - (np.median(ref, axis=0) if len(ref) >= 3 else line_centre),
-                                      axis=1)
-        spread = np.median(dist[is_control])
+        dist = _distances_to_positive(residual, plate_id[rows], role == "C+")
+        spread = np.median(dist[role == "C+"])
         ratio[rows] = dist / spread if spread > 0 else np.nan
-        control_ratio[rows] = np.where(is_control, ratio[rows], np.nan)
-    return pd.DataFrame({"well_id": meta["well_id"].astype(str), "off_axis": ratio, "control_off_axis": control_ratio})
+        positive_ratio[rows] = np.where(role == "C+", ratio[rows], np.nan)
+    return pd.DataFrame({"well_id": meta["well_id"].astype(str), "off_axis": ratio, "control_off_axis": positive_ratio})
 
 
 def off_axis_limits(table: pd.DataFrame, limit: float) -> pd.Series:
     """Per cell line: the off-axis ratio above which a dose is off-axis, `limit` or the 99th percentile of its
-    control wells' own ratios when that is higher (few dimensions make distances noisy)."""
+    C+ wells' own ratios when that is higher (few dimensions make distances noisy)."""
     quantile = table.groupby("cell_type")["control_off_axis"].quantile(0.99)
     return np.maximum(quantile.fillna(limit), limit)
 
