@@ -189,6 +189,9 @@ RULES: dict[str, Rule] = {
     "analysis.uv_is_positive": _BOOL, "analysis.top_k": _COUNT,
     "analysis.flat_threshold": _number(0), "analysis.toxic_threshold": _number(0),
     "analysis.fdr": _number(0, 1, open_low=True, open_high=True), "analysis.seed": _SEED, "analysis.truth": _TEXT,
+    "analysis.rescue_threshold": _number(-1, 1, open_low=True, open_high=True), "analysis.off_axis_limit": _number(1),
+    "analysis.viability_floor": _number(0, 1, open_low=True),
+    "analysis.position_correction": _one_of("auto", "on", "off"),
     "analysis.few_labels": _sequence(_COUNT), "analysis.few_label_draws": _COUNT,
 }
 

@@ -130,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
         normalization="none", level="site", c=1.0, n_splits=5, group_by="plate", uv_is_positive=False,
         top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
         fdr=0.05,  # false discovery rate of the hit calls
+        rescue_threshold=0.0,  # efficacy a hit must be shown to exceed (C- = -1, C+ = +1; 0 = half way)
+        off_axis_limit=1.5,  # off-axis distance over the C+ wells' own beyond which a dose is not a rescue
+        viability_floor=0.7,  # cell-count proxy over the plate's C- wells below which a dose is cytotoxic
+        position_correction="auto",  # auto | on | off: plate row/column/edge effects removed before the hit test
         seed=0,
         few_labels=(),  # e.g. (4, 8, 16): Table 1 also with k labelled control wells per class (table1_few_labels)
         few_label_draws=5,  # seeded draws of those wells, averaged
