@@ -138,7 +138,9 @@ def test_a_field_without_a_rule_is_refused_as_unknown():
 
 @pytest.mark.parametrize("field, values", [("normalization", (*NORMALIZATIONS, "zscore")),
                                            ("level", ("site", "well", "plate")),
-                                           ("group_by", ("plate", "experiment", "well"))])
+                                           ("group_by", ("plate", "experiment", "well")),
+                                           ("position_correction", ("auto", "on", "off", "always")),
+                                           ("rescue_threshold", (-1.0, -0.5, 0.0, 0.99, 1.0))])
 def test_the_analysis_enumerations_are_the_analysis_own(field, values):
     """check.py sits below the analysis and cannot import it: its rules must accept what AnalysisConfig accepts."""
     for value in values:
