@@ -27,6 +27,7 @@ from scipy import special, stats
 
 from gandl.analysis import efficacy, plates
 from gandl.analysis.io import aggregate_wells
+from gandl.data import wells
 
 GAP_P = 0.01  # a fold's held-out C+ - C- gap is "clearly positive" below this one-sided Welch p
 MIN_TREATED_FOR_BASELINE = 20  # treated wells a plate needs before their median guards the negative level
@@ -52,7 +53,7 @@ class HitSettings:
 # Wells
 
 
-def wells(sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
+def well_table(sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
     """One row per well of the efficacy task's site table: its decision value (`how` of its sites), role,
     compound, dose, plate_id, model, n_sites, and its viability proxy when the sites carry one."""
     frame = sites.assign(plate_id=sites["experiment"].astype(str) + "_" + sites["plate"].astype(str))
@@ -87,8 +88,7 @@ def correct_positions(table: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, lis
         raise ValueError(f"position correction asked for, but {model.notes[0]}")
     table["position_effect"] = model.effect
     table["decision"] = table["decision"] - model.effect
-    control = table["role"].isin(["C+", "C-"]).to_numpy()
-    warnings = plates.confounded(model, table["plate_id"].to_numpy(), control)
+    warnings = wells.layout_warnings(table["well"], table["plate_id"].to_numpy(), table["role"].to_numpy())
     return table, ([f"position: {n}" for n in model.notes] + [f"position corrected: {c}" for c in model.corrected]
                    + [f"controls confounded with position: {w}" for w in warnings])
 
@@ -417,7 +417,7 @@ def call(sites: pd.DataFrame, features: np.ndarray, site_meta: pd.DataFrame, set
     `features` / `site_meta`: the (unfitted, plate-normalised) features the off-axis distances are measured in,
     rows of `site_meta` matching `sites` by site_id.
     """
-    table, notes = correct_positions(wells(sites, how), settings.position)
+    table, notes = correct_positions(well_table(sites, how), settings.position)
     gaps = fold_gaps(table)
     for r in gaps[~gaps["usable"]].itertuples():
         notes.append(f"hits: model {r.model}, cell line {r.cell_type}: held-out C+ - C- gap {r.gap:.3g} "

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
+from gandl.data import wells
 from gandl.data.vocabulary import ACTIVE, MOCK, STAINS, UV_INACTIVATED
 
 # Names the stages after reading use for their own data: record keys (convert), batch keys (pipeline), npz
@@ -395,7 +397,8 @@ def read_screen(source: Source, schema: ScreenSchema | None = None) -> Screen:
 def read_configured(config: Mapping[str, Any], root: str | None = None) -> Screen:
     """The screen a run's config names in `data` (or the one at `root`), its schema (`screen`) checked against its
     metadata and its channels against `model.num_channels`: what convert will read, refused in one line if it
-    cannot be. Reads metadata and channel references only, never pixels (and loads no TensorFlow here).
+    cannot be; a layout whose controls sit where a plate-position effect could pass for their signal is warned
+    about. Reads metadata and channel references only, never pixels (and loads no TensorFlow here).
     """
     data = config["data"]
     schema = from_config(dict(config["screen"]), data["kind"])
@@ -411,6 +414,10 @@ def read_configured(config: Mapping[str, Any], root: str | None = None) -> Scree
         pick = f" or pick {wanted} of them with data.channels" if wanted < len(stains) else ""
         raise MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
                             f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")
+    meta = screen.metadata
+    for warning in wells.layout_warnings(meta[schema.well], plate_key(meta, schema), control_role(meta, schema)):
+        logging.warning("%s: controls confounded with plate position: %s (the hit calls remove edge and row/column "
+                        "effects estimated from the treated wells; the report repeats this)", screen.source, warning)
     return screen
 
 

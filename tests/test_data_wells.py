@@ -1,0 +1,27 @@
+"""Plate geometry from well names, and the layouts whose controls a position effect could pass for."""
+
+import numpy as np
+import pandas as pd
+
+from gandl.analysis import calibration
+from gandl.data import wells
+
+
+def test_well_names_become_rows_columns_and_edge_distances():
+    rows, cols = wells.well_positions(pd.Series(["A01", "b03", "P24", "AF48", " C 7"]))
+    assert rows.tolist() == [0, 1, 15, 31, 2] and cols.tolist() == [0, 2, 23, 47, 6]
+    assert wells.plate_shape(rows[:3], cols[:3]) == (16, 24) and wells.plate_shape(rows, cols) == (32, 48)
+    assert wells.edge_distance(np.array([0, 7, 3]), np.array([5, 11, 3]), (16, 24)).tolist() == [0, 7, 3]
+    assert "column 0" in wells.well_positions(pd.Series(["B02", "W000"]))
+    assert "is not a row letter" in wells.well_positions(pd.Series(["B02", "well-7"]))
+
+
+def test_controls_only_on_the_edge_are_warned_about_and_random_ones_are_not():
+    for placement, expected in (("edge", 8), ("random", 0)):
+        meta = calibration.layout(plates_per_line=4, compounds=8, control_placement=placement, seed=1)
+        role = np.where(meta["treatment"] != "", "treated",
+                        np.where(meta["disease_condition"] == "Mock", "C+", "C-"))
+        plate = (meta["experiment"] + "_" + meta["plate"].astype(str)).to_numpy()
+        warnings = wells.layout_warnings(meta["well"], plate, role)
+        assert len(warnings) == expected, warnings
+    assert wells.layout_warnings(pd.Series(["W000"] * 3), np.zeros(3), np.array(["C+", "C-", "treated"])) == []
