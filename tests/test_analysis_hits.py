@@ -212,3 +212,15 @@ def test_the_handcrafted_nuclear_stain_mean_becomes_the_cell_count_proxy(tmp_pat
     assert other[stage.NUCLEAR_PROXY].tolist() == pytest.approx([0.9, 0.5, 0.2])
     named = dataclasses.replace(screen.PRESETS["generic"], viability="Count_Nuclei")
     assert stage.nuclear_proxy(sets, str(tmp_path), named) is named  # the screen's own readout wins
+
+
+def test_an_artefact_site_is_flagged_and_does_not_move_its_well():
+    rng = np.random.default_rng(9)
+    sites = pd.DataFrame({"well_id": np.repeat([f"w{i}" for i in range(40)], 3), "cell_type": "L",
+                          "decision": rng.normal(0, 0.3, 120), "experiment": "E", "plate": 1, "well": "B02",
+                          "role": "treated", "treatment": "c", "treatment_conc": 1.0, "model": 0})
+    sites.loc[7, "decision"] += 10.0  # an out-of-focus field in well w2
+    flagged = hits.site_outliers(sites)
+    assert flagged.tolist() == [i == 7 for i in range(120)]
+    table = hits.well_table(sites).set_index("well_id")
+    assert abs(table.loc["w2", "decision"]) < 1.0 and table.loc["w2", "n_sites"] == 3

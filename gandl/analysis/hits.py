@@ -65,6 +65,23 @@ def well_table(sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
     return out.reset_index()
 
 
+def site_outliers(sites: pd.DataFrame, limit: float = 5.0) -> np.ndarray:
+    """Sites whose decision value sits more than `limit` robust sds from their well's median (an out-of-focus
+    field, debris, a bubble): flagged in the efficacy table; the well's median already ignores them.
+
+    The sd is the MAD of all sites' (nonzero) deviations from their well medians within the cell line, scaled to
+    a normal sd. A well of one site has no deviation to judge.
+    """
+    value = sites["decision"].to_numpy(np.float64)
+    deviation = value - sites.groupby("well_id")["decision"].transform("median").to_numpy(np.float64)
+    single = sites.groupby("well_id")["decision"].transform("size").to_numpy() < 2
+    usable = ~single & (deviation != 0)  # the median site of an odd-sized well deviates by 0 by construction
+    scale = pd.Series(np.where(usable, deviation, np.nan)).groupby(sites["cell_type"].to_numpy()).transform(
+        lambda d: stats.median_abs_deviation(d.dropna(), scale="normal") if d.notna().any() else np.nan)
+    with np.errstate(invalid="ignore"):
+        return ~single & (np.abs(deviation) > limit * scale.to_numpy())
+
+
 def correct_positions(table: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, list[str]]:
     """`table` with its decision values less their plate-position effect (`position_effect`), and notes.
 

@@ -229,6 +229,7 @@ def efficacy_task(inp: Inputs) -> Result:
                         "treatment_conc", "viability") if c in meta]
     table = meta[keep].assign(role=role.to_numpy(), model=fold,
                               decision=decisions[np.arange(len(fold)), fold], efficacy=scores)
+    table["outlier_site"] = hits.site_outliers(table)
     return Result(tables={"efficacy": (table, False)}, notes=notes,
                   summary={"efficacy: models (folds + all-controls)": len(np.unique(fold))},
                   values=dict(efficacy=table, held_out=held_out))
