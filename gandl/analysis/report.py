@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -222,10 +221,6 @@ def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict]) ->
     return pd.DataFrame(columns).rename_axis("task")
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "features"
-
-
 def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str],
                    names: Mapping[str, str] | None = None) -> dict[str, bytes]:
     """Every table (CSV, Table 1 also as markdown) and figure of one outcome, their paths appended to `files`;
@@ -308,7 +303,7 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     unknown = sorted(set(zeroshot_sets) - set(feature_sets))
     if unknown:
         raise ValueError(f"zero-shot sets {unknown} have no screen feature set of the same name")
-    folders = {name: _slug(name) for name in feature_sets}
+    folders = {name: markup.slug(name) for name in feature_sets}
     if len(set(folders.values())) < len(folders):
         raise ValueError(f"feature set names {list(folders)} collide as folder names {list(folders.values())}")
     fold_sets = fold_sets or {}
