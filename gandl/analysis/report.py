@@ -14,7 +14,8 @@ Layout of `out_dir` (e.g. `workdir/analysis/`):
   <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.csv,
                 dose_response.csv, hits.csv, fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
                 zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given),
-                zeroshot_few_labels.csv (both, with few_labels)
+                zeroshot_few_labels.csv (both, with few_labels), qc_plates.csv, qc_drift.csv, qc_drift.png,
+                qc_map_<efficacy|position|viability>_<cell line>.png (plate maps)
 """
 
 from __future__ import annotations
@@ -117,12 +118,16 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
                 + (", TVN whitening on all controls" if config.normalization == "tvn" else "")
                 + "); copairs mAP against the cell line's C- wells, permutation p, Benjamini-Hochberg q over "
                   "compound x dose x cell line")
+    plate_qc = ("well medians of the efficacy task's cross-fitted decision values (each plate scored by the fold "
+                "SVM fitted without it), anchored once per cell line on all its plates' control wells; position "
+                "effects by median polish of each plate's treated wells")
     if per_fold_extractor is not None:
         descriptive += "; features from one model fine-tuned on all control sites"
-        crossfit = hits = activity = ("not computed: the feature extractor was fine-tuned on every control's "
-                                      "label, so no C- well is a held-out reference")
+        crossfit = hits = activity = plate_qc = ("not computed: the feature extractor was fine-tuned on every "
+                                                 "control's label, so no C- well is a held-out reference")
     tables = {"table1_controls": table1_text, "spaces": descriptive, "efficacy": crossfit,
-              "dose_response": crossfit, "hits": hits, "map_activity": activity}
+              "dose_response": crossfit, "hits": hits, "map_activity": activity, "qc_plates": plate_qc,
+              "qc_drift": plate_qc}
     if config.few_labels:
         tables["table1_few_labels"] = (
             f"Table 1's folds; fitted on k whole control wells per class (k in {tuple(config.few_labels)}) drawn "
@@ -141,14 +146,14 @@ def _none_ran(reason: str, config: AnalysisConfig, per_fold: bool | None) -> dic
 def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
                    truth: pd.DataFrame | None = None, folder: str = "features",
                    fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None) -> dict:
-    """Table 1, E²/C² coordinates, efficacy scores, dose-response and hits for one RxRx19a feature set.
+    """Table 1, E²/C² coordinates, efficacy scores, plate QC, dose-response and hits for one RxRx19a feature set.
 
     `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
     per fold of `classify.control_folds`, (features, metadata, held-out groups) of the control sites from a
     model fitted without those groups; Table 1 is computed from them, everything else from `features`.
     An empty sequence marks such an extractor without per-fold features: its Table 1 is skipped.
-    Returns the tasks' values (`table1`, `axes`, `coordinates`, `dose_response`, `hits`, for the tasks
-    that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
+    Returns the tasks' values (`table1`, `axes`, `coordinates`, `dose_response`, `hits`, `qc_plates`, for the
+    tasks that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
     reason) and `results`.
     """
     schema = schema or io.default_schema(config.uv_is_positive)
