@@ -1,4 +1,4 @@
-"""Plate quality control on a synthetic feature-space screen.
+"""Plate quality control on a synthetic feature-space screen, and acting on it.
 
 The screen: 2 cell lines x 4 plates of 384 wells, one site each; features are normal noise in 4 dimensions, C+
 (Mock) 50 sd away along the first, one compound of 24 part-way there by dose. Controls fill interior columns
@@ -56,8 +56,9 @@ def screen() -> tuple[np.ndarray, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def analysis(screen, tmp_path_factory):
+    """The report of the screen with plates below a robust Z′ of 0 excluded."""
     out = tmp_path_factory.mktemp("qc")
-    result = report.analyze({"features": screen}, str(out), schema=SCHEMA)
+    result = report.analyze({"features": screen}, str(out), report.AnalysisConfig(min_z_prime=0.0), schema=SCHEMA)
     return result["screens"]["features"], out
 
 
@@ -76,10 +77,24 @@ def test_the_failed_plates_fail_and_the_edge_plate_is_flagged(analysis):
     assert any("no drift measure for cell line VERO: 4 plates" in n for n in analysis[0]["notes"])
 
 
-def test_the_report_shows_the_plate_qc_and_its_maps(analysis):
+def test_plates_below_min_z_prime_are_left_out_of_every_other_task(analysis):
+    outcome = analysis[0]
+    assert sorted(outcome["excluded_plates"]["plate_id"]) == [SWAPPED, COLLAPSED]
+    table1 = outcome["table1"].set_index("task")
+    assert table1.loc["C+ vs C- (all cell lines)", ["n", "n_groups"]].tolist() == [6 * 56, 6]
+    assert table1.loc["C+ vs C- (HRCE)", "accuracy"] == 1.0  # without the swapped plate's labels
+    assert not set(io.plate_key(outcome["efficacy"])) & {SWAPPED, COLLAPSED}
+    assert len(outcome["coordinates"]) == 6 * 384
+    assert outcome["dose_response"]["n"].sum() == 6 * (384 - 56)  # every treated well of the six plates
+    assert "without the excluded plates (VERO-1_1, HRCE-1_2)" in outcome["protocol"]["hits"]
+
+
+def test_the_report_shows_the_plate_qc_its_maps_and_what_was_excluded(analysis):
     _, out = analysis
     text = (out / "report.md").read_text()
-    assert "### Plate quality control" in text
+    assert "### Plate quality control" in text and "### Excluded plates" in text
+    assert f"| {SWAPPED} | robust Z′ " in text and "below min_z_prime=0 |" in text
+    assert "changed only through the fits" in text
     for stem in ("efficacy", "position", "viability"):
         for line in ("HRCE", "VERO"):
             assert f"(features/qc_map_{stem}_{line}.png)" in text
@@ -88,6 +103,20 @@ def test_the_report_shows_the_plate_qc_and_its_maps(analysis):
     plates = pd.read_csv(out / "features" / "qc_plates.csv")
     assert "plate_no" in plates.columns and "plate" not in plates.columns  # the screen's own column name
     assert "| plate_id | cell_type | experiment | plate_no |" in text
+
+
+def test_an_unknown_plate_to_exclude_is_refused_by_name(screen):
+    with pytest.raises(ValueError, match=r"\['HRCE-1_9'\]"):
+        report.analyze_screen(*screen, report.AnalysisConfig(exclude_plates=("HRCE-1_1", "HRCE-1_9")), schema=SCHEMA)
+
+
+def test_excluding_every_plate_of_a_cell_line_says_so(screen):
+    config = report.AnalysisConfig(exclude_plates=tuple(f"VERO-1_{p}" for p in range(1, 5)))
+    outcome = report.analyze_screen(*screen, config, schema=SCHEMA)
+    assert "cell line VERO: every plate excluded, so only the plate quality control has numbers for it" in \
+        outcome["notes"]
+    assert set(outcome["qc_plates"]["cell_type"]) == {"HRCE", "VERO"}  # the QC still covers every plate
+    assert set(outcome["efficacy"]["cell_type"]) == {"HRCE"}
 
 
 def test_a_screen_without_plate_positions_gets_no_maps_and_says_why(analysis, screen):
@@ -99,7 +128,7 @@ def test_a_screen_without_plate_positions_gets_no_maps_and_says_why(analysis, sc
     assert any("no plate maps or edge effects: well 'well0' is not a row letter" in n for n in result.notes)
     table = result.values["qc_plates"]
     assert table["edge_effect"].isna().all() and not table["edge_flag"].any()
-    assert set(table.loc[table["status"] == "fails", "plate_id"]) == {SWAPPED, COLLAPSED}
+    assert (table["status"] == "good").all()  # the six kept plates
 
 
 def test_drift_flags_the_plate_whose_controls_moved():

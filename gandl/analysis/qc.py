@@ -14,6 +14,8 @@ above good, the usual screening thresholds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -181,3 +183,30 @@ def plate_table(wells: pd.DataFrame, drift: pd.DataFrame, edges: pd.DataFrame | 
     severity = table["status"].map(STATUS_ORDER.index) - 0.5 * (table["edge_flag"] | table["drift"])
     return (table.assign(_severity=severity).sort_values(["_severity", "z_prime_robust"], kind="stable")
             .drop(columns="_severity").reset_index(drop=True))
+
+
+def check_excluded(exclude: Sequence[str], plate_ids: Sequence[str]) -> None:
+    """Refuse `exclude_plates` entries the screen does not have: a typo would otherwise exclude nothing."""
+    unknown = sorted(set(exclude) - set(plate_ids))
+    if unknown:
+        known = sorted(set(plate_ids))
+        raise ValueError(f"analysis.exclude_plates names plates this screen does not have: {unknown}; plates are "
+                         f"named {{experiment}}_{{plate}} (qc_plates.csv's plate_id), e.g. {known[:3]}")
+
+
+def excluded_plates(exclude: Sequence[str], min_z_prime: float | None,
+                    table: pd.DataFrame | None) -> pd.DataFrame:
+    """plate_id and reason of every plate the settings exclude: those named, and those whose robust Z′ (any cell
+    line's, from the QC `table`) is below `min_z_prime`. Plates without a Z′ (too few controls) are kept."""
+    reasons = {plate: "named in exclude_plates" for plate in exclude}
+    if min_z_prime is not None and table is not None:
+        for row in table[table["z_prime_robust"] < min_z_prime].itertuples():
+            reasons.setdefault(row.plate_id, f"robust Z′ {row.z_prime_robust:.2f} ({row.cell_type}) below "
+                                             f"min_z_prime={min_z_prime:g}")
+    return pd.DataFrame({"plate_id": list(reasons), "reason": list(reasons.values())})
+
+
+def lost_groups(plate_ids: np.ndarray, groups: np.ndarray, excluded: Sequence[str]) -> list[str]:
+    """The groups (cell lines) every one of whose plates is excluded."""
+    kept = set(groups[~np.isin(plate_ids, list(excluded))])
+    return sorted(set(groups) - kept)

@@ -9,6 +9,7 @@ reason, running every other task; tasks that need a skipped one are skipped too.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +44,8 @@ class AnalysisConfig:
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
     few_labels: tuple[int, ...] = ()  # Table 1 also with k labelled control wells per class, for each k; () = off
     few_label_draws: int = 5  # seeded draws of the k wells, averaged
+    exclude_plates: tuple[str, ...] = ()  # plates ({experiment}_{plate}) every task but the plate QC leaves out
+    min_z_prime: float | None = None  # also leave out plates whose robust Z′ is below it; None = report, keep all
 
     def __post_init__(self):
         if self.normalization not in classify.NORMALIZATIONS:
@@ -58,6 +61,13 @@ class AnalysisConfig:
         if any(not isinstance(k, int) or k < 1 for k in self.few_labels) or self.few_label_draws < 1:
             raise ValueError(f"few_labels must be integers >= 1 and few_label_draws >= 1, got {self.few_labels!r} "
                              f"and {self.few_label_draws!r}")
+        if any(not isinstance(p, str) or not p for p in self.exclude_plates):
+            raise ValueError(f"exclude_plates must be plate names ({{experiment}}_{{plate}}), got "
+                             f"{self.exclude_plates!r}")
+        z = self.min_z_prime
+        if z is not None and not (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
+                                  and z <= 1):
+            raise ValueError(f"min_z_prime must be None or a number <= 1 (Z′ never exceeds 1), got {z!r}")
 
 
 @dataclasses.dataclass(frozen=True)
