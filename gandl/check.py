@@ -183,7 +183,7 @@ RULES: dict[str, Rule] = {
     **{f"zeroshot.synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
     "zeroshot.synthetic.num_sirnas": _COUNT, "zeroshot.synthetic.num_positive_controls": _SIZE,
     "zeroshot.synthetic.negative_control_wells": _SIZE,
-    # gandl.analysis.tasks.AnalysisConfig (tests/test_check.py holds these enumerations to the analysis' own).
+    # gandl.analysis.tasks.AnalysisConfig (tests/test_check.py holds these rules to what it accepts).
     "analysis.normalization": _one_of("none", "center_scale", "tvn"), "analysis.level": _one_of("site", "well"),
     "analysis.c": _RATE, "analysis.n_splits": _integer(2), "analysis.group_by": _one_of("plate", "experiment"),
     "analysis.uv_is_positive": _BOOL, "analysis.top_k": _COUNT,
@@ -193,6 +193,7 @@ RULES: dict[str, Rule] = {
     "analysis.viability_floor": _number(0, 1, open_low=True),
     "analysis.position_correction": _one_of("auto", "on", "off"),
     "analysis.few_labels": _sequence(_COUNT), "analysis.few_label_draws": _COUNT,
+    "analysis.exclude_plates": _sequence(_NAME), "analysis.min_z_prime": _optional(_number(-math.inf, 1)),
 }
 
 

@@ -137,6 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0,
         few_labels=(),  # e.g. (4, 8, 16): Table 1 also with k labelled control wells per class (table1_few_labels)
         few_label_draws=5,  # seeded draws of those wells, averaged
+        exclude_plates=(),  # plates ({experiment}_{plate}, qc_plates.csv's plate_id) left out of all but the plate QC
+        min_z_prime=config_dict.placeholder(float),  # also leave out plates whose robust Z′ is below it; None = keep
         truth=""))  # a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the screen, if any
     return config
 

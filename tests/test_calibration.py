@@ -63,7 +63,7 @@ def test_within_plate_shuffle_removes_a_real_effect(layout):
 
 def test_constant_features_skip_every_task_with_the_reason(layout):
     outcome = report.analyze_screen(np.ones((len(layout), 8), np.float32), layout)
-    assert set(outcome["skipped"]) == {"controls", "efficacy", "dose_response", "spaces", "activity"}
+    assert set(outcome["skipped"]) == {"controls", "efficacy", "qc", "dose_response", "spaces", "activity"}
     assert all("no variance" in why for why in outcome["skipped"].values())
 
 

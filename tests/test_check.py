@@ -140,8 +140,10 @@ def test_a_field_without_a_rule_is_refused_as_unknown():
                                            ("level", ("site", "well", "plate")),
                                            ("group_by", ("plate", "experiment", "well")),
                                            ("position_correction", ("auto", "on", "off", "always")),
-                                           ("rescue_threshold", (-1.0, -0.5, 0.0, 0.99, 1.0))])
-def test_the_analysis_enumerations_are_the_analysis_own(field, values):
+                                           ("rescue_threshold", (-1.0, -0.5, 0.0, 0.99, 1.0)),
+                                           ("exclude_plates", ((), ("HRCE-1_1",), ("",), (1,))),
+                                           ("min_z_prime", (None, -2.0, 0, 0.5, 1.0, 1.5, float("nan"), "0.5"))])
+def test_the_analysis_rules_accept_what_the_analysis_accepts(field, values):
     """check.py sits below the analysis and cannot import it: its rules must accept what AnalysisConfig accepts."""
     for value in values:
         try:

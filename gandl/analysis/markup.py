@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -22,6 +23,11 @@ def cell(v) -> str:
     if isinstance(v, (float, np.floating)):
         return "—" if np.isnan(v) else f"{v:.3f}"
     return str(v)
+
+
+def slug(name: str) -> str:
+    """`name` as a file or folder name: runs of other characters than letters, digits, '_', '.', '-' become '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "features"
 
 
 def markdown_table(frame: pd.DataFrame, index: bool = True) -> str:

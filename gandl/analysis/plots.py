@@ -1,4 +1,5 @@
-"""The paper's figures as PNG bytes: E² controls (3), C² compounds (4), dose-response (5), confusion (6), mAP.
+"""The paper's figures as PNG bytes: E² controls (3), C² compounds (4), dose-response (5), confusion (6), mAP;
+and the plate QC's plate maps and control drift.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so plotting
 changes no global backend state and works headless; each function returns PNG bytes that the caller
@@ -220,4 +221,55 @@ def probe_gap_figure(spread: pd.DataFrame, by: Sequence[str] = ()) -> bytes:
         row[0].set_ylabel("\n".join([*textwrap.wrap(name, 40), "accuracy − random-init reference"]), fontsize=8)
         if row[0].has_data():
             _legend_below(row[0])
+    return _png(fig)
+
+
+def plate_maps_figure(wells: pd.DataFrame, value: str, label: str, shape: tuple[int, int], cmap: str = "coolwarm",
+                      centre: float | None = None) -> bytes:
+    """Small multiples of plate layouts: one panel per plate (`plate_id`, in the order given), each well (zero-based
+    `row`, `col`) coloured by `value` on one scale for all panels (2nd to 98th percentile, symmetric about `centre`
+    when given), so a plate's edge ring or gradient reads against its neighbours."""
+    names = list(dict.fromkeys(wells["plate_id"]))
+    finite = wells[value].to_numpy(np.float64)
+    finite = finite[np.isfinite(finite)]
+    low, high = np.percentile(finite, [2, 98]) if len(finite) else (0.0, 1.0)
+    if centre is not None:
+        half = max(abs(low - centre), abs(high - centre)) or 1.0
+        low, high = centre - half, centre + half
+    norm = colors.Normalize(low, high)
+    fig, axes = _panels(len(names), rows=-(-len(names) // 6), size=2.6)
+    for ax, name in zip(axes, names):
+        plate = wells[wells["plate_id"] == name]
+        grid = np.full(shape, np.nan)
+        grid[plate["row"], plate["col"]] = plate[value]
+        ax.imshow(grid, cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([0, shape[1] - 1], ["1", str(shape[1])], fontsize=6)
+        ax.set_yticks([0, shape[0] - 1], ["A", chr(64 + shape[0]) if shape[0] <= 26 else str(shape[0])], fontsize=6)
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.tolist(), label=label, shrink=0.8)
+    return _png(fig)
+
+
+def drift_figure(drift: pd.DataFrame, names: dict[str, str] | None = None) -> bytes:
+    """Control medians per plate in acquisition order, one panel per cell line: C+ and C- (`qc.drift_table`), the
+    plates that drifted ringed, dotted lines between experiments."""
+    names = names or {}
+    lines = sorted(drift["cell_type"].astype(str).unique())
+    fig = Figure(figsize=(6.0 * len(lines), 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(lines), squeeze=False).ravel())
+    for ax, line in zip(axes, lines):
+        rows = drift[drift["cell_type"] == line].sort_values("order")
+        x, flagged = np.arange(len(rows)), rows["drift"].to_numpy(bool)
+        for role, prefix in (("C+", "pos"), ("C-", "neg")):
+            y = rows[f"{prefix}_median"].to_numpy(np.float64)
+            ax.plot(x, y, "o-", ms=4, color=ROLE_COLOURS[role], label=f"{role} ({names.get(role, role)})")
+            ax.scatter(x[flagged], y[flagged], s=120, facecolors="none", edgecolors="k")
+        experiment = rows["experiment"].astype(str).to_numpy()
+        for boundary in np.flatnonzero(experiment[1:] != experiment[:-1]) + 0.5:
+            ax.axvline(boundary, color="0.6", ls=":", lw=0.8)
+        ax.set_xticks(x, rows["plate_id"], rotation=90, fontsize=6)
+        ax.set(title=f"{line} (ringed: drifted)", ylabel="control median (efficacy score of wells)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     return _png(fig)

@@ -15,14 +15,15 @@ Layout of `out_dir` (e.g. `workdir/analysis/`)::
   <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.csv,
                 dose_response.csv, hits.csv, fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
                 zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given),
-                zeroshot_few_labels.csv (both, with few_labels)
+                zeroshot_few_labels.csv (both, with few_labels), qc_plates.csv, qc_drift.csv, qc_drift.png,
+                qc_map_<efficacy|position|viability>_<cell line>.png (plate maps), excluded_plates.csv (when
+                the QC settings exclude plates)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ import pandas as pd
 from absl import logging
 
 from gandl import fileio
-from gandl.analysis import classify, io, markup
+from gandl.analysis import classify, io, markup, qc
 from gandl.analysis.io import aggregate_wells
 from gandl.analysis.tasks import SCREEN_TASKS, ZEROSHOT_TASKS, AnalysisConfig, FoldSet, Inputs, Result, Task
 from gandl.data.screen import ScreenSchema
@@ -55,11 +56,14 @@ def _check_inputs(features: np.ndarray, metadata: pd.DataFrame, columns: tuple[s
         raise ValueError(f"features hold {int((~np.isfinite(features)).any(1).sum())} rows with NaN/inf values")
 
 
-def run_tasks(tasks: Sequence[Task], inputs: Inputs) -> tuple[dict[str, Result], dict[str, str]]:
-    """Run `tasks` in order; returns the results and, for each task that could not run, the reason."""
-    results: dict[str, Result] = {}
-    skipped: dict[str, str] = {}
+def run_tasks(tasks: Sequence[Task], inputs: Inputs, results: Mapping[str, Result] | None = None,
+              skipped: Mapping[str, str] | None = None) -> tuple[dict[str, Result], dict[str, str]]:
+    """Run `tasks` in order, but those `results` or `skipped` hold already (a run that goes on); returns the results
+    and, for each task that could not run, the reason."""
+    results, skipped = dict(results or {}), dict(skipped or {})
     for task in tasks:
+        if task.name in results or task.name in skipped:
+            continue
         blocked = [n for n in task.needs if n in skipped]
         if blocked:
             skipped[task.name] = f"needs {', '.join(blocked)}, which was skipped"
@@ -123,12 +127,16 @@ def protocol(config: AnalysisConfig, table1: pd.DataFrame | None, per_fold_extra
                 + (", TVN whitening on all controls" if config.normalization == "tvn" else "")
                 + "); copairs mAP against the cell line's C- wells, permutation p, Benjamini-Hochberg q over "
                   "compound x dose x cell line")
+    plate_qc = ("well medians of the efficacy task's cross-fitted decision values (each plate scored by the fold "
+                "SVM fitted without it), anchored once per cell line on all its plates' control wells; position "
+                "effects by median polish of each plate's treated wells; every plate, excluded ones included")
     if per_fold_extractor is not None:
         descriptive += "; features from one model fine-tuned on all control sites"
-        crossfit = hits = activity = ("not computed: the feature extractor was fine-tuned on every control's "
-                                      "label, so no C- well is a held-out reference")
+        crossfit = hits = activity = plate_qc = ("not computed: the feature extractor was fine-tuned on every "
+                                                 "control's label, so no C- well is a held-out reference")
     tables = {"table1_controls": table1_text, "spaces": descriptive, "efficacy": crossfit,
-              "dose_response": crossfit, "hits": hits, "map_activity": activity}
+              "dose_response": crossfit, "hits": hits, "map_activity": activity, "qc_plates": plate_qc,
+              "qc_drift": plate_qc}
     if config.few_labels:
         tables["table1_few_labels"] = (
             f"Table 1's folds; fitted on k whole control wells per class (k in {tuple(config.few_labels)}) drawn "
@@ -144,26 +152,11 @@ def _none_ran(reason: str, config: AnalysisConfig, per_fold: bool | None) -> dic
                 protocol=protocol(config, None, per_fold))
 
 
-def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
-                   truth: pd.DataFrame | None = None, folder: str = "features",
-                   fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None) -> dict:
-    """Table 1, E²/C² coordinates, efficacy scores, dose-response and hits for one RxRx19a feature set.
-
-    `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
-    per fold of `classify.control_folds`, (features, metadata, held-out groups) of the control sites from a
-    model fitted without those groups; Table 1 is computed from them, everything else from `features`.
-    An empty sequence marks such an extractor without per-fold features: its Table 1 is skipped.
-    Returns the tasks' values (`table1`, `axes`, `coordinates`, `dose_response`, `hits`, for the tasks
-    that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
-    reason) and `results`.
-    """
-    schema = schema or io.default_schema(config.uv_is_positive)
-    _check_inputs(features, metadata, ())
-    site_metadata = io.screen_view(metadata, schema)
-    per_fold = None if fold_sets is None else bool(fold_sets)
-    if len(features) and not np.ptp(np.asarray(features), axis=0).any():
-        return _none_ran("every site has the same features (constant images?): no variance to analyse", config,
-                         per_fold)
+def _inputs(features: np.ndarray, site_metadata: pd.DataFrame, config: AnalysisConfig, truth: pd.DataFrame | None,
+            folder: str, fold_sets: Sequence[FoldSet] | None, schema: ScreenSchema) -> Inputs | str:
+    """What the screen tasks see (normalised, at the configured level), or the reason no task can run."""
+    if len(features) and not np.ptp(features, axis=0).any():
+        return "every site has the same features (constant images?): no variance to analyse"
     try:
         unfitted = classify.plate_normalize(features, site_metadata, config.normalization,
                                             uv_is_positive=config.uv_is_positive)
@@ -173,12 +166,101 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
         x = (classify.normalize(unfitted, metadata, "tvn", uv_is_positive=config.uv_is_positive, centred=True)
              if config.normalization == "tvn" else unfitted)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run
-        return _none_ran(f"{config.normalization} normalisation: {e}", config, per_fold)
-    inputs = Inputs(x, metadata, config, folder, {}, truth, (np.asarray(features), site_metadata), fold_sets,
-                    unfitted, schema)
-    results, skipped = run_tasks(SCREEN_TASKS, inputs)
-    outcome = _outcome(SCREEN_TASKS, results, skipped)
-    return dict(outcome, protocol=protocol(config, outcome.get("table1"), per_fold))
+        return f"{config.normalization} normalisation: {e}"
+    return Inputs(x, metadata, config, folder, {}, truth, (features, site_metadata), fold_sets, unfitted, schema)
+
+
+QC_TASKS = [t for t in SCREEN_TASKS if t.name in ("efficacy", "qc")]  # the plate QC and the task it reads
+
+
+def _kept_folds(fold_sets: Sequence[FoldSet] | None, keep: set[str]) -> list[FoldSet] | None:
+    """Per-fold control features of the kept sites (by site_id) only."""
+    if fold_sets is None:
+        return None
+    kept = [np.isin(meta["site_id"].astype(str), list(keep)) for _, meta, _ in fold_sets]
+    return [(np.asarray(f)[k], meta[k].reset_index(drop=True), groups) for (f, meta, groups), k in zip(fold_sets, kept)]
+
+
+def _exclusion(dropped: pd.DataFrame, lost: list[str]) -> Result:
+    """The report's account of the plates left out: which, why, and what that changed."""
+    notes = [f"cell line {line}: every plate excluded, so only the plate quality control has numbers for it"
+             for line in lost]
+    text = ("Every table and figure of this feature set but the plate quality control was computed without these "
+            "plates' sites (Table 1, the efficacy fits and anchors, dose-response and hits, spaces, activity); "
+            "the plate quality control covers every plate. The other plates' numbers changed only through the "
+            "fits (normalisation, fold SVMs, anchors, hit tests) the excluded plates no longer contribute to.")
+    return Result(tables={"excluded_plates": (dropped, False)}, notes=notes,
+                  blocks=[("heading", 3, "Excluded plates"), ("text", text), ("table", dropped, False),
+                          *([("bullets", notes)] if notes else [])],
+                  values=dict(excluded_plates=dropped))
+
+
+def _without_plates(dropped: pd.DataFrame, inputs: Inputs, fold_sets: Sequence[FoldSet] | None,
+                    ) -> tuple[dict[str, Result], dict[str, str]]:
+    """Every screen task but the QC again, on the sites of the plates not `dropped`."""
+    features, site_metadata = inputs.sites
+    keep = ~np.isin(io.plate_key(site_metadata), dropped["plate_id"])
+    kept_sites = set(site_metadata.loc[keep, "site_id"].astype(str))
+    rest = [t for t in SCREEN_TASKS if t.name != "qc"]
+    rerun = (_inputs(features[keep], site_metadata[keep].reset_index(drop=True), inputs.config, inputs.truth,
+                     inputs.folder, _kept_folds(fold_sets, kept_sites), inputs.schema)
+             if keep.any() else "every plate is excluded")
+    if isinstance(rerun, str):
+        return {}, {t.name: rerun for t in rest}
+    return run_tasks(rest, rerun)
+
+
+def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
+                   truth: pd.DataFrame | None = None, folder: str = "features",
+                   fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None) -> dict:
+    """Table 1, E²/C² coordinates, efficacy scores, plate QC, dose-response and hits for one RxRx19a feature set.
+
+    `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
+    per fold of `classify.control_folds`, (features, metadata, held-out groups) of the control sites from a
+    model fitted without those groups; Table 1 is computed from them, everything else from `features`.
+    An empty sequence marks such an extractor without per-fold features: its Table 1 is skipped.
+    With `config.exclude_plates` or `config.min_z_prime`, the plate QC runs on every plate and every other task
+    again without the plates they exclude (`excluded_plates`); an unknown plate name raises ValueError.
+    Returns the tasks' values (`table1`, `axes`, `coordinates`, `dose_response`, `hits`, `qc_plates`, for the
+    tasks that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
+    reason) and `results`.
+    """
+    schema = schema or io.default_schema(config.uv_is_positive)
+    _check_inputs(features, metadata, ())
+    site_metadata = io.screen_view(metadata, schema)
+    qc.check_excluded(config.exclude_plates, io.plate_key(site_metadata))
+    per_fold = None if fold_sets is None else bool(fold_sets)
+    inputs = _inputs(np.asarray(features), site_metadata, config, truth, folder, fold_sets, schema)
+    if isinstance(inputs, str):
+        return _none_ran(inputs, config, per_fold)
+    excluding = bool(config.exclude_plates) or config.min_z_prime is not None
+    results, skipped = run_tasks(QC_TASKS if excluding else [], inputs)
+    table = results["qc"].values["qc_plates"] if "qc" in results else None
+    dropped = qc.excluded_plates(config.exclude_plates, config.min_z_prime, table)
+    extra: dict[str, Result] = {}
+    if len(dropped):
+        qc_ran, qc_skipped = ({n: v for n, v in d.items() if n == "qc"} for d in (results, skipped))
+        results, skipped = _without_plates(dropped, inputs, fold_sets)
+        results.update(qc_ran)
+        skipped.update(qc_skipped)
+        extra["excluded"] = _exclusion(dropped, qc.lost_groups(io.plate_key(site_metadata),
+                                                               site_metadata["cell_type"].to_numpy(),
+                                                               dropped["plate_id"]))
+    else:
+        results, skipped = run_tasks(SCREEN_TASKS, inputs, results, skipped)
+    ordered = {}
+    for task in SCREEN_TASKS:  # the report's order; the exclusions right after the QC that made them
+        ordered.update({task.name: results[task.name]} if task.name in results else {})
+        ordered.update(extra if task.name == "qc" else {})
+    outcome = _outcome(SCREEN_TASKS, ordered, skipped)
+    if config.min_z_prime is not None and table is None:
+        outcome["notes"].append("min_z_prime not applied: the plate quality control was skipped")
+    record = protocol(config, outcome.get("table1"), per_fold)
+    if len(dropped):
+        ids = ", ".join(dropped["plate_id"])
+        record = {name: text if name.startswith("qc_") else f"{text}; without the excluded plates ({ids})"
+                  for name, text in record.items()}
+    return dict(outcome, protocol=record)
 
 
 def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
@@ -225,10 +307,6 @@ def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict]) ->
                     col.update(outcome["results"][task.name].summary)
         columns[name] = col
     return pd.DataFrame(columns).rename_axis("task")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "features"
 
 
 def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str],
@@ -313,7 +391,7 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     unknown = sorted(set(zeroshot_sets) - set(feature_sets))
     if unknown:
         raise ValueError(f"zero-shot sets {unknown} have no screen feature set of the same name")
-    folders = {name: _slug(name) for name in feature_sets}
+    folders = {name: markup.slug(name) for name in feature_sets}
     if len(set(folders.values())) < len(folders):
         raise ValueError(f"feature set names {list(folders)} collide as folder names {list(folders.values())}")
     fold_sets = fold_sets or {}

@@ -9,16 +9,18 @@ reason, running every other task; tasks that need a skipped one are skipped too.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gandl.analysis import activity, classify, efficacy, hits, io, plots, spaces, zeroshot
+from gandl.analysis import activity, classify, efficacy, hits, io, markup, plates, plots, qc, spaces, zeroshot
 from gandl.analysis.io import JoinError, aggregate_wells, align
 from gandl.analysis.markup import Block
 from gandl.data.screen import ScreenSchema
+from gandl.data.wells import plate_shape
 
 # Control-site features of one cross-validation fold's extractor, their metadata, and the groups it held out.
 FoldSet = tuple[np.ndarray, pd.DataFrame, Sequence[str]]
@@ -47,6 +49,8 @@ class AnalysisConfig:
     truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
     few_labels: tuple[int, ...] = ()  # Table 1 also with k labelled control wells per class, for each k; () = off
     few_label_draws: int = 5  # seeded draws of the k wells, averaged
+    exclude_plates: tuple[str, ...] = ()  # plates ({experiment}_{plate}) every task but the plate QC leaves out
+    min_z_prime: float | None = None  # also leave out plates whose robust Z′ is below it; None = report, keep all
 
     def __post_init__(self):
         if self.normalization not in classify.NORMALIZATIONS:
@@ -66,6 +70,13 @@ class AnalysisConfig:
         if any(not isinstance(k, int) or k < 1 for k in self.few_labels) or self.few_label_draws < 1:
             raise ValueError(f"few_labels must be integers >= 1 and few_label_draws >= 1, got {self.few_labels!r} "
                              f"and {self.few_label_draws!r}")
+        if any(not isinstance(p, str) or not p for p in self.exclude_plates):
+            raise ValueError(f"exclude_plates must be plate names ({{experiment}}_{{plate}}), got "
+                             f"{self.exclude_plates!r}")
+        z = self.min_z_prime
+        if z is not None and not (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
+                                  and z <= 1):
+            raise ValueError(f"min_z_prime must be None or a number <= 1 (Z′ never exceeds 1), got {z!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +246,72 @@ def efficacy_task(inp: Inputs) -> Result:
                   values=dict(efficacy=table, held_out=held_out))
 
 
+# Plate maps: (wells column, file stem, what it shows, colour map, the value the colour scale centres on).
+QC_MAPS = (("score", "efficacy", "efficacy score (well median)", "coolwarm", None),
+           ("position", "position", "position effect (row + column)", "coolwarm", 0.0),
+           ("viability", "viability", "viability (well median)", "viridis", None))
+
+
+def _plate_maps(wells: pd.DataFrame, folder: str) -> tuple[dict[str, bytes], list[Block]]:
+    """One small-multiples figure per map of `QC_MAPS` and cell line, the viability map only where the screen has
+    the column."""
+    shape = plate_shape(wells["row"].to_numpy(), wells["col"].to_numpy())
+    figures, blocks = {}, []
+    for column, stem, label, cmap, centre in QC_MAPS:
+        if column not in wells:
+            continue
+        for line, sub in wells.groupby("cell_type", sort=True):
+            file = f"qc_map_{stem}_{markup.slug(str(line))}.png"
+            figures[file] = plots.plate_maps_figure(sub, column, label, shape, cmap, centre)
+            blocks.append(("figure", f"{line}: {label} by plate position", f"{folder}/{file}"))
+    return figures, blocks
+
+
+def qc_task(inp: Inputs) -> Result:
+    """Plate quality control (`gandl.analysis.qc`): per plate and cell line the controls' Z′ and SSMD and a status,
+    the edge effect of the plate's position model, control drift in acquisition order, and plate maps."""
+    names = io.output_names(inp.schema)
+    wells, notes = qc.well_table(inp.earlier["efficacy"]["efficacy"], inp.sites[1] if inp.sites else inp.metadata)
+    model = plates.position_effects(wells["score"], wells["plate_id"], wells["well"],
+                                     (wells["role"] == "treated").to_numpy())
+    figures, maps = {}, []
+    if isinstance(model, str):
+        notes.append(f"plate QC: no plate maps or edge effects: {model}")
+        edges = None
+    else:
+        wells = qc.with_positions(wells, model)
+        edges = qc.edge_effects(wells)
+        notes += [f"plate QC: {note}" for note in model.notes]
+        if "viability" not in wells:
+            notes.append("plate QC: no viability map: the metadata has no 'viability' column")
+        figures, maps = _plate_maps(wells, inp.folder)
+    drift = qc.drift_table(wells)
+    table = qc.plate_table(wells, drift, edges)
+    notes += [f"plate QC: no drift measure for cell line {line}: {n} plates, fewer than {qc.MIN_OTHER_PLATES + 1}"
+              for line, n in drift.groupby("cell_type")["plate_id"].nunique().items() if n <= qc.MIN_OTHER_PLATES]
+    figures["qc_drift.png"] = plots.drift_figure(drift, _control_names(inp.schema))
+    counts = table["status"].value_counts()
+    flagged = table["edge_flag"] | table["drift"] | (table["status"] != "good")
+    shown = table.head(max(inp.config.top_k, int(flagged.sum())))
+    text = (f"Z′ and SSMD of C+ over C- per plate and cell line, on well medians of the cross-fitted decision "
+            "values, anchored once per cell line (median C- well = -1, median C+ well = +1); status from the "
+            f"robust Z′ (median, MAD): fails below {qc.Z_FAIL:g}, marginal below {qc.Z_GOOD:g}, good above. "
+            "edge_effect: the outer ring's position effect (median polish of the treated wells) minus the "
+            f"interior's, flagged above {qc.EDGE_RATIO:g} x the plate's well noise and {qc.EDGE_Z:g} standard "
+            f"errors; drift: a control median more than {qc.DRIFT_Z:g} robust sd from the line's other plates'. "
+            f"{len(table) - int(flagged.sum())} of {len(table)} plates good and unflagged; worst first, every "
+            "plate in qc_plates.csv.")
+    return Result(tables={"qc_plates": (table, False), "qc_drift": (drift, False)}, figures=figures, notes=notes,
+                  summary={"plate QC: plates good / marginal / fails": " / ".join(
+                               str(counts.get(k, 0)) for k in ("good", "marginal", "fails")),
+                           "plate QC: plates with an edge effect": int(table["edge_flag"].sum()),
+                           "plate QC: plates drifting": int(table["drift"].sum())},
+                  blocks=[("heading", 3, "Plate quality control"), ("text", text),
+                          ("table", shown.rename(columns=names), False), *maps,
+                          ("figure", "control medians by plate, in acquisition order", f"{inp.folder}/qc_drift.png")],
+                  values=dict(qc_plates=table, qc_drift=drift, qc_wells=wells))
+
+
 TRUTH_ROWS = (("auroc", "AUROC (best-dose score, active vs inert)"),
               ("spearman_active", "Spearman among truly active"),
               ("precision", "hit precision"), ("recall", "hit recall"),
@@ -367,6 +444,7 @@ def zeroshot_task(inp: Inputs) -> Result:
 SCREEN_TASKS = (
     Task("controls", "Table 1 (control classification)", controls_task),
     Task("efficacy", "cross-fitted efficacy scores", efficacy_task),
+    Task("qc", "plate quality control", qc_task, needs=("efficacy",)),
     Task("dose_response", "dose-response and hits", dose_response_task, needs=("efficacy",)),
     Task("spaces", "E²/C² spaces", spaces_task),
     Task("activity", "phenotypic activity (copairs mAP)", activity_task),
