@@ -134,20 +134,42 @@ def fold_gaps(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+VEHICLE_P = 0.01  # the treated wells sit above the C- wells (Simes over the line's plates) below this p
+
+
+def _vehicle_lines(table: pd.DataFrame) -> set[str]:
+    """Cell lines whose treated wells sit above their C- wells on the same plates (one-sided Mann-Whitney per plate
+    with enough treated wells, Simes over the line's plates): a shift every compound shares."""
+    shifted = set()
+    for line, group in table.groupby("cell_type"):
+        p = []
+        for _, plate in group.groupby("plate_id"):
+            treated = plate.loc[plate["role"] == "treated", "decision"].to_numpy()
+            neg = plate.loc[plate["role"] == "C-", "decision"].to_numpy()
+            if len(treated) >= MIN_TREATED_FOR_BASELINE and len(neg) >= 2:
+                p.append(stats.mannwhitneyu(treated, neg, alternative="greater").pvalue)
+        if p and efficacy.simes(np.array(p)) < VEHICLE_P:
+            shifted.add(str(line))
+    return shifted
+
+
 def plate_references(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per plate: its negative level, C+ level and the threshold's reference point between them (decision units).
 
-    The negative level is the median of the plate's C- wells, or of its treated wells when that is higher and
-    the plate holds at least MIN_TREATED_FOR_BASELINE of them: most compounds are inert, so a shift shared by
-    every treated well (a vehicle, a dispensing effect) is not rescue.
+    The negative level is the median of the plate's C- wells, or of its treated wells where the line's treated
+    wells sit clearly above its C- wells (`_vehicle_lines`) and the plate holds at least
+    MIN_TREATED_FOR_BASELINE of them: most compounds are inert, so a shift shared by every treated well (a
+    vehicle, a dispensing effect) is not rescue. Only a clear shift counts: taking the higher of two noisy
+    medians on every plate would raise the bar by their noise.
     """
     fraction = (threshold + 1.0) / 2.0
     med = table.groupby(["plate_id", "role"])["decision"].median().unstack()
     count = table.groupby(["plate_id", "role"]).size().unstack().fillna(0)
+    line = table.groupby("plate_id")["cell_type"].first().reindex(med.index).astype(str)
     out = pd.DataFrame(index=med.index)
     neg = med.get("C-", pd.Series(np.nan, index=med.index))
     treated = med.get("treated", pd.Series(np.nan, index=med.index)).where(
-        count.get("treated", 0) >= MIN_TREATED_FOR_BASELINE)
+        (count.get("treated", 0) >= MIN_TREATED_FOR_BASELINE) & line.isin(_vehicle_lines(table)))
     out["negative"] = np.where(treated > neg, treated, neg)
     out["vehicle_shift"] = (treated - neg).where(treated > neg, 0.0)
     out["positive"] = med.get("C+", pd.Series(np.nan, index=med.index))
