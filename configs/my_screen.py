@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
         perturbation="Metadata_Compound", dose="Metadata_Dose_uM",  # yours
         negative="Metadata_Compound == 'DMSO'",  # yours: the untreated reference (vehicle)
         positive="Metadata_Compound == 'staurosporine'",  # yours: the phenotype a perfect hit reaches
+        # Yours: which perturbed wells are treatments, when some are neither control nor treatment (e.g.
+        # "Metadata_Virus != 'UV'"); those are left out of compounds, hits and mAP. "" = every perturbed non-control.
+        treated="",
         negative_name="DMSO", positive_name="staurosporine",  # yours: how reports call them
     )
     # The demo's model, trained for 1,000 steps; the probe reads RxRx control roles, so it is off here.

@@ -174,7 +174,7 @@ RULES: dict[str, Rule] = {
     "embed.imagenet.train_backbone": _BOOL, "embed.imagenet.blocks": _sequence(_COUNT, nonempty=True),
     "embed.imagenet.pool_batches": _COUNT, "embed.well_aggregate": _one_of(*screen.WELL_AGGREGATES),
     "screen.preset": _one_of("", *screen.PRESETS), "screen.highlight": _optional(_sequence(_NAME)),
-    **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, "positive", "negative", "positive_name",
+    **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, *screen.QUERY_FIELDS, "positive_name",
                                                  "negative_name")},
     "zeroshot.enabled": _BOOL, "zeroshot.root": _TEXT, "zeroshot.shards": _TEXT, "zeroshot.channels": _sequence(_COUNT),
     **{f"zeroshot.synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},

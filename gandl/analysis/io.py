@@ -59,6 +59,22 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     return pd.concat([view, meta[kept]], axis=1)
 
 
+def neither_note(metadata: pd.DataFrame, view: pd.DataFrame, schema: ScreenSchema) -> list[str]:
+    """The note naming the sites of `view` (`screen_view(metadata, schema)`) that are neither controls nor treatments.
+
+    They are in no compound table, hit list or mAP table; the note says so, with their perturbations, so a well
+    the schema left out (or forgot to declare a control) is seen rather than silently missing.
+    """
+    other = view["role"].to_numpy() == screen.OTHER
+    if not other.any():
+        return []
+    values = (pd.Series(metadata[schema.perturbation].to_numpy()[other]).dropna().astype(str)
+              if schema.perturbation else pd.Series([], dtype=str))
+    named = ", ".join(sorted(set(values) - {""})) or "none"
+    return [f"{int(other.sum())} sites of role other (perturbations: {named}) are neither controls nor treatments: "
+            "left out of compounds, hits and mAP"]
+
+
 def output_names(schema: ScreenSchema) -> dict[str, str]:
     """Analysis column -> the screen's own name, for the tables a report writes (only names that differ)."""
     return {ours: getattr(schema, field) for ours, field in VIEW_COLUMNS.items()

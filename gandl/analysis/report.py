@@ -155,6 +155,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     schema = schema or io.default_schema(config.uv_is_positive)
     _check_inputs(features, metadata, ())
     site_metadata = io.screen_view(metadata, schema)
+    neither = io.neither_note(metadata, site_metadata, schema)
     per_fold = None if fold_sets is None else bool(fold_sets)
     if len(features) and not np.ptp(np.asarray(features), axis=0).any():
         return _none_ran("every site has the same features (constant images?): no variance to analyse", config,
@@ -173,7 +174,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
                     unfitted, schema)
     results, skipped = run_tasks(SCREEN_TASKS, inputs)
     outcome = _outcome(SCREEN_TASKS, results, skipped)
-    return dict(outcome, protocol=protocol(config, outcome.get("table1"), per_fold))
+    return dict(outcome, notes=neither + outcome["notes"], protocol=protocol(config, outcome.get("table1"), per_fold))
 
 
 def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),

@@ -3,10 +3,11 @@
 * `Screen`: one metadata row per site and, per site, one reference per channel plus the `ChannelReader` that
   loads a reference, so the converter reads every reader's sites the same way (no format in a path string).
 * `ScreenSchema`: which metadata columns are the plate, well, site, experiment (batch), biological group
-  (cell line), perturbation and dose, which sites are the positive and negative controls (pandas queries),
-  what the two control kinds are called and which perturbations the figures highlight. `PRESETS` describe
-  the layouts GAN-DL knows; `config.screen` picks one and overrides fields (`from_config`), `validate`
-  checks it against a screen's metadata, and `control_role` / `plate_key` answer from it.
+  (cell line), perturbation and dose, which sites are the positive and negative controls and which are the
+  treatments (pandas queries; the rest are neither), what the two control kinds are called and which
+  perturbations the figures highlight. `PRESETS` describe the layouts GAN-DL knows; `config.screen` picks one
+  and overrides fields (`from_config`), `validate` checks it against a screen's metadata, and `control_role` /
+  `plate_key` answer from it.
 * `READERS`: screen kind (`config.data.kind`) -> the function that reads it, resolved on use, so naming a
   kind imports no reader (TensorFlow, zarr). A new reader is one module plus one entry.
 
@@ -147,7 +148,9 @@ class ScreenSchema:
     The queries are pandas `DataFrame.eval` expressions over the metadata columns (backticks quote names
     with spaces), e.g. "compound == 'DMSO'". The positive control is the phenotype a perfect perturbation
     reaches (RxRx19a: uninfected Mock wells); the negative control is the untreated reference (RxRx19a:
-    infected wells without a compound; a vehicle such as DMSO).
+    infected wells without a compound; a vehicle such as DMSO). Wells that are neither (a mock-infection
+    reference, a second vehicle) are declared by the `treated` query leaving them out: a perturbed well is
+    otherwise taken for a treatment, and would be ranked and called a hit like one.
     """
 
     plate: str = "plate"
@@ -159,6 +162,9 @@ class ScreenSchema:
     dose: str = ""  # numeric concentration of the perturbation
     positive: str = ""  # query selecting the positive-control sites (C+)
     negative: str = ""  # query selecting the negative-control sites (C-)
+    # Query selecting the treatment sites; "" = every perturbed site that is no control. With a query, a perturbed
+    # site it does not select (e.g. UV-inactivated virus, a vehicle-only well) is 'other': never a compound.
+    treated: str = ""
     positive_name: str = "positive control"  # how reports and legends call the two control kinds
     negative_name: str = "negative control"
     highlight: tuple[str, ...] = ()  # perturbations the figures draw; () = the analysis picks the top hits
@@ -169,6 +175,7 @@ class ScreenSchema:
 
 
 COLUMN_FIELDS = ("plate", "well", "site", "experiment", "group", "perturbation", "dose")
+QUERY_FIELDS = ("positive", "negative", "treated")  # the pandas queries that pick sites
 
 
 def _rxrx19a_controls(positive_conditions: tuple[str, ...]) -> dict[str, str]:
@@ -249,11 +256,15 @@ def control_role(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.Series:
     """Role of each site: 'C+' (positive control), 'C-' (negative control), 'treated' or 'other'.
 
     A site with a perturbation (non-blank `schema.perturbation`) is treated unless a control query selects
-    it: a positive-control compound is a control, not a hit. Sites with neither are 'other'.
+    it (a positive-control compound is a control, not a hit) or the schema's `treated` query does not.
+    Sites with neither are 'other'.
     """
     role = pd.Series(OTHER, index=metadata.index, dtype=object)
     if schema.perturbation:
-        role[_perturbed(metadata[schema.perturbation])] = TREATED
+        treated = _perturbed(metadata[schema.perturbation])
+        if schema.treated:
+            treated = treated & select(metadata, schema.treated, "screen.treated")
+        role[treated] = TREATED
     for query, name, field in ((schema.positive, POSITIVE, "positive"), (schema.negative, NEGATIVE, "negative")):
         if query:
             role[select(metadata, query, f"screen.{field}")] = name
@@ -303,8 +314,9 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
 def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
     """Refuse a schema that does not describe `metadata` (read from `source`), in one line naming the field.
 
-    Every declared column must exist, the dose must be numeric, each control query must evaluate on the
-    metadata and select at least one site, and no site may be both a positive and a negative control.
+    Every declared column must exist, the dose must be numeric, each control query and the treated query must
+    evaluate on the metadata and select at least one site, and no site may be both a positive and a negative
+    control.
     """
     columns = ", ".join(map(str, metadata.columns))
     for field, column in schema.columns().items():
@@ -315,14 +327,17 @@ def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
             (metadata[schema.dose] != "")
         example = metadata[schema.dose][bad].iloc[0] if bad.any() else metadata[schema.dose].iloc[0]
         raise MetadataError(f"screen.dose={schema.dose!r}: column of {source} holds {example!r}, not a number")
+    if schema.treated and not schema.perturbation:
+        raise MetadataError(f"screen.treated={schema.treated!r} picks treatments among the perturbed sites, but the "
+                            "schema names no perturbation column (set screen.perturbation)")
     chosen = {}
-    for field in ("positive", "negative"):
+    for field in QUERY_FIELDS:
         query = getattr(schema, field)
         if query:
             chosen[field] = select(metadata, query, f"screen.{field}")
             if not chosen[field].any():
                 raise MetadataError(f"screen.{field}={query!r} selects no site of {source}")
-    if len(chosen) == 2 and (both := chosen["positive"] & chosen["negative"]).any():
+    if {"positive", "negative"} <= set(chosen) and (both := chosen["positive"] & chosen["negative"]).any():
         first = metadata.iloc[int(np.argmax(both))]
         raise MetadataError(f"screen.positive and screen.negative both select {int(both.sum())} site(s) of {source}, "
                             f"e.g. {first.get('site_id', first.name)!r}")
