@@ -39,6 +39,6 @@ def get_config() -> ml_collections.ConfigDict:
         treated="",
         negative_name="DMSO", positive_name="staurosporine",  # yours: how reports call them
     )
-    # The demo's model, trained for 1,000 steps; the probe reads RxRx control roles, so it is off here.
+    # The demo's model, trained for 1,000 steps; the probe (train.probe_every, it reads your controls) is off: quicker.
     config.train.update(steps=1000, probe_every=0, checkpoint_every=500, sample_every=500, swd_every=0)
     return config

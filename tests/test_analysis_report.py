@@ -145,10 +145,10 @@ def test_wells_the_schema_leaves_out_of_the_treatments_are_no_compound_and_are_l
     feats, meta, _ = screen
     plate_map = _cell_profiler_style(meta)
     uv = (plate_map["Metadata_Virus"] == "UV").to_numpy()
-    assert (screen_lib.control_role(plate_map, UV_AS_DMSO)[uv] == "treated").all()  # the default: a treatment
+    assert (screen_lib.control_role(plate_map, schema=UV_AS_DMSO)[uv] == "treated").all()  # the default: a treatment
     declared = dataclasses.replace(UV_AS_DMSO, treated="Metadata_Compound != 'DMSO'")
     screen_lib.validate(plate_map, declared, "plate_map.csv")
-    assert (screen_lib.control_role(plate_map, declared)[uv] == "other").all()
+    assert (screen_lib.control_role(plate_map, schema=declared)[uv] == "other").all()
     result = report.analyze_screen(feats, plate_map, report.AnalysisConfig(normalization="center_scale"),
                                    schema=declared)
     assert {"efficacy", "dose_response", "activity"} <= set(result["results"]), result["skipped"]

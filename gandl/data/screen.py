@@ -252,13 +252,32 @@ def _perturbed(values: pd.Series) -> np.ndarray:
     return (values.notna() & (values.astype(str) != "")).to_numpy()
 
 
-def control_role(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.Series:
+def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
+    """RxRx19a's schema, with UV-inactivated virus as C+ when asked: what a table without a schema is read as, and
+    the analysis' default screen."""
+    return PRESETS["rxrx19a_uv" if uv_is_positive else "rxrx19a"]
+
+
+def configured(config: Mapping[str, Any]) -> ScreenSchema:
+    """A run's schema: `config.screen` over `data.kind`'s preset, RxRx19a's UV variant when `analysis.uv_is_positive`
+    asks (the one RxRx19a knob older configs set). Every stage that picks controls or groups reads this one."""
+    schema = from_config(dict(config["screen"]), config["data"]["kind"])
+    return default_schema(True) if config["analysis"]["uv_is_positive"] and schema == default_schema() else schema
+
+
+def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False, *,
+                 schema: ScreenSchema | None = None) -> pd.Series:
     """Role of each site: 'C+' (positive control), 'C-' (negative control), 'treated' or 'other'.
 
     A site with a perturbation (non-blank `schema.perturbation`) is treated unless a control query selects
     it (a positive-control compound is a control, not a hit) or the schema's `treated` query does not.
-    Sites with neither are 'other'.
+    Sites with neither are 'other'. Without a schema, a `screen_view` answers with its own `role` column (the
+    analysis' tables: the roles its schema gave) and any other table is read as RxRx19a's (`default_schema`).
     """
+    if schema is None:
+        if "role" in metadata:
+            return metadata["role"]
+        schema = default_schema(uv_is_positive)
     role = pd.Series(OTHER, index=metadata.index, dtype=object)
     if schema.perturbation:
         treated = _perturbed(metadata[schema.perturbation])
@@ -271,13 +290,15 @@ def control_role(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.Series:
     return role
 
 
-def plate_key(metadata: pd.DataFrame, schema: ScreenSchema, by: str = "plate") -> np.ndarray:
+def plate_key(metadata: pd.DataFrame, by: str = "plate", *, schema: ScreenSchema | None = None) -> np.ndarray:
     """The cross-validation group of each row: the plate (`{experiment}_{plate}` when the schema names an
     experiment column, since plate names repeat across batches) for by='plate', or the experiment.
 
     Sites of one plate share its batch effects (stain gain, illumination), so a plate is the smallest unit
-    that may be held out.
+    that may be held out. Without a schema the table's `experiment` and `plate` columns are read (a
+    `screen_view`'s, or RxRx19a's own).
     """
+    schema = schema or default_schema()
     if by == "plate":
         plate = metadata[schema.plate].astype(str)
         return (metadata[schema.experiment].astype(str) + "_" + plate if schema.experiment else plate).to_numpy()
@@ -299,7 +320,7 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     out = metadata.copy()
     plate_columns = [schema.plate, schema.well] + ([schema.experiment] if schema.experiment else [])
     if "well_id" not in out.columns and all(c in out.columns for c in plate_columns):
-        well_id = pd.Series(plate_key(out, schema), index=out.index) + "_" + out[schema.well].astype(str)
+        well_id = pd.Series(plate_key(out, schema=schema), index=out.index) + "_" + out[schema.well].astype(str)
         out.insert(out.columns.get_loc("site_id") + 1 if "site_id" in out.columns else 0, "well_id", well_id)
     if "site_id" not in out.columns:
         needed = ([] if "well_id" in out.columns else plate_columns) + [schema.site]
@@ -309,6 +330,40 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
                                 "(set screen.plate / screen.well / screen.site to its columns, or add site_id)")
         out.insert(0, "site_id", out["well_id"].astype(str) + "_" + out[schema.site].astype(str))
     return out
+
+
+# The analysis' own column names, and the schema field each is read from (`screen_view`).
+VIEW_COLUMNS = {"cell_type": "group", "treatment": "perturbation", "treatment_conc": "dose",
+                "experiment": "experiment", "plate": "plate"}
+
+
+def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
+    """The metadata as the analysis reads it, whatever the screen's own columns: its schema applied once.
+
+    site_id, well_id (derived when absent), `cell_type` (the biological group; one group "all" when the
+    schema names none), `experiment` (the batch; "screen" when none), `plate`, `role` (C+ / C- / treated /
+    other, from the schema's control queries), `treatment` (the perturbation of treated sites, "" for every
+    other) and `treatment_conc` (float dose; 1.0 for every treated site when the screen has no dose column).
+    Every other column is kept unless it would shadow one of these. Every stage that picks controls or plates
+    after reading (the analysis, the training probe, a label-fitted extractor's folds) reads this view, so
+    they agree on roles and on the names of the plates a fold holds out.
+    """
+    missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items() if column not in metadata]
+    if missing:
+        raise ValueError(f"the metadata lacks the columns the screen schema names: {', '.join(missing)}")
+    meta = with_ids(metadata.reset_index(drop=True), schema)
+    role = control_role(meta, schema=schema).to_numpy()
+    treated = role == TREATED
+    view = pd.DataFrame({
+        "site_id": meta["site_id"].astype(str), "well_id": meta["well_id"].astype(str),
+        "cell_type": meta[schema.group].astype(str) if schema.group else "all",
+        "experiment": meta[schema.experiment].astype(str) if schema.experiment else "screen",
+        "plate": meta[schema.plate], "role": role,
+        "treatment": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
+        "treatment_conc": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
+                           else np.where(treated, 1.0, np.nan)).astype(np.float64)})
+    kept = [c for c in meta.columns if c not in view.columns and c not in schema.columns().values()]
+    return pd.concat([view, meta[kept]], axis=1)
 
 
 def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
