@@ -235,6 +235,7 @@ def test_pure_noise_screens_call_no_more_hits_than_the_fdr_allows():
     assert np.mean(fdp) <= 0.1 and np.mean(power) > 0.9
 
 
+@pytest.mark.slow
 def test_hit_q_controls_the_false_discovery_rate_of_compounds_not_of_doses():
     # 60 of 200 compounds rescue at every dose: their 360 dose rejections loosen a dose-level BH threshold
     # enough that a null compound's best of six doses passes it far more often than 5% of the calls

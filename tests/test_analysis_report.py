@@ -51,6 +51,7 @@ def analysis(screen, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_controls_separate_and_shuffled_features_do_not(analysis):
     summary = analysis[0]["summary"]
     hc, sh = summary["handcrafted"], summary["shuffled"]
@@ -61,6 +62,7 @@ def test_controls_separate_and_shuffled_features_do_not(analysis):
     assert (table["n_groups"] == [4, 4, 2, 2]).all() and (table["status"] == "ok").all()
 
 
+@pytest.mark.slow
 def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     summary = analysis[0]["summary"]
     assert summary.loc["hidden efficacy: Spearman (dose points)", "handcrafted"] > 0.5
@@ -78,6 +80,7 @@ def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
         assert summary.loc[f"{line}: hidden efficacy hit precision", "handcrafted"] >= 0.75
 
 
+@pytest.mark.slow
 def test_report_folder(analysis):
     result, out = analysis
     for name in ("report.md", "summary.csv", "analysis.json"):
@@ -172,6 +175,7 @@ def test_a_treated_query_that_does_not_fit_is_named_in_one_line(screen, change, 
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
     result, out = analysis
     page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
@@ -187,6 +191,7 @@ def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
 
 
 
+@pytest.mark.slow
 def test_the_report_folder_is_complete_only_with_its_completion_record(analysis):
     """Every file the analysis wrote is listed, with size and checksum, in a record written after them."""
     result, out = analysis

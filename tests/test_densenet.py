@@ -21,6 +21,7 @@ def small() -> tuple[densenet.DenseNet, dict]:
     return model, densenet.init(model, jax.random.key(0), (16, 16, 5))
 
 
+@pytest.mark.slow
 def test_densenet121_features_are_1024d_and_its_state_dict_is_torchvisions():
     model = densenet.DenseNet()
     for side in (16, 224):
@@ -100,6 +101,7 @@ def test_batchnorm_inference_is_per_image_and_training_updates_running_stats(sma
     assert np.abs(after - before).max() > 0
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
     from gandl import sharding
     from gandl.data import pipeline

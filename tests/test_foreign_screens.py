@@ -19,6 +19,8 @@ from gandl.data import stage as data_stage
 from gandl.data.synthetic import layouts
 from gandl.profiles import feature_names
 
+pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
+
 # The CSV screen's schema, in its own column names and control labels.
 CELL_PAINTING = dict(plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site", group="Metadata_CellLine",
                      perturbation="Metadata_Compound", dose="Metadata_Dose_uM",

@@ -153,6 +153,7 @@ def _check_step(state):
     return metrics
 
 
+@pytest.mark.slow
 def test_first_step_matches_hand_computed_updates():
     *_, state, _, _ = _setup()
     metrics = _check_step(state)
@@ -187,6 +188,7 @@ def _changed(before, after) -> dict[str, bool]:
             zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after))}
 
 
+@pytest.mark.slow
 def test_generator_phases():
     mesh, _, _, _, state, _, phases = _setup()
     with jax.set_mesh(mesh):
@@ -209,6 +211,7 @@ def test_generator_phases():
     assert _changed(state.g_buffers, reg_buffers)["['mapping']['w_avg']"]
 
 
+@pytest.mark.slow
 def test_discriminator_phases():
     mesh, _, _, reals, state, _, phases = _setup()
     with jax.set_mesh(mesh):
