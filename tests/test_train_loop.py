@@ -93,6 +93,7 @@ def _terminate_at_batch_3(i, batch):
     return batch
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.train.steps = 30
