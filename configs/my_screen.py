@@ -34,8 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
         perturbation="Metadata_Compound", dose="Metadata_Dose_uM",  # yours
         negative="Metadata_Compound == 'DMSO'",  # yours: the untreated reference (vehicle)
         positive="Metadata_Compound == 'staurosporine'",  # yours: the phenotype a perfect hit reaches
+        # Yours: which perturbed wells are treatments, when some are neither control nor treatment (e.g.
+        # "Metadata_Virus != 'UV'"); those are left out of compounds, hits and mAP. "" = every perturbed non-control.
+        treated="",
         negative_name="DMSO", positive_name="staurosporine",  # yours: how reports call them
     )
-    # The demo's model, trained for 1,000 steps; the probe reads RxRx control roles, so it is off here.
+    # The demo's model, trained for 1,000 steps; the probe (train.probe_every, it reads your controls) is off: quicker.
     config.train.update(steps=1000, probe_every=0, checkpoint_every=500, sample_every=500, swd_every=0)
     return config

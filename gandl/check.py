@@ -28,7 +28,7 @@ from gandl import cost, sharding
 from gandl.data import screen
 from gandl.data.pipeline import INTENSITIES
 from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
-from gandl.data.vocabulary import STAINS, channel_map
+from gandl.data.vocabulary import STAINS, zeroshot_channels
 from gandl.defaults import base_config
 from gandl.features import discriminator, registry
 from gandl.models.config import DTYPES, ModelConfig
@@ -177,7 +177,7 @@ RULES: dict[str, Rule] = {
     "embed.imagenet.train_backbone": _BOOL, "embed.imagenet.blocks": _sequence(_COUNT, nonempty=True),
     "embed.imagenet.pool_batches": _COUNT, "embed.well_aggregate": _one_of(*screen.WELL_AGGREGATES),
     "screen.preset": _one_of("", *screen.PRESETS), "screen.highlight": _optional(_sequence(_NAME)),
-    **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, "positive", "negative", "positive_name",
+    **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, *screen.QUERY_FIELDS, "positive_name",
                                                  "negative_name")},
     "zeroshot.enabled": _BOOL, "zeroshot.root": _TEXT, "zeroshot.shards": _TEXT, "zeroshot.channels": _sequence(_COUNT),
     **{f"zeroshot.synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
@@ -339,13 +339,13 @@ def _channel_failures(config: ml_collections.ConfigDict, model: ModelConfig, n: 
         failures.append(f"model.num_channels={model.num_channels}: the {data.kind} data has {source} channels on {n} "
                         f"device(s); use model.num_channels={source} or pick {model.num_channels} with data.channels")
     if zeroshot.enabled and ok("zeroshot.channels"):
-        zchannels = tuple(zeroshot.channels) or channel_map("rxrx1", "rxrx19a")
+        zchannels = zeroshot_channels(zeroshot.channels)
         rxrx1 = len(STAINS["rxrx1"])
         if len(zchannels) != model.num_channels or not all(1 <= c <= rxrx1 for c in zchannels):
             failures.append(f"zeroshot.channels={tuple(zeroshot.channels)}: maps to {zchannels}, but the zero-shot "
                             f"set (RxRx1, {rxrx1} channels) must feed model.num_channels={model.num_channels} on {n} "
                             f"device(s); give {model.num_channels} channels in 1..{rxrx1}"
-                            + (f", e.g. {channel_map('rxrx1', 'rxrx19a')}" if model.num_channels == 5 else
+                            + (f", e.g. {zeroshot_channels(())}" if model.num_channels == 5 else
                                ", or zeroshot.enabled=False: the zero-shot set is an RxRx1-layout screen"))
     return failures
 

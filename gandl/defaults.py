@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
         perturbation=config_dict.placeholder(str), dose=config_dict.placeholder(str),
         positive=config_dict.placeholder(str),  # e.g. "compound == 'staurosporine'"
         negative=config_dict.placeholder(str),  # e.g. "compound == 'DMSO'"
+        treated=config_dict.placeholder(str),  # the treatment sites, e.g. "compound != 'UV'"; "" = all perturbed
         positive_name=config_dict.placeholder(str), negative_name=config_dict.placeholder(str),
         highlight=config_dict.placeholder(tuple),  # perturbations the figures draw
     ))

@@ -128,6 +128,6 @@ def load_embeddings(workdir: str) -> Embeddings:
         provenance = json.loads(str(npz["provenance"]))
     run = provenance["config"]
     config = report.AnalysisConfig(**run["analysis"], well_aggregate=run["embed"]["well_aggregate"])
-    schema = screen.from_config(run["screen"], run["data"]["kind"])
+    schema = screen.configured(run)
     return Embeddings(folder, analysis_io.load_feature_sets(folder),
                       analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)), config, schema)

@@ -32,13 +32,10 @@ from gandl._tf import tf
 from gandl.analysis import classify, plots, zeroshot
 from gandl.analysis.probe_table import append_rows
 from gandl.analysis.tasks import AnalysisConfig
-from gandl.data import pipeline, rxrx
+from gandl.data import pipeline, vocabulary
+from gandl.data.screen import ScreenSchema, configured, screen_view
 from gandl.features import base, registry
 from gandl.models.config import ModelConfig
-
-
-def _decoded(values: np.ndarray) -> np.ndarray:
-    return values.astype(str) if values.dtype.kind in "SO" else values
 
 
 def fixed_subset(spec: pipeline.RecordSpec, options: pipeline.InputOptions, size: int, seed: int, *,
@@ -63,8 +60,7 @@ def fixed_subset(spec: pipeline.RecordSpec, options: pipeline.InputOptions, size
 
     for batch in pipeline.batches(pipeline.eval_dataset(spec, options, batch_size=batch_size), spec.files,
                                  spec.compression):
-        frame = pd.DataFrame({k: _decoded(batch[k][batch["mask"]]) for k in [*spec.features, "site_id"]
-                              if k in batch})
+        frame = pipeline.metadata_frame(batch)[batch["mask"]].reset_index(drop=True)
         rows = np.ones(len(frame), bool) if keep is None else np.asarray(keep(frame), bool)
         priority = rng.uniform(size=int(rows.sum()))
         enter = priority < cut
@@ -132,6 +128,7 @@ class ProbeSettings:
     train_batch_size: int  # images per training step (the table's images_seen)
     seed: int
     analysis: AnalysisConfig  # Table 1's and zero-shot typing's settings
+    schema: ScreenSchema  # the screen's columns and controls (`screen.configured`): what the probe's sites are
     zeroshot_shards: str  # the zero-shot set's records; "" = zero-shot cell typing off
     zeroshot_channels: tuple[int, ...]  # its channels feeding the model's
     rxrx1_utils_image_size: int  # the image side of rxrx1-utils records
@@ -153,9 +150,9 @@ class Probe:
         train = config.train
         settings = ProbeSettings(
             tuple(train.probe_features), train.probe_sites, train.probe_zeroshot_sites, config.embed.batch_size,
-            train.batch_size, config.seed, AnalysisConfig(**config.analysis.to_dict()),
+            train.batch_size, config.seed, AnalysisConfig(**config.analysis.to_dict()), configured(config),
             layout.zeroshot_shards(config.zeroshot.shards, workdir) if config.zeroshot.enabled else "",
-            tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a"),
+            vocabulary.zeroshot_channels(config.zeroshot.channels),
             config.data.rxrx1_utils_image_size)
         spec = pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
         context = base.Context.of_run(config, None, ModelConfig.from_mapping(config.model), None, spec,
@@ -165,11 +162,13 @@ class Probe:
     @functools.cached_property
     def subsets(self) -> tuple[np.ndarray, pd.DataFrame, np.ndarray | None, pd.DataFrame | None]:
         """(control images, their metadata, zero-shot images, their metadata), drawn at the first probe (a
-        finished run that is only resumed never reads them)."""
+        finished run that is only resumed never reads them). The controls' metadata is the screen's `screen_view`:
+        the analysis' column names and roles, whatever the screen's own."""
         settings, options = self.settings, self.context.options
         images, metadata = fixed_subset(
             self.context.screen, options, settings.sites, settings.seed, batch_size=self.batch_size,
-            keep=lambda meta: classify.control_mask(meta, settings.analysis.uv_is_positive))
+            keep=lambda meta: classify.control_mask(screen_view(meta, settings.schema)))
+        metadata = screen_view(metadata, settings.schema)
         zimages = zmetadata = None
         zshards = settings.zeroshot_shards
         if zshards and tf.io.gfile.glob(f"{zshards}/*"):

@@ -16,6 +16,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    """The `slow` marker: end-to-end runs, subprocesses, notebooks, compiles and anything over ~10 s. The inner
+    loop is `python -m pytest -m "not slow" -q tests`; CI runs everything."""
+    config.addinivalue_line("markers", "slow: end-to-end, multi-process, notebook, compile or >10 s tests "
+                                       "(deselect with -m \"not slow\")")
+
+
 @pytest.fixture(scope="session")
 def tiny_screen() -> dict:
     """Arguments of `synthetic.write_rxrx19a` for a small screen: both cell lines, all well kinds."""

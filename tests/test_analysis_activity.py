@@ -7,7 +7,7 @@ from copairs import compute
 from copairs.map import average_precision, mean_average_precision
 
 from gandl.analysis import activity, plots
-from gandl.data import images, rxrx
+from gandl.data import images, rxrx, screen
 from gandl.data.synthetic import layouts
 from gandl.features import handcrafted
 
@@ -27,7 +27,7 @@ def _wells(rng, lines=("HRCE", "VERO"), compounds=3, doses=(0.1, 1.0), replicate
 def test_activity_aps_match_copairs_pair_lists(block_entries):
     features, meta = _wells(np.random.default_rng(0))
     table = activity.phenotypic_activity(features, meta, null_size=500, block_entries=block_entries)
-    role = rxrx.control_role(meta)
+    role = screen.control_role(meta)
     for line in ("HRCE", "VERO"):  # copairs' reference path: explicit pairs, one cell line at a time
         rows = np.flatnonzero((meta["cell_type"] == line) & role.isin(["C-", "treated"]))
         sub = meta.iloc[rows].reset_index(drop=True)

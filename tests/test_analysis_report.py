@@ -6,6 +6,7 @@ efficacy to mean something: with 108 points a chance Spearman has a standard dev
 0.5 threshold is five of them above chance (the shuffled-feature control lands near 0).
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from gandl import fileio
 from gandl.analysis import io, report
 from gandl.data import images as image_io
 from gandl.data import rxrx
+from gandl.data import screen as screen_lib
 from gandl.data.synthetic import layouts
 from gandl.features import handcrafted
 
@@ -49,6 +51,7 @@ def analysis(screen, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_controls_separate_and_shuffled_features_do_not(analysis):
     summary = analysis[0]["summary"]
     hc, sh = summary["handcrafted"], summary["shuffled"]
@@ -59,6 +62,7 @@ def test_controls_separate_and_shuffled_features_do_not(analysis):
     assert (table["n_groups"] == [4, 4, 2, 2]).all() and (table["status"] == "ok").all()
 
 
+@pytest.mark.slow
 def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     summary = analysis[0]["summary"]
     assert summary.loc["hidden efficacy: Spearman (dose points)", "handcrafted"] > 0.5
@@ -80,6 +84,7 @@ def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     assert summary.loc["HRCE: hidden efficacy hit recall", "handcrafted"] >= 0.75
 
 
+@pytest.mark.slow
 def test_report_folder(analysis):
     result, out = analysis
     for name in ("report.md", "summary.csv", "analysis.json"):
@@ -124,6 +129,58 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
         io.align(feats, meta["site_id"].str.replace("HRCE", "HRCE-x"), meta)
 
 
+def _cell_profiler_style(meta: pd.DataFrame) -> pd.DataFrame:
+    """The RxRx19a screen in a CellProfiler-style plate map: every control well holds the vehicle DMSO, the virus is a
+    column of its own, and UV-inactivated virus wells are DMSO wells that are neither control (the reported case)."""
+    untreated = meta["treatment"] == ""
+    virus = meta["disease_condition"].map({rxrx.MOCK: "none", rxrx.UV_INACTIVATED: "UV", rxrx.ACTIVE: "active",
+                                           rxrx.BLANK: ""})
+    return pd.DataFrame({
+        "Metadata_Plate": meta["experiment"] + "_" + meta["plate"].astype(str), "Metadata_Well": meta["well"],
+        "Metadata_Site": meta["site"], "Metadata_CellLine": meta["cell_type"], "Metadata_Virus": virus,
+        "Metadata_Compound": meta["treatment"].where(~untreated | (virus == ""), "DMSO"),
+        "Metadata_Dose_uM": meta["treatment_conc"].where(~untreated, 0.1)})
+
+
+UV_AS_DMSO = screen_lib.ScreenSchema(
+    plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site", group="Metadata_CellLine",
+    perturbation="Metadata_Compound", dose="Metadata_Dose_uM",
+    positive="Metadata_Compound == 'DMSO' and Metadata_Virus == 'none'",
+    negative="Metadata_Compound == 'DMSO' and Metadata_Virus == 'active'")
+
+
+def test_wells_the_schema_leaves_out_of_the_treatments_are_no_compound_and_are_listed(screen):
+    feats, meta, _ = screen
+    plate_map = _cell_profiler_style(meta)
+    uv = (plate_map["Metadata_Virus"] == "UV").to_numpy()
+    assert (screen_lib.control_role(plate_map, schema=UV_AS_DMSO)[uv] == "treated").all()  # the default: a treatment
+    declared = dataclasses.replace(UV_AS_DMSO, treated="Metadata_Compound != 'DMSO'")
+    screen_lib.validate(plate_map, declared, "plate_map.csv")
+    assert (screen_lib.control_role(plate_map, schema=declared)[uv] == "other").all()
+    result = report.analyze_screen(feats, plate_map, report.AnalysisConfig(normalization="center_scale"),
+                                   schema=declared)
+    assert {"efficacy", "dose_response", "activity"} <= set(result["results"]), result["skipped"]
+    for table in ("hits", "dose_response", "activity"):
+        assert len(result[table]) and "DMSO" not in set(result[table]["treatment"]), table
+    blank = int(((plate_map["Metadata_Compound"] == "") & ~uv).sum())
+    assert (f"{int(uv.sum()) + blank} sites of role other (perturbations: DMSO) are neither controls nor treatments: "
+            "left out of compounds, hits and mAP") in result["notes"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(treated="Metadata_Compound == 'dmso'"),
+     r"screen.treated=\"Metadata_Compound == 'dmso'\" selects no site of plate_map.csv"),
+    (dict(treated="Metadata_Drug != 'DMSO'"), r"screen.treated=.* names column 'Metadata_Drug', which the metadata"),
+    (dict(treated="Metadata_Compound != 'DMSO'", perturbation=""), r"screen.treated=.* names no perturbation column"),
+])
+def test_a_treated_query_that_does_not_fit_is_named_in_one_line(screen, change, message):
+    plate_map = _cell_profiler_style(screen[1])
+    with pytest.raises(screen_lib.MetadataError, match=message) as error:
+        screen_lib.validate(plate_map, dataclasses.replace(UV_AS_DMSO, **change), "plate_map.csv")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
 def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
     result, out = analysis
     page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
@@ -139,6 +196,7 @@ def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
 
 
 
+@pytest.mark.slow
 def test_the_report_folder_is_complete_only_with_its_completion_record(analysis):
     """Every file the analysis wrote is listed, with size and checksum, in a record written after them."""
     result, out = analysis

@@ -23,6 +23,7 @@ def layout():
     return calibration.layout(plates_per_line=3, compounds=8, positive_wells=8, negative_wells=8, sites_per_well=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [224, 512])
 def test_pure_noise_features_call_at_most_the_fdr_in_hits(layout, dim):
     rates = []
@@ -37,6 +38,7 @@ def test_pure_noise_features_call_at_most_the_fdr_in_hits(layout, dim):
     assert abs(np.mean([r["table1_accuracy"] for r in rates]) - 0.5) < 0.1
 
 
+@pytest.mark.slow
 def test_plate_structured_noise_and_well_level_analysis(layout):
     features = calibration.null_features(layout, 64, np.random.default_rng(7), plate_sd=1.0, well_sd=0.5)
     for level in ("site", "well"):
@@ -48,6 +50,7 @@ def test_plate_structured_noise_and_well_level_analysis(layout):
     assert (outcome["table1"]["n"] == [96, 96, 48, 48]).all()  # wells: 2 lines x 3 plates x 16 controls
 
 
+@pytest.mark.slow
 def test_within_plate_shuffle_removes_a_real_effect(layout):
     rng = np.random.default_rng(3)
     features = calibration.null_features(layout, 32, rng)

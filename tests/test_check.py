@@ -107,6 +107,7 @@ def test_device_counts_of_tpu_types():
         check.device_count("tpu")
 
 
+@pytest.mark.slow
 def test_main_checks_the_paper_config_on_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=REPO_ROOT)
     result = subprocess.run([sys.executable, "-m", "gandl.main", "--config", "configs/rxrx19a.py", "--workdir",

@@ -13,6 +13,8 @@ import pytest
 from gandl import check, cost, sharding, sweep
 from gandl.sweep import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
+
 requires_libtpu = pytest.mark.skipif(
     cost.libtpu_version() is None,
     reason="libtpu is not installed (pip install -e '.[tpu]'), so nothing can be compiled for a TPU here")

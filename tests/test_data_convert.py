@@ -78,6 +78,7 @@ def test_channel_stats_are_exact(shards_dir):
         assert stats["p50"] == int(np.percentile(pixels[:, c], 50, method="inverted_cdf"))
 
 
+@pytest.mark.slow
 def test_conversion_is_deterministic_and_parallel_matches_serial(rxrx19a_dir, shards_dir, tmp_path):
     screen = rxrx.read_rxrx19a(rxrx19a_dir)
     convert.convert(screen, str(tmp_path / "par"), _options(num_workers=2), progress=False)

@@ -38,14 +38,14 @@ def test_reads_rxrx19a_with_exact_columns_and_types(rxrx19a_dir):
 
 def test_control_roles(rxrx19a_dir):
     md = rxrx.read_rxrx19a(rxrx19a_dir).metadata
-    roles = rxrx.control_role(md)
-    assert set(roles) == {"C+", "C-", "UV", "treated", "blank"}
+    roles = screen_lib.control_role(md)  # a table without a schema is read as RxRx19a's
+    assert set(roles) == {"C+", "C-", "treated", "other"}
     assert (md.loc[roles == "C+", "disease_condition"] == rxrx.MOCK).all()
     assert ((md.loc[roles == "C-", "disease_condition"] == rxrx.ACTIVE)
             & (md.loc[roles == "C-", "treatment"] == "")).all()
     assert (md.loc[roles == "treated", "treatment"] != "").all()
-    merged = rxrx.control_role(md, uv_is_positive=True)
-    assert (merged == "C+").sum() == (roles == "C+").sum() + (roles == "UV").sum()
+    merged = screen_lib.control_role(md, uv_is_positive=True)
+    assert (merged == "C+").sum() == (roles == "C+").sum() + (md["disease_condition"] == rxrx.UV_INACTIVATED).sum()
 
 
 def test_channel_map_by_stain():

@@ -34,34 +34,33 @@ def test_the_rxrx19a_presets_give_the_rxrx19a_roles_and_plates(rxrx19a_dir):
     md = rxrx.read_rxrx19a(rxrx19a_dir).metadata
     untreated = (md["treatment"] == "").to_numpy()
     condition = md["disease_condition"].to_numpy()
-    role = screen.control_role(md, screen.PRESETS["rxrx19a"]).to_numpy()
+    role = screen.control_role(md, schema=screen.PRESETS["rxrx19a"]).to_numpy()
     np.testing.assert_array_equal(role == "C+", untreated & (condition == rxrx.MOCK))
     np.testing.assert_array_equal(role == "C-", untreated & (condition == rxrx.ACTIVE))
     np.testing.assert_array_equal(role == "treated", ~untreated)
     assert set(role[untreated & np.isin(condition, [rxrx.UV_INACTIVATED, rxrx.BLANK])]) == {"other"}
-    uv = screen.control_role(md, screen.PRESETS["rxrx19a_uv"]).to_numpy()
+    uv = screen.control_role(md, schema=screen.PRESETS["rxrx19a_uv"]).to_numpy()
     np.testing.assert_array_equal(uv == "C+", untreated & np.isin(condition, [rxrx.MOCK, rxrx.UV_INACTIVATED]))
-    keys = screen.plate_key(md, screen.PRESETS["rxrx19a"])
+    keys = screen.plate_key(md, schema=screen.PRESETS["rxrx19a"])
     assert set(keys) == {f"{e}_{p}" for e, p in zip(md["experiment"], md["plate"])}
-    np.testing.assert_array_equal(screen.plate_key(md, screen.PRESETS["rxrx19a"], "experiment"), md["experiment"])
-    for uv_is_positive in (False, True):  # the RxRx wrappers answer from the presets
-        legacy = rxrx.control_role(md, uv_is_positive).to_numpy()
-        preset = screen.control_role(md, screen.PRESETS["rxrx19a_uv" if uv_is_positive else "rxrx19a"]).to_numpy()
-        np.testing.assert_array_equal(legacy[preset != "other"], preset[preset != "other"])
-        assert set(legacy[preset == "other"]) <= {"UV", "blank"}
+    np.testing.assert_array_equal(screen.plate_key(md, "experiment", schema=screen.PRESETS["rxrx19a"]),
+                                  md["experiment"])
+    for uv_is_positive in (False, True):  # a table without a schema is read with the RxRx19a presets
+        np.testing.assert_array_equal(screen.control_role(md, uv_is_positive),
+                                      screen.control_role(md, schema=screen.default_schema(uv_is_positive)))
     screen.validate(md, screen.PRESETS["rxrx19a"], rxrx19a_dir)
 
 
 def test_a_foreign_screen_speaks_its_own_columns_and_controls():
     md = _cell_painting_metadata()
-    role = screen.control_role(md, FOREIGN)
+    role = screen.control_role(md, schema=FOREIGN)
     assert role[md["Metadata_Compound"] == "DMSO"].eq("C-").all()
     assert role[md["Metadata_Compound"] == "staurosporine"].eq("C+").all()  # a control compound is no hit
     assert role[md["Metadata_Compound"] == "cpd7"].eq("treated").all() and (role == "treated").sum() == 6
     assert role[md["Metadata_Compound"] == ""].eq("other").all()
-    assert list(screen.plate_key(md, FOREIGN)) == list(md["Metadata_Plate"])  # no experiment column: the plate
+    assert list(screen.plate_key(md, schema=FOREIGN)) == list(md["Metadata_Plate"])  # no experiment column: the plate
     with pytest.raises(ValueError, match="screen.experiment"):
-        screen.plate_key(md, FOREIGN, "experiment")
+        screen.plate_key(md, "experiment", schema=FOREIGN)
     ids = screen.with_ids(md, FOREIGN)
     assert list(ids.columns[:2]) == ["site_id", "well_id"]
     assert ids["site_id"].iloc[3] == "P1_C01_1" and ids["well_id"].iloc[-1] == "P2_D01"

@@ -21,6 +21,7 @@ def small() -> tuple[densenet.DenseNet, dict]:
     return model, densenet.init(model, jax.random.key(0), (16, 16, 5))
 
 
+@pytest.mark.slow
 def test_densenet121_features_are_1024d_and_its_state_dict_is_torchvisions():
     model = densenet.DenseNet()
     for side in (16, 224):
@@ -100,6 +101,7 @@ def test_batchnorm_inference_is_per_image_and_training_updates_running_stats(sma
     assert np.abs(after - before).max() > 0
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
     from gandl import sharding
     from gandl.data import pipeline
@@ -122,10 +124,29 @@ def test_fine_tuning_on_the_controls_separates_them(small, shards_dir):
 
 
 def test_control_labels_follow_control_roles():
+    from gandl.data import screen
     from gandl.features import imagenet
 
-    batch = {"disease_condition": np.array([b"Mock", b"Active SARS-CoV-2", b"Mock", b"UV Inactivated SARS-CoV-2",
+    batch = {"site_id": np.array([b"E_1_A01_1", b"E_1_A02_1", b"E_2_A03_1", b"E_2_A04_1", b""], dtype=object),
+             "cell_type": np.array([b"HRCE"] * 5, dtype=object), "experiment": np.array([b"E"] * 5, dtype=object),
+             "plate": np.array([1, 1, 2, 2, 0]), "well": np.array([b"A01", b"A02", b"A03", b"A04", b""], dtype=object),
+             "site": np.array([1, 1, 1, 1, 0]),
+             "disease_condition": np.array([b"Mock", b"Active SARS-CoV-2", b"Mock", b"UV Inactivated SARS-CoV-2",
                                             b"Mock"], dtype=object),
              "treatment": np.array([b"", b"", b"Remdesivir", b"", b""], dtype=object),
+             "treatment_conc": np.array([np.nan, np.nan, 1.0, np.nan, np.nan]),
              "mask": np.array([True, True, True, True, False])}
     np.testing.assert_array_equal(imagenet.control_labels(batch), [0, 1, -1, -1, -1])
+    uv = imagenet.Controls(schema=screen.PRESETS["rxrx19a_uv"])
+    np.testing.assert_array_equal(imagenet.control_labels(batch, uv), [0, 1, -1, 0, -1])
+    # A screen in its own columns: its schema's queries say the controls, its plates are what a fold holds out.
+    foreign = {"Metadata_Plate": np.array([b"P1", b"P1", b"P2", b"P2", b""], dtype=object),
+               "Metadata_Well": batch["well"], "Metadata_Site": batch["site"],
+               "Metadata_Compound": np.array([b"staurosporine", b"DMSO", b"DMSO", b"cpd7", b""], dtype=object),
+               "mask": batch["mask"]}
+    schema = screen.ScreenSchema(plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site",
+                                 perturbation="Metadata_Compound", positive="Metadata_Compound == 'staurosporine'",
+                                 negative="Metadata_Compound == 'DMSO'")
+    np.testing.assert_array_equal(imagenet.control_labels(foreign, imagenet.Controls(schema=schema)), [0, 1, 1, -1, -1])
+    held_out = imagenet.Controls(held_out=("screen_P2",), schema=schema)  # the analysis' plate names (screen_view)
+    np.testing.assert_array_equal(imagenet.control_labels(foreign, held_out), [0, 1, -1, -1, -1])

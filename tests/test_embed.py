@@ -87,6 +87,7 @@ def test_export_writes_the_npz_contract_and_profiles(features_fn, rxrx19a_dir, s
         np.testing.assert_allclose(npz["features"], gandl_features, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_64px_rxrx1_utils_records_embed_through_a_32px_model(tmp_path):
     from test_data_pipeline import _rxrx1_utils_sites, _write_rxrx1_utils
 

@@ -36,6 +36,8 @@ from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
+pytestmark = pytest.mark.slow  # subprocesses killed and resumed: not in the inner loop (tests/conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A cheap feature set beside the handcrafted one, so that an export writes two sets of parts.

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from gandl import sharding
 from gandl.features import discriminator, registry
@@ -9,6 +10,7 @@ from gandl.models import ModelConfig, init_variables
 from gandl.models.discriminator import blocks_dim, multiscale_dim
 
 
+@pytest.mark.slow
 def test_block_features_are_the_multiscale_features_without_the_head(tiny_config):
     model = ModelConfig.from_mapping(tiny_config.model)
     params = init_variables(model, jax.random.key(0))[1]["params"]

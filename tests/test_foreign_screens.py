@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 
 from gandl import embed, main
+from gandl import workdir as layout
 from gandl.analysis import io as analysis_io
 from gandl.analysis import stage as analysis_stage
 from gandl.data import screen
 from gandl.data import stage as data_stage
 from gandl.data.synthetic import layouts
 from gandl.profiles import feature_names
+
+pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
 
 # The CSV screen's schema, in its own column names and control labels.
 CELL_PAINTING = dict(plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site", group="Metadata_CellLine",
@@ -37,11 +40,13 @@ def _config(tiny_config, **data):
 
 @pytest.fixture(scope="module")
 def csv_run(tiny_config, tmp_path_factory):
-    """(config, workdir, the screen as read) of the CSV screen converted, trained for 10 steps and embedded."""
+    """(config, workdir, the screen as read) of the CSV screen converted, trained for 10 steps with the probe at step
+    10 and embedded."""
     root = layouts.write_cell_painting(tmp_path_factory.mktemp("cell_painting"), image_size=32)
     cfg = _config(tiny_config, kind="generic", root=str(root / "metadata.csv"),
                   channel_columns=("FileName_DNA", "FileName_Actin", "FileName_RNA"), stains=("DNA", "Actin", "RNA"))
     cfg.screen.update(CELL_PAINTING)
+    cfg.train.update(probe_every=10, probe_features=("gandl",), probe_sites=64)
     workdir = str(tmp_path_factory.mktemp("csv_run"))
     data_stage.convert_screen(cfg, workdir)
     main.run_train(cfg, workdir)
@@ -88,6 +93,14 @@ def test_a_cellprofiler_csv_screen_exports_its_metadata_exactly(csv_run):
     assert wells["Metadata_well_id"].tolist() == first["well_id"].tolist()
     _assert_same_values(wells["Metadata_Dose_uM"], first["Metadata_Dose_uM"], "wells dose")
     assert (wells["Metadata_n_sites"] == 2).all() and "Metadata_Metadata_Plate" not in wells
+
+
+def test_the_probe_reads_the_screen_in_its_own_columns_and_controls(csv_run):
+    _, workdir, read = csv_run
+    table = pd.read_csv(layout.probe_table(workdir))
+    assert set(table["step"]) == {10} and set(table["feature_set"]) == {"gandl"}
+    assert table.set_index("task").loc["C+ vs C- (all cell lines)", "status"] == "ok"
+    assert not table["task"].str.contains("HRCE|VERO").any()  # the screen's own group: one cell line, U2OS
 
 
 def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_config, tmp_path):

@@ -7,6 +7,8 @@ import pytest
 from gandl import inspection
 from gandl.train import loop
 
+pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def run(tiny_run):

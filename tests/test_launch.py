@@ -64,6 +64,7 @@ def test_dry_run_spot_prints_every_gcloud_command(tmp_path):
     assert not os.path.exists(archive)
 
 
+@pytest.mark.slow
 def test_the_launcher_checks_the_config_it_would_launch_for_the_tpu_devices(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path), GANDL_COST_CACHE=str(tmp_path / "cost"))
     result = _tpu(*ARGS, "--type", "v3-32", "--config.train.batch_size=64", "--compile=embed", "--dry-run", env=env)

@@ -123,6 +123,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     return old, result["table1"].set_index("task")
 
 
+@pytest.mark.slow
 def test_imagenet_comparator_is_scored_only_by_models_that_never_saw_the_fold(tmp_path):
     old, noise = _comparator_tables(tmp_path / "noise", signal=False, epochs=4)
     assert old.loc[TASK, "accuracy"] > 0.75  # the old protocol, train-on-test: random labels memorised
@@ -138,6 +139,7 @@ def test_comparator_table1_is_skipped_without_per_fold_features():
     assert table["accuracy"].isna().all() and table["status"].str.contains("no per-fold features").all()
 
 
+@pytest.mark.slow
 def test_the_embed_stage_records_one_fold_assignment_that_both_stages_read(tiny_config, tmp_path, monkeypatch):
     """A label-fitted set (the registry's `per_fold`) is exported per fold of the analysis' folds, drawn once and
     written as folds.json; the analysis scores Table 1 with those exports; another assignment is refused."""

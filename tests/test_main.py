@@ -5,10 +5,13 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from gandl import embed, main
 from gandl.analysis import stage as analysis_stage
 from gandl.data import stage as data_stage
+
+pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
 
 
 def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):

@@ -55,6 +55,7 @@ def test_config_mistakes_are_one_line(args, expected, tmp_path):
     assert NOTHING_SLOW in out.stderr, out.stderr[-2000:]  # said before TensorFlow or JAX load
 
 
+@pytest.mark.slow
 def test_data_mistakes_are_one_line_before_the_model_is_traced(tmp_path):
     root = layouts.write_cell_painting(tmp_path / "screen", image_size=16, plates=1, sites_per_well=1)
     csv = str(root / "metadata.csv")
@@ -79,6 +80,7 @@ def test_data_mistakes_are_one_line_before_the_model_is_traced(tmp_path):
         assert "train step" not in out.stdout  # refused before the config check traced anything
 
 
+@pytest.mark.slow
 def test_modes_that_run_no_model_trace_nothing(tmp_path):
     out = _gandl("--config", "configs/demo.py", "--workdir", str(tmp_path), "--mode", "analyze")
     assert "config check passed (--mode analyze runs no model: nothing traced)" in out.stdout, out.stderr[-3000:]
@@ -93,6 +95,7 @@ def test_modes_that_run_no_model_trace_nothing(tmp_path):
     (("--mode", "check", "--devices", "v3-8", "--compile", "step,stepp"), "--compile: unknown programs ['stepp']"),
     (("--mode", "check", "--devices", "v3-12"), "12 is not a power-of-two number of TensorCores"),
 ])
+@pytest.mark.slow
 def test_device_flag_mistakes_are_said_before_any_work(args, expected, tmp_path):
     out = _gandl("--config", "configs/demo.py", "--workdir", str(tmp_path), *args)
     assert out.returncode == 1 and expected in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -210,6 +210,7 @@ def _jit_forward(cfg: ModelConfig, batch: int):
     return jax.jit(forward).lower(g_shapes, d_shapes, z, jax.random.key(0)).compile()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [ModelConfig(resolution=16), ModelConfig(resolution=256)], ids=["16px", "256px"])
 def test_jit_compiles(cfg):
     compiled = _jit_forward(cfg, batch=4)

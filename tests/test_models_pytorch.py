@@ -179,6 +179,7 @@ def test_export_reproduces_pytorch_state_dict(name):
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURES)
 def test_parity_with_stylegan2_ada(name):
     meta, cfg, data, (g_vars, d_vars) = _fixture(name)

@@ -28,6 +28,8 @@ from gandl.features import discriminator
 from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
+pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "tiny_config.py")
 PROCESSES, LOCAL_DEVICES = 2, 2

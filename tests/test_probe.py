@@ -41,6 +41,7 @@ def _images(n: int, seed: int, size: int = 16) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 5)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_multiscale_features_have_their_width_and_ignore_batch_mates(tiny_config):
     model = ModelConfig.from_mapping(tiny_config.model)  # the probe's model: its compiled features are shared
     params = init_variables(model, jax.random.key(0))[1]["params"]
@@ -63,6 +64,7 @@ def test_multiscale_features_have_their_width_and_ignore_batch_mates(tiny_config
         discriminator.feature_fn(model, params, mesh, option="pooled")
 
 
+@pytest.mark.slow
 def test_probe_writes_its_table_curve_and_scalars(probed_run):
     cfg, workdir, result = probed_run
     assert result.step == 10
@@ -118,6 +120,7 @@ def test_a_resumed_probe_replaces_the_rows_of_steps_it_probes_again(tmp_path):
         probe_table.append_rows(path, [row])
 
 
+@pytest.mark.slow
 def test_export_feeds_the_training_mbstd_statistic_and_records_it(probed_run):
     cfg, workdir, _ = probed_run
     cfg = cfg.copy_and_resolve_references()
@@ -153,6 +156,7 @@ def test_export_feeds_the_training_mbstd_statistic_and_records_it(probed_run):
     assert not np.allclose(fn(a), discriminator.feature_fn(model, d_params, mesh, option="multiscale")(a))
 
 
+@pytest.mark.slow
 def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(probed_run):
     cfg, workdir, _ = probed_run
     assert layout.checkpoint_steps(workdir) == [5, 10]  # keep_checkpoints=1, but step 5 was probed

@@ -106,6 +106,7 @@ def native_pod_variable():
     os.unsetenv("CLOUD_TPU_TASK_ID")
 
 
+@pytest.mark.slow
 def test_local_convert_sweep_skips_finished_runs_and_summarizes(tmp_path, monkeypatch, capsys, native_pod_variable):
     workdir = str(tmp_path / "sweep")
     assert sweep.run_sweep(SMOKE, workdir) == []  # the runs did not take themselves for TPU pod workers

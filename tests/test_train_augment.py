@@ -140,6 +140,7 @@ def _step(train, devices):
         return state, jax.device_get(new), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_ada_and_contrastive_step_on_8_devices_moves_p_and_trains_the_head():
     assert jax.device_count() == 8
     state, new, metrics = _step(_train("ada", 0.5), jax.devices())
@@ -152,6 +153,7 @@ def test_ada_and_contrastive_step_on_8_devices_moves_p_and_trains_the_head():
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(new.d_params))
 
 
+@pytest.mark.slow
 def test_fixed_p_and_the_option_draws_do_not_depend_on_the_device_count():
     _, one, m1 = _step(_train("fixed", 0.5), jax.devices()[:1])
     _, eight, m8 = _step(_train("fixed", 0.5), jax.devices())

@@ -34,6 +34,7 @@ def _params(state: state_lib.TrainState):
                            state.pl_mean, state.rng, state.augment, state.head, state.head_opt_state))
 
 
+@pytest.mark.slow
 def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.train.steps = 120
@@ -52,6 +53,7 @@ def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
 
 @pytest.mark.parametrize("options", [{}, dict(augment="ada", augment_p=0.5, ada_interval=2, ada_kimg=1.0,
                                               contrastive_weight=0.5)], ids=["paper", "ada+contrastive"])
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(config, tmp_path, options):
     cfg = config.copy_and_resolve_references()
     cfg.train.update(options)
@@ -91,6 +93,7 @@ def _terminate_at_batch_3(i, batch):
     return batch
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.train.steps = 30
@@ -101,6 +104,7 @@ def test_sigterm_saves_and_stops(config, tmp_path):
     assert signal.getsignal(signal.SIGTERM) == handler  # the loop's handler is gone again
 
 
+@pytest.mark.slow
 def test_nan_stops_cleanly_and_keeps_the_last_good_checkpoint(config, tmp_path):
     cfg = config.copy_and_resolve_references()
     cfg.train.steps = 30

@@ -153,6 +153,7 @@ def _check_step(state):
     return metrics
 
 
+@pytest.mark.slow
 def test_first_step_matches_hand_computed_updates():
     *_, state, _, _ = _setup()
     metrics = _check_step(state)
@@ -163,6 +164,7 @@ def test_first_step_matches_hand_computed_updates():
 
 @pytest.mark.parametrize("step, beta", [(100, 0.5 ** (1 / (100 * 0.05))), (1000, 0.5 ** (BATCH / 100))],
                          ids=["ramping-up", "ramped-up"])
+@pytest.mark.slow
 def test_later_steps_match_hand_computed_updates(step, beta):
     """β ramps with the images seen before the step (half-life 5% of them), then stays at ema_kimg's."""
     *_, state, _, _ = _setup()
@@ -172,6 +174,7 @@ def test_later_steps_match_hand_computed_updates(step, beta):
     np.testing.assert_allclose(metrics["ema_beta"], beta, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, g_reg, d_reg", [(1, False, False), (2, True, False), (4, True, True)])
 def test_lazy_regularisers_run_every_interval(step, g_reg, d_reg):
     mesh, _, _, reals, state, train_step, _ = _setup()
@@ -187,6 +190,7 @@ def _changed(before, after) -> dict[str, bool]:
             zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after))}
 
 
+@pytest.mark.slow
 def test_generator_phases():
     mesh, _, _, _, state, _, phases = _setup()
     with jax.set_mesh(mesh):
@@ -209,6 +213,7 @@ def test_generator_phases():
     assert _changed(state.g_buffers, reg_buffers)["['mapping']['w_avg']"]
 
 
+@pytest.mark.slow
 def test_discriminator_phases():
     mesh, _, _, reals, state, _, phases = _setup()
     with jax.set_mesh(mesh):

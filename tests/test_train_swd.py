@@ -56,6 +56,7 @@ def test_sliced_wasserstein_zero_for_identical_sets_and_the_mean_projection_for_
         swd.sliced_wasserstein(a, a[:10], rng)
 
 
+@pytest.mark.slow
 def test_swd_pyramid_orders_sets_by_distance():
     """4,096 patches per level: identical sets then differ only by the patches drawn (the sampling floor)."""
     reals = _images(0, n=32, channels=1)

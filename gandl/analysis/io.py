@@ -18,48 +18,32 @@ from scipy import sparse
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import folds, screen
-from gandl.data.folds import control_role, plate_key  # noqa: F401 (the analysis reads them from here)
-from gandl.data.screen import PRESETS, WELL_AGGREGATES, ScreenSchema
+from gandl.data.screen import (  # noqa: F401 (the analysis reads them from here)
+    VIEW_COLUMNS,
+    WELL_AGGREGATES,
+    ScreenSchema,
+    control_role,
+    default_schema,
+    plate_key,
+    screen_view,
+)
 from gandl.features.registry import EXTRACTORS
 
-# The analysis' own column names, and the schema field each is read from (`screen_view`).
-VIEW_COLUMNS = {"cell_type": "group", "treatment": "perturbation", "treatment_conc": "dose",
-                "experiment": "experiment", "plate": "plate", "well": "well", "viability": "viability"}
 
+def neither_note(metadata: pd.DataFrame, view: pd.DataFrame, schema: ScreenSchema) -> list[str]:
+    """The note naming the sites of `view` (`screen_view(metadata, schema)`) that are neither controls nor treatments.
 
-def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
-    """RxRx19a's schema, with UV-inactivated virus as C+ when asked (the analysis' default screen)."""
-    return PRESETS["rxrx19a_uv" if uv_is_positive else "rxrx19a"]
-
-
-def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
-    """The metadata as the analysis reads it, whatever the screen's own columns: its schema applied once.
-
-    site_id, well_id (derived when absent), `well` (its position name, e.g. 'B03'), `cell_type` (the biological
-    group; one group "all" when the schema names none), `experiment` (the batch; "screen" when none), `plate`,
-    `role` (C+ / C- / treated / other, from the schema's control queries), `treatment` (the perturbation of
-    treated sites, "" for every other) and `treatment_conc` (float dose; 1.0 for every treated site when the
-    screen has no dose column), and `viability` (float) when the schema names a cell-count readout.
-    Every other column is kept unless it would shadow one of these. `output_names` maps the names back.
+    They are in no compound table, hit list or mAP table; the note says so, with their perturbations, so a well
+    the schema left out (or forgot to declare a control) is seen rather than silently missing.
     """
-    missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items() if column not in metadata]
-    if missing:
-        raise ValueError(f"the metadata lacks the columns the screen schema names: {', '.join(missing)}")
-    meta = screen.with_ids(metadata.reset_index(drop=True), schema)
-    role = screen.control_role(meta, schema).to_numpy()
-    treated = role == screen.TREATED
-    view = pd.DataFrame({
-        "site_id": meta["site_id"].astype(str), "well_id": meta["well_id"].astype(str),
-        "cell_type": meta[schema.group].astype(str) if schema.group else "all",
-        "experiment": meta[schema.experiment].astype(str) if schema.experiment else "screen",
-        "plate": meta[schema.plate], "well": meta[schema.well].astype(str) if schema.well else "", "role": role,
-        "treatment": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
-        "treatment_conc": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
-                           else np.where(treated, 1.0, np.nan)).astype(np.float64)})
-    if schema.viability:
-        view["viability"] = pd.to_numeric(meta[schema.viability]).astype(np.float64).to_numpy()
-    kept = [c for c in meta.columns if c not in view.columns and c not in schema.columns().values()]
-    return pd.concat([view, meta[kept]], axis=1)
+    other = view["role"].to_numpy() == screen.OTHER
+    if not other.any():
+        return []
+    values = (pd.Series(metadata[schema.perturbation].to_numpy()[other]).dropna().astype(str)
+              if schema.perturbation else pd.Series([], dtype=str))
+    named = ", ".join(sorted(set(values) - {""})) or "none"
+    return [f"{int(other.sum())} sites of role other (perturbations: {named}) are neither controls nor treatments: "
+            "left out of compounds, hits and mAP"]
 
 
 def output_names(schema: ScreenSchema) -> dict[str, str]:

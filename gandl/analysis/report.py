@@ -228,6 +228,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     schema = schema or io.default_schema(config.uv_is_positive)
     _check_inputs(features, metadata, ())
     site_metadata = io.screen_view(metadata, schema)
+    neither = io.neither_note(metadata, site_metadata, schema)
     qc.check_excluded(config.exclude_plates, io.plate_key(site_metadata))
     per_fold = None if fold_sets is None else bool(fold_sets)
     inputs = _inputs(np.asarray(features), site_metadata, config, truth, folder, fold_sets, schema)
@@ -260,7 +261,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
         ids = ", ".join(dropped["plate_id"])
         record = {name: text if name.startswith("qc_") else f"{text}; without the excluded plates ({ids})"
                   for name, text in record.items()}
-    return dict(outcome, protocol=record)
+    return dict(outcome, notes=neither + outcome["notes"], protocol=record)
 
 
 def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),

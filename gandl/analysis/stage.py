@@ -120,9 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         records.check_finished(export, list(registry.EXTRACTORS))
     truth = read_truth(config, workdir)
     sets, data = io.load_feature_sets(folder), config.data
-    schema = screen_lib.from_config(config.screen.to_dict(), data.kind)
-    if config.analysis.uv_is_positive and schema == screen_lib.PRESETS["rxrx19a"]:
-        schema = screen_lib.PRESETS["rxrx19a_uv"]  # the one RxRx19a knob the probe and the comparator read too
+    schema = screen_lib.configured(config)
     if data.root or not data.shards:  # the screen the shards were converted from
         source = screen_lib.Source.from_config(data, layout.raw(config.data.root, workdir))
         check_site_ids(sets, lambda: screen_lib.read_screen(source, schema))

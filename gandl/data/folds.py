@@ -1,4 +1,4 @@
-"""The screen's cross-validation groups: control roles, plate keys and the one fold assignment.
+"""The screen's cross-validation groups: the one fold assignment of its plates (roles and plate keys: `screen`).
 
 Every Table-1 task, the cross-fitted scores and the per-fold fits of a label-fitted extractor (embed stage)
 use one assignment of whole plates (or experiments) to folds; it lives here, below both stages, so the
@@ -16,24 +16,13 @@ from absl import logging
 from sklearn.model_selection import StratifiedGroupKFold
 
 from gandl import fileio
-from gandl.data import rxrx, screen
-from gandl.data.screen import PRESETS
+from gandl.data.screen import control_role, plate_key
 
 FOLDS = "folds.json"  # beside an export: {n_splits, group_by, seed, uv_is_positive, held_out: [[group, ...], ...]}
 
 
 class CVError(ValueError):
     """A task that cannot be cross-validated by groups (too few plates, a class on one plate only)."""
-
-
-def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False) -> pd.Series:
-    """Each row's role: the `role` column of a `screen_view`, else RxRx19a's (`rxrx.control_role`)."""
-    return metadata["role"] if "role" in metadata else rxrx.control_role(metadata, uv_is_positive)
-
-
-def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
-    """The cross-validation group of each row: `{experiment}_{plate}` (by='plate') or the experiment."""
-    return screen.plate_key(metadata, PRESETS["rxrx19a"], by)
 
 
 def require_trained(labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> None:

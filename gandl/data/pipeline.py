@@ -17,10 +17,12 @@ import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 
 from gandl import fileio
 from gandl._tf import tf
 from gandl.data import convert
+from gandl.data.screen import RESERVED_COLUMNS
 from gandl.data.vocabulary import STAINS
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -349,6 +351,13 @@ def eval_dataset(spec: RecordSpec, options: InputOptions = InputOptions(), *, ba
         empty = tf.nest.map_structure(lambda s: _blank(s.shape, s.dtype), ds.element_spec)
         ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(num_batches)
     return ds.prefetch(AUTOTUNE)
+
+
+def metadata_frame(batch: dict[str, np.ndarray]) -> pd.DataFrame:
+    """An eval batch's metadata as a table, one row per row of the batch (padding included): every column its
+    records carry, strings decoded, so the screen's schema can be applied to it as to the table it came from."""
+    return pd.DataFrame({k: np.char.decode(v.astype(bytes), "utf-8") if v.dtype.kind in "SO" else v
+                         for k, v in batch.items() if k not in RESERVED_COLUMNS})
 
 
 def _blank(shape, dtype: tf.DType) -> tf.Tensor:

@@ -85,16 +85,3 @@ def read_rxrx1(root: str, metadata: str = "metadata.csv") -> Screen:
     return Screen(screen.with_ids(df, PRESETS["rxrx1"]),
                   _rxrx_paths(root, df, len(STAINS["rxrx1"]), "dataset" in df.columns), STAINS["rxrx1"], source,
                   images.FILES)
-
-
-def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False) -> pd.Series:
-    """Role of each RxRx19a site: 'C+', 'C-', 'UV', 'treated' or 'blank' (`screen.control_role` under the
-    rxrx19a preset, or rxrx19a_uv when `uv_is_positive`, with its 'other' sites told apart by condition)."""
-    role = screen.control_role(metadata, PRESETS["rxrx19a_uv" if uv_is_positive else "rxrx19a"])
-    uv = (metadata["disease_condition"] == UV_INACTIVATED).to_numpy()
-    return role.mask(role == screen.OTHER, pd.Series(np.where(uv, "UV", "blank"), index=metadata.index))
-
-
-def plate_key(metadata: pd.DataFrame, by: str = "plate") -> np.ndarray:
-    """`screen.plate_key` under the RxRx presets: `{experiment}_{plate}` (by='plate') or the experiment."""
-    return screen.plate_key(metadata, PRESETS["rxrx19a"], by)

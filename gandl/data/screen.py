@@ -3,10 +3,11 @@
 * `Screen`: one metadata row per site and, per site, one reference per channel plus the `ChannelReader` that
   loads a reference, so the converter reads every reader's sites the same way (no format in a path string).
 * `ScreenSchema`: which metadata columns are the plate, well, site, experiment (batch), biological group
-  (cell line), perturbation and dose, which sites are the positive and negative controls (pandas queries),
-  what the two control kinds are called and which perturbations the figures highlight. `PRESETS` describe
-  the layouts GAN-DL knows; `config.screen` picks one and overrides fields (`from_config`), `validate`
-  checks it against a screen's metadata, and `control_role` / `plate_key` answer from it.
+  (cell line), perturbation and dose, which sites are the positive and negative controls and which are the
+  treatments (pandas queries; the rest are neither), what the two control kinds are called and which
+  perturbations the figures highlight. `PRESETS` describe the layouts GAN-DL knows; `config.screen` picks one
+  and overrides fields (`from_config`), `validate` checks it against a screen's metadata, and `control_role` /
+  `plate_key` answer from it.
 * `READERS`: screen kind (`config.data.kind`) -> the function that reads it, resolved on use, so naming a
   kind imports no reader (TensorFlow, zarr). A new reader is one module plus one entry.
 
@@ -149,7 +150,9 @@ class ScreenSchema:
     The queries are pandas `DataFrame.eval` expressions over the metadata columns (backticks quote names
     with spaces), e.g. "compound == 'DMSO'". The positive control is the phenotype a perfect perturbation
     reaches (RxRx19a: uninfected Mock wells); the negative control is the untreated reference (RxRx19a:
-    infected wells without a compound; a vehicle such as DMSO).
+    infected wells without a compound; a vehicle such as DMSO). Wells that are neither (a mock-infection
+    reference, a second vehicle) are declared by the `treated` query leaving them out: a perturbed well is
+    otherwise taken for a treatment, and would be ranked and called a hit like one.
     """
 
     plate: str = "plate"
@@ -162,6 +165,9 @@ class ScreenSchema:
     viability: str = ""  # numeric cell-count or viability readout per site (e.g. a nuclei count): cytotoxicity
     positive: str = ""  # query selecting the positive-control sites (C+)
     negative: str = ""  # query selecting the negative-control sites (C-)
+    # Query selecting the treatment sites; "" = every perturbed site that is no control. With a query, a perturbed
+    # site it does not select (e.g. UV-inactivated virus, a vehicle-only well) is 'other': never a compound.
+    treated: str = ""
     positive_name: str = "positive control"  # how reports and legends call the two control kinds
     negative_name: str = "negative control"
     highlight: tuple[str, ...] = ()  # perturbations the figures draw; () = the analysis picks the top hits
@@ -173,6 +179,7 @@ class ScreenSchema:
 
 COLUMN_FIELDS = ("plate", "well", "site", "experiment", "group", "perturbation", "dose", "viability")
 NUMERIC_FIELDS = ("dose", "viability")
+QUERY_FIELDS = ("positive", "negative", "treated")  # the pandas queries that pick sites
 
 
 def _rxrx19a_controls(positive_conditions: tuple[str, ...]) -> dict[str, str]:
@@ -249,28 +256,53 @@ def _perturbed(values: pd.Series) -> np.ndarray:
     return (values.notna() & (values.astype(str) != "")).to_numpy()
 
 
-def control_role(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.Series:
+def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
+    """RxRx19a's schema, with UV-inactivated virus as C+ when asked: what a table without a schema is read as, and
+    the analysis' default screen."""
+    return PRESETS["rxrx19a_uv" if uv_is_positive else "rxrx19a"]
+
+
+def configured(config: Mapping[str, Any]) -> ScreenSchema:
+    """A run's schema: `config.screen` over `data.kind`'s preset, RxRx19a's UV variant when `analysis.uv_is_positive`
+    asks (the one RxRx19a knob older configs set). Every stage that picks controls or groups reads this one."""
+    schema = from_config(dict(config["screen"]), config["data"]["kind"])
+    return default_schema(True) if config["analysis"]["uv_is_positive"] and schema == default_schema() else schema
+
+
+def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False, *,
+                 schema: ScreenSchema | None = None) -> pd.Series:
     """Role of each site: 'C+' (positive control), 'C-' (negative control), 'treated' or 'other'.
 
     A site with a perturbation (non-blank `schema.perturbation`) is treated unless a control query selects
-    it: a positive-control compound is a control, not a hit. Sites with neither are 'other'.
+    it (a positive-control compound is a control, not a hit) or the schema's `treated` query does not.
+    Sites with neither are 'other'. Without a schema, a `screen_view` answers with its own `role` column (the
+    analysis' tables: the roles its schema gave) and any other table is read as RxRx19a's (`default_schema`).
     """
+    if schema is None:
+        if "role" in metadata:
+            return metadata["role"]
+        schema = default_schema(uv_is_positive)
     role = pd.Series(OTHER, index=metadata.index, dtype=object)
     if schema.perturbation:
-        role[_perturbed(metadata[schema.perturbation])] = TREATED
+        treated = _perturbed(metadata[schema.perturbation])
+        if schema.treated:
+            treated = treated & select(metadata, schema.treated, "screen.treated")
+        role[treated] = TREATED
     for query, name, field in ((schema.positive, POSITIVE, "positive"), (schema.negative, NEGATIVE, "negative")):
         if query:
             role[select(metadata, query, f"screen.{field}")] = name
     return role
 
 
-def plate_key(metadata: pd.DataFrame, schema: ScreenSchema, by: str = "plate") -> np.ndarray:
+def plate_key(metadata: pd.DataFrame, by: str = "plate", *, schema: ScreenSchema | None = None) -> np.ndarray:
     """The cross-validation group of each row: the plate (`{experiment}_{plate}` when the schema names an
     experiment column, since plate names repeat across batches) for by='plate', or the experiment.
 
     Sites of one plate share its batch effects (stain gain, illumination), so a plate is the smallest unit
-    that may be held out.
+    that may be held out. Without a schema the table's `experiment` and `plate` columns are read (a
+    `screen_view`'s, or RxRx19a's own).
     """
+    schema = schema or default_schema()
     if by == "plate":
         plate = metadata[schema.plate].astype(str)
         return (metadata[schema.experiment].astype(str) + "_" + plate if schema.experiment else plate).to_numpy()
@@ -292,7 +324,7 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     out = metadata.copy()
     plate_columns = [schema.plate, schema.well] + ([schema.experiment] if schema.experiment else [])
     if "well_id" not in out.columns and all(c in out.columns for c in plate_columns):
-        well_id = pd.Series(plate_key(out, schema), index=out.index) + "_" + out[schema.well].astype(str)
+        well_id = pd.Series(plate_key(out, schema=schema), index=out.index) + "_" + out[schema.well].astype(str)
         out.insert(out.columns.get_loc("site_id") + 1 if "site_id" in out.columns else 0, "well_id", well_id)
     if "site_id" not in out.columns:
         needed = ([] if "well_id" in out.columns else plate_columns) + [schema.site]
@@ -304,11 +336,50 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     return out
 
 
+# The analysis' own column names, and the schema field each is read from (`screen_view`).
+VIEW_COLUMNS = {"cell_type": "group", "treatment": "perturbation", "treatment_conc": "dose", "well": "well",
+                "viability": "viability", "experiment": "experiment", "plate": "plate"}
+
+
+def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
+    """The metadata as the analysis reads it, whatever the screen's own columns: its schema applied once.
+
+    site_id, well_id (derived when absent), `well` (its position name, e.g. 'B03'), `cell_type` (the biological
+    group; one group "all" when the schema names none), `experiment` (the batch; "screen" when none), `plate`,
+    `role` (C+ / C- / treated / other, from the schema's control queries), `treatment` (the perturbation of
+    treated sites, "" for every other), `treatment_conc` (float dose; 1.0 for every treated site when the
+    screen has no dose column) and `viability` (float) when the schema names a cell-count readout (a column
+    named `viability` is kept as it is and read as one too). Every other column is kept unless it would
+    shadow one of these. Every stage that picks controls or plates after reading (the analysis, the training
+    probe, a label-fitted extractor's folds) reads this view, so they agree on roles and on the names of the
+    plates a fold holds out.
+    """
+    missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items() if column not in metadata]
+    if missing:
+        raise ValueError(f"the metadata lacks the columns the screen schema names: {', '.join(missing)}")
+    meta = with_ids(metadata.reset_index(drop=True), schema)
+    role = control_role(meta, schema=schema).to_numpy()
+    treated = role == TREATED
+    view = pd.DataFrame({
+        "site_id": meta["site_id"].astype(str), "well_id": meta["well_id"].astype(str),
+        "cell_type": meta[schema.group].astype(str) if schema.group else "all",
+        "experiment": meta[schema.experiment].astype(str) if schema.experiment else "screen",
+        "plate": meta[schema.plate], "well": meta[schema.well].astype(str) if schema.well else "", "role": role,
+        "treatment": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
+        "treatment_conc": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
+                           else np.where(treated, 1.0, np.nan)).astype(np.float64)})
+    if schema.viability:
+        view["viability"] = pd.to_numeric(meta[schema.viability]).astype(np.float64).to_numpy()
+    kept = [c for c in meta.columns if c not in view.columns and c not in schema.columns().values()]
+    return pd.concat([view, meta[kept]], axis=1)
+
+
 def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
     """Refuse a schema that does not describe `metadata` (read from `source`), in one line naming the field.
 
-    Every declared column must exist, the dose and viability must be numeric, each control query must evaluate on the
-    metadata and select at least one site, and no site may be both a positive and a negative control.
+    Every declared column must exist, the dose and viability must be numeric, each control query and the treated
+    query must evaluate on the metadata and select at least one site, and no site may be both a positive and a
+    negative control.
     """
     columns = ", ".join(map(str, metadata.columns))
     for field, column in schema.columns().items():
@@ -320,14 +391,17 @@ def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
             bad = pd.to_numeric(metadata[column].replace("", np.nan), errors="coerce").isna() & (metadata[column] != "")
             example = metadata[column][bad].iloc[0] if bad.any() else metadata[column].iloc[0]
             raise MetadataError(f"screen.{field}={column!r}: column of {source} holds {example!r}, not a number")
+    if schema.treated and not schema.perturbation:
+        raise MetadataError(f"screen.treated={schema.treated!r} picks treatments among the perturbed sites, but the "
+                            "schema names no perturbation column (set screen.perturbation)")
     chosen = {}
-    for field in ("positive", "negative"):
+    for field in QUERY_FIELDS:
         query = getattr(schema, field)
         if query:
             chosen[field] = select(metadata, query, f"screen.{field}")
             if not chosen[field].any():
                 raise MetadataError(f"screen.{field}={query!r} selects no site of {source}")
-    if len(chosen) == 2 and (both := chosen["positive"] & chosen["negative"]).any():
+    if {"positive", "negative"} <= set(chosen) and (both := chosen["positive"] & chosen["negative"]).any():
         first = metadata.iloc[int(np.argmax(both))]
         raise MetadataError(f"screen.positive and screen.negative both select {int(both.sum())} site(s) of {source}, "
                             f"e.g. {first.get('site_id', first.name)!r}")

@@ -7,6 +7,7 @@ One TensorFlow-free home for the names that the readers (`gandl.data.rxrx`), the
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 
 # The official metadata columns, in the order the releases list them.
 RXRX19A_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site",
@@ -48,6 +49,12 @@ def channel_map(source: str, target: str) -> tuple[int, ...]:
     if missing:
         raise ValueError(f"{source} has no channel for the {target} stains {missing}")
     return tuple(src.index(s) + 1 for s in STAINS[target])
+
+
+def zeroshot_channels(channels: Sequence[int]) -> tuple[int, ...]:
+    """The zero-shot (RxRx1) set's channels that feed the model's: `zeroshot.channels`, or by default the stain
+    match RxRx1 -> RxRx19a, (1, 2, 3, 4, 6)."""
+    return tuple(channels) or channel_map("rxrx1", "rxrx19a")
 
 
 def image_path(images_dir: str, experiment: str, plate: int, well: str, site: int, channel: int) -> str:

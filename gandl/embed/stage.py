@@ -16,7 +16,8 @@ from absl import logging
 import gandl
 from gandl import sharding
 from gandl import workdir as layout
-from gandl.data import folds, pipeline, rxrx
+from gandl.data import folds, pipeline, vocabulary
+from gandl.data.screen import screen_view
 from gandl.embed import writers
 from gandl.embed.folds import export_folds
 from gandl.embed.stream import export, lazy
@@ -57,7 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     options = pipeline.InputOptions.from_config(config)
     targets = [(layout.shards(config.data.shards, workdir), out, options)]
     if config.zeroshot.enabled:
-        channels = tuple(config.zeroshot.channels) or rxrx.channel_map("rxrx1", "rxrx19a")
+        channels = vocabulary.zeroshot_channels(config.zeroshot.channels)
         targets.append((layout.zeroshot_shards(config.zeroshot.shards, workdir), layout.zeroshot_embeddings(out),
                         options.replace(channels=channels)))
     screen = pipeline.open_records(targets[0][0], config.data.rxrx1_utils_image_size)
@@ -89,22 +90,22 @@ def export_label_folds(config: ml_collections.ConfigDict, context: base.Context,
                        described: dict, provenance: dict) -> None:
     """Label-fitted feature set `name`, one model per fold of the analysis' folds, never one that saw the fold.
 
-    The folds are drawn once, from the exported sites, with the analysis' settings, and recorded as folds.json.
+    The folds are drawn once, from the exported sites as the screen's schema reads them (the analysis' view), with
+    the analysis' settings, and recorded as folds.json.
     """
     analysis = config.analysis
-    metadata = writers.read_metadata(os.path.join(out, f"{name}.npz"))
+    metadata = screen_view(writers.read_metadata(os.path.join(out, f"{name}.npz")), context.controls.schema)
     try:
         assignment = folds.assignment(metadata, n_splits=analysis.n_splits, group_by=analysis.group_by,
                                       seed=analysis.seed, uv_is_positive=analysis.uv_is_positive)
     except folds.CVError as error:
         logging.warning("no per-fold %s models (its Table 1 will be skipped): %s", registry.get(name).label, error)
         return
-    every_control = base.Controls(uv_is_positive=analysis.uv_is_positive)
 
     def fitted_without(held_out: tuple[str, ...]):
         return registry.build(name, dataclasses.replace(
             context, controls=dataclasses.replace(context.controls, held_out=held_out)))
 
     export_folds(context.screen, out, name, assignment, fitted_without, batch_size=config.embed.batch_size,
-                 rows=lambda batch: base.control_labels(batch, every_control) >= 0, provenance=provenance,
+                 rows=lambda batch: base.control_labels(batch, context.controls) >= 0, provenance=provenance,
                  feature_settings=described, options=context.options, part_batches=config.embed.part_batches)

@@ -10,11 +10,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import pandas as pd
 from jax.experimental import multihost_utils
 
 from gandl import sharding
-from gandl.data import pipeline, rxrx
+from gandl.data import pipeline
+from gandl.data.screen import ScreenSchema, configured, default_schema, plate_key, screen_view
 from gandl.models.config import ModelConfig
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # this process's images [b, H, W, C] -> features [b, D]
@@ -27,19 +27,21 @@ LABELS = {"C+": 0, "C-": 1}  # the control labels a label-fitted extractor learn
 class Controls:
     """Which sites a label-fitted extractor learns from: C+ / C- controls outside the held-out groups."""
 
-    held_out: tuple[str, ...] = ()  # groups (gandl.data.rxrx.plate_key) a cross-validation fold tests on
+    held_out: tuple[str, ...] = ()  # groups (`plate_key` of a `screen_view`) a cross-validation fold tests on
     group_by: str = "plate"  # plate | experiment: what `held_out` names
-    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
+    schema: ScreenSchema = default_schema()  # the screen's columns and control queries (`configured`)
 
 
 def control_labels(batch: Mapping[str, np.ndarray], controls: Controls = Controls()) -> np.ndarray:
-    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site, held-out groups and padding."""
-    frame = pd.DataFrame({c: np.char.decode(batch[c].astype(bytes), "utf-8") if batch[c].dtype.kind in "SO"
-                          else batch[c] for c in ("disease_condition", "treatment", "experiment", "plate")
-                          if c in batch})
-    labels = rxrx.control_role(frame, controls.uv_is_positive).map(LABELS).fillna(-1).to_numpy(np.int32)
+    """Per row of an eval batch: 0 for C+, 1 for C-, -1 for every other site, held-out groups and padding.
+
+    Roles and groups come from the batch's `screen_view` under the run's schema, as the analysis' do, so a group
+    held out here is the plate the analysis' fold names, whatever the screen calls its columns.
+    """
+    view = screen_view(pipeline.metadata_frame(batch), controls.schema)
+    labels = view["role"].map(LABELS).fillna(-1).to_numpy(np.int32)
     if controls.held_out:
-        labels[np.isin(rxrx.plate_key(frame, controls.group_by), controls.held_out)] = -1
+        labels[np.isin(plate_key(view, controls.group_by), controls.held_out)] = -1
     return np.where(batch["mask"], labels, -1)
 
 
@@ -81,10 +83,9 @@ class Context:
     def of_run(cls, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model: ModelConfig, d_params: Any,
                screen: pipeline.RecordSpec, options: pipeline.InputOptions) -> Context:
         """The context of a run's config: its seed, embed settings, training batch and control definition."""
-        analysis = config.analysis
         return cls(mesh, model, d_params, screen, options, config.seed, EmbedSettings.from_config(config.embed),
-                   config.train.batch_size, Controls(group_by=analysis.group_by,
-                                                     uv_is_positive=analysis.uv_is_positive))
+                   config.train.batch_size, Controls(group_by=config.analysis.group_by,
+                                                     schema=configured(config)))
 
 
 def on_mesh(features: Callable[[Any, jax.Array], jax.Array], variables: Any, mesh: jax.sharding.Mesh) -> FeatureFn:
