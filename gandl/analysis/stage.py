@@ -23,7 +23,7 @@ from gandl.data import rxrx, vocabulary
 from gandl.data import screen as screen_lib
 from gandl.data.synthetic.truth import TRUTH_COLUMNS
 from gandl.embed import records
-from gandl.features import handcrafted, registry
+from gandl.features import registry
 
 
 def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame | None:
@@ -88,11 +88,13 @@ NUCLEAR_PROXY = "gandl_nuclear_stain"  # the metadata column `nuclear_proxy` add
 
 def nuclear_proxy(sets: dict, folder: str, schema: screen_lib.ScreenSchema) -> screen_lib.ScreenSchema:
     """Give the hit calls a cell-count proxy where the screen names none: the nuclear stain's mean intensity of
-    each site (the handcrafted export's `w<k>_mean` of the Hoechst / DNA channel), added to every feature
-    set's metadata as NUCLEAR_PROXY, and the schema that names it. Fewer cells, less DNA stain: a compound
-    that kills cells lowers it. Unchanged when the schema names a readout or nothing provides one.
+    each site (from a feature set that holds channel means, `registry.channel_means`: the handcrafted one),
+    added to every feature set's metadata as NUCLEAR_PROXY, and the schema that names it. Fewer cells, less DNA
+    stain: a compound that kills cells lowers it. Unchanged when the schema names a readout or nothing
+    provides one.
     """
-    if schema.viability or "handcrafted" not in sets:
+    means = {label: column for label, column in registry.channel_means().items() if label in sets}
+    if schema.viability or not means:
         return schema
     export = fileio.read_json(os.path.join(folder, records.SETTINGS))
     stains = [export["records"]["stains"][c - 1] for c in export["channels"]]
@@ -101,9 +103,9 @@ def nuclear_proxy(sets: dict, folder: str, schema: screen_lib.ScreenSchema) -> s
         logging.info("no nuclear stain among %s: cytotoxicity is estimated only where screen.viability names a "
                      "readout", stains)
         return schema
-    features, meta = sets["handcrafted"]
-    column = handcrafted.feature_names(len(stains)).index(f"w{nuclear[0] + 1}_mean")
-    proxy = pd.Series(features[:, column], index=meta["site_id"].astype(str).to_numpy())
+    label, column = next(iter(means.items()))
+    features, meta = sets[label]
+    proxy = pd.Series(features[:, column(len(stains), nuclear[0])], index=meta["site_id"].astype(str).to_numpy())
     for _, set_meta in sets.values():
         set_meta[NUCLEAR_PROXY] = set_meta["site_id"].astype(str).map(proxy).to_numpy()
     return dataclasses.replace(schema, viability=NUCLEAR_PROXY)

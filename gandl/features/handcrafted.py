@@ -23,6 +23,11 @@ def feature_names(num_channels: int) -> list[str]:
     return names + [f"corr_w{a + 1}_w{b + 1}" for a in range(num_channels) for b in range(a + 1, num_channels)]
 
 
+def mean_column(num_channels: int, channel: int) -> int:
+    """The column of `features` holding channel `channel`'s (0-based) mean intensity."""
+    return feature_names(num_channels).index(f"w{channel + 1}_mean")
+
+
 def _batch_features(batch: np.ndarray) -> np.ndarray:
     """Features of one [B, H, W, C] batch (integer or float pixels; integers scaled by their dtype max)."""
     scale = np.iinfo(batch.dtype).max if batch.dtype.kind in "ui" else 1.0

@@ -22,6 +22,9 @@ class Extractor:
     # (folds.json), the control sites' features of a model built without that fold's groups
     # (`Context.controls.held_out`), and Table 1 scores each fold only with those (gandl.embed.folds).
     per_fold: bool = False
+    # Its features hold each channel's mean intensity: "module:function" under gandl.features mapping (number of
+    # channels, 0-based channel) to that column. The analysis reads the nuclear stain's as a cell-count proxy.
+    channel_mean: str = ""
 
 
 # File stem of the exported feature set -> extractor. The report lists feature sets in this order.
@@ -36,7 +39,7 @@ EXTRACTORS = {
     "gandl_blocks": Extractor("GAN-DL blocks", "discriminator:trained_blocks", reference="random_d_blocks",
                               embed_fields=_D_FIELDS),
     "random_d_blocks": Extractor("random-init D blocks", "discriminator:random_init_blocks", embed_fields=_D_FIELDS),
-    "handcrafted": Extractor("handcrafted", "handcrafted:extractor"),
+    "handcrafted": Extractor("handcrafted", "handcrafted:extractor", channel_mean="handcrafted:mean_column"),
     "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor", embed_fields=("imagenet_weights", "imagenet"),
                           per_fold=True),
 }
@@ -62,3 +65,13 @@ def settings(name: str, context: Context) -> dict:
     """What extractor `name` measured for this run and its exports must record (its `settings(context)`, if any)."""
     describe = getattr(_resolve(name), "settings", None)
     return describe(context) if describe else {}
+
+
+def channel_means() -> dict[str, object]:
+    """Report label -> its `channel_mean` function, for every extractor whose features hold channel means."""
+    out = {}
+    for extractor in EXTRACTORS.values():
+        if extractor.channel_mean:
+            module, function = extractor.channel_mean.split(":")
+            out[extractor.label] = getattr(importlib.import_module(f"gandl.features.{module}"), function)
+    return out
