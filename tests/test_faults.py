@@ -9,6 +9,7 @@ multiprocessing resource tracker) can be found by session id; every wait is boun
 import dataclasses
 import errno
 import glob
+import io
 import json
 import os
 import shutil
@@ -23,9 +24,10 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from flax import struct
 
-from gandl import check, embed, fileio, profiles, sharding
+from gandl import check, embed, fileio, main, profiles, sharding
 from gandl import workdir as workdir_lib
 from gandl.analysis import stage as analysis_stage
 from gandl.data import convert, generic, images, pipeline, rxrx
@@ -805,3 +807,54 @@ def test_every_impossible_setting_is_refused_at_once(tiny_config):
     assert len(info.value.failures) == len(bad)
     for field, value in bad.items():
         assert any(f.startswith(f"{field}={value!r}: must be") and "; use " in f for f in info.value.failures), field
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue #32, round three: the exit status says the class of fault; inputs that printed tracebacks are one line.
+
+
+def _gandl(tmp_path, *args: str, config: str = "tests/tiny_config.py") -> tuple[int, str]:
+    """(exit status, its message: the one `gandl:` line and the config check's list after it) of a `gandl` run in a
+    fresh workdir; fails on a traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+    result = subprocess.run([sys.executable, "-m", "gandl.main", "--config", config, "--workdir",
+                             str(tmp_path / "run"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gandl: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return result.returncode, result.stderr[result.stderr.index(lines[0]):]
+
+
+@pytest.mark.parametrize("args,status,said", [
+    (("--mode", "check", "--config.screen.preset=bogus"), 2, "gandl: screen.preset='bogus': no such preset"),
+    (("--mode", "check", "--devices", "v3-12"), 2, "12 is not a power-of-two number of TensorCores"),
+    (("--mode", "preview"), 1, "shards: no converted shards there"),
+])
+def test_the_exit_status_says_the_class_of_fault(tmp_path, args, status, said):
+    """Issue #32 round 3 item 1: a mistake in the config or the command line exits 2, one in the data (or an
+    outside fault) 1, each in one line without a traceback."""
+    got, line = _gandl(tmp_path, *args)
+    assert got == status and said in line, line
+
+
+def _one_line(error: BaseException, *named: str) -> str:
+    """`error` as the entry point says it: a data fault (exit 1) in one line naming each of `named`."""
+    text = str(error)
+    assert main.exit_status(error) == main.EXIT_DATA and "\n" not in text, (type(error), text)
+    assert all(name in text for name in named), text
+    return text
+
+
+def test_a_truncated_tiff_met_while_probing_the_screen_is_one_line(rxrx19a_dir, tmp_path):
+    """Issue #32 round 3 item 2: the probe's BadImageError (not wrapped in a ConversionError) was a traceback."""
+    root = tmp_path / "screen"
+    shutil.copytree(rxrx19a_dir, root)
+    bad = rxrx.read_rxrx19a(str(root)).paths[0, 0]  # site 0 is among the probed ones
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, np.zeros((32, 32), np.uint8))
+    with open(bad, "wb") as f:
+        f.write(tiff.getvalue()[:200])
+    status, line = _gandl(tmp_path, "--mode", "convert", "--config.data.kind=rxrx19a", f"--config.data.root={root}",
+                          "--config.data.image_size=16", "--config.data.num_workers=1")
+    assert status == 1 and line.startswith(f"gandl: {bad}: unreadable image"), line

@@ -41,7 +41,8 @@ class MetadataError(ValueError):
 
 
 class SettingError(ValueError):
-    """A profile setting that does not exist (said in one line by the command)."""
+    """A setting that does not exist or cannot be (a preset, a schema field, a well aggregate): a mistake in the
+    config, not in the data, so the command says it in one line with the config's exit status."""
 
 
 WELL_AGGREGATES = ("median", "mean")  # embed.well_aggregate: how a well's profile comes from its sites
@@ -205,11 +206,11 @@ def from_config(screen: Mapping[str, Any], kind: str) -> ScreenSchema:
     settings = dict(screen)
     name = settings.pop("preset", "") or get_reader(kind).preset
     if name not in PRESETS:
-        raise MetadataError(f"screen.preset={name!r}: no such preset; known: {', '.join(PRESETS)}")
+        raise SettingError(f"screen.preset={name!r}: no such preset; known: {', '.join(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(ScreenSchema)}
     unknown = sorted(set(settings) - fields)
     if unknown:
-        raise MetadataError(f"screen.{unknown[0]}: not a schema field; fields: {', '.join(sorted(fields))}")
+        raise SettingError(f"screen.{unknown[0]}: not a schema field; fields: {', '.join(sorted(fields))}")
     overrides = {k: v for k, v in settings.items() if v is not None}
     if "highlight" in overrides:
         overrides["highlight"] = tuple(overrides["highlight"])
