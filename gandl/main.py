@@ -116,14 +116,22 @@ def quiet_third_party_logs() -> None:
 
 def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     """What `mode` will read, checked before anything slow: the raw screen named by data.root, its schema and
-    channels (the synthetic one is checked as it is converted), or the shards."""
+    channels (the synthetic one is checked as it is converted), the shards, the ground truth analysis.truth names;
+    every field's rule first (a mistake in the config is said before one in the data)."""
     from gandl.data import screen
 
     screen.from_config(config.screen.to_dict(), config.data.kind)  # a preset or field that does not exist
     if mode in ("check", "embed", "all"):
         screen.check_aggregate(config.embed.well_aggregate)
+    from gandl import check  # JAX's modules load (no device starts): after the one-line mistakes above
+
+    check.check_fields(config)
     if mode in ("check", "convert", "all") and config.data.root:
         screen.read_configured(config)
+    if mode in ("check", "analyze", "all") and config.analysis.truth:
+        from gandl.analysis import stage
+
+        stage.read_truth(config, workdir)
     if mode in ("preview", "train", "embed"):
         from gandl import workdir as layout
         from gandl.data import pipeline

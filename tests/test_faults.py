@@ -31,6 +31,7 @@ from gandl import check, embed, fileio, main, profiles, sharding
 from gandl import workdir as workdir_lib
 from gandl.analysis import stage as analysis_stage
 from gandl.data import convert, generic, images, pipeline, rxrx
+from gandl.data import screen as screen_lib
 from gandl.data.synthetic import cli, layouts
 from gandl.features import handcrafted
 from gandl.models import init_variables
@@ -829,6 +830,8 @@ def _gandl(tmp_path, *args: str, config: str = "tests/tiny_config.py") -> tuple[
 @pytest.mark.parametrize("args,status,said", [
     (("--mode", "check", "--config.screen.preset=bogus"), 2, "gandl: screen.preset='bogus': no such preset"),
     (("--mode", "check", "--devices", "v3-12"), 2, "12 is not a power-of-two number of TensorCores"),
+    # The config's mistake is said before the data's: the fresh workdir has no shards either.
+    (("--mode", "train", "--config.train.steps=-5"), 2, "train.steps=-5: must be an integer >= 1"),
     (("--mode", "preview"), 1, "shards: no converted shards there"),
 ])
 def test_the_exit_status_says_the_class_of_fault(tmp_path, args, status, said):
@@ -858,3 +861,18 @@ def test_a_truncated_tiff_met_while_probing_the_screen_is_one_line(rxrx19a_dir, 
     status, line = _gandl(tmp_path, "--mode", "convert", "--config.data.kind=rxrx19a", f"--config.data.root={root}",
                           "--config.data.image_size=16", "--config.data.num_workers=1")
     assert status == 1 and line.startswith(f"gandl: {bad}: unreadable image"), line
+
+
+def test_a_wrong_ground_truth_fails_in_the_config_check(tiny_config, tmp_path):
+    """analysis.truth naming a CSV without the truth columns failed after "config check passed", at the end of a
+    run; it is now part of the check (and a file that is no CSV is named as well)."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text("compound,score\nA,1\n")
+    status, line = _gandl(tmp_path, "--mode", "check", f"--config.analysis.truth={truth}")
+    assert status == 1 and line.startswith(f"gandl: analysis.truth={str(truth)!r} lacks the truth columns"), line
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.analysis.truth = str(truth)
+    truth.write_bytes(b"\xff\xfe\x00garbage\x00\n\x00")
+    with pytest.raises(screen_lib.MetadataError) as info:
+        analysis_stage.read_truth(cfg, str(tmp_path))
+    _one_line(info.value, f"analysis.truth={str(truth)!r}")

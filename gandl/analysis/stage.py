@@ -39,12 +39,19 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame 
         if named:
             raise FileNotFoundError(f"analysis.truth={named!r}: no such file")
         return None
-    with tf.io.gfile.GFile(path) as f:
-        truth = pd.read_csv(f)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            truth = pd.read_csv(f)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        if named:
+            raise screen_lib.MetadataError(f"analysis.truth={named!r}: not a readable CSV ({e})") from None
+        logging.warning("ignoring %s: not a readable CSV (%s)", path, e)
+        return None
     missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
     if missing:
         if named:
-            raise ValueError(f"analysis.truth={named!r} lacks the truth columns {missing} (expected {TRUTH_COLUMNS})")
+            raise screen_lib.MetadataError(f"analysis.truth={named!r} lacks the truth columns {missing} (expected "
+                                           f"{TRUTH_COLUMNS})")
         logging.warning("ignoring %s: it lacks the truth columns %s of the synthetic screen's schema; name a ground "
                         "truth with analysis.truth", path, missing)
         return None
