@@ -212,7 +212,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(f"{error} (try --help)", EXIT_USAGE)
+        _fail(f"{_without_traceback(str(error))} (try --help)", EXIT_USAGE)
     except Exception as error:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
         cause = error
         while cause.args and isinstance(cause.args[0], BaseException):  # config_flags wraps the KeyError it met

@@ -841,6 +841,14 @@ def test_the_exit_status_says_the_class_of_fault(tmp_path, args, status, said):
     assert got == status and said in line, line
 
 
+def test_a_config_file_with_a_string_where_a_number_goes_is_one_line(tmp_path):
+    config = tmp_path / "typed.py"
+    config.write_text("import tiny_config\n\n\ndef get_config():\n    c = tiny_config.get_config()\n"
+                      "    c.data.image_size = '32'\n    return c\n")
+    status, line = _gandl(tmp_path, "--mode", "check", config=str(config))
+    assert status == 2 and f"--config={config}" in line and "'image_size'" in line and "<class 'str'>" in line, line
+
+
 def _one_line(error: BaseException, *named: str) -> str:
     """`error` as the entry point says it: a data fault (exit 1) in one line naming each of `named`."""
     text = str(error)
