@@ -871,6 +871,14 @@ def test_a_truncated_tiff_met_while_probing_the_screen_is_one_line(rxrx19a_dir, 
     assert status == 1 and line.startswith(f"gandl: {bad}: unreadable image"), line
 
 
+def test_a_metadata_table_with_a_header_and_no_rows_is_named(tmp_path):
+    csv = tmp_path / "screen.csv"
+    csv.write_text("site_id,plate,well,site,dose,w1\n")
+    with pytest.raises(screen_lib.MetadataError) as info:
+        generic.read_generic(str(csv), ["w1"])
+    _one_line(info.value, str(csv), "a header and no rows")
+
+
 def test_a_wrong_ground_truth_fails_in_the_config_check(tiny_config, tmp_path):
     """analysis.truth naming a CSV without the truth columns failed after "config check passed", at the end of a
     run; it is now part of the check (and a file that is no CSV is named as well)."""
