@@ -879,6 +879,26 @@ def test_a_metadata_table_with_a_header_and_no_rows_is_named(tmp_path):
     _one_line(info.value, str(csv), "a header and no rows")
 
 
+def test_an_image_path_naming_a_folder_is_a_bad_image(rxrx19a_dir, tmp_path):
+    """A generic screen's image column naming a folder: one line naming it; skip_bad_sites skips that site."""
+    source = rxrx.read_rxrx19a(rxrx19a_dir)
+    table = pd.DataFrame({"site_id": source.metadata["site_id"]})
+    for c in range(source.paths.shape[1]):
+        table[f"w{c + 1}"] = source.paths[:, c]
+    folder = tmp_path / "not_an_image"
+    folder.mkdir()
+    table.loc[5, "w2"] = str(folder)
+    csv = tmp_path / "screen.csv"
+    table.to_csv(csv, index=False)
+    sites = generic.read_generic(str(csv), [f"w{c + 1}" for c in range(source.paths.shape[1])])
+    with pytest.raises(images.BadImageError) as info:  # met by the probe: the site is among those it reads
+        convert.convert(sites, str(tmp_path / "stop"), _options(), progress=False)
+    _one_line(info.value, f"{folder}: unreadable", "Is a directory")
+    manifest = convert.convert(sites, str(tmp_path / "skip"), _options(skip_bad_sites=True), progress=False)
+    assert manifest["num_skipped"] == 1
+    assert pd.read_csv(tmp_path / "skip" / convert.SKIPPED)["path"].tolist() == [str(folder)]
+
+
 def test_a_wrong_ground_truth_fails_in_the_config_check(tiny_config, tmp_path):
     """analysis.truth naming a CSV without the truth columns failed after "config check passed", at the end of a
     run; it is now part of the check (and a file that is no CSV is named as well)."""
