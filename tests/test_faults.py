@@ -899,6 +899,26 @@ def test_an_image_path_naming_a_folder_is_a_bad_image(rxrx19a_dir, tmp_path):
     assert pd.read_csv(tmp_path / "skip" / convert.SKIPPED)["path"].tolist() == [str(folder)]
 
 
+def test_a_corrupt_ome_zarr_chunk_is_named_and_skippable(tmp_path):
+    """numcodecs' `Zstd decompression error` (a RuntimeError) was a traceback: now a bad image naming the plate's
+    well and field, which data.skip_bad_sites skips."""
+    from test_data_ome_zarr import _plate
+
+    _plate(tmp_path / "plate.zarr")
+    chunk = next(p for p in (tmp_path / "plate.zarr" / "A" / "2" / "1").rglob("*") if p.is_file() and "zarr" not in
+                 p.name and p.name[0] != ".")
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:4] + bytes(b ^ 0x5A for b in data[4:]))
+    plate = screen_lib.read_screen(screen_lib.Source("ome_zarr", str(tmp_path / "plate.zarr")))
+    with pytest.raises(images.BadImageError) as info:
+        plate.reader.read(plate.paths[3, 0])
+    _one_line(info.value, str(tmp_path / "plate.zarr" / "A" / "2" / "1"), "unreadable OME-Zarr plane")
+    options = convert.ConvertOptions(sites_per_shard=4, num_workers=1, skip_bad_sites=True)
+    manifest = convert.convert(plate, str(tmp_path / "shards"), options, progress=False)
+    assert (manifest["num_sites"], manifest["num_skipped"]) == (5, 1)
+    assert pd.read_csv(tmp_path / "shards" / convert.SKIPPED)["site_id"].tolist() == ["P7_A2_2"]
+
+
 def test_a_wrong_ground_truth_fails_in_the_config_check(tiny_config, tmp_path):
     """analysis.truth naming a CSV without the truth columns failed after "config check passed", at the end of a
     run; it is now part of the check (and a file that is no CSV is named as well)."""
