@@ -932,3 +932,13 @@ def test_a_wrong_ground_truth_fails_in_the_config_check(tiny_config, tmp_path):
     with pytest.raises(screen_lib.MetadataError) as info:
         analysis_stage.read_truth(cfg, str(tmp_path))
     _one_line(info.value, f"analysis.truth={str(truth)!r}")
+
+
+def test_shards_of_an_older_format_are_one_line(shards_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(shards_dir, old)
+    manifest = json.loads((old / convert.MANIFEST).read_text())
+    (old / convert.MANIFEST).write_text(json.dumps(dict(manifest, format="gandl-shards/1")))
+    with pytest.raises(fileio.FileFault) as info:
+        pipeline.open_shards(str(old))
+    _one_line(info.value, str(old / convert.MANIFEST), "shard format 'gandl-shards/1'")
