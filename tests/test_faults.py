@@ -942,3 +942,19 @@ def test_shards_of_an_older_format_are_one_line(shards_dir, tmp_path):
     with pytest.raises(fileio.FileFault) as info:
         pipeline.open_shards(str(old))
     _one_line(info.value, str(old / convert.MANIFEST), "shard format 'gandl-shards/1'")
+
+
+def test_a_zero_shot_set_without_its_screen_set_is_named_before_reading(tiny_config, shards_dir, tmp_path):
+    folder = tmp_path / "embeddings" / "step_0"
+    spec = pipeline.open_shards(shards_dir)
+    embed.export(spec, str(folder), {"handcrafted": handcrafted.feature_fn}, batch_size=16, provenance={},
+                 progress=False)
+    zeroshot = workdir_lib.zeroshot_embeddings(str(folder))
+    embed.export(spec, zeroshot, {"handcrafted": handcrafted.feature_fn, "random_d": FEATURES["means"]},
+                 batch_size=16, provenance={}, progress=False)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = cfg.zeroshot.shards = shards_dir
+    with pytest.raises(embed.ExportError) as info:
+        analysis_stage.run(cfg, str(tmp_path))
+    _one_line(info.value, zeroshot, "['random_d']", str(folder))
+    assert not (tmp_path / "analysis").exists()

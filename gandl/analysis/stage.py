@@ -58,6 +58,18 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame 
     return truth
 
 
+def check_zeroshot_pairs(folder: str, zeroshot_folder: str) -> None:
+    """Refuse a zero-shot feature set whose screen set is not exported (`ExportError` naming both folders), before
+    anything is read: the report scores each set on both, and the export that lost one is redone by --mode embed."""
+    def exported(where: str) -> set[str]:
+        return {name for name in registry.EXTRACTORS if tf.io.gfile.exists(os.path.join(where, f"{name}.npz"))}
+
+    alone = sorted(exported(zeroshot_folder) - exported(folder))
+    if alone:
+        raise records.ExportError(f"{zeroshot_folder} holds zero-shot feature sets {alone} that {folder} has no screen "
+                                  "export of; run --mode embed (it resumes), or remove them")
+
+
 def check_site_ids(sets: dict, read_metadata: Callable[[], screen_lib.Screen], show: int = 5) -> None:
     """Refuse embeddings holding sites that the screen (`read_metadata()`, when it is there) does not list.
 
@@ -125,6 +137,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     exported = [folder] + ([layout.zeroshot_embeddings(folder)] if config.zeroshot.enabled else [])
     for export in filter(tf.io.gfile.isdir, exported):  # only finished, intact sets are read
         records.check_finished(export, list(registry.EXTRACTORS))
+    if config.zeroshot.enabled:
+        check_zeroshot_pairs(folder, layout.zeroshot_embeddings(folder))
     truth = read_truth(config, workdir)
     sets, data = io.load_feature_sets(folder), config.data
     schema = screen_lib.from_config(config.screen.to_dict(), data.kind)
