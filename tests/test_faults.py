@@ -958,3 +958,20 @@ def test_a_zero_shot_set_without_its_screen_set_is_named_before_reading(tiny_con
         analysis_stage.run(cfg, str(tmp_path))
     _one_line(info.value, zeroshot, "['random_d']", str(folder))
     assert not (tmp_path / "analysis").exists()
+
+
+@pytest.mark.parametrize("dose,said", [("", "holds 'nan' for site"), ("-1", "holds '-1.0' for site"),
+                                       ("inf", "holds 'inf' for site")])
+def test_a_treated_site_without_a_possible_dose_is_refused_naming_it(rxrx19a_dir, dose, said):
+    """A blank dose silently dropped the site from dose-response; -1 and inf were accepted."""
+    sites = rxrx.read_rxrx19a(rxrx19a_dir)
+    schema = screen_lib.PRESETS["rxrx19a"]
+    metadata = sites.metadata.copy()
+    treated = int(np.flatnonzero(screen_lib.control_role(metadata, schema).to_numpy() == screen_lib.TREATED)[3])
+    metadata["treatment_conc"] = metadata["treatment_conc"].astype(object)
+    metadata.loc[treated, "treatment_conc"] = dose
+    metadata["treatment_conc"] = pd.to_numeric(metadata["treatment_conc"].replace("", np.nan))
+    screen_lib.validate(sites.metadata, schema, sites.source)
+    with pytest.raises(screen_lib.MetadataError) as info:
+        screen_lib.validate(metadata, schema, sites.source)
+    _one_line(info.value, "screen.dose='treatment_conc'", said, repr(metadata["site_id"][treated]), sites.source)

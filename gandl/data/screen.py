@@ -307,7 +307,8 @@ def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
     """Refuse a schema that does not describe `metadata` (read from `source`), in one line naming the field.
 
     Every declared column must exist, the dose and viability must be numeric, each control query must evaluate on the
-    metadata and select at least one site, and no site may be both a positive and a negative control.
+    metadata and select at least one site, no site may be both a positive and a negative control, and every treated
+    site needs a dose that is a finite number >= 0.
     """
     columns = ", ".join(map(str, metadata.columns))
     for field, column in schema.columns().items():
@@ -330,6 +331,24 @@ def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
         first = metadata.iloc[int(np.argmax(both))]
         raise MetadataError(f"screen.positive and screen.negative both select {int(both.sum())} site(s) of {source}, "
                             f"e.g. {first.get('site_id', first.name)!r}")
+    if schema.dose:
+        _check_doses(metadata, schema, source)
+
+
+def _check_doses(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
+    """Refuse a treated site without a dose and a dose below 0 or not finite, naming the column, the site and the
+    value: dose-response would silently drop the first and fit its curves through the others."""
+    column = metadata[schema.dose]
+    doses = pd.to_numeric(column.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
+    treated = control_role(metadata, schema).to_numpy() == TREATED
+    blank, impossible = treated & np.isnan(doses), ~np.isnan(doses) & ~(np.isfinite(doses) & (doses >= 0))
+    for bad, what in ((blank, "a blank dose for a treated site"), (impossible, "a dose that is not a number >= 0")):
+        if bad.any():
+            i = int(np.argmax(bad))
+            site = metadata["site_id"].iloc[i] if "site_id" in metadata.columns else metadata.index[i]
+            raise MetadataError(f"screen.dose={schema.dose!r}: column of {source} holds {str(column.iloc[i])!r} for "
+                                f"site {site!r} ({int(bad.sum())} site(s) like it): {what}; give every treated site "
+                                "its concentration, a finite number >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------
