@@ -975,3 +975,14 @@ def test_a_treated_site_without_a_possible_dose_is_refused_naming_it(rxrx19a_dir
     with pytest.raises(screen_lib.MetadataError) as info:
         screen_lib.validate(metadata, schema, sites.source)
     _one_line(info.value, "screen.dose='treatment_conc'", said, repr(metadata["site_id"][treated]), sites.source)
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[]", '{"mode": "train"}'])
+def test_a_lock_file_naming_no_process_is_taken_over(tmp_path, caplog, content):
+    """An empty or garbage gandl.lock (a disk that lost the write) blocked the workdir for ever."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / workdir_lib.LOCK).write_text(content)
+    with caplog.at_level("WARNING"), workdir_lib.locked(str(workdir), "embed"):
+        assert json.loads((workdir / workdir_lib.LOCK).read_text())["pid"] == os.getpid()
+    assert "the file names no process" in caplog.text and not os.listdir(workdir)
