@@ -986,3 +986,16 @@ def test_a_lock_file_naming_no_process_is_taken_over(tmp_path, caplog, content):
     with caplog.at_level("WARNING"), workdir_lib.locked(str(workdir), "embed"):
         assert json.loads((workdir / workdir_lib.LOCK).read_text())["pid"] == os.getpid()
     assert "the file names no process" in caplog.text and not os.listdir(workdir)
+
+
+def test_a_checkpoint_without_its_completion_record_gets_one_when_restored(tiny_config, shards_dir, tmp_path):
+    """Killed between orbax's commit and the record: the rerun that restores it whole writes the record, so later
+    damage to it is named instead of surfacing as an orbax error."""
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    ckpt.save(1, state, cfg.to_dict(), force=True)
+    ckpt.close()
+    record = tmp_path / "checkpoints" / "1" / checkpoint.RECORD
+    record.unlink()
+    assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
+    assert fileio.verify_record(str(record)) == []
