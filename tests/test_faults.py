@@ -999,3 +999,36 @@ def test_a_checkpoint_without_its_completion_record_gets_one_when_restored(tiny_
     record.unlink()
     assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
     assert fileio.verify_record(str(record)) == []
+
+
+def test_a_skipped_site_whose_file_is_repaired_is_converted_by_the_rerun(rxrx19a_dir, shards_dir, tmp_path):
+    """Issue #32 round 3 item 3: the conversion's fingerprint hashed metadata and paths, not the images, so a site
+    skipped as unreadable stayed skipped after its file was repaired. Each shard now records the sizes and
+    modification times of its input files, and a shard whose inputs changed is written again."""
+    root = tmp_path / "screen"
+    shutil.copytree(rxrx19a_dir, root)
+    screen = rxrx.read_rxrx19a(str(root))
+    bad = screen.paths[2, 1]  # a site of shard 2, not among the probed ones
+    original = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(original[: len(original) // 2])
+    out = tmp_path / "out"
+    assert convert.convert(screen, str(out), _options(skip_bad_sites=True), progress=False)["num_skipped"] == 1
+    with open(bad, "wb") as f:
+        f.write(original)
+    manifest = convert.convert(screen, str(out), _options(skip_bad_sites=True), progress=False)
+    assert (manifest["num_sites"], manifest["num_skipped"]) == (screen.num_sites, 0)
+    assert _shard_bytes(out) == _shard_bytes(shards_dir) and not (out / convert.SKIPPED).exists()
+
+
+def test_a_moved_workdir_repairs_its_damaged_shards(rxrx19a_dir, shards_dir, tmp_path):
+    """The fingerprint pinned absolute paths: a workdir moved elsewhere (its screen with it) was refused as "shards of
+    a different conversion"; paths are now relative to the screen's folder."""
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(rxrx19a_dir, before / "raw")
+    convert.convert(rxrx.read_rxrx19a(str(before / "raw")), str(before / "shards"), _options(), progress=False)
+    os.rename(before, after)
+    _damage_shards(after / "shards")
+    convert.convert(rxrx.read_rxrx19a(str(after / "raw")), str(after / "shards"), _options(), progress=False)
+    assert _shard_bytes(after / "shards") == _shard_bytes(shards_dir)
+    assert fileio.verify_record(str(after / "shards" / convert.MANIFEST)) == []

@@ -242,4 +242,11 @@ def plane_exists(plane: Plane) -> bool:
     return images.exists(plane.array)
 
 
-PLANES = ChannelReader(read_plane, plane_exists)  # `Screen.reader` of OME-Zarr plates
+def plane_stamp(plane: Plane) -> str:
+    """The stamps of every file of a plane's array (its chunks and metadata), in path order: a rewritten chunk
+    changes them."""
+    files = sorted(os.path.join(folder, name) for folder, _, names in tf.io.gfile.walk(plane.array) for name in names)
+    return ";".join(f"{os.path.relpath(path, plane.array)}={images.stamp(path)}" for path in files)
+
+
+PLANES = ChannelReader(read_plane, plane_exists, plane_stamp)  # `Screen.reader` of OME-Zarr plates

@@ -73,6 +73,7 @@ class ChannelReader:
 
     read: Callable[[Any], np.ndarray]  # reference -> 2-D uint8/uint16 array (raises images.BadImageError)
     exists: Callable[[Any], bool]
+    stamp: Callable[[Any], str]  # reference -> what changes with its content (sizes, modification times), unread
 
 
 @dataclasses.dataclass(frozen=True)
