@@ -40,11 +40,12 @@ _GLOB = re.compile(r"[*?\[]")
 class ConfigCheckError(ValueError):
     """A config that cannot run on the devices it was checked for; lists every failure."""
 
-    def __init__(self, failures: list[str], num_devices: int):
+    def __init__(self, failures: list[str], num_devices: int | None = None):
         self.failures = failures
-        self.num_devices = num_devices
+        self.num_devices = num_devices  # None: found by the field rules alone, on no device count
         lines = "\n".join(f"  - {f}" for f in failures)
-        super().__init__(f"the config cannot run on {num_devices} device(s); {len(failures)} problem(s):\n{lines}")
+        on = f" on {num_devices} device(s)" if num_devices is not None else ""
+        super().__init__(f"the config cannot run{on}; {len(failures)} problem(s):\n{lines}")
 
 
 def device_count(devices: str = "") -> int:
@@ -221,6 +222,14 @@ def _field_failures(config: ml_collections.ConfigDict) -> dict[str, str]:
             good = default if rule.ok(default) else rule.example
             failures[field] = f"{field}={value!r}: must be {rule.wanted}; use {field}={good!r}"
     return failures
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Refuse every field that breaks its rule (`ConfigCheckError`), before any data is read or device counted: a
+    setting that cannot be (train.steps=-5) is said first, not hidden behind the data it would have read."""
+    failures = list(_field_failures(config).values())
+    if failures:
+        raise ConfigCheckError(failures)
 
 
 # ---------------------------------------------------------------------------------------------------------------

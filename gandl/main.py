@@ -14,15 +14,13 @@ import logging as pylogging
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's / XLA's C++ INFO lines: set before they load
 
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-# A run stopped by SIGTERM, Ctrl-C or preemption (EX_TEMPFAIL: rerun to resume), told apart by launchers.
-EXIT_INTERRUPTED = 75
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
                                           "overridden with --config.FIELD=VALUE, e.g. --config.data.root=/data/screen",
@@ -61,16 +59,37 @@ MODES = {"synth": "gandl.data.stage:synthesize", "convert": "gandl.data.stage:co
          "preview": "gandl.data.stage:preview", "train": "run_train", "embed": "gandl.embed.stage:run",
          "analyze": "gandl.analysis.stage:run", "all": "run_all"}
 _TRACED = ("check", "train", "embed", "all")  # modes running the model: the check traces its programs first
-# Mistakes in the config or the data and faults outside GAN-DL (said in one line), not faults of the code; an unloaded
-# module raised none.
-_USER_ERRORS = (("gandl.data.screen", "MetadataError"), ("gandl.check", "ConfigCheckError"),
-                ("gandl.data.convert", "ConversionError"), ("gandl.embed.records", "ExportError"),
-                ("gandl.data.screen", "SettingError"), ("gandl.fileio", "FileFault"),
-                ("gandl.train.checkpoint", "OptionsChanged"),
+# Exit statuses by class of fault (a bug alone shows a traceback): a mistake in the config or the command line, one
+# in the data or a fault outside GAN-DL, and a run stopped by SIGTERM, Ctrl-C or preemption (EX_TEMPFAIL: rerun to
+# resume), told apart by launchers and scripts.
+EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 75
+# The user-facing errors (said in one line, not faults of the code) and their exit statuses; an unloaded module
+# raised none.
+_USER_ERRORS = ((("gandl.check", "ConfigCheckError"), EXIT_USAGE), (("gandl.data.screen", "SettingError"), EXIT_USAGE),
+                (("gandl.train.checkpoint", "OptionsChanged"), EXIT_USAGE),
+                (("gandl.data.screen", "MetadataError"), EXIT_DATA),
+                (("gandl.data.images", "BadImageError"), EXIT_DATA),
+                (("gandl.data.convert", "ConversionError"), EXIT_DATA),
+                (("gandl.embed.records", "ExportError"), EXIT_DATA), (("gandl.fileio", "FileFault"), EXIT_DATA),
                 # Outside faults: a full or read-only disk, a lost mount, a file another program holds.
-                ("builtins", "OSError"), ("tensorflow.python.framework.errors_impl", "PermissionDeniedError"),
-                ("tensorflow.python.framework.errors_impl", "ResourceExhaustedError"),
-                ("tensorflow.python.framework.errors_impl", "NotFoundError"))
+                (("builtins", "OSError"), EXIT_DATA),
+                (("tensorflow.python.framework.errors_impl", "PermissionDeniedError"), EXIT_DATA),
+                (("tensorflow.python.framework.errors_impl", "ResourceExhaustedError"), EXIT_DATA),
+                (("tensorflow.python.framework.errors_impl", "NotFoundError"), EXIT_DATA))
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The exit status of a user-facing `error` (the first class of `_USER_ERRORS` it is), None for a bug."""
+    for (module, name), status in _USER_ERRORS:
+        if module in sys.modules and isinstance(error, getattr(sys.modules[module], name)):
+            return status
+    return None
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    """End the command with `message` as its one line on stderr and `status`."""
+    print(f"gandl: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
@@ -97,14 +116,22 @@ def quiet_third_party_logs() -> None:
 
 def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     """What `mode` will read, checked before anything slow: the raw screen named by data.root, its schema and
-    channels (the synthetic one is checked as it is converted), or the shards."""
+    channels (the synthetic one is checked as it is converted), the shards, the ground truth analysis.truth names;
+    every field's rule first (a mistake in the config is said before one in the data)."""
     from gandl.data import screen
 
     screen.from_config(config.screen.to_dict(), config.data.kind)  # a preset or field that does not exist
     if mode in ("check", "embed", "all"):
         screen.check_aggregate(config.embed.well_aggregate)
+    from gandl import check  # JAX's modules load (no device starts): after the one-line mistakes above
+
+    check.check_fields(config)
     if mode in ("check", "convert", "all") and config.data.root:
         screen.read_configured(config)
+    if mode in ("check", "analyze", "all") and config.analysis.truth:
+        from gandl.analysis import stage
+
+        stage.read_truth(config, workdir)
     if mode in ("preview", "train", "embed"):
         from gandl import workdir as layout
         from gandl.data import pipeline
@@ -118,31 +145,32 @@ def _config(name: str = "config") -> ml_collections.ConfigDict:
         _CONFIG.value.keys()  # a config file that failed to load raises on first use
     except OSError as error:
         reason = str(error).strip().splitlines()[-1].strip()
-        sys.exit(f"gandl: --{name}={config_flags.get_config_filename(flags.FLAGS[name])}: cannot load it ({reason})")
+        _fail(f"--{name}={config_flags.get_config_filename(flags.FLAGS[name])}: cannot load it ({reason})", EXIT_USAGE)
     return _CONFIG.value
 
 
 def _check_flags(mode: str) -> None:
-    """--devices and --compile, before anything loads: `gandl.cost` (JAX) only for a TPU type's check."""
+    """--devices and --compile, before anything loads (a mistake ends the command, exit 2): `gandl.cost` (JAX) only for
+    a TPU type's check."""
     if _DEVICES.value and mode != "check":
-        raise app.UsageError("--devices simulates devices for --mode check only")
+        _fail("--devices simulates devices for --mode check only", EXIT_USAGE)
     if _DEVICES.value and not _DEVICES.value.isdigit():
         from gandl import cost
 
         if unknown := sorted(set(_COMPILE.value) - set(cost.PROGRAMS)):
-            raise app.UsageError(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}")
+            _fail(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}", EXIT_USAGE)
         cost.tpu_slice(_DEVICES.value)  # a ValueError for a type that does not exist
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        _fail(f"unexpected arguments {argv[1:]} (try --help)", EXIT_USAGE)
     quiet_third_party_logs()
     mode = _MODE.value
     try:
         _check_flags(mode)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        _fail(str(error), EXIT_USAGE)
     config = _config()
     try:
         precheck(config, _WORKDIR.value, mode)
@@ -162,11 +190,11 @@ def main(argv: list[str]) -> None:
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
             result = _runner(mode)(config, _WORKDIR.value)
     except Exception as error:
-        kinds = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
-        if not isinstance(error, kinds):
+        status = exit_status(error)
+        if status is None:
             raise
         named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
-        sys.exit(f"gandl: {config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}")
+        _fail(f"{config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}", status)
     except KeyboardInterrupt:  # every stage resumes: what was written stays
         print(f"gandl: --mode {mode} interrupted (Ctrl-C); rerun to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
@@ -184,13 +212,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        sys.exit(f"gandl: {error} (try --help)")
+        _fail(f"{_without_traceback(str(error))} (try --help)", EXIT_USAGE)
     except Exception as error:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
         cause = error
         while cause.args and isinstance(cause.args[0], BaseException):  # config_flags wraps the KeyError it met
             cause = cause.args[0]
         text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
-        sys.exit(f"gandl: a --config override cannot apply: {' '.join(text.split())}")
+        _fail(f"a --config override cannot apply: {' '.join(text.split())}", EXIT_USAGE)
+
+
+def _without_traceback(text: str) -> str:
+    """A flag error as one line: config_flags puts the traceback of a config file that raised (a string set where
+    ml_collections holds a number) in its message; its first line names the file, its last the field and value."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Traceback (most recent call last):" not in lines:
+        return text
+    return f"{lines[0].rstrip(':')} ({lines[-1]})"
 
 
 def run() -> None:

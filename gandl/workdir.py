@@ -148,13 +148,14 @@ def locked(workdir: str, mode: str, hold: bool = True) -> Iterator[None]:
         if _create(path, me):
             break
         owner = _read(path)
-        if owner is None:  # released meanwhile, or not fully written yet
+        if owner is None:  # released meanwhile
             time.sleep(0.1 * (attempt + 1))
             continue
         if not _ended(owner):
             raise WorkdirInUse(f"{workdir} is in use by another GAN-DL run ({_describe(owner)}); wait for it to end, "
                                f"or if it is gone, delete {path}")
-        logging.warning("taking over %s from a run that ended (%s)", path, _describe(owner))
+        logging.warning("taking over %s from a run that ended (%s)", path,
+                        _describe(owner) if _pid(owner) is not None else "the file names no process")
         tf.io.gfile.remove(path)
     else:
         raise WorkdirInUse(f"{workdir}: could not take {path}; another run is starting there")
@@ -212,9 +213,20 @@ def _create(path: str, owner: dict) -> bool:
 
 
 def _read(path: str) -> dict | None:
+    """The lock's owner; None when there is no lock, {} when the file names none (empty, cut short, not JSON)."""
     try:
-        return fileio.read_json(path)
-    except (tf.errors.NotFoundError, ValueError):
+        owner = fileio.read_json(path)
+    except tf.errors.NotFoundError:
+        return None
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _pid(owner: dict) -> int | None:
+    try:
+        return int(owner["pid"])
+    except (KeyError, ValueError, TypeError):
         return None
 
 
@@ -236,7 +248,11 @@ def _start_ticks(pid: int) -> str:
 
 
 def _ended(owner: dict) -> bool:
-    """Whether the lock's owner has ended: its process is gone (on this host), or its heartbeat stopped (elsewhere)."""
+    """Whether the lock's owner has ended: its process is gone (on this host), its heartbeat stopped (elsewhere), or
+    the lock names no process (a file this code cannot have left whole: locks are written complete, then linked)."""
+    pid = _pid(owner)
+    if pid is None:
+        return True
     if owner.get("host") != socket.gethostname():
         try:
             return time.time() - float(owner["heartbeat"]) > STALE_S
@@ -245,9 +261,9 @@ def _ended(owner: dict) -> bool:
     if owner.get("boot") and owner["boot"] != _boot_id():
         return True
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        pass  # alive under another user, or a lock this code did not write
-    return bool(owner.get("started")) and owner["started"] != _start_ticks(int(owner["pid"]))
+    except PermissionError:
+        pass  # alive under another user
+    return bool(owner.get("started")) and owner["started"] != _start_ticks(pid)

@@ -40,7 +40,8 @@ core, FLOPs and roofline bound, and refuses a config that does not fit; a result
 (launch/worker_setup.sh), runs `python -m gandl.main` on all workers, and relaunches after a preemption: the
 VM is recreated (or re-queued), the code reinstalled and the same command rerun, which resumes from the
 workdir's latest checkpoint. A job that exits non-zero on a healthy VM is rerun on it (a lost connection, a
-transient error); every relaunch counts against --max-restarts. The VM is deleted when the job has finished.
+transient error); every relaunch counts against --max-restarts; one that exits 2 (gandl refused its config or
+command line) is not rerun, and the VM is left. The VM is deleted when the job has finished.
 
   --name NAME          TPU VM name, also the queued resource's (required)
   --workdir gs://...   the gandl workdir, on Cloud Storage (required)
@@ -289,6 +290,9 @@ main() {
   while true; do
     rc=0
     gcloud_tpu tpu-vm ssh "${NAME}" --worker=all --quiet --command "$(job_command)" || rc=$?
+    if ((rc == 2)); then  # gandl's status for a mistake in the config or the command line: a rerun repeats it
+      die "the job refused its config or command line (exit status 2; see its line above): not rerunning it"
+    fi
     state="$(vm_state)"
     if ((rc == 0)) && is_ready "${state}"; then
       # A preempted job checkpoints on SIGTERM and exits 0 before the VM stops: look again after a pause.

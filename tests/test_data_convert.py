@@ -252,7 +252,8 @@ def test_shards_of_an_older_format_are_refused_by_name(rxrx19a_dir, shards_dir, 
     for name in (convert.MANIFEST, convert.CONVERSION):
         record = convert.fileio.read_json(str(old / name))
         convert.fileio.write_json(str(old / name), dict(record, format="gandl-shards/1"))
-    with pytest.raises(ValueError, match="shard format 'gandl-shards/1', this code reads 'gandl-shards/2'; convert"):
+    with pytest.raises(convert.fileio.FileFault,
+                       match="shard format 'gandl-shards/1', this code reads 'gandl-shards/2'; convert"):
         pipeline.open_shards(str(old))
     with pytest.raises(convert.ConversionError, match=r"changed: \['format'\]"):
         convert.convert(rxrx.read_rxrx19a(rxrx19a_dir), str(old), _options(), progress=False)

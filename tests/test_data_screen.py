@@ -96,9 +96,9 @@ def test_config_screen_picks_a_preset_and_overrides_fields():
     assert schema.experiment == "" and schema.positive == screen.PRESETS["rxrx19a"].positive  # None keeps the preset
     config.screen.preset = "rxrx19a_uv"
     assert "UV Inactivated" in screen.from_config(config.screen.to_dict(), "generic").positive
-    with pytest.raises(screen.MetadataError, match="screen.preset='rxrx19b': no such preset; known: rxrx19a, "):
+    with pytest.raises(screen.SettingError, match="screen.preset='rxrx19b': no such preset; known: rxrx19a, "):
         screen.from_config(dict(preset="rxrx19b"), "rxrx19a")
-    with pytest.raises(screen.MetadataError, match="screen.controls: not a schema field"):
+    with pytest.raises(screen.SettingError, match="screen.controls: not a schema field"):
         screen.from_config(dict(preset="", controls="x"), "rxrx19a")
     with pytest.raises(screen.MetadataError, match="data.kind='tiff': no such screen reader; known: rxrx19a, "):
         screen.from_config(dict(preset=""), "tiff")

@@ -9,6 +9,7 @@ multiprocessing resource tracker) can be found by session id; every wait is boun
 import dataclasses
 import errno
 import glob
+import io
 import json
 import os
 import shutil
@@ -23,12 +24,14 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from flax import struct
 
-from gandl import check, embed, fileio, profiles, sharding
+from gandl import check, embed, fileio, main, profiles, sharding
 from gandl import workdir as workdir_lib
 from gandl.analysis import stage as analysis_stage
 from gandl.data import convert, generic, images, pipeline, rxrx
+from gandl.data import screen as screen_lib
 from gandl.data.synthetic import cli, layouts
 from gandl.features import handcrafted
 from gandl.models import init_variables
@@ -807,3 +810,227 @@ def test_every_impossible_setting_is_refused_at_once(tiny_config):
     assert len(info.value.failures) == len(bad)
     for field, value in bad.items():
         assert any(f.startswith(f"{field}={value!r}: must be") and "; use " in f for f in info.value.failures), field
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue #32, round three: the exit status says the class of fault; inputs that printed tracebacks are one line.
+
+
+def _gandl(tmp_path, *args: str, config: str = "tests/tiny_config.py") -> tuple[int, str]:
+    """(exit status, its message: the one `gandl:` line and the config check's list after it) of a `gandl` run in a
+    fresh workdir; fails on a traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+    result = subprocess.run([sys.executable, "-m", "gandl.main", "--config", config, "--workdir",
+                             str(tmp_path / "run"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gandl: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return result.returncode, result.stderr[result.stderr.index(lines[0]):]
+
+
+@pytest.mark.parametrize("args,status,said", [
+    (("--mode", "check", "--config.screen.preset=bogus"), 2, "gandl: screen.preset='bogus': no such preset"),
+    (("--mode", "check", "--devices", "v3-12"), 2, "12 is not a power-of-two number of TensorCores"),
+    # The config's mistake is said before the data's: the fresh workdir has no shards either.
+    (("--mode", "train", "--config.train.steps=-5"), 2, "train.steps=-5: must be an integer >= 1"),
+    (("--mode", "preview"), 1, "shards: no converted shards there"),
+])
+def test_the_exit_status_says_the_class_of_fault(tmp_path, args, status, said):
+    """Issue #32 round 3 item 1: a mistake in the config or the command line exits 2, one in the data (or an
+    outside fault) 1, each in one line without a traceback."""
+    got, line = _gandl(tmp_path, *args)
+    assert got == status and said in line, line
+
+
+def test_a_config_file_with_a_string_where_a_number_goes_is_one_line(tmp_path):
+    config = tmp_path / "typed.py"
+    config.write_text("import tiny_config\n\n\ndef get_config():\n    c = tiny_config.get_config()\n"
+                      "    c.data.image_size = '32'\n    return c\n")
+    status, line = _gandl(tmp_path, "--mode", "check", config=str(config))
+    assert status == 2 and f"--config={config}" in line and "'image_size'" in line and "<class 'str'>" in line, line
+
+
+def _one_line(error: BaseException, *named: str) -> str:
+    """`error` as the entry point says it: a data fault (exit 1) in one line naming each of `named`."""
+    text = str(error)
+    assert main.exit_status(error) == main.EXIT_DATA and "\n" not in text, (type(error), text)
+    assert all(name in text for name in named), text
+    return text
+
+
+def test_a_truncated_tiff_met_while_probing_the_screen_is_one_line(rxrx19a_dir, tmp_path):
+    """Issue #32 round 3 item 2: the probe's BadImageError (not wrapped in a ConversionError) was a traceback."""
+    root = tmp_path / "screen"
+    shutil.copytree(rxrx19a_dir, root)
+    bad = rxrx.read_rxrx19a(str(root)).paths[0, 0]  # site 0 is among the probed ones
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, np.zeros((32, 32), np.uint8))
+    with open(bad, "wb") as f:
+        f.write(tiff.getvalue()[:200])
+    status, line = _gandl(tmp_path, "--mode", "convert", "--config.data.kind=rxrx19a", f"--config.data.root={root}",
+                          "--config.data.image_size=16", "--config.data.num_workers=1")
+    assert status == 1 and line.startswith(f"gandl: {bad}: unreadable image"), line
+
+
+def test_a_metadata_table_with_a_header_and_no_rows_is_named(tmp_path):
+    csv = tmp_path / "screen.csv"
+    csv.write_text("site_id,plate,well,site,dose,w1\n")
+    with pytest.raises(screen_lib.MetadataError) as info:
+        generic.read_generic(str(csv), ["w1"])
+    _one_line(info.value, str(csv), "a header and no rows")
+
+
+def test_an_image_path_naming_a_folder_is_a_bad_image(rxrx19a_dir, tmp_path):
+    """A generic screen's image column naming a folder: one line naming it; skip_bad_sites skips that site."""
+    source = rxrx.read_rxrx19a(rxrx19a_dir)
+    table = pd.DataFrame({"site_id": source.metadata["site_id"]})
+    for c in range(source.paths.shape[1]):
+        table[f"w{c + 1}"] = source.paths[:, c]
+    folder = tmp_path / "not_an_image"
+    folder.mkdir()
+    table.loc[5, "w2"] = str(folder)
+    csv = tmp_path / "screen.csv"
+    table.to_csv(csv, index=False)
+    sites = generic.read_generic(str(csv), [f"w{c + 1}" for c in range(source.paths.shape[1])])
+    with pytest.raises(images.BadImageError) as info:  # met by the probe: the site is among those it reads
+        convert.convert(sites, str(tmp_path / "stop"), _options(), progress=False)
+    _one_line(info.value, f"{folder}: unreadable", "Is a directory")
+    manifest = convert.convert(sites, str(tmp_path / "skip"), _options(skip_bad_sites=True), progress=False)
+    assert manifest["num_skipped"] == 1
+    assert pd.read_csv(tmp_path / "skip" / convert.SKIPPED)["path"].tolist() == [str(folder)]
+
+
+def test_a_corrupt_ome_zarr_chunk_is_named_and_skippable(tmp_path):
+    """numcodecs' `Zstd decompression error` (a RuntimeError) was a traceback: now a bad image naming the plate's
+    well and field, which data.skip_bad_sites skips."""
+    from test_data_ome_zarr import _plate
+
+    _plate(tmp_path / "plate.zarr")
+    chunk = next(p for p in (tmp_path / "plate.zarr" / "A" / "2" / "1").rglob("*") if p.is_file() and "zarr" not in
+                 p.name and p.name[0] != ".")
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:4] + bytes(b ^ 0x5A for b in data[4:]))
+    plate = screen_lib.read_screen(screen_lib.Source("ome_zarr", str(tmp_path / "plate.zarr")))
+    with pytest.raises(images.BadImageError) as info:
+        plate.reader.read(plate.paths[3, 0])
+    _one_line(info.value, str(tmp_path / "plate.zarr" / "A" / "2" / "1"), "unreadable OME-Zarr plane")
+    options = convert.ConvertOptions(sites_per_shard=4, num_workers=1, skip_bad_sites=True)
+    manifest = convert.convert(plate, str(tmp_path / "shards"), options, progress=False)
+    assert (manifest["num_sites"], manifest["num_skipped"]) == (5, 1)
+    assert pd.read_csv(tmp_path / "shards" / convert.SKIPPED)["site_id"].tolist() == ["P7_A2_2"]
+
+
+def test_a_wrong_ground_truth_fails_in_the_config_check(tiny_config, tmp_path):
+    """analysis.truth naming a CSV without the truth columns failed after "config check passed", at the end of a
+    run; it is now part of the check (and a file that is no CSV is named as well)."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text("compound,score\nA,1\n")
+    status, line = _gandl(tmp_path, "--mode", "check", f"--config.analysis.truth={truth}")
+    assert status == 1 and line.startswith(f"gandl: analysis.truth={str(truth)!r} lacks the truth columns"), line
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.analysis.truth = str(truth)
+    truth.write_bytes(b"\xff\xfe\x00garbage\x00\n\x00")
+    with pytest.raises(screen_lib.MetadataError) as info:
+        analysis_stage.read_truth(cfg, str(tmp_path))
+    _one_line(info.value, f"analysis.truth={str(truth)!r}")
+
+
+def test_shards_of_an_older_format_are_one_line(shards_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(shards_dir, old)
+    manifest = json.loads((old / convert.MANIFEST).read_text())
+    (old / convert.MANIFEST).write_text(json.dumps(dict(manifest, format="gandl-shards/1")))
+    with pytest.raises(fileio.FileFault) as info:
+        pipeline.open_shards(str(old))
+    _one_line(info.value, str(old / convert.MANIFEST), "shard format 'gandl-shards/1'")
+
+
+def test_a_zero_shot_set_without_its_screen_set_is_named_before_reading(tiny_config, shards_dir, tmp_path):
+    folder = tmp_path / "embeddings" / "step_0"
+    spec = pipeline.open_shards(shards_dir)
+    embed.export(spec, str(folder), {"handcrafted": handcrafted.feature_fn}, batch_size=16, provenance={},
+                 progress=False)
+    zeroshot = workdir_lib.zeroshot_embeddings(str(folder))
+    embed.export(spec, zeroshot, {"handcrafted": handcrafted.feature_fn, "random_d": FEATURES["means"]},
+                 batch_size=16, provenance={}, progress=False)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.shards = cfg.zeroshot.shards = shards_dir
+    with pytest.raises(embed.ExportError) as info:
+        analysis_stage.run(cfg, str(tmp_path))
+    _one_line(info.value, zeroshot, "['random_d']", str(folder))
+    assert not (tmp_path / "analysis").exists()
+
+
+@pytest.mark.parametrize("dose,said", [("", "holds 'nan' for site"), ("-1", "holds '-1.0' for site"),
+                                       ("inf", "holds 'inf' for site")])
+def test_a_treated_site_without_a_possible_dose_is_refused_naming_it(rxrx19a_dir, dose, said):
+    """A blank dose silently dropped the site from dose-response; -1 and inf were accepted."""
+    sites = rxrx.read_rxrx19a(rxrx19a_dir)
+    schema = screen_lib.PRESETS["rxrx19a"]
+    metadata = sites.metadata.copy()
+    treated = int(np.flatnonzero(screen_lib.control_role(metadata, schema).to_numpy() == screen_lib.TREATED)[3])
+    metadata["treatment_conc"] = metadata["treatment_conc"].astype(object)
+    metadata.loc[treated, "treatment_conc"] = dose
+    metadata["treatment_conc"] = pd.to_numeric(metadata["treatment_conc"].replace("", np.nan))
+    screen_lib.validate(sites.metadata, schema, sites.source)
+    with pytest.raises(screen_lib.MetadataError) as info:
+        screen_lib.validate(metadata, schema, sites.source)
+    _one_line(info.value, "screen.dose='treatment_conc'", said, repr(metadata["site_id"][treated]), sites.source)
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[]", '{"mode": "train"}'])
+def test_a_lock_file_naming_no_process_is_taken_over(tmp_path, caplog, content):
+    """An empty or garbage gandl.lock (a disk that lost the write) blocked the workdir for ever."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / workdir_lib.LOCK).write_text(content)
+    with caplog.at_level("WARNING"), workdir_lib.locked(str(workdir), "embed"):
+        assert json.loads((workdir / workdir_lib.LOCK).read_text())["pid"] == os.getpid()
+    assert "the file names no process" in caplog.text and not os.listdir(workdir)
+
+
+def test_a_checkpoint_without_its_completion_record_gets_one_when_restored(tiny_config, shards_dir, tmp_path):
+    """Killed between orbax's commit and the record: the rerun that restores it whole writes the record, so later
+    damage to it is named instead of surfacing as an orbax error."""
+    cfg, _, state = _finished_at_step_1(tiny_config, shards_dir)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), 1)
+    ckpt.save(1, state, cfg.to_dict(), force=True)
+    ckpt.close()
+    record = tmp_path / "checkpoints" / "1" / checkpoint.RECORD
+    record.unlink()
+    assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
+    assert fileio.verify_record(str(record)) == []
+
+
+def test_a_skipped_site_whose_file_is_repaired_is_converted_by_the_rerun(rxrx19a_dir, shards_dir, tmp_path):
+    """Issue #32 round 3 item 3: the conversion's fingerprint hashed metadata and paths, not the images, so a site
+    skipped as unreadable stayed skipped after its file was repaired. Each shard now records the sizes and
+    modification times of its input files, and a shard whose inputs changed is written again."""
+    root = tmp_path / "screen"
+    shutil.copytree(rxrx19a_dir, root)
+    screen = rxrx.read_rxrx19a(str(root))
+    bad = screen.paths[2, 1]  # a site of shard 2, not among the probed ones
+    original = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(original[: len(original) // 2])
+    out = tmp_path / "out"
+    assert convert.convert(screen, str(out), _options(skip_bad_sites=True), progress=False)["num_skipped"] == 1
+    with open(bad, "wb") as f:
+        f.write(original)
+    manifest = convert.convert(screen, str(out), _options(skip_bad_sites=True), progress=False)
+    assert (manifest["num_sites"], manifest["num_skipped"]) == (screen.num_sites, 0)
+    assert _shard_bytes(out) == _shard_bytes(shards_dir) and not (out / convert.SKIPPED).exists()
+
+
+def test_a_moved_workdir_repairs_its_damaged_shards(rxrx19a_dir, shards_dir, tmp_path):
+    """The fingerprint pinned absolute paths: a workdir moved elsewhere (its screen with it) was refused as "shards of
+    a different conversion"; paths are now relative to the screen's folder."""
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(rxrx19a_dir, before / "raw")
+    convert.convert(rxrx.read_rxrx19a(str(before / "raw")), str(before / "shards"), _options(), progress=False)
+    os.rename(before, after)
+    _damage_shards(after / "shards")
+    convert.convert(rxrx.read_rxrx19a(str(after / "raw")), str(after / "shards"), _options(), progress=False)
+    assert _shard_bytes(after / "shards") == _shard_bytes(shards_dir)
+    assert fileio.verify_record(str(after / "shards" / convert.MANIFEST)) == []

@@ -185,6 +185,13 @@ def test_preempted_spot_vm_is_recreated_and_the_job_rerun(tmp_path):
     assert not any(n.startswith((".venv", ".git/")) or "__pycache__" in n for n in names)
 
 
+def test_a_job_refusing_its_config_is_not_rerun(tmp_path):
+    """gandl's exit status 2 (a mistake in the config or the command line, issue #32) ends the launch at once."""
+    result, calls = _scripted(tmp_path, "READY READY READY", "2 0", "--max-restarts", "3")
+    assert result.returncode == 1 and "exit status 2" in result.stderr and "not rerunning it" in result.stderr
+    assert [c[3] for c in calls] == ["describe", "scp", "ssh", "ssh"]  # and the VM is left: no delete
+
+
 def test_failing_job_is_rerun_on_the_same_vm_until_the_restarts_run_out(tmp_path):
     result, calls = _scripted(tmp_path, "READY READY READY", "1 1", "--max-restarts", "1")
     assert result.returncode == 1

@@ -39,16 +39,35 @@ def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame 
         if named:
             raise FileNotFoundError(f"analysis.truth={named!r}: no such file")
         return None
-    with tf.io.gfile.GFile(path) as f:
-        truth = pd.read_csv(f)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            truth = pd.read_csv(f)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        if named:
+            raise screen_lib.MetadataError(f"analysis.truth={named!r}: not a readable CSV ({e})") from None
+        logging.warning("ignoring %s: not a readable CSV (%s)", path, e)
+        return None
     missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
     if missing:
         if named:
-            raise ValueError(f"analysis.truth={named!r} lacks the truth columns {missing} (expected {TRUTH_COLUMNS})")
+            raise screen_lib.MetadataError(f"analysis.truth={named!r} lacks the truth columns {missing} (expected "
+                                           f"{TRUTH_COLUMNS})")
         logging.warning("ignoring %s: it lacks the truth columns %s of the synthetic screen's schema; name a ground "
                         "truth with analysis.truth", path, missing)
         return None
     return truth
+
+
+def check_zeroshot_pairs(folder: str, zeroshot_folder: str) -> None:
+    """Refuse a zero-shot feature set whose screen set is not exported (`ExportError` naming both folders), before
+    anything is read: the report scores each set on both, and the export that lost one is redone by --mode embed."""
+    def exported(where: str) -> set[str]:
+        return {name for name in registry.EXTRACTORS if tf.io.gfile.exists(os.path.join(where, f"{name}.npz"))}
+
+    alone = sorted(exported(zeroshot_folder) - exported(folder))
+    if alone:
+        raise records.ExportError(f"{zeroshot_folder} holds zero-shot feature sets {alone} that {folder} has no screen "
+                                  "export of; run --mode embed (it resumes), or remove them")
 
 
 def check_site_ids(sets: dict, read_metadata: Callable[[], screen_lib.Screen], show: int = 5) -> None:
@@ -120,6 +139,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     exported = [folder] + ([layout.zeroshot_embeddings(folder)] if config.zeroshot.enabled else [])
     for export in filter(tf.io.gfile.isdir, exported):  # only finished, intact sets are read
         records.check_finished(export, list(registry.EXTRACTORS))
+    if config.zeroshot.enabled:
+        check_zeroshot_pairs(folder, layout.zeroshot_embeddings(folder))
     truth = read_truth(config, workdir)
     sets, data = io.load_feature_sets(folder), config.data
     schema = screen_lib.configured(config)

@@ -9,9 +9,11 @@ round-trip exactly (int64 as int64, floats as their 8 little-endian float64 byte
 `height`, `width`, `channels` and the site's row `index` in the metadata table.
 
 Layout of an output folder:
-  conversion.json              what is being converted (checked on resume)
+  conversion.json              what is being converted (checked on resume): metadata, image paths relative to
+                               their common folder (a moved screen or workdir resumes), sizes, options
   shard-00000-of-00012.tfrecord   + shard-00000-of-00012.json (sidecar, written after its shard: sites,
-                               skips, histograms, the shard's size and checksum)
+                               skips, histograms, the shard's size and checksum, and the stamp of its input
+                               files: their sizes and modification times)
   features.json, dataset_info.json   the TFDS metadata
   manifest.json                written last: shapes, dtype, stains, feature schema, per-channel stats, and
                                every shard's and TFDS file's size and checksum (the conversion's completion record)
@@ -19,7 +21,8 @@ Layout of an output folder:
 
 A rerun checks the files against these records (gandl.fileio): a finished conversion whose shards all
 match its manifest is returned untouched (a read-only folder can be reused); a shard that does not match
-its sidecar (truncated, overwritten) is written again.
+its sidecar (truncated, overwritten), or whose input files changed since (a repaired image: a site skipped as
+unreadable is read again), is written again.
 
 Site i goes to shard i mod num_shards, so every shard samples every plate: a process that reads a
 subset of shards (multi-host training) still sees the whole screen.
@@ -134,6 +137,7 @@ class _ShardTask:
     dtype: str
     image_size: int
     skip_bad_sites: bool
+    inputs: str  # the stamp of the channel files it is written from (`_inputs`), kept in its sidecar
 
 
 def load_site(paths: list[Any], reader: ChannelReader, source_shape: tuple[int, int], dtype: np.dtype,
@@ -181,7 +185,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     sparse = [] if hist is None else [
         {"values": np.flatnonzero(h).tolist(), "counts": h[h > 0].tolist()} for h in hist]
     return fileio.write_record(_sidecar(task.path), [task.path], num_sites=written, skipped=skipped,
-                               histograms=sparse)
+                               histograms=sparse, inputs=task.inputs)
 
 
 def _probe_rows(num_sites: int) -> np.ndarray:
@@ -220,14 +224,34 @@ def _probe(screen: Screen, skip_bad_sites: bool) -> tuple[tuple[int, int], np.dt
         raise ConversionError(f"{screen.source}: no majority image format among {kinds.total()} sites spread over "
                               f"the screen: {listed}; make the screen's files agree")
     return kind
+def _relative(references: np.ndarray) -> list[str]:
+    """Channel references as text relative to their common folder: what names them wherever the screen is."""
+    texts = [str(r) for r in references.ravel()]
+    root = os.path.dirname(os.path.commonpath(texts)) if len(set(texts)) == 1 else os.path.commonpath(texts)
+    return [os.path.relpath(text, root) for text in texts]
+
+
 def _fingerprint(screen: Screen, options: ConvertOptions, shape: tuple[int, int], dtype: np.dtype) -> dict:
+    """What the shards are a conversion of, compared on resume; no absolute path, so a screen or workdir copied or
+    moved elsewhere resumes (image contents are the shards' own `_inputs`)."""
     digest = hashlib.sha256()
-    for chunk in (screen.metadata.to_csv(index=False), "\n".join(map(str, screen.paths.ravel()))):
+    for chunk in (screen.metadata.to_csv(index=False), "\n".join(_relative(screen.paths))):
         digest.update(chunk.encode("utf-8"))
-    return {"format": FORMAT, "source": screen.source, "stains": list(screen.stains),
+    return {"format": FORMAT, "stains": list(screen.stains),
             "num_sites": screen.num_sites, "content_sha256": digest.hexdigest(),
             "source_height": int(shape[0]), "source_width": int(shape[1]), "dtype": dtype.name,
             "image_size": options.image_size, "sites_per_shard": options.sites_per_shard}
+
+
+def _stamps(screen: Screen, workers: int = 16) -> np.ndarray:
+    """Every channel reference's stamp ([sites, channels]), read in parallel: on gs:// each is a request."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(screen.reader.stamp, screen.paths.ravel())), object).reshape(screen.paths.shape)
+
+
+def _inputs(stamps: np.ndarray) -> str:
+    """One shard's input stamp: a digest of the stamps of its sites' files, in order."""
+    return hashlib.sha256("\n".join(stamps.ravel()).encode("utf-8")).hexdigest()
 
 
 def _check_resume(out_dir: str, fingerprint: dict) -> None:
@@ -284,14 +308,10 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
                                   f"{shape[0]} px")
     tf.io.gfile.makedirs(out_dir)
     _check_resume(out_dir, _fingerprint(screen, options, shape, dtype))
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    if fileio.verify_record(manifest_path) == []:  # finished, and every shard is as recorded: nothing to write
-        return fileio.read_json(manifest_path)
-    fileio.remove_temp_files(out_dir)  # of shards a killed run was writing
-
     num_shards = math.ceil(screen.num_sites / options.sites_per_shard)
     schema = feature_schema(screen.metadata)
     records = screen.metadata.to_dict("records")
+    stamps = _stamps(screen)
     tasks = []
     for k in range(num_shards):
         idx = list(range(k, screen.num_sites, num_shards))
@@ -300,17 +320,30 @@ def convert(screen: Screen, out_dir: str, options: ConvertOptions = ConvertOptio
             rows=[records[i] for i in idx], paths=[list(screen.paths[i]) for i in idx], reader=screen.reader,
             schema=schema,
             source_shape=tuple(int(s) for s in shape), dtype=dtype.name, image_size=options.image_size,
-            skip_bad_sites=options.skip_bad_sites))
-    pending = [t for t in tasks if not _intact(t.path)]
+            skip_bad_sites=options.skip_bad_sites, inputs=_inputs(stamps[idx])))
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if fileio.verify_record(manifest_path) == [] and not any(_inputs_changed(t) for t in tasks):
+        return fileio.read_json(manifest_path)  # finished, every shard as recorded and its inputs unchanged
+    fileio.remove_temp_files(out_dir)  # of shards a killed run was writing
+    pending = [t for t in tasks if not _intact(t)]
     _run(pending, options.num_workers or os.cpu_count() or 1,
          tqdm(total=screen.num_sites, initial=screen.num_sites - sum(len(t.indices) for t in pending),
               unit="site", desc="convert", disable=not progress, smoothing=0.1))
     return _finish(screen, out_dir, tasks, shape, dtype, options, schema)
 
 
-def _intact(shard: str) -> bool:
-    """Whether `shard` was written and still matches the size and checksum its sidecar records (says why not)."""
-    problems = fileio.verify_record(_sidecar(shard))
+def _inputs_changed(task: _ShardTask) -> bool:
+    """Whether the task's shard was written (its sidecar is there) from input files that have changed since."""
+    path = _sidecar(task.path)
+    return tf.io.gfile.exists(path) and fileio.read_json(path).get("inputs") != task.inputs
+
+
+def _intact(task: _ShardTask) -> bool:
+    """Whether the task's shard was written, still matches the size and checksum its sidecar records and was
+    written from the input files as they are now (says why not)."""
+    problems = fileio.verify_record(_sidecar(task.path))
+    if problems == [] and _inputs_changed(task):
+        problems = [f"{task.path}: its input files changed since it was written (a repaired or replaced image)"]
     if problems:
         logging.warning("%s: writing the shard again", "; ".join(problems))
     return problems == []
@@ -364,10 +397,12 @@ def _finish(screen: Screen, out_dir: str, tasks: list[_ShardTask], shape: tuple[
             dtype: np.dtype, options: ConvertOptions, schema: dict[str, str]) -> dict[str, Any]:
     sidecars = [fileio.read_json(_sidecar(t.path)) for t in tasks]
     skipped = [s for sc in sidecars for s in sc["skipped"]]
-    files = [t.path for t in tasks]
+    files, skipped_path = [t.path for t in tasks], os.path.join(out_dir, SKIPPED)
     if skipped:
-        files.append(os.path.join(out_dir, SKIPPED))
-        fileio.write_text(files[-1], pd.DataFrame(skipped).to_csv(index=False))
+        files.append(skipped_path)
+        fileio.write_text(skipped_path, pd.DataFrame(skipped).to_csv(index=False))
+    elif tf.io.gfile.exists(skipped_path):  # an earlier run's list: its sites were repaired and are in the shards now
+        tf.io.gfile.remove(skipped_path)
     num_sites = sum(sc["num_sites"] for sc in sidecars)
     if num_sites == 0:
         raise ConversionError(f"{screen.source}: every site was skipped; see {SKIPPED}")

@@ -117,4 +117,14 @@ def exists(path: str) -> bool:
     return tf.io.gfile.exists(path)
 
 
-FILES = ChannelReader(read, exists)  # `Screen.reader` of the readers whose channels are image files
+def stamp(path: str) -> str:
+    """A channel file's size and modification time ("" when it cannot be statted, so a file that appears changes
+    it): a repaired or replaced file is told from the one a shard was converted from without reading either."""
+    try:
+        status = tf.io.gfile.stat(path)
+    except tf.errors.OpError:
+        return ""
+    return f"{status.length}:{status.mtime_nsec}"
+
+
+FILES = ChannelReader(read, exists, stamp)  # `Screen.reader` of the readers whose channels are image files

@@ -230,7 +230,8 @@ def read_plane(plane: Plane) -> np.ndarray:
         array, axes = _array(plane.array)
         index = tuple(plane.channel if a == "c" else slice(None) if a in "yx" else 0 for a in axes)
         pixels = np.asarray(array[index].compute())
-    except (OSError, KeyError, ValueError, IndexError, MetadataError) as e:
+    except Exception as e:  # noqa: BLE001 (zarr's codecs raise many types for a damaged chunk: numcodecs' Zstd a
+        # RuntimeError); all mean one unreadable plane, which data.skip_bad_sites may skip
         raise images.BadImageError(str(plane), f"unreadable OME-Zarr plane ({type(e).__name__}: {e})") from None
     if pixels.dtype not in images.SUPPORTED_DTYPES:
         raise images.BadImageError(str(plane), f"expected 8- or 16-bit unsigned pixels, got {pixels.dtype}")
@@ -241,4 +242,11 @@ def plane_exists(plane: Plane) -> bool:
     return images.exists(plane.array)
 
 
-PLANES = ChannelReader(read_plane, plane_exists)  # `Screen.reader` of OME-Zarr plates
+def plane_stamp(plane: Plane) -> str:
+    """The stamps of every file of a plane's array (its chunks and metadata), in path order: a rewritten chunk
+    changes them."""
+    files = sorted(os.path.join(folder, name) for folder, _, names in tf.io.gfile.walk(plane.array) for name in names)
+    return ";".join(f"{os.path.relpath(path, plane.array)}={images.stamp(path)}" for path in files)
+
+
+PLANES = ChannelReader(read_plane, plane_exists, plane_stamp)  # `Screen.reader` of OME-Zarr plates

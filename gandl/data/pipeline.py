@@ -91,8 +91,8 @@ def open_shards(data_dir: str) -> RecordSpec:
                                 "(run the convert mode, which resumes an interrupted one)")
     m = fileio.read_json(path)
     if m.get("format") != convert.FORMAT:
-        raise ValueError(f"{path}: shard format {m.get('format')!r}, this code reads {convert.FORMAT!r}; convert the "
-                         "screen again into a new folder")
+        raise fileio.FileFault(f"{path}: shard format {m.get('format')!r}, this code reads {convert.FORMAT!r}; convert "
+                               "the screen again into a new folder")
     return RecordSpec(
         files=tuple(os.path.join(data_dir, s["file"]) for s in m["shards"]), height=m["height"],
         width=m["width"], stains=tuple(m["stains"]), dtype=m["dtype"], features=m["features"],

@@ -44,7 +44,8 @@ class MetadataError(ValueError):
 
 
 class SettingError(ValueError):
-    """A profile setting that does not exist (said in one line by the command)."""
+    """A setting that does not exist or cannot be (a preset, a schema field, a well aggregate): a mistake in the
+    config, not in the data, so the command says it in one line with the config's exit status."""
 
 
 WELL_AGGREGATES = ("median", "mean")  # embed.well_aggregate: how a well's profile comes from its sites
@@ -75,6 +76,7 @@ class ChannelReader:
 
     read: Callable[[Any], np.ndarray]  # reference -> 2-D uint8/uint16 array (raises images.BadImageError)
     exists: Callable[[Any], bool]
+    stamp: Callable[[Any], str]  # reference -> what changes with its content (sizes, modification times), unread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +216,11 @@ def from_config(screen: Mapping[str, Any], kind: str) -> ScreenSchema:
     settings = dict(screen)
     name = settings.pop("preset", "") or get_reader(kind).preset
     if name not in PRESETS:
-        raise MetadataError(f"screen.preset={name!r}: no such preset; known: {', '.join(PRESETS)}")
+        raise SettingError(f"screen.preset={name!r}: no such preset; known: {', '.join(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(ScreenSchema)}
     unknown = sorted(set(settings) - fields)
     if unknown:
-        raise MetadataError(f"screen.{unknown[0]}: not a schema field; fields: {', '.join(sorted(fields))}")
+        raise SettingError(f"screen.{unknown[0]}: not a schema field; fields: {', '.join(sorted(fields))}")
     overrides = {k: v for k, v in settings.items() if v is not None}
     if "highlight" in overrides:
         overrides["highlight"] = tuple(overrides["highlight"])
@@ -378,8 +380,8 @@ def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
     """Refuse a schema that does not describe `metadata` (read from `source`), in one line naming the field.
 
     Every declared column must exist, the dose and viability must be numeric, each control query and the treated
-    query must evaluate on the metadata and select at least one site, and no site may be both a positive and a
-    negative control.
+    query must evaluate on the metadata and select at least one site, no site may be both a positive and a
+    negative control, and every treated site needs a dose that is a finite number >= 0.
     """
     columns = ", ".join(map(str, metadata.columns))
     for field, column in schema.columns().items():
@@ -405,6 +407,24 @@ def validate(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
         first = metadata.iloc[int(np.argmax(both))]
         raise MetadataError(f"screen.positive and screen.negative both select {int(both.sum())} site(s) of {source}, "
                             f"e.g. {first.get('site_id', first.name)!r}")
+    if schema.dose:
+        _check_doses(metadata, schema, source)
+
+
+def _check_doses(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> None:
+    """Refuse a treated site without a dose and a dose below 0 or not finite, naming the column, the site and the
+    value: dose-response would silently drop the first and fit its curves through the others."""
+    column = metadata[schema.dose]
+    doses = pd.to_numeric(column.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
+    treated = control_role(metadata, schema).to_numpy() == TREATED
+    blank, impossible = treated & np.isnan(doses), ~np.isnan(doses) & ~(np.isfinite(doses) & (doses >= 0))
+    for bad, what in ((blank, "a blank dose for a treated site"), (impossible, "a dose that is not a number >= 0")):
+        if bad.any():
+            i = int(np.argmax(bad))
+            site = metadata["site_id"].iloc[i] if "site_id" in metadata.columns else metadata.index[i]
+            raise MetadataError(f"screen.dose={schema.dose!r}: column of {source} holds {str(column.iloc[i])!r} for "
+                                f"site {site!r} ({int(bad.sum())} site(s) like it): {what}; give every treated site "
+                                "its concentration, a finite number >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -46,9 +46,12 @@ def parse_csv(data: bytes, source: str) -> pd.DataFrame:
         raise MetadataError(f"{source}: column {name!r} appears {len(at)} times in the header (columns "
                             f"{', '.join(map(str, at))}); give each column its own name")
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise MetadataError(f"{source}: not a readable CSV ({e})") from None
+    if table.empty:  # every later check would look at a first row that is not there
+        raise MetadataError(f"{source}: a header and no rows (columns: {', '.join(header)}); the table lists no site")
+    return table
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str, kind: str) -> None:

@@ -110,11 +110,15 @@ class Checkpointer:
             return
         self.manager.wait_until_finished()
         for step in self._unrecorded:
-            folder = self.step_dir(step)
-            if jax.process_index() == 0 and tf.io.gfile.isdir(folder):  # not already dropped by the keep policy
-                files = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(folder) for name in names]
-                fileio.write_record(os.path.join(folder, RECORD), files, step=step)
+            self._write_record(step)
         self._unrecorded = []
+
+    def _write_record(self, step: int) -> None:
+        """The completion record of checkpoint `step`, listing its files as they are now (process 0 writes it)."""
+        folder = self.step_dir(step)
+        if jax.process_index() == 0 and tf.io.gfile.isdir(folder):  # not already dropped by the keep policy
+            files = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(folder) for name in names]
+            fileio.write_record(os.path.join(folder, RECORD), files, step=step)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """State (placed per `abstract_state`'s shardings) and config of `step` (default: the newest intact one)."""
@@ -147,6 +151,10 @@ class Checkpointer:
                 logging.warning("%s; %s", e, "trying the one before" if candidate != steps[-1] else "none is left")
                 damaged.append(candidate)
                 continue
+            if not tf.io.gfile.exists(os.path.join(self.step_dir(candidate), RECORD)):
+                # Saved by a run killed between orbax's commit and the record: orbax has just read all of it, so the
+                # record is written now, and later restores check the files against it.
+                self._write_record(candidate)
             if damaged and set_aside:
                 self._set_aside(damaged)
             if damaged:
