@@ -10,7 +10,6 @@ line; every mode resumes; one run per workdir. TensorFlow and JAX load only once
 from __future__ import annotations
 
 import importlib
-import logging as pylogging
 import os
 import sys
 from collections.abc import Callable
@@ -21,6 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's / XLA's C++ I
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from gandl import console, errors  # noqa: E402
+from gandl.errors import EXIT_INTERRUPTED, EXIT_USAGE  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
                                           "overridden with --config.FIELD=VALUE, e.g. --config.data.root=/data/screen",
@@ -59,33 +61,6 @@ MODES = {"synth": "gandl.data.stage:synthesize", "convert": "gandl.data.stage:co
          "preview": "gandl.data.stage:preview", "train": "run_train", "embed": "gandl.embed.stage:run",
          "analyze": "gandl.analysis.stage:run", "all": "run_all"}
 _TRACED = ("check", "train", "embed", "all")  # modes running the model: the check traces its programs first
-# Exit statuses by class of fault (a bug alone shows a traceback): a mistake in the config or the command line, one
-# in the data or a fault outside GAN-DL, and a run stopped by SIGTERM, Ctrl-C or preemption (EX_TEMPFAIL: rerun to
-# resume), told apart by launchers and scripts.
-EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 75
-# The user-facing errors (said in one line, not faults of the code) and their exit statuses; an unloaded module
-# raised none.
-_USER_ERRORS = ((("gandl.check", "ConfigCheckError"), EXIT_USAGE), (("gandl.data.screen", "SettingError"), EXIT_USAGE),
-                (("gandl.train.checkpoint", "OptionsChanged"), EXIT_USAGE),
-                (("gandl.data.screen", "MetadataError"), EXIT_DATA),
-                (("gandl.data.images", "BadImageError"), EXIT_DATA),
-                (("gandl.data.convert", "ConversionError"), EXIT_DATA),
-                (("gandl.embed.records", "ExportError"), EXIT_DATA), (("gandl.fileio", "FileFault"), EXIT_DATA),
-                # Outside faults: a full or read-only disk, a lost mount, a file another program holds.
-                (("builtins", "OSError"), EXIT_DATA),
-                (("tensorflow.python.framework.errors_impl", "PermissionDeniedError"), EXIT_DATA),
-                (("tensorflow.python.framework.errors_impl", "ResourceExhaustedError"), EXIT_DATA),
-                (("tensorflow.python.framework.errors_impl", "NotFoundError"), EXIT_DATA))
-
-
-def exit_status(error: BaseException) -> int | None:
-    """The exit status of a user-facing `error` (the first class of `_USER_ERRORS` it is), None for a bug."""
-    for (module, name), status in _USER_ERRORS:
-        if module in sys.modules and isinstance(error, getattr(sys.modules[module], name)):
-            return status
-    return None
-
-
 def _fail(message: str, status: int) -> NoReturn:
     """End the command with `message` as its one line on stderr and `status`."""
     print(f"gandl: {message}", file=sys.stderr, flush=True)
@@ -95,23 +70,6 @@ def _fail(message: str, status: int) -> NoReturn:
 def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
     module, _, function = MODES[mode].rpartition(":")  # not gandl.main again: `python -m` runs it as __main__
     return getattr(importlib.import_module(module), function) if module else globals()[function]
-
-
-class _OwnInfoOnly(pylogging.Filter):
-    """Below WARNING, GAN-DL's own records only: other libraries' INFO would bury the progress lines."""
-
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or record.pathname.startswith(self.package)
-
-
-def quiet_third_party_logs() -> None:
-    """GAN-DL's INFO lines and progress bars stay; other libraries' INFO goes unless --verbosity > 0 asks."""
-    if logging.get_verbosity() <= logging.INFO:
-        handler = logging.get_absl_handler()
-        if not any(isinstance(added, _OwnInfoOnly) for added in handler.filters):
-            handler.addFilter(_OwnInfoOnly())
 
 
 def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
@@ -165,7 +123,7 @@ def _check_flags(mode: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]} (try --help)", EXIT_USAGE)
-    quiet_third_party_logs()
+    console.quiet_third_party_logs()
     mode = _MODE.value
     try:
         _check_flags(mode)
@@ -190,7 +148,7 @@ def main(argv: list[str]) -> None:
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
             result = _runner(mode)(config, _WORKDIR.value)
     except Exception as error:
-        status = exit_status(error)
+        status = errors.exit_status(error)
         if status is None:
             raise
         named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
@@ -212,22 +170,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(f"{_without_traceback(str(error))} (try --help)", EXIT_USAGE)
+        _fail(f"{errors.one_line(str(error))} (try --help)", EXIT_USAGE)
     except Exception as error:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
         cause = error
         while cause.args and isinstance(cause.args[0], BaseException):  # config_flags wraps the KeyError it met
             cause = cause.args[0]
         text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
         _fail(f"a --config override cannot apply: {' '.join(text.split())}", EXIT_USAGE)
-
-
-def _without_traceback(text: str) -> str:
-    """A flag error as one line: config_flags puts the traceback of a config file that raised (a string set where
-    ml_collections holds a number) in its message; its first line names the file, its last the field and value."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Traceback (most recent call last):" not in lines:
-        return text
-    return f"{lines[0].rstrip(':')} ({lines[-1]})"
 
 
 def run() -> None:

@@ -27,7 +27,7 @@ import pytest
 import tifffile
 from flax import struct
 
-from gandl import check, embed, fileio, main, profiles, sharding
+from gandl import check, embed, errors, fileio, profiles, sharding
 from gandl import workdir as workdir_lib
 from gandl.analysis import stage as analysis_stage
 from gandl.data import convert, generic, images, pipeline, rxrx
@@ -854,7 +854,7 @@ def test_a_config_file_with_a_string_where_a_number_goes_is_one_line(tmp_path):
 def _one_line(error: BaseException, *named: str) -> str:
     """`error` as the entry point says it: a data fault (exit 1) in one line naming each of `named`."""
     text = str(error)
-    assert main.exit_status(error) == main.EXIT_DATA and "\n" not in text, (type(error), text)
+    assert errors.exit_status(error) == errors.EXIT_DATA and "\n" not in text, (type(error), text)
     assert all(name in text for name in named), text
     return text
 

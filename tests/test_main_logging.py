@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from absl import app
 
-    from gandl import main
+    from gandl import console
     from gandl.data import stage as data_stage
     from gandl.defaults import base_config
     from gandl.train import checkpoint
@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     def run(argv):
         save(sys.argv[1] + "/before")
         print("QUIET FROM HERE", file=sys.stderr, flush=True)
-        main.quiet_third_party_logs()
+        console.quiet_third_party_logs()
         save(sys.argv[1] + "/after")
         cfg = base_config()
         cfg.synthetic.update(image_size=16, plates_per_cell_line=1, sites_per_well=1, num_compounds=3)

@@ -11,8 +11,8 @@ import gandl
 from gandl.features import registry
 
 # Pipeline order; a module may import its own layer and the ones before it, never a later one.
-LAYERS = ["_tf", "fileio", "workdir", "defaults", "sharding", "data", "models", "train", "features", "profiles",
-          "embed", "cost", "check", "analysis", "probe", "inspection", "sweep", "main"]
+LAYERS = ["_tf", "errors", "console", "fileio", "workdir", "defaults", "sharding", "data", "models", "train",
+          "features", "profiles", "embed", "cost", "check", "analysis", "probe", "inspection", "sweep", "main"]
 PACKAGE = pathlib.Path(gandl.__file__).parent
 
 
