@@ -150,7 +150,7 @@ PLATE_KEYS = ["plate_id", "cell_type", "experiment", "plate"]
 def drift_table(wells: pd.DataFrame) -> pd.DataFrame:
     """Control medians per plate and cell line in acquisition order (experiment, plate): pos_median, neg_median
     (of the C+ and C- well scores), pos_z and neg_z (robust z against the line's other plates, `_robust_z`, its
-    floor the plate median's standard error), drift (either |z| above `DRIFT_Z`)."""
+    floor the plate median's standard error), drift (either absolute z above `DRIFT_Z`)."""
     controls = wells[wells["role"].isin(["C+", "C-"]) & wells["score"].notna()]
     per_plate = (controls.groupby([*PLATE_KEYS, "role"], sort=False)["score"]
                  .agg(median="median", se=lambda s: _MEDIAN_SE * _mad(s.to_numpy()) / np.sqrt(len(s)))
