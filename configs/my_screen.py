@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
         plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site",  # yours: site_id / well_id from them
         group="Metadata_CellLine",  # yours: the biological group (cell line); None for one group
         perturbation="Metadata_Compound", dose="Metadata_Dose_uM",  # yours
+        viability="",  # yours: a per-site cell count (e.g. "Count_Nuclei"): cytotoxic doses are never hits
         negative="Metadata_Compound == 'DMSO'",  # yours: the untreated reference (vehicle)
         positive="Metadata_Compound == 'staurosporine'",  # yours: the phenotype a perfect hit reaches
         # Yours: which perturbed wells are treatments, when some are neither control nor treatment (e.g.
