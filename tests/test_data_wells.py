@@ -25,3 +25,21 @@ def test_controls_only_on_the_edge_are_warned_about_and_random_ones_are_not():
         warnings = wells.layout_warnings(meta["well"], plate, role)
         assert len(warnings) == expected, warnings
     assert wells.layout_warnings(pd.Series(["W000"] * 3), np.zeros(3), np.array(["C+", "C-", "treated"])) == []
+
+
+def test_the_config_check_warns_about_edge_placed_controls(tmp_path, caplog):
+    from gandl.data import screen
+    from gandl.data.synthetic import layouts
+    from gandl.defaults import base_config
+
+    warned = {}
+    for placement in ("edge", "random"):
+        config = base_config()
+        config.data.root = str(layouts.write_rxrx19a(tmp_path / placement, image_size=16, plates_per_cell_line=1,
+                                                     sites_per_well=1, num_compounds=3, control_layout=placement))
+        caplog.clear()
+        screen.read_configured(config)
+        messages = [r.getMessage() for r in caplog.records]
+        warned[placement] = [m for m in messages if "confounded with plate position" in m]
+    assert len(warned["edge"]) == 2 and "two outer rings" in warned["edge"][0]  # one per plate (HRCE, VERO)
+    assert warned["random"] == []

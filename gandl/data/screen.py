@@ -509,7 +509,8 @@ def read_configured(config: Mapping[str, Any], root: str | None = None) -> Scree
         raise MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
                             f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")
     meta = screen.metadata
-    for warning in wells.layout_warnings(meta[schema.well], plate_key(meta, schema), control_role(meta, schema)):
+    for warning in wells.layout_warnings(meta[schema.well], plate_key(meta, schema=schema),
+                                         control_role(meta, schema=schema)):
         logging.warning("%s: controls confounded with plate position: %s (the hit calls remove edge and row/column "
                         "effects estimated from the treated wells; the report repeats this)", screen.source, warning)
     return screen
