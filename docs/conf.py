@@ -14,17 +14,19 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import api_modules  # noqa: E402
 import settings_table  # noqa: E402
 
 settings_table.write()  # docs/_generated/settings_table.md, from gandl.defaults and gandl.check.RULES
+api_modules.write()  # docs/_generated/api_modules.md: an automodule for every public module of gandl
 
 project = "GAN-DL"
 author = "GAN-DL contributors"
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-# _generated/ and test_beds.md are included into settings.md and results.md, not pages of their own.
-exclude_patterns = ["_build", "_generated", "test_beds.md", "settings_table.py", "conf.py"]
+# _generated/ and test_beds.md are included into settings.md, api.md and results.md, not pages of their own.
+exclude_patterns = ["_build", "_generated", "test_beds.md", "settings_table.py", "api_modules.py", "conf.py"]
 
 myst_heading_anchors = 4  # [text](page.md#a-heading) links, as on GitHub
 myst_enable_extensions = ["colon_fence"]

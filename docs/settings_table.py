@@ -105,12 +105,16 @@ def table() -> str:
     return "\n".join(out).strip() + "\n"
 
 
-def write(path: pathlib.Path = OUT) -> pathlib.Path:
+def write_generated(path: pathlib.Path, text: str) -> pathlib.Path:
+    """Write a generated include file, only when its text changed (unchanged: Sphinx keeps its cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = table()
-    if not path.exists() or path.read_text() != text:  # unchanged: Sphinx keeps its cache
+    if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path
+
+
+def write(path: pathlib.Path = OUT) -> pathlib.Path:
+    return write_generated(path, table())
 
 
 if __name__ == "__main__":

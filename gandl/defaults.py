@@ -1,4 +1,4 @@
-"""The fields every config shares; each configs/*.py `get_config()` starts from `base_config()` (or from another
+"""The fields every config shares; each `configs/*.py` `get_config()` starts from `base_config()` (or from another
 config file, `call_in_file`)."""
 
 import importlib.util

@@ -1,11 +1,13 @@
 """Config sweeps: expand a sweep file into runs, run them (here or on Cloud TPU), tabulate their final metrics.
 
+Usage::
+
   python -m gandl.sweep --sweep configs/sweeps/demo_regularizers.py --workdir /tmp/sweep [--mode train] [--dry_run]
       [--where train.r1_gamma=2.0 ...]   (only the runs with these swept values; the summary covers all done)
   python -m gandl.sweep --sweep configs/sweeps/rxrx19a_lr.py --workdir gs://BUCKET/sweep --launcher tpu \
       --launch_flags="--spot --zone=europe-west4-a"
 
-A sweep file is a Python file whose `get_sweep()` returns a dict:
+A sweep file is a Python file whose `get_sweep()` returns a dict::
 
   base       the config file every run starts from, relative to the repository root (or absolute)
   overrides  {field: value}, the same for every run (optional)

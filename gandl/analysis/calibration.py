@@ -2,6 +2,7 @@
 
 A layout (metadata without images) like RxRx19a's plates, every well at a real 384-well position, and
 features drawn from a model whose truth is known:
+
   - `null_features` / `shuffle_within_plates`: no treatment effect at all (i.i.d. noise, noise with plate
     offsets, or a real feature set with its rows shuffled among the sites of each plate);
   - `screen`: a true effect model in feature space. C+ = C- + delta (a random direction, `separation` well
@@ -9,6 +10,7 @@ features drawn from a model whose truth is known:
     (0.5 is the rescue threshold: efficacy 0, half way from C- to C+), on top of plate offsets, well and
     site noise, and whatever a `Setting` adds: unequal variance, heavy tails, artefact sites, edge effects
     with the controls on the edge, cytotoxic compounds far off the axis, a vehicle effect, graded actives.
+
 Whatever `report.analyze_screen` calls a hit where the true rescue stays below the threshold (or the
 compound is cytotoxic) is a false discovery: `hit_metrics` counts them, the share of screens with any
 (on a null screen, the FDR the hit list promises to bound) and the recall of true actives
@@ -107,7 +109,7 @@ class Setting:
     """One kind of simulated screen: layout, noise model and compound effects.
 
     Every sd and shift is in units of the (treated) well sd; shifts along or off the axis in units of
-    |delta|, the C- -> C+ distance. Null settings (no `levels`) hold no compound with true rescue >= 0.5
+    `|delta|`, the C- -> C+ distance. Null settings (no `levels`) hold no compound with true rescue >= 0.5
     that is not cytotoxic, so every hit there is false.
     """
 

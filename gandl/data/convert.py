@@ -8,7 +8,8 @@ records are what TFDS' `Tensor` features read: TFRecord files (uncompressed: TFD
 round-trip exactly (int64 as int64, floats as their 8 little-endian float64 bytes, strings as UTF-8), plus
 `height`, `width`, `channels` and the site's row `index` in the metadata table.
 
-Layout of an output folder:
+Layout of an output folder::
+
   conversion.json              what is being converted (checked on resume): metadata, image paths relative to
                                their common folder (a moved screen or workdir resumes), sizes, options
   shard-00000-of-00012.tfrecord   + shard-00000-of-00012.json (sidecar, written after its shard: sites,

@@ -1,4 +1,4 @@
-"""The RxRx readers: RxRx19a- and RxRx1-layout folders (metadata.csv + images/) into validated `Screen`s.
+"""The RxRx readers: RxRx19a- and RxRx1-layout folders (metadata.csv + images/) into validated `Screen` objects.
 
 The names they read (columns, conditions, stains, file layout) live in `gandl.data.vocabulary`. A reader
 requires only the columns it uses and keeps every other column as metadata. Validation happens here,

@@ -60,7 +60,7 @@ def features(batches: Iterable[np.ndarray]) -> np.ndarray:
     """Intensity and texture statistics per site, [N, len(feature_names(C))] float32.
 
     Per channel: mean, std, skewness, quantiles, fraction of bright (> 2 x median) pixels, mean gradient
-    magnitude at full and half resolution, mean |Laplacian|; plus Pearson correlations between channels.
+    magnitude at full and half resolution, mean `|Laplacian|`; plus Pearson correlations between channels.
     Batches are consumed one at a time: memory is one batch plus the [N, F] result.
     """
     parts = [_batch_features(np.asarray(batch)) for batch in batches]

@@ -5,7 +5,7 @@ XLA:CPU sends a forward convolution to its fast spatial-convolution kernel but l
 loop: 5-30× slower per FLOP, which made them most of a CPU training step. On CPU, `conv2d` therefore
 carries its own VJP: the weight gradient is one matmul per kernel tap (a strided slice of the padded input
 against the output gradient) and the input gradient is `conv_transpose2d`, itself split into stride²
-stride-1 convolutions on the un-dilated input (polyphase), which are `conv2d`s again, so second-order
+stride-1 convolutions on the un-dilated input (polyphase), which are `conv2d` convolutions again, so second-order
 gradients (R1, path length) take the same fast path. Other backends keep XLA's native convolutions.
 """
 
@@ -90,7 +90,7 @@ _tap_conv2d.defvjp(_tap_conv2d_fwd, _tap_conv2d_bwd)
 
 
 def input_gradient(g: Array, w: Array, stride: int, padding: tuple[int, int], size: tuple[int, int]) -> Array:
-    """∂/∂x of conv2d(x [B, *size, I], w, stride, padding) for output gradient g: transposed conv, cropped.
+    """∂/∂x of `conv2d(x [B, *size, I], w, stride, padding)` for output gradient g: transposed conv, cropped.
 
     The transposed conv covers the padded input up to its last tap; rows a stride never reached get zeros,
     and the padding is cropped off (lax.pad with negative widths).
@@ -101,7 +101,7 @@ def input_gradient(g: Array, w: Array, stride: int, padding: tuple[int, int], si
 
 
 def weight_gradient(x: Array, g: Array, stride: int, padding: tuple[int, int], kernel: tuple[int, int]) -> Array:
-    """∂/∂w of conv2d(x, w [*kernel, I, O], stride, padding) for output gradient g: one matmul per tap."""
+    """∂/∂w of `conv2d(x, w [*kernel, I, O], stride, padding)` for output gradient g: one matmul per tap."""
     xp = jnp.pad(x, ((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0)))
     b, ho, wo, _ = g.shape
     # Under explicit sharding a contraction over a split batch must name its output's layout: replicated,

@@ -3,7 +3,7 @@
 Every image D sees, real or fake, in every phase, passes through `augment` with probability `p` per transform
 and per image, so D cannot memorise the few thousand sites of a screen; the generator is not pushed to produce
 augmented images because the augmentation is applied to both sides and differentiated through for fakes.
-Only transforms that keep what a fluorescence image means are used, in the original's order:
+Only transforms that keep what a fluorescence image means are used, in the original's order::
 
   geometry   x-flip, 90-degree rotation (microscopy has no orientation), integer translation by up to 1/8 of
              the side with reflect padding: pixels move but none is resampled or invented from nothing

@@ -52,7 +52,7 @@ def path_length_penalty(synth_fn: Callable[[Array], Array], ws: Array, key: Arra
                         decay: float = 0.01) -> tuple[Array, Array]:
     """StyleGAN2's path-length regulariser; returns (penalty, updated running mean of path lengths).
 
-    The Jacobian-vector norm |J_w^T y| for image-space noise y ~ N(0, 1/(H·W)) should be the same for
+    The Jacobian-vector norm `|J_w^T y|` for image-space noise y ~ N(0, 1/(H·W)) should be the same for
     every w: deviations from its running mean are penalised, which smooths the w -> image mapping.
     """
     images = synth_fn(ws)

@@ -4,7 +4,7 @@ Phases, in stylegan2-ada-pytorch's order: G main (non-saturating loss, style mix
 every `pl_interval` steps), D main (logistic loss on the updated generator's fakes), D reg (R1 and the
 one-sided Lipschitz penalty, every `r1_interval` steps), then the G weight EMA. Lazy regularisers are
 scaled by their interval and Adam's lr and betas by c = k/(k+1) (`state.optimizers`). The lazy phases are
-`lax.cond`s inside one program, so there is one compilation and no host round trip per step.
+`lax.cond` calls inside one program, so there is one compilation and no host round trip per step.
 
 Optional training options (`gandl.train.augment`, `gandl.train.contrastive`): with `train.augment` every
 image D sees in G main, D main and D reg passes through the augmentation at the state's p (ADA tunes p from
@@ -126,15 +126,15 @@ def augmentation_keys(rng: Array) -> tuple[Array, Array, Array, Array]:
 
 
 class Phases(NamedTuple):
-    """The four phases as pure functions; each returns only what it may change, plus its metrics.
+    """The four phases as pure functions; each returns only what it may change, plus its metrics::
 
-    g_main(g_params, g_buffers, g_opt_state, d_params, z, mix_key, noise_key, aug=None)
-        -> (g_params, g_buffers, g_opt_state, metrics)
-    g_reg(g_params, g_buffers, g_opt_state, pl_mean, z, mix_key, noise_key, projection_key)
-        -> (g_params, g_buffers, g_opt_state, pl_mean, metrics)
-    d_main(d_params, d_opt_state, g_params, g_buffers, reals, z, mix_key, noise_key, aug=None, head=None)
-        -> (d_params, d_opt_state, g_buffers, fakes, head, metrics)
-    d_reg(d_params, d_opt_state, reals, fakes, lipschitz_key, aug=None) -> (d_params, d_opt_state, metrics)
+      g_main(g_params, g_buffers, g_opt_state, d_params, z, mix_key, noise_key, aug=None)
+          -> (g_params, g_buffers, g_opt_state, metrics)
+      g_reg(g_params, g_buffers, g_opt_state, pl_mean, z, mix_key, noise_key, projection_key)
+          -> (g_params, g_buffers, g_opt_state, pl_mean, metrics)
+      d_main(d_params, d_opt_state, g_params, g_buffers, reals, z, mix_key, noise_key, aug=None, head=None)
+          -> (d_params, d_opt_state, g_buffers, fakes, head, metrics)
+      d_reg(d_params, d_opt_state, reals, fakes, lipschitz_key, aug=None) -> (d_params, d_opt_state, metrics)
 
     `aug` (an `Augmentation`, or None: no augmentation) augments every image D sees in the phase, differentiably;
     `head` (a `Head`, or None) adds the contrastive loss to D main and returns the updated head.
