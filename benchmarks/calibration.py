@@ -22,6 +22,7 @@ level called); seconds. Settings are cheap (default 100 screens) unless wider th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import multiprocessing
 import tempfile
@@ -60,12 +61,14 @@ def setting_dim(setting: str, dim: int) -> int | None:
     return None if setting == "shuffled-real" else int(setting.split("-")[-1])
 
 
-def simulate(setting: str, seed: int, dim: int, real: tuple | None
+def simulate(setting: str, seed: int, dim: int, real: tuple | None, separation: float | None = None
              ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame, report.AnalysisConfig]:
-    """(features, metadata, truth, analysis config) of one screen of a setting."""
+    """(features, metadata, truth, analysis config) of one screen of a setting (`separation`: its |delta|, in well
+    sds, instead of the setting's: the assay's strength)."""
     rng = np.random.default_rng(seed)
     if setting in calibration.SETTINGS:
         chosen = calibration.SETTINGS[setting]
+        chosen = dataclasses.replace(chosen, separation=separation) if separation else chosen
         features, meta, truth = calibration.screen(chosen, setting_dim(setting, dim), rng)
         return features, meta, truth, report.AnalysisConfig(**chosen.analysis)
     if setting == "shuffled-real":
@@ -77,8 +80,9 @@ def simulate(setting: str, seed: int, dim: int, real: tuple | None
     return features, meta, calibration.null_truth(meta), report.AnalysisConfig()
 
 
-def replicate(seed: int, setting: str, dim: int, real: tuple | None) -> dict[str, float]:
-    features, meta, truth, config = simulate(setting, seed, dim, real)
+def replicate(seed: int, setting: str, dim: int, real: tuple | None, separation: float | None = None
+              ) -> dict[str, float]:
+    features, meta, truth, config = simulate(setting, seed, dim, real, separation)
     return calibration.hit_metrics(report.analyze_screen(features, meta, config), truth, RECALL_LEVELS)
 
 
@@ -101,6 +105,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--dim", type=int, default=64, help="feature width of the simulated settings")
     parser.add_argument("--workers", type=int, default=1, help="screens analysed in parallel processes")
+    parser.add_argument("--separation", type=float, help="C- to C+ distance in well sds of the simulated settings "
+                        "(default: each setting's, 3): how strong the assay is")
     args = parser.parse_args()
     real = real_screen() if "shuffled-real" in args.settings else None
     rows = []
@@ -110,7 +116,7 @@ def main() -> None:
             start = time.perf_counter()
             width = setting_dim(setting, args.dim)
             replicates = args.replicates or (100 if width is not None and width <= CHEAP_DIM else 20)
-            run = functools.partial(replicate, setting=setting, dim=args.dim, real=real)
+            run = functools.partial(replicate, setting=setting, dim=args.dim, real=real, separation=args.separation)
             metrics = pd.DataFrame(list(mapper(run, range(replicates))))
             rows.append(dict(setting=setting, **summary(metrics), seconds=round(time.perf_counter() - start)))
             print(f"{setting}: done in {rows[-1]['seconds']} s", flush=True)
