@@ -416,7 +416,7 @@ def _check_doses(metadata: pd.DataFrame, schema: ScreenSchema, source: str) -> N
     value: dose-response would silently drop the first and fit its curves through the others."""
     column = metadata[schema.dose]
     doses = pd.to_numeric(column.replace("", np.nan), errors="coerce").to_numpy(dtype=float)
-    treated = control_role(metadata, schema).to_numpy() == TREATED
+    treated = control_role(metadata, schema=schema).to_numpy() == TREATED
     blank, impossible = treated & np.isnan(doses), ~np.isnan(doses) & ~(np.isfinite(doses) & (doses >= 0))
     for bad, what in ((blank, "a blank dose for a treated site"), (impossible, "a dose that is not a number >= 0")):
         if bad.any():
