@@ -337,17 +337,22 @@ def dose_flags(table: pd.DataFrame, settings: HitSettings) -> pd.DataFrame:
         neg = table[table["role"] == "C-"].groupby("plate_id")["viability"].median()
         ratio = table["viability"] / table["plate_id"].map(neg)
         table = table.assign(viability_ratio=ratio)
-        reference = table[table["role"] == "C-"].groupby("cell_type")["viability_ratio"]
-        rows = []
-        for key, group in table[table["role"] == "treated"].groupby(KEYS, sort=True):
-            ref = reference.get_group(key[1]).dropna().to_numpy() if key[1] in reference.groups else np.array([])
-            values = group["viability_ratio"].dropna().to_numpy()
-            level = float(np.median(values)) if len(values) else np.nan
-            p = (stats.ttest_ind(values, ref, equal_var=False, alternative="less").pvalue
-                 if len(values) >= 2 and len(ref) >= 2 else (0.0 if len(values) and len(ref) >= 2
-                                                              and level < ref.min() else 1.0))
-            rows.append((*key, level, bool(level < settings.viability_floor and p < 0.05)))
-        flags = pd.DataFrame(rows, columns=KEYS + ["viability", "cytotoxic"])
+        ref = (table[table["role"] == "C-"].groupby("cell_type")["viability_ratio"]
+               .agg(ref_mean="mean", ref_var="var", ref_n="count", ref_min="min"))
+        flags = (table[table["role"] == "treated"].groupby(KEYS, sort=True)["viability_ratio"]
+                 .agg(viability="median", mean="mean", var="var", n="count").reset_index()
+                 .join(ref, on="cell_type"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            welch = stats.ttest_ind_from_stats(
+                flags["mean"].to_numpy(np.float64), np.sqrt(flags["var"].to_numpy(np.float64)),
+                flags["n"].to_numpy(np.float64), flags["ref_mean"].to_numpy(np.float64),
+                np.sqrt(flags["ref_var"].to_numpy(np.float64)), flags["ref_n"].to_numpy(np.float64),
+                equal_var=False, alternative="less").pvalue
+        single = flags["viability"] < flags["ref_min"]  # one well: below every C- well
+        p = np.where((flags["n"] >= 2) & (flags["ref_n"] >= 2), welch,
+                     np.where(single & (flags["ref_n"] >= 2), 0.0, 1.0))
+        flags["cytotoxic"] = (flags["viability"] < settings.viability_floor) & (p < 0.05)
+        flags = flags[KEYS + ["viability", "cytotoxic"]]
         out = out.drop(columns=["viability", "cytotoxic"]).merge(flags, on=KEYS, how="left")
     return out
 
