@@ -271,3 +271,33 @@ def test_the_api_page_lists_every_public_module():
             expected.add(".".join(parts))
     assert "gandl.analysis.hits" in expected and "gandl.data.synthetic" in expected
     assert not expected - listed, f"public modules missing from docs/api.md: {sorted(expected - listed)}"
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_in_check_mode(lines, tmp_path):
+    """The README's GAN-DL commands, as written, in a fresh folder: the example screen is written, and every
+    `gandl ...` command passes `--mode check` (what each mode runs first) with its own config and overrides."""
+    import shlex
+    import subprocess
+
+    readme = [line for line in lines if line.page.name == "README.md"]
+    commands = [command.strip() for line, command in _shell_commands(readme) if line.block in SHELL]
+    runs = [c for c in commands if _invokes_gandl(c) or c.startswith("python -m gandl.data.synthetic")]
+    assert any(c.startswith("python -m gandl.data.synthetic") for c in runs) and any("--mode" in c for c in runs)
+    checked = set()
+    for command in runs:
+        words = [re.sub(r"^/tmp/", f"{tmp_path}/", w) for w in shlex.split(command)]
+        words = [w for w in words if w not in {"do", "done"}]
+        words = ["check" if prev == "--mode" else w for prev, w in zip(["", *words], words)]
+        if words[0] == "gandl":
+            words = ["-m", "gandl.main", *words[1:]]
+            if (key := tuple(words)) in checked:
+                continue
+            checked.add(key)
+            if "configs/my_screen.py" in words:  # its data.root names the example screen's /tmp folder
+                words.append(f"--config.data.root={tmp_path}/my_screen/metadata.csv")
+        else:
+            words = words[1:]
+        done = subprocess.run([sys.executable, *words], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    assert len(checked) == 2  # the demo and the example screen
