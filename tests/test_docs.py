@@ -274,13 +274,14 @@ def test_the_api_page_lists_every_public_module():
 
 
 @pytest.mark.slow
-def test_the_readme_commands_run_in_check_mode(lines, tmp_path):
-    """The README's GAN-DL commands, as written, in a fresh folder: the example screen is written, and every
-    `gandl ...` command passes `--mode check` (what each mode runs first) with its own config and overrides."""
+def test_the_readme_and_tutorial_commands_run_in_check_mode(lines, tmp_path):
+    """The GAN-DL commands of the README and the tutorial (docs/your_screen.md), as written, in a fresh folder: the
+    example screen is written, and every `gandl ...` command passes `--mode check` (what each mode runs first)
+    with its own config and overrides."""
     import shlex
     import subprocess
 
-    readme = [line for line in lines if line.page.name == "README.md"]
+    readme = [line for line in lines if line.page.name in ("README.md", "your_screen.md")]
     commands = [command.strip() for line, command in _shell_commands(readme) if line.block in SHELL]
     runs = [c for c in commands if _invokes_gandl(c) or c.startswith("python -m gandl.data.synthetic")]
     assert any(c.startswith("python -m gandl.data.synthetic") for c in runs) and any("--mode" in c for c in runs)
