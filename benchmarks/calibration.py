@@ -83,7 +83,8 @@ def simulate(setting: str, seed: int, dim: int, real: tuple | None, separation: 
 def replicate(seed: int, setting: str, dim: int, real: tuple | None, separation: float | None = None
               ) -> dict[str, float]:
     features, meta, truth, config = simulate(setting, seed, dim, real, separation)
-    return calibration.hit_metrics(report.analyze_screen(features, meta, config), truth, RECALL_LEVELS)
+    return calibration.hit_metrics(report.analyze_screen(features, meta, config, draw=False),
+                                 truth, RECALL_LEVELS)
 
 
 def summary(metrics: pd.DataFrame) -> dict[str, object]:

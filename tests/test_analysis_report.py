@@ -205,3 +205,14 @@ def test_the_report_folder_is_complete_only_with_its_completion_record(analysis)
     listed = fileio.read_json(record)["files"]
     assert sorted(os.path.join(out, f) for f in listed) == sorted(result["files"])
     assert os.stat(record).st_mtime_ns >= max(os.stat(f).st_mtime_ns for f in result["files"])
+
+
+@pytest.mark.slow
+def test_numbers_only_draws_no_figure_and_changes_no_number(screen, analysis):
+    feats, meta, truth = screen
+    drawn = analysis[0]["screens"]["handcrafted"]
+    bare = report.analyze_screen(feats, meta, report.AnalysisConfig(normalization="center_scale"), truth, draw=False)
+    assert len(report.figures(drawn)) >= 5 and not report.figures(bare)
+    assert not [block for result in bare["results"].values() for block in result.blocks if block[0] == "figure"]
+    for key in ("hits", "dose_response", "qc_plates", "coordinates"):
+        pd.testing.assert_frame_equal(bare[key], drawn[key])

@@ -29,7 +29,7 @@ def test_pure_noise_features_call_at_most_the_fdr_in_hits(layout, dim):
     rates = []
     for seed in range(3):
         features = calibration.null_features(layout, dim, np.random.default_rng(seed))
-        outcome = report.analyze_screen(features, layout)
+        outcome = report.analyze_screen(features, layout, draw=False)
         assert not outcome["skipped"], outcome["skipped"]
         rates.append(calibration.error_rates(outcome))
     assert np.mean([r["hit_rate"] for r in rates]) <= 0.05
@@ -43,7 +43,8 @@ def test_plate_structured_noise_and_well_level_analysis(layout):
     features = calibration.null_features(layout, 64, np.random.default_rng(7), plate_sd=1.0, well_sd=0.5)
     for level in ("site", "well"):
         outcome = report.analyze_screen(features, layout, report.AnalysisConfig(level=level,
-                                                                                normalization="center_scale"))
+                                                                                normalization="center_scale"),
+                                         draw=False)
         assert not outcome["skipped"], outcome["skipped"]
         assert (outcome["table1"]["status"] == "ok").all()
         assert calibration.error_rates(outcome)["hit_rate"] <= 0.05
@@ -57,10 +58,10 @@ def test_within_plate_shuffle_removes_a_real_effect(layout):
     healthy = (layout["disease_condition"] == "Mock").to_numpy()
     rescued = layout["treatment"].isin(["compound-000", "compound-001"]).to_numpy()
     features[healthy | rescued, 0] += 4.0  # controls separate and two compounds rescue fully
-    real = calibration.error_rates(report.analyze_screen(features, layout))
+    real = calibration.error_rates(report.analyze_screen(features, layout, draw=False))
     assert real["table1_accuracy"] > 0.95 and real["hit_rate"] == pytest.approx(4 / 16)  # 2 of 8, both lines
     null = calibration.error_rates(report.analyze_screen(calibration.shuffle_within_plates(features, layout, rng),
-                                                         layout))
+                                                         layout, draw=False))
     assert null["hit_rate"] <= 0.05 and null["table1_accuracy"] < 0.7
 
 
@@ -299,7 +300,7 @@ def test_null_screens_that_look_like_real_plates_call_no_false_hit(name):
     false = []
     for seed in range(3):
         features, meta, truth = calibration.screen(setting, 64, np.random.default_rng(seed))
-        outcome = report.analyze_screen(features, meta, report.AnalysisConfig(**setting.analysis))
+        outcome = report.analyze_screen(features, meta, report.AnalysisConfig(**setting.analysis), draw=False)
         assert "dose_response" not in outcome["skipped"], outcome["skipped"]
         false.append(calibration.hit_metrics(outcome, truth)["false_hits"])
     assert sum(false) == 0, false

@@ -49,7 +49,7 @@ def test_features_without_the_label_score_at_chance_and_with_it_high(normalizati
     config = report.AnalysisConfig(normalization=normalization, n_splits=4)
     for kind in ("noise", "plate", "signal"):
         x, meta = _inputs(kind)
-        result = report.analyze_screen(x, meta, config)
+        result = report.analyze_screen(x, meta, config, draw=False)
         table = result["table1"].set_index("task")
         assert table.loc[TASK, "n_folds"] == 4 and table.loc[TASK, "n"] == 320
         # 320 sites merged (chance sd ~0.03 over seeds), 160 per cell line (sd ~0.07): ceilings ~3 sd up.
@@ -104,7 +104,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     features, meta = io.load_embeddings(embed.export(spec, out, {"imagenet": all_controls}, batch_size=32,
                                                      provenance={}, progress=False)["imagenet"])
     config = report.AnalysisConfig(n_splits=2)
-    old = report.analyze_screen(features, meta, config)["table1"].set_index("task")
+    old = report.analyze_screen(features, meta, config, draw=False)["table1"].set_index("task")
     assignment = folds.assignment(meta, n_splits=2, group_by="plate", seed=0, uv_is_positive=False)
     every_control = imagenet.Controls()
 
@@ -118,7 +118,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     folds = classify.control_folds(meta, n_splits=2)
     assert [h for *_, h in fold_sets] == [list(f) for f in folds]
     assert all(len(m) == len(meta) for _, m, _ in fold_sets)  # every site here is a control
-    result = report.analyze_screen(features, meta, config, fold_sets=fold_sets)
+    result = report.analyze_screen(features, meta, config, fold_sets=fold_sets, draw=False)
     assert "one model per fold" in result["protocol"]["table1_controls"]
     return old, result["table1"].set_index("task")
 
@@ -135,7 +135,7 @@ def test_imagenet_comparator_is_scored_only_by_models_that_never_saw_the_fold(tm
 
 def test_comparator_table1_is_skipped_without_per_fold_features():
     x, meta = _inputs("signal")
-    table = report.analyze_screen(x, meta, report.AnalysisConfig(n_splits=4), fold_sets=[])["table1"]
+    table = report.analyze_screen(x, meta, report.AnalysisConfig(n_splits=4), fold_sets=[], draw=False)["table1"]
     assert table["accuracy"].isna().all() and table["status"].str.contains("no per-fold features").all()
 
 

@@ -153,7 +153,8 @@ def _none_ran(reason: str, config: AnalysisConfig, per_fold: bool | None) -> dic
 
 
 def _inputs(features: np.ndarray, site_metadata: pd.DataFrame, config: AnalysisConfig, truth: pd.DataFrame | None,
-            folder: str, fold_sets: Sequence[FoldSet] | None, schema: ScreenSchema) -> Inputs | str:
+            folder: str, fold_sets: Sequence[FoldSet] | None, schema: ScreenSchema, draw: bool = True
+            ) -> Inputs | str:
     """What the screen tasks see (normalised, at the configured level), or the reason no task can run."""
     if len(features) and not np.ptp(features, axis=0).any():
         return "every site has the same features (constant images?): no variance to analyse"
@@ -167,7 +168,7 @@ def _inputs(features: np.ndarray, site_metadata: pd.DataFrame, config: AnalysisC
              if config.normalization == "tvn" else unfitted)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run
         return f"{config.normalization} normalisation: {e}"
-    return Inputs(x, metadata, config, folder, {}, truth, (features, site_metadata), fold_sets, unfitted, schema)
+    return Inputs(x, metadata, config, folder, {}, truth, (features, site_metadata), fold_sets, unfitted, schema, draw)
 
 
 QC_TASKS = [t for t in SCREEN_TASKS if t.name in ("efficacy", "qc")]  # the plate QC and the task it reads
@@ -203,7 +204,7 @@ def _without_plates(dropped: pd.DataFrame, inputs: Inputs, fold_sets: Sequence[F
     kept_sites = set(site_metadata.loc[keep, "site_id"].astype(str))
     rest = [t for t in SCREEN_TASKS if t.name != "qc"]
     rerun = (_inputs(features[keep], site_metadata[keep].reset_index(drop=True), inputs.config, inputs.truth,
-                     inputs.folder, _kept_folds(fold_sets, kept_sites), inputs.schema)
+                     inputs.folder, _kept_folds(fold_sets, kept_sites), inputs.schema, inputs.draw)
              if keep.any() else "every plate is excluded")
     if isinstance(rerun, str):
         return {}, {t.name: rerun for t in rest}
@@ -212,13 +213,15 @@ def _without_plates(dropped: pd.DataFrame, inputs: Inputs, fold_sets: Sequence[F
 
 def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(),
                    truth: pd.DataFrame | None = None, folder: str = "features",
-                   fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None) -> dict:
+                   fold_sets: Sequence[FoldSet] | None = None, schema: ScreenSchema | None = None,
+                   draw: bool = True) -> dict:
     """Table 1, E²/C² coordinates, efficacy scores, plate QC, dose-response and hits for one RxRx19a feature set.
 
     `fold_sets` (for an extractor fitted on the controls' labels, e.g. the ImageNet comparator) holds,
     per fold of `classify.control_folds`, (features, metadata, held-out groups) of the control sites from a
     model fitted without those groups; Table 1 is computed from them, everything else from `features`.
     An empty sequence marks such an extractor without per-fold features: its Table 1 is skipped.
+    `draw=False` computes every number but draws no figure (a calibration runs thousands of screens).
     With `config.exclude_plates` or `config.min_z_prime`, the plate QC runs on every plate and every other task
     again without the plates they exclude (`excluded_plates`); an unknown plate name raises ValueError.
     Returns the tasks' values (`table1`, `axes`, `coordinates`, `dose_response`, `hits`, `qc_plates`, for the
@@ -231,7 +234,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     neither = io.neither_note(metadata, site_metadata, schema)
     qc.check_excluded(config.exclude_plates, io.plate_key(site_metadata))
     per_fold = None if fold_sets is None else bool(fold_sets)
-    inputs = _inputs(np.asarray(features), site_metadata, config, truth, folder, fold_sets, schema)
+    inputs = _inputs(np.asarray(features), site_metadata, config, truth, folder, fold_sets, schema, draw)
     if isinstance(inputs, str):
         return _none_ran(inputs, config, per_fold)
     excluding = bool(config.exclude_plates) or config.min_z_prime is not None

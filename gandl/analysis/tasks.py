@@ -93,6 +93,7 @@ class Inputs:
     fold_sets: Sequence[FoldSet] | None = None  # per-fold control features of a label-fitted extractor
     unfitted: np.ndarray | None = None  # `features` before any step fitted on labels (cross-fitted steps)
     schema: ScreenSchema = io.default_schema()  # the screen's columns and controls (names in legends)
+    draw: bool = True  # False: numbers only, no figures (a calibration analyses thousands of screens)
 
 
 @dataclasses.dataclass
@@ -190,23 +191,27 @@ def highlighted(inp: Inputs) -> list[str]:
                                                                              "treatment"]))
 
 
+def add_figure(out: Result, inp: Inputs, file: str, title: str, draw: Callable[[], bytes]) -> None:
+    """Draw one figure of a task, with its report block, unless the inputs ask for numbers only."""
+    if inp.draw:
+        out.figures[file] = draw()
+        out.blocks.append(("figure", title, f"{inp.folder}/{file}"))
+
+
 def spaces_task(inp: Inputs) -> Result:
     """E²/C² spaces: the on/off-perturbation axes of one SVM on all controls (descriptive figures)."""
     cfg = inp.config
     axes = spaces.fit_axes(inp.features, inp.metadata, **_common(cfg))
     coords = spaces.coordinates(inp.features, inp.metadata, axes, cfg.uv_is_positive)
     threshold = float(axes.scale_on(axes.threshold))
-    out = Result(tables={"spaces": (coords, False)},
-                 figures={"fig3_controls.png": plots.controls_figure(
-                     coords[coords["role"] != "treated"], threshold, _control_names(inp.schema))},
-                 blocks=[("figure", "E² controls (axis fitted on all controls: descriptive)",
-                          f"{inp.folder}/fig3_controls.png")],
-                 values=dict(axes=axes, coordinates=coords))
+    out = Result(tables={"spaces": (coords, False)}, values=dict(axes=axes, coordinates=coords))
+    add_figure(out, inp, "fig3_controls.png", "E² controls (axis fitted on all controls: descriptive)",
+               lambda: plots.controls_figure(coords[coords["role"] != "treated"], threshold,
+                                             _control_names(inp.schema)))
     present = highlighted(inp)
     if present:
-        out.figures["fig4_compounds.png"] = plots.compounds_figure(coords, present)
-        out.blocks.append(("figure", "C² compounds (axis fitted on all controls: descriptive)",
-                           f"{inp.folder}/fig4_compounds.png"))
+        add_figure(out, inp, "fig4_compounds.png", "C² compounds (axis fitted on all controls: descriptive)",
+                   lambda: plots.compounds_figure(coords, present))
     return out
 
 
@@ -284,12 +289,11 @@ def qc_task(inp: Inputs) -> Result:
         notes += [f"plate QC: {note}" for note in model.notes]
         if "viability" not in wells:
             notes.append("plate QC: no viability map: the metadata has no 'viability' column")
-        figures, maps = _plate_maps(wells, inp.folder)
+        figures, maps = _plate_maps(wells, inp.folder) if inp.draw else ({}, [])
     drift = qc.drift_table(wells)
     table = qc.plate_table(wells, drift, edges)
     notes += [f"plate QC: no drift measure for cell line {line}: {n} plates, fewer than {qc.MIN_OTHER_PLATES + 1}"
               for line, n in drift.groupby("cell_type")["plate_id"].nunique().items() if n <= qc.MIN_OTHER_PLATES]
-    figures["qc_drift.png"] = plots.drift_figure(drift, _control_names(inp.schema))
     counts = table["status"].value_counts()
     flagged = table["edge_flag"] | table["drift"] | (table["status"] != "good")
     shown = table.head(max(inp.config.top_k, int(flagged.sum())))
@@ -301,15 +305,17 @@ def qc_task(inp: Inputs) -> Result:
             f"errors; drift: a control median more than {qc.DRIFT_Z:g} robust sd from the line's other plates'. "
             f"{len(table) - int(flagged.sum())} of {len(table)} plates good and unflagged; worst first, every "
             "plate in qc_plates.csv.")
-    return Result(tables={"qc_plates": (table, False), "qc_drift": (drift, False)}, figures=figures, notes=notes,
+    out = Result(tables={"qc_plates": (table, False), "qc_drift": (drift, False)}, figures=figures, notes=notes,
                   summary={"plate QC: plates good / marginal / fails": " / ".join(
                                str(counts.get(k, 0)) for k in ("good", "marginal", "fails")),
                            "plate QC: plates with an edge effect": int(table["edge_flag"].sum()),
                            "plate QC: plates drifting": int(table["drift"].sum())},
                   blocks=[("heading", 3, "Plate quality control"), ("text", text),
-                          ("table", shown.rename(columns=names), False), *maps,
-                          ("figure", "control medians by plate, in acquisition order", f"{inp.folder}/qc_drift.png")],
+                          ("table", shown.rename(columns=names), False), *maps],
                   values=dict(qc_plates=table, qc_drift=drift, qc_wells=wells))
+    add_figure(out, inp, "qc_drift.png", "control medians by plate, in acquisition order",
+               lambda: plots.drift_figure(drift, _control_names(inp.schema)))
+    return out
 
 
 TRUTH_ROWS = (("auroc", "AUROC (best-dose score, active vs inert)"),
@@ -357,11 +363,10 @@ def dose_response_task(inp: Inputs) -> Result:
             out.summary.update({f"{line}: hidden efficacy {label}": values[key] for key, label in TRUTH_ROWS})
         out.values["truth"] = agreement
     if len(table):
-        out.figures["fig5_dose_response.png"] = plots.dose_response_figure(dose_response, table,
-                                                                           inp.schema.highlight, cfg.top_k)
         out.blocks += [("heading", 3, f"Top {cfg.top_k} compounds per cell line"),
-                       ("table", table[table["rank"] <= cfg.top_k][HIT_COLUMNS], False),
-                       ("figure", "dose-response", f"{inp.folder}/fig5_dose_response.png")]
+                       ("table", table[table["rank"] <= cfg.top_k][HIT_COLUMNS], False)]
+        add_figure(out, inp, "fig5_dose_response.png", "dose-response", lambda: plots.dose_response_figure(
+            dose_response, table, inp.schema.highlight, cfg.top_k))
         apart = table[table["status"].isin(["cytotoxic", "off-axis"])]
         if len(apart):
             out.blocks += [("heading", 3, "Rescue-like but not a rescue (cytotoxic or off the C- to C+ axis)"),
@@ -404,14 +409,13 @@ def activity_task(inp: Inputs) -> Result:
         if len(consistency):
             out.summary["phenotypic consistency (active groups): fraction with q < 0.05"] = \
                 activity.fraction_active(consistency)
-    out.figures["fig7_map_dose.png"] = plots.map_dose_figure(act, highlighted(inp))
     floor = act.attrs["p_floor"]
     out.blocks += [("heading", 3, "Phenotypic activity (mAP against C-)"),
                    ("text", f"Permutation p-values floor at {floor:.2g} ({round(1 / floor) - 1} draws), below half "
                             f"of Benjamini-Hochberg's first threshold {MAP_ALPHA / len(act):.2g} over the "
                             f"{len(act)} groups tested."),
-                   ("table", compounds.head(2 * cfg.top_k), False),
-                   ("figure", "mAP against dose", f"{inp.folder}/fig7_map_dose.png")]
+                   ("table", compounds.head(2 * cfg.top_k), False)]
+    add_figure(out, inp, "fig7_map_dose.png", "mAP against dose", lambda: plots.map_dose_figure(act, highlighted(inp)))
     return out
 
 
@@ -422,12 +426,11 @@ def zeroshot_task(inp: Inputs) -> Result:
                                                       seed=cfg.seed)
     rows = {f"{zeroshot.ZEROSHOT_TASK}: {m}": summary[m] for m in ("accuracy", "balanced_accuracy")}
     rows[f"{zeroshot.ZEROSHOT_TASK}: held out"] = summary["group_by"]
-    out = Result(tables={"zeroshot_confusion": (confusion, True)},
-                 figures={"fig6_confusion.png": plots.confusion_figure(confusion)}, summary=rows,
+    out = Result(tables={"zeroshot_confusion": (confusion, True)}, summary=rows,
                  blocks=[("heading", 3, f"Zero-shot cell typing (held out: whole {summary['group_by']}s)"),
-                         ("table", confusion, True),
-                         ("figure", "confusion", f"{inp.folder}/fig6_confusion.png")],
+                         ("table", confusion, True)],
                  values=dict(summary=summary, confusion=confusion))
+    add_figure(out, inp, "fig6_confusion.png", "confusion", lambda: plots.confusion_figure(confusion))
     if cfg.few_labels:
         few = zeroshot.classify_cell_types_few_labels(inp.features, inp.metadata, cfg.few_labels,
                                                       draws=cfg.few_label_draws, c=cfg.c, n_splits=cfg.n_splits,
