@@ -161,3 +161,17 @@ def test_the_table1_task_adds_few_label_rows_when_asked():
     assert result.summary["C+ vs C- (all cell lines): roc_auc @ k=2"] == few.loc[0, "roc_auc"]
     with pytest.raises(ValueError, match="few_labels"):
         tasks.AnalysisConfig(few_labels=(0,))
+
+
+def test_center_scale_keeps_a_feature_constant_in_the_controls_bounded():
+    # A count that is 0 in every control site of a plate (say, of a phenotype only some compounds cause) has no
+    # per-plate sd: dividing by it turned ordinary treated values into ~1e7 and blew up every later score.
+    x, meta = _screen()
+    treated = np.zeros(len(meta), bool)
+    treated[::7] = True
+    meta = meta.assign(treatment=np.where(treated, "drug", ""), disease_condition=np.where(
+        treated, "Active SARS-CoV-2", meta["disease_condition"]))
+    x[:, 3] = np.where(treated, np.random.default_rng(1).poisson(3.0, len(meta)), 0.0)
+    z = classify.plate_normalize(x, meta, "center_scale")
+    assert np.isfinite(z).all() and np.abs(z[:, 3]).max() < 1e3
+    np.testing.assert_allclose(z[:, :3], classify.plate_normalize(x[:, :3], meta, "center_scale"))  # others as before

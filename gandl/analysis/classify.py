@@ -32,13 +32,18 @@ def control_mask(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.nda
     return control_role(metadata, uv_is_positive).isin(["C+", "C-"]).to_numpy()
 
 
+SCALE_FLOOR = 0.1  # center_scale's per-plate sd is at least this share of the feature's sd over every site
+
+
 def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
                     reference: np.ndarray | None = None, uv_is_positive: bool = False) -> np.ndarray:
     """The per-plate step of `method`, fitted on each plate's own `reference` rows (default: its controls).
 
-    'center_scale' subtracts each plate's reference mean and divides by its std; 'tvn' only centres
-    ('none' returns the features). C+ and C- sites are pooled: the statistics never see a site's label, so
-    a held-out plate may be normalised with its own controls without its labels reaching the classifier.
+    'center_scale' subtracts each plate's reference mean and divides by its std, floored at SCALE_FLOOR of
+    the feature's sd over every site: a feature (nearly) constant in a plate's controls (a count that is 0 in
+    every control site) must not turn a treated site's ordinary value into a millionfold one. 'tvn' only
+    centres ('none' returns the features). C+ and C- sites are pooled: the statistics never see a site's label,
+    so a held-out plate may be normalised with its own controls without its labels reaching the classifier.
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
@@ -57,7 +62,8 @@ def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = 
         return centred
     var, _ = group_means(centred[ref] ** 2, codes[ref], len(plates))
     std = np.sqrt(var * count[:, None] / (count[:, None] - 1))
-    return centred / np.maximum(std, 1e-12)[codes].astype(np.float32)
+    floor = np.maximum(SCALE_FLOOR * x.std(axis=0, dtype=np.float64), 1e-12)
+    return centred / np.maximum(std, floor)[codes].astype(np.float32)
 
 
 def whitening_conditions(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.ndarray:
