@@ -192,7 +192,7 @@ def test_weak_actives_below_the_threshold_make_few_of_the_hits():
     assert np.mean(fdp) <= 0.06 and np.mean(power) >= 0.9
 
 
-def test_the_handcrafted_nuclear_stain_mean_becomes_the_cell_count_proxy(tmp_path):
+def test_the_handcrafted_nuclear_area_becomes_the_cell_count_proxy(tmp_path):
     from gandl import fileio
     from gandl.analysis import stage
     from gandl.data import screen
@@ -202,7 +202,8 @@ def test_the_handcrafted_nuclear_stain_mean_becomes_the_cell_count_proxy(tmp_pat
     names = handcrafted.feature_names(3)
     meta = pd.DataFrame({"site_id": ["a", "b", "c"]})
     hand = np.zeros((3, len(names)), np.float32)
-    hand[:, names.index("w2_mean")] = [0.5, 0.2, 0.9]  # channel 2 of those read is the DNA stain
+    hand[:, names.index("w2_bright_fraction")] = [0.5, 0.2, 0.9]  # channel 2 of those read is the DNA stain
+    hand[:, names.index("w2_mean")] = [0.1, 0.7, 0.3]  # its mean intensity is not the proxy
     other = pd.DataFrame({"site_id": ["c", "a", "b"]})
     sets = {"handcrafted": (hand, meta), "GAN-DL": (np.zeros((3, 4), np.float32), other)}
     export = {"records": {"stains": ["Actin", "RNA", "DNA", "ER"]}, "channels": [1, 3, 4]}
@@ -224,3 +225,33 @@ def test_an_artefact_site_is_flagged_and_does_not_move_its_well():
     assert flagged.tolist() == [i == 7 for i in range(120)]
     table = hits.well_table(sites).set_index("well_id")
     assert abs(table.loc["w2", "decision"]) < 1.0 and table.loc["w2", "n_sites"] == 3
+
+
+def test_cytotoxic_compounds_of_the_image_test_bed_are_flagged_by_the_nuclear_area_and_never_hits(tmp_path):
+    # Synthetic images in which a third of the compounds kill cells (and shed the infection phenotype as they do);
+    # the nuclei's share of each site (handcrafted, the DNA stain) is the cell-count proxy. The stain's mean
+    # intensity, the proxy before, barely moves: a dying cell's nucleus shrinks as it brightens.
+    from gandl.analysis import report
+    from gandl.data import images, rxrx
+    from gandl.data import screen as screen_lib
+    from gandl.data.synthetic import layouts
+    from gandl.data.synthetic import truth as hidden
+    from gandl.features import handcrafted, registry
+
+    root = layouts.write_rxrx19a(tmp_path, seed=2, image_size=32, plates_per_cell_line=3, sites_per_well=2,
+                                 num_compounds=12, cytotoxic_mimicry=1.0, toxic_fraction=0.34)
+    screen = rxrx.read_rxrx19a(str(root))
+    features = handcrafted.features(images.read_site_images(screen.paths))
+    nuclear = features[:, registry.foreground_columns()["handcrafted"](5, 0)]  # Hoechst is channel 1 of 5
+    schema = dataclasses.replace(screen_lib.PRESETS["rxrx19a"], viability="nuclei")
+    outcome = report.analyze_screen(features, screen.metadata.assign(nuclei=nuclear),
+                                    report.AnalysisConfig(normalization="center_scale"), schema=schema, draw=False)
+    truth = pd.read_csv(root / "truth.csv")
+    toxic = truth[truth["effect_class"] == "toxic"]
+    top = {(r.treatment, r.cell_type): float(hidden.hidden_toxicity(truth, r.treatment, r.cell_type, 10.0))
+           for r in toxic.itertuples()}
+    called = outcome["hits"].set_index(["treatment", "cell_type"])
+    killing = [pair for pair, level in top.items() if level >= 0.75]  # a quarter or fewer of the cells survive
+    assert len(killing) >= 2 and called.loc[killing, "cytotoxic"].all(), called.loc[killing]
+    assert not called.loc[list(top), "hit"].any()
+    assert called["hit"].sum() >= 3  # the effective compounds still are

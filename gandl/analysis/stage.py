@@ -102,18 +102,19 @@ def describe_source(config: ml_collections.ConfigDict, workdir: str, folder: str
     return text if table is None else f"{text} {probe_table.describe_step(table, step)}"
 
 
-NUCLEAR_PROXY = "gandl_nuclear_stain"  # the metadata column `nuclear_proxy` adds: the sites' nuclear-stain mean
+NUCLEAR_PROXY = "gandl_nuclear_area"  # the metadata column `nuclear_proxy` adds: the nuclei's share of each site
 
 
 def nuclear_proxy(sets: dict, folder: str, schema: screen_lib.ScreenSchema) -> screen_lib.ScreenSchema:
-    """Give the hit calls a cell-count proxy where the screen names none: the nuclear stain's mean intensity of
-    each site (from a feature set that holds channel means, `registry.channel_means`: the handcrafted one),
-    added to every feature set's metadata as NUCLEAR_PROXY, and the schema that names it. Fewer cells, less DNA
-    stain: a compound that kills cells lowers it. Unchanged when the schema names a readout or nothing
-    provides one.
+    """Give the hit calls a cell-count proxy where the screen names none: the nuclear stain's foreground fraction
+    of each site, the share of the field inside nuclei (from a feature set that holds foreground fractions,
+    `registry.foreground_columns`: the handcrafted one), added to every feature set's metadata as NUCLEAR_PROXY,
+    and the schema that names it. Fewer cells, fewer nuclei; a dying cell's nucleus shrinks as it brightens
+    (pyknosis), so the area falls with cell death where the stain's mean intensity barely moves. Unchanged when
+    the schema names a readout or nothing provides one.
     """
-    means = {label: column for label, column in registry.channel_means().items() if label in sets}
-    if schema.viability or not means:
+    columns = {label: column for label, column in registry.foreground_columns().items() if label in sets}
+    if schema.viability or not columns:
         return schema
     export = fileio.read_json(os.path.join(folder, records.SETTINGS))
     stains = [export["records"]["stains"][c - 1] for c in export["channels"]]
@@ -122,7 +123,7 @@ def nuclear_proxy(sets: dict, folder: str, schema: screen_lib.ScreenSchema) -> s
         logging.info("no nuclear stain among %s: cytotoxicity is estimated only where screen.viability names a "
                      "readout", stains)
         return schema
-    label, column = next(iter(means.items()))
+    label, column = next(iter(columns.items()))
     features, meta = sets[label]
     proxy = pd.Series(features[:, column(len(stains), nuclear[0])], index=meta["site_id"].astype(str).to_numpy())
     for _, set_meta in sets.values():

@@ -23,9 +23,10 @@ def feature_names(num_channels: int) -> list[str]:
     return names + [f"corr_w{a + 1}_w{b + 1}" for a in range(num_channels) for b in range(a + 1, num_channels)]
 
 
-def mean_column(num_channels: int, channel: int) -> int:
-    """The column of `features` holding channel `channel`'s (0-based) mean intensity."""
-    return feature_names(num_channels).index(f"w{channel + 1}_mean")
+def foreground_column(num_channels: int, channel: int) -> int:
+    """The column of `features` holding channel `channel`'s (0-based) foreground fraction: its bright pixels'
+    share, for a nuclear stain the nuclei's share of the field (what cell loss shrinks)."""
+    return feature_names(num_channels).index(f"w{channel + 1}_bright_fraction")
 
 
 def _batch_features(batch: np.ndarray) -> np.ndarray:

@@ -22,9 +22,10 @@ class Extractor:
     # (folds.json), the control sites' features of a model built without that fold's groups
     # (`Context.controls.held_out`), and Table 1 scores each fold only with those (gandl.embed.folds).
     per_fold: bool = False
-    # Its features hold each channel's mean intensity: "module:function" under gandl.features mapping (number of
-    # channels, 0-based channel) to that column. The analysis reads the nuclear stain's as a cell-count proxy.
-    channel_mean: str = ""
+    # Its features hold each channel's foreground fraction (the share of a site's pixels inside objects):
+    # "module:function" under gandl.features mapping (number of channels, 0-based channel) to that column. The
+    # analysis reads the nuclear stain's (the nuclei's share of the field) as a cell-count proxy.
+    foreground: str = ""
 
 
 # File stem of the exported feature set -> extractor. The report lists feature sets in this order.
@@ -39,7 +40,7 @@ EXTRACTORS = {
     "gandl_blocks": Extractor("GAN-DL blocks", "discriminator:trained_blocks", reference="random_d_blocks",
                               embed_fields=_D_FIELDS),
     "random_d_blocks": Extractor("random-init D blocks", "discriminator:random_init_blocks", embed_fields=_D_FIELDS),
-    "handcrafted": Extractor("handcrafted", "handcrafted:extractor", channel_mean="handcrafted:mean_column"),
+    "handcrafted": Extractor("handcrafted", "handcrafted:extractor", foreground="handcrafted:foreground_column"),
     "imagenet": Extractor("ImageNet DenseNet121", "imagenet:extractor", embed_fields=("imagenet_weights", "imagenet"),
                           per_fold=True),
 }
@@ -67,11 +68,11 @@ def settings(name: str, context: Context) -> dict:
     return describe(context) if describe else {}
 
 
-def channel_means() -> dict[str, object]:
-    """Report label -> its `channel_mean` function, for every extractor whose features hold channel means."""
+def foreground_columns() -> dict[str, object]:
+    """Report label -> its `foreground` function, for every extractor whose features hold foreground fractions."""
     out = {}
     for extractor in EXTRACTORS.values():
-        if extractor.channel_mean:
-            module, function = extractor.channel_mean.split(":")
+        if extractor.foreground:
+            module, function = extractor.foreground.split(":")
             out[extractor.label] = getattr(importlib.import_module(f"gandl.features.{module}"), function)
     return out
