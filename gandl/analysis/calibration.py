@@ -149,7 +149,7 @@ class Setting:
     @property
     def null(self) -> bool:
         """No true active: every hit is false, and any hit at all is what the FDR bounds."""
-        return not self.levels
+        return all(level < THRESHOLD for level in self.levels)
 
 
 _EDGE = dict(control_placement="edge", edge_shift=-0.75)  # edge wells towards C-: interior ones look rescued
@@ -174,6 +174,9 @@ SETTINGS: dict[str, Setting] = {
                             positive_wells=8, negative_wells=8, sites_per_well=2),
     "vehicle": Setting("every treated well shifted 0.4 delta towards C+ and 0.25 |delta| off the axis",
                        vehicle=0.4, vehicle_off_axis=0.25),
+    "boundary": Setting("every compound rescues 0.499 of delta at its top dose, just below the threshold: a test "
+                        "that holds its level calls false hits here at up to the FDR, not far below it",
+                        levels=(0.499,), actives_per_level=24),
     "actives-benign": Setting("one compound per line at each rescue level " + ", ".join(map(str, LEVELS))
                               + " (top dose), the rest inert", levels=LEVELS),
     "actives-hard": Setting("the graded actives with unequal variance (0.5 vs 1.0), 2 % artefact sites and "
