@@ -15,8 +15,9 @@ RxRx19a-like layout: 2 cell lines x 4 plates, 24 compounds x 6 doses, 16 C+ and 
 Printed per setting: screens run; the share with >= 1 false hit (a hit whose true rescue stays below 0.5,
 or that is cytotoxic) and its 95 % Clopper-Pearson upper bound: on a null setting, the FDR the hit list
 promises to keep at 5 %; the mean false discovery proportion; the share of all hits whose true rescue is
-below the threshold; hits per screen; recall per rescue level (non-cytotoxic pairs with true rescue >=
-level called); seconds. Settings are cheap (default 100 screens) unless wider than 224 dims (20).
+below the threshold; hits per screen; the median over screens of the plates' median robust Z′ (the plate QC's:
+how strong the assay is, in the terms a screener uses); recall per rescue level (non-cytotoxic pairs with true
+rescue >= level called); seconds. Settings are cheap (default 100 screens) unless wider than 224 dims (20).
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def simulate(setting: str, seed: int, dim: int, real: tuple | None, separation: 
 def replicate(seed: int, setting: str, dim: int, real: tuple | None, separation: float | None = None
               ) -> dict[str, float]:
     features, meta, truth, config = simulate(setting, seed, dim, real, separation)
-    return calibration.hit_metrics(report.analyze_screen(features, meta, config, draw=False),
-                                 truth, RECALL_LEVELS)
+    outcome = report.analyze_screen(features, meta, config, draw=False)
+    plates = outcome.get("qc_plates")  # the assay's strength as a screener knows it: its plates' Z′
+    z_prime = float(plates["z_prime_robust"].median()) if plates is not None and len(plates) else float("nan")
+    return calibration.hit_metrics(outcome, truth, RECALL_LEVELS) | {"z_prime": z_prime}
 
 
 def summary(metrics: pd.DataFrame) -> dict[str, object]:
@@ -96,7 +99,7 @@ def summary(metrics: pd.DataFrame) -> dict[str, object]:
            ">=1 false hit (95% upper)": f"{k / n:.3f} ({upper:.3f})" if n else "—",
            "mean FDP": ran["fdp"].mean(),
            "hits below threshold": ran["below"].sum() / ran["hits"].sum() if ran["hits"].sum() else float("nan"),
-           "hits per screen": ran["hits"].mean()}
+           "hits per screen": ran["hits"].mean(), "median plate Z′ (robust)": metrics["z_prime"].median()}
     return row | {key: ran[key].mean() for key in metrics if key.startswith("recall")}
 
 
