@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from gandl import cost, sharding
+from gandl import cost, errors, sharding
 from gandl.data import screen
 from gandl.data.pipeline import INTENSITIES
 from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
@@ -37,7 +37,7 @@ from gandl.train import augment, loop
 _GLOB = re.compile(r"[*?\[]")
 
 
-class ConfigCheckError(ValueError):
+class ConfigCheckError(errors.ConfigError, ValueError):
     """A config that cannot run on the devices it was checked for; lists every failure."""
 
     def __init__(self, failures: list[str], num_devices: int | None = None):

@@ -2,7 +2,8 @@
 
 A launcher or script tells the classes apart by the status: a mistake in the config or the command line (2), one
 in the data or a fault outside GAN-DL (1), a run stopped by SIGTERM, Ctrl-C or preemption (75, EX_TEMPFAIL: rerun
-to resume). Nothing here imports a stage: an error class whose module never loaded was never raised.
+to resume). Every error that is the user's derives from `UserError` (a mistake in the config or the command line)
+or `DataError` (in the data, or a fault outside GAN-DL), and says in its message what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -10,27 +11,37 @@ from __future__ import annotations
 import sys
 
 EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 75
-# The user-facing errors (said in one line, not faults of the code) and their exit statuses; an unloaded module
-# raised none.
-_USER_ERRORS = ((("gandl.check", "ConfigCheckError"), EXIT_USAGE), (("gandl.data.screen", "SettingError"), EXIT_USAGE),
-                (("gandl.train.checkpoint", "OptionsChanged"), EXIT_USAGE),
-                (("gandl.data.screen", "MetadataError"), EXIT_DATA),
-                (("gandl.data.images", "BadImageError"), EXIT_DATA),
-                (("gandl.data.convert", "ConversionError"), EXIT_DATA),
-                (("gandl.embed.records", "ExportError"), EXIT_DATA), (("gandl.fileio", "FileFault"), EXIT_DATA),
-                # Outside faults: a full or read-only disk, a lost mount, a file another program holds.
-                (("builtins", "OSError"), EXIT_DATA),
-                (("tensorflow.python.framework.errors_impl", "PermissionDeniedError"), EXIT_DATA),
-                (("tensorflow.python.framework.errors_impl", "ResourceExhaustedError"), EXIT_DATA),
-                (("tensorflow.python.framework.errors_impl", "NotFoundError"), EXIT_DATA))
+
+
+class UserError(Exception):
+    """A mistake in the config or on the command line, said in one line (exit 2)."""
+
+    status = EXIT_USAGE
+
+
+class ConfigError(UserError):
+    """A config that cannot run: the entry point names the config file before the message."""
+
+
+class DataError(UserError):
+    """Input data that cannot be used (a damaged, unfinished or foreign file, a metadata table that cannot describe
+    a screen), said in one line (exit 1)."""
+
+    status = EXIT_DATA
 
 
 def exit_status(error: BaseException) -> int | None:
-    """The exit status of a user-facing `error` (the first class of `_USER_ERRORS` it is), None for a bug."""
-    for (module, name), status in _USER_ERRORS:
-        if module in sys.modules and isinstance(error, getattr(sys.modules[module], name)):
-            return status
-    return None
+    """The exit status of a user-facing `error`, None for a bug.
+
+    Besides GAN-DL's own `UserError`s, the faults outside it are the user's to mend: a full or read-only disk, a
+    lost mount, a file another program holds (OSError, and TensorFlow's file errors when it is loaded).
+    """
+    if isinstance(error, UserError):
+        return error.status
+    tf = sys.modules.get("tensorflow")
+    outside = (OSError,) + ((tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
+                             tf.errors.NotFoundError) if tf is not None and hasattr(tf, "errors") else ())
+    return EXIT_DATA if isinstance(error, outside) else None
 
 
 def one_line(text: str) -> str:

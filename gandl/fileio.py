@@ -19,12 +19,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from gandl import errors
 from gandl._tf import tf
 
 _CHUNK = 8 << 20  # bytes per read while hashing: large reads matter on gs://
 
 
-class FileFault(RuntimeError):
+class FileFault(errors.DataError, RuntimeError):
     """A file that is damaged, unfinished or held by another run. The message names it and what to do; the
     entry point prints it as one line, without a traceback."""
 

@@ -3,13 +3,12 @@
   gandl --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
 Modes: check, synth, convert, preview, train, embed, analyze, all (convert -> train -> embed -> analyze), each its
-stage's runner (`MODES`). Every mode first checks the config (gandl.check) and what it reads (`precheck`), in one
+stage's runner (`runner`). Every mode first checks the config (gandl.check) and what it reads (`precheck`), in one
 line; every mode resumes; one run per workdir. TensorFlow and JAX load only once a mode runs.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gandl import console, errors  # noqa: E402
-from gandl.errors import EXIT_INTERRUPTED, EXIT_USAGE  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
                                           "overridden with --config.FIELD=VALUE, e.g. --config.data.root=/data/screen",
@@ -49,27 +47,30 @@ def run_train(config: ml_collections.ConfigDict, workdir: str):
 
 def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """convert -> train -> embed -> analyze, each resuming; None when training was interrupted (preemption)."""
-    _runner("convert")(config, workdir)
+    runner("convert")(config, workdir)
     if run_train(config, workdir).stopped_early:
         return None
-    _runner("embed")(config, workdir)
-    return _runner("analyze")(config, workdir)
+    runner("embed")(config, workdir)
+    return runner("analyze")(config, workdir)
 
 
-# Mode -> its stage's runner `(config, workdir)`, imported when the mode runs (no module: this one's).
-MODES = {"synth": "gandl.data.stage:synthesize", "convert": "gandl.data.stage:convert_screen",
-         "preview": "gandl.data.stage:preview", "train": "run_train", "embed": "gandl.embed.stage:run",
-         "analyze": "gandl.analysis.stage:run", "all": "run_all"}
-_TRACED = ("check", "train", "embed", "all")  # modes running the model: the check traces its programs first
+def runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
+    """The stage runner `(config, workdir)` of a mode, its module imported only now."""
+    from gandl.data import stage as data_stage
+
+    if mode in ("embed", "analyze"):
+        from gandl.analysis import stage as analysis_stage
+        from gandl.embed import stage as embed_stage
+
+        return (embed_stage if mode == "embed" else analysis_stage).run
+    return {"synth": data_stage.synthesize, "convert": data_stage.convert_screen, "preview": data_stage.preview,
+            "train": run_train, "all": run_all}[mode]
+
+
 def _fail(message: str, status: int) -> NoReturn:
     """End the command with `message` as its one line on stderr and `status`."""
     print(f"gandl: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
-
-
-def _runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
-    module, _, function = MODES[mode].rpartition(":")  # not gandl.main again: `python -m` runs it as __main__
-    return getattr(importlib.import_module(module), function) if module else globals()[function]
 
 
 def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
@@ -102,8 +103,8 @@ def _config(name: str = "config") -> ml_collections.ConfigDict:
     try:
         _CONFIG.value.keys()  # a config file that failed to load raises on first use
     except OSError as error:
-        reason = str(error).strip().splitlines()[-1].strip()
-        _fail(f"--{name}={config_flags.get_config_filename(flags.FLAGS[name])}: cannot load it ({reason})", EXIT_USAGE)
+        file = config_flags.get_config_filename(flags.FLAGS[name])
+        _fail(f"--{name}={file}: cannot load it ({str(error).strip().splitlines()[-1].strip()})", errors.EXIT_USAGE)
     return _CONFIG.value
 
 
@@ -111,24 +112,24 @@ def _check_flags(mode: str) -> None:
     """--devices and --compile, before anything loads (a mistake ends the command, exit 2): `gandl.cost` (JAX) only for
     a TPU type's check."""
     if _DEVICES.value and mode != "check":
-        _fail("--devices simulates devices for --mode check only", EXIT_USAGE)
+        _fail("--devices simulates devices for --mode check only", errors.EXIT_USAGE)
     if _DEVICES.value and not _DEVICES.value.isdigit():
         from gandl import cost
 
         if unknown := sorted(set(_COMPILE.value) - set(cost.PROGRAMS)):
-            _fail(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}", EXIT_USAGE)
+            _fail(f"--compile: unknown programs {unknown}; choose from {', '.join(cost.PROGRAMS)}", errors.EXIT_USAGE)
         cost.tpu_slice(_DEVICES.value)  # a ValueError for a type that does not exist
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]} (try --help)", EXIT_USAGE)
+        _fail(f"unexpected arguments {argv[1:]} (try --help)", errors.EXIT_USAGE)
     console.quiet_third_party_logs()
     mode = _MODE.value
     try:
         _check_flags(mode)
     except ValueError as error:
-        _fail(str(error), EXIT_USAGE)
+        _fail(str(error), errors.EXIT_USAGE)
     config = _config()
     try:
         precheck(config, _WORKDIR.value, mode)
@@ -137,7 +138,8 @@ def main(argv: list[str]) -> None:
         sharding.skip_absent_tpu()  # no libtpu start-up lines where there is no TPU (the `tpu` extra installed)
         from gandl import check  # a config that cannot run here fails now, with every reason
 
-        report = check.run(config, _DEVICES.value, tuple(_COMPILE.value), traced=mode in _TRACED)
+        report = check.run(config, _DEVICES.value, tuple(_COMPILE.value),
+                           traced=mode in ("check", "train", "embed", "all"))  # the modes that run the model
         print(report or f"config check passed (--mode {mode} runs no model: nothing traced)", flush=True)
         if mode == "check":
             return
@@ -146,19 +148,19 @@ def main(argv: list[str]) -> None:
         from gandl import workdir as layout
 
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
-            result = _runner(mode)(config, _WORKDIR.value)
+            result = runner(mode)(config, _WORKDIR.value)
     except Exception as error:
         status = errors.exit_status(error)
         if status is None:
             raise
-        named = type(error).__name__ == "ConfigCheckError"  # about the config file: named first
+        named = isinstance(error, errors.ConfigError)  # about the config file: named first
         _fail(f"{config_flags.get_config_filename(flags.FLAGS['config']) + ': ' if named else ''}{error}", status)
     except KeyboardInterrupt:  # every stage resumes: what was written stays
         print(f"gandl: --mode {mode} interrupted (Ctrl-C); rerun to resume", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(errors.EXIT_INTERRUPTED)
     if (mode == "train" and result.stopped_early) or (mode == "all" and result is None):
         logging.warning("training stopped early (SIGTERM, Ctrl-C or preemption) with a checkpoint; rerun to resume")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(errors.EXIT_INTERRUPTED)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -170,13 +172,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(f"{errors.one_line(str(error))} (try --help)", EXIT_USAGE)
+        _fail(f"{errors.one_line(str(error))} (try --help)", errors.EXIT_USAGE)
     except Exception as error:  # noqa: BLE001 (a --config.field override the config lacks, or a value it cannot take)
         cause = error
         while cause.args and isinstance(cause.args[0], BaseException):  # config_flags wraps the KeyError it met
             cause = cause.args[0]
         text = cause.args[0] if cause.args and isinstance(cause.args[0], str) else str(cause)
-        _fail(f"a --config override cannot apply: {' '.join(text.split())}", EXIT_USAGE)
+        _fail(f"a --config override cannot apply: {' '.join(text.split())}", errors.EXIT_USAGE)
 
 
 def run() -> None:

@@ -14,13 +14,14 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from gandl import errors
 from gandl._tf import tf
 from gandl.data.screen import ChannelReader
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 
 
-class BadImageError(ValueError):
+class BadImageError(errors.DataError, ValueError):
     """An image file that is missing, unreadable, or not what the screen says it is."""
 
     def __init__(self, path: str, reason: str):

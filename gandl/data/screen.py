@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from gandl import errors
 from gandl.data import wells
 from gandl.data.vocabulary import ACTIVE, MOCK, STAINS, UV_INACTIVATED
 
@@ -39,11 +40,11 @@ RESERVED_COLUMNS = ("image", "height", "width", "channels", "index", "mask", "fe
 METADATA_PREFIX = "Metadata_"
 
 
-class MetadataError(ValueError):
+class MetadataError(errors.DataError, ValueError):
     """A metadata table or schema that cannot describe a screen; the message names the file and the problem."""
 
 
-class SettingError(ValueError):
+class SettingError(errors.UserError, ValueError):
     """A setting that does not exist or cannot be (a preset, a schema field, a well aggregate): a mistake in the
     config, not in the data, so the command says it in one line with the config's exit status."""
 

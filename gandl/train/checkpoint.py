@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gandl import fileio
+from gandl import errors, fileio
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.defaults import base_config
@@ -53,7 +53,7 @@ _IO_FAULT = re.compile(r"os_error_code|RESOURCE_EXHAUSTED|PERMISSION_DENIED|No s
                        r"Permission denied")
 
 
-class OptionsChanged(ValueError):
+class OptionsChanged(errors.UserError, ValueError):
     """A checkpoint saved with other training options than those of the run resuming it (said in one line)."""
 
 
