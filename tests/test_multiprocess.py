@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from gandl import embed, main, sharding
+from gandl import embed, errors, sharding
 from gandl.data import pipeline
 from gandl.features import discriminator
 from gandl.train import checkpoint, loop
@@ -105,7 +105,7 @@ def run(common, tmp_path_factory):
     procs[1].send_signal(signal.SIGTERM)
     codes = _wait(procs, workdir, "train")
     logs = _logs(workdir, "train")
-    assert codes == [main.EXIT_INTERRUPTED] * PROCESSES, logs
+    assert codes == [errors.EXIT_INTERRUPTED] * PROCESSES, logs
     stops = [re.findall(r"stopped at step (\d+)", log) for log in logs]
     assert stops[0] == stops[1] and len(stops[0]) == 1, stops
     return workdir, int(stops[0][0])
