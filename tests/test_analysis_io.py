@@ -90,3 +90,13 @@ def test_well_medians_resist_one_outlying_site():
     assert wells["n_sites"].tolist() == [3, 1] and wells["site_id"].tolist() == ["w1", "w2"]
     with pytest.raises(ValueError, match="well aggregate"):
         io.aggregate_wells(features, meta, "max")
+
+
+def test_group_medians_equal_pandas_for_mixed_group_sizes_and_empty_groups():
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([np.repeat(np.arange(50), 4), np.repeat(np.arange(50, 60), 3), [60], [62, 62]])
+    rng.shuffle(codes)
+    x = rng.standard_normal((len(codes), 7)).astype(np.float32)
+    ours = io.group_medians(x, codes, 64, chunk=16)  # groups 61 and 63 hold no row
+    theirs = pd.DataFrame(x).groupby(codes).median().reindex(range(64)).to_numpy()
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))

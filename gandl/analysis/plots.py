@@ -237,18 +237,28 @@ def plate_maps_figure(wells: pd.DataFrame, value: str, label: str, shape: tuple[
         half = max(abs(low - centre), abs(high - centre)) or 1.0
         low, high = centre - half, centre + half
     norm = colors.Normalize(low, high)
-    fig, axes = _panels(len(names), rows=-(-len(names) // 6), size=2.6)
-    for ax, name in zip(axes, names):
+    # A fixed grid, not a constrained layout: at a screen's hundred plates the layout engine alone took minutes.
+    cols = min(6, len(names))
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(2.2 * cols + 1.2, 1.9 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig.subplots_adjust(left=0.04, right=0.86, bottom=0.02, top=1 - 0.35 / (1.9 * rows + 0.4), wspace=0.15,
+                        hspace=0.35)
+    for i, (ax, name) in enumerate(zip(axes, names)):
         plate = wells[wells["plate_id"] == name]
         grid = np.full(shape, np.nan)
         grid[plate["row"], plate["col"]] = plate[value]
         ax.imshow(grid, cmap=cmap, norm=norm, interpolation="nearest")
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=7)
+        if i:  # the first panel names the corners (row A at the top, column 1 on the left); the rest are bare
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         ax.set_xticks([0, shape[1] - 1], ["1", str(shape[1])], fontsize=6)
         ax.set_yticks([0, shape[0] - 1], ["A", chr(64 + shape[0]) if shape[0] <= 26 else str(shape[0])], fontsize=6)
     for ax in axes[len(names):]:
         ax.set_axis_off()
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.tolist(), label=label, shrink=0.8)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_axes([0.89, 0.1, 0.02, 0.8]), label=label)
     return _png(fig)
 
 
