@@ -33,7 +33,7 @@ class DataError(UserError):
 def exit_status(error: BaseException) -> int | None:
     """The exit status of a user-facing `error`, None for a bug.
 
-    Besides GAN-DL's own `UserError`s, the faults outside it are the user's to mend: a full or read-only disk, a
+    Besides GAN-DL's own errors (`UserError` and its subclasses), the faults outside it are the user's to mend: a
     lost mount, a file another program holds (OSError, and TensorFlow's file errors when it is loaded).
     """
     if isinstance(error, UserError):
