@@ -42,9 +42,9 @@ def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = 
     'center_scale' subtracts each plate's reference mean and divides by its std, floored at SCALE_FLOOR of
     the feature's sd over the sites (every k-th of a screen beyond 20,000): a feature (nearly) constant in a
     plate's controls (a count that is 0 in every control site) must not turn a treated site's ordinary value
-    into a millionfold one. 'tvn' only
-    centres ('none' returns the features). C+ and C- sites are pooled: the statistics never see a site's label,
-    so a held-out plate may be normalised with its own controls without its labels reaching the classifier.
+    into a millionfold one. 'tvn' only centres ('none' returns the features). C+ and C- sites are pooled: the
+    statistics never see a site's label, so a held-out plate may be normalised with its own controls without
+    its labels reaching the classifier.
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
