@@ -257,19 +257,17 @@ QC_MAPS = (("score", "efficacy", "efficacy score (well median)", "coolwarm", Non
            ("viability", "viability", "viability (well median)", "viridis", None))
 
 
-def _plate_maps(wells: pd.DataFrame, folder: str) -> tuple[dict[str, bytes], list[Block]]:
+def _plate_maps(out: Result, inp: Inputs, wells: pd.DataFrame) -> None:
     """One small-multiples figure per map of `QC_MAPS` and cell line, the viability map only where the screen has
     the column."""
     shape = plate_shape(wells["row"].to_numpy(), wells["col"].to_numpy())
-    figures, blocks = {}, []
     for column, stem, label, cmap, centre in QC_MAPS:
         if column not in wells:
             continue
         for line, sub in wells.groupby("cell_type", sort=True):
-            file = f"qc_map_{stem}_{markup.slug(str(line))}.png"
-            figures[file] = plots.plate_maps_figure(sub, column, label, shape, cmap, centre)
-            blocks.append(("figure", f"{line}: {label} by plate position", f"{folder}/{file}"))
-    return figures, blocks
+            add_figure(out, inp, f"qc_map_{stem}_{markup.slug(str(line))}.png", f"{line}: {label} by plate position",
+                       lambda sub=sub, column=column, label=label, cmap=cmap, centre=centre:
+                       plots.plate_maps_figure(sub, column, label, shape, cmap, centre))
 
 
 def qc_task(inp: Inputs) -> Result:
@@ -279,7 +277,6 @@ def qc_task(inp: Inputs) -> Result:
     wells, notes = qc.well_table(inp.earlier["efficacy"]["efficacy"], inp.sites[1] if inp.sites else inp.metadata)
     model = plates.position_effects(wells["score"], wells["plate_id"], wells["well"],
                                      (wells["role"] == "treated").to_numpy())
-    figures, maps = {}, []
     if isinstance(model, str):
         notes.append(f"plate QC: no plate maps or edge effects: {model}")
         edges = None
@@ -289,7 +286,6 @@ def qc_task(inp: Inputs) -> Result:
         notes += [f"plate QC: {note}" for note in model.notes]
         if "viability" not in wells:
             notes.append("plate QC: no viability map: the metadata has no 'viability' column")
-        figures, maps = _plate_maps(wells, inp.folder) if inp.draw else ({}, [])
     drift = qc.drift_table(wells)
     table = qc.plate_table(wells, drift, edges)
     notes += [f"plate QC: no drift measure for cell line {line}: {n} plates, fewer than {qc.MIN_OTHER_PLATES + 1}"
@@ -305,14 +301,16 @@ def qc_task(inp: Inputs) -> Result:
             f"errors; drift: a control median more than {qc.DRIFT_Z:g} robust sd from the line's other plates'. "
             f"{len(table) - int(flagged.sum())} of {len(table)} plates good and unflagged; worst first, every "
             "plate in qc_plates.csv.")
-    out = Result(tables={"qc_plates": (table, False), "qc_drift": (drift, False)}, figures=figures, notes=notes,
+    out = Result(tables={"qc_plates": (table, False), "qc_drift": (drift, False)}, notes=notes,
                   summary={"plate QC: plates good / marginal / fails": " / ".join(
                                str(counts.get(k, 0)) for k in ("good", "marginal", "fails")),
                            "plate QC: plates with an edge effect": int(table["edge_flag"].sum()),
                            "plate QC: plates drifting": int(table["drift"].sum())},
                   blocks=[("heading", 3, "Plate quality control"), ("text", text),
-                          ("table", shown.rename(columns=names), False), *maps],
+                          ("table", shown.rename(columns=names), False)],
                   values=dict(qc_plates=table, qc_drift=drift, qc_wells=wells))
+    if not isinstance(model, str):
+        _plate_maps(out, inp, wells)
     add_figure(out, inp, "qc_drift.png", "control medians by plate, in acquisition order",
                lambda: plots.drift_figure(drift, _control_names(inp.schema)))
     return out
