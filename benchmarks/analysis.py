@@ -123,7 +123,8 @@ STEPS = {
                 ("gandl.analysis.activity", "phenotypic_activity", "mAP: phenotypic activity"),
                 ("gandl.analysis.activity", "phenotypic_consistency", "mAP: phenotypic consistency"),
                 *(("gandl.analysis.plots", name, "figures (matplotlib)") for name in
-                  ("controls_figure", "compounds_figure", "dose_response_figure", "map_dose_figure")),
+                  ("controls_figure", "compounds_figure", "dose_response_figure", "map_dose_figure",
+                   "plate_maps_figure", "drift_figure")),
                 ("gandl.analysis.report", "_write_outcome", "writing tables and figures")),
 }
 

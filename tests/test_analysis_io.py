@@ -100,3 +100,13 @@ def test_group_medians_equal_pandas_for_mixed_group_sizes_and_empty_groups():
     ours = io.group_medians(x, codes, 64, chunk=16)  # groups 61 and 63 hold no row
     theirs = pd.DataFrame(x).groupby(codes).median().reindex(range(64)).to_numpy()
     np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_row_products_equal_a_float64_product_across_chunk_boundaries(chunk):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 9)).astype(np.float32)
+    w = rng.normal(size=(9, 3))
+    out = io.row_products(x, w, chunk=chunk)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(io.row_products(x, w[:, 0], chunk=chunk), x.astype(np.float64) @ w[:, 0], rtol=1e-12)

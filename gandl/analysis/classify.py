@@ -21,7 +21,7 @@ from sklearn.covariance import ledoit_wolf
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from gandl.analysis.io import control_role, group_means, plate_key
+from gandl.analysis.io import control_role, group_means, plate_key, row_products
 from gandl.data.folds import CVError, control_folds, grouped_folds, require_trained  # noqa: F401 (also the analysis' names)
 
 NORMALIZATIONS = ("none", "center_scale", "tvn")
@@ -194,15 +194,18 @@ def crossfit_decision(features: np.ndarray, labels: np.ndarray, fitted: np.ndarr
     fold = np.full(len(groups), len(held_out))
     for k, names in enumerate(held_out):
         fold[np.isin(groups, list(names))] = k
-    decisions = np.empty((len(groups), len(held_out) + 1))
+    planes = []
     for k in range(len(held_out) + 1):
         train = fitted & (fold != k) if k < len(held_out) else fitted
         if len(np.unique(labels[train])) < 2:
             raise CVError(f"model {k} has only {sorted(set(labels[train]))} among its training rows")
         fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
-        model = make_svm(c, seed, whiten=conditions is not None).fit(features[train], labels[train], **fit_params)
-        decisions[:, k] = model.decision_function(features)
-    return decisions, fold
+        planes.append(hyperplane(make_svm(c, seed, whiten=conditions is not None)
+                                 .fit(features[train], labels[train], **fit_params)))
+    # Every model's decision values in one pass over the rows, from its hyperplane in feature space (the
+    # pipeline's own decision_function makes two float64 copies of the whole matrix per model).
+    weights, offsets = np.stack([w for w, _ in planes], axis=1), np.array([b for _, b in planes])
+    return row_products(features, weights) + offsets, fold
 
 
 @dataclasses.dataclass(frozen=True)

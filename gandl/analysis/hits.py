@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import special, stats
 
 from gandl.analysis import efficacy, plates
-from gandl.analysis.io import aggregate_wells
+from gandl.analysis.io import aggregate_wells, plate_key
 from gandl.data import wells
 
 GAP_P = 0.01  # a fold's held-out C+ - C- gap is "clearly positive" below this one-sided Welch p
@@ -56,7 +56,7 @@ class HitSettings:
 def well_table(sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
     """One row per well of the efficacy task's site table: its decision value (`how` of its sites), role,
     compound, dose, plate_id, model, n_sites, and its viability proxy when the sites carry one."""
-    frame = sites.assign(plate_id=sites["experiment"].astype(str) + "_" + sites["plate"].astype(str))
+    frame = sites.assign(plate_id=plate_key(sites))
     values = ["decision"] + (["viability"] if "viability" in frame else [])
     keys = ["well_id", "cell_type", "plate_id", "well", "role", "treatment", "treatment_conc", "model"]
     frame = frame[np.isfinite(frame["decision"].to_numpy())]
@@ -291,7 +291,7 @@ def off_axis(features: np.ndarray, sites: pd.DataFrame, how: str = "median") -> 
     effects move it away from C+ (the paper's off-perturbation space).
     """
     x, meta = aggregate_wells(np.asarray(features), sites, how)
-    plate_id = (meta["experiment"].astype(str) + "_" + meta["plate"].astype(str)).to_numpy()
+    plate_id = plate_key(meta)
     role_all = meta["role"].to_numpy()
     ratio, positive_ratio = np.full(len(meta), np.nan), np.full(len(meta), np.nan)
     for line in pd.unique(meta["cell_type"]):
@@ -300,15 +300,17 @@ def off_axis(features: np.ndarray, sites: pd.DataFrame, how: str = "median") -> 
         if (role == "C+").sum() < 2 or not (role == "C-").any():
             continue
         control = np.isin(role, ["C+", "C-"])
-        xl = x[rows]
+        z = x[rows]  # a copy, made robust z-scores and then the residual in place
         # The controls' robust spread, floored at a tenth of every well's: a dimension (nearly) constant in the
         # controls must not turn a small change into a huge distance.
-        scale = np.maximum(stats.median_abs_deviation(xl[control], axis=0, scale="normal"), 0.1 * xl.std(axis=0))
-        z = (xl - np.median(xl[control], axis=0)) / np.where(scale > 1e-12, scale, 1.0)
+        scale = np.maximum(stats.median_abs_deviation(z[control], axis=0, scale="normal"), 0.1 * z.std(axis=0))
+        z -= np.median(z[control], axis=0)
+        z /= np.where(scale > 1e-12, scale, 1.0)
         axis = np.median(z[role == "C+"], axis=0) - np.median(z[role == "C-"], axis=0)
         norm = np.linalg.norm(axis)
-        residual = z - np.outer(z @ axis / norm, axis / norm) if norm > 0 else z
-        dist = _distances_to_positive(residual, plate_id[rows], role == "C+")
+        if norm > 0:  # the residual off the axis
+            z -= np.outer(z @ axis / norm, axis / norm).astype(z.dtype)
+        dist = _distances_to_positive(z, plate_id[rows], role == "C+")
         spread = np.median(dist[role == "C+"])
         ratio[rows] = dist / spread if spread > 0 else np.nan
         positive_ratio[rows] = np.where(role == "C+", ratio[rows], np.nan)

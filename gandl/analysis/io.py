@@ -119,6 +119,17 @@ def group_means(features: np.ndarray, codes: np.ndarray, num_groups: int) -> tup
         return sums / counts[:, None], counts
 
 
+def row_products(features: np.ndarray, weights: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """`features @ weights` in float64, `chunk` rows at a time: NumPy would cast a whole float32 screen matrix
+    to float64 first (a second, twice as large copy of it) to multiply it by a float64 vector."""
+    x = np.asarray(features)
+    w = np.asarray(weights, np.float64)
+    out = np.empty((len(x), *w.shape[1:]))
+    for start in range(0, len(x), chunk):
+        out[start:start + chunk] = x[start:start + chunk].astype(np.float64) @ w
+    return out
+
+
 def group_medians(features: np.ndarray, codes: np.ndarray, num_groups: int, chunk: int = 8192) -> np.ndarray:
     """Median row of `features` per group code (0..num_groups-1); empty groups give NaN.
 
@@ -146,9 +157,9 @@ def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame, how: str = "me
     if how not in WELL_AGGREGATES:
         raise ValueError(f"well aggregate must be one of {WELL_AGGREGATES}, got {how!r}")
     codes, wells = pd.factorize(metadata["well_id"].astype(str), sort=False)
-    values, counts = group_means(features, codes, len(wells))
-    if how == "median":
-        values = group_medians(features, codes, len(wells))
+    counts = np.bincount(codes, minlength=len(wells))
+    values = group_medians(features, codes, len(wells)) if how == "median" else group_means(features, codes,
+                                                                                              len(wells))[0]
     first = np.full(len(wells), len(codes), np.int64)
     np.minimum.at(first, codes, np.arange(len(codes)))
     meta = metadata.iloc[first].drop(columns=[c for c in ("site", "site_id") if c in metadata])

@@ -226,9 +226,12 @@ def probe_gap_figure(spread: pd.DataFrame, by: Sequence[str] = ()) -> bytes:
 
 def plate_maps_figure(wells: pd.DataFrame, value: str, label: str, shape: tuple[int, int], cmap: str = "coolwarm",
                       centre: float | None = None) -> bytes:
-    """Small multiples of plate layouts: one panel per plate (`plate_id`, in the order given), each well (zero-based
-    `row`, `col`) coloured by `value` on one scale for all panels (2nd to 98th percentile, symmetric about `centre`
-    when given), so a plate's edge ring or gradient reads against its neighbours."""
+    """Small multiples of plate layouts: one tile per plate (`plate_id`, in the order given), each well (zero-based
+    `row`, `col`) coloured by `value` on one scale for all tiles (2nd to 98th percentile, symmetric about `centre`
+    when given), so a plate's edge ring or gradient reads against its neighbours.
+
+    The tiles are one mosaic image on one axes: a screen's hundred plates as a hundred axes took most of the
+    analysis' drawing time."""
     names = list(dict.fromkeys(wells["plate_id"]))
     finite = wells[value].to_numpy(np.float64)
     finite = finite[np.isfinite(finite)]
@@ -237,27 +240,25 @@ def plate_maps_figure(wells: pd.DataFrame, value: str, label: str, shape: tuple[
         half = max(abs(low - centre), abs(high - centre)) or 1.0
         low, high = centre - half, centre + half
     norm = colors.Normalize(low, high)
-    # A fixed grid, not a constrained layout: at a screen's hundred plates the layout engine alone took minutes.
     cols = min(6, len(names))
     rows = -(-len(names) // cols)
+    (h, w), gap, title = shape, max(2, shape[1] // 8), max(3, shape[0] // 4)  # gaps in wells: room for the names
+    mosaic = np.full((rows * (h + title), cols * (w + gap)), np.nan)
+    tile = pd.Series(np.arange(len(names)), index=names)[wells["plate_id"]].to_numpy()
+    mosaic[tile // cols * (h + title) + title + wells["row"].to_numpy(),
+           tile % cols * (w + gap) + wells["col"].to_numpy()] = wells[value].to_numpy(np.float64)
     fig = Figure(figsize=(2.2 * cols + 1.2, 1.9 * rows + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    fig.subplots_adjust(left=0.04, right=0.86, bottom=0.02, top=1 - 0.35 / (1.9 * rows + 0.4), wspace=0.15,
-                        hspace=0.35)
-    for i, (ax, name) in enumerate(zip(axes, names)):
-        plate = wells[wells["plate_id"] == name]
-        grid = np.full(shape, np.nan)
-        grid[plate["row"], plate["col"]] = plate[value]
-        ax.imshow(grid, cmap=cmap, norm=norm, interpolation="nearest")
-        ax.set_title(name, fontsize=7)
-        if i:  # the first panel names the corners (row A at the top, column 1 on the left); the rest are bare
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        ax.set_xticks([0, shape[1] - 1], ["1", str(shape[1])], fontsize=6)
-        ax.set_yticks([0, shape[0] - 1], ["A", chr(64 + shape[0]) if shape[0] <= 26 else str(shape[0])], fontsize=6)
-    for ax in axes[len(names):]:
-        ax.set_axis_off()
+    ax = fig.add_axes([0.02, 0.02, 0.84, 0.96])
+    ax.imshow(mosaic, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal")
+    for i, name in enumerate(names):
+        ax.text(i % cols * (w + gap) + w / 2 - 0.5, i // cols * (h + title) + title - 1, name, fontsize=7,
+                ha="center", va="bottom")
+    # Row A at the top and column 1 on the left of every tile; the first tile names its corners.
+    ax.text(-1, title, "A", fontsize=6, ha="right", va="center")
+    ax.text(-1, title + h - 1, chr(64 + h) if h <= 26 else str(h), fontsize=6, ha="right", va="center")
+    for col in (0, w - 1):
+        ax.text(col, title + h - 0.5, str(col + 1), fontsize=6, ha="center", va="top")
+    ax.set_axis_off()
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_axes([0.89, 0.1, 0.02, 0.8]), label=label)
     return _png(fig)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from gandl.analysis.classify import hyperplane, make_svm
-from gandl.analysis.io import control_role
+from gandl.analysis.io import control_role, row_products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def fit_axes(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0, uv
     w, b = hyperplane(make_svm(c, seed).fit(features[ctrl], role[ctrl] == "C+"))
     norm = np.linalg.norm(w)
     normal = w / norm
-    projection = features @ normal
+    projection = row_products(features, normal)
     mean, cov = _mean_and_covariance(features)
     proj = np.eye(len(normal)) - np.outer(normal, normal)
     evals, evecs = np.linalg.eigh(proj @ cov @ proj)
@@ -74,8 +74,8 @@ def fit_axes(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0, uv
 
 def project(features: np.ndarray, axes: Axes) -> tuple[np.ndarray, np.ndarray]:
     """(on, off) coordinates of each row: scaled on-perturbation value and centred off-perturbation value."""
-    x = np.asarray(features)
-    return np.asarray(axes.scale_on(x @ axes.normal)), x @ axes.off_direction - axes.off_mean
+    on, off = row_products(features, np.stack([axes.normal, axes.off_direction], axis=1)).T
+    return np.asarray(axes.scale_on(on)), off - axes.off_mean
 
 
 def coordinates(features: np.ndarray, metadata: pd.DataFrame, axes: Axes,
