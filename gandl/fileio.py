@@ -86,11 +86,13 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def written_locally(path: str) -> Iterator[str]:
+def written_locally(path: str, needs: int = 0) -> Iterator[str]:
     """A local file name to write `path`'s content into (for libraries that need a seekable local file).
 
     On success the file is renamed into place (local `path`) or copied beside it and renamed (gs://);
     on an error nothing at `path` changes and the local file is removed; an I/O error names `path` (`named_faults`).
+    `needs`: about how many bytes the file will take; a disk with less free space is refused before anything is
+    written (HDF5 cannot fail cleanly on a full disk: its file close crashes the interpreter).
     """
     remote = "://" in path
     local = None if remote else temp_path(path)
@@ -101,6 +103,10 @@ def written_locally(path: str) -> Iterator[str]:
         if remote:
             handle, local = tempfile.mkstemp(suffix=os.path.basename(path))
             os.close(handle)
+        disk = os.statvfs(os.path.dirname(os.path.abspath(local)))
+        if needs > disk.f_bavail * disk.f_frsize:
+            raise FileFault(f"{path}: cannot write it (it needs about {needs / 2**20:.1f} MiB, "
+                            f"{disk.f_bavail * disk.f_frsize / 2**20:.1f} MiB are free on its disk)")
         try:
             yield local
             if remote:

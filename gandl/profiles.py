@@ -114,6 +114,11 @@ def _create_h5ad(f: h5py.File, obs: pd.DataFrame, dim: int, provenance: Mapping[
     return x
 
 
+def _h5ad_bytes(obs: pd.DataFrame, rows: int, dim: int) -> int:
+    """An upper bound of an h5ad file's size: X, the metadata as Python holds it (more than HDF5 stores), 1 MiB."""
+    return rows * dim * 4 + int(obs.memory_usage(deep=True).sum()) + 2**20
+
+
 def write_h5ad(path: str, features: Rows, metadata: Mapping[str, np.ndarray], provenance: Mapping[str, Any], *,
                index: str = "site_id", chunk_rows: int = 16384) -> None:
     """`features` [N, D] with their metadata columns ([N] each, `index` the unique id) as an .h5ad file."""
@@ -121,7 +126,7 @@ def write_h5ad(path: str, features: Rows, metadata: Mapping[str, np.ndarray], pr
     obs = _obs(metadata, index)
     if len(obs) != rows:
         raise ValueError(f"{path}: {rows} feature rows for {len(obs)} metadata rows")
-    with fileio.written_locally(path) as local, h5py.File(local, "w") as f:
+    with fileio.written_locally(path, _h5ad_bytes(obs, rows, dim)) as local, h5py.File(local, "w") as f:
         x = _create_h5ad(f, obs, dim, provenance)
         for start in range(0, rows, chunk_rows):
             stop = min(rows, start + chunk_rows)
@@ -174,8 +179,9 @@ def write_well_profiles(stem: str, features: Rows, metadata: Mapping[str, np.nda
     provenance = dict(provenance, aggregation=f"{aggregate} over the sites of each {by}")
     columns = {k: wells[k].to_numpy() for k in wells.columns}
     obs = _obs(columns, by)
-    with fileio.written_locally(f"{stem}.parquet") as parquet_local, \
-            fileio.written_locally(f"{stem}.h5ad") as h5ad_local, h5py.File(h5ad_local, "w") as f:
+    size = _h5ad_bytes(obs, len(obs), dim)  # the parquet file beside it takes at most about as much
+    with fileio.written_locally(f"{stem}.parquet", 2 * size) as parquet_local, \
+            fileio.written_locally(f"{stem}.h5ad", size) as h5ad_local, h5py.File(h5ad_local, "w") as f:
         x = _create_h5ad(f, obs, dim, provenance)
         writer = None
         for first, profiles in _well_profiles(features, codes, chunk_rows, aggregate):

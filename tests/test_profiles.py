@@ -108,3 +108,23 @@ def test_well_profiles_take_the_mean_when_asked_and_keep_metadata_names(tmp_path
         "mean over the sites of each well_id"
     with pytest.raises(ValueError, match="embed.well_aggregate='max': expected one of"):
         profiles.write_well_profiles(str(tmp_path / "x"), features, meta, {}, aggregate="max")
+
+
+def test_a_disk_without_room_for_the_anndata_files_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
+    """HDF5 cannot fail cleanly on a full disk (its close crashed the interpreter in `--mode embed`): the h5ad and
+    well-profile writers ask for their room first and refuse in one FileFault naming the file; nothing is left."""
+    meta, features = _sites(np.random.default_rng(0))
+    real = os.statvfs(tmp_path)
+
+    class Full:
+        f_bavail, f_frsize = 16, real.f_frsize  # a few blocks: less than the 1 MiB every file asks beyond its data
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    with pytest.raises(fileio.FileFault, match=rf"{tmp_path / 'w.parquet'}: cannot write it \(it needs about"):
+        profiles.write_well_profiles(str(tmp_path / "w"), features, meta, {})
+    with pytest.raises(fileio.FileFault, match=rf"{tmp_path / 'x.h5ad'}: cannot write it \(it needs about"):
+        profiles.write_h5ad(str(tmp_path / "x.h5ad"), features, meta, {})
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(os, "statvfs", lambda path: real)
+    profiles.write_well_profiles(str(tmp_path / "w"), features, meta, {})
+    assert sorted(os.listdir(tmp_path)) == ["w.h5ad", "w.parquet"]
