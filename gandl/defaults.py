@@ -128,7 +128,7 @@ class _Omitted:
 OMITTED: Any = _Omitted()  # the default of a setting a config may add but `base_config()` leaves out
 
 
-def setting(default: Any, rule: Rule | Registered, help: str = "") -> Any:  # noqa: A002 (the schema's word)
+def setting(default: Any, rule: Rule | Registered, help: str = "") -> Any:
     """A config field: its default (None: a typed placeholder in `base_config()`; OMITTED: left out), the rule
     every value is held to and one line on what it is."""
     return dataclasses.field(default=default, metadata={"rule": rule, "help": help})
@@ -175,7 +175,8 @@ class Data:
     rxrx1_utils_image_size: int = setting(512, COUNT, "side of images in rxrx1-utils records")
 
 
-def _optional_column(help: str = "") -> Any:  # noqa: A002
+def _screen_field(help: str) -> Any:
+    """A schema column or query: None keeps the preset's value."""
     return setting(None, optional(TEXT), help)
 
 
@@ -187,18 +188,18 @@ class Screen:
 
     preset: str = setting("", registered("presets", lambda names: one_of("", *names)),
                           'a preset of gandl.data.screen.PRESETS; "" = data.kind\'s own')
-    plate: str | None = _optional_column("the plate column")
-    well: str | None = _optional_column("the well column")
-    site: str | None = _optional_column("the site column")
-    experiment: str | None = _optional_column("batch column; plates are named {experiment}_{plate}")
-    group: str | None = _optional_column("biological group, e.g. the cell line column")
-    perturbation: str | None = _optional_column("the perturbation (compound, siRNA) column")
-    dose: str | None = _optional_column("the dose column (numeric)")
-    positive: str | None = _optional_column("the C+ sites' query, e.g. \"compound == 'staurosporine'\"")
-    negative: str | None = _optional_column("the C- sites' query, e.g. \"compound == 'DMSO'\"")
-    treated: str | None = _optional_column("the treatment sites, e.g. \"compound != 'UV'\"; \"\" = all perturbed")
-    positive_name: str | None = _optional_column("what reports call the C+ sites")
-    negative_name: str | None = _optional_column("what reports call the C- sites")
+    plate: str | None = _screen_field("the plate column")
+    well: str | None = _screen_field("the well column")
+    site: str | None = _screen_field("the site column")
+    experiment: str | None = _screen_field("batch column; plates are named {experiment}_{plate}")
+    group: str | None = _screen_field("biological group, e.g. the cell line column")
+    perturbation: str | None = _screen_field("the perturbation (compound, siRNA) column")
+    dose: str | None = _screen_field("the dose column (numeric)")
+    positive: str | None = _screen_field("the C+ sites' query, e.g. \"compound == 'staurosporine'\"")
+    negative: str | None = _screen_field("the C- sites' query, e.g. \"compound == 'DMSO'\"")
+    treated: str | None = _screen_field("the treatment sites, e.g. \"compound != 'UV'\"; \"\" = all perturbed")
+    positive_name: str | None = _screen_field("what reports call the C+ sites")
+    negative_name: str | None = _screen_field("what reports call the C- sites")
     highlight: tuple[str, ...] | None = setting(None, optional(sequence(NAME)), "perturbations the figures draw")
     viability: str | None = setting(OMITTED, optional(TEXT),
                                     "a numeric cell-count or viability column per site (cytotoxicity)")
