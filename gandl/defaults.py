@@ -300,12 +300,12 @@ class Train:
     pl_batch_shrink: int = setting(2, COUNT, "the path-length batch is the batch over this")
     style_mixing_prob: float = setting(0.9, PROBABILITY, "probability of mixing two latents' styles")
     ema_kimg: float = setting(10.0, number(0), "half-life of G's EMA in thousands of images")
-    ema_rampup: float | None = setting(0.05, optional(number(0)), "EMA half-life ramp-up over the images seen; None "
-                                                                  "= off")
+    ema_rampup: float | None = setting(0.05, optional(number(0)), "the EMA half-life is capped at this times the "
+                                                                  "images seen; None = no ramp-up")
     log_every: int = setting(50, COUNT, "steps between logged metrics")
     sample_every: int = setting(1000, COUNT, "steps between sample grids")
     checkpoint_every: int = setting(1000, COUNT, "steps between checkpoints")
-    keep_checkpoints: int = setting(3, COUNT, "checkpoints kept (besides the probed ones)")
+    keep_checkpoints: int = setting(3, COUNT, "the last checkpoints kept")
     swd_every: int = setting(5000, SIZE, "steps between sliced Wasserstein distances; 0 = off")
     swd_images: int = setting(1024, COUNT, "images per sliced Wasserstein distance")
     probe_every: int = setting(0, SIZE, "linear probe of D's features every this many steps (0 = off; gandl.probe): "
