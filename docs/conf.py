@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import api_modules  # noqa: E402
 import settings_table  # noqa: E402
 
-settings_table.write()  # docs/_generated/settings_table.md, from gandl.defaults and gandl.check.RULES
+settings_table.write()  # docs/_generated/settings_table.md, from the schema in gandl.defaults
 api_modules.write()  # docs/_generated/api_modules.md: an automodule for every public module of gandl
 
 project = "GAN-DL"

@@ -15,10 +15,9 @@ config it would launch for the TPU type.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -26,13 +25,12 @@ import ml_collections
 
 from gandl import cost, errors, sharding
 from gandl.data import screen
-from gandl.data.pipeline import INTENSITIES
 from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
 from gandl.data.vocabulary import STAINS, zeroshot_channels
-from gandl.defaults import base_config
-from gandl.features import discriminator, registry
-from gandl.models.config import DTYPES, ModelConfig
-from gandl.train import augment, loop
+from gandl.defaults import Rule, base_config, rules
+from gandl.features import registry
+from gandl.models.config import ModelConfig
+from gandl.train import loop
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -74,128 +72,12 @@ def simulate_devices(n: int) -> None:
 # Field rules
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """What one config field may hold: values passing `ok`, described as `wanted`; `example` passes."""
-
-    ok: Callable[[Any], bool]
-    wanted: str
-    example: Any
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _integer(low: int, high: int | None = None) -> Rule:
-    return Rule(lambda v: _is_int(v) and low <= v and (high is None or v <= high),
-                f"an integer >= {low}" if high is None else f"an integer in {low}..{high}", low)
-
-
-def _number(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Rule:
-    """A real number in the interval from `low` to `high` (None: unbounded), open at either end when asked."""
-    def ok(v: Any) -> bool:
-        return ((_is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > low if open_low else v >= low)
-                and (high is None or (v < high if open_high else v <= high)))
-
-    if high is None:
-        wanted = f"a number {'>' if open_low else '>='} {low:g}"
-    else:
-        wanted = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    return Rule(ok, wanted, (low + high) / 2 if high is not None else low + 1 if open_low else low)
-
-
-def _one_of(*options: Any) -> Rule:
-    return Rule(lambda v: v in options and not isinstance(v, bool), f"one of {options}", options[0])
-
-
-def _sequence(item: Rule, length: int | None = None, nonempty: bool = False) -> Rule:
-    """A tuple (or list) of values passing `item`."""
-    def ok(v: Any) -> bool:
-        return (isinstance(v, (tuple, list)) and all(item.ok(x) for x in v) and (length is None or len(v) == length)
-                and (len(v) > 0 or not nonempty))
-
-    size = f" of {length}" if length is not None else " (non-empty)" if nonempty else ""
-    return Rule(ok, f"a tuple{size} whose items are each {item.wanted}", (item.example,) * (length or 1))
-
-
-def _optional(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"None or {rule.wanted}", None)
-
-
-_BOOL = Rule(lambda v: isinstance(v, bool), "True or False", False)
-_TEXT = Rule(lambda v: isinstance(v, str), "a string", "")
-_NAME = Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty string", "x")
-_POWER_OF_TWO = Rule(lambda v: _is_int(v) and v >= 8 and not v & (v - 1), "a power of two >= 8", 64)
-_FEATURE_SETS = _sequence(Rule(lambda v: v in registry.EXTRACTORS,
-                               f"a feature set of gandl.features.registry: {sorted(registry.EXTRACTORS)}", "gandl"),
-                          nonempty=True)
-_SEED, _COUNT, _SIZE = _integer(0), _integer(1), _integer(0)
-_RATE, _PROBABILITY, _DECAY = _number(0, open_low=True), _number(0, 1), _number(0, 1, open_high=True)
-_FACTOR = _number(0, 1, open_low=True)
-# Arguments of gandl.data.synthetic's writers (write_rxrx19a for `synthetic`, write_rxrx1 for `zeroshot.synthetic`).
-_SYNTHETIC = {"seed": _SEED, "plates_per_cell_line": _COUNT, "plates_per_experiment": _COUNT, "sites_per_well": _COUNT,
-              "bit_depth": _one_of(8, 16)}
-
-# Every config field (dotted path) and its rule; `validate` refuses a field without one as unknown.
-RULES: dict[str, Rule] = {
-    "seed": _SEED,
-    "data.kind": _one_of(*screen.READERS), "data.root": _TEXT, "data.metadata": _NAME,
-    "data.channel_columns": _sequence(_NAME), "data.stains": _sequence(_NAME), "data.shards": _TEXT,
-    "data.image_size": _SIZE, "data.sites_per_shard": _COUNT, "data.skip_bad_sites": _BOOL, "data.num_workers": _SIZE,
-    "data.channels": _sequence(_COUNT), "data.intensity": _one_of(*INTENSITIES), "data.crop_size": _SIZE,
-    "data.augment": _BOOL, "data.shuffle_buffer": _COUNT, "data.rxrx1_utils_image_size": _COUNT,
-    **{f"synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
-    "synthetic.image_size": _integer(16, 1024), "synthetic.num_compounds": _integer(3),
-    "synthetic.control_wells_per_plate": _sequence(_SIZE, length=4), "synthetic.morphology_only": _BOOL,
-    "synthetic.phenotype_strength": _FACTOR, "synthetic.cell_density": _FACTOR,
-    "synthetic.cytotoxic_mimicry": _PROBABILITY, "synthetic.toxic_fraction": _optional(_PROBABILITY),
-    "synthetic.control_layout": _one_of(*CONTROL_LAYOUTS), "synthetic.edge_effect": _number(-1, 1, open_low=True),
-    "preview.num_images": _COUNT, "preview.cols": _COUNT,
-    "model.resolution": _POWER_OF_TWO, "model.num_channels": _COUNT, "model.z_dim": _COUNT, "model.w_dim": _COUNT,
-    "model.mapping_layers": _COUNT, "model.channel_base": _COUNT, "model.channel_max": _COUNT,
-    "model.conv_clamp": _optional(_RATE), "model.mbstd_group_size": _COUNT, "model.mbstd_num_channels": _SIZE,
-    "model.dtype": _one_of(*DTYPES), "model.mapping_lr_multiplier": _RATE, "model.w_avg_beta": _PROBABILITY,
-    "train.batch_size": _COUNT, "train.steps": _COUNT, "train.g_lr": _RATE, "train.d_lr": _RATE,
-    "train.adam_b1": _DECAY, "train.adam_b2": _DECAY, "train.adam_eps": _RATE, "train.r1_gamma": _number(0),
-    "train.r1_interval": _COUNT, "train.lipschitz_weight": _number(0), "train.pl_weight": _number(0),
-    "train.pl_interval": _COUNT, "train.pl_decay": _PROBABILITY, "train.pl_batch_shrink": _COUNT,
-    "train.style_mixing_prob": _PROBABILITY, "train.ema_kimg": _number(0), "train.ema_rampup": _optional(_number(0)),
-    "train.log_every": _COUNT, "train.sample_every": _COUNT, "train.checkpoint_every": _COUNT,
-    "train.keep_checkpoints": _COUNT, "train.swd_every": _SIZE, "train.swd_images": _COUNT,
-    "train.probe_every": _SIZE, "train.probe_features": _FEATURE_SETS, "train.probe_sites": _COUNT,
-    "train.probe_zeroshot_sites": _COUNT, "train.distributed": _one_of(*sharding.DISTRIBUTED_MODES),
-    "train.augment": _one_of(*augment.MODES), "train.augment_p": _PROBABILITY, "train.ada_target": _number(-1, 1),
-    "train.ada_interval": _COUNT, "train.ada_kimg": _RATE,
-    "train.augment_transforms": _sequence(Rule(lambda v: v in augment.TRANSFORMS,
-                                               f"a transform of gandl.train.augment: {augment.TRANSFORMS}", "xflip"),
-                                          nonempty=True),
-    "train.contrastive_weight": _number(0), "train.contrastive_temperature": _RATE,
-    "embed.batch_size": _COUNT, "embed.step": _integer(-1), "embed.orientation_average": _BOOL,
-    "embed.feature_sets": _FEATURE_SETS, "embed.mbstd": _one_of(*discriminator.MBSTD_MODES),
-    "embed.mbstd_batches": _COUNT, "embed.part_batches": _COUNT, "embed.imagenet_weights": _TEXT,
-    "embed.imagenet.epochs": _COUNT, "embed.imagenet.batch_size": _COUNT, "embed.imagenet.learning_rate": _RATE,
-    "embed.imagenet.train_backbone": _BOOL, "embed.imagenet.blocks": _sequence(_COUNT, nonempty=True),
-    "embed.imagenet.pool_batches": _COUNT, "embed.well_aggregate": _one_of(*screen.WELL_AGGREGATES),
-    "screen.preset": _one_of("", *screen.PRESETS), "screen.highlight": _optional(_sequence(_NAME)),
-    **{f"screen.{f}": _optional(_TEXT) for f in (*screen.COLUMN_FIELDS, *screen.QUERY_FIELDS, "positive_name",
-                                                 "negative_name")},
-    "zeroshot.enabled": _BOOL, "zeroshot.root": _TEXT, "zeroshot.shards": _TEXT, "zeroshot.channels": _sequence(_COUNT),
-    **{f"zeroshot.synthetic.{k}": rule for k, rule in _SYNTHETIC.items()},
-    "zeroshot.synthetic.num_sirnas": _COUNT, "zeroshot.synthetic.num_positive_controls": _SIZE,
-    "zeroshot.synthetic.negative_control_wells": _SIZE,
-    # gandl.analysis.tasks.AnalysisConfig (tests/test_check.py holds these rules to what it accepts).
-    "analysis.normalization": _one_of("none", "center_scale", "tvn"), "analysis.level": _one_of("site", "well"),
-    "analysis.c": _RATE, "analysis.n_splits": _integer(2), "analysis.group_by": _one_of("plate", "experiment"),
-    "analysis.uv_is_positive": _BOOL, "analysis.top_k": _COUNT,
-    "analysis.flat_threshold": _number(0), "analysis.toxic_threshold": _number(0),
-    "analysis.fdr": _number(0, 1, open_low=True, open_high=True), "analysis.seed": _SEED, "analysis.truth": _TEXT,
-    "analysis.rescue_threshold": _number(-1, 1, open_low=True, open_high=True), "analysis.off_axis_limit": _number(1),
-    "analysis.viability_floor": _number(0, 1, open_low=True),
-    "analysis.position_correction": _one_of("auto", "on", "off"),
-    "analysis.few_labels": _sequence(_COUNT), "analysis.few_label_draws": _COUNT,
-    "analysis.exclude_plates": _sequence(_NAME), "analysis.min_z_prime": _optional(_number(-math.inf, 1)),
-}
+# Every config field (dotted path) and its rule, from the schema (gandl.defaults) with the registries its
+# `registered` rules name bound here, above every layer that owns one; `validate` refuses a field without one as
+# unknown.
+REGISTRIES: dict[str, Collection[str]] = {"readers": screen.READERS, "presets": screen.PRESETS,
+                                          "extractors": registry.EXTRACTORS, "control_layouts": CONTROL_LAYOUTS}
+RULES: dict[str, Rule] = rules(REGISTRIES)
 
 
 def fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

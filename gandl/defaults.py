@@ -1,147 +1,529 @@
-"""The fields every config shares; each `configs/*.py` `get_config()` starts from `base_config()` (or from another
-config file, `call_in_file`)."""
+"""The config schema: every setting once, with its default, its rule and what it is.
 
+One frozen dataclass per config section (`Data`, `Screen`, ..., `Analysis`; `Config` holds them and the top-level
+`seed`), each field declared with `setting(default, rule, help)`. From it come `base_config()` (which each
+`configs/*.py` `get_config()` starts from, or from another config file: `call_in_file`), the rules
+`gandl.check.RULES` holds every field to (`rules`), the typed settings of the stages (`gandl.models.config.ModelConfig`
+and `gandl.analysis.tasks.AnalysisConfig` derive from their sections, checked by `validate_section`) and the docs'
+settings table (docs/settings_table.py). Adding a setting is one `setting(...)` line here, plus its use.
+
+A field whose default is `OMITTED` has a rule but no default: a config may set it (the synthetic writers'
+arguments); left out, the code's own default holds. A rule over the names of a component registry that a higher
+layer owns (screen readers, presets, feature extractors, control layouts) is declared `registered(name)`, and
+`gandl.check` binds the name to the registry itself; a plain tuple of choices that only its owner validates
+against lives here (`INTENSITIES`, ...), and the owner imports it.
+"""
+
+import dataclasses
 import importlib.util
+import math
+import types
+import typing
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+# ---------------------------------------------------------------------------------------------------------------
+# Rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one config field may hold: values passing `ok`, described as `wanted`; `example` passes."""
+
+    ok: Callable[[Any], bool]
+    wanted: str
+    example: Any
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def integer(low: int, high: int | None = None) -> Rule:
+    return Rule(lambda v: _is_int(v) and low <= v and (high is None or v <= high),
+                f"an integer >= {low}" if high is None else f"an integer in {low}..{high}", low)
+
+
+def number(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Rule:
+    """A real number in the interval from `low` to `high` (None: unbounded), open at either end when asked."""
+    def ok(v: Any) -> bool:
+        return ((_is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > low if open_low else v >= low)
+                and (high is None or (v < high if open_high else v <= high)))
+
+    if high is None:
+        wanted = f"a number {'>' if open_low else '>='} {low:g}"
+    else:
+        wanted = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    return Rule(ok, wanted, (low + high) / 2 if high is not None else low + 1 if open_low else low)
+
+
+def one_of(*options: Any) -> Rule:
+    return Rule(lambda v: v in options and not isinstance(v, bool), f"one of {options}", options[0])
+
+
+def sequence(item: Rule, length: int | None = None, nonempty: bool = False) -> Rule:
+    """A tuple (or list) of values passing `item`."""
+    def ok(v: Any) -> bool:
+        return (isinstance(v, (tuple, list)) and all(item.ok(x) for x in v) and (length is None or len(v) == length)
+                and (len(v) > 0 or not nonempty))
+
+    size = f" of {length}" if length is not None else " (non-empty)" if nonempty else ""
+    return Rule(ok, f"a tuple{size} whose items are each {item.wanted}", (item.example,) * (length or 1))
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.ok(v), f"None or {rule.wanted}", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Registered:
+    """The rule of a field naming entries of a component registry that a layer above this one owns: `build`
+    makes the rule from the registry's names, once `gandl.check` has bound `registry` to them (`rules`)."""
+
+    registry: str
+    build: Callable[[Collection[str]], Rule]
+
+
+def registered(registry: str, build: Callable[[Collection[str]], Rule] = lambda names: one_of(*names)) -> Registered:
+    return Registered(registry, build)
+
+
+def _feature_sets(names: Collection[str]) -> Rule:
+    item = Rule(lambda v: v in names, f"a feature set of gandl.features.registry: {sorted(names)}", "gandl")
+    return sequence(item, nonempty=True)
+
+
+BOOL = Rule(lambda v: isinstance(v, bool), "True or False", False)
+TEXT = Rule(lambda v: isinstance(v, str), "a string", "")
+NAME = Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty string", "x")
+POWER_OF_TWO = Rule(lambda v: _is_int(v) and v >= 8 and not v & (v - 1), "a power of two >= 8", 64)
+SEED, COUNT, SIZE = integer(0), integer(1), integer(0)
+RATE, PROBABILITY, DECAY = number(0, open_low=True), number(0, 1), number(0, 1, open_high=True)
+FACTOR = number(0, 1, open_low=True)
+
+# Choices that only their owner validates against; it imports them from here.
+INTENSITIES = ("auto", "dtype", "dataset")  # gandl.data.pipeline: raw values mapping to [-1, 1]
+WELL_AGGREGATES = ("median", "mean")  # gandl.data.screen: how a well's profile comes from its sites
+DTYPES = ("float32", "bfloat16")  # gandl.models.config: the compute dtypes
+DISTRIBUTED_MODES = ("auto", "on", "off")  # gandl.sharding.initialize_distributed
+AUGMENT_MODES = ("none", "fixed", "ada")  # gandl.train.augment: off, a constant p, p tuned by the r_t heuristic
+# gandl.train.augment, in the order applied
+AUGMENT_TRANSFORMS = ("xflip", "rot90", "translate", "brightness", "contrast", "noise", "cutout")
+MBSTD_MODES = ("constant", "train")  # gandl.features.discriminator: the stddev channel of D's features
+NORMALIZATIONS = ("none", "center_scale", "tvn")  # gandl.analysis.classify.normalize
+POSITIONS = ("auto", "on", "off")  # gandl.analysis.hits: plate position correction
+
+# ---------------------------------------------------------------------------------------------------------------
+# Declaring settings
+
+
+class _Omitted:
+    def __repr__(self) -> str:
+        return "OMITTED"
+
+
+OMITTED: Any = _Omitted()  # the default of a setting a config may add but `base_config()` leaves out
+
+
+def setting(default: Any, rule: Rule | Registered, help: str = "") -> Any:
+    """A config field: its default (None: a typed placeholder in `base_config()`; OMITTED: left out), the rule
+    every value is held to and one line on what it is."""
+    return dataclasses.field(default=default, metadata={"rule": rule, "help": help})
+
+
+def section(cls: type) -> Any:
+    """A nested config section (its fields are the dataclass `cls`'s; its description is `cls`'s docstring)."""
+    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+
+
+def setting_of(cls: type, name: str) -> Any:
+    """Field `name` of section `cls` again, for a dataclass holding it beside another section's fields."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return dataclasses.field(default=field.default, metadata=field.metadata)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sections
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Raw screen -> shards (mode=convert) and the input pipeline."""
+
+    kind: str = setting("rxrx19a", registered("readers"),
+                        "a screen reader of gandl.data.screen.READERS (what root names: READERS[kind].summary)")
+    root: str = setting("", TEXT, 'the raw screen; "" = the embedded synthetic screen, generated into workdir/raw')
+    metadata: str = setting("metadata.csv", NAME,
+                            "the metadata table's file name in root (ome_zarr: the plate map CSV)")
+    channel_columns: tuple[str, ...] = setting((), sequence(NAME), "generic screens: one image-path column per channel")
+    stains: tuple[str, ...] = setting((), sequence(NAME), "stain names of the channels (generic default: the column "
+                                                          "names; ome_zarr: the OMERO labels)")
+    shards: str = setting("", TEXT, 'converted shards (or an rxrx1-utils TFRecord glob); "" = workdir/shards')
+    image_size: int = setting(64, SIZE, "conversion target side in px; 0 keeps full resolution")
+    sites_per_shard: int = setting(256, COUNT, "sites per converted shard file")
+    skip_bad_sites: bool = setting(False, BOOL, "True: skip sites with bad files and list them in skipped_sites.csv")
+    num_workers: int = setting(0, SIZE, "conversion processes; 0 = one per core")
+    channels: tuple[int, ...] = setting((), sequence(COUNT), "1-based channels to read, in order, e.g. "
+                                                             "(1, 2, 3, 4, 6) for RxRx1 -> RxRx19a")
+    intensity: str = setting("auto", one_of(*INTENSITIES), "auto | dtype | dataset: raw values mapping to [-1, 1]")
+    crop_size: int = setting(0, SIZE, "random crop in training, central crop in export; 0 = none")
+    augment: bool = setting(True, BOOL, "random flips and 90-degree rotations")
+    shuffle_buffer: int = setting(1024, COUNT, "examples in the training shuffle buffer")
+    rxrx1_utils_image_size: int = setting(512, COUNT, "side of images in rxrx1-utils records")
+
+
+def _screen_field(help: str) -> Any:
+    """A schema column or query: None keeps the preset's value."""
+    return setting(None, optional(TEXT), help)
+
+
+@dataclasses.dataclass(frozen=True)
+class Screen:
+    """The screen schema (gandl.data.screen.ScreenSchema): which metadata columns are plate, well, site, batch,
+    biological group, perturbation and dose, and which sites are controls (pandas queries). `preset` names one of
+    gandl.data.screen.PRESETS ("" = data.kind's own); every field left None keeps the preset's value."""
+
+    preset: str = setting("", registered("presets", lambda names: one_of("", *names)),
+                          'a preset of gandl.data.screen.PRESETS; "" = data.kind\'s own')
+    plate: str | None = _screen_field("the plate column")
+    well: str | None = _screen_field("the well column")
+    site: str | None = _screen_field("the site column")
+    experiment: str | None = _screen_field("batch column; plates are named {experiment}_{plate}")
+    group: str | None = _screen_field("biological group, e.g. the cell line column")
+    perturbation: str | None = _screen_field("the perturbation (compound, siRNA) column")
+    dose: str | None = _screen_field("the dose column (numeric)")
+    positive: str | None = _screen_field("the C+ sites' query, e.g. \"compound == 'staurosporine'\"")
+    negative: str | None = _screen_field("the C- sites' query, e.g. \"compound == 'DMSO'\"")
+    treated: str | None = _screen_field("the treatment sites, e.g. \"compound != 'UV'\"; \"\" = all perturbed")
+    positive_name: str | None = _screen_field("what reports call the C+ sites")
+    negative_name: str | None = _screen_field("what reports call the C- sites")
+    highlight: tuple[str, ...] | None = setting(None, optional(sequence(NAME)), "perturbations the figures draw")
+    viability: str | None = setting(OMITTED, optional(TEXT),
+                                    "a numeric cell-count or viability column per site (cytotoxicity)")
+
+
+# The synthetic writers' common arguments (gandl.data.synthetic's write_rxrx19a and write_rxrx1).
+def _writer_seed(default: int) -> Any:
+    return setting(default, SEED, "the random seed of the screen's design and images")
+
+
+def _plates_per_cell_line(default: Any = OMITTED) -> Any:
+    return setting(default, COUNT, "plates of each cell line")
+
+
+def _sites_per_well(default: Any = OMITTED) -> Any:
+    return setting(default, COUNT, "imaged sites per well")
+
+
+def _plates_per_experiment() -> Any:
+    return setting(OMITTED, COUNT, "plates of each experiment (batch)")
+
+
+def _bit_depth() -> Any:
+    return setting(OMITTED, one_of(8, 16), "bits per pixel of the written images")
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthetic:
+    """The embedded default screen (gandl.data.synthetic.write_rxrx19a arguments)."""
+
+    seed: int = _writer_seed(0)
+    image_size: int = setting(64, integer(16, 1024), "side of the written images in px")
+    plates_per_cell_line: int = _plates_per_cell_line(2)
+    sites_per_well: int = _sites_per_well(2)
+    num_compounds: int = setting(12, integer(3), "compounds in the screen")
+    control_wells_per_plate: tuple[int, ...] = setting((6, 3, 6, 2), sequence(SIZE, length=4),
+                                                       "control wells of each of the 4 control kinds per plate")
+    morphology_only: bool = setting(False, BOOL, "a harder test bed: one intensity histogram per channel for every "
+                                                 "site")
+    phenotype_strength: float = setting(1.0, FACTOR, "infection and compound effects scaled by this factor")
+    cell_density: float = setting(1.0, FACTOR, "cells per site scaled by this factor")
+    cytotoxic_mimicry: float = setting(0.0, PROBABILITY, "a false-hit test bed: toxic compounds' infection level "
+                                                         "cut by this share of their toxicity")
+    toxic_fraction: float | None = setting(None, optional(PROBABILITY), "the share of toxic-inert compounds; None = "
+                                                                        "a third")
+    control_layout: str = setting("random", registered("control_layouts"),
+                                  'controls "random" or in the "edge" columns 1, 2, 23, 24')
+    edge_effect: float = setting(0.0, number(-1, 1, open_low=True), "the outer ring's stain gain changed by this "
+                                                                    "factor (0.15: 15 % brighter)")
+    plates_per_experiment: int = _plates_per_experiment()
+    bit_depth: int = _bit_depth()
+
+
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """The preview grid of training images (mode=preview)."""
+
+    num_images: int = setting(32, COUNT, "images in the grid")
+    cols: int = setting(8, COUNT, "columns of the grid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """StyleGAN2 (gandl.models.config.ModelConfig fields); resolution must match the training images."""
+
+    resolution: int = setting(64, POWER_OF_TWO, "side of G's images and D's input in px")
+    num_channels: int = setting(5, COUNT, "image channels")
+    z_dim: int = setting(512, COUNT, "latent size")
+    w_dim: int = setting(512, COUNT, "intermediate latent (style) size")
+    mapping_layers: int = setting(3, COUNT, "layers of the mapping network")
+    channel_base: int = setting(16384, COUNT, "feature maps of a block: min(channel_base / resolution, channel_max)")
+    channel_max: int = setting(512, COUNT, "at most this many feature maps per block")
+    conv_clamp: float | None = setting(256.0, optional(RATE), "convolution outputs clamped to +-this; None = off")
+    mbstd_group_size: int = setting(4, COUNT, "minibatch-stddev group size of D")
+    mbstd_num_channels: int = setting(1, SIZE, "minibatch-stddev feature channels of D")
+    dtype: str = setting("float32", one_of(*DTYPES), "the compute dtype (parameters and D's embedding stay float32)")
+    mapping_lr_multiplier: float = setting(0.01, RATE, "learning-rate multiplier of the mapping network")
+    w_avg_beta: float = setting(0.995, PROBABILITY, "decay of the tracked average w (truncation)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+    """Training: the paper's variant (Adam lr 1e-4, path length + EMA on G, R1 + Lipschitz on D)."""
+
+    batch_size: int = setting(32, COUNT, "global, over every device of every process")
+    steps: int = setting(100_000, COUNT, "training steps")
+    g_lr: float = setting(1e-4, RATE, "G's Adam learning rate")
+    d_lr: float = setting(1e-4, RATE, "D's Adam learning rate")
+    adam_b1: float = setting(0.0, DECAY, "Adam beta1")
+    adam_b2: float = setting(0.99, DECAY, "Adam beta2")
+    adam_eps: float = setting(1e-8, RATE, "Adam epsilon")
+    r1_gamma: float = setting(1.0, number(0), "R1 penalty weight on D")
+    r1_interval: int = setting(16, COUNT, "steps between R1 (lazy regularisation)")
+    lipschitz_weight: float = setting(1.0, number(0), "one-sided penalty on real/fake interpolates, applied with R1")
+    pl_weight: float = setting(2.0, number(0), "path-length penalty weight on G")
+    pl_interval: int = setting(4, COUNT, "steps between path-length penalties")
+    pl_decay: float = setting(0.01, PROBABILITY, "decay of the path-length mean")
+    pl_batch_shrink: int = setting(2, COUNT, "the path-length batch is the batch over this")
+    style_mixing_prob: float = setting(0.9, PROBABILITY, "probability of mixing two latents' styles")
+    ema_kimg: float = setting(10.0, number(0), "half-life of G's EMA in thousands of images")
+    ema_rampup: float | None = setting(0.05, optional(number(0)), "the EMA half-life is capped at this times the "
+                                                                  "images seen; None = no ramp-up")
+    log_every: int = setting(50, COUNT, "steps between logged metrics")
+    sample_every: int = setting(1000, COUNT, "steps between sample grids")
+    checkpoint_every: int = setting(1000, COUNT, "steps between checkpoints")
+    keep_checkpoints: int = setting(3, COUNT, "the last checkpoints kept")
+    swd_every: int = setting(5000, SIZE, "steps between sliced Wasserstein distances; 0 = off")
+    swd_images: int = setting(1024, COUNT, "images per sliced Wasserstein distance")
+    probe_every: int = setting(0, SIZE, "linear probe of D's features every this many steps (0 = off; gandl.probe): "
+                                        "probe.csv, probe_curve.png")
+    probe_features: tuple[str, ...] = setting(("gandl", "gandl_multiscale"), registered("extractors", _feature_sets),
+                                              "the feature sets probed")
+    probe_sites: int = setting(512, COUNT, "screen sites per probe")
+    probe_zeroshot_sites: int = setting(512, COUNT, "zero-shot sites per probe")
+    distributed: str = setting("auto", one_of(*DISTRIBUTED_MODES), "auto | on | off: jax.distributed.initialize()")
+    augment: str = setting("none", one_of(*AUGMENT_MODES),
+                           "adaptive discriminator augmentation (gandl.train.augment): none | fixed (p = augment_p "
+                           "throughout) | ada (p starts at augment_p and moves every ada_interval steps so that "
+                           "E[sign(D(real))] nears ada_target)")
+    augment_p: float = setting(0.0, PROBABILITY, "the augmentation probability (ada: its start)")
+    ada_target: float = setting(0.6, number(-1, 1), "the E[sign(D(real))] ada steers to")
+    ada_interval: int = setting(4, COUNT, "steps between ada's updates of p")
+    ada_kimg: float = setting(500.0, RATE, "p moves by at most 1 per this many thousand images (stylegan2-ada-"
+                                           "pytorch's 500, for runs of millions of images)")
+    augment_transforms: tuple[str, ...] = setting(
+        AUGMENT_TRANSFORMS, sequence(Rule(lambda v: v in AUGMENT_TRANSFORMS,
+                                          f"a transform of gandl.train.augment: {AUGMENT_TRANSFORMS}", "xflip"),
+                                     nonempty=True), "the transforms augmentation applies")
+    contrastive_weight: float = setting(0.0, number(0), "contrastive discriminator (gandl.train.contrastive, "
+                                                        "ContraD): weight in D's loss of the NT-Xent of two augmented "
+                                                        "views of the reals on D's fc features (0 = off)")
+    contrastive_temperature: float = setting(0.1, RATE, "the NT-Xent temperature")
+
+
+@dataclasses.dataclass(frozen=True)
+class Imagenet:
+    """Fine-tuning of the ImageNet comparator (gandl.features.imagenet.FineTuneConfig fields)."""
+
+    epochs: int = setting(3, COUNT, "fine-tuning epochs")
+    batch_size: int = setting(32, COUNT, "global, over every device")
+    learning_rate: float = setting(1e-3, RATE, "fine-tuning learning rate")
+    train_backbone: bool = setting(False, BOOL, "False: only the channel adapter and the head learn")
+    blocks: tuple[int, ...] = setting((6, 12, 24, 16), sequence(COUNT, nonempty=True),
+                                      "DenseNet-121's dense blocks; smaller for quick tests")
+    pool_batches: int = setting(8, COUNT, "controls are shuffled within pools of this many batches")
+
+
+@dataclasses.dataclass(frozen=True)
+class Embed:
+    """Embedding export (mode=embed): one feature set per extractor named in `feature_sets`, in the same pass."""
+
+    batch_size: int = setting(64, COUNT, "global")
+    step: int = setting(-1, integer(-1), "checkpoint step; -1 = latest")
+    orientation_average: bool = setting(False, BOOL, "average the features of the 8 flips/rotations of each site")
+    feature_sets: tuple[str, ...] = setting(
+        ("gandl", "random_d", "gandl_multiscale", "random_d_multiscale", "handcrafted"),
+        registered("extractors", _feature_sets),
+        "gandl.features.registry names: gandl (the trained D's b4.fc), random_d (a randomly initialised D), "
+        "gandl_multiscale / random_d_multiscale (mean and stddev over space of every D block, plus b4.fc), "
+        "handcrafted (intensity/texture statistics), imagenet (the fine-tuned comparator; needs imagenet_weights)")
+    mbstd: str = setting("constant", one_of(*MBSTD_MODES),
+                         'the stddev channel D\'s features are computed with: "constant" (a group of one: 1e-4, never '
+                         'seen in training) or "train" (D\'s mean group stddev over mbstd_batches real training '
+                         'batches, recorded)')
+    mbstd_batches: int = setting(4, COUNT, 'real training batches of mbstd="train"')
+    part_batches: int = setting(32, COUNT, "batches per resumable part file")
+    well_aggregate: str = setting("median", one_of(*WELL_AGGREGATES),
+                                  "median | mean over a well's sites: the well profiles (and the analysis' wells)")
+    imagenet_weights: str = setting("", TEXT, "ImageNet comparator (gandl.features.imagenet): a torchvision "
+                                              'densenet121 state dict (.npz, or .pt with torch) or "random" for a '
+                                              "random backbone; fine-tuned per `imagenet`")
+    imagenet: Imagenet = section(Imagenet)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroshotSynthetic:
+    """The zero-shot set's synthetic screen (gandl.data.synthetic.write_rxrx1 arguments; its image size follows
+    config.synthetic's)."""
+
+    seed: int = _writer_seed(1)
+    plates_per_cell_line: int = _plates_per_cell_line(2)
+    sites_per_well: int = _sites_per_well(2)
+    plates_per_experiment: int = _plates_per_experiment()
+    bit_depth: int = _bit_depth()
+    num_sirnas: int = setting(OMITTED, COUNT, "siRNAs in the screen")
+    num_positive_controls: int = setting(OMITTED, SIZE, "positive-control siRNAs on each plate")
+    negative_control_wells: int = setting(OMITTED, SIZE, "EMPTY negative-control wells on each plate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Zeroshot:
+    """Zero-shot cell typing on an RxRx1-layout set never seen in training (6 channels mapped onto 5)."""
+
+    enabled: bool = setting(True, BOOL, "run the zero-shot cell typing")
+    root: str = setting("", TEXT, 'RxRx1-layout folder; "" = synthesize one into workdir/raw_rxrx1')
+    shards: str = setting("", TEXT, "or converted shards / an rxrx1-utils TFRecord glob")
+    channels: tuple[int, ...] = setting((), sequence(COUNT), "source channels feeding the model's; () = by stain, "
+                                                             "(1, 2, 3, 4, 6) for RxRx1")
+    synthetic: ZeroshotSynthetic = section(ZeroshotSynthetic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """Analysis (gandl.analysis.tasks.AnalysisConfig fields); the defaults follow the paper (per site, no
+    normalisation, C = 1)."""
+
+    normalization: str = setting("none", one_of(*NORMALIZATIONS), "none | center_scale | tvn (see "
+                                                                  "gandl.analysis.classify.normalize)")
+    level: str = setting("site", one_of("site", "well"), "site | well: the unit SVMs and spaces see (dose-response "
+                                                          "always averages wells)")
+    c: float = setting(1.0, RATE, "SVM soft-margin constant")
+    n_splits: int = setting(5, integer(2), "at most this many grouped folds")
+    group_by: str = setting("plate", one_of("plate", "experiment"), "plate | experiment: what a fold holds out")
+    uv_is_positive: bool = setting(False, BOOL, "count UV-inactivated virus wells as C+")
+    top_k: int = setting(5, COUNT, "best-ranked compounds per cell line listed, and drawn when the schema highlights "
+                                   "none")
+    flat_threshold: float = setting(0.25, number(0), "Hill amplitude below which a curve is flat (score units)")
+    toxic_threshold: float = setting(0.5, number(0), "score drop after the peak that flags a toxic top dose")
+    fdr: float = setting(0.05, number(0, 1, open_low=True, open_high=True),
+                         "false discovery rate of the hit calls (Benjamini-Hochberg q below it)")
+    rescue_threshold: float = setting(0.0, number(-1, 1, open_low=True, open_high=True),
+                                      "efficacy a hit must be shown to exceed (C- = -1, C+ = +1; 0 = half way)")
+    off_axis_limit: float = setting(1.5, number(1), "off-axis distance over the C+ wells' own beyond which a dose is "
+                                                    "not a rescue")
+    viability_floor: float = setting(0.7, number(0, 1, open_low=True),
+                                     "cell-count proxy over the plate's C- wells below which a dose is cytotoxic")
+    position_correction: str = setting("auto", one_of(*POSITIONS), "auto | on | off: plate row/column/edge effects "
+                                                                   "removed before the hit test")
+    seed: int = setting(0, SEED, "seed of the folds and the few-label draws")
+    few_labels: tuple[int, ...] = setting((), sequence(COUNT), "e.g. (4, 8, 16): Table 1 also with k labelled "
+                                                               "control wells per class (table1_few_labels); () = off")
+    few_label_draws: int = setting(5, COUNT, "seeded draws of those wells, averaged")
+    exclude_plates: tuple[str, ...] = setting((), sequence(NAME), "plates ({experiment}_{plate}, qc_plates.csv's "
+                                                                  "plate_id) left out of all but the plate QC")
+    min_z_prime: float | None = setting(None, optional(number(-math.inf, 1)),
+                                        "also leave out plates whose robust Z′ is below it; None = keep")
+    truth: str = setting("", TEXT, 'a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the '
+                                   "screen, if any")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a run."""
+
+    seed: int = setting(0, SEED, "the run's random seed")
+    data: Data = section(Data)
+    screen: Screen = section(Screen)
+    synthetic: Synthetic = section(Synthetic)
+    preview: Preview = section(Preview)
+    model: Model = section(Model)
+    train: Train = section(Train)
+    embed: Embed = section(Embed)
+    zeroshot: Zeroshot = section(Zeroshot)
+    analysis: Analysis = section(Analysis)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the schema gives
+
+
+def settings(cls: type | None = None, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted path, field) of every setting of `cls` (default: the whole `Config`), sections walked in order."""
+    for field in dataclasses.fields(Config if cls is None else cls):
+        if "section" in field.metadata:
+            yield from settings(field.metadata["section"], f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name, field
+
+
+def sections(cls: type | None = None, prefix: str = "") -> Iterator[tuple[str, type]]:
+    """(dotted path, dataclass) of every section of `cls` (default: the whole `Config`), nested ones too."""
+    for field in dataclasses.fields(Config if cls is None else cls):
+        if "section" in field.metadata:
+            yield prefix + field.name, field.metadata["section"]
+            yield from sections(field.metadata["section"], f"{prefix}{field.name}.")
+
+
+def _placeholder_type(annotation: Any) -> type:
+    """The type of a None default's placeholder: `str | None` -> str, `tuple[str, ...] | None` -> tuple."""
+    if isinstance(annotation, types.UnionType):
+        annotation = next(a for a in annotation.__args__ if a is not type(None))
+    return typing.get_origin(annotation) or annotation
+
+
+def _section_dict(cls: type) -> ml_collections.ConfigDict:
+    values = {}
+    for field in dataclasses.fields(cls):
+        if "section" in field.metadata:
+            values[field.name] = _section_dict(field.metadata["section"])
+        elif field.default is None:
+            values[field.name] = config_dict.placeholder(_placeholder_type(field.type))
+        elif field.default is not OMITTED:
+            values[field.name] = field.default
+    return ml_collections.ConfigDict(values)
+
 
 def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    """The config every `configs/*.py` starts from: each setting of `Config` at its default (a None default as a
+    typed placeholder), OMITTED ones left out."""
+    return _section_dict(Config)
 
-    # Raw screen -> shards (mode=convert) and the input pipeline.
-    config.data = ml_collections.ConfigDict(dict(
-        kind="rxrx19a",  # a screen reader of gandl.data.screen.READERS (what root names: READERS[kind].summary)
-        root="",  # the raw screen; "" = the embedded synthetic screen, generated into workdir/raw
-        metadata="metadata.csv",  # the metadata table's file name in root (ome_zarr: the plate map CSV)
-        channel_columns=(),  # generic screens: one image-path column per channel
-        stains=(),  # stain names of the channels (generic default: the column names; ome_zarr: the OMERO labels)
-        shards="",  # converted shards (or an rxrx1-utils TFRecord glob); "" = workdir/shards
-        image_size=64,  # conversion target side in px; 0 keeps full resolution
-        sites_per_shard=256,
-        skip_bad_sites=False,  # True: skip sites with bad files and list them in skipped_sites.csv
-        num_workers=0,  # conversion processes; 0 = one per core
-        channels=(),  # 1-based channels to read, in order, e.g. (1, 2, 3, 4, 6) for RxRx1 -> RxRx19a
-        intensity="auto",  # auto | dtype | dataset: raw values mapping to [-1, 1]
-        crop_size=0,  # random crop in training, central crop in export; 0 = none
-        augment=True,  # random flips and 90-degree rotations
-        shuffle_buffer=1024,
-        rxrx1_utils_image_size=512,  # side of images in rxrx1-utils records
-    ))
 
-    # The screen schema (gandl.data.screen.ScreenSchema): which metadata columns are plate, well, site, batch,
-    # biological group, perturbation and dose, and which sites are controls (pandas queries). `preset` names one
-    # of gandl.data.screen.PRESETS ("" = data.kind's own); every field left None keeps the preset's value.
-    config.screen = ml_collections.ConfigDict(dict(
-        preset="",
-        plate=config_dict.placeholder(str), well=config_dict.placeholder(str), site=config_dict.placeholder(str),
-        experiment=config_dict.placeholder(str),  # batch column; plates are named {experiment}_{plate}
-        group=config_dict.placeholder(str),  # biological group, e.g. the cell line column
-        perturbation=config_dict.placeholder(str), dose=config_dict.placeholder(str),
-        positive=config_dict.placeholder(str),  # e.g. "compound == 'staurosporine'"
-        negative=config_dict.placeholder(str),  # e.g. "compound == 'DMSO'"
-        treated=config_dict.placeholder(str),  # the treatment sites, e.g. "compound != 'UV'"; "" = all perturbed
-        positive_name=config_dict.placeholder(str), negative_name=config_dict.placeholder(str),
-        highlight=config_dict.placeholder(tuple),  # perturbations the figures draw
-    ))
+def rule_of(field: dataclasses.Field, registries: Mapping[str, Collection[str]]) -> Rule:
+    """A setting's rule, a `registered` one built from `registries[its registry name]`."""
+    rule = field.metadata["rule"]
+    return rule.build(registries[rule.registry]) if isinstance(rule, Registered) else rule
 
-    # The embedded default screen (gandl.data.synthetic.write_rxrx19a arguments).
-    config.synthetic = ml_collections.ConfigDict(dict(
-        seed=0, image_size=64, plates_per_cell_line=2, sites_per_well=2, num_compounds=12,
-        control_wells_per_plate=(6, 3, 6, 2),
-        # Harder test beds: one intensity histogram per channel for every site; infection and compound effects
-        # scaled by a factor in (0, 1]; cells per site scaled by a factor in (0, 1].
-        morphology_only=False, phenotype_strength=1.0, cell_density=1.0,
-        # False-hit test beds: toxic compounds' infection level cut by this share of their toxicity, in [0, 1];
-        # the share of toxic-inert compounds (None: a third); controls "random" or in the "edge" columns 1, 2,
-        # 23, 24; the outer ring's stain gain changed by this factor in (-1, 1] (0.15: 15 % brighter).
-        cytotoxic_mimicry=0.0, toxic_fraction=config_dict.placeholder(float), control_layout="random",
-        edge_effect=0.0))
 
-    config.preview = ml_collections.ConfigDict(dict(num_images=32, cols=8))
+def rules(registries: Mapping[str, Collection[str]]) -> dict[str, Rule]:
+    """{dotted path: rule} of every setting, OMITTED ones too, `registered` rules bound to `registries`."""
+    return {path: rule_of(field, registries) for path, field in settings()}
 
-    # StyleGAN2 (gandl.models.config.ModelConfig fields); resolution must match the training images.
-    config.model = ml_collections.ConfigDict(dict(
-        resolution=64, num_channels=5, z_dim=512, w_dim=512, mapping_layers=3, channel_base=16384,
-        channel_max=512, conv_clamp=256.0, mbstd_group_size=4, mbstd_num_channels=1, dtype="float32",
-        mapping_lr_multiplier=0.01, w_avg_beta=0.995))
 
-    # Training: the paper's variant (Adam lr 1e-4, path length + EMA on G, R1 + Lipschitz on D).
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=32,  # global, over every device of every process
-        steps=100_000,
-        g_lr=1e-4, d_lr=1e-4, adam_b1=0.0, adam_b2=0.99, adam_eps=1e-8,
-        r1_gamma=1.0, r1_interval=16,
-        lipschitz_weight=1.0,  # one-sided penalty on real/fake interpolates, applied with R1
-        pl_weight=2.0, pl_interval=4, pl_decay=0.01, pl_batch_shrink=2,
-        style_mixing_prob=0.9,
-        ema_kimg=10.0, ema_rampup=0.05,
-        log_every=50, sample_every=1000, checkpoint_every=1000, keep_checkpoints=3,
-        swd_every=5000, swd_images=1024,
-        # Linear probe of D's features every probe_every steps (0 = off; gandl.probe): probe.csv, probe_curve.png.
-        probe_every=0, probe_features=("gandl", "gandl_multiscale"), probe_sites=512, probe_zeroshot_sites=512,
-        distributed="auto",  # auto | on | off: jax.distributed.initialize()
-        # Adaptive discriminator augmentation (gandl.train.augment): none | fixed (p = augment_p throughout) | ada
-        # (p starts at augment_p and moves every ada_interval steps so that E[sign(D(real))] nears ada_target,
-        # by at most 1 per ada_kimg thousand images: stylegan2-ada-pytorch's 500 for runs of millions of images).
-        augment="none", augment_p=0.0, ada_target=0.6, ada_interval=4, ada_kimg=500.0,
-        augment_transforms=("xflip", "rot90", "translate", "brightness", "contrast", "noise", "cutout"),
-        # Contrastive discriminator (gandl.train.contrastive, ContraD): NT-Xent of two augmented views of the reals
-        # on D's fc features through a projection head, added to D's loss with this weight (0 = off).
-        contrastive_weight=0.0, contrastive_temperature=0.1,
-    ))
-
-    # Embedding export (mode=embed): one feature set per extractor named in `feature_sets`, in the same pass.
-    config.embed = ml_collections.ConfigDict(dict(
-        batch_size=64,  # global
-        step=-1,  # checkpoint step; -1 = latest
-        orientation_average=False,  # average the features of the 8 flips/rotations of each site
-        # gandl.features.registry names: gandl (the trained D's b4.fc), random_d (a randomly initialised D),
-        # gandl_multiscale / random_d_multiscale (mean and stddev over space of every D block, plus b4.fc),
-        # handcrafted (intensity/texture statistics), imagenet (the fine-tuned comparator; needs imagenet_weights)
-        feature_sets=("gandl", "random_d", "gandl_multiscale", "random_d_multiscale", "handcrafted"),
-        # The stddev channel D's features are computed with: "constant" (a group of one: 1e-4, never seen in
-        # training) or "train" (D's mean group stddev over `mbstd_batches` real training batches, recorded).
-        mbstd="constant",
-        mbstd_batches=4,
-        part_batches=32,  # batches per resumable part file
-        well_aggregate="median",  # median | mean over a well's sites: the well profiles (and the analysis' wells)
-        # ImageNet comparator (gandl.features.imagenet): a torchvision densenet121 state dict (.npz, or .pt with
-        # torch) or "random" for a random backbone; fine-tuned per `imagenet` (FineTuneConfig fields).
-        imagenet_weights="",
-        imagenet=ml_collections.ConfigDict(dict(epochs=3, batch_size=32, learning_rate=1e-3, train_backbone=False,
-                                                blocks=(6, 12, 24, 16), pool_batches=8)),
-    ))
-
-    # Zero-shot cell typing on an RxRx1-layout set never seen in training (6 channels mapped onto 5).
-    config.zeroshot = ml_collections.ConfigDict(dict(
-        enabled=True,
-        root="",  # RxRx1-layout folder; "" = synthesize one into workdir/raw_rxrx1
-        shards="",  # or converted shards / an rxrx1-utils TFRecord glob
-        channels=(),  # source channels feeding the model's; () = by stain, (1, 2, 3, 4, 6) for RxRx1
-        # gandl.data.synthetic.write_rxrx1 arguments; its image size follows config.synthetic's
-        synthetic=ml_collections.ConfigDict(dict(seed=1, plates_per_cell_line=2, sites_per_well=2)),
-    ))
-
-    # Analysis (gandl.analysis.report.AnalysisConfig fields).
-    config.analysis = ml_collections.ConfigDict(dict(
-        normalization="none", level="site", c=1.0, n_splits=5, group_by="plate", uv_is_positive=False,
-        top_k=5, flat_threshold=0.25, toxic_threshold=0.5,
-        fdr=0.05,  # false discovery rate of the hit calls
-        rescue_threshold=0.0,  # efficacy a hit must be shown to exceed (C- = -1, C+ = +1; 0 = half way)
-        off_axis_limit=1.5,  # off-axis distance over the C+ wells' own beyond which a dose is not a rescue
-        viability_floor=0.7,  # cell-count proxy over the plate's C- wells below which a dose is cytotoxic
-        position_correction="auto",  # auto | on | off: plate row/column/edge effects removed before the hit test
-        seed=0,
-        few_labels=(),  # e.g. (4, 8, 16): Table 1 also with k labelled control wells per class (table1_few_labels)
-        few_label_draws=5,  # seeded draws of those wells, averaged
-        exclude_plates=(),  # plates ({experiment}_{plate}, qc_plates.csv's plate_id) left out of all but the plate QC
-        min_z_prime=config_dict.placeholder(float),  # also leave out plates whose robust Z′ is below it; None = keep
-        truth=""))  # a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the screen, if any
-    return config
+def validate_section(obj: Any) -> None:
+    """Hold every field of a section dataclass instance (or a dataclass deriving from one) to its setting's rule;
+    raise ValueError naming each failing field, its value and what it must be. Rules over a registry are the
+    config check's (`gandl.check`), not checked here."""
+    failures = []
+    for field in dataclasses.fields(obj):
+        rule, value = field.metadata.get("rule"), getattr(obj, field.name)
+        if isinstance(rule, Rule) and not rule.ok(value):
+            failures.append(f"{field.name}={value!r}: must be {rule.wanted}")
+    if failures:
+        raise ValueError("; ".join(failures))
 
 
 def call_in_file(path: str, attr: str) -> Any:

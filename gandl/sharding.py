@@ -16,8 +16,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from gandl.defaults import DISTRIBUTED_MODES  # config.train.distributed: see initialize_distributed
+
 DATA_AXIS = "data"
-DISTRIBUTED_MODES = ("auto", "on", "off")  # config.train.distributed: see initialize_distributed
 _BARRIERS = itertools.count()
 
 # Environment variables that mean "this process is one of several" (Cloud TPU VMs, explicit coordinators).

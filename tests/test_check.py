@@ -145,7 +145,7 @@ def test_a_field_without_a_rule_is_refused_as_unknown():
                                            ("exclude_plates", ((), ("HRCE-1_1",), ("",), (1,))),
                                            ("min_z_prime", (None, -2.0, 0, 0.5, 1.0, 1.5, float("nan"), "0.5"))])
 def test_the_analysis_rules_accept_what_the_analysis_accepts(field, values):
-    """check.py sits below the analysis and cannot import it: its rules must accept what AnalysisConfig accepts."""
+    """The config check and AnalysisConfig hold the analysis fields to the same rules (the schema's)."""
     for value in values:
         try:
             AnalysisConfig(**{field: value})

@@ -23,8 +23,7 @@ from sklearn.svm import LinearSVC
 
 from gandl.analysis.io import control_role, group_means, plate_key, row_products
 from gandl.data.folds import CVError, control_folds, grouped_folds, require_trained  # noqa: F401 (also the analysis' names)
-
-NORMALIZATIONS = ("none", "center_scale", "tvn")
+from gandl.defaults import NORMALIZATIONS
 
 
 def control_mask(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.ndarray:

@@ -28,10 +28,10 @@ from scipy import special, stats
 from gandl.analysis import efficacy, plates
 from gandl.analysis.io import aggregate_wells, plate_key
 from gandl.data import wells
+from gandl.defaults import POSITIONS
 
 GAP_P = 0.01  # a fold's held-out C+ - C- gap is "clearly positive" below this one-sided Welch p
 MIN_TREATED_FOR_BASELINE = 20  # treated wells a plate needs before their median guards the negative level
-POSITIONS = ("auto", "on", "off")
 KEYS = ["treatment", "cell_type", "treatment_conc"]
 CURVE = ["treatment", "cell_type"]
 

@@ -9,13 +9,13 @@ reason, running every other task; tasks that need a skipped one are skipped too.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from gandl import defaults
 from gandl.analysis import activity, classify, efficacy, hits, io, markup, plates, plots, qc, spaces, zeroshot
 from gandl.analysis.io import JoinError, aggregate_wells, align
 from gandl.analysis.markup import Block
@@ -27,56 +27,14 @@ FoldSet = tuple[np.ndarray, pd.DataFrame, Sequence[str]]
 
 
 @dataclasses.dataclass(frozen=True)
-class AnalysisConfig:
-    """Settings of the analysis; the defaults follow the paper (per site, no normalisation, C = 1)."""
+class AnalysisConfig(defaults.Analysis):
+    """Settings of the analysis: the schema's `gandl.defaults.Analysis` (fields, defaults, rules), with the well
+    aggregate of the embed section (the analysis stage passes `embed.well_aggregate`)."""
 
-    normalization: str = "none"  # none | center_scale | tvn (see classify.normalize)
-    level: str = "site"  # site | well: the unit SVMs and spaces see (dose-response always averages wells)
-    c: float = 1.0  # SVM soft-margin constant
-    n_splits: int = 5  # at most this many grouped folds
-    group_by: str = "plate"  # plate | experiment: what a fold holds out
-    uv_is_positive: bool = False  # count UV-inactivated virus wells as C+
-    top_k: int = 5  # best-ranked compounds per cell line listed, and drawn when the schema highlights none
-    flat_threshold: float = 0.25  # Hill amplitude below which a curve is flat (score units)
-    toxic_threshold: float = 0.5  # score drop after the peak that flags a toxic top dose
-    fdr: float = 0.05  # false discovery rate of the hit calls (Benjamini-Hochberg q below it)
-    rescue_threshold: float = 0.0  # efficacy a hit must be shown to exceed (C- = -1, C+ = +1; 0 = half way)
-    off_axis_limit: float = 1.5  # off-axis distance (over the controls' own) beyond which a dose is not a rescue
-    viability_floor: float = 0.7  # cell-count proxy (over the plate's C- wells) below which a dose is cytotoxic
-    position_correction: str = "auto"  # auto | on | off: remove plate row/column effects before the hit test
-    well_aggregate: str = "median"  # median | mean of a well's sites (the analysis stage passes embed.well_aggregate)
-    seed: int = 0
-    truth: str = ""  # a ground-truth CSV (the synthetic screen's truth.csv schema); "" = none named
-    few_labels: tuple[int, ...] = ()  # Table 1 also with k labelled control wells per class, for each k; () = off
-    few_label_draws: int = 5  # seeded draws of the k wells, averaged
-    exclude_plates: tuple[str, ...] = ()  # plates ({experiment}_{plate}) every task but the plate QC leaves out
-    min_z_prime: float | None = None  # also leave out plates whose robust Z′ is below it; None = report, keep all
+    well_aggregate: str = defaults.setting_of(defaults.Embed, "well_aggregate")
 
     def __post_init__(self):
-        if self.normalization not in classify.NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {classify.NORMALIZATIONS}, got {self.normalization!r}")
-        if self.level not in ("site", "well"):
-            raise ValueError(f"level must be 'site' or 'well', got {self.level!r}")
-        if self.well_aggregate not in io.WELL_AGGREGATES:
-            raise ValueError(f"well_aggregate must be one of {io.WELL_AGGREGATES}, got {self.well_aggregate!r}")
-        if self.group_by not in ("plate", "experiment"):
-            raise ValueError(f"group_by must be 'plate' or 'experiment', got {self.group_by!r}")
-        if not 0.0 < self.fdr < 1.0:
-            raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}")
-        if not -1.0 < self.rescue_threshold < 1.0:
-            raise ValueError(f"rescue_threshold must be in (-1, 1) (C- = -1, C+ = +1), got {self.rescue_threshold!r}")
-        if self.position_correction not in hits.POSITIONS:
-            raise ValueError(f"position_correction must be one of {hits.POSITIONS}, got {self.position_correction!r}")
-        if any(not isinstance(k, int) or k < 1 for k in self.few_labels) or self.few_label_draws < 1:
-            raise ValueError(f"few_labels must be integers >= 1 and few_label_draws >= 1, got {self.few_labels!r} "
-                             f"and {self.few_label_draws!r}")
-        if any(not isinstance(p, str) or not p for p in self.exclude_plates):
-            raise ValueError(f"exclude_plates must be plate names ({{experiment}}_{{plate}}), got "
-                             f"{self.exclude_plates!r}")
-        z = self.min_z_prime
-        if z is not None and not (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z)
-                                  and z <= 1):
-            raise ValueError(f"min_z_prime must be None or a number <= 1 (Z′ never exceeds 1), got {z!r}")
+        defaults.validate_section(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,9 @@ from gandl._tf import tf
 from gandl.data import convert
 from gandl.data.screen import RESERVED_COLUMNS
 from gandl.data.vocabulary import STAINS
+from gandl.defaults import INTENSITIES
 
 AUTOTUNE = tf.data.AUTOTUNE
-INTENSITIES = ("auto", "dtype", "dataset")
 _GLOB = re.compile(r"[*?\[]")
 _READ_BUFFER = 8 << 20  # bytes per open file: large reads matter on gs://
 _TF_TYPES = {"int64": tf.int64, "float64": tf.string, "string": tf.string}  # float64: its 8 little-endian bytes

@@ -29,6 +29,7 @@ from absl import logging
 from gandl import errors
 from gandl.data import wells
 from gandl.data.vocabulary import ACTIVE, MOCK, STAINS, UV_INACTIVATED
+from gandl.defaults import WELL_AGGREGATES  # embed.well_aggregate: how a well's profile comes from its sites
 
 # Names the stages after reading use for their own data: record keys (convert), batch keys (pipeline), npz
 # entries (embed), the well profiles' site count (profiles) and AnnData's reserved obs name. A metadata column
@@ -49,7 +50,6 @@ class SettingError(errors.UserError, ValueError):
     config, not in the data, so the command says it in one line with the config's exit status."""
 
 
-WELL_AGGREGATES = ("median", "mean")  # embed.well_aggregate: how a well's profile comes from its sites
 
 
 def check_aggregate(aggregate: str) -> None:

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from gandl import sharding
 from gandl.data import pipeline
+from gandl.defaults import MBSTD_MODES
 from gandl.features.base import Context, FeatureFn, on_mesh
 from gandl.models import build_models, init_variables
 from gandl.models import layers as model_layers
@@ -30,7 +31,6 @@ from gandl.models.discriminator import blocks_dim, multiscale_dim
 
 # Feature option -> the Discriminator method computing it.
 OPTIONS = {"fc": "features", "multiscale": "multiscale_features", "blocks": "block_features"}
-MBSTD_MODES = ("constant", "train")
 
 
 def dihedral_views(images: jax.Array) -> list[jax.Array]:

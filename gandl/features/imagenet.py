@@ -27,26 +27,17 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from gandl import sharding
+from gandl import defaults, sharding
 from gandl.data import pipeline
-from gandl.defaults import base_config
 from gandl.features.base import LABELS, Context, Controls, FeatureFn, control_labels, on_mesh
 from gandl.models import densenet
 
-_BASE = base_config().embed.imagenet
 RANDOM = "random"  # `weights` value for a randomly initialised backbone (tests, demos without weights)
 
 
 @dataclasses.dataclass(frozen=True)
-class FineTuneConfig:
-    """Fine-tuning settings (`config.embed.imagenet`; the defaults are `gandl.defaults.base_config`'s)."""
-
-    epochs: int = _BASE.epochs
-    batch_size: int = _BASE.batch_size  # global, over every device
-    learning_rate: float = _BASE.learning_rate
-    train_backbone: bool = _BASE.train_backbone  # False: only the channel adapter and the head learn
-    blocks: tuple[int, ...] = tuple(_BASE.blocks)  # DenseNet-121's; smaller for quick tests
-    pool_batches: int = _BASE.pool_batches  # controls are shuffled within pools of this many batches
+class FineTuneConfig(defaults.Imagenet):
+    """Fine-tuning settings: `config.embed.imagenet`, the schema's `gandl.defaults.Imagenet` (its defaults)."""
 
 
 def control_batches(spec: pipeline.RecordSpec, batch_size: int, pool_batches: int, seed: int,

@@ -30,10 +30,10 @@ import jax.numpy as jnp
 from flax import struct
 from jax.sharding import PartitionSpec
 
+from gandl.defaults import AUGMENT_TRANSFORMS as TRANSFORMS  # config.train.augment_transforms, in the order applied
+
 Array = jax.Array
 
-MODES = ("none", "fixed", "ada")  # config.train.augment: off, a constant p, p tuned by the r_t heuristic
-TRANSFORMS = ("xflip", "rot90", "translate", "brightness", "contrast", "noise", "cutout")  # in the order applied
 # stylegan2-ada-pytorch's magnitudes for the transforms kept here.
 TRANSLATE_MAX = 0.125  # fraction of the side
 BRIGHTNESS_STD = 0.2  # additive, in [-1, 1] units
