@@ -1,10 +1,15 @@
 """Quiet by default: GAN-DL's INFO lines stay, orbax's INFO goes (unless --verbosity asks for it)."""
 
+import logging as pylogging
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from absl import logging as absl_logging
+
+from gandl import console
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -47,3 +52,30 @@ def test_gandl_info_lines_stay_and_orbax_info_lines_go(tmp_path):
     assert "checkpoint_manager.py" in before  # orbax's INFO lines, as a default run printed them
     assert "checkpoint_manager.py" not in after and "orbax" not in after.lower()
     assert " sites in " in after and "shards at" in after  # GAN-DL's own INFO line
+
+
+def _record(pathname: str, level: int, message: str, error: BaseException | None = None) -> pylogging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    return pylogging.LogRecord("absl", level, pathname, 1, message, (), exc_info)
+
+
+def test_a_disk_fault_gandl_reports_is_not_also_shown_by_the_libraries_it_came_through(monkeypatch, capsys):
+    """Issue #32: a full disk during a checkpoint save was one `gandl:` line after 400 lines of orbax's thread logs
+    and asyncio tracebacks; those reports of the same fault go, any other error of a library stays."""
+    handler = absl_logging.get_absl_handler()
+    monkeypatch.setattr(handler, "filters", list(handler.filters))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    console.quiet_third_party_logs()
+    orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+    full = ValueError("RESOURCE_EXHAUSTED: Error writing local file 'x': No space left on device [os_error_code='28']")
+    wrapped = RuntimeError("Failed to run 4 Handler Commit operations")
+    wrapped.__cause__ = full
+    assert not handler.filter(_record(orbax, pylogging.ERROR, f"_SignalingThread.run() raised an exception: {full}"))
+    assert not handler.filter(_record(orbax, pylogging.ERROR, "Failed to run 4 Handler Commit operations", wrapped))
+    assert handler.filter(_record(orbax, pylogging.ERROR, "a save failed: the tree has no leaves"))
+    assert handler.filter(_record(os.path.join(os.path.dirname(console.__file__), "main.py"), pylogging.ERROR,
+                                  "No space left on device"))
+    sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+    assert capsys.readouterr().err == ""
+    sys.excepthook(ValueError, ValueError("a bug"), None)
+    assert "ValueError: a bug" in capsys.readouterr().err

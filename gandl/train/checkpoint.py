@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gandl import errors, fileio
+from gandl import console, errors, fileio
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.defaults import base_config
@@ -46,11 +45,6 @@ RECORD = "complete.json"
 
 class CorruptCheckpointError(fileio.FileFault):
     """A checkpoint whose files do not match its completion record, or that orbax cannot read."""
-
-
-# How tensorstore and orbax (which wrap OSError in ValueError) word a failed write: a full or read-only disk.
-_IO_FAULT = re.compile(r"os_error_code|RESOURCE_EXHAUSTED|PERMISSION_DENIED|No space left|Read-only file system|"
-                       r"Permission denied")
 
 
 class OptionsChanged(errors.UserError, ValueError):
@@ -100,7 +94,7 @@ class Checkpointer:
             raise
         except Exception as error:  # noqa: BLE001 - orbax and tensorstore wrap OS errors in many types
             cause = _root_cause(error)
-            if not isinstance(error, OSError) and not _IO_FAULT.search(cause):
+            if not isinstance(error, OSError) and not console.DISK_FAULT.search(cause):
                 raise
             raise fileio.FileFault(f"{self.directory}: cannot write a checkpoint ({cause})") from error
 
