@@ -17,6 +17,13 @@ against the clean run's:
   analyze  every table (csv) under analysis/
 Printed: one row per stage: trials, kills that landed before the stage ended, reruns that failed, and trials whose
 outputs are byte-identical to the clean run's, with the files that differed when some did.
+
+  python benchmarks/faults.py --full-disk             # as root: each stage on a disk that fills up mid-way
+
+With --full-disk, each stage instead runs from its snapshot on a tmpfs mounted at the workdir whose size leaves
+room for a quarter, a half and three quarters of what the clean run's stage wrote (Linux, as root: `mount`): the
+run must end with status 1 and one `gandl:` line on stderr, no traceback and no temporary file; the disk is then
+given room (a remount) and the rerun must finish byte-identical to the clean run.
 """
 
 from __future__ import annotations
@@ -166,6 +173,54 @@ def trial(stage: str, seed: int, snapshot: str, workdir: str, reference: dict, s
                 differing=differing)
 
 
+FULL_DISK_SHARES = (0.25, 0.5, 0.75)  # of the stage's own writes, the room the full disk leaves
+
+
+def _bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
+def _mount(workdir: str, size: int, remount: bool = False) -> None:
+    options = f"{'remount,' if remount else ''}size={size}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", workdir], check=True, capture_output=True)
+
+
+def full_disk_trial(stage: str, share: float, snapshot: str, workdir: str, reference: dict, grows: int,
+                    log: str) -> dict:
+    """`stage` from its snapshot on a disk with room for `share` of its writes, then again with room to spare."""
+    if os.path.ismount(workdir):
+        subprocess.run(["umount", workdir], check=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    _mount(workdir, _bytes(snapshot) + int(share * grows) + 2**20)  # tmpfs rounds up to pages; headroom for that
+    try:
+        shutil.copytree(snapshot, workdir, symlinks=True, dirs_exist_ok=True)
+        out = subprocess.run(_command(workdir, stage), cwd=REPO, env=_env(), capture_output=True, text=True,
+                             timeout=1800)
+        with open(log, "a") as f:
+            f.write(out.stderr)
+        said = [line for line in out.stderr.splitlines() if line.startswith("gandl:")]
+        tracebacks = out.stderr.count("Traceback (most recent call last)")
+        temps = glob.glob(os.path.join(workdir, "**", "*.tmp-*"), recursive=True)
+        _mount(workdir, 4 * (_bytes(snapshot) + grows) + 2**26, remount=True)
+        status = run_stage(workdir, stage, log)
+        got = outputs(workdir, stage) if status == 0 else {}
+    finally:
+        subprocess.run(["umount", workdir], check=False)
+    differing = sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
+    return dict(stage=stage, share=share, full_status=out.returncode, said=said, tracebacks=tracebacks,
+                temps=len(temps), status=status, identical=not differing, differing=differing)
+
+
+def full_disk_table(results: list[dict]) -> str:
+    lines = ["| stage | room left (share of its writes) | status on the full disk | `gandl:` lines | tracebacks | "
+             "temporary files | rerun with room | byte-identical |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['share']:.2f} | {r['full_status']} | {len(r['said'])} | {r['tracebacks']} | "
+              f"{r['temps']} | {r['status']} | {'yes' if r['identical'] else 'no: ' + ', '.join(r['differing'][:3])} |"
+              for r in results]
+    return "\n".join(lines)
+
+
 def table(results: list[dict], seconds: dict) -> str:
     lines = ["| stage | clean run (s) | trials | killed mid-stage | reruns failed | byte-identical | differing |",
              "|---|---|---|---|---|---|---|"]
@@ -185,10 +240,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="kill moments drawn per stage")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--out", default="", help="folder for workdirs, snapshots and the log ('' = a temporary one)")
+    parser.add_argument("--full-disk", action="store_true", help="stages on a disk that fills up (root: mount)")
     args = parser.parse_args()
+    if args.full_disk and os.geteuid() != 0:
+        sys.exit("--full-disk mounts a tmpfs at the workdir: run it as root")
     root = args.out or tempfile.mkdtemp(prefix="gandl_faults_")
     workdir, log = os.path.join(root, "work"), os.path.join(root, "runs.log")
     snapshots, reference, seconds = clean_run(root, workdir, args.stages, log)
+    if args.full_disk:
+        after = {**{s: snapshots[n] for s, n in zip(STAGES, STAGES[1:]) if n in snapshots}, args.stages[-1]: workdir}
+        grows = {s: _bytes(after[s]) - _bytes(snapshots[s]) for s in args.stages}
+        results = [full_disk_trial(s, share, snapshots[s], workdir, reference[s], grows[s], log)
+                   for s in args.stages for share in FULL_DISK_SHARES]
+        for r in results:
+            print(f"{r['stage']} room {r['share']:.2f}: {r['said'][:1] or 'no gandl: line'}", flush=True)
+        print(full_disk_table(results))
+        print(f"(tiny config; workdirs and {log} in {root})")
+        return
     results = []
     for stage in args.stages:
         for seed in range(args.seeds):
