@@ -177,7 +177,14 @@ FULL_DISK_SHARES = (0.25, 0.5, 0.75)  # of the stage's own writes, the room the 
 
 
 def _bytes(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+    """What `folder`'s files take on disk (whole blocks, as `du` counts them)."""
+    return sum(os.stat(os.path.join(root, name)).st_blocks * 512 for root, _, names in os.walk(folder)
+               for name in names)
+
+
+def _used(folder: str) -> int:
+    disk = os.statvfs(folder)
+    return (disk.f_blocks - disk.f_bfree) * disk.f_frsize
 
 
 def _mount(workdir: str, size: int, remount: bool = False) -> None:
@@ -192,9 +199,10 @@ def full_disk_trial(stage: str, share: float, snapshot: str, workdir: str, refer
         subprocess.run(["umount", workdir], check=True)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
-    _mount(workdir, _bytes(snapshot) + int(share * grows) + 2**20)  # tmpfs rounds up to pages; headroom for that
+    _mount(workdir, 4 * (_bytes(snapshot) + grows) + 2**26)
     try:
         shutil.copytree(snapshot, workdir, symlinks=True, dirs_exist_ok=True)
+        _mount(workdir, _used(workdir) + int(share * grows), remount=True)  # room for `share` of the stage's writes
         out = subprocess.run(_command(workdir, stage), cwd=REPO, env=_env(), capture_output=True, text=True,
                              timeout=1800)
         with open(log, "a") as f:
