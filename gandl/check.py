@@ -1,6 +1,8 @@
 """The config check, run before any work: will this config run on these devices, and what will it cost?
 
-`validate` tests the config against a device count (pure: no JAX computation), collecting every failure as
+`validate` tests the config against a device count (pure: this module imports no JAX, so the field and device
+checks of a sweep or a launch script start in a second; only `run`'s tracing, compiling and device count load it,
+in `gandl.cost`), collecting every failure as
 one message that names the field, its value and a value that would work: first every field against its rule
 (`RULES`: every config field has one, and a field without one is refused as unknown), then what depends on
 the devices and on several fields at once. For a TPU type (`--devices=v3-8`) with libtpu installed, `run`
@@ -18,19 +20,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
 import ml_collections
 
-from gandl import cost, errors, sharding
+from gandl import errors
 from gandl.data import screen
 from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
 from gandl.data.vocabulary import STAINS, zeroshot_channels
-from gandl.defaults import Rule, base_config, rules
+from gandl.defaults import Model, Rule, base_config, rules
 from gandl.features import registry
-from gandl.models.config import ModelConfig
-from gandl.train import loop
+
+if TYPE_CHECKING:
+    from gandl import cost
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -48,6 +50,9 @@ class ConfigCheckError(errors.ConfigError, ValueError):
 
 def device_count(devices: str = "") -> int:
     """The device count a `--devices` value names: '' = JAX's own count, an integer, or a TPU type (v3-8)."""
+    import jax  # the field and device checks (validate) run without JAX; counting needs it
+
+    from gandl import cost
     if not devices:
         return jax.device_count()
     if devices.isdigit() and int(devices) > 0:
@@ -58,6 +63,7 @@ def device_count(devices: str = "") -> int:
 def simulate_devices(n: int) -> None:
     """Make JAX see `n` CPU devices, to check a config for a machine this one is not (before any JAX use, or
     with JAX already running on `n` CPU devices)."""
+    import jax
     try:
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", n)
@@ -177,7 +183,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     if any(field.startswith("model.") for field in bad):
         return failures
     try:
-        model = ModelConfig.from_mapping(config.model)
+        model = Model.from_mapping(config.model)
     except (TypeError, ValueError) as err:
         return [*failures, f"model: {err} (on {num_devices} device(s)); fix the model section"]
 
@@ -190,7 +196,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     return failures
 
 
-def _size_failures_across(config: ml_collections.ConfigDict, model: ModelConfig, n: int,
+def _size_failures_across(config: ml_collections.ConfigDict, model: Model, n: int,
                           ok: Callable[..., bool]) -> list[str]:
     """Conversion never upscales; records reach the model by a whole area-downscale factor."""
     data, zeroshot, synthetic = config.data, config.zeroshot, config.synthetic
@@ -212,7 +218,7 @@ def _size_failures_across(config: ml_collections.ConfigDict, model: ModelConfig,
     return failures
 
 
-def _channel_failures(config: ml_collections.ConfigDict, model: ModelConfig, n: int,
+def _channel_failures(config: ml_collections.ConfigDict, model: Model, n: int,
                       ok: Callable[..., bool]) -> list[str]:
     """The data's channels (after data.channels) and the zero-shot map's must be the model's."""
     data, zeroshot, failures = config.data, config.zeroshot, []
@@ -241,7 +247,7 @@ def _channel_failures(config: ml_collections.ConfigDict, model: ModelConfig, n: 
     return failures
 
 
-def _batch_failures(config: ml_collections.ConfigDict, model: ModelConfig, n: int,
+def _batch_failures(config: ml_collections.ConfigDict, model: Model, n: int,
                     ok: Callable[..., bool]) -> list[str]:
     """Whole mbstd groups per device (D main, D reg), the path-length share per device (G reg); embed batches
     split over the devices; a probed step has a checkpoint (kept: keep_period) for embed.step to name."""
@@ -283,6 +289,10 @@ def run(config: ml_collections.ConfigDict, devices: str = "", programs: tuple[st
     TPU type with libtpu installed, `programs` (of `cost.PROGRAMS`) are compiled for its topology and a
     config whose programs do not fit in HBM is refused; otherwise the programs are traced and estimated.
     """
+    import jax  # tracing and compiling are `gandl.cost`'s, and only this step needs them
+
+    from gandl import cost, sharding
+    from gandl.train import loop
     tpu = cost.tpu_slice(devices) if devices and not devices.isdigit() else None
     if devices:
         simulate_devices(device_count(devices))
@@ -311,6 +321,7 @@ def run(config: ml_collections.ConfigDict, devices: str = "", programs: tuple[st
 
 
 def _over_budget(config: ml_collections.ConfigDict, tpu: cost.Slice, compiled: cost.Compiled, ok) -> str:
+    from gandl import cost
     """The message for a program that does not fit the slice's HBM, with a batch that does (compiled to see)."""
     m = compiled.measured
     field = cost.BATCH_FIELDS[m.program]

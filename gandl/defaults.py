@@ -279,6 +279,20 @@ class Model:
     mapping_lr_multiplier: float = setting(0.01, RATE, "learning-rate multiplier of the mapping network")
     w_avg_beta: float = setting(0.995, PROBABILITY, "decay of the tracked average w (truncation)")
 
+    def __post_init__(self) -> None:
+        validate_section(self)
+        if self.mbstd_num_channels and min(self.channel_base // 4, self.channel_max) % self.mbstd_num_channels:
+            raise ValueError("mbstd_num_channels must divide the 4x4 block's channel count")
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> "Model":
+        """Build from a dict or ml_collections.ConfigDict; unknown keys are an error (typos must not pass)."""
+        values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**values)
+
 
 @dataclasses.dataclass(frozen=True)
 class Train:

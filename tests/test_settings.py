@@ -4,6 +4,8 @@ settings' validation and the docs' table row."""
 import dataclasses
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -111,3 +113,15 @@ def test_the_typed_settings_hold_their_fields_to_the_schemas_rules(cls, values, 
 def test_a_section_help_text_and_description_for_every_setting():
     assert [path for path, field in defaults.settings() if not field.metadata["help"]] == []
     assert [path for path, cls in defaults.sections() if not (cls.__doc__ or "").strip()] == []
+
+
+def test_the_config_check_reads_and_validates_a_config_without_jax():
+    """Issue #37: `check` needs no JAX (tracing and compiling stay in `cost`): importing it and holding a config to
+    every field and device rule loads neither JAX nor TensorFlow."""
+    script = ("import sys\nfrom gandl import check\nfrom gandl.defaults import base_config\n"
+              "cfg = base_config()\nassert check.validate(cfg, 8) == [], check.validate(cfg, 8)\n"
+              "cfg.model.mbstd_num_channels = 3\nassert any('mbstd' in f for f in check.validate(cfg, 8))\n"
+              "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
