@@ -1034,3 +1034,27 @@ def test_a_moved_workdir_repairs_its_damaged_shards(rxrx19a_dir, shards_dir, tmp
     convert.convert(rxrx.read_rxrx19a(str(after / "raw")), str(after / "shards"), _options(), progress=False)
     assert _shard_bytes(after / "shards") == _shard_bytes(shards_dir)
     assert fileio.verify_record(str(after / "shards" / convert.MANIFEST)) == []
+
+
+def test_a_failing_run_reports_its_own_fault_not_the_pending_save_that_fails_after_it():
+    """Issue #32: a sample grid that could not be written on a full disk was reported as 'cannot write a checkpoint'
+    (the pending save failed on the same disk while the run unwound, and replaced the first fault). A failing run's
+    wait and close still run, quietly; a run that ends well still raises what they raise."""
+    calls = []
+
+    class Pending:
+        def wait(self):
+            calls.append("wait")
+            raise fileio.FileFault("checkpoints: cannot write a checkpoint (No space left on device)")
+
+        def close(self):
+            calls.append("close")
+
+    with pytest.raises(fileio.FileFault, match="samples/step_1.png"):
+        try:
+            raise fileio.FileFault("samples/step_1.png: cannot write it (No space left on device)")
+        finally:
+            loop._finish(Pending(), failing=True)
+    assert calls == ["wait", "close"]
+    with pytest.raises(fileio.FileFault, match="cannot write a checkpoint"):
+        loop._finish(Pending(), failing=False)

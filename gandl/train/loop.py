@@ -8,11 +8,13 @@ as one that never stopped. Host synchronisation happens only at log, sample and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -23,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gandl import sharding
+from gandl import fileio, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline, render
@@ -257,8 +259,7 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
             ckpt.wait()
             return TrainResult(state, step, False, history)
     finally:
-        ckpt.wait()
-        ckpt.close()
+        _finish(ckpt, failing=sys.exc_info()[1] is not None)
         stop.restore()
 
 
@@ -282,6 +283,14 @@ def _log(step: int, schedule: ml_collections.FrozenConfigDict, pending: list[dic
                  values["d_loss"], values["d_real"], values["d_fake"])
     writer.scalars(step, {k: v for k, v in values.items() if np.isfinite(v)})
     return dict(values, step=step)
+
+
+def _finish(ckpt: checkpoint.Checkpointer, failing: bool) -> None:
+    """Wait for pending saves and close. In a run that is already failing (a sample grid on a full disk), a pending
+    save failing on the same disk must not replace the run's own fault in the one line the user reads."""
+    for step in (ckpt.wait, ckpt.close):
+        with contextlib.suppress(fileio.FileFault) if failing else contextlib.nullcontext():
+            step()
 
 
 def _write_samples(settings: TrainSettings, workdir: str, state: state_lib.TrainState, step: int,
