@@ -7,6 +7,8 @@ import logging as pylogging
 import os
 import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from absl import logging
 
@@ -47,15 +49,20 @@ class _DiskFaultsOnce(pylogging.Filter):
         return not DISK_FAULT.search(text)
 
 
-def _after_a_failed_save(error: BaseException) -> bool:
+def _after_a_failed_save(error: BaseException | None) -> bool:
     """tensorstore's callbacks of a save that failed, run after orbax closed the event loop they report to: each
-    prints a traceback through `sys.excepthook`, after the fault itself has been raised and said."""
+    prints a traceback (as an unraisable exception), after the fault itself has been raised and said."""
     return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
-def _excepthook(kind: type[BaseException], error: BaseException, tb) -> None:
-    if not _after_a_failed_save(error):
-        sys.__excepthook__(kind, error, tb)
+def _skipping_closed_loops(hook: Callable[..., None], error_of: Callable[..., Any]) -> Callable[..., None]:
+    """`hook` (sys.excepthook or sys.unraisablehook) but for `_after_a_failed_save`'s tracebacks."""
+    def skipping(*args: Any) -> None:
+        if not _after_a_failed_save(error_of(*args)):
+            hook(*args)
+
+    skipping.skips_closed_loops = True
+    return skipping
 
 
 def quiet_third_party_logs() -> None:
@@ -66,4 +73,7 @@ def quiet_third_party_logs() -> None:
     for kind in wanted:
         if not any(isinstance(added, kind) for added in handler.filters):
             handler.addFilter(kind())
-    sys.excepthook = _excepthook
+    if not getattr(sys.excepthook, "skips_closed_loops", False):
+        sys.excepthook = _skipping_closed_loops(sys.excepthook, lambda kind, error, tb: error)
+    if not getattr(sys.unraisablehook, "skips_closed_loops", False):
+        sys.unraisablehook = _skipping_closed_loops(sys.unraisablehook, lambda unraisable: unraisable.exc_value)

@@ -64,7 +64,8 @@ def test_a_disk_fault_gandl_reports_is_not_also_shown_by_the_libraries_it_came_t
     and asyncio tracebacks; those reports of the same fault go, any other error of a library stays."""
     handler = absl_logging.get_absl_handler()
     monkeypatch.setattr(handler, "filters", list(handler.filters))
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # the interpreter's own printers: the test reads stderr
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
     console.quiet_third_party_logs()
     orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
     full = ValueError("RESOURCE_EXHAUSTED: Error writing local file 'x': No space left on device [os_error_code='28']")
@@ -79,3 +80,12 @@ def test_a_disk_fault_gandl_reports_is_not_also_shown_by_the_libraries_it_came_t
     assert capsys.readouterr().err == ""
     sys.excepthook(ValueError, ValueError("a bug"), None)
     assert "ValueError: a bug" in capsys.readouterr().err
+    for error in (RuntimeError("Event loop is closed"), ValueError("a leak")):  # raised where nothing can catch it
+
+        class Unraisable:
+            def __del__(self, error=error):
+                raise error
+
+        Unraisable()  # dropped at once: its __del__'s error goes to sys.unraisablehook
+    err = capsys.readouterr().err
+    assert "ValueError: a leak" in err and "Event loop is closed" not in err
