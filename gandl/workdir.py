@@ -201,7 +201,7 @@ def _create(path: str, owner: dict) -> bool:
         fileio.write_text(path, text)
         return True
     tmp = fileio.temp_path(path)
-    with open(tmp, "w") as f:
+    with fileio.named_faults(path), open(tmp, "w") as f:  # a read-only workdir: one line naming the lock file
         f.write(text)
     try:
         os.link(tmp, path)  # atomic: fails when the lock exists

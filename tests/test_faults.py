@@ -1058,3 +1058,21 @@ def test_a_failing_run_reports_its_own_fault_not_the_pending_save_that_fails_aft
     assert calls == ["wait", "close"]
     with pytest.raises(fileio.FileFault, match="cannot write a checkpoint"):
         loop._finish(Pending(), failing=False)
+
+
+def test_a_read_only_workdir_is_one_line_naming_the_lock_file(tmp_path, monkeypatch):
+    """Issue #32 item 3 (a read-only workdir): the first file a run writes there is its lock; the fault names it, not
+    the lock's temporary file, and is the entry point's one line (a FileFault, exit 1)."""
+    real_open = open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)) and "w" in (args[0] if args else kwargs.get("mode", "r")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    lock = workdir_lib.lock_file(str(tmp_path))
+    with pytest.raises(fileio.FileFault, match=rf"^{lock}: cannot write it \(Read-only file system\)$"):
+        with workdir_lib.locked(str(tmp_path), "train"):
+            pass
+    assert errors.exit_status(fileio.FileFault(lock)) == errors.EXIT_DATA
