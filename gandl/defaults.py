@@ -453,6 +453,9 @@ class Analysis:
     truth: str = setting("", TEXT, 'a ground-truth CSV (truth.csv schema); "" = a matching truth.csv beside the '
                                    "screen, if any")
 
+    def __post_init__(self) -> None:
+        validate_section(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -516,15 +519,14 @@ def base_config() -> ml_collections.ConfigDict:
     return _section_dict(Config)
 
 
-def rule_of(field: dataclasses.Field, registries: Mapping[str, Collection[str]]) -> Rule:
-    """A setting's rule, a `registered` one built from `registries[its registry name]`."""
-    rule = field.metadata["rule"]
-    return rule.build(registries[rule.registry]) if isinstance(rule, Registered) else rule
-
-
 def rules(registries: Mapping[str, Collection[str]]) -> dict[str, Rule]:
-    """{dotted path: rule} of every setting, OMITTED ones too, `registered` rules bound to `registries`."""
-    return {path: rule_of(field, registries) for path, field in settings()}
+    """{dotted path: rule} of every setting, OMITTED ones too, `registered` rules built from `registries[their
+    registry name]`."""
+    out = {}
+    for path, field in settings():
+        rule = field.metadata["rule"]
+        out[path] = rule.build(registries[rule.registry]) if isinstance(rule, Registered) else rule
+    return out
 
 
 def validate_section(obj: Any) -> None:

@@ -28,13 +28,10 @@ FoldSet = tuple[np.ndarray, pd.DataFrame, Sequence[str]]
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig(defaults.Analysis):
-    """Settings of the analysis: the schema's `gandl.defaults.Analysis` (fields, defaults, rules), with the well
-    aggregate of the embed section (the analysis stage passes `embed.well_aggregate`)."""
+    """Settings of the analysis: the schema's `gandl.defaults.Analysis` (fields, defaults, rules, checked on
+    construction), with the well aggregate of the embed section (the analysis stage passes `embed.well_aggregate`)."""
 
     well_aggregate: str = defaults.setting_of(defaults.Embed, "well_aggregate")
-
-    def __post_init__(self):
-        defaults.validate_section(self)
 
 
 @dataclasses.dataclass(frozen=True)
