@@ -70,6 +70,20 @@ def test_hyperplane_matches_decision_function():
     np.testing.assert_allclose(x @ w + b, model.decision_function(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [4, 64])  # 240 training rows: the primal solver (side by side), then the dual
+def test_svms_fitted_side_by_side_equal_the_same_fits_one_by_one(dim):
+    rng = np.random.default_rng(2)
+    x, meta = _screen()
+    x = np.hstack([x, rng.normal(size=(len(x), dim - x.shape[1]))]).astype(np.float32) if dim > x.shape[1] else x
+    labels = meta["disease_condition"].to_numpy()
+    trains = [np.flatnonzero(meta["plate"].to_numpy() != p) for p in (1, 2, 3)] + [np.arange(len(x))]
+    together = [classify.hyperplane(m) for m in classify.fit_svms(x, labels, trains, c=0.5, seed=3)]
+    alone = [classify.hyperplane(classify.make_svm(0.5, 3).fit(x[t], labels[t])) for t in trains]
+    for (w, b), (w1, b1) in zip(together, alone):
+        np.testing.assert_array_equal(w, w1)
+        assert b == b1
+
+
 def test_table1_separates_controls_and_normalisation_beats_plate_effects():
     x, meta = _screen()
     raw = classify.classify_controls(x, meta).set_index("task")

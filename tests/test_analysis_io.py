@@ -94,11 +94,15 @@ def test_well_medians_resist_one_outlying_site():
 
 def test_group_medians_equal_pandas_for_mixed_group_sizes_and_empty_groups():
     rng = np.random.default_rng(0)
-    codes = np.concatenate([np.repeat(np.arange(50), 4), np.repeat(np.arange(50, 60), 3), [60], [62, 62]])
+    # sizes 1 to 9: the sorting network's (up to io.SMALL_GROUP) and NumPy's median beyond it
+    sizes = [4] * 50 + [3] * 10 + [1, 0, 2, 0] + list(range(5, 10))
+    codes = np.repeat(np.arange(len(sizes)), sizes)
     rng.shuffle(codes)
     x = rng.standard_normal((len(codes), 7)).astype(np.float32)
-    ours = io.group_medians(x, codes, 64, chunk=16)  # groups 61 and 63 hold no row
-    theirs = pd.DataFrame(x).groupby(codes).median().reindex(range(64)).to_numpy()
+    x[np.flatnonzero(codes == 55)[1], 2] = np.nan  # a missing value makes its group's median missing, as pandas'
+    ours = io.group_medians(x, codes, len(sizes), chunk=16)  # groups 61 and 63 hold no row
+    theirs = pd.DataFrame(x).groupby(codes).median(skipna=False).reindex(range(len(sizes))).to_numpy()
+    assert np.isnan(ours[55, 2]) and np.isfinite(ours[55, 1])
     np.testing.assert_array_equal(ours, theirs.astype(np.float32))
 
 

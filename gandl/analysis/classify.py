@@ -9,8 +9,10 @@ normalisation) removes plate effects before the SVM; it is the first thing a rea
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -151,6 +153,25 @@ def make_svm(c: float = 1.0, seed: int = 0, whiten: bool = False) -> Pipeline:
                              ("svm", LinearSVC(C=c, class_weight="balanced", max_iter=20000, random_state=seed))])
 
 
+def fit_svms(features: np.ndarray, labels: np.ndarray, trains: Sequence[np.ndarray], *, c: float = 1.0,
+             seed: int = 0, conditions: np.ndarray | None = None) -> list[Pipeline]:
+    """One `make_svm` fitted on each set of training rows, side by side where that gives the same models.
+
+    With more rows than features liblinear solves the primal, which draws no random numbers and releases
+    the GIL, so the folds' SVMs fit at once on the machine's cores (Table 1 at RxRx19a scale: twice as fast
+    on two). Its dual solver (fewer rows than features) draws from one process-wide generator, so those fits
+    run one after another and stay reproducible.
+    """
+    def fit(train: np.ndarray) -> Pipeline:
+        fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
+        return make_svm(c, seed, whiten=conditions is not None).fit(features[train], labels[train], **fit_params)
+
+    primal = all(len(train) > features.shape[1] for train in trains)
+    workers = min(len(trains), os.cpu_count() or 1) if primal else 1
+    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+        return list(pool.map(fit, trains))
+
+
 def hyperplane(model: Pipeline) -> tuple[np.ndarray, float]:
     """A fitted binary SVM's (w, b) in input-feature space: decision(x) = x @ w + b."""
     scaler, svm = model["scale"], model["svm"]
@@ -193,14 +214,13 @@ def crossfit_decision(features: np.ndarray, labels: np.ndarray, fitted: np.ndarr
     fold = np.full(len(groups), len(held_out))
     for k, names in enumerate(held_out):
         fold[np.isin(groups, list(names))] = k
-    planes = []
+    trains = []
     for k in range(len(held_out) + 1):
-        train = fitted & (fold != k) if k < len(held_out) else fitted
+        train = np.flatnonzero(fitted & (fold != k) if k < len(held_out) else fitted)
         if len(np.unique(labels[train])) < 2:
             raise CVError(f"model {k} has only {sorted(set(labels[train]))} among its training rows")
-        fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
-        planes.append(hyperplane(make_svm(c, seed, whiten=conditions is not None)
-                                 .fit(features[train], labels[train], **fit_params)))
+        trains.append(train)
+    planes = [hyperplane(m) for m in fit_svms(features, labels, trains, c=c, seed=seed, conditions=conditions)]
     # Every model's decision values in one pass over the rows, from its hyperplane in feature space (the
     # pipeline's own decision_function makes two float64 copies of the whole matrix per model).
     weights, offsets = np.stack([w for w, _ in planes], axis=1), np.array([b for _, b in planes])
@@ -249,12 +269,16 @@ def cross_validate(features: np.ndarray | Sequence[np.ndarray], labels: np.ndarr
     scores = np.zeros((len(labels),) if len(classes) == 2 else (len(labels), len(classes)))
     predicted = np.empty(len(labels), dtype=labels.dtype)
     fold_of = np.full(len(labels), -1)
-    for i, (train, test, k) in enumerate(folds):
+    for train, test, _ in folds:
         require_trained(labels, train, test)
+    trains = [train if labelled is None else labelled(train) for train, _, _ in folds]
+    if per_fold:
+        models = [fit_svms(features[k], labels, [train], c=c, seed=seed, conditions=conditions)[0]
+                  for train, (_, _, k) in zip(trains, folds)]
+    else:
+        models = fit_svms(features, labels, trains, c=c, seed=seed, conditions=conditions)
+    for i, ((_, test, k), model) in enumerate(zip(folds, models)):
         x = features[k] if per_fold else features
-        train = train if labelled is None else labelled(train)
-        fit_params = {} if conditions is None else {"whiten__conditions": np.asarray(conditions)[train]}
-        model = make_svm(c, seed, whiten=conditions is not None).fit(x[train], labels[train], **fit_params)
         decision = model.decision_function(x[test])
         if decision.ndim == 2:  # put columns in the global class order (a fold may see them all anyway)
             decision = decision[:, np.searchsorted(model.classes_, classes)]

@@ -22,6 +22,8 @@ from matplotlib.figure import Figure
 from gandl.analysis.efficacy import hill
 
 ROLE_COLOURS = {"C+": "#2ca02c", "C-": "#d62728", "other": "#ff7f0e"}  # other: untreated, neither control
+BACKGROUND_POINTS = 5000  # grey reference points per panel: more only overlap, and cost drawing time
+TICK_LABELS = 50  # at most this many plate names along a panel's axis: more overlap at the figure's width
 
 
 def _png(fig: Figure) -> bytes:
@@ -89,6 +91,7 @@ def compounds_figure(coords: pd.DataFrame, compounds: Sequence[str]) -> bytes:
     for row, compound in zip(axes, compounds):
         for ax, line in zip(row, lines):
             ctrl = coords[(coords["cell_type"] == line) & coords["role"].isin(["C+", "C-"])]
+            ctrl = ctrl.iloc[::max(1, -(-len(ctrl) // BACKGROUND_POINTS))]  # every k-th: 30k sites look the same
             ax.scatter(ctrl["on"], ctrl["off"], s=5, c="0.8", label="controls")
             pts = treated[(treated["treatment"] == compound) & (treated["cell_type"] == line)]
             ax.scatter(pts["on"], pts["off"], s=12, c=np.log10(pts["treatment_conc"]), cmap="viridis", norm=norm)
@@ -290,7 +293,8 @@ def drift_figure(drift: pd.DataFrame, names: dict[str, str] | None = None) -> by
         experiment = rows["experiment"].astype(str).to_numpy()
         for boundary in np.flatnonzero(experiment[1:] != experiment[:-1]) + 0.5:
             ax.axvline(boundary, color="0.6", ls=":", lw=0.8)
-        ax.set_xticks(x, rows["plate_id"], rotation=90, fontsize=6)
+        every = max(1, -(-len(x) // TICK_LABELS))
+        ax.set_xticks(x[::every], rows["plate_id"].iloc[::every], rotation=90, fontsize=6)
         ax.set(title=f"{line} (ringed: drifted)", ylabel="control median (efficacy score of wells)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     return _png(fig)
