@@ -191,7 +191,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
         """Whether the fields a check reads passed their rules (a broken one is reported already)."""
         return not any(name in bad for name in names)
 
-    for check in (_size_failures_across, _channel_failures, _batch_failures):
+    for check in (_size_failures_across, _channel_failures, _batch_failures, _objective_failures):
         failures += check(config, model, num_devices, ok)
     return failures
 
@@ -273,6 +273,17 @@ def _batch_failures(config: ml_collections.ConfigDict, model: Model, n: int,
                         f"steps would have no checkpoint to embed (on {n} device(s)); use train.probe_every="
                         f"{every * max(1, round(probe / every))}")
     return failures
+
+
+def _objective_failures(config: ml_collections.ConfigDict, model: Model, n: int,
+                        ok: Callable[..., bool]) -> list[str]:
+    """The contrastive objective augments its own two views (every transform, p = 1) and has no D(real) signs for
+    ADA to steer by: another augmentation would be ignored, so it is refused."""
+    train = config.train
+    if ok("train.objective", "train.augment") and train.objective == "contrastive" and train.augment != "none":
+        return [f"train.augment={train.augment!r}: the contrastive objective augments its own views and has no "
+                f"D(real) for ADA (on {n} device(s)); use train.augment='none' with train.objective='contrastive'"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------------------

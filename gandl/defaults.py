@@ -109,6 +109,7 @@ INTENSITIES = ("auto", "dtype", "dataset")  # gandl.data.pipeline: raw values ma
 WELL_AGGREGATES = ("median", "mean")  # gandl.data.screen: how a well's profile comes from its sites
 DTYPES = ("float32", "bfloat16")  # gandl.models.config: the compute dtypes
 DISTRIBUTED_MODES = ("auto", "on", "off")  # gandl.sharding.initialize_distributed
+OBJECTIVES = ("gan", "contrastive")  # gandl.train.step: what D learns from (the self-supervised twin: no generator)
 AUGMENT_MODES = ("none", "fixed", "ada")  # gandl.train.augment: off, a constant p, p tuned by the r_t heuristic
 # gandl.train.augment, in the order applied
 AUGMENT_TRANSFORMS = ("xflip", "rot90", "translate", "brightness", "contrast", "noise", "cutout")
@@ -300,6 +301,11 @@ class Train:
 
     batch_size: int = setting(32, COUNT, "global, over every device of every process")
     steps: int = setting(100_000, COUNT, "training steps")
+    objective: str = setting("gan", one_of(*OBJECTIVES),
+                             "what trains D: gan (StyleGAN2's adversarial game, plus ContraD's term when "
+                             "contrastive_weight > 0) | contrastive (the self-supervised twin: no generator, D and "
+                             "the contrastive head learn the NT-Xent of two augmented views of the reals alone; "
+                             "G stays at its initialisation and no samples or SWD are made)")
     g_lr: float = setting(1e-4, RATE, "G's Adam learning rate")
     d_lr: float = setting(1e-4, RATE, "D's Adam learning rate")
     adam_b1: float = setting(0.0, DECAY, "Adam beta1")
@@ -542,11 +548,12 @@ def validate_section(obj: Any) -> None:
         raise ValueError("; ".join(failures))
 
 
-def call_in_file(path: str, attr: str) -> Any:
-    """`attr()` of a Python file loaded by path: sweep and config files are files, not importable modules."""
+def call_in_file(path: str, attr: str, *args: Any, **kwargs: Any) -> Any:
+    """`attr(*args, **kwargs)` of a Python file loaded by path: sweep and config files are files, not importable
+    modules."""
     spec = importlib.util.spec_from_file_location(f"_gandl_{attr}", path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, attr)()
+    return getattr(module, attr)(*args, **kwargs)

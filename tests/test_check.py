@@ -73,6 +73,9 @@ def test_every_sweep_run_passes_for_1_and_8_devices(path, num_devices):
      "synthetic.control_wells_per_plate=(6, 3, 6): must be a tuple of 4 whose items are each an integer >= 0"),
     ({"train.probe_every": 1200}, "train.probe_every=1200: not a multiple of train.checkpoint_every=500, so probed "
      "steps would have no checkpoint to embed (on 8 device(s)); use train.probe_every=1000"),
+    ({"train.objective": "contrastive", "train.augment": "ada"}, "train.augment='ada': the contrastive objective "
+     "augments its own views and has no D(real) for ADA (on 8 device(s)); use train.augment='none'"),
+    ({"train.objective": "simclr"}, "train.objective='simclr': must be one of"),
 ])
 def test_settings_that_cannot_run_fail_with_a_clear_message(overrides, message):
     failures = check.validate(_demo(**overrides), 8)

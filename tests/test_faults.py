@@ -709,7 +709,7 @@ class _StateBeforeOptions:
 
 
 _OPTION_FIELDS = ("augment", "augment_p", "ada_target", "ada_interval", "ada_kimg", "augment_transforms",
-                  "contrastive_weight", "contrastive_temperature")
+                  "contrastive_weight", "contrastive_temperature", "objective")
 
 
 def test_a_checkpoint_from_before_the_training_options_restores_without_them(tiny_config, shards_dir, tmp_path):
@@ -740,8 +740,12 @@ def test_a_checkpoint_from_before_the_training_options_restores_without_them(tin
     assert_restored(restored)
 
     cfg.train.augment = "ada"
-    with pytest.raises(checkpoint.OptionsChanged, match=r"saved with train.augment='none', train.contrastive_weight="
-                                                          r"0.0, this run has train.augment='ada'"):
+    with pytest.raises(checkpoint.OptionsChanged, match=r"saved with train.objective='gan', train.augment='none', "
+                                                          r"train.contrastive_weight=0.0, this run has "
+                                                          r"train.objective='gan', train.augment='ada'"):
+        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+    cfg.train.update(augment="none", objective="contrastive")  # the same state layout, D trained for another loss
+    with pytest.raises(checkpoint.OptionsChanged, match=r"this run has train.objective='contrastive'"):
         loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
 
 

@@ -160,3 +160,30 @@ def test_fixed_p_and_the_option_draws_do_not_depend_on_the_device_count():
     assert float(one.augment.p) == float(eight.augment.p) == 0.5
     np.testing.assert_allclose(m1["contrastive_loss"], m8["contrastive_loss"], rtol=1e-4)
     np.testing.assert_allclose(m1["d_real"], m8["d_real"], rtol=1e-4, atol=1e-6)
+
+
+def test_the_contrastive_objective_trains_d_and_its_head_and_leaves_the_generator_as_initialised():
+    """The self-supervised twin (train.objective='contrastive'): NT-Xent alone moves D and the head (created
+    although contrastive_weight is 0); G, its EMA and optimiser state pass through; the loss falls on one batch."""
+    train = _train("none", 0.0).copy_and_resolve_references()
+    train.objective = "contrastive"
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    generator, discriminator = build_models(MODEL)
+    with jax.set_mesh(mesh):
+        start = state_lib.create(MODEL, train, 0, mesh)
+        reals = sharding.global_batch(IMAGES, mesh)
+        step = jax.jit(step_lib.make_train_step(generator, discriminator, train))
+        state, losses = start, []
+        for _ in range(30):
+            state, metrics = step(state, reals)
+            losses.append(float(metrics["contrastive_loss"]))
+    start, state = jax.device_get(start), jax.device_get(state)
+    assert set(metrics) == {"contrastive_loss", "d_grad_norm"} and int(state.step) == 30
+    for before, after in ((start.g_params, state.g_params), (start.ema_params, state.ema_params),
+                          (start.g_opt_state, state.g_opt_state)):
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    moved = lambda before, after: [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),  # noqa: E731
+                                                                             jax.tree.leaves(after))]
+    assert all(moved(start.head, state.head))
+    assert sum(moved(start.d_params, state.d_params)) >= len(jax.tree.leaves(start.d_params)) - 2  # all but the logit
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])

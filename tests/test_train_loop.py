@@ -52,7 +52,8 @@ def test_trains_and_discriminator_tells_reals_from_fakes(config, tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, dict(augment="ada", augment_p=0.5, ada_interval=2, ada_kimg=1.0,
-                                              contrastive_weight=0.5)], ids=["paper", "ada+contrastive"])
+                                              contrastive_weight=0.5), dict(objective="contrastive")],
+                         ids=["paper", "ada+contrastive", "contrastive objective"])
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(config, tmp_path, options):
     cfg = config.copy_and_resolve_references()
@@ -67,8 +68,17 @@ def test_resumed_run_equals_uninterrupted(config, tmp_path, options):
     assert resumed.step == 14
     for a, b in zip(jax.tree.leaves(_params(straight.state)), jax.tree.leaves(_params(resumed.state))):
         np.testing.assert_array_equal(a, b)
-    assert straight.history[-1]["g_loss"] == resumed.history[-1]["g_loss"]
-    if options:  # p moved (by 32/1000 every 2 steps) and was carried over exactly
+    loss = "contrastive_loss" if options.get("objective") == "contrastive" else "g_loss"
+    assert straight.history[-1][loss] == resumed.history[-1][loss]
+    if options.get("objective") == "contrastive":  # no generator: G as initialised, no samples
+        settings, mesh = loop.TrainSettings.from_config(cfg, ""), sharding.make_mesh()
+        with jax.set_mesh(mesh):
+            fresh = state_lib.create(settings.model, settings.train, settings.seed, mesh)
+        for a, b in zip(jax.tree.leaves(jax.device_get((fresh.g_params, fresh.ema_params))),
+                        jax.tree.leaves(jax.device_get((resumed.state.g_params, resumed.state.ema_params)))):
+            np.testing.assert_array_equal(a, b)
+        assert not (tmp_path / "straight" / "samples").exists() or not os.listdir(tmp_path / "straight" / "samples")
+    elif options:  # p moved (by 32/1000 every 2 steps) and was carried over exactly
         assert float(resumed.state.augment.p) != 0.5 and resumed.history[-1]["augment_p"] > 0
 
 

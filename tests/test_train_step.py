@@ -27,7 +27,7 @@ TRAIN = ml_collections.ConfigDict(dict(
     g_lr=2e-3, d_lr=3e-3, adam_b1=0.5, adam_b2=0.99, adam_eps=1e-8, r1_gamma=0.5, r1_interval=4,
     lipschitz_weight=10.0, pl_weight=2.0, pl_interval=2, pl_decay=0.01, pl_batch_shrink=2, style_mixing_prob=0.9,
     ema_kimg=0.1, ema_rampup=0.05, augment="none", augment_p=0.0, ada_target=0.6, ada_interval=4, ada_kimg=500.0,
-    augment_transforms=("xflip",), contrastive_weight=0.0, contrastive_temperature=0.1))
+    augment_transforms=("xflip",), contrastive_weight=0.0, contrastive_temperature=0.1, objective="gan"))
 BATCH = 8
 
 

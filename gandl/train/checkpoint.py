@@ -238,14 +238,15 @@ def saved_config(saved: dict) -> ml_collections.ConfigDict:
 
 def check_options(saved: dict, train: ml_collections.ConfigDict, directory: str) -> None:
     """Refuse to resume a checkpoint (config `saved`) whose state holds other training options' state than a
-    run of `train` would: switching ADA or the contrastive head on or off midway has no state to go on from."""
+    run of `train` would: switching ADA or the contrastive head on or off midway has no state to go on from, and
+    D trained for one objective is not a start for the other."""
     before = saved_config(saved).train
     if state_lib.options(before) != state_lib.options(train):
-        said = "train.augment={!r}, train.contrastive_weight={}".format
+        said = "train.objective={!r}, train.augment={!r}, train.contrastive_weight={}".format
         raise OptionsChanged(f"the checkpoints in {directory} were saved with "
-                             f"{said(before.augment, before.contrastive_weight)}, this run has "
-                             f"{said(train.augment, train.contrastive_weight)}: resume with the options they were "
-                             "saved with, or train in a new workdir")
+                             f"{said(before.objective, before.augment, before.contrastive_weight)}, this run has "
+                             f"{said(train.objective, train.augment, train.contrastive_weight)}: resume with the "
+                             "options they were saved with, or train in a new workdir")
 
 
 def check_model(saved: dict, model: ModelConfig, seed: int, directory: str) -> None:

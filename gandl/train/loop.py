@@ -38,6 +38,7 @@ from gandl.train import step as step_lib
 InputFn = Callable[[int], Iterator[np.ndarray]]  # start step -> this process's batches of images
 # (step, D parameters) -> scalars to log: a probe of D's features, called every train.probe_every steps.
 ProbeFn = Callable[[int, object], dict[str, float]]
+LOSSES = ("g_loss", "d_loss", "contrastive_loss")  # a non-finite one stops the run
 
 
 class TrainingDiverged(FloatingPointError):
@@ -208,6 +209,7 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
     writer = _Writer(layout.tensorboard(workdir))
     stop = _StopFlag(distributed)
     history: list[dict[str, float]] = []
+    generating = schedule.objective == "gan"  # the contrastive objective leaves G untrained: no samples, no SWD
     try:
         with jax.set_mesh(mesh):
             state = state_lib.create(model, schedule, settings.seed, mesh)
@@ -241,9 +243,9 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
                 if step % schedule.log_every == 0 or saving:
                     history.append(_log(step, schedule, pending, last_time, last_step, writer))
                     pending, last_time, last_step = [], time.time(), step
-                if step % schedule.sample_every == 0 or step == schedule.steps:
+                if generating and (step % schedule.sample_every == 0 or step == schedule.steps):
                     _write_samples(settings, workdir, state, step, stains, writer)
-                if schedule.swd_every and step % schedule.swd_every == 0 and spec is not None:
+                if generating and schedule.swd_every and step % schedule.swd_every == 0 and spec is not None:
                     writer.scalars(step, swd_metrics(settings, state, spec))
                 if probe is not None and schedule.probe_every and step % schedule.probe_every == 0:
                     writer.scalars(step, probe(step, state.d_params))
@@ -270,7 +272,7 @@ def _log(step: int, schedule: ml_collections.FrozenConfigDict, pending: list[dic
     values = {k: float(np.nanmean([logged[k] for logged in host])) if not all(np.isnan([logged[k] for logged in host]))
               else float("nan") for k in host[0]}
     for i, logged in enumerate(host):
-        bad = [k for k in ("g_loss", "d_loss") if not np.isfinite(logged[k])]
+        bad = [k for k in LOSSES if k in logged and not np.isfinite(logged[k])]
         if bad:
             raise TrainingDiverged(f"non-finite {' and '.join(bad)} at step {since_step + i + 1}; stopping. The last "
                                    "checkpoint on disk predates it and is intact")
@@ -278,9 +280,12 @@ def _log(step: int, schedule: ml_collections.FrozenConfigDict, pending: list[dic
     values["images_per_s"] = (step - since_step) * schedule.batch_size / elapsed
     values["step_time_s"] = elapsed / (step - since_step)
     eta = (schedule.steps - step) * values["step_time_s"]
-    logging.info("step %d/%d | %.1f img/s | ETA %s | G %.3f D %.3f | D(real) %.2f D(fake) %.2f", step, schedule.steps,
-                 values["images_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)), values["g_loss"],
-                 values["d_loss"], values["d_real"], values["d_fake"])
+    progress = (step, schedule.steps, values["images_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+    if "g_loss" in values:
+        logging.info("step %d/%d | %.1f img/s | ETA %s | G %.3f D %.3f | D(real) %.2f D(fake) %.2f", *progress,
+                     values["g_loss"], values["d_loss"], values["d_real"], values["d_fake"])
+    else:
+        logging.info("step %d/%d | %.1f img/s | ETA %s | NT-Xent %.3f", *progress, values["contrastive_loss"])
     writer.scalars(step, {k: v for k, v in values.items() if np.isfinite(v)})
     return dict(values, step=step)
 

@@ -54,9 +54,12 @@ def optimizers(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransfor
     return adam(train.g_lr, g_interval), adam(train.d_lr, d_interval)
 
 
-def options(train: ml_collections.ConfigDict) -> dict[str, bool]:
-    """Which training options' own state a state for `train` holds: the augmentation's p, the contrastive head."""
-    return {"augment": train.augment != "none", "head": train.contrastive_weight > 0}
+def options(train: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What a state for `train` holds and what its parameters learnt from: the augmentation's p, the contrastive
+    head (ContraD's term, or the contrastive objective alone), the objective."""
+    return {"augment": train.augment != "none",
+            "head": train.contrastive_weight > 0 or train.objective == "contrastive",
+            "objective": train.objective}
 
 
 def saved_tree(state: TrainState) -> dict[str, Any]:

@@ -47,7 +47,7 @@ _BATCH = PartitionSpec(DATA_AXIS)
 STEP_FIELDS = ("g_lr", "d_lr", "adam_b1", "adam_b2", "adam_eps", "r1_gamma", "r1_interval", "lipschitz_weight",
                "pl_weight", "pl_interval", "pl_decay", "pl_batch_shrink", "style_mixing_prob", "ema_kimg",
                "ema_rampup", "augment", "augment_transforms", "ada_target", "ada_interval", "ada_kimg",
-               "contrastive_weight", "contrastive_temperature")
+               "contrastive_weight", "contrastive_temperature", "objective")
 _AUGMENT_STREAM = 1  # folded into the step's key for the augmentation draws
 
 
@@ -135,15 +135,18 @@ class Phases(NamedTuple):
       d_main(d_params, d_opt_state, g_params, g_buffers, reals, z, mix_key, noise_key, aug=None, head=None)
           -> (d_params, d_opt_state, g_buffers, fakes, head, metrics)
       d_reg(d_params, d_opt_state, reals, fakes, lipschitz_key, aug=None) -> (d_params, d_opt_state, metrics)
+      d_contrastive(d_params, d_opt_state, reals, head) -> (d_params, d_opt_state, head, metrics)
 
     `aug` (an `Augmentation`, or None: no augmentation) augments every image D sees in the phase, differentiably;
-    `head` (a `Head`, or None) adds the contrastive loss to D main and returns the updated head.
+    `head` (a `Head`, or None) adds the contrastive loss to D main and returns the updated head; `d_contrastive`
+    is the contrastive objective's only phase (`train.objective='contrastive'`): that loss alone, no generator.
     """
 
     g_main: Callable[..., tuple[Any, Any, Any, Metrics]]
     g_reg: Callable[..., tuple[Any, Any, Any, Array, Metrics]]
     d_main: Callable[..., tuple[Any, Any, Any, Array, Any, Metrics]]
     d_reg: Callable[..., tuple[Any, Any, Metrics]]
+    d_contrastive: Callable[..., tuple[Any, Any, Any, Metrics]]
 
 
 def make_phases(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict) -> Phases:
@@ -232,7 +235,15 @@ def make_phases(generator: Generator, discriminator: Discriminator, train: ml_co
         d_params, d_opt_state = apply(d_tx, grads, d_opt_state, d_params)
         return d_params, d_opt_state, dict(r1=r1, lipschitz=lip)
 
-    return Phases(g_main, g_reg, d_main, d_reg)
+    def d_contrastive(d_params, d_opt_state, reals, head):
+        con, (grads, head_grads) = jax.value_and_grad(
+            lambda trained: contrastive_loss(*trained, reals, head.key))((d_params, head.params))
+        d_params, d_opt_state = apply(d_tx, grads, d_opt_state, d_params)
+        head = head._replace(**dict(zip(("params", "opt_state"),
+                                        apply(head_tx, head_grads, head.opt_state, head.params))))
+        return d_params, d_opt_state, head, dict(contrastive_loss=con, d_grad_norm=optax.tree.norm(grads))
+
+    return Phases(g_main, g_reg, d_main, d_reg, d_contrastive)
 
 
 def make_train_step(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict
@@ -243,6 +254,8 @@ def make_train_step(generator: Generator, discriminator: Discriminator, train: m
     'data' axis, which must divide the batch (and the batch must hold whole mbstd groups per device).
     """
     phases = make_phases(generator, discriminator, train)
+    if train.objective == "contrastive":
+        return _contrastive_step(phases)
     g_reg_on = train.pl_weight > 0  # a disabled regulariser is not even compiled
     d_reg_on = train.r1_gamma > 0 or train.lipschitz_weight > 0
 
@@ -302,5 +315,21 @@ def make_train_step(generator: Generator, discriminator: Discriminator, train: m
         metrics = dict(**g_metrics, **pl_metrics, **d_metrics, **d_reg_metrics, **option_metrics, pl_mean=pl_mean,
                        ema_beta=beta)
         return new_state, metrics
+
+    return step
+
+
+def _contrastive_step(phases: Phases) -> Callable[[TrainState, Array], tuple[TrainState, Metrics]]:
+    """The self-supervised twin's step: D and the head learn from two augmented views of the reals, nothing else
+    (G, its EMA and optimiser state pass through unchanged, so a checkpoint has the GAN's layout)."""
+
+    def step(state: TrainState, reals: Array) -> tuple[TrainState, Metrics]:
+        next_key, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
+        views = augmentation_keys(state.rng)[3]  # the GAN step's contrastive views draw from the same stream
+        d_params, d_opt_state, head, metrics = phases.d_contrastive(
+            state.d_params, state.d_opt_state, reals, Head(state.head, state.head_opt_state, views))
+        return state.replace(step=state.step + 1, d_params=d_params, d_opt_state=d_opt_state,
+                             rng=jax.random.key_data(next_key), head=head.params,
+                             head_opt_state=head.opt_state), metrics
 
     return step

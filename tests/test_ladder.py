@@ -1,0 +1,70 @@
+"""benchmarks/ladder.py: the compute ladder's table from a sweep summary, and the whole script at tiny size."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gandl.sweep import REPO_ROOT
+
+_spec = importlib.util.spec_from_file_location("ladder", os.path.join(REPO_ROOT, "benchmarks", "ladder.py"))
+ladder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ladder)
+
+START = {"train.steps": 4000, "model.channel_max": 32, "model.resolution": 32, "data.image_size": 32}
+GAP = "GAN-DL blocks − random-init D blocks: {}: accuracy @ k=8"
+REF, HAND = "random-init D blocks: {}: accuracy @ k=8", "handcrafted: {}: accuracy @ k=8"
+
+
+def _summary() -> pd.DataFrame:
+    """Runs of a ladder: the start point for both objectives and two seeds, the steps axis for GAN-DL (the gap grows
+    by 2 points per doubling of the steps, task B's 4 points above task A's), and a run that did not finish."""
+    rows = []
+    for objective in ("gan", "contrastive"):
+        for seed in (1, 2):
+            for steps in ((1000, 2000, 4000) if objective == "gan" else (4000,)):
+                gap = 0.01 * (1 + 2 * np.log2(steps / 1000) + seed - 1.5) + (0.05 if objective == "contrastive" else 0)
+                rows.append({"run": f"{objective}-{steps}-{seed}", "status": "done", "train.objective": objective,
+                             **dict(START, **{"train.steps": steps}),
+                             GAP.format("A"): gap, REF.format("A"): 0.6, HAND.format("A"): 0.9,
+                             GAP.format("B"): gap + 0.04, REF.format("B"): 0.7, HAND.format("B"): 0.8})
+    rows.append(dict(rows[0], run="unfinished", status="not done", **{GAP.format("A"): 5.0, "train.steps": 8000}))
+    return pd.DataFrame(rows)
+
+
+def test_the_ladder_pairs_each_run_with_its_reference_and_puts_the_start_point_on_every_axis():
+    table = ladder.ladder_table(_summary(), START, 8)
+    steps = table[table["axis"] == "training steps"].set_index(["budget", "learner"])
+    assert list(steps.index) == [(1000, "GAN-DL"), (2000, "GAN-DL"), (4000, "GAN-DL"), (4000, "SSL twin")]
+    assert steps.loc[(4000, "GAN-DL"), "gap"] == pytest.approx(5 + 2)  # points, mean over tasks A (+5) and B (+9)
+    assert steps.loc[(4000, "GAN-DL"), "A"] == "+5.0 ± 0.7" and steps.loc[(4000, "GAN-DL"), "B"] == "+9.0 ± 0.7"
+    assert steps.loc[(4000, "SSL twin"), "gap"] == pytest.approx(12)
+    assert steps.loc[(1000, "GAN-DL"), "lead"] == pytest.approx((30 + 10) / 2)  # handcrafted over the reference
+    assert set(table["seeds"]) == {2}  # the unfinished run counts nowhere
+    # the start point alone stands for the axes no run moved
+    widths = table[table["axis"] == "channels per block"]
+    assert list(widths["budget"]) == [32, 32] and list(widths["learner"]) == ["GAN-DL", "SSL twin"]
+    rates = ladder.slopes(_summary(), START, 8).set_index(["axis", "learner"])["points per doubling"]
+    assert rates[("training steps", "GAN-DL")] == pytest.approx(2.0)
+    assert np.isnan(rates[("training steps", "SSL twin")])  # one budget: no slope
+
+
+@pytest.mark.slow
+def test_the_ladder_script_runs_unchanged_at_tiny_size(tmp_path):
+    """The GPU ladder's script, on this CPU, at the tiny sweep's size: both objectives train, embed and are analysed;
+    the table names both learners and the figure is written."""
+    command = [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "ladder.py"),
+               "--sweep", os.path.join(REPO_ROOT, "configs", "sweeps", "ladder_tiny.py"), "--workdir", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| GAN-DL |" in out.stdout and "| SSL twin |" in out.stdout
+    assert (tmp_path / "ladder.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "ladder.csv")
+    assert set(table["learner"]) == {"GAN-DL", "SSL twin"} and table["gap"].notna().all()
+    again = subprocess.run(command + ["--no-run"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    text = (tmp_path / "ladder.md").read_text().strip()
+    assert again.returncode == 0 and text in again.stdout and text in out.stdout
