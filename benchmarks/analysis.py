@@ -118,7 +118,7 @@ STEPS = {
                 ("gandl.analysis.spaces", "coordinates", "E2/C2 coordinates"),
                 ("gandl.analysis.hits", "correct_positions", "plate-position correction"),
                 ("gandl.analysis.hits", "dose_tests", "rescue tests (moderated t, BH)"),
-                ("gandl.analysis.hits", "off_axis", "off-axis distances"),
+                ("gandl.analysis.hits", "well_off_axis", "off-axis distances"),
                 ("gandl.analysis.efficacy", "fit_hills", "Hill fits"),
                 ("gandl.analysis.activity", "phenotypic_activity", "mAP: phenotypic activity"),
                 ("gandl.analysis.activity", "phenotypic_consistency", "mAP: phenotypic consistency"),

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gandl.analysis import hits
+from gandl.analysis import hits, io
 
 DOSES = (0.0316, 0.1, 0.316, 1.0, 3.16, 10.0)
 POSITIONS = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
@@ -155,7 +155,8 @@ def test_off_axis_distances_put_controls_near_one_and_a_toxic_profile_far():
             features.append(x)
             rows.append(dict(site_id=f"{p}_{w}", well_id=f"{p}_{w}", cell_type="L", experiment="E", plate=p,
                              role=role, treatment=name))
-    dist = hits.off_axis(np.asarray(features, np.float32), pd.DataFrame(rows)).set_index("well_id")
+    dist = hits.well_off_axis(*io.aggregate_wells(np.asarray(features, np.float32), pd.DataFrame(rows), "median"))
+    dist = dist.set_index("well_id")
     meta = pd.DataFrame(rows).set_index("well_id")
     ratio = dist["off_axis"]
     assert abs(ratio[meta["role"] == "C+"].median() - 1.0) < 1e-9  # distances in units of C+ wells' own

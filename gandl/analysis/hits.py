@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import special, stats
 
 from gandl.analysis import efficacy, plates
-from gandl.analysis.io import aggregate_wells, plate_key
+from gandl.analysis.io import plate_key
 from gandl.data import wells
 from gandl.defaults import POSITIONS
 
@@ -281,7 +281,7 @@ def _distances_to_positive(residual: np.ndarray, plate: np.ndarray, positive: np
     return dist
 
 
-def off_axis(features: np.ndarray, sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
+def well_off_axis(x: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
     """Per well: its distance from the positive control away from the C- -> C+ direction, over C+'s own spread.
 
     Per cell line the well profiles are put on the controls' robust scale (median and MAD per dimension), the
@@ -290,7 +290,6 @@ def off_axis(features: np.ndarray, sites: pd.DataFrame, how: str = "median") -> 
     sit near 1 (`control_off_axis`). A rescue moves a well along the axis to C+; toxicity and off-target
     effects move it away from C+ (the paper's off-perturbation space).
     """
-    x, meta = aggregate_wells(np.asarray(features), sites, how)
     plate_id = plate_key(meta)
     role_all = meta["role"].to_numpy()
     ratio, positive_ratio = np.full(len(meta), np.nan), np.full(len(meta), np.nan)
@@ -455,13 +454,13 @@ def hit_table(table: pd.DataFrame, doses: pd.DataFrame, settings: HitSettings) -
     return out.sort_values(["cell_type", "rank"]).reset_index(drop=True)
 
 
-def call(sites: pd.DataFrame, features: np.ndarray, site_meta: pd.DataFrame, settings: HitSettings,
+def call(sites: pd.DataFrame, profiles: tuple[np.ndarray, pd.DataFrame], settings: HitSettings,
          how: str = "median") -> dict:
     """The whole hit path from the efficacy task's site table: wells, position correction, fold checks,
     references, dose tests, flags, the dose-response and hit tables, and notes.
 
-    `features` / `site_meta`: the (unfitted, plate-normalised) features the off-axis distances are measured in,
-    rows of `site_meta` matching `sites` by site_id.
+    `profiles`: the well profiles (features, metadata by `well_id`; `aggregate_wells` by `how` of the unfitted,
+    plate-normalised sites) the off-axis distances are measured in.
     """
     table, notes = correct_positions(well_table(sites, how), settings.position)
     gaps = fold_gaps(table)
@@ -474,7 +473,7 @@ def call(sites: pd.DataFrame, features: np.ndarray, site_meta: pd.DataFrame, set
         notes.append(f"hits: plate {r.plate_id}: its treated wells' median sits above its C- wells by "
                      f"{r.vehicle_shift:.3g} (decision units): the negative level is the treated median")
     table["efficacy"] = display_scores(table, gaps)
-    table = table.merge(off_axis(features, site_meta, how)[["well_id", "off_axis", "control_off_axis"]],
+    table = table.merge(well_off_axis(*profiles)[["well_id", "off_axis", "control_off_axis"]],
                         on="well_id", how="left")
     doses = dose_table(table, dose_tests(table, gaps, refs, settings.threshold), dose_flags(table, settings))
     if "viability" not in table:

@@ -49,6 +49,14 @@ class Inputs:
     unfitted: np.ndarray | None = None  # `features` before any step fitted on labels (cross-fitted steps)
     schema: ScreenSchema = io.default_schema()  # the screen's columns and controls (names in legends)
     draw: bool = True  # False: numbers only, no figures (a calibration analyses thousands of screens)
+    _wells: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def wells(self, features: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+        """`aggregate_wells` of `features` (rows of `metadata`) by the configured statistic, once per array: the
+        hit path's off-axis distances and the mAP profiles read the same wells of a screen."""
+        if id(features) not in self._wells:  # the array is kept with its wells, so its id is not reused
+            self._wells[id(features)] = features, aggregate_wells(features, self.metadata, self.config.well_aggregate)
+        return self._wells[id(features)][1]
 
 
 @dataclasses.dataclass
@@ -294,7 +302,7 @@ def dose_response_task(inp: Inputs) -> Result:
     cross-fitted decision values, position-corrected wells, and off-axis / cytotoxic doses set apart.
     """
     cfg = inp.config
-    called = hits.call(inp.earlier["efficacy"]["efficacy"], inp.unfitted, inp.metadata, hit_settings(cfg),
+    called = hits.call(inp.earlier["efficacy"]["efficacy"], inp.wells(inp.unfitted), hit_settings(cfg),
                        cfg.well_aggregate)
     dose_response, table = called["dose_response"], called["hits"]
     out = Result(tables={"dose_response": (dose_response, False), "hits": (table, False),
@@ -341,8 +349,7 @@ def activity_task(inp: Inputs) -> Result:
     """
     cfg = inp.config
     _refuse_label_fitted(inp, "phenotypic activity")
-    x, meta = ((inp.features, inp.metadata) if cfg.level == "well"
-               else aggregate_wells(inp.features, inp.metadata, cfg.well_aggregate))
+    x, meta = (inp.features, inp.metadata) if cfg.level == "well" else inp.wells(inp.features)
     act = activity.phenotypic_activity(x, meta, alpha=MAP_ALPHA, seed=cfg.seed)
     compounds = activity.compound_table(act, MAP_ALPHA)
     out = Result(tables={"map_activity": (act, False), "map_compounds": (compounds, False)},
