@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=2)
     config.data.update(image_size=32, sites_per_shard=128)
     # mbstd groups of 2: the batch of 16 then also splits into whole groups over the 8 devices of a TPU v3-8.
-    config.model.update(resolution=32, z_dim=64, w_dim=64, channel_base=1024, channel_max=32, mbstd_group_size=2)
+    config.model.update(z_dim=64, w_dim=64, channel_base=1024, channel_max=32, mbstd_group_size=2)
     # 4,000 steps (64k images): the probe (every 500 steps, those checkpoints kept) shows where D's features
     # stand over training against the random-init reference lines.
     config.train.update(batch_size=16, steps=4000, g_lr=2e-3, d_lr=2e-3, r1_gamma=0.05, log_every=100,

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
         root="/tmp/my_screen/metadata.csv",  # yours
         channel_columns=("FileName_DNA", "FileName_Actin", "FileName_RNA"),  # yours: the image-path columns
         stains=("DNA", "Actin", "RNA"),  # yours: what each channel shows (default: the column names)
-        image_size=32,  # sites are area-downscaled to this (a whole factor of yours; model.resolution divides it)
+        image_size=32,  # sites are area-downscaled to this (a whole factor of yours; the model's side too)
     )
     config.model.num_channels = 3  # = the number of channel columns (or of data.channels, when it picks some)
     config.zeroshot.enabled = False  # zero-shot cell typing reads an RxRx1-layout set into a 5-channel model

@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Without a data.root the stand-in screens are synthesized at RxRx19a's own 1024 px.
     config.synthetic.image_size = 1024
     # The paper's StyleGAN2 (stated here, not inherited, so a change of the base leaves it alone).
-    config.model.update(resolution=256, num_channels=5, mapping_layers=3, z_dim=512, w_dim=512)
+    config.model.update(num_channels=5, mapping_layers=3, z_dim=512, w_dim=512)
     config.train.update(batch_size=32, g_lr=1e-4, d_lr=1e-4, r1_gamma=1.0, lipschitz_weight=1.0, pl_weight=2.0,
                         ema_kimg=10.0)
     # The method's embedding (b4.fc, 512-d) and its baselines: the multiscale sets are 5,376-d at these widths

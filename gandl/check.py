@@ -18,7 +18,6 @@ config it would launch for the TPU type.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +27,12 @@ from gandl import errors
 from gandl.data import screen
 from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
 from gandl.data.vocabulary import STAINS, zeroshot_channels
-from gandl.defaults import Model, Rule, base_config, rules
+from gandl.defaults import POWER_OF_TWO, SHARDS_PATTERN, Model, Rule, base_config, model_resolution, records_side, rules
 from gandl.features import registry
 
 if TYPE_CHECKING:
     from gandl import cost
 
-_GLOB = re.compile(r"[*?\[]")
 
 
 class ConfigCheckError(errors.ConfigError, ValueError):
@@ -124,20 +122,9 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 # Validation
 
 
-def _record_side(config: ml_collections.ConfigDict, shards: str, root: str) -> tuple[int, str] | None:
-    """(side in px, the field that sets it) of a record set, when the config says; None when unknown."""
-    if shards and _GLOB.search(shards):
-        return config.data.rxrx1_utils_image_size, "data.rxrx1_utils_image_size"
-    if shards and not config.data.image_size:
-        return None  # converted elsewhere, at a size the config does not state
-    if config.data.image_size:
-        return config.data.image_size, "data.image_size"
-    return (config.synthetic.image_size, "synthetic.image_size") if not root else None
-
-
 def _source_channels(data: ml_collections.ConfigDict) -> int | None:
     """Channels of the training records before data.channels picks from them; None when unknown."""
-    if data.shards and _GLOB.search(data.shards):
+    if data.shards and SHARDS_PATTERN.search(data.shards):
         return len(STAINS["rxrx1"])  # rxrx1-utils records
     return screen.channel_count(screen.Source.from_config(data))
 
@@ -182,14 +169,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     failures = list(bad.values())
     if any(field.startswith("model.") for field in bad):
         return failures
-    try:
-        model = Model.from_mapping(config.model)
-    except (TypeError, ValueError) as err:
-        return [*failures, f"model: {err} (on {num_devices} device(s)); fix the model section"]
 
     def ok(*names: str) -> bool:
         """Whether the fields a check reads passed their rules (a broken one is reported already)."""
         return not any(name in bad for name in names)
+
+    if config.model.resolution is None:  # the model takes the training records' side
+        if not ok("data.image_size", "data.crop_size", "data.shards", "data.root", "synthetic.image_size",
+                  "data.rxrx1_utils_image_size"):
+            return failures
+        side = model_resolution(config)
+        if side is None:
+            return [*failures, "model.resolution=None: the config does not say the training records' side "
+                               f"(data.shards converted elsewhere, or data.image_size=0 keeping each source's) on "
+                               f"{num_devices} device(s); set model.resolution"]
+        if not POWER_OF_TWO.ok(side):
+            field = "data.crop_size" if config.data.crop_size else records_side(config, config.data.shards,
+                                                                                 config.data.root)[1]
+            return [*failures, f"{field}={side}: the model takes the training records' side unless model.resolution "
+                               f"is set, and {side} px is not a power of two >= 8 (on {num_devices} device(s)); use "
+                               f"{field}={2 ** max(3, round(math.log2(side)))} or set model.resolution"]
+    try:
+        model = Model.of_run(config)
+    except (TypeError, ValueError) as err:
+        return [*failures, f"model: {err} (on {num_devices} device(s)); fix the model section"]
 
     for check in (_size_failures_across, _channel_failures, _batch_failures, _objective_failures):
         failures += check(config, model, num_devices, ok)
@@ -209,10 +212,10 @@ def _size_failures_across(config: ml_collections.ConfigDict, model: Model, n: in
         failures.append(f"data.image_size={data.image_size}: conversion would upscale the "
                         f"{synthetic.image_size}-px synthetic screen (synthetic.image_size) on {n} device(s); "
                         f"use data.image_size<={synthetic.image_size} or synthetic.image_size={data.image_size}")
-    side = _record_side(config, data.shards, data.root)
+    side = records_side(config, data.shards, data.root)
     failures += _size_failures(side, data.crop_size, model.resolution, n, "training records")
     if zeroshot.enabled:
-        zside = _record_side(config, zeroshot.shards, zeroshot.root)
+        zside = records_side(config, zeroshot.shards, zeroshot.root)
         if zside != side:  # the same sizes are reported once
             failures += _size_failures(zside, data.crop_size, model.resolution, n, "zero-shot records")
     return failures
@@ -303,7 +306,7 @@ def run(config: ml_collections.ConfigDict, devices: str = "", programs: tuple[st
     import jax  # tracing and compiling are `gandl.cost`'s, and only this step needs them
 
     from gandl import cost, sharding
-    from gandl.train import loop
+
     tpu = cost.tpu_slice(devices) if devices and not devices.isdigit() else None
     if devices:
         simulate_devices(device_count(devices))
@@ -320,7 +323,7 @@ def run(config: ml_collections.ConfigDict, devices: str = "", programs: tuple[st
     if cost.libtpu_version() is None:
         return cost.estimate(config, note=f"libtpu is not installed (pip install -e \".[tpu]\"), so nothing was "
                                           f"compiled for {tpu.name}")
-    model, t = loop.model_config(config), config.train
+    model, t = Model.of_run(config), config.train
     shrink = t.pl_batch_shrink if t.pl_weight > 0 else None
     train_ok = lambda b: _batch_ok(b, n, model.mbstd_group_size, shrink)  # noqa: E731
     batch_ok = dict(step=train_ok, main_step=train_ok, embed=lambda b: b % n == 0)

@@ -216,7 +216,7 @@ def main_only(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> state_lib.TrainState:
     """The train state's shapes, replicated over the mesh: nothing is initialised."""
-    model = loop.model_config(config)
+    model = ModelConfig.of_run(config)
     with jax.set_mesh(mesh):
         return jax.eval_shape(lambda: state_lib.create(model, config.train, config.seed, mesh))
 
@@ -225,7 +225,7 @@ def traced(config: ml_collections.ConfigDict, program: str, mesh: jax.sharding.M
            state: state_lib.TrainState) -> jax.stages.Traced:
     """One of `PROGRAMS`, traced on shapes alone for a global `batch`: the jitted functions training and
     the embedding export run, with their own caches (`loop.compiled_step`, `discriminator.compiled_features`)."""
-    model, train = loop.model_config(config), config.train
+    model, train = ModelConfig.of_run(config), config.train
     images = jax.ShapeDtypeStruct((batch, model.resolution, model.resolution, model.num_channels), jnp.float32,
                                   sharding=sharding.data_sharding(mesh))
     with jax.set_mesh(mesh):
@@ -341,7 +341,7 @@ class Estimate:
 def estimate(config: ml_collections.ConfigDict, note: str = "") -> Estimate:
     """Trace and lower one train step and one embedding batch on shapes alone, over every device JAX has."""
     start = time.time()
-    model, train, embed = loop.model_config(config), config.train, config.embed
+    model, train, embed = ModelConfig.of_run(config), config.train, config.embed
     mesh = sharding.make_mesh()
     state = abstract_state(config, mesh)
     with jax.set_mesh(mesh):
@@ -465,7 +465,7 @@ def cache_key(config: ml_collections.ConfigDict, program: str, batch: int, tpu: 
     """Everything that shapes a measurement: the program and its settings, the topology, the versions."""
     parts = dict(
         format=_FORMAT, program=program, batch=batch, topology=tpu.topology, megacore=tpu.chip.megacore,
-        model=dataclasses.asdict(loop.model_config(config)),
+        model=dataclasses.asdict(ModelConfig.of_run(config)),
         train=step_lib.step_config(config.train).to_dict(),
         embed=dict(orientation_average=config.embed.orientation_average, mbstd=config.embed.mbstd),
         versions=dict(jax=jax.__version__, jaxlib=importlib.metadata.version("jaxlib"), libtpu=libtpu_version()),
@@ -684,4 +684,4 @@ def compile_report(config: ml_collections.ConfigDict, tpu: Slice, programs: tupl
     compiled = {p: measure(config, p, tpu, context=context) for p in PROGRAMS if p in programs}
     largest = {p: c.measured.largest_batch(c.usable_bytes, batch_ok[p]) if not c.measured.error else 0
                for p, c in compiled.items()}
-    return Report(tpu, loop.model_config(config), config.train, compiled, largest, time.time() - start)
+    return Report(tpu, ModelConfig.of_run(config), config.train, compiled, largest, time.time() - start)

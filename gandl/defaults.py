@@ -17,6 +17,7 @@ against lives here (`INTENSITIES`, ...), and the owner imports it.
 import dataclasses
 import importlib.util
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -264,9 +265,12 @@ class Preview:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """StyleGAN2 (gandl.models.config.ModelConfig fields); resolution must match the training images."""
+    """StyleGAN2 (gandl.models.config.ModelConfig fields); its side is the training records' unless set."""
 
-    resolution: int = setting(64, POWER_OF_TWO, "side of G's images and D's input in px")
+    resolution: int | None = setting(None, optional(POWER_OF_TWO),
+                                     "side of G's images and D's input in px; None = the training records' side "
+                                     "(data.crop_size when cropping, else data.image_size, or the records' own): "
+                                     "set it to train below that side (a whole area-downscale factor)")
     num_channels: int = setting(5, COUNT, "image channels")
     z_dim: int = setting(512, COUNT, "latent size")
     w_dim: int = setting(512, COUNT, "intermediate latent (style) size")
@@ -293,6 +297,11 @@ class Model:
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         return cls(**values)
+
+    @classmethod
+    def of_run(cls, config: Mapping[str, Any]) -> "Model":
+        """The model of a run's whole config, its side resolved from the data section unless set (`model_section`)."""
+        return cls.from_mapping(model_section(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,6 +555,39 @@ def validate_section(obj: Any) -> None:
             failures.append(f"{field.name}={value!r}: must be {rule.wanted}")
     if failures:
         raise ValueError("; ".join(failures))
+
+
+SHARDS_PATTERN = re.compile(r"[*?\[]")  # a shards pattern names rxrx1-utils records, not shards of this project
+
+
+def records_side(config: Mapping[str, Any], shards: str, root: str) -> tuple[int, str] | None:
+    """(side in px, the field that says it) of a run's training or zero-shot records; None when the config does not
+    say (shards converted elsewhere at a size it does not state, or data.image_size=0 keeping a source's side)."""
+    data = config["data"]
+    if shards and SHARDS_PATTERN.search(shards):
+        return data["rxrx1_utils_image_size"], "data.rxrx1_utils_image_size"
+    if shards and not data["image_size"]:
+        return None
+    if data["image_size"]:
+        return data["image_size"], "data.image_size"
+    return (config["synthetic"]["image_size"], "synthetic.image_size") if not root else None
+
+
+def model_resolution(config: Mapping[str, Any]) -> int | None:
+    """The model's side: model.resolution, or unless set the training records' side after data.crop_size (None
+    when the config does not say it: `records_side`). One source for the model and the input pipeline."""
+    if config["model"]["resolution"] is not None:
+        return config["model"]["resolution"]
+    if config["data"]["crop_size"]:
+        return config["data"]["crop_size"]
+    side = records_side(config, config["data"]["shards"], config["data"]["root"])
+    return None if side is None else side[0]
+
+
+def model_section(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model section of a run's config with its side resolved (`model_resolution`)."""
+    model = config["model"]
+    return {**(model.to_dict() if hasattr(model, "to_dict") else dict(model)), "resolution": model_resolution(config)}
 
 
 def call_in_file(path: str, attr: str, *args: Any, **kwargs: Any) -> Any:

@@ -42,6 +42,11 @@ class Run:
     step: int
     stains: tuple[str, ...]  # of the generator's output channels, for the RxRx colour map
 
+    @property
+    def model(self) -> ModelConfig:
+        """The run's model, its side resolved from the saved data section unless the config set it."""
+        return ModelConfig.of_run(self.config)
+
 
 def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
     """Stain names from the run's shards; generic channel names when the shards are not at hand."""
@@ -60,7 +65,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
 
 def sample_grid(run: Run, num: int = 16, cols: int = 8, seed: int = 0) -> np.ndarray:
     """EMA generator samples for fixed latents, as one uint8 RGB grid in the RxRx colour map."""
-    images = loop.samples(loop.model_config(run.config), run.state, num, seed)
+    images = loop.samples(run.model, run.state, num, seed)
     return render.grid(render.to_rgb(images, run.stains), cols)
 
 
@@ -84,7 +89,7 @@ def interpolate(run: Run, num: int = 8, seed: int = 0) -> np.ndarray:
     if num < 2:
         raise ValueError(f"an interpolation needs at least its two ends, got num={num}")
     z = jax.random.normal(jax.random.key(seed), (2, run.config.model.z_dim))
-    fn = _compiled_interpolation(loop.model_config(run.config), num)
+    fn = _compiled_interpolation(run.model, num)
     return np.asarray(fn(run.state.ema_params, run.state.ema_buffers, z))
 
 

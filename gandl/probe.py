@@ -155,7 +155,7 @@ class Probe:
             vocabulary.zeroshot_channels(config.zeroshot.channels),
             config.data.rxrx1_utils_image_size)
         spec = pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
-        context = base.Context.of_run(config, None, ModelConfig.from_mapping(config.model), None, spec,
+        context = base.Context.of_run(config, None, ModelConfig.of_run(config), None, spec,
                                       pipeline.InputOptions.from_config(config))
         return cls(settings, workdir, context)
 

@@ -50,18 +50,28 @@ def test_every_sweep_run_passes_for_1_and_8_devices(path, num_devices):
      "train.batch_size=32 (or model.mbstd_group_size=2)"),
     ({"train.batch_size": 12}, "train.batch_size=12: 1.5 images per device on 8 device(s); use train.batch_size=16"),
     ({"embed.batch_size": 20}, "embed.batch_size=20: does not split over 8 device(s); use embed.batch_size=24"),
-    ({"data.image_size": 48}, "data.image_size=48: the training records (48 px) cannot be area-downscaled to "
-     "model.resolution=32 by a whole factor on 8 device(s); use data.image_size=64 or model.resolution=16"),
+    ({"data.image_size": 48, "model.resolution": 32}, "data.image_size=48: the training records (48 px) cannot be "
+     "area-downscaled to model.resolution=32 by a whole factor on 8 device(s); use data.image_size=64 or "
+     "model.resolution=16"),
+    # the model takes the records' side unless model.resolution is set
+    ({"data.image_size": 48}, "data.image_size=48: the model takes the training records' side unless "
+     "model.resolution is set, and 48 px is not a power of two >= 8 (on 8 device(s)); use data.image_size=64 or set "
+     "model.resolution"),
+    ({"data.shards": "/data/shards", "data.image_size": 0}, "model.resolution=None: the config does not say the "
+     "training records' side (data.shards converted elsewhere"),
     ({"data.image_size": 128}, "data.image_size=128: conversion would upscale the 64-px synthetic screen"),
-    ({"data.crop_size": 24}, "data.crop_size=24: the training records (24 px) cannot be area-downscaled"),
-    ({"data.shards": "gs://b/rxrx1/*.tfrecord", "data.channels": (1, 2, 3, 4, 6), "data.rxrx1_utils_image_size": 100},
+    ({"data.crop_size": 24, "model.resolution": 32}, "data.crop_size=24: the training records (24 px) cannot be "
+     "area-downscaled"),
+    ({"data.crop_size": 24}, "data.crop_size=24: the model takes the training records' side unless model.resolution"),
+    ({"data.shards": "gs://b/rxrx1/*.tfrecord", "data.channels": (1, 2, 3, 4, 6), "data.rxrx1_utils_image_size": 100,
+      "model.resolution": 32},
      "data.rxrx1_utils_image_size=100: the training records (100 px) cannot be area-downscaled"),
     ({"data.channels": (1, 2, 3)}, "data.channels=(1, 2, 3): 3 channels for a model.num_channels=5 model on 8 "
      "device(s); name 5 channels or set model.num_channels=3"),
     ({"data.channels": (1, 2, 3, 4, 6)}, "data.channels=(1, 2, 3, 4, 6): channels [6] do not exist in the 5-channel"),
     ({"model.num_channels": 6}, "model.num_channels=6: the rxrx19a data has 5 channels on 8 device(s)"),
     ({"zeroshot.channels": (1, 2, 3)}, "zeroshot.channels=(1, 2, 3): maps to (1, 2, 3), but the zero-shot set"),
-    ({"model.resolution": 48}, "model.resolution=48: must be a power of two >= 8; use model.resolution=64"),
+    ({"model.resolution": 48}, "model.resolution=48: must be None or a power of two >= 8; use model.resolution=None"),
     ({"model.mbstd_num_channels": 3}, "model: mbstd_num_channels must divide the 4x4 block's channel count"),
     ({"train.log_every": 0}, "train.log_every=0: must be an integer >= 1; use train.log_every=50"),
     ({"embed.step": -2}, "embed.step=-2: must be an integer >= -1; use embed.step=-1"),

@@ -624,7 +624,7 @@ def _finished_at_step_1(tiny_config, shards_dir) -> tuple:
     cfg.train.steps = 1
     mesh = sharding.make_mesh()
     with jax.set_mesh(mesh):
-        return cfg, mesh, state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+        return cfg, mesh, state_lib.create(ModelConfig.of_run(cfg), cfg.train, cfg.seed, mesh)
 
 
 def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_before(tiny_config, shards_dir,

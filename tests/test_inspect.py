@@ -24,7 +24,7 @@ def test_load_run_restores_the_latest_full_state_from_the_saved_config(run, tiny
     assert not np.allclose(jax.tree.leaves(run.state.ema_params)[0], jax.tree.leaves(run.state.g_params)[0])
     earlier = inspection.load_run(str(tiny_run[1]), step=10)
     assert earlier.step == 10
-    model = loop.model_config(run.config)
+    model = run.model
     assert not np.allclose(loop.samples(model, run.state, 2, 0), loop.samples(model, earlier.state, 2, 0))
 
 
@@ -35,7 +35,7 @@ def test_sample_grid_is_an_rgb_grid(run):
 
 def test_interpolation_runs_from_one_latent_to_the_other(run):
     images = inspection.interpolate(run, num=5, seed=3)
-    ends = loop.samples(loop.model_config(run.config), run.state, 2, seed=3)  # the same two latents, through G
+    ends = loop.samples(run.model, run.state, 2, seed=3)  # the same two latents, through G
     np.testing.assert_allclose(images[[0, -1]], ends, atol=1e-4)
     steps = np.abs(np.diff(images, axis=0)).mean(axis=(1, 2, 3))
     assert (steps > 0).all() and images.shape == (5, 16, 16, 5)

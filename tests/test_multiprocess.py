@@ -25,6 +25,7 @@ import pytest
 from gandl import embed, errors, sharding
 from gandl.data import pipeline
 from gandl.features import discriminator
+from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
@@ -140,7 +141,7 @@ def test_two_processes_match_one(run, common, tiny_config, tmp_path):
     mesh = sharding.make_mesh()
     _, multi, _ = checkpoint.restore_run(str(workdir), mesh)
     with jax.set_mesh(mesh):
-        start = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+        start = state_lib.create(ModelConfig.of_run(cfg), cfg.train, cfg.seed, mesh)
     for name in ("g_params", "d_params", "ema_params"):
         init, one, two = (jax.device_get(getattr(s, name)) for s in (start, single.state, multi))
         one_update = np.concatenate([(b - a).ravel() for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(one))])

@@ -99,7 +99,8 @@ def test_the_screen_section_is_the_screen_schema_with_a_preset():
 
 
 @pytest.mark.parametrize("cls, values, message", [
-    (ModelConfig, dict(resolution=48), "resolution=48: must be a power of two >= 8"),
+    (ModelConfig, dict(resolution=48), "resolution=48: must be None or a power of two >= 8"),
+    (ModelConfig, dict(), "resolution=None: a model needs its side"),
     (ModelConfig, dict(z_dim=0), "z_dim=0: must be an integer >= 1"),
     (AnalysisConfig, dict(n_splits=1, c=0.0), "c=0.0: must be a number > 0; n_splits=1: must be an integer >= 2"),
     (AnalysisConfig, dict(well_aggregate="max"), "well_aggregate='max': must be one of ('median', 'mean')"),
@@ -125,3 +126,21 @@ def test_the_config_check_reads_and_validates_a_config_without_jax():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_model_takes_the_training_records_side_unless_its_own_is_set():
+    """One image-side setting per meaning: the demo states only data.image_size; the model, the input pipeline and the
+    check read the same derived side, a crop is the records' side, and an explicit model.resolution still wins."""
+    from gandl.data.pipeline import InputOptions
+
+    config = defaults.call_in_file(str(DOCS.parent / "configs" / "demo.py"), "get_config")
+    assert config.model.resolution is None and config.data.image_size == 32
+    assert ModelConfig.of_run(config).resolution == InputOptions.from_config(config).resolution == 32
+    config.data.crop_size = 16
+    assert ModelConfig.of_run(config).resolution == InputOptions.from_config(config).resolution == 16
+    config.data.crop_size, config.model.resolution = 0, 16  # below the records' side: a whole downscale factor
+    assert ModelConfig.of_run(config).resolution == InputOptions.from_config(config).resolution == 16
+    assert check.validate(config, 1) == []
+    config.model.resolution, config.data.shards, config.data.image_size = None, "/elsewhere/shards", 0
+    assert defaults.model_resolution(config) is None
+    assert any(f.startswith("model.resolution=None: the config does not say") for f in check.validate(config, 1))

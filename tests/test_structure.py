@@ -194,8 +194,10 @@ def test_settings_dataclasses_take_their_defaults_from_base_config():
     from gandl.models.config import ModelConfig
 
     config = base_config()
-    for cls, block in ((ModelConfig, config.model), (FineTuneConfig, config.embed.imagenet),
-                       (AnalysisConfig, config.analysis)):
-        defaults = dataclasses.asdict(cls())
-        differing = {k: (defaults.get(k), v) for k, v in block.to_dict().items() if defaults.get(k) != v}
-        assert not differing, (cls.__name__, differing)
+    model = dict(config.model.to_dict(), resolution=config.data.image_size)  # the records' side unless set
+    for name, made, block in (("ModelConfig", ModelConfig.of_run(config), model),
+                              ("FineTuneConfig", FineTuneConfig(), config.embed.imagenet.to_dict()),
+                              ("AnalysisConfig", AnalysisConfig(), config.analysis.to_dict())):
+        defaults = dataclasses.asdict(made)
+        differing = {k: (defaults.get(k), v) for k, v in block.items() if defaults.get(k) != v}
+        assert not differing, (name, differing)

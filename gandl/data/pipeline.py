@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from gandl import fileio
+from gandl import defaults, fileio
 from gandl._tf import tf
 from gandl.data import convert
 from gandl.data.screen import RESERVED_COLUMNS
@@ -55,7 +55,7 @@ class InputOptions:
         """The options of a run's config: its `data` block, images brought to `model.resolution`."""
         data = config["data"]
         return cls(channels=tuple(data["channels"]), intensity=data["intensity"], crop_size=data["crop_size"],
-                   resolution=config["model"]["resolution"], augment=data["augment"],
+                   resolution=defaults.model_resolution(config), augment=data["augment"],
                    shuffle_buffer=data["shuffle_buffer"])
 
     def replace(self, **changes) -> InputOptions:

@@ -30,7 +30,7 @@ def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | Non
                           ) -> tuple[ModelConfig, Any, int, dict]:
     """D parameters, model config, step and full config of a training checkpoint (default: the latest)."""
     config, state, step = checkpoint.restore_run(workdir, mesh, step)
-    return ModelConfig.from_mapping(config.model), state.d_params, step, config.to_dict()
+    return ModelConfig.of_run(config), state.d_params, step, config.to_dict()
 
 
 def code_version() -> str:

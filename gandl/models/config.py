@@ -20,6 +20,12 @@ class ModelConfig(defaults.Model):
     (`defaults.Model`: every field's rule, and the minibatch-stddev channels against the 4x4 block's).
     """
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.resolution is None:
+            raise ValueError("resolution=None: a model needs its side; ModelConfig.of_run(config) takes the training "
+                             "records' side from a run's config")
+
     @property
     def compute_dtype(self) -> jnp.dtype:
         """The jnp dtype named by `dtype`."""

@@ -217,7 +217,7 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
 
     def template(saved: dict) -> Any:
         config = saved_config(saved)
-        return abstract_like(state_lib.create(ModelConfig.from_mapping(config.model), config.train, config.seed, mesh))
+        return abstract_like(state_lib.create(ModelConfig.of_run(config), config.train, config.seed, mesh))
 
     try:
         if ckpt.latest_step() is None:
@@ -254,7 +254,7 @@ def check_model(saved: dict, model: ModelConfig, seed: int, directory: str) -> N
     model's arrays have other shapes (orbax would fail deep inside the restore), and a resumed run draws from the
     saved PRNG state, so another seed would be silently ignored."""
     before = saved_config(saved)
-    was = {**_fields("model", ModelConfig.from_mapping(before.model)), "seed": before.seed}
+    was = {**_fields("model", ModelConfig.of_run(before)), "seed": before.seed}
     now = {**_fields("model", model), "seed": seed}
     changed = [f"{k}={was[k]!r} -> {now[k]!r}" for k in was if was[k] != now[k]]
     if changed:

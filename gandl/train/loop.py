@@ -66,10 +66,6 @@ def _all_finite(tree) -> jax.Array:
                               if jnp.issubdtype(x.dtype, jnp.floating)]))
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    return ModelConfig.from_mapping(config.model)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """What the loop reads of a run's config, typed once at the train stage's boundary (`from_config`)."""
@@ -85,7 +81,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainSettings:
-        return cls(model_config(config), ml_collections.FrozenConfigDict(config.train),
+        return cls(ModelConfig.of_run(config), ml_collections.FrozenConfigDict(config.train),
                    pipeline.InputOptions.from_config(config), config.seed, layout.shards(config.data.shards, workdir),
                    config.data.rxrx1_utils_image_size, (config.preview.num_images, config.preview.cols),
                    config.to_dict())
