@@ -27,7 +27,17 @@ from gandl import errors
 from gandl.data import screen
 from gandl.data.synthetic.layouts import CONTROL_LAYOUTS
 from gandl.data.vocabulary import STAINS, zeroshot_channels
-from gandl.defaults import POWER_OF_TWO, SHARDS_PATTERN, Model, Rule, base_config, model_resolution, records_side, rules
+from gandl.defaults import (
+    POWER_OF_TWO,
+    RETIRED,
+    SHARDS_PATTERN,
+    Model,
+    Rule,
+    base_config,
+    model_resolution,
+    records_side,
+    rules,
+)
 from gandl.features import registry
 
 if TYPE_CHECKING:
@@ -102,7 +112,8 @@ def _field_failures(config: ml_collections.ConfigDict) -> dict[str, str]:
     for field, value in fields(config).items():
         rule = RULES.get(field)
         if rule is None:
-            failures[field] = f"{field}={value!r}: not a GAN-DL setting (no rule in gandl.check.RULES); remove it"
+            failures[field] = (f"{field}={value!r}: retired; use {RETIRED[field]}" if field in RETIRED else
+                               f"{field}={value!r}: not a GAN-DL setting (no rule in gandl.check.RULES); remove it")
         elif not rule.ok(value):
             default = defaults.get(field, rule.example)
             good = default if rule.ok(default) else rule.example

@@ -442,7 +442,6 @@ class Analysis:
     c: float = setting(1.0, RATE, "SVM soft-margin constant")
     n_splits: int = setting(5, integer(2), "at most this many grouped folds")
     group_by: str = setting("plate", one_of("plate", "experiment"), "plate | experiment: what a fold holds out")
-    uv_is_positive: bool = setting(False, BOOL, "count UV-inactivated virus wells as C+")
     top_k: int = setting(5, COUNT, "best-ranked compounds per cell line listed, and drawn when the schema highlights "
                                    "none")
     flat_threshold: float = setting(0.25, number(0), "Hill amplitude below which a curve is flat (score units)")
@@ -588,6 +587,20 @@ def model_section(config: Mapping[str, Any]) -> dict[str, Any]:
     """The model section of a run's config with its side resolved (`model_resolution`)."""
     model = config["model"]
     return {**(model.to_dict() if hasattr(model, "to_dict") else dict(model)), "resolution": model_resolution(config)}
+
+
+# Settings an earlier version had, and what says the same today.
+RETIRED = {"analysis.uv_is_positive": 'screen.preset="rxrx19a_uv" (UV-inactivated virus counts as C+ in that preset)'}
+
+
+def upgraded(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version (a checkpoint's, an export's provenance) in today's fields: a saved
+    `analysis.uv_is_positive=True` becomes the rxrx19a_uv screen preset, so the run's schema is what it was."""
+    config = {section: dict(values) if isinstance(values, Mapping) else values for section, values in saved.items()}
+    analysis = config.get("analysis", {})
+    if analysis.pop("uv_is_positive", False) and not config.get("screen", {}).get("preset"):
+        config["screen"] = {**config.get("screen", {}), "preset": "rxrx19a_uv"}
+    return config
 
 
 def call_in_file(path: str, attr: str, *args: Any, **kwargs: Any) -> Any:

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from gandl import sharding
+from gandl import defaults, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import io as analysis_io
@@ -131,7 +131,7 @@ def load_embeddings(workdir: str) -> Embeddings:
         raise FileNotFoundError(f"no feature set in {folder}: run mode=embed first")
     with tf.io.gfile.GFile(exported[0], "rb") as f, np.load(io.BytesIO(f.read())) as npz:  # any set: the run's config
         provenance = json.loads(str(npz["provenance"]))
-    run = provenance["config"]
+    run = defaults.upgraded(provenance["config"])
     config = report.AnalysisConfig(**run["analysis"], well_aggregate=run["embed"]["well_aggregate"])
     schema = screen.configured(run)
     return Embeddings(folder, analysis_io.load_feature_sets(folder),

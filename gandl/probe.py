@@ -97,12 +97,10 @@ def score(features: np.ndarray, metadata: pd.DataFrame, zeroshot_features: np.nd
     """(task, accuracy, status) rows: Table 1 on the control subset, zero-shot cell typing on its subset, and
     both again at each of `analysis.few_labels` labelled wells per class (mean over its draws)."""
     common = dict(c=analysis.c, n_splits=analysis.n_splits, seed=analysis.seed)
-    table = classify.classify_controls(features, metadata, group_by=analysis.group_by,
-                                       uv_is_positive=analysis.uv_is_positive, **common)
+    table = classify.classify_controls(features, metadata, group_by=analysis.group_by, **common)
     rows = [dict(task=r.task, accuracy=float(r.accuracy), status=r.status) for r in table.itertuples()]
     few = [classify.classify_few_labels(features, metadata, analysis.few_labels, draws=analysis.few_label_draws,
-                                        group_by=analysis.group_by, uv_is_positive=analysis.uv_is_positive,
-                                        **common)] if analysis.few_labels else []
+                                        group_by=analysis.group_by, **common)] if analysis.few_labels else []
     if zeroshot_features is not None:
         try:
             summary, _ = zeroshot.classify_cell_types(zeroshot_features, zeroshot_metadata, **common)

@@ -166,3 +166,21 @@ def test_the_analysis_rules_accept_what_the_analysis_accepts(field, values):
         except ValueError:
             accepted = False
         assert check.RULES[f"analysis.{field}"].ok(value) == accepted, value
+
+
+def test_a_retired_setting_names_what_replaced_it_and_old_saved_configs_keep_their_controls():
+    """analysis.uv_is_positive is folded into the rxrx19a_uv screen preset: a config that sets it is refused in one line
+    naming the preset; a checkpoint or export saved with it reads as that preset, so its controls stay what they were."""
+    from gandl.data import screen
+    from gandl.train import checkpoint
+
+    config = _demo()
+    config.analysis.uv_is_positive = True
+    assert check.validate(config, 8) == ['analysis.uv_is_positive=True: retired; use screen.preset="rxrx19a_uv" '
+                                         "(UV-inactivated virus counts as C+ in that preset)"]
+    saved = base_config().to_dict()
+    saved["analysis"]["uv_is_positive"] = True
+    assert screen.configured(checkpoint.saved_config(saved)) == screen.PRESETS["rxrx19a_uv"]
+    saved["analysis"]["uv_is_positive"] = False
+    assert screen.configured(checkpoint.saved_config(saved)) == screen.PRESETS["rxrx19a"]
+    assert "uv_is_positive" not in checkpoint.saved_config(saved).analysis

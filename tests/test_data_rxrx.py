@@ -44,7 +44,7 @@ def test_control_roles(rxrx19a_dir):
     assert ((md.loc[roles == "C-", "disease_condition"] == rxrx.ACTIVE)
             & (md.loc[roles == "C-", "treatment"] == "")).all()
     assert (md.loc[roles == "treated", "treatment"] != "").all()
-    merged = screen_lib.control_role(md, uv_is_positive=True)
+    merged = screen_lib.control_role(md, schema=screen_lib.PRESETS["rxrx19a_uv"])
     assert (merged == "C+").sum() == (roles == "C+").sum() + (md["disease_condition"] == rxrx.UV_INACTIVATED).sum()
 
 

@@ -45,9 +45,8 @@ def test_the_rxrx19a_presets_give_the_rxrx19a_roles_and_plates(rxrx19a_dir):
     assert set(keys) == {f"{e}_{p}" for e, p in zip(md["experiment"], md["plate"])}
     np.testing.assert_array_equal(screen.plate_key(md, "experiment", schema=screen.PRESETS["rxrx19a"]),
                                   md["experiment"])
-    for uv_is_positive in (False, True):  # a table without a schema is read with the RxRx19a presets
-        np.testing.assert_array_equal(screen.control_role(md, uv_is_positive),
-                                      screen.control_role(md, schema=screen.default_schema(uv_is_positive)))
+    # a table without a schema is read with the RxRx19a preset
+    np.testing.assert_array_equal(screen.control_role(md), screen.control_role(md, schema=screen.PRESETS["rxrx19a"]))
     screen.validate(md, screen.PRESETS["rxrx19a"], rxrx19a_dir)
 
 

@@ -105,7 +105,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
                                                      provenance={}, progress=False)["imagenet"])
     config = report.AnalysisConfig(n_splits=2)
     old = report.analyze_screen(features, meta, config, draw=False)["table1"].set_index("task")
-    assignment = folds.assignment(meta, n_splits=2, group_by="plate", seed=0, uv_is_positive=False)
+    assignment = folds.assignment(meta, n_splits=2, group_by="plate", seed=0)
     every_control = imagenet.Controls()
 
     def fine_tuned(held_out):

@@ -28,16 +28,16 @@ from gandl.data.folds import CVError, control_folds, grouped_folds, require_trai
 from gandl.defaults import NORMALIZATIONS
 
 
-def control_mask(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.ndarray:
+def control_mask(metadata: pd.DataFrame) -> np.ndarray:
     """True for C+ and C- sites: the rows normalisation statistics and the SVMs are fitted on."""
-    return control_role(metadata, uv_is_positive).isin(["C+", "C-"]).to_numpy()
+    return control_role(metadata).isin(["C+", "C-"]).to_numpy()
 
 
 SCALE_FLOOR = 0.1  # center_scale's per-plate sd is at least this share of the feature's sd over every site
 
 
 def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
-                    reference: np.ndarray | None = None, uv_is_positive: bool = False) -> np.ndarray:
+                    reference: np.ndarray | None = None) -> np.ndarray:
     """The per-plate step of `method`, fitted on each plate's own `reference` rows (default: its controls).
 
     'center_scale' subtracts each plate's reference mean and divides by its std, floored at SCALE_FLOOR of
@@ -52,7 +52,7 @@ def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = 
     x = np.asarray(features, np.float32)
     if method == "none":
         return x
-    ref = control_mask(metadata, uv_is_positive) if reference is None else np.asarray(reference, bool)
+    ref = control_mask(metadata) if reference is None else np.asarray(reference, bool)
     codes, plates = pd.factorize(pd.Series(plate_key(metadata)))
     mean, count = group_means(x[ref], codes[ref], len(plates))
     missing = [plates[i] for i in np.flatnonzero(count < 2)]
@@ -69,10 +69,9 @@ def plate_normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = 
     return centred / np.maximum(std, floor)[codes].astype(np.float32)
 
 
-def whitening_conditions(metadata: pd.DataFrame, uv_is_positive: bool = False) -> np.ndarray:
+def whitening_conditions(metadata: pd.DataFrame) -> np.ndarray:
     """Per row, the (plate, control role) group whose within-group variation TVN whitens away."""
-    return pd.Series(plate_key(metadata)).str.cat(control_role(metadata, uv_is_positive).to_numpy(),
-                                                  sep="|").to_numpy()
+    return pd.Series(plate_key(metadata)).str.cat(control_role(metadata).to_numpy(), sep="|").to_numpy()
 
 
 class TypicalVariationWhitener(TransformerMixin, BaseEstimator):
@@ -100,7 +99,7 @@ class TypicalVariationWhitener(TransformerMixin, BaseEstimator):
 
 
 def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none",
-              reference: np.ndarray | None = None, uv_is_positive: bool = False, centred: bool = False) -> np.ndarray:
+              reference: np.ndarray | None = None, centred: bool = False) -> np.ndarray:
     """Features with plate effects removed, every statistic fitted on all `reference` rows (default: controls).
 
     - 'none': unchanged.
@@ -114,12 +113,11 @@ def normalize(features: np.ndarray, metadata: pd.DataFrame, method: str = "none"
     Per-plate statistics also remove whatever differs between plates in biology: on RxRx19a every plate
     holds one cell line, so HRCE vs VERO is only meaningful with 'none'.
     """
-    x = np.asarray(features, np.float32) if centred else plate_normalize(features, metadata, method, reference,
-                                                                           uv_is_positive)
+    x = np.asarray(features, np.float32) if centred else plate_normalize(features, metadata, method, reference)
     if method != "tvn":
         return x
-    ref = control_mask(metadata, uv_is_positive) if reference is None else np.asarray(reference, bool)
-    conditions = whitening_conditions(metadata, uv_is_positive)
+    ref = control_mask(metadata) if reference is None else np.asarray(reference, bool)
+    conditions = whitening_conditions(metadata)
     return TypicalVariationWhitener().fit(x[ref], conditions=conditions[ref]).transform(x).astype(np.float32)
 
 
@@ -302,13 +300,13 @@ def summarize(result: CVResult) -> dict[str, float]:
                 n_folds=int(result.fold.max() + 1))
 
 
-def control_tasks(metadata: pd.DataFrame, uv_is_positive: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def control_tasks(metadata: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Table 1's tasks as (name, row mask, labels of those rows), all on control sites.
 
     C+ vs C- with the cell lines merged, the cell lines against each other (on their controls), and C+
     vs C- within each cell line.
     """
-    role = control_role(metadata, uv_is_positive).to_numpy()
+    role = control_role(metadata).to_numpy()
     ctrl = np.isin(role, ["C+", "C-"])
     lines = sorted(metadata["cell_type"].astype(str).unique())
     cell = metadata["cell_type"].astype(str).to_numpy()
@@ -321,7 +319,7 @@ def control_tasks(metadata: pd.DataFrame, uv_is_positive: bool = False) -> list[
 
 
 def classify_controls(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0, n_splits: int = 5,
-                      group_by: str = "plate", uv_is_positive: bool = False, seed: int = 0,
+                      group_by: str = "plate", seed: int = 0,
                       whiten: bool = False, fold_features: Sequence[np.ndarray] | None = None,
                       fold_held_out: Sequence[Sequence[str]] | None = None) -> pd.DataFrame:
     """Table 1: one row per task with accuracy, balanced accuracy, ROC-AUC, sizes, the held-out groups, a status.
@@ -337,8 +335,7 @@ def classify_controls(features: np.ndarray, metadata: pd.DataFrame, *, c: float 
     groups = plate_key(metadata, group_by)
     rows, held_out, failure = [], [], None
     try:
-        held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed,
-                                 uv_is_positive=uv_is_positive)
+        held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed)
     except CVError as e:
         failure = f"skipped: {e}"
     if failure is None and fold_features is not None:
@@ -349,8 +346,8 @@ def classify_controls(features: np.ndarray, metadata: pd.DataFrame, *, c: float 
         elif len(fold_features) != len(held_out) or (fold_held_out is not None and given != held_out):
             failure = (f"skipped: the per-fold features hold out {given or len(fold_features)}, this analysis' "
                        f"folds are {held_out}: embed with the analysis' n_splits, group_by and seed")
-    conditions = whitening_conditions(metadata, uv_is_positive) if whiten else None
-    for name, mask, labels in control_tasks(metadata, uv_is_positive):
+    conditions = whitening_conditions(metadata) if whiten else None
+    for name, mask, labels in control_tasks(metadata):
         row = dict(task=name, n=int(mask.sum()), n_groups=int(len(np.unique(groups[mask]))), n_folds=0,
                    accuracy=np.nan, balanced_accuracy=np.nan, roc_auc=np.nan, held_out="", status=failure or "ok")
         if failure is None:
@@ -386,7 +383,7 @@ FEW_LABEL_COLUMNS = ["task", "k", "accuracy", "accuracy_sd", "roc_auc", "roc_auc
 
 
 def classify_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequence[int], *, draws: int = 5,
-                        c: float = 1.0, n_splits: int = 5, group_by: str = "plate", uv_is_positive: bool = False,
+                        c: float = 1.0, n_splits: int = 5, group_by: str = "plate",
                         seed: int = 0, whiten: bool = False, label_fitted: bool = False) -> pd.DataFrame:
     """Table 1 with `k` labelled control wells per class: one row per task and k, means and sds over `draws`.
 
@@ -398,18 +395,17 @@ def classify_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequen
     """
     groups = plate_key(metadata, group_by)
     wells = metadata["well_id"].astype(str).to_numpy()
-    conditions = whitening_conditions(metadata, uv_is_positive) if whiten else None
+    conditions = whitening_conditions(metadata) if whiten else None
     failure = ("skipped: the feature extractor was fitted on every training control's label" if label_fitted
                else None)
     held_out = []
     if failure is None:
         try:
-            held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed,
-                                     uv_is_positive=uv_is_positive)
+            held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed)
         except CVError as e:
             failure = f"skipped: {e}"
     rows = []
-    for name, mask, labels in control_tasks(metadata, uv_is_positive):
+    for name, mask, labels in control_tasks(metadata):
         for k in ks:
             row = dict(task=name, k=int(k), accuracy=np.nan, accuracy_sd=np.nan, roc_auc=np.nan, roc_auc_sd=np.nan,
                        draws=0, min_wells=0, n=int(mask.sum()), status=failure or "ok")

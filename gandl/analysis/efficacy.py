@@ -35,15 +35,14 @@ def _anchored(on: np.ndarray, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
     return -1.0 + 2.0 * (on[rows] - on[neg].mean()) / gap
 
 
-def efficacy_scores(on: np.ndarray, metadata: pd.DataFrame,
-                    uv_is_positive: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+def efficacy_scores(on: np.ndarray, metadata: pd.DataFrame) -> tuple[np.ndarray, dict[str, str]]:
     """Per-site efficacy scores and the cell lines that could not be scored (line -> reason).
 
     Within each cell line the affine map a*on + b puts mean(C-) at -1 and mean(C+) at +1. A line
     without both control kinds, or whose controls coincide on the axis, gets NaN scores and is listed.
     """
     on = np.asarray(on, np.float64)
-    role = control_role(metadata, uv_is_positive).to_numpy()
+    role = control_role(metadata).to_numpy()
     line = metadata["cell_type"].astype(str).to_numpy()
     scores = np.full(len(on), np.nan)
     skipped = {}
@@ -57,8 +56,7 @@ def efficacy_scores(on: np.ndarray, metadata: pd.DataFrame,
     return scores, skipped
 
 
-def crossfit_efficacy(decisions: np.ndarray, fold: np.ndarray, metadata: pd.DataFrame,
-                      uv_is_positive: bool = False) -> tuple[np.ndarray, list[str]]:
+def crossfit_efficacy(decisions: np.ndarray, fold: np.ndarray, metadata: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """Efficacy scores from cross-fitted axes (`classify.crossfit_decision`), and notes on what was not held out.
 
     `decisions[:, k]` is fold k's model's decision value for every row, `fold` the model that scores each
@@ -68,7 +66,7 @@ def crossfit_efficacy(decisions: np.ndarray, fold: np.ndarray, metadata: pd.Data
     control kind, its anchor comes from the fold's training controls (their scores are inflated by the
     fit, which only rescales the line's scores; noted); a line with neither kind is not scored (noted).
     """
-    role = control_role(metadata, uv_is_positive).to_numpy()
+    role = control_role(metadata).to_numpy()
     line = metadata["cell_type"].astype(str).to_numpy()
     scores = np.full(len(fold), np.nan)
     notes = []

@@ -159,12 +159,11 @@ def _inputs(features: np.ndarray, site_metadata: pd.DataFrame, config: AnalysisC
     if len(features) and not np.ptp(features, axis=0).any():
         return "every site has the same features (constant images?): no variance to analyse"
     try:
-        unfitted = classify.plate_normalize(features, site_metadata, config.normalization,
-                                            uv_is_positive=config.uv_is_positive)
+        unfitted = classify.plate_normalize(features, site_metadata, config.normalization)
         metadata = site_metadata
         if config.level == "well":
             unfitted, metadata = aggregate_wells(unfitted, site_metadata, config.well_aggregate)
-        x = (classify.normalize(unfitted, metadata, "tvn", uv_is_positive=config.uv_is_positive, centred=True)
+        x = (classify.normalize(unfitted, metadata, "tvn", centred=True)
              if config.normalization == "tvn" else unfitted)
     except ValueError as e:  # e.g. a normalisation without the controls it needs: no task can run
         return f"{config.normalization} normalisation: {e}"
@@ -228,7 +227,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
     tasks that ran), `protocol` (what was held out and fitted where, per table), `notes`, `skipped` (task ->
     reason) and `results`.
     """
-    schema = schema or io.default_schema(config.uv_is_positive)
+    schema = schema or io.default_schema()
     _check_inputs(features, metadata, ())
     site_metadata = io.screen_view(metadata, schema)
     neither = io.neither_note(metadata, site_metadata, schema)
@@ -388,7 +387,7 @@ def analyze(feature_sets: Mapping[str, FeatureSet], out_dir: str, config: Analys
     extractor fitted on the controls' labels must come with them (an empty list skips its Table 1). `schema`
     says which metadata columns and sites are what (default RxRx19a's); the tables use the screen's own names.
     """
-    schema = schema or io.default_schema(config.uv_is_positive)
+    schema = schema or io.default_schema()
     if not feature_sets:
         raise ValueError("analyze needs at least one feature set")
     zeroshot_sets = zeroshot_sets or {}

@@ -48,14 +48,14 @@ def _mean_and_covariance(features: np.ndarray, chunk: int = 32768) -> tuple[np.n
     return mean, cov / max(n - 1, 1)
 
 
-def fit_axes(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0, uv_is_positive: bool = False,
+def fit_axes(features: np.ndarray, metadata: pd.DataFrame, *, c: float = 1.0,
              seed: int = 0) -> Axes:
     """Fit the SVM on the C+ / C- controls (cell lines merged) and the off-axis PCA on every site.
 
     Linear in N: the PCA uses the D x D covariance of the sites, with the normal projected out
     analytically ((I - nn') C (I - nn')), never an N x N matrix or a residual copy of the features.
     """
-    role = control_role(metadata, uv_is_positive).to_numpy()
+    role = control_role(metadata).to_numpy()
     ctrl = np.isin(role, ["C+", "C-"])
     found = set(role[ctrl])
     if found != {"C+", "C-"}:
@@ -80,13 +80,12 @@ def project(features: np.ndarray, axes: Axes) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(axes.scale_on(on)), off - axes.off_mean
 
 
-def coordinates(features: np.ndarray, metadata: pd.DataFrame, axes: Axes,
-                uv_is_positive: bool = False) -> pd.DataFrame:
+def coordinates(features: np.ndarray, metadata: pd.DataFrame, axes: Axes) -> pd.DataFrame:
     """One row per site: identifiers, control role, treatment and dose, and its `on` / `off` values."""
     on, off = project(features, axes)
     keep = [c for c in ("site_id", "well_id", "cell_type", "experiment", "plate", "disease_condition",
                         "treatment", "treatment_conc") if c in metadata]
     frame = metadata[keep].reset_index(drop=True).copy()
-    frame["role"] = control_role(metadata, uv_is_positive).to_numpy()
+    frame["role"] = control_role(metadata).to_numpy()
     frame["on"], frame["off"] = on, off
     return frame

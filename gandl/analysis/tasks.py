@@ -82,7 +82,7 @@ def _control_names(schema: ScreenSchema) -> dict[str, str]:
 
 
 def _common(config: AnalysisConfig) -> dict:
-    return dict(c=config.c, uv_is_positive=config.uv_is_positive, seed=config.seed)
+    return dict(c=config.c, seed=config.seed)
 
 
 def _fold_features(fold_sets: Sequence[FoldSet], metadata: pd.DataFrame) -> tuple[list[np.ndarray], list]:
@@ -105,7 +105,7 @@ def controls_task(inp: Inputs) -> Result:
     """
     cfg = inp.config
     features, metadata = inp.sites
-    controls = classify.control_mask(metadata, cfg.uv_is_positive)
+    controls = classify.control_mask(metadata)
     ctrl_meta = metadata[controls].reset_index(drop=True)
 
     def plate_step(f: np.ndarray) -> np.ndarray:
@@ -165,7 +165,7 @@ def spaces_task(inp: Inputs) -> Result:
     """E²/C² spaces: the on/off-perturbation axes of one SVM on all controls (descriptive figures)."""
     cfg = inp.config
     axes = spaces.fit_axes(inp.features, inp.metadata, **_common(cfg))
-    coords = spaces.coordinates(inp.features, inp.metadata, axes, cfg.uv_is_positive)
+    coords = spaces.coordinates(inp.features, inp.metadata, axes)
     threshold = float(axes.scale_on(axes.threshold))
     out = Result(tables={"spaces": (coords, False)}, values=dict(axes=axes, coordinates=coords))
     add_figure(out, inp, "fig3_controls.png", "E² controls (axis fitted on all controls: descriptive)",
@@ -195,15 +195,13 @@ def efficacy_task(inp: Inputs) -> Result:
     cfg = inp.config
     _refuse_label_fitted(inp, "efficacy scores")
     meta = inp.metadata
-    role = io.control_role(meta, cfg.uv_is_positive)
-    held_out = classify.control_folds(meta, n_splits=cfg.n_splits, group_by=cfg.group_by, seed=cfg.seed,
-                                      uv_is_positive=cfg.uv_is_positive)
-    conditions = (classify.whitening_conditions(meta, cfg.uv_is_positive) if cfg.normalization == "tvn"
-                  else None)
+    role = io.control_role(meta)
+    held_out = classify.control_folds(meta, n_splits=cfg.n_splits, group_by=cfg.group_by, seed=cfg.seed)
+    conditions = classify.whitening_conditions(meta) if cfg.normalization == "tvn" else None
     decisions, fold = classify.crossfit_decision(
         inp.unfitted, (role == "C+").to_numpy(), role.isin(["C+", "C-"]).to_numpy(),
         io.plate_key(meta, cfg.group_by), held_out, c=cfg.c, seed=cfg.seed, conditions=conditions)
-    scores, notes = efficacy.crossfit_efficacy(decisions, fold, meta, cfg.uv_is_positive)
+    scores, notes = efficacy.crossfit_efficacy(decisions, fold, meta)
     keep = [c for c in ("site_id", "well_id", "well", "cell_type", "experiment", "plate", "treatment",
                         "treatment_conc", "viability") if c in meta]
     table = meta[keep].assign(role=role.to_numpy(), model=fold,

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from gandl import fileio
 from gandl.data.screen import control_role, plate_key
 
-FOLDS = "folds.json"  # beside an export: {n_splits, group_by, seed, uv_is_positive, held_out: [[group, ...], ...]}
+FOLDS = "folds.json"  # beside an export: {n_splits, group_by, seed, held_out: [[group, ...], ...]}
 
 
 class CVError(ValueError):
@@ -60,8 +60,8 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
     return folds
 
 
-def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = "plate", seed: int = 0,
-                  uv_is_positive: bool = False) -> list[tuple[str, ...]]:
+def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = "plate",
+                  seed: int = 0) -> list[tuple[str, ...]]:
     """The screen's one fold assignment: the groups (plates / experiments) each fold holds out.
 
     Every Table-1 task of every feature set uses it, and so do the cross-fitted efficacy scores and a
@@ -70,7 +70,7 @@ def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = 
     spans two or more groups: a plate that lacks one control kind then leaves only the tasks that need that
     kind, not the cell-line stratification of all the others. Computed from the C+/C- control sites only.
     """
-    role = control_role(metadata, uv_is_positive).to_numpy()
+    role = control_role(metadata).to_numpy()
     ctrl = np.isin(role, ["C+", "C-"])
     groups = plate_key(metadata, group_by)[ctrl]
     line = metadata["cell_type"].astype(str).to_numpy()[ctrl]
@@ -105,9 +105,8 @@ def read_folds(folder: str) -> dict[str, Any] | None:
     return fileio.read_json(os.path.join(folder, FOLDS)) if problems == [] else None
 
 
-def assignment(metadata: pd.DataFrame, *, n_splits: int, group_by: str, seed: int,
-               uv_is_positive: bool) -> dict[str, Any]:
+def assignment(metadata: pd.DataFrame, *, n_splits: int, group_by: str, seed: int) -> dict[str, Any]:
     """`control_folds` with the settings that drew it: what folds.json records."""
-    held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed, uv_is_positive=uv_is_positive)
-    return dict(n_splits=n_splits, group_by=group_by, seed=seed, uv_is_positive=uv_is_positive,
+    held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed)
+    return dict(n_splits=n_splits, group_by=group_by, seed=seed,
                 held_out=[list(groups) for groups in held_out])

@@ -259,21 +259,18 @@ def _perturbed(values: pd.Series) -> np.ndarray:
     return (values.notna() & (values.astype(str) != "")).to_numpy()
 
 
-def default_schema(uv_is_positive: bool = False) -> ScreenSchema:
-    """RxRx19a's schema, with UV-inactivated virus as C+ when asked: what a table without a schema is read as, and
-    the analysis' default screen."""
-    return PRESETS["rxrx19a_uv" if uv_is_positive else "rxrx19a"]
+def default_schema() -> ScreenSchema:
+    """RxRx19a's schema: what a table without a schema is read as, and the analysis' default screen."""
+    return PRESETS["rxrx19a"]
 
 
 def configured(config: Mapping[str, Any]) -> ScreenSchema:
-    """A run's schema: `config.screen` over `data.kind`'s preset, RxRx19a's UV variant when `analysis.uv_is_positive`
-    asks (the one RxRx19a knob older configs set). Every stage that picks controls or groups reads this one."""
-    schema = from_config(dict(config["screen"]), config["data"]["kind"])
-    return default_schema(True) if config["analysis"]["uv_is_positive"] and schema == default_schema() else schema
+    """A run's schema: `config.screen` over `data.kind`'s preset (RxRx19a with UV-inactivated virus as C+ too:
+    `screen.preset="rxrx19a_uv"`). Every stage that picks controls or groups reads this one."""
+    return from_config(dict(config["screen"]), config["data"]["kind"])
 
 
-def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False, *,
-                 schema: ScreenSchema | None = None) -> pd.Series:
+def control_role(metadata: pd.DataFrame, *, schema: ScreenSchema | None = None) -> pd.Series:
     """Role of each site: 'C+' (positive control), 'C-' (negative control), 'treated' or 'other'.
 
     A site with a perturbation (non-blank `schema.perturbation`) is treated unless a control query selects
@@ -284,7 +281,7 @@ def control_role(metadata: pd.DataFrame, uv_is_positive: bool = False, *,
     if schema is None:
         if "role" in metadata:
             return metadata["role"]
-        schema = default_schema(uv_is_positive)
+        schema = default_schema()
     role = pd.Series(OTHER, index=metadata.index, dtype=object)
     if schema.perturbation:
         treated = _perturbed(metadata[schema.perturbation])

@@ -97,7 +97,7 @@ def export_label_folds(config: ml_collections.ConfigDict, context: base.Context,
     metadata = screen_view(writers.read_metadata(os.path.join(out, f"{name}.npz")), context.controls.schema)
     try:
         assignment = folds.assignment(metadata, n_splits=analysis.n_splits, group_by=analysis.group_by,
-                                      seed=analysis.seed, uv_is_positive=analysis.uv_is_positive)
+                                      seed=analysis.seed)
     except folds.CVError as error:
         logging.warning("no per-fold %s models (its Table 1 will be skipped): %s", registry.get(name).label, error)
         return

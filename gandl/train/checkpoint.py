@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from gandl import console, errors, fileio
 from gandl import workdir as layout
 from gandl._tf import tf
-from gandl.defaults import base_config
+from gandl.defaults import base_config, upgraded
 from gandl.models.config import ModelConfig
 from gandl.train import state as state_lib
 
@@ -230,9 +230,10 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
 
 
 def saved_config(saved: dict) -> ml_collections.ConfigDict:
-    """A checkpoint's config; fields added to the config since it was saved read as their defaults."""
+    """A checkpoint's config; fields added to the config since it was saved read as their defaults, retired ones as
+    what says the same today (`defaults.upgraded`)."""
     config = base_config()
-    config.update(saved)
+    config.update(upgraded(saved))
     return config
 
 
