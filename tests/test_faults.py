@@ -973,7 +973,7 @@ def test_a_treated_site_without_a_possible_dose_is_refused_naming_it(rxrx19a_dir
     sites = rxrx.read_rxrx19a(rxrx19a_dir)
     schema = screen_lib.PRESETS["rxrx19a"]
     metadata = sites.metadata.copy()
-    treated = int(np.flatnonzero(screen_lib.control_role(metadata, schema).to_numpy() == screen_lib.TREATED)[3])
+    treated = int(np.flatnonzero(screen_lib.control_role(metadata, schema=schema).to_numpy() == screen_lib.TREATED)[3])
     metadata["treatment_conc"] = metadata["treatment_conc"].astype(object)
     metadata.loc[treated, "treatment_conc"] = dose
     metadata["treatment_conc"] = pd.to_numeric(metadata["treatment_conc"].replace("", np.nan))
