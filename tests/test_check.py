@@ -169,8 +169,9 @@ def test_the_analysis_rules_accept_what_the_analysis_accepts(field, values):
 
 
 def test_a_retired_setting_names_what_replaced_it_and_old_saved_configs_keep_their_controls():
-    """analysis.uv_is_positive is folded into the rxrx19a_uv screen preset: a config that sets it is refused in one line
-    naming the preset; a checkpoint or export saved with it reads as that preset, so its controls stay what they were."""
+    """analysis.uv_is_positive is folded into the rxrx19a_uv screen preset: a config that sets it is refused in one
+    line naming the preset; a checkpoint or export saved with it reads as that preset, so its controls stay as they
+    were."""
     from gandl.data import screen
     from gandl.train import checkpoint
 

@@ -12,6 +12,7 @@ import pytest
 
 from gandl import sharding
 from gandl.data import pipeline
+from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
 
@@ -125,7 +126,7 @@ def test_nan_stops_cleanly_and_keeps_the_last_good_checkpoint(config, tmp_path):
     assert ckpt.latest_step() == 10
     mesh = sharding.make_mesh()
     with jax.set_mesh(mesh):
-        template = state_lib.create(loop.model_config(cfg), cfg.train, cfg.seed, mesh)
+        template = state_lib.create(ModelConfig.of_run(cfg), cfg.train, cfg.seed, mesh)
         restored, saved_config = ckpt.restore(checkpoint.abstract_like(template))
     ckpt.close()
     assert int(restored.step) == 10 and saved_config["train"]["steps"] == 30
