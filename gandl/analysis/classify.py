@@ -156,7 +156,7 @@ def fit_svms(features: np.ndarray, labels: np.ndarray, trains: Sequence[np.ndarr
     """One `make_svm` fitted on each set of training rows, side by side where that gives the same models.
 
     With more rows than features liblinear solves the primal, which draws no random numbers and releases
-    the GIL, so the folds' SVMs fit at once on the machine's cores (Table 1 at RxRx19a scale: twice as fast
+    the GIL, so the folds' SVMs fit at once on the machine's cores (Table 1 at RxRx19a scale: 1.6x faster
     on two). Its dual solver (fewer rows than features) draws from one process-wide generator, so those fits
     run one after another and stay reproducible.
     """
