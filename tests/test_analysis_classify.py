@@ -70,7 +70,7 @@ def test_hyperplane_matches_decision_function():
     np.testing.assert_allclose(x @ w + b, model.decision_function(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dim", [4, 64])  # 240 training rows: the primal solver (side by side), then the dual
+@pytest.mark.parametrize("dim", [4, 256])  # 160-240 training rows: the primal solver (side by side), then the dual
 def test_svms_fitted_side_by_side_equal_the_same_fits_one_by_one(dim):
     rng = np.random.default_rng(2)
     x, meta = _screen()
