@@ -300,8 +300,11 @@ class Model:
 
     @classmethod
     def of_run(cls, config: Mapping[str, Any]) -> "Model":
-        """The model of a run's whole config, its side resolved from the data section unless set (`model_section`)."""
-        return cls.from_mapping(model_section(config))
+        """The model of a run's whole config, its side resolved from the data section unless set
+        (`model_resolution`)."""
+        model = config["model"]
+        return cls.from_mapping({**(model.to_dict() if hasattr(model, "to_dict") else dict(model)),
+                                 "resolution": model_resolution(config)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -581,12 +584,6 @@ def model_resolution(config: Mapping[str, Any]) -> int | None:
         return config["data"]["crop_size"]
     side = records_side(config, config["data"]["shards"], config["data"]["root"])
     return None if side is None else side[0]
-
-
-def model_section(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The model section of a run's config with its side resolved (`model_resolution`)."""
-    model = config["model"]
-    return {**(model.to_dict() if hasattr(model, "to_dict") else dict(model)), "resolution": model_resolution(config)}
 
 
 # Settings an earlier version had, and what says the same today.

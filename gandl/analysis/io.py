@@ -130,6 +130,9 @@ def row_products(features: np.ndarray, weights: np.ndarray, chunk: int = 65536) 
     return out
 
 
+SMALL_GROUP = 8  # up to this many rows a group's median comes from a sorting network
+
+
 def group_medians(features: np.ndarray, codes: np.ndarray, num_groups: int, chunk: int = 8192) -> np.ndarray:
     """Median row of `features` per group code (0..num_groups-1); empty groups give NaN.
 
@@ -147,9 +150,6 @@ def group_medians(features: np.ndarray, codes: np.ndarray, num_groups: int, chun
             block = x[order[starts[part][:, None] + np.arange(size)]]
             out[part] = _small_median(block) if size <= SMALL_GROUP else np.median(block, axis=1)
     return out
-
-
-SMALL_GROUP = 8  # up to this many rows a group's median comes from a sorting network
 
 
 def _small_median(block: np.ndarray) -> np.ndarray:

@@ -181,6 +181,10 @@ def make_phases(generator: Generator, discriminator: Discriminator, train: ml_co
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
+    def stepped(head: Head, grads) -> Head:
+        """The contrastive head after one step of its own Adam."""
+        return head._replace(**dict(zip(("params", "opt_state"), apply(head_tx, grads, head.opt_state, head.params))))
+
     def g_main(g_params, g_buffers, g_opt_state, d_params, z, mix_key, noise_key, aug=None):
         def loss(p):
             ws, buffers = mapping(p, g_buffers, z, mix_key)
@@ -221,8 +225,7 @@ def make_phases(generator: Generator, discriminator: Discriminator, train: ml_co
             (d_params, None if head is None else head.params))
         d_params, d_opt_state = apply(d_tx, grads, d_opt_state, d_params)
         if head is not None:
-            head = head._replace(**dict(zip(("params", "opt_state"),
-                                            apply(head_tx, head_grads, head.opt_state, head.params))))
+            head = stepped(head, head_grads)
         return d_params, d_opt_state, g_buffers, fakes, head, dict(metrics, d_grad_norm=optax.tree.norm(grads))
 
     def d_reg(d_params, d_opt_state, reals, fakes, lipschitz_key, aug=None):
@@ -239,9 +242,8 @@ def make_phases(generator: Generator, discriminator: Discriminator, train: ml_co
         con, (grads, head_grads) = jax.value_and_grad(
             lambda trained: contrastive_loss(*trained, reals, head.key))((d_params, head.params))
         d_params, d_opt_state = apply(d_tx, grads, d_opt_state, d_params)
-        head = head._replace(**dict(zip(("params", "opt_state"),
-                                        apply(head_tx, head_grads, head.opt_state, head.params))))
-        return d_params, d_opt_state, head, dict(contrastive_loss=con, d_grad_norm=optax.tree.norm(grads))
+        metrics = dict(contrastive_loss=con, d_grad_norm=optax.tree.norm(grads))
+        return d_params, d_opt_state, stepped(head, head_grads), metrics
 
     return Phases(g_main, g_reg, d_main, d_reg, d_contrastive)
 
