@@ -256,3 +256,19 @@ def test_cytotoxic_compounds_of_the_image_test_bed_are_flagged_by_the_nuclear_ar
     assert len(killing) >= 2 and called.loc[killing, "cytotoxic"].all(), called.loc[killing]
     assert not called.loc[list(top), "hit"].any()
     assert called["hit"].sum() >= 3  # the effective compounds still are
+
+
+def test_the_position_tests_kruskal_and_mad_equal_scipys_on_tied_heavy_tailed_wells():
+    from scipy import stats
+
+    from gandl.analysis import plates, qc
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(2, 60))
+        values = np.round(rng.standard_t(3, n), int(rng.integers(0, 3)))  # rounded: ties, sometimes all tied
+        groups = rng.integers(0, int(rng.integers(1, 6)), n)
+        samples = [s for s in (values[groups == g] for g in np.unique(groups)) if len(s) >= 3]
+        expected = stats.kruskal(*samples).pvalue if len(samples) >= 2 else np.nan
+        assert np.allclose(plates.kruskal_p(values, groups), expected, rtol=1e-10, atol=0, equal_nan=True)
+        assert np.isclose(qc._mad(values), stats.median_abs_deviation(values, scale="normal"))

@@ -8,6 +8,7 @@ efficacy to mean something: with 108 points a chance Spearman has a standard dev
 
 import dataclasses
 import os
+from io import BytesIO
 
 import numpy as np
 import pandas as pd
@@ -90,15 +91,16 @@ def test_report_folder(analysis):
     for name in ("report.md", "summary.csv", "analysis.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     for folder in ("handcrafted", "shuffled"):
-        for name in ("table1_controls.csv", "table1_controls.md", "spaces.csv", "efficacy.csv", "dose_response.csv",
-                     "hits.csv", "fig3_controls.png", "fig4_compounds.png", "fig5_dose_response.png"):
+        for name in ("table1_controls.csv", "table1_controls.md", "spaces.parquet", "efficacy.parquet",
+                     "dose_response.csv", "hits.csv", "fig3_controls.png", "fig4_compounds.png",
+                     "fig5_dose_response.png"):
             path = os.path.join(out, folder, name)
             assert os.path.getsize(path) > 0, path
     assert all(os.path.exists(f) for f in result["files"])
     assert not [f for f in os.listdir(out) if ".tmp-" in f]
     text = open(os.path.join(out, "report.md")).read()
     assert "## Side by side" in text and "| handcrafted | shuffled |" in text
-    scored = pd.read_csv(os.path.join(out, "handcrafted", "efficacy.csv"))
+    scored = pd.read_parquet(os.path.join(out, "handcrafted", "efficacy.parquet"))
     held_out = result["screens"]["handcrafted"]["held_out"]
     plate = scored["experiment"] + "_" + scored["plate"].astype(str)
     assert len(held_out) >= 2 and len(scored) == len(result["screens"]["handcrafted"]["coordinates"])
@@ -216,3 +218,11 @@ def test_numbers_only_draws_no_figure_and_changes_no_number(screen, analysis):
     assert not [block for result in bare["results"].values() for block in result.blocks if block[0] == "figure"]
     for key in ("hits", "dose_response", "qc_plates", "coordinates"):
         pd.testing.assert_frame_equal(bare[key], drawn[key])
+
+
+def test_site_tables_are_parquet_even_when_a_column_mixes_numbers_and_names():
+    table = pd.DataFrame({"plate": [1, "B2", None], "efficacy": [0.5, -1.0, np.nan]})
+    back = pd.read_parquet(BytesIO(report._table_data("efficacy", table, False)))
+    assert back["plate"].tolist()[:2] == ["1", "B2"] and pd.isna(back["plate"].iloc[2])
+    assert np.allclose(back["efficacy"], table["efficacy"], equal_nan=True)
+    assert report._table_data("hits", table, False).startswith("plate,efficacy")

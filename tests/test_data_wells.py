@@ -8,8 +8,8 @@ from gandl.data import wells
 
 
 def test_well_names_become_rows_columns_and_edge_distances():
-    rows, cols = wells.well_positions(pd.Series(["A01", "b03", "P24", "AF48", " C 7"]))
-    assert rows.tolist() == [0, 1, 15, 31, 2] and cols.tolist() == [0, 2, 23, 47, 6]
+    rows, cols = wells.well_positions(pd.Series(["A01", "b03", "P24", "AF48", " C 7", "b03", "A01"]))
+    assert rows.tolist() == [0, 1, 15, 31, 2, 1, 0] and cols.tolist() == [0, 2, 23, 47, 6, 2, 0]
     assert wells.plate_shape(rows[:3], cols[:3]) == (16, 24) and wells.plate_shape(rows, cols) == (32, 48)
     assert wells.edge_distance(np.array([0, 7, 3]), np.array([5, 11, 3]), (16, 24)).tolist() == [0, 7, 3]
     assert "column 0" in wells.well_positions(pd.Series(["B02", "W000"]))

@@ -12,8 +12,9 @@ Layout of `out_dir` (e.g. `workdir/analysis/`)::
 
   report.md, report.html (figures embedded), summary.csv, analysis.json
   complete.json: written last, every file above and below with its size and checksum (gandl.fileio)
-  <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.csv,
-                dose_response.csv, hits.csv, fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
+  <feature set>/table1_controls.{csv,md}, table1_few_labels.csv (with few_labels), spaces.parquet and
+                efficacy.parquet (a row per site), dose_response.csv, hits.csv, hit_wells.csv,
+                fig3_controls.png, fig4_compounds.png, fig5_dose_response.png,
                 zeroshot_confusion.csv, fig6_confusion.png (when a zero-shot set is given),
                 zeroshot_few_labels.csv (both, with few_labels), qc_plates.csv, qc_drift.csv, qc_drift.png,
                 qc_map_<efficacy|position|viability>_<cell line>.png (plate maps), excluded_plates.csv (when
@@ -312,19 +313,37 @@ def summary_table(screens: Mapping[str, dict], zeroshots: Mapping[str, dict]) ->
     return pd.DataFrame(columns).rename_axis("task")
 
 
+# A row per site: Parquet (at RxRx19a's 305,520 sites 0.2 s and 8 MB a table, against 2 s and 37 MB as CSV).
+SITE_TABLES = frozenset({"spaces", "efficacy"})
+
+
+def _table_file(stem: str) -> str:
+    return f"{stem}.parquet" if stem in SITE_TABLES else f"{stem}.csv"
+
+
+def _table_data(stem: str, table: pd.DataFrame, index: bool) -> bytes | str:
+    """A table's file contents: CSV text, or Parquet bytes for the site-level tables (object columns as strings,
+    so that a column mixing numbers and names from a notebook's metadata still writes)."""
+    if stem not in SITE_TABLES:
+        return table.to_csv(index=index)
+    objects = {c: "string" for c, dtype in table.dtypes.items() if dtype is np.dtype(object)}
+    return table.astype(objects).to_parquet(index=index)
+
+
 def _write_outcome(outcome: dict, out_dir: str, folder: str, files: list[str],
                    names: Mapping[str, str] | None = None) -> dict[str, bytes]:
-    """Every table (CSV, Table 1 also as markdown) and figure of one outcome, their paths appended to `files`;
-    returns the figures by their path relative to the report. `names` renames the analysis' columns to the
-    screen's own (`io.output_names`)."""
+    """Every table (CSV, or Parquet for a row per site; Table 1 also as markdown) and figure of one outcome,
+    their paths appended to `files`; returns the figures by their path relative to the report. `names` renames
+    the analysis' columns to the screen's own (`io.output_names`)."""
     figures = {}
     for result in outcome["results"].values():
-        texts = {f"{stem}.csv": table.rename(columns=names or {}).to_csv(index=index)
+        texts = {_table_file(stem): _table_data(stem, table.rename(columns=names or {}), index)
                  for stem, (table, index) in result.tables.items()}
         if "table1_controls" in result.tables:
             texts["table1_controls.md"] = markup.markdown_table(*result.tables["table1_controls"])
-        for file, text in texts.items():
-            fileio.write_text(os.path.join(out_dir, folder, file), text)
+        for file, data in texts.items():
+            write = fileio.write_bytes if isinstance(data, bytes) else fileio.write_text
+            write(os.path.join(out_dir, folder, file), data)
             files.append(os.path.join(out_dir, folder, file))
         for file, png in result.figures.items():
             fileio.write_bytes(os.path.join(out_dir, folder, file), png)

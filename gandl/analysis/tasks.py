@@ -145,7 +145,7 @@ def controls_task(inp: Inputs) -> Result:
 def highlighted(inp: Inputs) -> list[str]:
     """The compounds the figures draw: the schema's highlights this screen holds, else each cell line's top
     `top_k` by best mean score (the hit table's ranks)."""
-    present = set(inp.metadata["treatment"])
+    present = set(inp.metadata["treatment"].unique())
     chosen = [c for c in inp.schema.highlight if c in present]
     hits = inp.earlier.get("dose_response", {}).get("hits")
     if chosen or hits is None or not len(hits):

@@ -27,16 +27,16 @@ def well_positions(wells: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarra
 
     A screen whose wells are not named by row letter and column number (e.g. 'W001') has no layout to model.
     """
-    names = pd.Series(np.asarray(wells)).astype(str)
-    parsed = names.str.extract(_WELL)
-    bad = parsed[0].isna()
+    names, inverse = np.unique(np.asarray(wells).astype(str), return_inverse=True)  # a plate's few hundred names
+    parsed = pd.Series(names).str.extract(_WELL)
+    bad = parsed[0].isna().to_numpy()
     if bad.any():
-        return f"well {names[bad].iloc[0]!r} is not a row letter and column number such as 'B03'"
+        return f"well {str(names[bad][0])!r} is not a row letter and column number such as 'B03'"
     rows = np.array([_row_index(r) for r in parsed[0]], np.int64)
     cols = parsed[1].astype(np.int64).to_numpy() - 1
     if (cols < 0).any():
-        return f"well {names[cols < 0].iloc[0]!r} has column 0"
-    return rows, cols
+        return f"well {str(names[cols < 0][0])!r} has column 0"
+    return rows[inverse.reshape(-1)], cols[inverse.reshape(-1)]
 
 
 def plate_shape(rows: np.ndarray, cols: np.ndarray) -> tuple[int, int]:
