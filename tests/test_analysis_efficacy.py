@@ -203,3 +203,18 @@ def test_truth_agreement_names_the_false_and_the_cytotoxic_hits():
     assert line["precision"] == pytest.approx(1 / 3)
     unscored = efficacy.truth_agreement(curves, truth)["per_line"]["VERO"]
     assert unscored["false_hits"] == [] and unscored["cytotoxic_hits"] == [] and unscored["n_cytotoxic_hits"] == 0
+
+
+def test_simes_of_many_compounds_at_once_is_each_compounds_simes():
+    rng = np.random.default_rng(3)
+    groups = 40
+    group = rng.integers(0, groups, 300)
+    p = np.where(rng.random(300) < 0.15, np.nan, rng.random(300) ** 2)
+    p[group == 7] = np.nan  # a compound with no tested dose
+    combined = efficacy.grouped_simes(p, group, groups + 1)  # and one with no row at all
+    for g in range(groups + 1):
+        q = np.sort(p[(group == g) & np.isfinite(p)])
+        expected = np.min(q * len(q) / np.arange(1, len(q) + 1)) if len(q) else np.nan
+        assert np.allclose(combined[g], expected, equal_nan=True, rtol=0, atol=0)
+        assert np.allclose(efficacy.simes(p[group == g]), expected, equal_nan=True, rtol=0, atol=0)
+    assert np.isnan(combined[7]) and np.isnan(combined[groups])

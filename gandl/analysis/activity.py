@@ -255,8 +255,8 @@ def compound_table(activity: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """
     by = activity.groupby(["treatment", "cell_type"])
     best = activity.loc[by["mAP"].idxmax()]
-    summary = by.agg(doses_tested=("mAP", "size"), doses_active=("active", "sum"), min_q_value=("q_value", "min"),
-                     p=("p_value", efficacy.simes))
+    summary = by.agg(doses_tested=("mAP", "size"), doses_active=("active", "sum"), min_q_value=("q_value", "min"))
+    summary["p"] = efficacy.grouped_simes(activity["p_value"].to_numpy(), by.ngroup().to_numpy(), by.ngroups)
     out = best.set_index(["treatment", "cell_type"])[["mAP", "treatment_conc"]].rename(
         columns={"mAP": "best_mAP", "treatment_conc": "best_conc_uM"}).join(summary)
     out["q"] = stats.false_discovery_control(out["p"], method="bh") if len(out) else []

@@ -297,8 +297,20 @@ def simes(p: np.ndarray) -> float:
     It tests "no dose has an effect" and stays valid under the positive dependence of doses that share plates
     and their references (Sarkar 1998), where Fisher's or Stouffer's independence would not.
     """
-    p = np.sort(np.asarray(p, np.float64)[np.isfinite(p)])
-    return float(np.min(p * len(p) / np.arange(1, len(p) + 1))) if len(p) else float("nan")
+    return float(grouped_simes(np.asarray(p, np.float64), np.zeros(len(p), np.int64), 1)[0])
+
+
+def grouped_simes(p: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """`simes` of each group's p-values at once (`group`: codes 0 .. groups - 1), for thousands of compounds."""
+    finite = np.isfinite(p)
+    p, group = np.asarray(p, np.float64)[finite], np.asarray(group)[finite]
+    order = np.lexsort((p, group))
+    p, group = p[order], group[order]
+    n = np.bincount(group, minlength=groups)
+    rank = np.arange(1, len(p) + 1) - (np.cumsum(n) - n)[group]
+    out = np.full(groups, np.inf)
+    np.minimum.at(out, group, p * n[group] / rank)
+    return np.where(n > 0, out, np.nan)
 
 
 ACTIVE_EFFICACY = 0.5  # hidden efficacy at which a compound is truly above the threshold (half-way to C+)
