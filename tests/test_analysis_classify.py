@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from gandl.analysis import classify
+from gandl.data import screen
 
 
 def _screen(seed: int = 0, plates_per_line: int = 3, sites: int = 20, shift: float = 2.0,
@@ -22,13 +23,13 @@ def _screen(seed: int = 0, plates_per_line: int = 3, sites: int = 20, shift: flo
                                      site=1, disease_condition=cond, treatment="", treatment_conc=np.nan,
                                      SMILES=""))
                     feats.append(offset + [sign * shift / 2, 3.0 * li, 0, 0] + rng.normal(0, 1, 4))
-    return np.asarray(feats, np.float32), pd.DataFrame(rows)
+    return np.asarray(feats, np.float32), screen.screen_view(pd.DataFrame(rows), screen.default_schema())
 
 
 def test_grouped_folds_never_mix_plates():
     x, meta = _screen()
     groups = (meta["experiment"] + "_" + meta["plate"].astype(str)).to_numpy()
-    labels = meta["cell_type"].to_numpy()
+    labels = meta["group"].to_numpy()
     folds = classify.grouped_folds(labels, groups, n_splits=5)
     assert len(folds) == 3  # capped by the 3 plates each line has
     seen = []
@@ -98,7 +99,7 @@ def test_table1_separates_controls_and_normalisation_beats_plate_effects():
 
 def test_table1_skips_a_cell_line_without_controls():
     x, meta = _screen()
-    meta.loc[(meta["cell_type"] == "VERO") & (meta["disease_condition"] == "Mock"), "disease_condition"] = ""
+    meta.loc[(meta["group"] == "VERO") & (meta["role"] == "C+"), "role"] = "other"
     table = classify.classify_controls(x, meta).set_index("task")
     assert table.loc["C+ vs C- (VERO)", "status"].startswith("skipped: only one class")
     assert np.isnan(table.loc["C+ vs C- (VERO)", "accuracy"])
@@ -183,8 +184,7 @@ def test_center_scale_keeps_a_feature_constant_in_the_controls_bounded():
     x, meta = _screen()
     treated = np.zeros(len(meta), bool)
     treated[::7] = True
-    meta = meta.assign(treatment=np.where(treated, "drug", ""), disease_condition=np.where(
-        treated, "Active SARS-CoV-2", meta["disease_condition"]))
+    meta = meta.assign(perturbation=np.where(treated, "drug", ""), role=np.where(treated, "treated", meta["role"]))
     x[:, 3] = np.where(treated, np.random.default_rng(1).poisson(3.0, len(meta)), 0.0)
     z = classify.plate_normalize(x, meta, "center_scale")
     assert np.isfinite(z).all() and np.abs(z[:, 3]).max() < 1e3

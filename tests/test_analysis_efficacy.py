@@ -14,36 +14,35 @@ DOSES = np.array([0.0316, 0.1, 0.316, 1.0, 3.16, 10.0])
 
 def _meta(roles_per_line: dict[str, list[str]]) -> pd.DataFrame:
     rows = []
-    for line, conds in roles_per_line.items():
-        for i, cond in enumerate(conds):
-            rows.append(dict(site_id=f"{line}{i}", well_id=f"{line}w{i}", cell_type=line, disease_condition=cond,
-                             treatment="", treatment_conc=np.nan))
+    for line, roles in roles_per_line.items():
+        for i, role in enumerate(roles):
+            rows.append(dict(site_id=f"{line}{i}", well_id=f"{line}w{i}", group=line, role=role, perturbation="",
+                             dose=np.nan))
     return pd.DataFrame(rows)
 
 
 def test_efficacy_scores_put_controls_at_minus_one_and_plus_one_per_line():
-    meta = _meta({"HRCE": ["Mock", "Mock", "Active SARS-CoV-2", "Active SARS-CoV-2", ""],
-                  "VERO": ["Mock", "Active SARS-CoV-2", "Active SARS-CoV-2", "Mock"]})
+    meta = _meta({"HRCE": ["C+", "C+", "C-", "C-", "other"], "VERO": ["C+", "C-", "C-", "C+"]})
     on = np.array([0.8, 0.6, -0.2, 0.0, 0.3, 5.0, 1.0, 3.0, 7.0])
     scores, skipped = efficacy.efficacy_scores(on, meta)
     assert skipped == {}
-    role = meta["disease_condition"]
+    role = meta["role"]
     for line in ("HRCE", "VERO"):
-        rows = meta["cell_type"] == line
-        assert scores[rows & (role == "Mock")].mean() == pytest.approx(1.0, abs=1e-12)
-        assert scores[rows & (role == "Active SARS-CoV-2")].mean() == pytest.approx(-1.0, abs=1e-12)
+        rows = meta["group"] == line
+        assert scores[rows & (role == "C+")].mean() == pytest.approx(1.0, abs=1e-12)
+        assert scores[rows & (role == "C-")].mean() == pytest.approx(-1.0, abs=1e-12)
     assert scores[4] == pytest.approx(-1 + 2 * (0.3 - (-0.1)) / (0.7 - (-0.1)))  # affine in between
 
 
 def test_a_cell_line_without_controls_is_skipped_not_scored():
-    meta = _meta({"HRCE": ["Mock", "Active SARS-CoV-2"], "VERO": ["Active SARS-CoV-2", "Active SARS-CoV-2"]})
+    meta = _meta({"HRCE": ["C+", "C-"], "VERO": ["C-", "C-"]})
     scores, skipped = efficacy.efficacy_scores(np.array([1.0, 0.0, 0.5, 0.4]), meta)
     assert skipped == {"VERO": "no C+ control sites"}
     assert np.isnan(scores[2:]).all() and np.isfinite(scores[:2]).all()
 
 
 def test_dose_response_summarises_wells_per_dose():
-    wells = pd.DataFrame({"treatment": "d", "cell_type": "HRCE", "treatment_conc": [1.0, 1.0, 10.0],
+    wells = pd.DataFrame({"perturbation": "d", "group": "HRCE", "dose": [1.0, 1.0, 10.0],
                           "score": [0.5, 1.5, -1.0], "n_sites": [2, 1, 1]})
     curve = efficacy.dose_response(wells)
     assert curve["mean"].tolist() == [1.0, -1.0]
@@ -160,7 +159,7 @@ def test_truth_agreement_reports_each_cell_line_so_a_failing_line_is_not_hidden_
     for line, sign, offset in (("HRCE", 1.0, 0.0), ("VERO", -1.0, 3.0)):
         for i, ec50 in enumerate([0.05, 0.3, 1.0, 3.0, 8.0]):
             for dose in DOSES:
-                rows.append(dict(treatment=f"C{i}", cell_type=line, treatment_conc=dose,
+                rows.append(dict(perturbation=f"C{i}", group=line, dose=dose,
                                  mean=offset + sign * dose / (ec50 + dose)))
     agreement = efficacy.truth_agreement(pd.DataFrame(rows), truth)
     assert agreement["per_line"]["HRCE"]["spearman_compound"] == pytest.approx(1.0)
@@ -176,9 +175,9 @@ def test_truth_agreement_scores_separation_rank_and_hits_against_the_truly_activ
                           for name, ec50 in ec50s.items()])
     # Best scores: the actives in the wrong order among themselves, all above the inert ones but I0 (0.9).
     best = {"A0": 0.5, "A1": 0.8, "A2": 0.7, "I0": 0.9, "I1": -1.0, "I2": -0.9}
-    curves = pd.DataFrame([dict(treatment=n, cell_type="HRCE", treatment_conc=d, mean=best[n] - (d < DOSES[-1]))
+    curves = pd.DataFrame([dict(perturbation=n, group="HRCE", dose=d, mean=best[n] - (d < DOSES[-1]))
                            for n in ec50s for d in DOSES])
-    hits = pd.DataFrame(dict(treatment=list(ec50s), cell_type="HRCE", hit=[True, False, True, True, False, False]))
+    hits = pd.DataFrame(dict(perturbation=list(ec50s), group="HRCE", hit=[True, False, True, True, False, False]))
     line = efficacy.truth_agreement(curves, truth, hits)["per_line"]["HRCE"]
     assert line["auroc"] == pytest.approx(6 / 9)  # I0 outranks all three actives: 6 of 9 pairs in order
     assert line["spearman_active"] == pytest.approx(-0.5)  # hidden A0 > A1 > A2, scores A1 > A2 > A0
@@ -194,9 +193,9 @@ def test_truth_agreement_names_the_false_and_the_cytotoxic_hits():
     truth = pd.DataFrame([dict(treatment=name, cell_type="VERO", effect_class="x", emax=emax, ec50_uM=ec50, hill=1.0,
                                tox_ec50_uM=tox_ec50, tox_hill=2.0, SMILES="")
                           for name, (emax, ec50, tox_ec50) in params.items()])
-    curves = pd.DataFrame([dict(treatment=n, cell_type="VERO", treatment_conc=d, mean=score * d / 10)
+    curves = pd.DataFrame([dict(perturbation=n, group="VERO", dose=d, mean=score * d / 10)
                            for n, score in zip(params, (0.9, 0.4, 0.6, -0.5)) for d in DOSES])
-    hits = pd.DataFrame(dict(treatment=list(params), cell_type="VERO", hit=[True, True, True, False]))
+    hits = pd.DataFrame(dict(perturbation=list(params), group="VERO", hit=[True, True, True, False]))
     line = efficacy.truth_agreement(curves, truth, hits)["per_line"]["VERO"]
     assert line["false_hits"] == ["I0", "T0"]
     assert line["cytotoxic_hits"] == ["T0"] and line["n_cytotoxic_hits"] == 1

@@ -37,8 +37,8 @@ def _table(rng: np.random.Generator, rescue: dict[str, float], *, compounds: int
             sd = control_sd if role != "treated" else treated_sd
             on_edge = well[0] in "AP" or int(well[1:]) in (1, 24)
             value = offset + level * gap + sd * noise(rng, 1)[0] + edge_shift * gap * on_edge
-            rows.append(dict(well_id=f"P{p}_{well}", cell_type="HRCE", plate_id=f"P{p}", well=well, role=role,
-                             treatment=name, treatment_conc=dose, model=p % models, decision=value, n_sites=3))
+            rows.append(dict(well_id=f"P{p}_{well}", group="HRCE", plate_id=f"P{p}", well=well, role=role,
+                             perturbation=name, dose=dose, model=p % models, decision=value, n_sites=3))
     return pd.DataFrame(rows)
 
 
@@ -51,7 +51,7 @@ def _call(table: pd.DataFrame, settings: hits.HitSettings | None = None) -> tupl
     table = table.assign(efficacy=hits.display_scores(table, gaps), off_axis=1.0, control_off_axis=1.0)
     doses = hits.dose_table(table, hits.dose_tests(table, gaps, refs, settings.threshold),
                             hits.dose_flags(table, settings))
-    return hits.hit_table(table, doses, settings).set_index("treatment"), doses
+    return hits.hit_table(table, doses, settings).set_index("perturbation"), doses
 
 
 def test_squeeze_variances_recovers_a_scaled_inverse_chi_square_prior():
@@ -78,7 +78,7 @@ def test_compounds_at_the_threshold_are_hits_at_most_at_the_nominal_rate(case):
         kwargs = (dict(treated_sd=1.0) if case == "unequal-variance"
                   else dict(noise=lambda r, n: r.standard_t(3, n), treated_sd=0.4, control_sd=0.4))
         table, doses = _call(_table(rng, at_threshold, **kwargs))
-        p.append(doses.loc[doses["treatment"].isin(at_threshold), "p"].to_numpy())
+        p.append(doses.loc[doses["perturbation"].isin(at_threshold), "p"].to_numpy())
         any_hit.append(table["hit"].any())
     p = np.concatenate(p)
     assert np.isfinite(p).all() and np.mean(p < 0.05) <= 0.06
@@ -126,15 +126,15 @@ def test_edge_placed_controls_keep_their_place_on_the_axis_once_positions_are_co
 def test_off_axis_and_cytotoxic_doses_are_not_rescues_and_are_listed_apart():
     rng = np.random.default_rng(5)
     table = _table(rng, {"c00": 1.0, "c01": 1.0, "c02": 1.0})
-    table["viability"] = np.where(table["treatment"] == "c01", 0.3, 1.0) + rng.normal(0, 0.05, len(table))
+    table["viability"] = np.where(table["perturbation"] == "c01", 0.3, 1.0) + rng.normal(0, 0.05, len(table))
     table, notes = hits.correct_positions(table, "auto")
     gaps, refs = hits.fold_gaps(table), hits.plate_references(table, 0.0)
-    far = np.where(table["treatment"] == "c02", 4.0, 1.0) * rng.uniform(0.9, 1.1, len(table))
+    far = np.where(table["perturbation"] == "c02", 4.0, 1.0) * rng.uniform(0.9, 1.1, len(table))
     table = table.assign(efficacy=hits.display_scores(table, gaps), off_axis=far,
                          control_off_axis=np.where(table["role"].isin(["C+", "C-"]), far, np.nan))
     settings = hits.HitSettings()
     doses = hits.dose_table(table, hits.dose_tests(table, gaps, refs, 0.0), hits.dose_flags(table, settings))
-    out = hits.hit_table(table, doses, settings).set_index("treatment")
+    out = hits.hit_table(table, doses, settings).set_index("perturbation")
     assert out.loc["c00", "status"] == "hit"
     assert out.loc["c01", "status"] == "cytotoxic" and not out.loc["c01", "hit"]
     assert out.loc["c02", "status"] == "off-axis" and not out.loc["c02", "hit"]
@@ -153,15 +153,15 @@ def test_off_axis_distances_put_controls_near_one_and_a_toxic_profile_far():
             if name == "tox":
                 x[5:13] += 4.0  # moved away from the axis
             features.append(x)
-            rows.append(dict(site_id=f"{p}_{w}", well_id=f"{p}_{w}", cell_type="L", experiment="E", plate=p,
-                             role=role, treatment=name))
+            rows.append(dict(site_id=f"{p}_{w}", well_id=f"{p}_{w}", group="L", experiment="E", plate=p,
+                             role=role, perturbation=name))
     dist = hits.well_off_axis(*io.aggregate_wells(np.asarray(features, np.float32), pd.DataFrame(rows), "median"))
     dist = dist.set_index("well_id")
     meta = pd.DataFrame(rows).set_index("well_id")
     ratio = dist["off_axis"]
     assert abs(ratio[meta["role"] == "C+"].median() - 1.0) < 1e-9  # distances in units of C+ wells' own
-    assert ratio[meta["treatment"] == "tox"].min() > ratio[meta["treatment"] == "ok"].max()
-    assert ratio[meta["treatment"] == "ok"].median() < 1.3
+    assert ratio[meta["perturbation"] == "tox"].min() > ratio[meta["perturbation"] == "ok"].max()
+    assert ratio[meta["perturbation"] == "ok"].median() < 1.3
 
 
 def test_a_shift_shared_by_every_treated_well_is_not_rescue():
@@ -218,9 +218,9 @@ def test_the_handcrafted_nuclear_area_becomes_the_cell_count_proxy(tmp_path):
 
 def test_an_artefact_site_is_flagged_and_does_not_move_its_well():
     rng = np.random.default_rng(9)
-    sites = pd.DataFrame({"well_id": np.repeat([f"w{i}" for i in range(40)], 3), "cell_type": "L",
+    sites = pd.DataFrame({"well_id": np.repeat([f"w{i}" for i in range(40)], 3), "group": "L",
                           "decision": rng.normal(0, 0.3, 120), "experiment": "E", "plate": 1, "well": "B02",
-                          "role": "treated", "treatment": "c", "treatment_conc": 1.0, "model": 0})
+                          "role": "treated", "perturbation": "c", "dose": 1.0, "model": 0})
     sites.loc[7, "decision"] += 10.0  # an out-of-focus field in well w2
     flagged = hits.site_outliers(sites)
     assert flagged.tolist() == [i == 7 for i in range(120)]
@@ -251,7 +251,7 @@ def test_cytotoxic_compounds_of_the_image_test_bed_are_flagged_by_the_nuclear_ar
     toxic = truth[truth["effect_class"] == "toxic"]
     top = {(r.treatment, r.cell_type): float(hidden.hidden_toxicity(truth, r.treatment, r.cell_type, 10.0))
            for r in toxic.itertuples()}
-    called = outcome["hits"].set_index(["treatment", "cell_type"])
+    called = outcome["hits"].set_index(["perturbation", "group"])
     killing = [pair for pair, level in top.items() if level >= 0.75]  # a quarter or fewer of the cells survive
     assert len(killing) >= 2 and called.loc[killing, "cytotoxic"].all(), called.loc[killing]
     assert not called.loc[list(top), "hit"].any()

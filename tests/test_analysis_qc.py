@@ -115,8 +115,8 @@ def test_excluding_every_plate_of_a_cell_line_says_so(screen):
     outcome = report.analyze_screen(*screen, config, schema=SCHEMA)
     assert "cell line VERO: every plate excluded, so only the plate quality control has numbers for it" in \
         outcome["notes"]
-    assert set(outcome["qc_plates"]["cell_type"]) == {"HRCE", "VERO"}  # the QC still covers every plate
-    assert set(outcome["efficacy"]["cell_type"]) == {"HRCE"}
+    assert set(outcome["qc_plates"]["group"]) == {"HRCE", "VERO"}  # the QC still covers every plate
+    assert set(outcome["efficacy"]["group"]) == {"HRCE"}
 
 
 def test_a_screen_without_plate_positions_gets_no_maps_and_says_why(analysis, screen):
@@ -133,7 +133,7 @@ def test_a_screen_without_plate_positions_gets_no_maps_and_says_why(analysis, sc
 
 def test_drift_flags_the_plate_whose_controls_moved():
     rng = np.random.default_rng(0)
-    wells = pd.DataFrame([dict(plate_id=f"{exp}_{p}", cell_type="HRCE", experiment=exp, plate=p, role=role,
+    wells = pd.DataFrame([dict(plate_id=f"{exp}_{p}", group="HRCE", experiment=exp, plate=p, role=role,
                                score=(1.0 if role == "C+" else -1.0) + rng.normal(0, 0.1)
                                + (0.4 if (exp, p, role) == ("B", 2, "C-") else 0.0))
                           for exp in ("B", "A") for p in (1, 2, 3, 4) for role in ("C+", "C-") for _ in range(16)])

@@ -71,7 +71,7 @@ def test_efficacy_ranking_follows_the_hidden_efficacy(analysis):
     # Shuffled features: no fold's held-out C+ - C- gap is clearly positive, so no score is drawn on a mirrored axis.
     shuffled = summary.loc["hidden efficacy: Spearman (dose points)", "shuffled"]
     assert not np.isfinite(shuffled) or abs(shuffled) < 0.3
-    hits = analysis[0]["screens"]["handcrafted"]["hits"].set_index(["treatment", "cell_type"])
+    hits = analysis[0]["screens"]["handcrafted"]["hits"].set_index(["perturbation", "group"])
     remdesivir = hits.loc[("Remdesivir", "HRCE")]
     assert remdesivir["hit"] and remdesivir["fit_status"] == "ok"
     assert 0.25 / 3 < remdesivir["ec50_uM"] < 0.25 * 3  # hidden EC50 0.25 µM
@@ -121,7 +121,7 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
     assert "C+ vs C- (VERO): skipped" in notes
     assert "cell line VERO: not scored (no C+ control sites)" in notes
     assert "Polydatin (HRCE) has 1 dose(s)" in notes
-    vero = result["hits"][result["hits"]["cell_type"] == "VERO"]  # listed, each with why it was not tested
+    vero = result["hits"][result["hits"]["group"] == "VERO"]  # listed, each with why it was not tested
     assert len(vero) and not vero["hit"].any() and vero["status"].str.startswith("not tested: its fold").all()
     with pytest.raises(ValueError, match="align them by site_id"):
         report.analyze_screen(feats[:-1], meta)
@@ -163,7 +163,7 @@ def test_wells_the_schema_leaves_out_of_the_treatments_are_no_compound_and_are_l
                                    schema=declared)
     assert {"efficacy", "dose_response", "activity"} <= set(result["results"]), result["skipped"]
     for table in ("hits", "dose_response", "activity"):
-        assert len(result[table]) and "DMSO" not in set(result[table]["treatment"]), table
+        assert len(result[table]) and "DMSO" not in set(result[table]["perturbation"]), table
     blank = int(((plate_map["Metadata_Compound"] == "") & ~uv).sum())
     assert (f"{int(uv.sum()) + blank} sites of role other (perturbations: DMSO) are neither controls nor treatments: "
             "left out of compounds, hits and mAP") in result["notes"]
@@ -190,7 +190,7 @@ def test_html_report_is_self_contained_with_the_tables_numbers(analysis):
     spearman = result["summary"].loc["hidden efficacy: Spearman (dose points)", "handcrafted"]
     assert f"<td>{spearman:.3f}</td>" in page
     top = result["screens"]["handcrafted"]["hits"].nsmallest(1, "rank").iloc[0]
-    assert f"<td>{top['treatment']}</td>" in page
+    assert f"<td>{top['perturbation']}</td>" in page
     # Every figure the markdown links is embedded, and nothing points at a file beside the page.
     markdown = open(os.path.join(out, "report.md")).read()
     assert page.count('src="data:image/png;base64,iVBORw0KGgo') == markdown.count("](") >= 6

@@ -21,9 +21,9 @@ def _sites(n: int = 200, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame, np.nd
     x = (4.0 * level[:, None] * infection + rng.normal(0, 3.0, (3 * n, 1)) * nuisance
          + rng.normal(0, 0.3, (3 * n, d)) + 7.0)
     meta = pd.DataFrame({"site_id": [f"s{i}" for i in range(3 * n)], "well_id": [f"w{i}" for i in range(3 * n)],
-                         "cell_type": "HRCE", "experiment": "E", "plate": 1, "disease_condition": role,
-                         "treatment": np.where(treated, "drug", ""),
-                         "treatment_conc": np.where(treated, 1.0, np.nan)})
+                         "group": "HRCE", "experiment": "E", "plate": 1,
+                         "role": np.where(treated, "treated", np.where(role == "Mock", "C+", "C-")),
+                         "perturbation": np.where(treated, "drug", ""), "dose": np.where(treated, 1.0, np.nan)})
     return x.astype(np.float32), meta, basis
 
 
@@ -40,19 +40,19 @@ def test_axes_recover_the_infection_direction_and_the_orthogonal_pc():
     assert abs(stats.pearsonr(off, nuisance).statistic) > 0.99
     # The SVM boundary lies between the control groups.
     threshold = axes.scale_on(axes.threshold)
-    assert on[meta["disease_condition"] == "Mock"].mean() > threshold > on[:200 * 2][200:].mean()
+    assert on[meta["role"] == "C+"].mean() > threshold > on[:200 * 2][200:].mean()
 
 
 def test_coordinates_table():
     x, meta, _ = _sites(50)
     coords = spaces.coordinates(x, meta, spaces.fit_axes(x, meta))
     assert list(coords["role"].unique()) == ["C+", "C-", "treated"]
-    assert {"on", "off", "site_id", "treatment_conc"} <= set(coords)
+    assert {"on", "off", "site_id", "dose"} <= set(coords)
     assert len(coords) == len(x)
 
 
 def test_axes_need_both_control_kinds():
     x, meta, _ = _sites(20)
-    meta["disease_condition"] = "Active SARS-CoV-2"
+    meta["role"] = meta["role"].replace("C+", "C-")
     with pytest.raises(ValueError, match="C\\+ and C-"):
         spaces.fit_axes(x, meta)

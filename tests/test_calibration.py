@@ -280,7 +280,7 @@ def test_actives_reach_their_level_along_delta_at_the_top_dose():
 def test_hit_metrics_count_false_hits_and_recall_per_level():
     truth = pd.DataFrame(dict(treatment=list("ABCDE"), cell_type="HRCE", treatment_conc=1.0,
                               rescue=[0.3, 0.6, 1.0, 0.8, 0.5], cytotoxic=[False, False, True, False, False]))
-    hits = pd.DataFrame(dict(treatment=list("ABCDE"), cell_type="HRCE", hit=[True, True, True, False, True]))
+    hits = pd.DataFrame(dict(perturbation=list("ABCDE"), group="HRCE", hit=[True, True, True, False, True]))
     metrics = calibration.hit_metrics({"hits": hits}, truth, (0.5, 0.75, 1.0))
     assert metrics == pytest.approx(dict(hits=4, false_hits=2, any_false=1, fdp=0.5, below=1,
                                          **{"recall>=0.5": 2 / 3, "recall>=0.75": 0.0, "recall>=1": np.nan}),
@@ -288,7 +288,7 @@ def test_hit_metrics_count_false_hits_and_recall_per_level():
     assert calibration.hit_metrics({"hits": hits.assign(hit=False)}, truth)["fdp"] == 0
     assert np.isnan(calibration.hit_metrics({}, truth)["any_false"])
     with pytest.raises(ValueError, match="truth does not have"):
-        calibration.hit_metrics({"hits": hits.assign(treatment="Z")}, truth)
+        calibration.hit_metrics({"hits": hits.assign(perturbation="Z")}, truth)
 
 
 @pytest.mark.slow

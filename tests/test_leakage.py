@@ -105,7 +105,8 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
                                                      provenance={}, progress=False)["imagenet"])
     config = report.AnalysisConfig(n_splits=2)
     old = report.analyze_screen(features, meta, config, draw=False)["table1"].set_index("task")
-    assignment = folds.assignment(meta, n_splits=2, group_by="plate", seed=0)
+    view = io.screen_view(meta, io.default_schema())  # the sites as the analysis reads them
+    assignment = folds.assignment(view, n_splits=2, group_by="plate", seed=0)
     every_control = imagenet.Controls()
 
     def fine_tuned(held_out):
@@ -115,7 +116,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     embed.export_folds(spec, out, "imagenet", assignment, fine_tuned, batch_size=32, provenance={},
                        feature_settings={}, rows=lambda batch: imagenet.control_labels(batch, every_control) >= 0)
     fold_sets = io.load_fold_sets(out, "imagenet")
-    folds = classify.control_folds(meta, n_splits=2)
+    folds = classify.control_folds(view, n_splits=2)
     assert [h for *_, h in fold_sets] == [list(f) for f in folds]
     assert all(len(m) == len(meta) for _, m, _ in fold_sets)  # every site here is a control
     result = report.analyze_screen(features, meta, config, fold_sets=fold_sets, draw=False)
@@ -173,6 +174,7 @@ def test_the_embed_stage_records_one_fold_assignment_that_both_stages_read(tiny_
 
     recorded = folds.read_folds(folder)
     _, meta = io.load_embeddings(os.path.join(folder, "handcrafted.npz"))
+    meta = io.screen_view(meta, io.default_schema())
     assert recorded["held_out"] == [list(g) for g in classify.control_folds(meta, n_splits=2)]  # the analysis' folds
     fold_sets = io.load_fold_sets(folder, "imagenet")
     assert [held for *_, held in fold_sets] == recorded["held_out"]

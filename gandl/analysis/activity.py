@@ -33,8 +33,8 @@ from scipy import stats
 from gandl.analysis import efficacy
 from gandl.analysis.io import control_role
 
-GROUP = ["cell_type", "treatment", "treatment_conc"]  # one hypothesis: a compound at one dose in one cell line
-NEEDED = ["cell_type", "treatment", "treatment_conc"]  # and `role`, or RxRx19a's disease_condition
+GROUP = ["group", "perturbation", "dose"]  # one hypothesis: a compound at one dose in one cell line
+NEEDED = [*GROUP, "role"]  # the columns of `io.screen_view`
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 def _check(features: np.ndarray, metadata: pd.DataFrame) -> None:
-    missing = [c for c in NEEDED + ([] if "role" in metadata else ["disease_condition"]) if c not in metadata.columns]
+    missing = [c for c in NEEDED if c not in metadata.columns]
     if missing:
         raise ValueError(f"well metadata is missing columns {missing}; mAP needs {NEEDED}")
     if len(features) != len(metadata):
@@ -185,7 +185,7 @@ def phenotypic_activity(features: np.ndarray, metadata: pd.DataFrame, *, null_si
     unit = _unit_rows(features)
     role = control_role(metadata).to_numpy()
     rows, aps, configs = [], [], []
-    for line, pool in metadata.groupby("cell_type", sort=True).indices.items():
+    for line, pool in metadata.groupby("group", sort=True).indices.items():
         controls = pool[role[pool] == "C-"]
         treated, codes, sizes = _query_rows(metadata, pool[role[pool] == "treated"])
         if not len(controls):
@@ -221,9 +221,9 @@ def phenotypic_consistency(features: np.ndarray, metadata: pd.DataFrame, groups:
         chosen = pd.MultiIndex.from_frame(groups[GROUP])
         treated &= pd.MultiIndex.from_frame(metadata[GROUP]).isin(chosen)
     rows, aps, configs = [], [], []
-    for line, pool in metadata.groupby("cell_type", sort=True).indices.items():
+    for line, pool in metadata.groupby("group", sort=True).indices.items():
         members, codes, _ = _query_rows(metadata, pool[treated[pool]])
-        compounds = metadata["treatment"].to_numpy()[members]
+        compounds = metadata["perturbation"].to_numpy()[members]
         if len(set(compounds)) < 2:
             logging.warning("phenotypic consistency: cell line %r has %d compound(s) with replicates; "
                             "consistency needs two", line, len(set(compounds)))
@@ -253,15 +253,15 @@ def compound_table(activity: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     compound × cell line, so `active` (q < `alpha`) controls the false discovery rate of the list of active
     compounds, as the efficacy hit table does; `min_q_value` is the best dose's q among every dose group.
     """
-    by = activity.groupby(["treatment", "cell_type"])
+    by = activity.groupby(["perturbation", "group"])
     best = activity.loc[by["mAP"].idxmax()]
     summary = by.agg(doses_tested=("mAP", "size"), doses_active=("active", "sum"), min_q_value=("q_value", "min"))
     summary["p"] = efficacy.grouped_simes(activity["p_value"].to_numpy(), by.ngroup().to_numpy(), by.ngroups)
-    out = best.set_index(["treatment", "cell_type"])[["mAP", "treatment_conc"]].rename(
-        columns={"mAP": "best_mAP", "treatment_conc": "best_conc_uM"}).join(summary)
+    out = best.set_index(["perturbation", "group"])[["mAP", "dose"]].rename(
+        columns={"mAP": "best_mAP", "dose": "best_conc_uM"}).join(summary)
     out["q"] = stats.false_discovery_control(out["p"], method="bh") if len(out) else []
     out["active"] = out["q"] < alpha
-    return out.reset_index().sort_values(["cell_type", "best_mAP"], ascending=[True, False]).reset_index(drop=True)
+    return out.reset_index().sort_values(["group", "best_mAP"], ascending=[True, False]).reset_index(drop=True)
 
 
 def fraction_active(activity: pd.DataFrame, alpha: float = 0.05) -> float:

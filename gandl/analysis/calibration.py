@@ -309,11 +309,11 @@ def hit_metrics(outcome: dict, truth: pd.DataFrame, levels: Sequence[float] = ()
     keys = [f"recall>={level:g}" for level in levels]
     if hits is None:
         return dict.fromkeys(["hits", "false_hits", "any_false", "fdp", "below", *keys], float("nan"))
-    merged = pairs.merge(hits[["treatment", "cell_type", "hit"]], on=["treatment", "cell_type"], how="outer",
-                         indicator=True)
+    merged = pairs.merge(hits[["perturbation", "group", "hit"]], left_on=["treatment", "cell_type"],
+                         right_on=["perturbation", "group"], how="outer", indicator=True)
     if (merged["_merge"] == "right_only").any():
         raise ValueError("the hit list names compound x cell-line pairs the truth does not have: "
-                         f"{merged.loc[merged['_merge'] == 'right_only', ['treatment', 'cell_type']].values[:3]}")
+                         f"{merged.loc[merged['_merge'] == 'right_only', ['perturbation', 'group']].values[:3]}")
     called = merged["hit"].eq(True).to_numpy()
     below = merged["rescue"].to_numpy() < threshold
     false = called & (below | merged["cytotoxic"].to_numpy(bool))

@@ -308,8 +308,8 @@ def control_tasks(metadata: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndar
     """
     role = control_role(metadata).to_numpy()
     ctrl = np.isin(role, ["C+", "C-"])
-    lines = sorted(metadata["cell_type"].astype(str).unique())
-    cell = metadata["cell_type"].astype(str).to_numpy()
+    lines = sorted(metadata["group"].astype(str).unique())
+    cell = metadata["group"].astype(str).to_numpy()
     tasks = [("C+ vs C- (all cell lines)", ctrl, role[ctrl]),
              (" vs ".join(lines) if len(lines) > 1 else "cell line", ctrl, cell[ctrl])]
     for line in lines:

@@ -22,7 +22,7 @@ from sklearn import metrics
 from gandl.analysis.io import control_role
 from gandl.data.synthetic.truth import hidden_efficacy, hidden_toxicity
 
-WELL_KEYS = ["treatment", "cell_type", "treatment_conc"]  # one dose point of one curve
+WELL_KEYS = ["perturbation", "group", "dose"]  # one dose point of one curve
 
 
 def _anchored(on: np.ndarray, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray | str:
@@ -43,7 +43,7 @@ def efficacy_scores(on: np.ndarray, metadata: pd.DataFrame) -> tuple[np.ndarray,
     """
     on = np.asarray(on, np.float64)
     role = control_role(metadata).to_numpy()
-    line = metadata["cell_type"].astype(str).to_numpy()
+    line = metadata["group"].astype(str).to_numpy()
     scores = np.full(len(on), np.nan)
     skipped = {}
     for name in pd.unique(line):
@@ -67,7 +67,7 @@ def crossfit_efficacy(decisions: np.ndarray, fold: np.ndarray, metadata: pd.Data
     fit, which only rescales the line's scores; noted); a line with neither kind is not scored (noted).
     """
     role = control_role(metadata).to_numpy()
-    line = metadata["cell_type"].astype(str).to_numpy()
+    line = metadata["group"].astype(str).to_numpy()
     scores = np.full(len(fold), np.nan)
     notes = []
     for k in np.unique(fold):
@@ -96,9 +96,9 @@ def dose_response(wells: pd.DataFrame) -> pd.DataFrame:
     out = (wells.groupby(WELL_KEYS, sort=True)
            .agg(mean=("score", "mean"), sd=("score", "std"), n=("score", "size"), n_sites=("n_sites", "sum"))
            .reset_index())
-    out.insert(3, "log10_conc", np.log10(out["treatment_conc"]))
+    out.insert(3, "log10_conc", np.log10(out["dose"]))
     out["sem"] = out["sd"] / np.sqrt(out["n"])
-    return out.drop(columns="sd")[["treatment", "cell_type", "treatment_conc", "log10_conc", "mean", "sem",
+    return out.drop(columns="sd")[["perturbation", "group", "dose", "log10_conc", "mean", "sem",
                                    "n", "n_sites"]]
 
 
@@ -339,7 +339,7 @@ def _line_truth(best: pd.DataFrame, hits: pd.DataFrame | None) -> dict[str, Any]
         out["spearman_active"] = float(stats.spearmanr(best.loc[active, "mean"], best.loc[active, "hidden"])
                                        .statistic)
     if hits is not None and len(hits):
-        called = set(hits.loc[hits["hit"], "treatment"])
+        called = set(hits.loc[hits["hit"], "perturbation"])
         true = set(best.index[active])
         out["precision"] = len(called & true) / len(called) if called else nan
         out["recall"] = len(called & true) / len(true) if true else nan
@@ -361,18 +361,18 @@ def truth_agreement(curves: pd.DataFrame, truth: pd.DataFrame, hits: pd.DataFram
     against the truly active, and the hits that are not truly active (`false_hits`) or are cytotoxic at a
     tested dose (`cytotoxic_hits`, `n_cytotoxic_hits`) by name (`_line_truth`).
     """
-    hidden, toxicity = (np.array([fn(truth, r.treatment, r.cell_type, r.treatment_conc) for r in curves.itertuples()])
+    hidden, toxicity = (np.array([fn(truth, r.perturbation, r.group, r.dose) for r in curves.itertuples()])
                         for fn in (hidden_efficacy, hidden_toxicity))
     scored = curves.assign(hidden=hidden, toxicity=toxicity)
     scored = scored[np.isfinite(scored["mean"].to_numpy(np.float64))]  # unscored: a fold without a clear C+ - C- gap
     if len(scored) < 3:
         return dict(spearman_dose=float("nan"), spearman_compound=float("nan"), n_points=len(scored),
                     n_compounds=0, per_line={})
-    best = scored.groupby(["treatment", "cell_type"])[["mean", "hidden", "toxicity"]].max()
+    best = scored.groupby(["perturbation", "group"])[["mean", "hidden", "toxicity"]].max()
     per_line = {}
-    for line, frame in best.groupby(level="cell_type"):
-        line_hits = None if hits is None else hits[hits["cell_type"] == line]
-        per_line[str(line)] = _line_truth(frame.droplevel("cell_type"), line_hits)
+    for line, frame in best.groupby(level="group"):
+        line_hits = None if hits is None else hits[hits["group"] == line]
+        per_line[str(line)] = _line_truth(frame.droplevel("group"), line_hits)
     return dict(spearman_dose=float(stats.spearmanr(scored["mean"], scored["hidden"]).statistic),
                 spearman_compound=float(stats.spearmanr(best["mean"], best["hidden"]).statistic),
                 n_points=len(curves), n_compounds=len(best), per_line=per_line)

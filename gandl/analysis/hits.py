@@ -33,8 +33,8 @@ from gandl.defaults import POSITIONS
 
 GAP_P = 0.01  # a fold's held-out C+ - C- gap is "clearly positive" below this one-sided Welch p
 MIN_TREATED_FOR_BASELINE = 20  # treated wells a plate needs before their median guards the negative level
-KEYS = ["treatment", "cell_type", "treatment_conc"]
-CURVE = ["treatment", "cell_type"]
+KEYS = ["perturbation", "group", "dose"]
+CURVE = ["perturbation", "group"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ def well_table(sites: pd.DataFrame, how: str = "median") -> pd.DataFrame:
     compound, dose, plate_id, model, n_sites, and its viability proxy when the sites carry one."""
     frame = sites.assign(plate_id=plate_key(sites))
     values = ["decision"] + (["viability"] if "viability" in frame else [])
-    keys = ["well_id", "cell_type", "plate_id", "well", "role", "treatment", "treatment_conc", "model"]
+    keys = ["well_id", "group", "plate_id", "well", "role", "perturbation", "dose", "model"]
     frame = frame[np.isfinite(frame["decision"].to_numpy())]
     out = frame.groupby(keys, sort=True, dropna=False)[values].agg(how)
     out["n_sites"] = frame.groupby(keys, sort=True, dropna=False).size()
@@ -77,7 +77,7 @@ def site_outliers(sites: pd.DataFrame, limit: float = 5.0) -> np.ndarray:
     deviation = value - sites.groupby("well_id")["decision"].transform("median").to_numpy(np.float64)
     single = sites.groupby("well_id")["decision"].transform("size").to_numpy() < 2
     usable = ~single & (deviation != 0)  # the median site of an odd-sized well deviates by 0 by construction
-    scale = pd.Series(np.where(usable, deviation, np.nan)).groupby(sites["cell_type"].to_numpy()).transform(
+    scale = pd.Series(np.where(usable, deviation, np.nan)).groupby(sites["group"].to_numpy()).transform(
         lambda d: stats.median_abs_deviation(d.dropna(), scale="normal") if d.notna().any() else np.nan)
     with np.errstate(invalid="ignore"):
         return ~single & (np.abs(deviation) > limit * scale.to_numpy())
@@ -123,14 +123,14 @@ def fold_gaps(table: pd.DataFrame) -> pd.DataFrame:
     efficacy scale, and its plates are reported and left untested rather than mirrored.
     """
     rows = []
-    for (model, line), group in table.groupby(["model", "cell_type"], sort=True):
+    for (model, line), group in table.groupby(["model", "group"], sort=True):
         pos = group.loc[group["role"] == "C+", "decision"].to_numpy()
         neg = group.loc[group["role"] == "C-", "decision"].to_numpy()
         gap, p = np.nan, np.nan
         if len(pos) >= 2 and len(neg) >= 2:
             gap = float(pos.mean() - neg.mean())
             p = float(stats.ttest_ind(pos, neg, equal_var=False, alternative="greater").pvalue)
-        rows.append(dict(model=model, cell_type=line, n_pos=len(pos), n_neg=len(neg), neg_mean=neg.mean()
+        rows.append(dict(model=model, group=line, n_pos=len(pos), n_neg=len(neg), neg_mean=neg.mean()
                          if len(neg) else np.nan, gap=gap, gap_p=p, usable=bool(gap > 0 and p < GAP_P)))
     return pd.DataFrame(rows)
 
@@ -142,7 +142,7 @@ def _vehicle_lines(table: pd.DataFrame) -> set[str]:
     """Cell lines whose treated wells sit above their C- wells on the same plates (one-sided Mann-Whitney per plate
     with enough treated wells, Simes over the line's plates): a shift every compound shares."""
     shifted = set()
-    for line, group in table.groupby("cell_type"):
+    for line, group in table.groupby("group"):
         p = []
         for _, plate in group.groupby("plate_id"):
             treated = plate.loc[plate["role"] == "treated", "decision"].to_numpy()
@@ -166,7 +166,7 @@ def plate_references(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     fraction = (threshold + 1.0) / 2.0
     med = table.groupby(["plate_id", "role"])["decision"].median().unstack()
     count = table.groupby(["plate_id", "role"]).size().unstack().fillna(0)
-    line = table.groupby("plate_id")["cell_type"].first().reindex(med.index).astype(str)
+    line = table.groupby("plate_id")["group"].first().reindex(med.index).astype(str)
     out = pd.DataFrame(index=med.index)
     neg = med.get("C-", pd.Series(np.nan, index=med.index))
     treated = med.get("treated", pd.Series(np.nan, index=med.index)).where(
@@ -231,7 +231,7 @@ def dose_tests(table: pd.DataFrame, gaps: pd.DataFrame, refs: pd.DataFrame, thre
     says why).
     """
     treated = table[table["role"] == "treated"].merge(refs[["plate_id", "reference"]], on="plate_id", how="left")
-    treated = treated.merge(gaps[["model", "cell_type", "gap", "usable"]], on=["model", "cell_type"], how="left")
+    treated = treated.merge(gaps[["model", "group", "gap", "usable"]], on=["model", "group"], how="left")
     why = np.select([~treated["usable"].fillna(False).astype(bool), treated["reference"].isna()],
                     ["its fold's held-out C+ - C- gap is not clearly positive", "its plate lacks C+ or C- wells"], "")
     treated["excess"] = np.where(why == "", 2.0 * (treated["decision"] - treated["reference"]) / treated["gap"],
@@ -244,7 +244,7 @@ def dose_tests(table: pd.DataFrame, gaps: pd.DataFrame, refs: pd.DataFrame, thre
     out = out.merge(stat, on=KEYS, how="left").fillna({"n_plates": 0})
     out["n_plates"] = out["n_plates"].astype(int)
     out["estimate"], out["lcb"], out["t"], out["df"], out["p"] = np.nan, np.nan, np.nan, np.nan, np.nan
-    for _, rows in out.groupby("cell_type").groups.items():
+    for _, rows in out.groupby("group").groups.items():
         sub = out.loc[rows]
         s2, df, _, _ = squeeze_variances(sub["s2"].to_numpy(), np.maximum(sub["n_plates"].to_numpy() - 1, 0))
         se = np.sqrt(s2 / sub["n_plates"].to_numpy())
@@ -294,8 +294,8 @@ def well_off_axis(x: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
     plate_id = plate_key(meta)
     role_all = meta["role"].to_numpy()
     ratio, positive_ratio = np.full(len(meta), np.nan), np.full(len(meta), np.nan)
-    for line in pd.unique(meta["cell_type"]):
-        rows = (meta["cell_type"] == line).to_numpy()
+    for line in pd.unique(meta["group"]):
+        rows = (meta["group"] == line).to_numpy()
         role = role_all[rows]
         if (role == "C+").sum() < 2 or not (role == "C-").any():
             continue
@@ -320,7 +320,7 @@ def well_off_axis(x: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
 def off_axis_limits(table: pd.DataFrame, limit: float) -> pd.Series:
     """Per cell line: the off-axis ratio above which a dose is off-axis, `limit` or the 99th percentile of its
     C+ wells' own ratios when that is higher (few dimensions make distances noisy)."""
-    quantile = table.groupby("cell_type")["control_off_axis"].quantile(0.99)
+    quantile = table.groupby("group")["control_off_axis"].quantile(0.99)
     return np.maximum(quantile.fillna(limit), limit)
 
 
@@ -333,17 +333,17 @@ def dose_flags(table: pd.DataFrame, settings: HitSettings) -> pd.DataFrame:
     limits = off_axis_limits(table, settings.off_axis_limit)
     treated = table[table["role"] == "treated"]
     out = treated.groupby(KEYS, sort=True)["off_axis"].median().rename("off_axis").reset_index()
-    out["off_axis_flag"] = out["off_axis"] > out["cell_type"].map(limits)
+    out["off_axis_flag"] = out["off_axis"] > out["group"].map(limits)
     out["viability"], out["cytotoxic"] = np.nan, False
     if "viability" in table:
         neg = table[table["role"] == "C-"].groupby("plate_id")["viability"].median()
         ratio = table["viability"] / table["plate_id"].map(neg)
         table = table.assign(viability_ratio=ratio)
-        ref = (table[table["role"] == "C-"].groupby("cell_type")["viability_ratio"]
+        ref = (table[table["role"] == "C-"].groupby("group")["viability_ratio"]
                .agg(ref_mean="mean", ref_var="var", ref_n="count", ref_min="min"))
         flags = (table[table["role"] == "treated"].groupby(KEYS, sort=True)["viability_ratio"]
                  .agg(viability="median", mean="mean", var="var", n="count").reset_index()
-                 .join(ref, on="cell_type"))
+                 .join(ref, on="group"))
         with np.errstate(divide="ignore", invalid="ignore"):
             welch = stats.ttest_ind_from_stats(
                 flags["mean"].to_numpy(np.float64), np.sqrt(flags["var"].to_numpy(np.float64)),
@@ -369,7 +369,7 @@ def display_scores(table: pd.DataFrame, gaps: pd.DataFrame) -> np.ndarray:
     Display only: the test reads the plate-blocked contrasts. Wells of a fold whose gap is not clearly
     positive get NaN (never a mirrored scale).
     """
-    merged = table[["model", "cell_type"]].merge(gaps, on=["model", "cell_type"], how="left")
+    merged = table[["model", "group"]].merge(gaps, on=["model", "group"], how="left")
     score = -1.0 + 2.0 * (table["decision"].to_numpy() - merged["neg_mean"].to_numpy()) / merged["gap"].to_numpy()
     return np.where(merged["usable"].fillna(False).to_numpy(bool), score, np.nan)
 
@@ -426,14 +426,14 @@ def hit_table(table: pd.DataFrame, doses: pd.DataFrame, settings: HitSettings) -
     peak = doses.loc[doses.assign(m=doses["mean"].fillna(-np.inf)).groupby(CURVE, sort=True)["m"].idxmax()]
     peak = peak.reset_index(drop=True)
     out = peak[CURVE].assign(n_doses=by_curve.size().to_numpy(), max_score=peak["mean"], sem_at_max=peak["sem"],
-                             conc_at_max_uM=peak["treatment_conc"])
+                             conc_at_max_uM=peak["dose"])
     curve = by_curve.ngroup().to_numpy()
     curves = _curves(doses, curve, ("log10_conc", "mean", "sem"))
     out["auc"] = [efficacy.curve_auc(x, m) for x, m, _ in curves]
     out["toxic_drop"] = [efficacy.toxic_drop(m, e, settings.toxic_threshold) for _, m, e in curves]
     best = (doses.assign(neg=-doses["estimate"]).sort_values(CURVE + ["p_eligible", "neg"], na_position="last")
             .drop_duplicates(CURVE).sort_values(CURVE).reset_index(drop=True))
-    out["best_dose"] = best["treatment_conc"].where(best["eligible"]).to_numpy()
+    out["best_dose"] = best["dose"].where(best["eligible"]).to_numpy()
     out["estimate"] = best["estimate"].where(best["eligible"]).to_numpy()
     out["lcb"] = best["lcb"].where(best["eligible"]).to_numpy()
     out["dose_p"], out["dose_q"] = best["p_eligible"].to_numpy(), best["q"].where(best["eligible"]).to_numpy()
@@ -453,16 +453,16 @@ def hit_table(table: pd.DataFrame, doses: pd.DataFrame, settings: HitSettings) -
             "status"] = "off-axis"
     treated = table[(table["role"] == "treated") & np.isfinite(table["efficacy"])]
     fits = efficacy.fit_hills(treated.groupby(CURVE, sort=True).ngroup().to_numpy(),
-                              np.log10(treated["treatment_conc"].to_numpy()), treated["efficacy"].to_numpy(),
+                              np.log10(treated["dose"].to_numpy()), treated["efficacy"].to_numpy(),
                               flat_threshold=settings.flat_threshold)
     fitted = (treated[CURVE].drop_duplicates().sort_values(CURVE).reset_index(drop=True)
               .join(fits.reset_index(drop=True).rename(columns={"top": "emax"})))
     out = out.drop(columns="why").merge(fitted, on=CURVE, how="left")
     out["fit_status"] = out["fit_status"].fillna("too_few_doses")
     out["fit_failed"] = out["fit_status"] != "ok"
-    out["rank"] = out.groupby("cell_type")["max_score"].rank(ascending=False, method="first",
+    out["rank"] = out.groupby("group")["max_score"].rank(ascending=False, method="first",
                                                              na_option="bottom").astype(int)
-    return out.sort_values(["cell_type", "rank"]).reset_index(drop=True)
+    return out.sort_values(["group", "rank"]).reset_index(drop=True)
 
 
 def call(sites: pd.DataFrame, profiles: tuple[np.ndarray, pd.DataFrame], settings: HitSettings,
@@ -476,7 +476,7 @@ def call(sites: pd.DataFrame, profiles: tuple[np.ndarray, pd.DataFrame], setting
     table, notes = correct_positions(well_table(sites, how), settings.position)
     gaps = fold_gaps(table)
     for r in gaps[~gaps["usable"]].itertuples():
-        notes.append(f"hits: model {r.model}, cell line {r.cell_type}: held-out C+ - C- gap {r.gap:.3g} "
+        notes.append(f"hits: model {r.model}, cell line {r.group}: held-out C+ - C- gap {r.gap:.3g} "
                      f"(Welch p = {r.gap_p:.2g}, {r.n_pos} C+ and {r.n_neg} C- wells) is not clearly positive: its "
                      "plates' compounds are not tested")
     refs = plate_references(table, settings.threshold)

@@ -48,8 +48,8 @@ def neither_note(metadata: pd.DataFrame, view: pd.DataFrame, schema: ScreenSchem
 
 def output_names(schema: ScreenSchema) -> dict[str, str]:
     """Analysis column -> the screen's own name, for the tables a report writes (only names that differ)."""
-    return {ours: getattr(schema, field) for ours, field in VIEW_COLUMNS.items()
-            if getattr(schema, field) and getattr(schema, field) != ours}
+    return {field: getattr(schema, field) for field in VIEW_COLUMNS
+            if getattr(schema, field) and getattr(schema, field) != field}
 
 
 class JoinError(ValueError):

@@ -62,10 +62,10 @@ def controls_figure(coords: pd.DataFrame, threshold: float | None = None,
     screen calls C+ and C- (its schema's control names) for the legend.
     """
     names = {"other": "other untreated", **(names or {})}
-    lines = sorted(coords["cell_type"].astype(str).unique())
+    lines = sorted(coords["group"].astype(str).unique())
     fig, axes = _panels(len(lines))
     for ax, line in zip(axes, lines):
-        sub = coords[coords["cell_type"] == line]
+        sub = coords[coords["group"] == line]
         for role, colour in ROLE_COLOURS.items():
             pts = sub[sub["role"] == role]
             if len(pts):
@@ -83,18 +83,18 @@ def compounds_figure(coords: pd.DataFrame, compounds: Sequence[str]) -> bytes:
 
     Rows are compounds, columns cell lines; the controls are drawn in grey behind for reference.
     """
-    lines = sorted(coords["cell_type"].astype(str).unique())
-    treated = coords[coords["treatment"].isin(compounds)]
-    norm = colors.Normalize(*np.log10(treated["treatment_conc"].agg(["min", "max"]).to_numpy()))
+    lines = sorted(coords["group"].astype(str).unique())
+    treated = coords[coords["perturbation"].isin(compounds)]
+    norm = colors.Normalize(*np.log10(treated["dose"].agg(["min", "max"]).to_numpy()))
     fig = Figure(figsize=(4.0 * len(lines) + 1, 3.6 * len(compounds)), layout="constrained")
     axes = fig.subplots(len(compounds), len(lines), squeeze=False)
     for row, compound in zip(axes, compounds):
         for ax, line in zip(row, lines):
-            ctrl = coords[(coords["cell_type"] == line) & coords["role"].isin(["C+", "C-"])]
+            ctrl = coords[(coords["group"] == line) & coords["role"].isin(["C+", "C-"])]
             ctrl = ctrl.iloc[::max(1, -(-len(ctrl) // BACKGROUND_POINTS))]  # every k-th: 30k sites look the same
             ax.scatter(ctrl["on"], ctrl["off"], s=5, c="0.8", label="controls")
-            pts = treated[(treated["treatment"] == compound) & (treated["cell_type"] == line)]
-            ax.scatter(pts["on"], pts["off"], s=12, c=np.log10(pts["treatment_conc"]), cmap="viridis", norm=norm)
+            pts = treated[(treated["perturbation"] == compound) & (treated["group"] == line)]
+            ax.scatter(pts["on"], pts["off"], s=12, c=np.log10(pts["dose"]), cmap="viridis", norm=norm)
             ax.set(title=f"{compound} — {line}", xlabel="on-perturbation", ylabel="off-perturbation",
                    xlim=(-1.05, 1.05))
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes.ravel().tolist(),
@@ -109,19 +109,19 @@ def dose_response_figure(curves: pd.DataFrame, hits: pd.DataFrame, highlight: Se
     Highlighted compounds and each line's top-k ranked compounds get colour, error bars (SEM) and their
     Hill curve where the fit is 'ok'; every other compound is a thin grey line.
     """
-    lines = sorted(curves["cell_type"].astype(str).unique())
+    lines = sorted(curves["group"].astype(str).unique())
     fig, axes = _panels(len(lines), size=5.0)
     for ax, line in zip(axes, lines):
-        line_hits = hits[hits["cell_type"] == line]
-        chosen = list(dict.fromkeys([c for c in highlight if c in set(line_hits["treatment"])]
-                                    + line_hits.nsmallest(top_k, "rank")["treatment"].tolist()))
+        line_hits = hits[hits["group"] == line]
+        chosen = list(dict.fromkeys([c for c in highlight if c in set(line_hits["perturbation"])]
+                                    + line_hits.nsmallest(top_k, "rank")["perturbation"].tolist()))
         palette = cm.tab10(np.linspace(0, 1, 10))
         _background_lines(ax, [(curve["log10_conc"].to_numpy(np.float64), curve["mean"].to_numpy(np.float64))
-                               for treatment, curve in curves[curves["cell_type"] == line].groupby("treatment")
+                               for treatment, curve in curves[curves["group"] == line].groupby("perturbation")
                                if treatment not in chosen], "0.75")
         for i, treatment in enumerate(chosen):
-            curve = curves[(curves["cell_type"] == line) & (curves["treatment"] == treatment)]
-            fit = line_hits[line_hits["treatment"] == treatment].iloc[0]
+            curve = curves[(curves["group"] == line) & (curves["perturbation"] == treatment)]
+            fit = line_hits[line_hits["perturbation"] == treatment].iloc[0]
             colour = palette[i % 10]
             ax.errorbar(curve["log10_conc"], curve["mean"], yerr=curve["sem"].fillna(0), fmt="o", ms=4,
                         color=colour, capsize=2, label=f"{treatment} ({fit['fit_status']})", zorder=3)
@@ -159,18 +159,18 @@ def map_dose_figure(activity: pd.DataFrame, highlight: Sequence[str]) -> bytes:
     Highlighted compounds get colour, filled markers where active (q below the threshold) and open ones
     where not; every other compound is a thin grey line, so the highlighted ones read against the screen.
     """
-    lines = sorted(activity["cell_type"].astype(str).unique())
+    lines = sorted(activity["group"].astype(str).unique())
     fig, axes = _panels(len(lines), size=5.0)
     palette = cm.tab10(np.linspace(0, 1, 10))
     for ax, line in zip(axes, lines):
-        rows = activity[activity["cell_type"] == line].sort_values("treatment_conc")
-        chosen = [c for c in dict.fromkeys(highlight) if c in set(rows["treatment"])]
-        _background_lines(ax, [(np.log10(curve["treatment_conc"].to_numpy(np.float64)),
+        rows = activity[activity["group"] == line].sort_values("dose")
+        chosen = [c for c in dict.fromkeys(highlight) if c in set(rows["perturbation"])]
+        _background_lines(ax, [(np.log10(curve["dose"].to_numpy(np.float64)),
                                 curve["mAP"].to_numpy(np.float64))
-                               for treatment, curve in rows.groupby("treatment") if treatment not in chosen], "0.8")
+                               for treatment, curve in rows.groupby("perturbation") if treatment not in chosen], "0.8")
         for i, treatment in enumerate(chosen):
-            curve = rows[rows["treatment"] == treatment]
-            x, colour = np.log10(curve["treatment_conc"]), palette[i % 10]
+            curve = rows[rows["perturbation"] == treatment]
+            x, colour = np.log10(curve["dose"]), palette[i % 10]
             ax.plot(x, curve["mAP"], color=colour, lw=1.5, label=treatment, zorder=2)
             active = curve["active"].to_numpy(bool)
             ax.scatter(x[active], curve["mAP"][active], color=colour, s=25, zorder=3)
@@ -280,11 +280,11 @@ def drift_figure(drift: pd.DataFrame, names: dict[str, str] | None = None) -> by
     """Control medians per plate in acquisition order, one panel per cell line: C+ and C- (`qc.drift_table`), the
     plates that drifted ringed, dotted lines between experiments."""
     names = names or {}
-    lines = sorted(drift["cell_type"].astype(str).unique())
+    lines = sorted(drift["group"].astype(str).unique())
     fig = Figure(figsize=(6.0 * len(lines), 4.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(lines), squeeze=False).ravel())
     for ax, line in zip(axes, lines):
-        rows = drift[drift["cell_type"] == line].sort_values("order")
+        rows = drift[drift["group"] == line].sort_values("order")
         x, flagged = np.arange(len(rows)), rows["drift"].to_numpy(bool)
         for role, prefix in (("C+", "pos"), ("C-", "neg")):
             y = rows[f"{prefix}_median"].to_numpy(np.float64)

@@ -52,7 +52,7 @@ def _anchored(wells: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     C+ well at +1; medians over all its plates' wells, so that a swapped or failed plate does not move the others'
     anchors. NaN for a line without both kinds, or whose medians coincide (noted)."""
     score, notes = np.full(len(wells), np.nan), []
-    for line, rows in wells.groupby("cell_type", sort=False).groups.items():
+    for line, rows in wells.groupby("group", sort=False).groups.items():
         frame = wells.loc[rows]
         pos, neg = (frame.loc[frame["role"] == kind, "decision"].median() for kind in ("C+", "C-"))
         if not abs(pos - neg) > 0:  # also NaN: a kind without wells
@@ -65,13 +65,13 @@ def _anchored(wells: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
 def well_table(scores: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per well, and notes on the cell lines whose wells could not be anchored.
 
-    `scores`: the efficacy task's table (site_id, well_id, cell_type, experiment, plate, role, decision, ...);
+    `scores`: the efficacy task's table (site_id, well_id, group, experiment, plate, role, decision, ...);
     `sites`: the site metadata (`well`, and `viability` when the screen has it). Columns: plate_id
-    ('{experiment}_{plate}'), cell_type, experiment, plate, well_id, role, n_sites, decision (median of the
+    ('{experiment}_{plate}'), group, experiment, plate, well_id, role, n_sites, decision (median of the
     sites'), score (that median anchored per cell line, `_anchored`), well (its position name), viability (median).
     """
     wells = (scores.assign(plate_id=io.plate_key(scores)).groupby("well_id", sort=False)
-             .agg(plate_id=("plate_id", "first"), cell_type=("cell_type", "first"),
+             .agg(plate_id=("plate_id", "first"), group=("group", "first"),
                   experiment=("experiment", "first"), plate=("plate", "first"), role=("role", "first"),
                   n_sites=("site_id", "size"), decision=("decision", "median"))
              .reset_index())
@@ -149,7 +149,7 @@ def _robust_z(values: np.ndarray, floor: np.ndarray) -> np.ndarray:
     return out
 
 
-PLATE_KEYS = ["plate_id", "cell_type", "experiment", "plate"]
+PLATE_KEYS = ["plate_id", "group", "experiment", "plate"]
 
 
 def drift_table(wells: pd.DataFrame) -> pd.DataFrame:
@@ -160,14 +160,14 @@ def drift_table(wells: pd.DataFrame) -> pd.DataFrame:
     per_plate = (controls.groupby([*PLATE_KEYS, "role"], sort=False)["score"]
                  .agg(median="median", se=lambda s: _MEDIAN_SE * _mad(s.to_numpy()) / np.sqrt(len(s)))
                  .reset_index().assign(z=np.nan))
-    for _, group in per_plate.groupby(["cell_type", "role"]):
+    for _, group in per_plate.groupby(["group", "role"]):
         per_plate.loc[group.index, "z"] = _robust_z(group["median"].to_numpy(), group["se"].to_numpy())
     wide = per_plate.pivot(index=PLATE_KEYS, columns="role", values=["median", "z"])
     out = pd.DataFrame({f"{prefix}_{stat}": wide[(stat, role)] if (stat, role) in wide else np.nan
                         for stat in ("median", "z") for role, prefix in (("C+", "pos"), ("C-", "neg"))},
                        index=wide.index)
     out["drift"] = (out["pos_z"].abs() > DRIFT_Z) | (out["neg_z"].abs() > DRIFT_Z)
-    out = out.reset_index().sort_values(["experiment", "plate", "cell_type"], kind="stable").reset_index(drop=True)
+    out = out.reset_index().sort_values(["experiment", "plate", "group"], kind="stable").reset_index(drop=True)
     return out.assign(order=np.arange(len(out)))
 
 
@@ -207,7 +207,7 @@ def excluded_plates(exclude: Sequence[str], min_z_prime: float | None,
     reasons = {plate: "named in exclude_plates" for plate in exclude}
     if min_z_prime is not None and table is not None:
         for row in table[table["z_prime_robust"] < min_z_prime].itertuples():
-            reasons.setdefault(row.plate_id, f"robust Z′ {row.z_prime_robust:.2f} ({row.cell_type}) below "
+            reasons.setdefault(row.plate_id, f"robust Z′ {row.z_prime_robust:.2f} ({row.group}) below "
                                              f"min_z_prime={min_z_prime:g}")
     return pd.DataFrame({"plate_id": list(reasons), "reason": list(reasons.values())})
 

@@ -36,6 +36,7 @@ from gandl.analysis import classify, io, markup, qc
 from gandl.analysis.io import aggregate_wells
 from gandl.analysis.tasks import SCREEN_TASKS, ZEROSHOT_TASKS, AnalysisConfig, FoldSet, Inputs, Result, Task
 from gandl.data.screen import ScreenSchema
+from gandl.data.vocabulary import RXRX1_LABEL
 
 __all__ = ["AnalysisConfig", "analyze", "analyze_screen", "analyze_zeroshot"]
 
@@ -248,7 +249,7 @@ def analyze_screen(features: np.ndarray, metadata: pd.DataFrame, config: Analysi
         results.update(qc_ran)
         skipped.update(qc_skipped)
         extra["excluded"] = _exclusion(dropped, qc.lost_groups(io.plate_key(site_metadata),
-                                                               site_metadata["cell_type"].to_numpy(),
+                                                               site_metadata["group"].to_numpy(),
                                                                dropped["plate_id"]))
     else:
         results, skipped = run_tasks(SCREEN_TASKS, inputs, results, skipped)
@@ -274,7 +275,7 @@ def analyze_zeroshot(features: np.ndarray, metadata: pd.DataFrame, config: Analy
     Experiments are held out when every cell type spans several, else plates (`zeroshot.zeroshot_group`).
     """
     wells = ("well_id",) if config.few_labels else ()
-    _check_inputs(features, metadata, ("cell_type", "experiment", "plate", *wells))
+    _check_inputs(features, metadata, (RXRX1_LABEL, "experiment", "plate", *wells))
     inputs = Inputs(np.asarray(features), metadata.reset_index(drop=True), config, folder, {})
     outcome = _outcome(ZEROSHOT_TASKS, *run_tasks(ZEROSHOT_TASKS, inputs))
     held = outcome["summary"]["group_by"] if "summary" in outcome else "group"

@@ -81,10 +81,10 @@ def project(features: np.ndarray, axes: Axes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def coordinates(features: np.ndarray, metadata: pd.DataFrame, axes: Axes) -> pd.DataFrame:
-    """One row per site: identifiers, control role, treatment and dose, and its `on` / `off` values."""
+    """One row per site: identifiers, control role, perturbation and dose, and its `on` / `off` values."""
     on, off = project(features, axes)
-    keep = [c for c in ("site_id", "well_id", "cell_type", "experiment", "plate", "disease_condition",
-                        "treatment", "treatment_conc") if c in metadata]
+    keep = [c for c in ("site_id", "well_id", "group", "experiment", "plate", "perturbation", "dose")
+            if c in metadata]
     frame = metadata[keep].reset_index(drop=True).copy()
     frame["role"] = control_role(metadata).to_numpy()
     frame["on"], frame["off"] = on, off

@@ -145,13 +145,13 @@ def controls_task(inp: Inputs) -> Result:
 def highlighted(inp: Inputs) -> list[str]:
     """The compounds the figures draw: the schema's highlights this screen holds, else each cell line's top
     `top_k` by best mean score (the hit table's ranks)."""
-    present = set(inp.metadata["treatment"].unique())
+    present = set(inp.metadata["perturbation"].unique())
     chosen = [c for c in inp.schema.highlight if c in present]
     hits = inp.earlier.get("dose_response", {}).get("hits")
     if chosen or hits is None or not len(hits):
         return chosen
-    return list(dict.fromkeys(hits.sort_values(["rank", "cell_type"]).loc[lambda t: t["rank"] <= inp.config.top_k,
-                                                                             "treatment"]))
+    return list(dict.fromkeys(hits.sort_values(["rank", "group"]).loc[lambda t: t["rank"] <= inp.config.top_k,
+                                                                             "perturbation"]))
 
 
 def add_figure(out: Result, inp: Inputs, file: str, title: str, draw: Callable[[], bytes]) -> None:
@@ -202,8 +202,8 @@ def efficacy_task(inp: Inputs) -> Result:
         inp.unfitted, (role == "C+").to_numpy(), role.isin(["C+", "C-"]).to_numpy(),
         io.plate_key(meta, cfg.group_by), held_out, c=cfg.c, seed=cfg.seed, conditions=conditions)
     scores, notes = efficacy.crossfit_efficacy(decisions, fold, meta)
-    keep = [c for c in ("site_id", "well_id", "well", "cell_type", "experiment", "plate", "treatment",
-                        "treatment_conc", "viability") if c in meta]
+    keep = [c for c in ("site_id", "well_id", "well", "group", "experiment", "plate", "perturbation",
+                        "dose", "viability") if c in meta]
     table = meta[keep].assign(role=role.to_numpy(), model=fold,
                               decision=decisions[np.arange(len(fold)), fold], efficacy=scores)
     table["outlier_site"] = hits.site_outliers(table)
@@ -225,7 +225,7 @@ def _plate_maps(out: Result, inp: Inputs, wells: pd.DataFrame) -> None:
     for column, stem, label, cmap, centre in QC_MAPS:
         if column not in wells:
             continue
-        for line, sub in wells.groupby("cell_type", sort=True):
+        for line, sub in wells.groupby("group", sort=True):
             add_figure(out, inp, f"qc_map_{stem}_{markup.slug(str(line))}.png", f"{line}: {label} by plate position",
                        lambda sub=sub, column=column, label=label, cmap=cmap, centre=centre:
                        plots.plate_maps_figure(sub, column, label, shape, cmap, centre))
@@ -250,7 +250,7 @@ def qc_task(inp: Inputs) -> Result:
     drift = qc.drift_table(wells)
     table = qc.plate_table(wells, drift, edges)
     notes += [f"plate QC: no drift measure for cell line {line}: {n} plates, fewer than {qc.MIN_OTHER_PLATES + 1}"
-              for line, n in drift.groupby("cell_type")["plate_id"].nunique().items() if n <= qc.MIN_OTHER_PLATES]
+              for line, n in drift.groupby("group")["plate_id"].nunique().items() if n <= qc.MIN_OTHER_PLATES]
     counts = table["status"].value_counts()
     flagged = table["edge_flag"] | table["drift"] | (table["status"] != "good")
     shown = table.head(max(inp.config.top_k, int(flagged.sum())))
@@ -282,7 +282,7 @@ TRUTH_ROWS = (("auroc", "AUROC (best-dose score, active vs inert)"),
               ("precision", "hit precision"), ("recall", "hit recall"),
               ("spearman_compound", "Spearman (best dose, all compounds)"),
               ("spearman_ceiling", "Spearman ceiling (ties among inert)"))
-HIT_COLUMNS = ["cell_type", "rank", "treatment", "max_score", "best_dose", "estimate", "lcb", "q", "hit", "status",
+HIT_COLUMNS = ["group", "rank", "perturbation", "max_score", "best_dose", "estimate", "lcb", "q", "hit", "status",
                "max_off_axis", "min_viability", "ec50_uM", "emax", "fit_status", "toxic_drop"]
 
 
@@ -307,13 +307,13 @@ def dose_response_task(inp: Inputs) -> Result:
                          "hit_wells": (called["wells"], False), "hit_folds": (called["folds"], False)},
                  notes=called["notes"], values=dict(dose_response=dose_response, hits=table,
                                                     hit_wells=called["wells"], hit_folds=called["folds"]))
-    for line, sub in table.groupby("cell_type") if len(table) else ():
+    for line, sub in table.groupby("group") if len(table) else ():
         out.summary[f"{line}: hits (rescue above {cfg.rescue_threshold:g}, q < {cfg.fdr:g})"] = int(sub["hit"].sum())
         out.summary[f"{line}: set apart (cytotoxic or off-axis)"] = int(sub["status"].isin(
             ["cytotoxic", "off-axis"]).sum())
         out.summary[f"{line}: Hill fits ok"] = int((~sub["fit_failed"]).sum())
         top = sub.nsmallest(1, "rank").iloc[0]
-        out.summary[f"{line}: top compound"] = f"{top.treatment} ({top.max_score:.2f})"
+        out.summary[f"{line}: top compound"] = f"{top.perturbation} ({top.max_score:.2f})"
     if inp.truth is not None and len(dose_response):
         agreement = efficacy.truth_agreement(dose_response, inp.truth, table)
         out.summary["hidden efficacy: Spearman (dose points)"] = agreement["spearman_dose"]
@@ -331,7 +331,7 @@ def dose_response_task(inp: Inputs) -> Result:
             out.blocks += [("heading", 3, "Rescue-like but not a rescue (cytotoxic or off the C- to C+ axis)"),
                            ("table", apart[HIT_COLUMNS], False)]
         few = table[table["fit_status"] == "too_few_doses"]
-        out.notes += [f"Hill fit: {r.treatment} ({r.cell_type}) has {r.n_doses} dose(s), fewer than "
+        out.notes += [f"Hill fit: {r.perturbation} ({r.group}) has {r.n_doses} dose(s), fewer than "
                       f"{efficacy.MIN_DOSES}: ranked, not fitted" for r in few.itertuples()]
     return out
 
@@ -353,10 +353,10 @@ def activity_task(inp: Inputs) -> Result:
     out = Result(tables={"map_activity": (act, False), "map_compounds": (compounds, False)},
                  summary={"phenotypic activity (mAP vs C-): fraction with q < 0.05": activity.fraction_active(act)},
                  values=dict(activity=act, compounds=compounds))
-    for line, sub in compounds.groupby("cell_type"):
+    for line, sub in compounds.groupby("group"):
         out.summary[f"{line}: active compounds (mAP, compound q < 0.05)"] = int(sub["active"].sum())
     active = act[act["active"]]
-    per_line = active.groupby("cell_type")["treatment"].nunique()
+    per_line = active.groupby("group")["perturbation"].nunique()
     if not (per_line >= 2).any():  # consistency compares a cell line's active compounds with each other
         out.notes.append("phenotypic consistency not computed: no cell line has two active compounds ("
                          + (", ".join(f"{line}: {n}" for line, n in per_line.items()) or "none active") + ")")

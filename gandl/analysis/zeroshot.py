@@ -18,11 +18,12 @@ from sklearn import metrics
 from gandl.analysis import classify
 from gandl.analysis.classify import CVError, cross_validate, summarize
 from gandl.analysis.io import plate_key
+from gandl.data.vocabulary import RXRX1_LABEL
 
 ZEROSHOT_TASK = "zero-shot cell type"  # its name in the probe table and the few-label tables
 
 
-def zeroshot_group(metadata: pd.DataFrame, label: str = "cell_type") -> str:
+def zeroshot_group(metadata: pd.DataFrame, label: str = RXRX1_LABEL) -> str:
     """'experiment' when every class spans several experiments, else 'plate'.
 
     In RxRx1 a cell type *is* its experiments: holding out plates lets experiment-level batch effects cross
@@ -32,7 +33,7 @@ def zeroshot_group(metadata: pd.DataFrame, label: str = "cell_type") -> str:
     return "experiment" if len(per_class) and per_class.min() >= 2 else "plate"
 
 
-def classify_cell_types(features: np.ndarray, metadata: pd.DataFrame, *, label: str = "cell_type",
+def classify_cell_types(features: np.ndarray, metadata: pd.DataFrame, *, label: str = RXRX1_LABEL,
                         c: float = 1.0, n_splits: int = 5, group_by: str = "auto",
                         seed: int = 0) -> tuple[dict, pd.DataFrame]:
     """(accuracy summary, confusion matrix of counts: rows true class, columns predicted).
@@ -55,7 +56,7 @@ def classify_cell_types(features: np.ndarray, metadata: pd.DataFrame, *, label: 
 
 
 def classify_cell_types_few_labels(features: np.ndarray, metadata: pd.DataFrame, ks: Sequence[int], *,
-                                   label: str = "cell_type", draws: int = 5, c: float = 1.0, n_splits: int = 5,
+                                   label: str = RXRX1_LABEL, draws: int = 5, c: float = 1.0, n_splits: int = 5,
                                    group_by: str = "auto", seed: int = 0) -> pd.DataFrame:
     """Zero-shot cell typing with k labelled wells per cell type: one row per k (Table 1's few-label columns).
 

@@ -73,7 +73,7 @@ def control_folds(metadata: pd.DataFrame, *, n_splits: int = 5, group_by: str = 
     role = control_role(metadata).to_numpy()
     ctrl = np.isin(role, ["C+", "C-"])
     groups = plate_key(metadata, group_by)[ctrl]
-    line = metadata["cell_type"].astype(str).to_numpy()[ctrl]
+    line = metadata["group"].astype(str).to_numpy()[ctrl]
     labels = role[ctrl]
     for candidate in (line + "|" + role[ctrl], line):
         spans = pd.DataFrame({"y": candidate, "g": groups}).drop_duplicates().groupby("y")["g"].nunique()

@@ -336,21 +336,20 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     return out
 
 
-# The analysis' own column names, and the schema field each is read from (`screen_view`).
-VIEW_COLUMNS = {"cell_type": "group", "treatment": "perturbation", "treatment_conc": "dose", "well": "well",
-                "viability": "viability", "experiment": "experiment", "plate": "plate"}
+# The analysis' own columns (`screen_view`), each named as the schema field it is read from.
+VIEW_COLUMNS = ("group", "perturbation", "dose", "well", "viability", "experiment", "plate")
 
 
 def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     """The metadata as the analysis reads it, whatever the screen's own columns: its schema applied once.
 
-    site_id, well_id (derived when absent), `well` (its position name, e.g. 'B03'), `cell_type` (the biological
-    group; one group "all" when the schema names none), `experiment` (the batch; "screen" when none), `plate`,
-    `role` (C+ / C- / treated / other, from the schema's control queries), `treatment` (the perturbation of
-    treated sites, "" for every other), `treatment_conc` (float dose; 1.0 for every treated site when the
-    screen has no dose column) and `viability` (float) when the schema names a cell-count readout (a column
-    named `viability` is kept as it is and read as one too). Every other column is kept unless it would
-    shadow one of these. Every stage that picks controls or plates after reading (the analysis, the training
+    Columns named as the schema's fields: site_id, well_id (derived when absent), `well` (its position name,
+    e.g. 'B03'), `group` (the biological group, e.g. the cell line; "all" when the schema names none),
+    `experiment` (the batch; "screen" when none), `plate`, `role` (C+ / C- / treated / other, from the schema's
+    control queries), `perturbation` (that of treated sites, "" for every other), `dose` (float; 1.0 for every
+    treated site when the screen has no dose column) and `viability` (float) when the schema names a cell-count
+    readout (a column named `viability` is kept as it is and read as one too). Every other column is kept unless
+    it would shadow one of these. Every stage that picks controls or plates after reading (the analysis, the training
     probe, a label-fitted extractor's folds) reads this view, so they agree on roles and on the names of the
     plates a fold holds out.
     """
@@ -362,11 +361,11 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     treated = role == TREATED
     view = pd.DataFrame({
         "site_id": meta["site_id"].astype(str), "well_id": meta["well_id"].astype(str),
-        "cell_type": meta[schema.group].astype(str) if schema.group else "all",
+        "group": meta[schema.group].astype(str) if schema.group else "all",
         "experiment": meta[schema.experiment].astype(str) if schema.experiment else "screen",
         "plate": meta[schema.plate], "well": meta[schema.well].astype(str) if schema.well else "", "role": role,
-        "treatment": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
-        "treatment_conc": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
+        "perturbation": np.where(treated, meta[schema.perturbation].astype(str), "") if schema.perturbation else "",
+        "dose": (np.where(treated, pd.to_numeric(meta[schema.dose]), np.nan) if schema.dose
                            else np.where(treated, 1.0, np.nan)).astype(np.float64)})
     if schema.viability:
         view["viability"] = pd.to_numeric(meta[schema.viability]).astype(np.float64).to_numpy()

@@ -18,6 +18,7 @@ RXRX1_COLUMNS = ("site_id", "well_id", "cell_type", "dataset", "experiment", "pl
 RXRX19A_REQUIRED = ("site_id", "cell_type", "experiment", "plate", "well", "site", "disease_condition",
                     "treatment", "treatment_conc")
 RXRX1_REQUIRED = ("site_id", "cell_type", "experiment", "plate", "well", "site")
+RXRX1_LABEL = "cell_type"  # the zero-shot set's class: an RxRx1-shaped set names its cell type so
 
 # Disease conditions, spelled exactly as in RxRx19a.
 MOCK = "Mock"
