@@ -226,3 +226,14 @@ def test_site_tables_are_parquet_even_when_a_column_mixes_numbers_and_names():
     assert back["plate"].tolist()[:2] == ["1", "B2"] and pd.isna(back["plate"].iloc[2])
     assert np.allclose(back["efficacy"], table["efficacy"], equal_nan=True)
     assert report._table_data("hits", table, False).startswith("plate,efficacy")
+
+
+def test_a_screen_of_controls_only_skips_the_dose_tests_with_the_reason():
+    rows = [dict(site_id=f"HRCE-1_{p}_{well}_1", well_id=f"HRCE-1_{p}_{well}", cell_type="HRCE", experiment="HRCE-1",
+                 plate=p, well=well, site=1, disease_condition=rxrx.MOCK if i % 2 else rxrx.ACTIVE, treatment="",
+                 treatment_conc=np.nan)
+            for p in range(1, 7) for i, well in enumerate(f"{r}{c:02d}" for r in "ABCD" for c in range(1, 13))]
+    features = np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32)
+    outcome = report.analyze_screen(features, pd.DataFrame(rows), report.AnalysisConfig(n_splits=2), draw=False)
+    assert outcome["skipped"]["dose_response"].startswith("ValueError: the screen has no treated sites")
+    assert "table1" in outcome and "efficacy" in outcome

@@ -300,6 +300,8 @@ def dose_response_task(inp: Inputs) -> Result:
     cross-fitted decision values, position-corrected wells, and off-axis / cytotoxic doses set apart.
     """
     cfg = inp.config
+    if not (inp.metadata["role"] == "treated").any():
+        raise ValueError("the screen has no treated sites (the schema's treated query selects none): no dose to test")
     called = hits.call(inp.earlier["efficacy"]["efficacy"], inp.wells(inp.unfitted), hit_settings(cfg),
                        cfg.well_aggregate)
     dose_response, table = called["dose_response"], called["hits"]
