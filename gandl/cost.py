@@ -36,6 +36,7 @@ from absl import logging
 
 import gandl
 from gandl import sharding
+from gandl.defaults import Train
 from gandl.features import discriminator
 from gandl.models.config import ModelConfig
 from gandl.train import loop
@@ -207,25 +208,23 @@ def batch_size(config: ml_collections.ConfigDict, program: str) -> int:
     return config.embed.batch_size if program == "embed" else config.train.batch_size
 
 
-def main_only(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The train config with both lazy regularisers off: the step then holds only the phases due every step."""
-    main = ml_collections.ConfigDict(train.to_dict())
-    main.update(pl_weight=0.0, r1_gamma=0.0, lipschitz_weight=0.0)
-    return main
+def main_only(train: Train) -> Train:
+    """The train section with both lazy regularisers off: the step then holds only the phases due every step."""
+    return dataclasses.replace(train, pl_weight=0.0, r1_gamma=0.0, lipschitz_weight=0.0)
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> state_lib.TrainState:
     """The train state's shapes, replicated over the mesh: nothing is initialised."""
     model = ModelConfig.of_run(config)
     with jax.set_mesh(mesh):
-        return jax.eval_shape(lambda: state_lib.create(model, config.train, config.seed, mesh))
+        return jax.eval_shape(lambda: state_lib.create(model, Train.from_mapping(config.train), config.seed, mesh))
 
 
 def traced(config: ml_collections.ConfigDict, program: str, mesh: jax.sharding.Mesh, batch: int,
            state: state_lib.TrainState) -> jax.stages.Traced:
     """One of `PROGRAMS`, traced on shapes alone for a global `batch`: the jitted functions training and
     the embedding export run, with their own caches (`loop.compiled_step`, `discriminator.compiled_features`)."""
-    model, train = ModelConfig.of_run(config), config.train
+    model, train = ModelConfig.of_run(config), Train.from_mapping(config.train)
     images = jax.ShapeDtypeStruct((batch, model.resolution, model.resolution, model.num_channels), jnp.float32,
                                   sharding=sharding.data_sharding(mesh))
     with jax.set_mesh(mesh):
@@ -466,7 +465,7 @@ def cache_key(config: ml_collections.ConfigDict, program: str, batch: int, tpu: 
     parts = dict(
         format=_FORMAT, program=program, batch=batch, topology=tpu.topology, megacore=tpu.chip.megacore,
         model=dataclasses.asdict(ModelConfig.of_run(config)),
-        train=step_lib.step_config(config.train).to_dict(),
+        train={k: getattr(config.train, k) for k in step_lib.STEP_FIELDS},
         embed=dict(orientation_average=config.embed.orientation_average, mbstd=config.embed.mbstd),
         versions=dict(jax=jax.__version__, jaxlib=importlib.metadata.version("jaxlib"), libtpu=libtpu_version()),
         code=code_version())
@@ -586,7 +585,7 @@ def roofline(measured: Measured, chip: Chip) -> Roofline:
                     measured.bytes_accessed / chip.per_device(chip.hbm_bandwidth))
 
 
-def regularised_fraction(train: ml_collections.ConfigDict) -> float:
+def regularised_fraction(train: Train) -> float:
     """The fraction of steps on which every enabled lazy regulariser is due (the whole step runs)."""
     intervals = [max(train.pl_interval, 1)] if train.pl_weight > 0 else []
     if train.r1_gamma > 0 or train.lipschitz_weight > 0:
@@ -600,7 +599,7 @@ class Report:
 
     tpu: Slice
     model: ModelConfig
-    train: ml_collections.ConfigDict
+    train: Train
     programs: dict  # name -> Compiled, in PROGRAMS order
     largest: dict  # name -> the largest valid global batch that fits
     seconds: float
@@ -684,4 +683,5 @@ def compile_report(config: ml_collections.ConfigDict, tpu: Slice, programs: tupl
     compiled = {p: measure(config, p, tpu, context=context) for p in PROGRAMS if p in programs}
     largest = {p: c.measured.largest_batch(c.usable_bytes, batch_ok[p]) if not c.measured.error else 0
                for p, c in compiled.items()}
-    return Report(tpu, ModelConfig.of_run(config), config.train, compiled, largest, time.time() - start)
+    return Report(tpu, ModelConfig.of_run(config), Train.from_mapping(config.train), compiled, largest,
+                  time.time() - start)

@@ -263,6 +263,16 @@ class Preview:
     cols: int = setting(8, COUNT, "columns of the grid")
 
 
+def section_of(cls: type, config: Mapping[str, Any]) -> Any:
+    """A section's dataclass (or one deriving from it) from its part of a config, a dict or ConfigDict: unknown
+    keys are an error (typos must not pass), lists become tuples (the sections are hashable, jit caches on them)."""
+    values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} config fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """StyleGAN2 (gandl.models.config.ModelConfig fields); its side is the training records' unless set."""
@@ -291,12 +301,7 @@ class Model:
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> "Model":
-        """Build from a dict or ml_collections.ConfigDict; unknown keys are an error (typos must not pass)."""
-        values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(**values)
+        return section_of(cls, config)
 
     @classmethod
     def of_run(cls, config: Mapping[str, Any]) -> "Model":
@@ -364,6 +369,10 @@ class Train:
                                                         "ContraD): weight in D's loss of the NT-Xent of two augmented "
                                                         "views of the reals on D's fc features (0 = off)")
     contrastive_temperature: float = setting(0.1, RATE, "the NT-Xent temperature")
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> "Train":
+        return section_of(cls, config)
 
 
 @dataclasses.dataclass(frozen=True)

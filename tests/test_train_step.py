@@ -11,11 +11,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from gandl import sharding
+from gandl.defaults import Train
 from gandl.models import ModelConfig, build_models
 from gandl.train import losses
 from gandl.train import state as state_lib
@@ -23,7 +23,7 @@ from gandl.train import step as step_lib
 
 MODEL = ModelConfig(resolution=8, num_channels=3, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
                     channel_max=8, mbstd_group_size=2)
-TRAIN = ml_collections.ConfigDict(dict(
+TRAIN = Train(**dict(
     g_lr=2e-3, d_lr=3e-3, adam_b1=0.5, adam_b2=0.99, adam_eps=1e-8, r1_gamma=0.5, r1_interval=4,
     lipschitz_weight=10.0, pl_weight=2.0, pl_interval=2, pl_decay=0.01, pl_batch_shrink=2, style_mixing_prob=0.9,
     ema_kimg=0.1, ema_rampup=0.05, augment="none", augment_p=0.0, ada_target=0.6, ada_interval=4, ada_kimg=500.0,
@@ -239,3 +239,18 @@ def test_step_noise_draws_independent_latents():
         n = step_lib.step_noise(jax.random.key_data(jax.random.key(3)), BATCH, 4, MODEL.z_dim)
     assert n.g_z.shape == n.d_z.shape == (BATCH, MODEL.z_dim) and n.pl_z.shape == (4, MODEL.z_dim)
     assert not np.allclose(n.g_z, n.d_z) and not np.allclose(n.g_z[:4], n.pl_z)
+
+
+def test_the_step_is_keyed_by_what_defines_it_so_runs_that_differ_in_schedule_share_one_build():
+    import dataclasses
+
+    import ml_collections
+
+    from gandl.train import loop
+
+    listed = ml_collections.ConfigDict(dict(dataclasses.asdict(TRAIN), augment_transforms=["xflip"], steps=10))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    short, longer = (step_lib.step_config(Train.from_mapping(dict(listed, steps=n))) for n in (10, 20_000))
+    assert short == longer and hash(short) == hash(longer) and short.augment_transforms == ("xflip",)
+    assert loop.compiled_step(MODEL, short, mesh) is loop.compiled_step(MODEL, longer, mesh)
+    assert step_lib.step_config(dataclasses.replace(TRAIN, r1_gamma=1.0)) != step_lib.step_config(TRAIN)

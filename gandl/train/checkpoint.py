@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from gandl import console, errors, fileio
 from gandl import workdir as layout
 from gandl._tf import tf
-from gandl.defaults import base_config, upgraded
+from gandl.defaults import Train, base_config, upgraded
 from gandl.models.config import ModelConfig
 from gandl.train import state as state_lib
 
@@ -217,7 +217,8 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
 
     def template(saved: dict) -> Any:
         config = saved_config(saved)
-        return abstract_like(state_lib.create(ModelConfig.of_run(config), config.train, config.seed, mesh))
+        return abstract_like(state_lib.create(ModelConfig.of_run(config), Train.from_mapping(config.train),
+                                              config.seed, mesh))
 
     try:
         if ckpt.latest_step() is None:
@@ -237,11 +238,11 @@ def saved_config(saved: dict) -> ml_collections.ConfigDict:
     return config
 
 
-def check_options(saved: dict, train: ml_collections.ConfigDict, directory: str) -> None:
+def check_options(saved: dict, train: Train, directory: str) -> None:
     """Refuse to resume a checkpoint (config `saved`) whose state holds other training options' state than a
     run of `train` would: switching ADA or the contrastive head on or off midway has no state to go on from, and
     D trained for one objective is not a start for the other."""
-    before = saved_config(saved).train
+    before = Train.from_mapping(saved_config(saved).train)
     if state_lib.options(before) != state_lib.options(train):
         said = "train.objective={!r}, train.augment={!r}, train.contrastive_weight={}".format
         raise OptionsChanged(f"the checkpoints in {directory} were saved with "

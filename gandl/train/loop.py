@@ -29,6 +29,7 @@ from gandl import fileio, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline, render
+from gandl.defaults import Train
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, swd
@@ -46,11 +47,11 @@ class TrainingDiverged(FloatingPointError):
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_step(model: ModelConfig, step_config: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh):
-    """The jitted train step, cached so that reruns in one process (notebooks, tests) reuse the build."""
+def compiled_step(model: ModelConfig, step_config: Train, mesh: jax.sharding.Mesh):
+    """The jitted train step (`step_config`: `step.step_config`'s), cached so that reruns in one process
+    (notebooks, tests) reuse the build."""
     generator, discriminator = build_models(model)
-    return jax.jit(step_lib.make_train_step(generator, discriminator, ml_collections.ConfigDict(step_config)),
-                   donate_argnums=0)
+    return jax.jit(step_lib.make_train_step(generator, discriminator, step_config), donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,7 +72,7 @@ class TrainSettings:
     """What the loop reads of a run's config, typed once at the train stage's boundary (`from_config`)."""
 
     model: ModelConfig
-    train: ml_collections.FrozenConfigDict  # config.train: schedule, optimisers, regularisers, checkpoints
+    train: Train  # config.train: schedule, optimisers, regularisers, checkpoints
     inputs: pipeline.InputOptions  # how the records become training images
     seed: int
     shards: str  # the records trained on (gandl.workdir.shards)
@@ -81,7 +82,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainSettings:
-        return cls(ModelConfig.of_run(config), ml_collections.FrozenConfigDict(config.train),
+        return cls(ModelConfig.of_run(config), Train.from_mapping(config.train),
                    pipeline.InputOptions.from_config(config), config.seed, layout.shards(config.data.shards, workdir),
                    config.data.rxrx1_utils_image_size, (config.preview.num_images, config.preview.cols),
                    config.to_dict())
@@ -261,7 +262,7 @@ def train(settings: TrainSettings, workdir: str, input_fn: InputFn | None = None
         stop.restore()
 
 
-def _log(step: int, schedule: ml_collections.FrozenConfigDict, pending: list[dict], since: float, since_step: int,
+def _log(step: int, schedule: Train, pending: list[dict], since: float, since_step: int,
          writer: _Writer) -> dict[str, float]:
     """Average the steps since the last log, stop on non-finite losses, write scalars and a progress line."""
     host = jax.device_get(pending)

@@ -13,12 +13,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import struct
 from jax.sharding import Mesh
 
 from gandl import sharding
+from gandl.defaults import Train
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
 from gandl.models.layers import block_channels
@@ -42,7 +42,7 @@ class TrainState:
     head_opt_state: Any = None
 
 
-def optimizers(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+def optimizers(train: Train) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """Adam for G and D with StyleGAN2's lazy-regularisation rescaling of lr and betas."""
 
     def adam(lr: float, interval: int) -> optax.GradientTransformation:
@@ -54,7 +54,7 @@ def optimizers(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransfor
     return adam(train.g_lr, g_interval), adam(train.d_lr, d_interval)
 
 
-def options(train: ml_collections.ConfigDict) -> dict[str, Any]:
+def options(train: Train) -> dict[str, Any]:
     """What a state for `train` holds and what its parameters learnt from: the augmentation's p, the contrastive
     head (ContraD's term, or the contrastive objective alone), the objective."""
     return {"augment": train.augment != "none",
@@ -68,12 +68,12 @@ def saved_tree(state: TrainState) -> dict[str, Any]:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
 
 
-def head_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def head_optimizer(train: Train) -> optax.GradientTransformation:
     """Adam for the contrastive head, with D's settings; the head has no lazy regulariser to rescale for."""
     return optax.adam(train.d_lr, b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps)
 
 
-def create(model: ModelConfig, train: ml_collections.ConfigDict, seed: int, mesh: Mesh) -> TrainState:
+def create(model: ModelConfig, train: Train, seed: int, mesh: Mesh) -> TrainState:
     """A fresh state, replicated over the mesh; identical on every process for the same seed."""
     init_key, rng = jax.random.split(jax.random.key(seed))
     g_vars, d_vars = init_variables(model, init_key)

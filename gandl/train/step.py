@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import PartitionSpec
 
+from gandl.defaults import Train
 from gandl.models.discriminator import Discriminator
 from gandl.models.generator import Generator
 from gandl.sharding import DATA_AXIS
@@ -51,9 +51,10 @@ STEP_FIELDS = ("g_lr", "d_lr", "adam_b1", "adam_b2", "adam_eps", "r1_gamma", "r1
 _AUGMENT_STREAM = 1  # folded into the step's key for the augmentation draws
 
 
-def step_config(train: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-    """The hashable part of the train config that defines the step function."""
-    return ml_collections.FrozenConfigDict({k: train[k] for k in STEP_FIELDS})
+def step_config(train: Train) -> Train:
+    """The train section with only what defines the step function (every other field at its default): jit caches
+    the step on it, so runs that differ in their schedule alone share one compiled step."""
+    return Train.from_mapping({k: getattr(train, k) for k in STEP_FIELDS})
 
 
 class StepNoise(NamedTuple):
@@ -149,7 +150,7 @@ class Phases(NamedTuple):
     d_contrastive: Callable[..., tuple[Any, Any, Any, Metrics]]
 
 
-def make_phases(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict) -> Phases:
+def make_phases(generator: Generator, discriminator: Discriminator, train: Train) -> Phases:
     """The phase functions for a model pair and the step fields of a train config."""
     g_tx, d_tx = optimizers(train)
     head_tx = head_optimizer(train)
@@ -248,7 +249,7 @@ def make_phases(generator: Generator, discriminator: Discriminator, train: ml_co
     return Phases(g_main, g_reg, d_main, d_reg, d_contrastive)
 
 
-def make_train_step(generator: Generator, discriminator: Discriminator, train: ml_collections.ConfigDict
+def make_train_step(generator: Generator, discriminator: Discriminator, train: Train
                     ) -> Callable[[TrainState, Array], tuple[TrainState, Metrics]]:
     """The pure step function (state, reals [B, H, W, C] in [-1, 1]) -> (state, metrics).
 
