@@ -5,12 +5,12 @@
 
 Every screen runs `report.analyze_screen` (Table 1, cross-fitted efficacy, dose-response, hits, mAP) on an
 RxRx19a-like layout: 2 cell lines x 4 plates, 24 compounds x 6 doses, 16 C+ and 16 C- wells per plate,
-3 sites per well, every well at a 384-well position (`gandl.analysis.calibration.layout`). Settings:
+3 sites per well, every well at a 384-well position (`gandl.analysis.feature_screens.layout`). Settings:
   noise-D          i.i.d. N(0, 1) features of D dims, no control separation
   plate-noise-224  the same plus a random offset per plate (sd 1) and per well (sd 0.5), 224 dims
   shuffled-real    a real synthetic screen's handcrafted features (its own layout), rows shuffled among the
                    sites of each plate: plate effects stay, every control and compound effect goes
-  and every `calibration.SETTINGS` entry (C+ = C- + delta, true rescue per compound x dose; `--dim` wide
+  and every `feature_screens.SETTINGS` entry (C+ = C- + delta, true rescue per compound x dose; `--dim` wide
   unless the setting fixes its own, e.g. off-axis at 512), described in its `description`.
 Printed per setting: screens run; the share with >= 1 false hit (a hit whose true rescue stays below 0.5,
 or that is cytotoxic) and its 95 % Clopper-Pearson upper bound: on a null setting, the FDR the hit list
@@ -35,10 +35,11 @@ import pandas as pd
 from scipy import stats
 
 from gandl.analysis import calibration, markup, report
+from gandl.data.synthetic import feature_screens
 
 NOISE_SETTINGS = ("noise-32", "noise-224", "noise-512", "noise-5376", "plate-noise-224", "shuffled-real")
-SETTINGS = NOISE_SETTINGS + tuple(calibration.SETTINGS)
-RECALL_LEVELS = tuple(level for level in calibration.LEVELS if level >= calibration.THRESHOLD)
+SETTINGS = NOISE_SETTINGS + tuple(feature_screens.SETTINGS)
+RECALL_LEVELS = tuple(level for level in feature_screens.LEVELS if level >= feature_screens.THRESHOLD)
 CHEAP_DIM = 224
 
 
@@ -57,8 +58,8 @@ def real_screen(seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
 
 def setting_dim(setting: str, dim: int) -> int | None:
     """Feature width a setting runs at (None: the real screen's own)."""
-    if setting in calibration.SETTINGS:
-        return calibration.SETTINGS[setting].dim or dim
+    if setting in feature_screens.SETTINGS:
+        return feature_screens.SETTINGS[setting].dim or dim
     return None if setting == "shuffled-real" else int(setting.split("-")[-1])
 
 
@@ -67,18 +68,18 @@ def simulate(setting: str, seed: int, dim: int, real: tuple | None, separation: 
     """(features, metadata, truth, analysis config) of one screen of a setting (`separation`: its |delta|, in well
     sds, instead of the setting's: the assay's strength)."""
     rng = np.random.default_rng(seed)
-    if setting in calibration.SETTINGS:
-        chosen = calibration.SETTINGS[setting]
+    if setting in feature_screens.SETTINGS:
+        chosen = feature_screens.SETTINGS[setting]
         chosen = dataclasses.replace(chosen, separation=separation) if separation else chosen
-        features, meta, truth = calibration.screen(chosen, setting_dim(setting, dim), rng)
+        features, meta, truth = feature_screens.screen(chosen, setting_dim(setting, dim), rng)
         return features, meta, truth, report.AnalysisConfig(**chosen.analysis)
     if setting == "shuffled-real":
-        features, meta = calibration.shuffle_within_plates(real[0], real[1], rng), real[1]
+        features, meta = feature_screens.shuffle_within_plates(real[0], real[1], rng), real[1]
     else:
-        meta = calibration.layout(seed=seed)
+        meta = feature_screens.layout(seed=seed)
         sds = dict(plate_sd=1.0, well_sd=0.5) if setting == "plate-noise-224" else {}
-        features = calibration.null_features(meta, setting_dim(setting, dim), rng, **sds)
-    return features, meta, calibration.null_truth(meta), report.AnalysisConfig()
+        features = feature_screens.null_features(meta, setting_dim(setting, dim), rng, **sds)
+    return features, meta, feature_screens.null_truth(meta), report.AnalysisConfig()
 
 
 def replicate(seed: int, setting: str, dim: int, real: tuple | None, separation: float | None = None

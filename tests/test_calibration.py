@@ -4,7 +4,7 @@ Wide embeddings are where an axis fitted on the very control wells a dose is the
 noise: a linear SVM separates its own training wells far better than unseen ones, so every treated well
 lands "above C-". Cross-fitted scores and a compound-level FDR keep the calls within the nominal 5%.
 
-Below, the simulated screens of `calibration.screen` (no analysis runs): each setting has the property it
+Below, the simulated screens of `feature_screens.screen` (no analysis runs): each setting has the property it
 claims, measured from the features, and `hit_metrics` counts what a hit list got right.
 """
 
@@ -16,11 +16,12 @@ import pytest
 from scipy import stats
 
 from gandl.analysis import calibration, report
+from gandl.data.synthetic import feature_screens
 
 
 @pytest.fixture(scope="module")
 def layout():
-    return calibration.layout(plates_per_line=3, compounds=8, positive_wells=8, negative_wells=8, sites_per_well=2)
+    return feature_screens.layout(plates_per_line=3, compounds=8, positive_wells=8, negative_wells=8, sites_per_well=2)
 
 
 @pytest.mark.slow
@@ -28,7 +29,7 @@ def layout():
 def test_pure_noise_features_call_at_most_the_fdr_in_hits(layout, dim):
     rates = []
     for seed in range(3):
-        features = calibration.null_features(layout, dim, np.random.default_rng(seed))
+        features = feature_screens.null_features(layout, dim, np.random.default_rng(seed))
         outcome = report.analyze_screen(features, layout, draw=False)
         assert not outcome["skipped"], outcome["skipped"]
         rates.append(calibration.error_rates(outcome))
@@ -40,7 +41,7 @@ def test_pure_noise_features_call_at_most_the_fdr_in_hits(layout, dim):
 
 @pytest.mark.slow
 def test_plate_structured_noise_and_well_level_analysis(layout):
-    features = calibration.null_features(layout, 64, np.random.default_rng(7), plate_sd=1.0, well_sd=0.5)
+    features = feature_screens.null_features(layout, 64, np.random.default_rng(7), plate_sd=1.0, well_sd=0.5)
     for level in ("site", "well"):
         outcome = report.analyze_screen(features, layout, report.AnalysisConfig(level=level,
                                                                                 normalization="center_scale"),
@@ -54,13 +55,13 @@ def test_plate_structured_noise_and_well_level_analysis(layout):
 @pytest.mark.slow
 def test_within_plate_shuffle_removes_a_real_effect(layout):
     rng = np.random.default_rng(3)
-    features = calibration.null_features(layout, 32, rng)
+    features = feature_screens.null_features(layout, 32, rng)
     healthy = (layout["disease_condition"] == "Mock").to_numpy()
     rescued = layout["treatment"].isin(["compound-000", "compound-001"]).to_numpy()
     features[healthy | rescued, 0] += 4.0  # controls separate and two compounds rescue fully
     real = calibration.error_rates(report.analyze_screen(features, layout, draw=False))
     assert real["table1_accuracy"] > 0.95 and real["hit_rate"] == pytest.approx(4 / 16)  # 2 of 8, both lines
-    null = calibration.error_rates(report.analyze_screen(calibration.shuffle_within_plates(features, layout, rng),
+    null = calibration.error_rates(report.analyze_screen(feature_screens.shuffle_within_plates(features, layout, rng),
                                                          layout, draw=False))
     assert null["hit_rate"] <= 0.05 and null["table1_accuracy"] < 0.7
 
@@ -77,9 +78,9 @@ DIM = 64
 def _screen(name, seed=0, dim=DIM, separation=None):
     """A setting's screen; `separation` (|delta| in well sds) larger for a quieter one where a test measures
     shares of delta, which do not depend on it."""
-    setting = calibration.SETTINGS[name]
+    setting = feature_screens.SETTINGS[name]
     setting = dataclasses.replace(setting, separation=separation) if separation else setting
-    return calibration.screen(setting, dim, np.random.default_rng(seed))
+    return feature_screens.screen(setting, dim, np.random.default_rng(seed))
 
 
 def _positions(meta):
@@ -140,9 +141,9 @@ def _sds(x, meta, rows):
     return np.sqrt(between - site_var / meta.groupby("well_id").size().mean()), np.sqrt(site_var)
 
 
-@pytest.mark.parametrize("name", list(calibration.SETTINGS))
+@pytest.mark.parametrize("name", list(feature_screens.SETTINGS))
 def test_every_well_sits_at_one_384_well_position_per_plate(name):
-    setting = calibration.SETTINGS[name]
+    setting = feature_screens.SETTINGS[name]
     features, meta, truth = _screen(name)
     assert features.shape == (len(meta), DIM) and features.dtype == np.float32 and np.isfinite(features).all()
     wells = meta.drop_duplicates("well_id")
@@ -156,19 +157,19 @@ def test_every_well_sits_at_one_384_well_position_per_plate(name):
             == setting.positive_wells + setting.negative_wells).all()
     if setting.control_placement == "edge":
         columns = wells["well"].str[1:].astype(int)
-        assert columns[wells["treatment"] == ""].isin(calibration.EDGE_COLUMNS).all()
-        assert not columns[wells["treatment"] != ""].isin(calibration.EDGE_COLUMNS).any()
-    assert len(truth) == setting.compounds * len(calibration.DOSES_UM) * meta["cell_type"].nunique()
-    pairs = calibration.pair_truth(truth)
-    assert setting.null == (not ((pairs["rescue"] >= calibration.THRESHOLD) & ~pairs["cytotoxic"]).any())
+        assert columns[wells["treatment"] == ""].isin(feature_screens.EDGE_COLUMNS).all()
+        assert not columns[wells["treatment"] != ""].isin(feature_screens.EDGE_COLUMNS).any()
+    assert len(truth) == setting.compounds * len(feature_screens.DOSES_UM) * meta["cell_type"].nunique()
+    pairs = feature_screens.pair_truth(truth)
+    assert setting.null == (not ((pairs["rescue"] >= feature_screens.THRESHOLD) & ~pairs["cytotoxic"]).any())
 
 
 def test_a_layout_that_does_not_fit_a_plate_is_refused():
     with pytest.raises(ValueError, match="384-well plate"):
-        calibration.layout(compounds=61)  # 366 treated + 32 control wells
+        feature_screens.layout(compounds=61)  # 366 treated + 32 control wells
     with pytest.raises(ValueError, match="columns 1, 2, 23, 24"):
-        calibration.layout(positive_wells=40, negative_wells=40, control_placement="edge")
-    assert len(calibration.layout(compounds=58, sites_per_well=1, lines=("HRCE",), plates_per_line=1)) == 380
+        feature_screens.layout(positive_wells=40, negative_wells=40, control_placement="edge")
+    assert len(feature_screens.layout(compounds=58, sites_per_well=1, lines=("HRCE",), plates_per_line=1)) == 380
 
 
 def test_iid_setting_has_equal_variances_and_half_sd_plate_offsets():
@@ -213,7 +214,7 @@ def test_artefacts_are_two_percent_of_sites_with_tenfold_noise():
     median = pd.DataFrame(features).groupby(meta["well_id"].values).transform("median").to_numpy()
     loud = ((features - median) ** 2).mean(1) > 25  # a normal site's ~1, an artefact's ~100
     assert loud.mean() == pytest.approx(0.02, abs=0.007)
-    assert calibration.SETTINGS["artefacts"].analysis == {"well_aggregate": "mean"}
+    assert feature_screens.SETTINGS["artefacts"].analysis == {"well_aggregate": "mean"}
 
 
 def test_edge_shift_moves_the_outer_wells_towards_c_minus_along_delta():
@@ -237,11 +238,11 @@ def test_random_edge_shift_moves_the_outer_wells_off_the_axis():
 
 def test_cytotoxic_compounds_move_mostly_off_the_axis_and_lose_cells():
     features, meta, truth = _screen("off-axis", separation=10.0)
-    pairs = calibration.pair_truth(truth)
+    pairs = feature_screens.pair_truth(truth)
     assert pairs["cytotoxic"].mean() == 0.25
     treated, _, _ = _roles(meta)
     inert = treated & ~meta["treatment"].isin(pairs.loc[pairs["cytotoxic"], "treatment"]).to_numpy()
-    top = meta["treatment_conc"].to_numpy() == max(calibration.DOSES_UM)
+    top = meta["treatment_conc"].to_numpy() == max(feature_screens.DOSES_UM)
     moves = []
     for pair in pairs[pairs["cytotoxic"]].itertuples():
         line = (meta["cell_type"] == pair.cell_type).to_numpy()
@@ -264,8 +265,8 @@ def test_vehicle_shifts_every_treated_well_towards_c_plus():
 
 def test_actives_reach_their_level_along_delta_at_the_top_dose():
     features, meta, truth = _screen("actives-benign", separation=10.0)
-    for _, line in calibration.pair_truth(truth).groupby("cell_type"):
-        assert sorted(line.loc[line["rescue"] > 0, "rescue"]) == pytest.approx(calibration.LEVELS)
+    for _, line in feature_screens.pair_truth(truth).groupby("cell_type"):
+        assert sorted(line.loc[line["rescue"] > 0, "rescue"]) == pytest.approx(feature_screens.LEVELS)
     treated, positive, negative = _roles(meta)
     reference = _half_of_c_minus(meta)
     delta, noise = _plate_diff(features, meta, positive, negative & ~reference)
@@ -296,10 +297,10 @@ def test_hit_metrics_count_false_hits_and_recall_per_level():
 def test_null_screens_that_look_like_real_plates_call_no_false_hit(name):
     # The audit's null classes through the whole analysis (the hit call before the rescue rule called false hits
     # in 1-5 of every 5 such screens: benchmarks/calibration.py, docs/results.md). 64 dimensions keep it quick.
-    setting = dataclasses.replace(calibration.SETTINGS[name], dim=None)
+    setting = dataclasses.replace(feature_screens.SETTINGS[name], dim=None)
     false = []
     for seed in range(3):
-        features, meta, truth = calibration.screen(setting, 64, np.random.default_rng(seed))
+        features, meta, truth = feature_screens.screen(setting, 64, np.random.default_rng(seed))
         outcome = report.analyze_screen(features, meta, report.AnalysisConfig(**setting.analysis), draw=False)
         assert "dose_response" not in outcome["skipped"], outcome["skipped"]
         false.append(calibration.hit_metrics(outcome, truth)["false_hits"])

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from gandl.analysis import calibration
 from gandl.data import wells
+from gandl.data.synthetic import feature_screens
 
 
 def test_well_names_become_rows_columns_and_edge_distances():
@@ -18,7 +18,7 @@ def test_well_names_become_rows_columns_and_edge_distances():
 
 def test_controls_only_on_the_edge_are_warned_about_and_random_ones_are_not():
     for placement, expected in (("edge", 8), ("random", 0)):
-        meta = calibration.layout(plates_per_line=4, compounds=8, control_placement=placement, seed=1)
+        meta = feature_screens.layout(plates_per_line=4, compounds=8, control_placement=placement, seed=1)
         role = np.where(meta["treatment"] != "", "treated",
                         np.where(meta["disease_condition"] == "Mock", "C+", "C-"))
         plate = (meta["experiment"] + "_" + meta["plate"].astype(str)).to_numpy()
