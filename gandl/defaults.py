@@ -269,7 +269,7 @@ def section_of(cls: type, config: Mapping[str, Any]) -> Any:
     values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} config fields: {sorted(unknown)}")
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

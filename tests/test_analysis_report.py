@@ -100,6 +100,7 @@ def test_report_folder(analysis):
     assert not [f for f in os.listdir(out) if ".tmp-" in f]
     text = open(os.path.join(out, "report.md")).read()
     assert "## Side by side" in text and "| handcrafted | shuffled |" in text
+    assert "| cell_type | rank | treatment |" in text and "| group |" not in text  # the screen's own names
     scored = pd.read_parquet(os.path.join(out, "handcrafted", "efficacy.parquet"))
     held_out = result["screens"]["handcrafted"]["held_out"]
     plate = scored["experiment"] + "_" + scored["plate"].astype(str)

@@ -371,11 +371,13 @@ def _report_blocks(summary: pd.DataFrame, screens: Mapping[str, dict], zeroshots
                    "cell line (0 = efficacy threshold); hits control the false discovery rate per compound x cell "
                    "line. Each feature set's Protocol lists what was held out and fitted where, per table."),
         ("heading", 2, "Side by side"), ("table", summary, True)]
+    names = io.output_names(schema)  # the tasks' tables in the screen's own column names, as in their files
     for name, outcome in screens.items():
         blocks.append(("heading", 2, name))
         for result in [*outcome["results"].values(), *(zeroshots[name]["results"].values() if name in zeroshots
                                                        else ())]:
-            blocks += result.blocks
+            blocks += [("table", block[1].rename(columns=names), *block[2:]) if block[0] == "table" else block
+                       for block in result.blocks]
         lines = [f"{table}: {text}" for table, text in _protocol_record(name, screens, zeroshots).items()]
         blocks += [("heading", 3, "Protocol"), ("bullets", lines)]
         notes = outcome["notes"] + (zeroshots[name]["notes"] if name in zeroshots else [])

@@ -234,7 +234,6 @@ def _plate_maps(out: Result, inp: Inputs, wells: pd.DataFrame) -> None:
 def qc_task(inp: Inputs) -> Result:
     """Plate quality control (`gandl.analysis.qc`): per plate and cell line the controls' Z′ and SSMD and a status,
     the edge effect of the plate's position model, control drift in acquisition order, and plate maps."""
-    names = io.output_names(inp.schema)
     wells, notes = qc.well_table(inp.earlier["efficacy"]["efficacy"], inp.sites[1] if inp.sites else inp.metadata)
     model = plates.position_effects(wells["score"], wells["plate_id"], wells["well"],
                                      (wells["role"] == "treated").to_numpy())
@@ -268,7 +267,7 @@ def qc_task(inp: Inputs) -> Result:
                            "plate QC: plates with an edge effect": int(table["edge_flag"].sum()),
                            "plate QC: plates drifting": int(table["drift"].sum())},
                   blocks=[("heading", 3, "Plate quality control"), ("text", text),
-                          ("table", shown.rename(columns=names), False)],
+                          ("table", shown, False)],
                   values=dict(qc_plates=table, qc_drift=drift, qc_wells=wells))
     if not isinstance(model, str):
         _plate_maps(out, inp, wells)
