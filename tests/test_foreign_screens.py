@@ -125,7 +125,7 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
     analysis = analysis_stage.run(zarr_cfg, str(workdir))  # the plates' own schema: no cell line column
     outcome = next(iter(analysis["screens"].values()))
     assert {"controls", "efficacy", "dose_response", "activity"} <= set(outcome["results"]), outcome["skipped"]
-    assert set(outcome["hits"]["treatment"]) == {"cpd-7"} and outcome["table1"]["n_groups"].iloc[0] == 2
+    assert set(outcome["hits"]["perturbation"]) == {"cpd-7"} and outcome["table1"]["n_groups"].iloc[0] == 2
 
 
 def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
