@@ -10,8 +10,8 @@ of the same statistics of a random-init D (the paired gap within one screen), an
 the same reference. Printed and written to WORKDIR/ladder.{csv,md,png}:
   - per axis, budget and objective (gan: GAN-DL; contrastive: the self-supervised twin), each task's gap as
     mean ± sd over the seeds (in accuracy points), their mean over tasks, and the handcrafted lead;
-  - per axis and objective, the slope: points of gap per doubling of the budget (least squares over the
-    budgets on log2 scale, all seeds' runs);
+  - per axis and objective, the slope: points of gap per doubling of the budget (least squares on log2 scale
+    within each seed, over the seeds run at two or more budgets);
   - the figure: one panel per axis, the mean gap over tasks against the budget, both objectives, the handcrafted
     lead as a dashed line.
 An axis is the start point's field that a run changes (the model's side carries the data's with it).
@@ -46,8 +46,9 @@ def run_points(table: pd.DataFrame, start: dict) -> pd.DataFrame:
     for _, run in table[table["status"] == "done"].iterrows():
         moved = [f for f in fields if run[f] != start[f]]
         for axis in moved or fields:
-            rows.append(dict(run=run["run"], axis=axis, budget=float(run[axis]), objective=run["train.objective"]))
-    return pd.DataFrame(rows, columns=["run", "axis", "budget", "objective"])
+            rows.append(dict(run=run["run"], axis=axis, budget=float(run[axis]), objective=run["train.objective"],
+                             seed=run.get("seed", 0)))
+    return pd.DataFrame(rows, columns=["run", "axis", "budget", "objective", "seed"])
 
 
 def run_gaps(table: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -91,16 +92,22 @@ def ladder_table(table: pd.DataFrame, start: dict, k: int) -> pd.DataFrame:
 
 
 def slopes(table: pd.DataFrame, start: dict, k: int) -> pd.DataFrame:
-    """Points of mean gap per doubling of each axis' budget, per objective: least squares on log2(budget) over
-    every run of the axis (None where an axis has one budget)."""
+    """Points of mean gap per doubling of each axis' budget, per objective: least squares on log2(budget) within
+    each seed (the seed as a fixed effect: a screen's own level cancels, and a seed run at one budget only, such as
+    the start point's extra seeds, moves nothing), over the seeds run at two or more budgets (NaN without one)."""
     gaps = _in_order(run_gaps(table, k).merge(run_points(table, start), on="run"), start)
-    per_run = gaps.groupby(["axis", "objective", "run", "budget"], sort=False)["gap"].mean().reset_index()
+    per_run = gaps.groupby(["axis", "objective", "seed", "run", "budget"], sort=False)["gap"].mean().reset_index()
     rows = []
     for (axis, objective), part in per_run.groupby(["axis", "objective"], sort=False):
         x = np.log2(part["budget"].to_numpy(float))
-        slope = float(np.polyfit(x, part["gap"], 1)[0]) if len(np.unique(x)) > 1 else float("nan")
+        by_seed = part.groupby("seed")
+        dx = x - by_seed["budget"].transform(lambda b: np.log2(b.to_numpy(float)).mean()).to_numpy()
+        dy = (part["gap"] - by_seed["gap"].transform("mean")).to_numpy()
+        paired = by_seed["budget"].transform("nunique").to_numpy() > 1
+        slope = float(dx @ dy / (dx @ dx)) if paired.any() else float("nan")
         rows.append({"axis": AXIS_NAMES.get(axis, axis), "learner": LEARNERS.get(objective, objective),
-                     "points per doubling": slope, "runs": len(part)})
+                     "points per doubling": slope, "seeds": int(part.loc[paired, "seed"].nunique()),
+                     "runs": int(paired.sum())})
     return pd.DataFrame(rows)
 
 

@@ -20,19 +20,23 @@ GAP = "GAN-DL blocks − random-init D blocks: {}: accuracy @ k=8"
 REF, HAND = "random-init D blocks: {}: accuracy @ k=8", "handcrafted: {}: accuracy @ k=8"
 
 
-def _summary() -> pd.DataFrame:
+def _summary(third_seed: bool = False) -> pd.DataFrame:
     """Runs of a ladder: the start point for both objectives and two seeds, the steps axis for GAN-DL (the gap grows
-    by 2 points per doubling of the steps, task B's 4 points above task A's), and a run that did not finish."""
+    by 2 points per doubling of the steps, task B's 4 points above task A's), a run that did not finish and, with
+    `third_seed`, a third seed far above the others at the start point only."""
     rows = []
     for objective in ("gan", "contrastive"):
         for seed in (1, 2):
             for steps in ((1000, 2000, 4000) if objective == "gan" else (4000,)):
                 gap = 0.01 * (1 + 2 * np.log2(steps / 1000) + seed - 1.5) + (0.05 if objective == "contrastive" else 0)
                 rows.append({"run": f"{objective}-{steps}-{seed}", "status": "done", "train.objective": objective,
+                             "seed": seed,
                              **dict(START, **{"train.steps": steps}),
                              GAP.format("A"): gap, REF.format("A"): 0.6, HAND.format("A"): 0.9,
                              GAP.format("B"): gap + 0.04, REF.format("B"): 0.7, HAND.format("B"): 0.8})
     rows.append(dict(rows[0], run="unfinished", status="not done", **{GAP.format("A"): 5.0, "train.steps": 8000}))
+    if third_seed:
+        rows.append(dict(rows[2], run="gan-4000-3", seed=3, **{GAP.format("A"): 0.3, GAP.format("B"): 0.34}))
     return pd.DataFrame(rows)
 
 
@@ -48,9 +52,11 @@ def test_the_ladder_pairs_each_run_with_its_reference_and_puts_the_start_point_o
     # the start point alone stands for the axes no run moved
     widths = table[table["axis"] == "channels per block"]
     assert list(widths["budget"]) == [32, 32] and list(widths["learner"]) == ["GAN-DL", "SSL twin"]
-    rates = ladder.slopes(_summary(), START, 8).set_index(["axis", "learner"])["points per doubling"]
-    assert rates[("training steps", "GAN-DL")] == pytest.approx(2.0)
-    assert np.isnan(rates[("training steps", "SSL twin")])  # one budget: no slope
+    for third_seed in (False, True):  # a seed run at one budget only moves the slope nowhere
+        rates = ladder.slopes(_summary(third_seed), START, 8).set_index(["axis", "learner"])
+        assert rates.loc[("training steps", "GAN-DL"), "points per doubling"] == pytest.approx(2.0)
+        assert rates.loc[("training steps", "GAN-DL"), "seeds"] == 2
+        assert np.isnan(rates.loc[("training steps", "SSL twin"), "points per doubling"])  # one budget: no slope
 
 
 @pytest.mark.slow
