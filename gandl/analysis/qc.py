@@ -34,7 +34,7 @@ EDGE_Z = 3.5  # ... and in units of its standard error under noise alone, that i
 # 384-well plates.
 EDGE_SE = 1.7
 STATUS_ORDER = ("fails", "too few controls", "marginal", "good")  # worst first
-_NORMAL_MAD = 1.0 / special.ndtri(0.75)  # sd over MAD for normal data
+_NORMAL_MAD = special.ndtri(0.75)  # the MAD of standard normal data: a MAD over it estimates the sd
 _MEDIAN_SE = np.sqrt(np.pi / 2)  # standard error of a normal sample's median, in sd / sqrt(n)
 
 
@@ -44,7 +44,7 @@ def _mad(values: np.ndarray) -> float:
     asks it for every well's plate neighbourhood.)"""
     if not len(values):
         return float("nan")
-    return float(np.median(np.abs(values - np.median(values)))) * _NORMAL_MAD
+    return float(np.median(np.abs(values - np.median(values)))) / _NORMAL_MAD
 
 
 def _anchored(wells: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
