@@ -66,6 +66,17 @@ def test_a_foreign_screen_speaks_its_own_columns_and_controls():
     screen.validate(ids, FOREIGN, "plate_map.csv")
 
 
+def test_a_table_of_wells_is_viewed_one_row_per_well_and_a_site_table_still_needs_its_site():
+    sites = screen.with_ids(_cell_painting_metadata(), FOREIGN)
+    wells = sites.drop(columns=["site_id", "Metadata_Site"])  # what the export's well profiles hold
+    view = screen.screen_view(wells, FOREIGN)
+    assert (view["site_id"] == view["well_id"]).all() and view["site_id"].is_unique
+    assert list(view["role"]) == list(screen.screen_view(sites, FOREIGN)["role"])
+    assert view.loc[view["perturbation"] == "cpd7", "dose"].tolist() == [0.1, 0.3, 1.0] * 2
+    with pytest.raises(ValueError, match="screen.site='Metadata_Site'"):
+        screen.screen_view(_cell_painting_metadata().drop(columns="Metadata_Site"), FOREIGN)
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(dose="Metadata_Dose"), r"screen.dose='Metadata_Dose': plate_map.csv has no such column \(columns: "),
     (dict(group="cell_line"), r"screen.group='cell_line': plate_map.csv has no such column"),

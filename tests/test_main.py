@@ -91,7 +91,7 @@ def test_profiles_load_in_the_fields_tools_as_the_readme_shows(tiny_run):
     """docs/outputs.md, "In pycytominer, scanpy and copairs": the well parquet, the h5ad and mAP on them."""
     import anndata
 
-    from gandl.analysis import activity
+    from gandl.analysis import activity, io
 
     _, run_dir, _ = tiny_run
     folder = run_dir / "embeddings" / "step_20"
@@ -99,6 +99,7 @@ def test_profiles_load_in_the_fields_tools_as_the_readme_shows(tiny_run):
     features = [c for c in wells.columns if not c.startswith("Metadata_")]
     sites = anndata.read_h5ad(folder / "gandl.h5ad")
     assert sites.X.shape[1] == len(features) and sites.n_obs >= len(wells)
-    table = activity.phenotypic_activity(wells[features].to_numpy(),
-                                         wells.rename(columns=lambda c: c.removeprefix("Metadata_")))
+    view = io.screen_view(wells.rename(columns=lambda c: c.removeprefix("Metadata_")), io.default_schema())
+    assert view["well_id"].is_unique and set(view["role"]) >= {"C+", "C-", "treated"}  # one row per well
+    table = activity.phenotypic_activity(wells[features].to_numpy(), view)
     assert len(table) and table["q_value"].between(0, 1).all()

@@ -318,14 +318,17 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
 
     For RxRx layouts that is the releases' own spelling (`{experiment}_{plate}_{well}[_{site}]`). Ids the
     table has are kept; a derived site_id goes first and a derived well_id after it. Without the schema's
-    plate and well columns there is no well_id (the schema check names them); without a site_id to derive
-    it is refused.
+    plate and well columns there is no well_id (the schema check names them). A table of wells (a well_id and
+    no site column, e.g. the export's well profiles) has one row per well: its site_id is the well_id. Without a
+    site_id to derive it is refused.
     """
     out = metadata.copy()
     plate_columns = [schema.plate, schema.well] + ([schema.experiment] if schema.experiment else [])
     if "well_id" not in out.columns and all(c in out.columns for c in plate_columns):
         well_id = pd.Series(plate_key(out, schema=schema), index=out.index) + "_" + out[schema.well].astype(str)
         out.insert(out.columns.get_loc("site_id") + 1 if "site_id" in out.columns else 0, "well_id", well_id)
+    if "site_id" not in out.columns and "well_id" in out.columns and schema.site not in out.columns:
+        out.insert(0, "site_id", out["well_id"].astype(str))
     if "site_id" not in out.columns:
         needed = ([] if "well_id" in out.columns else plate_columns) + [schema.site]
         missing = [c for c in needed if c not in out.columns]
@@ -353,7 +356,9 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     probe, a label-fitted extractor's folds) reads this view, so they agree on roles and on the names of the
     plates a fold holds out.
     """
-    missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items() if column not in metadata]
+    wells = "well_id" in metadata and "site_id" not in metadata and schema.site not in metadata  # well profiles
+    missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items()
+               if column not in metadata and not (wells and field == "site")]
     if missing:
         raise ValueError(f"the metadata lacks the columns the screen schema names: {', '.join(missing)}")
     meta = with_ids(metadata.reset_index(drop=True), schema)
