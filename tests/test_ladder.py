@@ -18,6 +18,7 @@ _spec.loader.exec_module(ladder)
 START = {"train.steps": 4000, "model.channel_max": 32, "model.resolution": 32, "data.image_size": 32}
 GAP = "GAN-DL blocks − random-init D blocks: {}: accuracy @ k=8"
 REF, HAND = "random-init D blocks: {}: accuracy @ k=8", "handcrafted: {}: accuracy @ k=8"
+ZEROSHOT = "zero-shot cell type"
 
 
 def _summary(third_seed: bool = False) -> pd.DataFrame:
@@ -33,7 +34,8 @@ def _summary(third_seed: bool = False) -> pd.DataFrame:
                              "seed": seed,
                              **dict(START, **{"train.steps": steps}),
                              GAP.format("A"): gap, REF.format("A"): 0.6, HAND.format("A"): 0.9,
-                             GAP.format("B"): gap + 0.04, REF.format("B"): 0.7, HAND.format("B"): 0.8})
+                             GAP.format("B"): gap + 0.04, REF.format("B"): 0.7, HAND.format("B"): 0.8,
+                             GAP.format(ZEROSHOT): -0.5 * seed, REF.format(ZEROSHOT): 0.6, HAND.format(ZEROSHOT): 0.9})
     rows.append(dict(rows[0], run="unfinished", status="not done", **{GAP.format("A"): 5.0, "train.steps": 8000}))
     if third_seed:
         rows.append(dict(rows[2], run="gan-4000-3", seed=3, **{GAP.format("A"): 0.3, GAP.format("B"): 0.34}))
@@ -45,6 +47,7 @@ def test_the_ladder_pairs_each_run_with_its_reference_and_puts_the_start_point_o
     steps = table[table["axis"] == "training steps"].set_index(["budget", "learner"])
     assert list(steps.index) == [(1000, "GAN-DL"), (2000, "GAN-DL"), (4000, "GAN-DL"), (4000, "SSL twin")]
     assert steps.loc[(4000, "GAN-DL"), "gap"] == pytest.approx(5 + 2)  # points, mean over tasks A (+5) and B (+9)
+    assert steps.loc[(4000, "GAN-DL"), ZEROSHOT] == "-75.0 ± 35.4"  # shown, and left out of the screen's mean
     assert steps.loc[(4000, "GAN-DL"), "A"] == "+5.0 ± 0.7" and steps.loc[(4000, "GAN-DL"), "B"] == "+9.0 ± 0.7"
     assert steps.loc[(4000, "SSL twin"), "gap"] == pytest.approx(12)
     assert steps.loc[(1000, "GAN-DL"), "lead"] == pytest.approx((30 + 10) / 2)  # handcrafted over the reference
