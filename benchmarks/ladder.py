@@ -107,10 +107,10 @@ def slopes(table: pd.DataFrame, start: dict, k: int) -> pd.DataFrame:
     gaps = _screen_tasks(_in_order(run_gaps(table, k).merge(run_points(table, start), on="run"), start))
     per_run = gaps.groupby(["axis", "objective", "seed", "run", "budget"], sort=False)["gap"].mean().reset_index()
     rows = []
+    per_run["x"] = np.log2(per_run["budget"].to_numpy(float))
     for (axis, objective), part in per_run.groupby(["axis", "objective"], sort=False):
-        x = np.log2(part["budget"].to_numpy(float))
         by_seed = part.groupby("seed")
-        dx = x - by_seed["budget"].transform(lambda b: np.log2(b.to_numpy(float)).mean()).to_numpy()
+        dx = (part["x"] - by_seed["x"].transform("mean")).to_numpy()
         dy = (part["gap"] - by_seed["gap"].transform("mean")).to_numpy()
         paired = by_seed["budget"].transform("nunique").to_numpy() > 1
         slope = float(dx @ dy / (dx @ dx)) if paired.any() else float("nan")

@@ -313,6 +313,11 @@ def plate_key(metadata: pd.DataFrame, by: str = "plate", *, schema: ScreenSchema
     raise ValueError(f"group_by must be 'plate' or 'experiment', got {by!r}")
 
 
+def _rows_are_wells(metadata: pd.DataFrame, schema: ScreenSchema) -> bool:
+    """A table of wells (e.g. the export's well profiles): a well_id, and neither a site_id nor the site column."""
+    return "well_id" in metadata and "site_id" not in metadata and schema.site not in metadata
+
+
 def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     """`well_id` and `site_id` derived when a table lacks them: `{plate key}_{well}` and `{well_id}_{site}`.
 
@@ -323,12 +328,12 @@ def with_ids(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     site_id to derive it is refused.
     """
     out = metadata.copy()
+    if _rows_are_wells(metadata, schema):
+        out.insert(0, "site_id", out["well_id"].astype(str))
     plate_columns = [schema.plate, schema.well] + ([schema.experiment] if schema.experiment else [])
     if "well_id" not in out.columns and all(c in out.columns for c in plate_columns):
         well_id = pd.Series(plate_key(out, schema=schema), index=out.index) + "_" + out[schema.well].astype(str)
         out.insert(out.columns.get_loc("site_id") + 1 if "site_id" in out.columns else 0, "well_id", well_id)
-    if "site_id" not in out.columns and "well_id" in out.columns and schema.site not in out.columns:
-        out.insert(0, "site_id", out["well_id"].astype(str))
     if "site_id" not in out.columns:
         needed = ([] if "well_id" in out.columns else plate_columns) + [schema.site]
         missing = [c for c in needed if c not in out.columns]
@@ -356,7 +361,7 @@ def screen_view(metadata: pd.DataFrame, schema: ScreenSchema) -> pd.DataFrame:
     probe, a label-fitted extractor's folds) reads this view, so they agree on roles and on the names of the
     plates a fold holds out.
     """
-    wells = "well_id" in metadata and "site_id" not in metadata and schema.site not in metadata  # well profiles
+    wells = _rows_are_wells(metadata, schema)
     missing = [f"screen.{field}={column!r}" for field, column in schema.columns().items()
                if column not in metadata and not (wells and field == "site")]
     if missing:
