@@ -31,6 +31,7 @@ from gandl.defaults import (
     POWER_OF_TWO,
     RETIRED,
     SHARDS_PATTERN,
+    Config,
     Model,
     Rule,
     base_config,
@@ -121,12 +122,17 @@ def _field_failures(config: ml_collections.ConfigDict) -> dict[str, str]:
     return failures
 
 
-def check_fields(config: ml_collections.ConfigDict) -> None:
-    """Refuse every field that breaks its rule (`ConfigCheckError`), before any data is read or device counted: a
-    setting that cannot be (train.steps=-5) is said first, not hidden behind the data it would have read."""
+def check_fields(config: ml_collections.ConfigDict) -> Config:
+    """The typed config the stages receive, once every field holds to its rule: each that breaks one is refused
+    (`ConfigCheckError`) before any data is read or device counted, so a setting that cannot be (train.steps=-5)
+    is said first, not hidden behind the data it would have read."""
     failures = list(_field_failures(config).values())
     if failures:
         raise ConfigCheckError(failures)
+    try:
+        return Config.from_mapping(config)
+    except ValueError as error:  # a rule across a section's fields that it holds itself to (the model's)
+        raise ConfigCheckError([str(error)]) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

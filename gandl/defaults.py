@@ -263,14 +263,38 @@ class Preview:
     cols: int = setting(8, COUNT, "columns of the grid")
 
 
-def section_of(cls: type, config: Mapping[str, Any]) -> Any:
-    """A section's dataclass (or one deriving from it) from its part of a config, a dict or ConfigDict: unknown
-    keys are an error (typos must not pass), lists become tuples (the sections are hashable, jit caches on them)."""
+def section_of(cls: type, config: Mapping[str, Any], *, known_only: bool = False) -> Any:
+    """A section's dataclass (or one deriving from it, or the whole `Config`) from its part of a config, a dict or
+    ConfigDict, nested sections typed too: unknown keys are an error (typos must not pass) unless `known_only`
+    (a config saved by an earlier version: what today's schema lacks no longer says anything); lists become tuples
+    (the sections are hashable, jit caches on them); an OMITTED field left out stays OMITTED."""
+    if isinstance(config, cls):
+        return config
     values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
-    if unknown:
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown and not known_only:
         raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    typed = {}
+    for name, value in values.items():
+        if name in fields:
+            inner = fields[name].metadata.get("section")
+            typed[name] = (section_of(inner, value, known_only=known_only) if inner
+                           else tuple(value) if isinstance(value, list) else value)
+    return cls(**typed)
+
+
+def values(section: Any) -> dict[str, Any]:
+    """A section's settings as a dict (nested sections as dicts): a section dataclass's without its OMITTED fields
+    (what a config may leave out, the code's own default then holding), or a ConfigDict's."""
+    if not dataclasses.is_dataclass(section):
+        return section.to_dict()
+    out = {}
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if value is not OMITTED:
+            out[field.name] = values(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,12 +328,10 @@ class Model:
         return section_of(cls, config)
 
     @classmethod
-    def of_run(cls, config: Mapping[str, Any]) -> "Model":
+    def of_run(cls, config: "RunConfig") -> "Model":
         """The model of a run's whole config, its side resolved from the data section unless set
         (`model_resolution`)."""
-        model = config["model"]
-        return cls.from_mapping({**(model.to_dict() if hasattr(model, "to_dict") else dict(model)),
-                                 "resolution": model_resolution(config)})
+        return cls.from_mapping({**values(config.model), "resolution": model_resolution(config)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,6 +520,15 @@ class Config:
     zeroshot: Zeroshot = section(Zeroshot)
     analysis: Analysis = section(Analysis)
 
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any], *, known_only: bool = False) -> "Config":
+        """The typed run config every stage receives, from the ConfigDict a config file gives (checked first:
+        `gandl.check.check_fields`) or a saved one (`known_only`)."""
+        return section_of(cls, config, known_only=known_only)
+
+
+RunConfig = Config | ml_collections.ConfigDict  # the stages' typed config, or the file's (the check's)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # What the schema gives
@@ -571,27 +602,27 @@ def validate_section(obj: Any) -> None:
 SHARDS_PATTERN = re.compile(r"[*?\[]")  # a shards pattern names rxrx1-utils records, not shards of this project
 
 
-def records_side(config: Mapping[str, Any], shards: str, root: str) -> tuple[int, str] | None:
+def records_side(config: RunConfig, shards: str, root: str) -> tuple[int, str] | None:
     """(side in px, the field that says it) of a run's training or zero-shot records; None when the config does not
     say (shards converted elsewhere at a size it does not state, or data.image_size=0 keeping a source's side)."""
-    data = config["data"]
+    data = config.data
     if shards and SHARDS_PATTERN.search(shards):
-        return data["rxrx1_utils_image_size"], "data.rxrx1_utils_image_size"
-    if shards and not data["image_size"]:
+        return data.rxrx1_utils_image_size, "data.rxrx1_utils_image_size"
+    if shards and not data.image_size:
         return None
-    if data["image_size"]:
-        return data["image_size"], "data.image_size"
-    return (config["synthetic"]["image_size"], "synthetic.image_size") if not root else None
+    if data.image_size:
+        return data.image_size, "data.image_size"
+    return (config.synthetic.image_size, "synthetic.image_size") if not root else None
 
 
-def model_resolution(config: Mapping[str, Any]) -> int | None:
+def model_resolution(config: RunConfig) -> int | None:
     """The model's side: model.resolution, or unless set the training records' side after data.crop_size (None
     when the config does not say it: `records_side`). One source for the model and the input pipeline."""
-    if config["model"]["resolution"] is not None:
-        return config["model"]["resolution"]
-    if config["data"]["crop_size"]:
-        return config["data"]["crop_size"]
-    side = records_side(config, config["data"]["shards"], config["data"]["root"])
+    if config.model.resolution is not None:
+        return config.model.resolution
+    if config.data.crop_size:
+        return config.data.crop_size
+    side = records_side(config, config.data.shards, config.data.root)
     return None if side is None else side[0]
 
 
@@ -607,6 +638,12 @@ def upgraded(saved: Mapping[str, Any]) -> dict[str, Any]:
     if analysis.pop("uv_is_positive", False) and not config.get("screen", {}).get("preset"):
         config["screen"] = {**config.get("screen", {}), "preset": "rxrx19a_uv"}
     return config
+
+
+def saved_config(saved: Mapping[str, Any]) -> Config:
+    """A saved config (a checkpoint's, an export's provenance) typed: fields added since it was saved read as their
+    defaults, retired ones as what says the same today (`upgraded`), ones since dropped are passed over."""
+    return Config.from_mapping(upgraded(saved), known_only=True)
 
 
 def call_in_file(path: str, attr: str, *args: Any, **kwargs: Any) -> Any:

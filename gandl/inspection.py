@@ -16,7 +16,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 
@@ -37,7 +36,7 @@ from gandl.train import state as state_lib
 
 @dataclasses.dataclass
 class Run:
-    config: ml_collections.ConfigDict  # the config saved with the checkpoint
+    config: defaults.Config  # the config saved with the checkpoint
     state: state_lib.TrainState
     step: int
     stains: tuple[str, ...]  # of the generator's output channels, for the RxRx colour map
@@ -48,7 +47,7 @@ class Run:
         return ModelConfig.of_run(self.config)
 
 
-def _stains(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
+def _stains(config: defaults.Config, workdir: str) -> tuple[str, ...]:
     """Stain names from the run's shards; generic channel names when the shards are not at hand."""
     shards = layout.shards(config.data.shards, workdir)
     if tf.io.gfile.exists(os.path.join(shards, "manifest.json")) or config.data.shards:
@@ -131,8 +130,8 @@ def load_embeddings(workdir: str) -> Embeddings:
         raise FileNotFoundError(f"no feature set in {folder}: run mode=embed first")
     with tf.io.gfile.GFile(exported[0], "rb") as f, np.load(io.BytesIO(f.read())) as npz:  # any set: the run's config
         provenance = json.loads(str(npz["provenance"]))
-    run = defaults.upgraded(provenance["config"])
-    config = report.AnalysisConfig(**run["analysis"], well_aggregate=run["embed"]["well_aggregate"])
+    run = defaults.saved_config(provenance["config"])
+    config = report.AnalysisConfig(**defaults.values(run.analysis), well_aggregate=run.embed.well_aggregate)
     schema = screen.configured(run)
     return Embeddings(folder, analysis_io.load_feature_sets(folder),
                       analysis_io.load_feature_sets(layout.zeroshot_embeddings(folder)), config, schema)

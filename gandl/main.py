@@ -3,9 +3,8 @@
   gandl --config configs/demo.py --workdir /tmp/gandl_demo --mode all
 
 Modes: check, synth, convert, preview, train, embed, analyze, all (convert -> train -> embed -> analyze), each its
-stage's runner (`runner`). Every mode first checks the config (gandl.check) and what it reads (`precheck`), in one
-line; every mode resumes; one run per workdir. TensorFlow and JAX load only once a mode runs.
-"""
+stage's runner (`runner`), given the typed config (gandl.defaults.Config) once the config and what the mode reads are
+checked (`precheck`, gandl.check), in one line. Every mode resumes; one run per workdir; JAX loads with the mode."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gandl import console, errors  # noqa: E402
+from gandl.defaults import Config  # noqa: E402  (the typed config the stages receive: no JAX, no TensorFlow)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; any of its fields can be "
                                           "overridden with --config.FIELD=VALUE, e.g. --config.data.root=/data/screen",
@@ -37,7 +37,7 @@ _COMPILE = flags.DEFINE_list("compile", ["step", "main_step", "embed"],
                              "(the traced estimate). Results are kept in a report cache ($GANDL_COST_CACHE).")
 
 
-def run_train(config: ml_collections.ConfigDict, workdir: str):
+def run_train(config: Config, workdir: str):
     """The train stage, with the probe (above train: handed over here) when train.probe_every asks."""
     from gandl import probe
     from gandl.train import stage
@@ -45,7 +45,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: str):
     return stage.run(config, workdir, probe.Probe.from_config(config, workdir) if config.train.probe_every else None)
 
 
-def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+def run_all(config: Config, workdir: str) -> dict | None:
     """convert -> train -> embed -> analyze, each resuming; None when training was interrupted (preemption)."""
     runner("convert")(config, workdir)
     if run_train(config, workdir).stopped_early:
@@ -54,7 +54,7 @@ def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     return runner("analyze")(config, workdir)
 
 
-def runner(mode: str) -> Callable[[ml_collections.ConfigDict, str], object]:
+def runner(mode: str) -> Callable[[Config, str], object]:
     """The stage runner `(config, workdir)` of a mode, its module imported only now."""
     from gandl.data import stage as data_stage
 
@@ -73,29 +73,30 @@ def _fail(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
-def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+def precheck(config: ml_collections.ConfigDict, workdir: str, mode: str) -> Config:
     """What `mode` will read, checked before anything slow: the raw screen named by data.root, its schema and
     channels (the synthetic one is checked as it is converted), the shards, the ground truth analysis.truth names;
-    every field's rule first (a mistake in the config is said before one in the data)."""
+    every field's rule first (a mistake in the config is said before one in the data); the typed config."""
     from gandl.data import screen
 
     screen.from_config(config.screen.to_dict(), config.data.kind)  # a preset or field that does not exist
     if mode in ("check", "embed", "all"):
         screen.check_aggregate(config.embed.well_aggregate)
-    from gandl import check  # JAX's modules load (no device starts): after the one-line mistakes above
+    from gandl import check
 
-    check.check_fields(config)
-    if mode in ("check", "convert", "all") and config.data.root:
-        screen.read_configured(config)
-    if mode in ("check", "analyze", "all") and config.analysis.truth:
+    typed = check.check_fields(config)
+    if mode in ("check", "convert", "all") and typed.data.root:
+        screen.read_configured(typed)
+    if mode in ("check", "analyze", "all") and typed.analysis.truth:
         from gandl.analysis import stage
 
-        stage.read_truth(config, workdir)
+        stage.read_truth(typed, workdir)
     if mode in ("preview", "train", "embed"):
         from gandl import workdir as layout
         from gandl.data import pipeline
 
-        pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
+        pipeline.open_records(layout.shards(typed.data.shards, workdir), typed.data.rxrx1_utils_image_size)
+    return typed
 
 
 def _config(name: str = "config") -> ml_collections.ConfigDict:
@@ -109,8 +110,7 @@ def _config(name: str = "config") -> ml_collections.ConfigDict:
 
 
 def _check_flags(mode: str) -> None:
-    """--devices and --compile, before anything loads (a mistake ends the command, exit 2): `gandl.cost` (JAX) only for
-    a TPU type's check."""
+    """--devices and --compile before anything loads (a mistake: exit 2); `gandl.cost` (JAX) for a TPU type only."""
     if _DEVICES.value and mode != "check":
         _fail("--devices simulates devices for --mode check only", errors.EXIT_USAGE)
     if _DEVICES.value and not _DEVICES.value.isdigit():
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
         _fail(str(error), errors.EXIT_USAGE)
     config = _config()
     try:
-        precheck(config, _WORKDIR.value, mode)
+        typed = precheck(config, _WORKDIR.value, mode)
         from gandl import sharding
 
         sharding.skip_absent_tpu()  # no libtpu start-up lines where there is no TPU (the `tpu` extra installed)
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> None:
         from gandl import workdir as layout
 
         with layout.locked(_WORKDIR.value, mode, hold=jax.process_index() == 0):
-            result = runner(mode)(config, _WORKDIR.value)
+            result = runner(mode)(typed, _WORKDIR.value)
     except Exception as error:
         status = errors.exit_status(error)
         if status is None:

@@ -21,12 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import pandas as pd
 from absl import logging
 
-from gandl import fileio, sharding
+from gandl import defaults, fileio, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import classify, plots, zeroshot
@@ -144,11 +143,11 @@ class Probe:
         self.references: dict[str, list[dict[str, Any]]] = {}  # random-init rows: they do not change
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, workdir: str) -> Probe:
+    def from_config(cls, config: defaults.Config, workdir: str) -> Probe:
         train = config.train
         settings = ProbeSettings(
             tuple(train.probe_features), train.probe_sites, train.probe_zeroshot_sites, config.embed.batch_size,
-            train.batch_size, config.seed, AnalysisConfig(**config.analysis.to_dict()), configured(config),
+            train.batch_size, config.seed, AnalysisConfig(**defaults.values(config.analysis)), configured(config),
             layout.zeroshot_shards(config.zeroshot.shards, workdir) if config.zeroshot.enabled else "",
             vocabulary.zeroshot_channels(config.zeroshot.channels),
             config.data.rxrx1_utils_image_size)

@@ -15,6 +15,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from gandl.defaults import Config
+
 
 def pytest_configure(config):
     """The `slow` marker: end-to-end runs, subprocesses, notebooks, compiles and anything over ~10 s. The inner
@@ -71,4 +73,4 @@ def tiny_run(tiny_config, tmp_path_factory) -> tuple:
     cfg.train.steps = 20
     cfg.analysis.update(n_splits=2, few_labels=(2,), few_label_draws=2)
     workdir = tmp_path_factory.mktemp("tiny_run")
-    return cfg, workdir, main.run_all(cfg, str(workdir))
+    return cfg, workdir, main.run_all(Config.from_mapping(cfg), str(workdir))

@@ -173,7 +173,7 @@ def test_a_retired_setting_names_what_replaced_it_and_old_saved_configs_keep_the
     line naming the preset; a checkpoint or export saved with it reads as that preset, so its controls stay as they
     were."""
     from gandl.data import screen
-    from gandl.train import checkpoint
+    from gandl.defaults import Analysis, saved_config
 
     config = _demo()
     config.analysis.uv_is_positive = True
@@ -181,7 +181,12 @@ def test_a_retired_setting_names_what_replaced_it_and_old_saved_configs_keep_the
                                          "(UV-inactivated virus counts as C+ in that preset)"]
     saved = base_config().to_dict()
     saved["analysis"]["uv_is_positive"] = True
-    assert screen.configured(checkpoint.saved_config(saved)) == screen.PRESETS["rxrx19a_uv"]
+    assert screen.configured(saved_config(saved)) == screen.PRESETS["rxrx19a_uv"]
     saved["analysis"]["uv_is_positive"] = False
-    assert screen.configured(checkpoint.saved_config(saved)) == screen.PRESETS["rxrx19a"]
-    assert "uv_is_positive" not in checkpoint.saved_config(saved).analysis
+    assert screen.configured(saved_config(saved)) == screen.PRESETS["rxrx19a"]
+    assert not hasattr(saved_config(saved).analysis, "uv_is_positive")
+    # a field since dropped is passed over, one added since reads as its default, a list is a tuple again (JSON)
+    saved["embed"]["long_gone"], saved["analysis"]["few_labels"] = 1, [4, 8]
+    del saved["analysis"]["fdr"]
+    typed = saved_config(saved)
+    assert typed.analysis.fdr == Analysis().fdr and typed.analysis.few_labels == (4, 8)

@@ -6,7 +6,7 @@ from PIL import Image
 
 from gandl.data import render
 from gandl.data import stage as data_stage
-from gandl.defaults import base_config
+from gandl.defaults import Config, base_config
 
 
 def test_stains_take_their_rxrx_colours():
@@ -38,10 +38,11 @@ def test_preview_mode_converts_the_synthetic_screen_and_writes_a_grid(tmp_path, 
     config.zeroshot.enabled = False
     config.preview.update(num_images=6, cols=3)
     workdir = str(tmp_path)
-    manifest = data_stage.convert_screen(config, workdir)
+    manifest = data_stage.convert_screen(Config.from_mapping(config), workdir)
     assert manifest["num_sites"] > 0 and (tmp_path / "raw" / "metadata.csv").exists()
-    out = data_stage.preview(config, workdir)
+    out = data_stage.preview(Config.from_mapping(config), workdir)
     grid = np.asarray(Image.open(out))
     assert grid.shape == (2 * 16 + 2, 3 * 16 + 4, 3) and grid.std() > 10
-    again = data_stage.convert_screen(config, workdir)  # a rerun resumes: nothing is redone, same manifest
+    # a rerun resumes: nothing is redone, same manifest
+    again = data_stage.convert_screen(Config.from_mapping(config), workdir)
     assert again == manifest

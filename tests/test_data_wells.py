@@ -5,6 +5,7 @@ import pandas as pd
 
 from gandl.data import wells
 from gandl.data.synthetic import feature_screens
+from gandl.defaults import Config
 
 
 def test_well_names_become_rows_columns_and_edge_distances():
@@ -38,7 +39,7 @@ def test_the_config_check_warns_about_edge_placed_controls(tmp_path, caplog):
         config.data.root = str(layouts.write_rxrx19a(tmp_path / placement, image_size=16, plates_per_cell_line=1,
                                                      sites_per_well=1, num_compounds=3, control_layout=placement))
         caplog.clear()
-        screen.read_configured(config)
+        screen.read_configured(Config.from_mapping(config))
         messages = [r.getMessage() for r in caplog.records]
         warned[placement] = [m for m in messages if "confounded with plate position" in m]
     assert len(warned["edge"]) == 2 and "two outer rings" in warned["edge"][0]  # one per plate (HRCE, VERO)

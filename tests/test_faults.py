@@ -33,6 +33,7 @@ from gandl.analysis import stage as analysis_stage
 from gandl.data import convert, generic, images, pipeline, rxrx
 from gandl.data import screen as screen_lib
 from gandl.data.synthetic import cli, layouts
+from gandl.defaults import Config
 from gandl.features import handcrafted
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
@@ -347,7 +348,7 @@ def test_mode_analyze_refuses_embeddings_of_sites_the_screen_does_not_have(tiny_
     fileio.write_json(str(folder / embed.SETTINGS), {"format": embed.records.FORMAT, "feature_sets": {"gandl": {}}})
     fileio.write_record(embed.completion_record(str(folder), "gandl"), [str(folder / "gandl.npz")])
     with pytest.raises(ValueError, match=r"2 site ids .*ELSEWHERE-1_1_A01_1.*ELSEWHERE-1_1_A02_1"):
-        analysis_stage.run(cfg, str(tmp_path))
+        analysis_stage.run(Config.from_mapping(cfg), str(tmp_path))
     assert not (tmp_path / "analysis").exists()
 
 
@@ -366,19 +367,19 @@ def test_analyze_reads_only_feature_sets_whose_completion_record_verifies(tiny_c
     npz.write_bytes(original[:1000] + bytes(b ^ 0xFF for b in original[1000:1100]) + original[1100:])
     with pytest.raises(embed.ExportError, match=rf"feature set handcrafted in {folder} is not finished \({npz}: "
                                                 r"its checksum differs.*run --mode embed"):
-        analysis_stage.run(cfg, str(tmp_path))
+        analysis_stage.run(Config.from_mapping(cfg), str(tmp_path))
     npz.write_bytes(original)
     record = folder / embed.completion_record("", "random_d")
     kept = record.read_bytes()
     record.unlink()
     with pytest.raises(embed.ExportError, match=r"feature set random_d .* \(no completion record\)"):
-        analysis_stage.run(cfg, str(tmp_path))
+        analysis_stage.run(Config.from_mapping(cfg), str(tmp_path))
     record.write_bytes(kept)
     settings = json.loads((folder / embed.SETTINGS).read_text())
     (folder / embed.SETTINGS).write_text(json.dumps(dict(settings, format="gandl-embeddings/1")))
     with pytest.raises(embed.ExportError, match=rf"{folder / embed.SETTINGS}: .* of format 'gandl-embeddings/1', "
                                                 "this GAN-DL reads 'gandl-embeddings/2'"):
-        analysis_stage.run(cfg, str(tmp_path))
+        analysis_stage.run(Config.from_mapping(cfg), str(tmp_path))
     assert not (tmp_path / "analysis").exists()
 
 
@@ -499,7 +500,8 @@ def test_damaged_shards_are_named_by_their_readers_and_rewritten_by_convert(rxrx
     cfg = tiny_config.copy_and_resolve_references()
     cfg.data.shards = str(out)
     with pytest.raises(pipeline.CorruptRecordsError, match=named):  # training's input
-        for _, _ in zip(range(20), loop.shard_input_fn(loop.TrainSettings.from_config(cfg, ""), spec)(0)):
+        settings = loop.TrainSettings.from_config(Config.from_mapping(cfg), "")
+        for _, _ in zip(range(20), loop.shard_input_fn(settings, spec)(0)):
             pass
 
     with caplog.at_level("WARNING"):
@@ -648,7 +650,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
 
     named = damage(2)
     with caplog.at_level("WARNING"):
-        resumed = loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+        resumed = loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path))
     assert named in caplog.text and "using step 1, the newest intact checkpoint" in caplog.text
     assert resumed.step == 1 and float(resumed.state.pl_mean) == 1.0
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2.damaged"]
@@ -667,7 +669,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_training_resumes_from_the_one_
     for step in (1, 2):
         damage(step)
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"no intact checkpoint in .*steps \[2, 1\]"):
-        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+        loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path))
 
 
 def test_ctrl_c_in_training_saves_a_checkpoint_and_stops(tiny_config, shards_dir, tmp_path):
@@ -676,7 +678,7 @@ def test_ctrl_c_in_training_saves_a_checkpoint_and_stops(tiny_config, shards_dir
     cfg = tiny_config.copy_and_resolve_references()
     cfg.data.shards = shards_dir
     cfg.train.update(steps=30, checkpoint_every=10)
-    settings = loop.TrainSettings.from_config(cfg, str(tmp_path))
+    settings = loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path))
     source = loop.shard_input_fn(settings, pipeline.open_shards(shards_dir))
 
     def ctrl_c_at_batch_3(start):
@@ -732,7 +734,7 @@ def test_a_checkpoint_from_before_the_training_options_restores_without_them(tin
         for a, b in zip(expected, got):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    resumed = loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+    resumed = loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path))
     assert resumed.step == 1
     assert_restored(resumed.state)
     config, restored, step = checkpoint.restore_run(str(tmp_path), mesh)
@@ -743,10 +745,10 @@ def test_a_checkpoint_from_before_the_training_options_restores_without_them(tin
     with pytest.raises(checkpoint.OptionsChanged, match=r"saved with train.objective='gan', train.augment='none', "
                                                           r"train.contrastive_weight=0.0, this run has "
                                                           r"train.objective='gan', train.augment='ada'"):
-        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+        loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path))
     cfg.train.update(augment="none", objective="contrastive")  # the same state layout, D trained for another loss
     with pytest.raises(checkpoint.OptionsChanged, match=r"this run has train.objective='contrastive'"):
-        loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path))
+        loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path))
 
 
 def test_a_resume_with_another_model_or_seed_is_refused_naming_the_field(tiny_config, shards_dir, tmp_path):
@@ -760,8 +762,8 @@ def test_a_resume_with_another_model_or_seed_is_refused_naming_the_field(tiny_co
         changed = cfg.copy_and_resolve_references()
         changed.update_from_flattened_dict({field: value})
         with pytest.raises(checkpoint.OptionsChanged, match=rf"saved with other settings \({said}\)"):
-            loop.train(loop.TrainSettings.from_config(changed, str(tmp_path)), str(tmp_path))
-    assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
+            loop.train(loop.TrainSettings.from_config(Config.from_mapping(changed), str(tmp_path)), str(tmp_path))
+    assert loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path)).step == 1
 
 
 def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path, caplog, monkeypatch):
@@ -961,7 +963,7 @@ def test_a_zero_shot_set_without_its_screen_set_is_named_before_reading(tiny_con
     cfg = tiny_config.copy_and_resolve_references()
     cfg.data.shards = cfg.zeroshot.shards = shards_dir
     with pytest.raises(embed.ExportError) as info:
-        analysis_stage.run(cfg, str(tmp_path))
+        analysis_stage.run(Config.from_mapping(cfg), str(tmp_path))
     _one_line(info.value, zeroshot, "['random_d']", str(folder))
     assert not (tmp_path / "analysis").exists()
 
@@ -1003,7 +1005,7 @@ def test_a_checkpoint_without_its_completion_record_gets_one_when_restored(tiny_
     ckpt.close()
     record = tmp_path / "checkpoints" / "1" / checkpoint.RECORD
     record.unlink()
-    assert loop.train(loop.TrainSettings.from_config(cfg, str(tmp_path)), str(tmp_path)).step == 1
+    assert loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path)), str(tmp_path)).step == 1
     assert fileio.verify_record(str(record)) == []
 
 

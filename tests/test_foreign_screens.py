@@ -17,6 +17,7 @@ from gandl.analysis import stage as analysis_stage
 from gandl.data import screen
 from gandl.data import stage as data_stage
 from gandl.data.synthetic import layouts
+from gandl.defaults import Config
 from gandl.profiles import feature_names
 
 pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
@@ -48,10 +49,10 @@ def csv_run(tiny_config, tmp_path_factory):
     cfg.screen.update(CELL_PAINTING)
     cfg.train.update(probe_every=10, probe_features=("gandl",), probe_sites=64)
     workdir = str(tmp_path_factory.mktemp("csv_run"))
-    data_stage.convert_screen(cfg, workdir)
-    main.run_train(cfg, workdir)
+    data_stage.convert_screen(Config.from_mapping(cfg), workdir)
+    main.run_train(Config.from_mapping(cfg), workdir)
     embed.run(cfg, workdir)
-    return cfg, workdir, screen.read_configured(cfg)
+    return cfg, workdir, screen.read_configured(Config.from_mapping(cfg))
 
 
 def _assert_same_values(exported: pd.Series, expected: pd.Series, what: str) -> None:
@@ -111,7 +112,7 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
                            negative="Metadata_Compound == 'DMSO'", positive="Metadata_Compound == 'staurosporine'")
     workdir = tmp_path / "run"
     shutil.copytree(os.path.join(csv_workdir, "checkpoints"), workdir / "checkpoints")  # the CSV run's 3-channel D
-    manifest = data_stage.convert_screen(zarr_cfg, str(workdir))
+    manifest = data_stage.convert_screen(Config.from_mapping(zarr_cfg), str(workdir))
     assert manifest["num_sites"] == 2 * 8 * 2 and manifest["stains"] == ["DNA", "Actin", "RNA"]  # OMERO labels
     embed.run(zarr_cfg, str(workdir))
     _, meta = analysis_io.load_embeddings(str(workdir / "embeddings" / "step_10" / "gandl.npz"))
@@ -122,7 +123,8 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
     for column in ("Metadata_Compound", "Metadata_Dose_uM", "Metadata_Note"):
         assert joined[column].tolist() == joined[f"{column}_map"].tolist(), column
     assert meta["Metadata_Dose_uM"].dtype == np.float64 and meta["site"].dtype == np.int64
-    analysis = analysis_stage.run(zarr_cfg, str(workdir))  # the plates' own schema: no cell line column
+    # the plates' own schema: no cell line column
+    analysis = analysis_stage.run(Config.from_mapping(zarr_cfg), str(workdir))
     outcome = next(iter(analysis["screens"].values()))
     assert {"controls", "efficacy", "dose_response", "activity"} <= set(outcome["results"]), outcome["skipped"]
     assert set(outcome["hits"]["perturbation"]) == {"cpd-7"} and outcome["table1"]["n_groups"].iloc[0] == 2
@@ -130,7 +132,7 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
 
 def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
     cfg, workdir, _ = csv_run
-    result = analysis_stage.run(cfg, workdir)
+    result = analysis_stage.run(Config.from_mapping(cfg), workdir)
     out = os.path.join(workdir, "analysis")
     with open(os.path.join(out, "analysis.json")) as f:
         folders = json.load(f)["folders"]

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from gandl.analysis import classify, report
+from gandl.defaults import Config
 
 TASK = "C+ vs C- (all cell lines)"
 
@@ -179,7 +180,7 @@ def test_the_embed_stage_records_one_fold_assignment_that_both_stages_read(tiny_
     fold_sets = io.load_fold_sets(folder, "imagenet")
     assert [held for *_, held in fold_sets] == recorded["held_out"]
     assert all(len(m) == classify.control_mask(meta).sum() for _, m, _ in fold_sets)  # every control, per fold
-    result = analysis_stage.run(cfg, workdir)
+    result = analysis_stage.run(Config.from_mapping(cfg), workdir)
     label = registry.get("imagenet").label
     assert "one model per fold" in result["screens"][label]["protocol"]["table1_controls"]
 

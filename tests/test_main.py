@@ -10,6 +10,7 @@ import pytest
 from gandl import embed, main
 from gandl.analysis import stage as analysis_stage
 from gandl.data import stage as data_stage
+from gandl.defaults import Config
 
 pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
 
@@ -46,7 +47,7 @@ def test_main_job_writes_a_report_with_numbers_and_resumes(tiny_run):
     # Rerunning resumes: training is done, embeddings exist, only the analysis is recomputed.
     npz = tmp_path / "embeddings" / "step_20" / "gandl.npz"
     mtime = os.stat(npz).st_mtime_ns
-    main.run_all(cfg, workdir)
+    main.run_all(Config.from_mapping(cfg), workdir)
     assert os.stat(npz).st_mtime_ns == mtime
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
 
@@ -73,9 +74,10 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
     cfg = cfg.copy_and_resolve_references()
     cfg.zeroshot.root = str(zeroshot_root)
 
-    data_stage.convert_zeroshot(cfg, str(workdir))  # the screen's own shards are the run's, as converted
+    # the screen's own shards are the run's, as converted
+    data_stage.convert_zeroshot(Config.from_mapping(cfg), str(workdir))
     embed.run(cfg, str(workdir))
-    result = analysis_stage.run(cfg, str(workdir))
+    result = analysis_stage.run(Config.from_mapping(cfg), str(workdir))
 
     summary = pd.read_csv(workdir / "analysis" / "summary.csv", index_col=0)
     assert summary.loc["zero-shot cell typing", "GAN-DL"].startswith("skipped: ")

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
 
     from gandl import console
     from gandl.data import stage as data_stage
-    from gandl.defaults import base_config
+    from gandl.defaults import Config, base_config
     from gandl.train import checkpoint
 
 
@@ -37,7 +37,8 @@ SCRIPT = textwrap.dedent("""
         cfg = base_config()
         cfg.synthetic.update(image_size=16, plates_per_cell_line=1, sites_per_well=1, num_compounds=3)
         cfg.data.update(image_size=16, num_workers=1)
-        data_stage.convert_screen(cfg, sys.argv[1])  # GAN-DL logs its "N sites in M shards" line at INFO
+        # GAN-DL logs its "N sites in M shards" line at INFO
+        data_stage.convert_screen(Config.from_mapping(cfg), sys.argv[1])
 
 
     app.run(run, argv=[sys.argv[0], "--verbosity=0"])

@@ -24,6 +24,7 @@ import pytest
 
 from gandl import embed, errors, sharding
 from gandl.data import pipeline
+from gandl.defaults import Config
 from gandl.features import discriminator
 from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, loop
@@ -130,7 +131,7 @@ def test_two_processes_match_one(run, common, tiny_config, tmp_path):
     cfg = tiny_config.copy_and_resolve_references()
     cfg.update_from_flattened_dict(dict(common, **{"train.steps": step}))
     spec = pipeline.open_shards(cfg.data.shards)
-    settings = loop.TrainSettings.from_config(cfg, str(tmp_path))
+    settings = loop.TrainSettings.from_config(Config.from_mapping(cfg), str(tmp_path))
     streams = [loop.shard_input_fn(settings, spec, i, PROCESSES) for i in range(PROCESSES)]
 
     def both(start: int):

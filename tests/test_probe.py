@@ -14,6 +14,7 @@ from gandl.analysis import classify, probe_table, zeroshot
 from gandl.analysis import stage as analysis_stage
 from gandl.data import pipeline
 from gandl.data import stage as data_stage
+from gandl.defaults import Config
 from gandl.features import discriminator
 from gandl.models import init_variables
 from gandl.models.config import ModelConfig
@@ -33,8 +34,8 @@ def probed_run(tiny_config, tmp_path_factory):
     cfg.train.update(probe_every=5, probe_sites=64, probe_zeroshot_sites=64, checkpoint_every=5, keep_checkpoints=1)
     cfg.analysis.update(n_splits=2, few_labels=(2,), few_label_draws=2)
     workdir = str(tmp_path_factory.mktemp("probed"))
-    data_stage.convert_screen(cfg, workdir)
-    return cfg, workdir, main.run_train(cfg, workdir)
+    data_stage.convert_screen(Config.from_mapping(cfg), workdir)
+    return cfg, workdir, main.run_train(Config.from_mapping(cfg), workdir)
 
 
 def _images(n: int, seed: int, size: int = 16) -> np.ndarray:
@@ -168,7 +169,7 @@ def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(
     newer = layout.embeddings(workdir, 99)
     os.makedirs(newer)  # a higher exported step (empty): embed.step, not the latest, picks the analysed one
     try:
-        analysis_stage.run(cfg, workdir)
+        analysis_stage.run(Config.from_mapping(cfg), workdir)
     finally:
         os.rmdir(newer)
     with open(os.path.join(layout.analysis(workdir), "analysis.json")) as f:
@@ -183,4 +184,4 @@ def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(
         assert source in f.read()
     cfg.embed.step = 7
     with pytest.raises(FileNotFoundError, match="embed.step=7: no embeddings"):
-        analysis_stage.run(cfg, workdir)
+        analysis_stage.run(Config.from_mapping(cfg), workdir)

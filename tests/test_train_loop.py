@@ -12,6 +12,7 @@ import pytest
 
 from gandl import sharding
 from gandl.data import pipeline
+from gandl.defaults import Config
 from gandl.models.config import ModelConfig
 from gandl.train import checkpoint, loop
 from gandl.train import state as state_lib
@@ -28,7 +29,7 @@ def config(tiny_config, shards_dir):
 
 def _train(cfg, workdir: str, **kwargs) -> loop.TrainResult:
     """The training loop on `cfg`'s typed settings, as the train stage runs it."""
-    return loop.train(loop.TrainSettings.from_config(cfg, workdir), workdir, **kwargs)
+    return loop.train(loop.TrainSettings.from_config(Config.from_mapping(cfg), workdir), workdir, **kwargs)
 
 def _params(state: state_lib.TrainState):
     return jax.device_get((state.g_params, state.d_params, state.ema_params, state.g_opt_state, state.d_opt_state,
@@ -72,7 +73,7 @@ def test_resumed_run_equals_uninterrupted(config, tmp_path, options):
     loss = "contrastive_loss" if options.get("objective") == "contrastive" else "g_loss"
     assert straight.history[-1][loss] == resumed.history[-1][loss]
     if options.get("objective") == "contrastive":  # no generator: G as initialised, no samples
-        settings, mesh = loop.TrainSettings.from_config(cfg, ""), sharding.make_mesh()
+        settings, mesh = loop.TrainSettings.from_config(Config.from_mapping(cfg), ""), sharding.make_mesh()
         with jax.set_mesh(mesh):
             fresh = state_lib.create(settings.model, settings.train, settings.seed, mesh)
         for a, b in zip(jax.tree.leaves(jax.device_get((fresh.g_params, fresh.ema_params))),
@@ -89,7 +90,7 @@ def _spec(config):
 
 def _edited_input(cfg, edit):
     """The shard input with `edit(i, batch)` applied to the i-th batch: how tests inject events."""
-    source = loop.shard_input_fn(loop.TrainSettings.from_config(cfg, ""), _spec(cfg))
+    source = loop.shard_input_fn(loop.TrainSettings.from_config(Config.from_mapping(cfg), ""), _spec(cfg))
 
     def input_fn(start):
         for i, batch in enumerate(source(start)):

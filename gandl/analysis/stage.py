@@ -11,11 +11,10 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-import ml_collections
 import pandas as pd
 from absl import logging
 
-from gandl import fileio
+from gandl import defaults, fileio
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.analysis import io, probe_table, report
@@ -26,7 +25,7 @@ from gandl.embed import records
 from gandl.features import registry
 
 
-def read_truth(config: ml_collections.ConfigDict, workdir: str) -> pd.DataFrame | None:
+def read_truth(config: defaults.Config, workdir: str) -> pd.DataFrame | None:
     """The ground truth the analysis is scored against, or None.
 
     `analysis.truth` names one (it must exist and have the synthetic screen's truth.csv columns); without
@@ -90,7 +89,7 @@ def check_site_ids(sets: dict, read_metadata: Callable[[], screen_lib.Screen], s
                              "(mode=embed) or point data.root at their screen")
 
 
-def describe_source(config: ml_collections.ConfigDict, workdir: str, folder: str) -> str:
+def describe_source(config: defaults.Config, workdir: str, folder: str) -> str:
     """Which checkpoint the analysed embeddings come from and how it was chosen (the report's first line)."""
     step = layout.embedding_step(folder)
     how = (f"named by embed.step={step}" if config.embed.step >= 0
@@ -131,7 +130,7 @@ def nuclear_proxy(sets: dict, folder: str, schema: screen_lib.ScreenSchema) -> s
     return dataclasses.replace(schema, viability=NUCLEAR_PROXY)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: defaults.Config, workdir: str) -> dict:
     """SVMs, E²/C² spaces, efficacy, dose-response, zero-shot and the report, for every feature set."""
     step = config.embed.step
     folder = layout.embeddings(workdir, step) if step >= 0 else layout.latest_embeddings(workdir)
@@ -157,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fold_sets = {extractor.label: io.load_fold_sets(folder, name) for name, extractor in registry.EXTRACTORS.items()
                  if extractor.per_fold and tf.io.gfile.exists(os.path.join(folder, f"{name}.npz"))}
     result = report.analyze(sets, layout.analysis(workdir),
-                            report.AnalysisConfig(**config.analysis.to_dict(),
+                            report.AnalysisConfig(**defaults.values(config.analysis),
                                                   well_aggregate=config.embed.well_aggregate),
                             zeroshot_sets=zeroshot or None, truth=truth, fold_sets=fold_sets or None,
                             source=describe_source(config, workdir, folder), schema=schema)

@@ -51,12 +51,12 @@ class InputOptions:
     shuffle_buffer: int = 1024  # training records shuffled within this many
 
     @classmethod
-    def from_config(cls, config) -> InputOptions:
+    def from_config(cls, config: defaults.RunConfig) -> InputOptions:
         """The options of a run's config: its `data` block, images brought to `model.resolution`."""
-        data = config["data"]
-        return cls(channels=tuple(data["channels"]), intensity=data["intensity"], crop_size=data["crop_size"],
-                   resolution=defaults.model_resolution(config), augment=data["augment"],
-                   shuffle_buffer=data["shuffle_buffer"])
+        data = config.data
+        return cls(channels=tuple(data.channels), intensity=data.intensity, crop_size=data.crop_size,
+                   resolution=defaults.model_resolution(config), augment=data.augment,
+                   shuffle_buffer=data.shuffle_buffer)
 
     def replace(self, **changes) -> InputOptions:
         return dataclasses.replace(self, **changes)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from gandl import errors
+from gandl import defaults, errors
 from gandl.data import wells
 from gandl.data.vocabulary import ACTIVE, MOCK, STAINS, UV_INACTIVATED
 from gandl.defaults import WELL_AGGREGATES  # embed.well_aggregate: how a well's profile comes from its sites
@@ -264,10 +264,10 @@ def default_schema() -> ScreenSchema:
     return PRESETS["rxrx19a"]
 
 
-def configured(config: Mapping[str, Any]) -> ScreenSchema:
+def configured(config: defaults.RunConfig) -> ScreenSchema:
     """A run's schema: `config.screen` over `data.kind`'s preset (RxRx19a with UV-inactivated virus as C+ too:
     `screen.preset="rxrx19a_uv"`). Every stage that picks controls or groups reads this one."""
-    return from_config(dict(config["screen"]), config["data"]["kind"])
+    return from_config(defaults.values(config.screen), config.data.kind)
 
 
 def control_role(metadata: pd.DataFrame, *, schema: ScreenSchema | None = None) -> pd.Series:
@@ -449,10 +449,9 @@ class Source:
     stains: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, data: Mapping[str, Any], root: str | None = None) -> Source:
+    def from_config(cls, data: defaults.Data, root: str | None = None) -> Source:
         """The source `config.data` names (`root` replaces data.root, e.g. the synthetic screen's folder)."""
-        return cls(data["kind"], root or data["root"], data["metadata"], tuple(data["channel_columns"]),
-                   tuple(data["stains"]))
+        return cls(data.kind, root or data.root, data.metadata, tuple(data.channel_columns), tuple(data.stains))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,23 +494,22 @@ def read_screen(source: Source, schema: ScreenSchema | None = None) -> Screen:
     return read(**{name: values[name] for name in reader.args})
 
 
-def read_configured(config: Mapping[str, Any], root: str | None = None) -> Screen:
+def read_configured(config: defaults.Config, root: str | None = None) -> Screen:
     """The screen a run's config names in `data` (or the one at `root`), its schema (`screen`) checked against its
     metadata and its channels against `model.num_channels`: what convert will read, refused in one line if it
     cannot be; a layout whose controls sit where a plate-position effect could pass for their signal is warned
     about. Reads metadata and channel references only, never pixels (and loads no TensorFlow here).
     """
-    data = config["data"]
-    schema = from_config(dict(config["screen"]), data["kind"])
+    data, schema = config.data, configured(config)
     screen = read_screen(Source.from_config(data, root), schema)
     validate(screen.metadata, schema, screen.source)
-    stains, wanted = screen.stains, config["model"]["num_channels"]
-    channels = tuple(data["channels"]) or tuple(range(1, len(stains) + 1))
+    stains, wanted = screen.stains, config.model.num_channels
+    channels = tuple(data.channels) or tuple(range(1, len(stains) + 1))
     if not all(1 <= c <= len(stains) for c in channels):
         raise MetadataError(f"data.channels={channels}: {screen.source} has {len(stains)} channels {stains}; name "
                             f"channels in 1..{len(stains)}")
     if len(channels) != wanted:
-        picked = f" read as data.channels={channels}" if data["channels"] else ""
+        picked = f" read as data.channels={channels}" if data.channels else ""
         pick = f" or pick {wanted} of them with data.channels" if wanted < len(stains) else ""
         raise MetadataError(f"model.num_channels={wanted}: {screen.source} has {len(stains)} channels "
                             f"{stains}{picked}; set model.num_channels={len(channels)}{pick}")

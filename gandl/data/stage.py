@@ -8,21 +8,20 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import ml_collections
 from absl import logging
 
-from gandl import fileio
+from gandl import defaults, fileio
 from gandl import workdir as layout
 from gandl.data import convert, pipeline, render, rxrx
 from gandl.data import screen as screen_lib
 
 
-def synthesize(config: ml_collections.ConfigDict, workdir: str) -> str:
+def synthesize(config: defaults.Config, workdir: str) -> str:
     """Write the embedded synthetic screen into workdir/raw (a no-op once it is complete)."""
     from gandl.data.synthetic import layouts as synthetic  # only the demo needs the generator
 
     out = layout.raw(config.data.root, workdir)
-    _write_synthetic(synthetic.write_rxrx19a, out, **config.synthetic.to_dict())
+    _write_synthetic(synthetic.write_rxrx19a, out, **defaults.values(config.synthetic))
     return out
 
 
@@ -48,7 +47,7 @@ def _temp_files_swept(folder: str) -> Iterator[None]:
         raise
 
 
-def _convert(screen: screen_lib.Screen, out: str, data: ml_collections.ConfigDict) -> dict:
+def _convert(screen: screen_lib.Screen, out: str, data: defaults.Data) -> dict:
     if not data.skip_bad_sites:
         screen_lib.check_files(screen)
     options = convert.ConvertOptions(image_size=data.image_size, sites_per_shard=data.sites_per_shard,
@@ -59,7 +58,7 @@ def _convert(screen: screen_lib.Screen, out: str, data: ml_collections.ConfigDic
     return manifest
 
 
-def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
+def convert_zeroshot(config: defaults.Config, workdir: str) -> str:
     """Shards of the zero-shot (RxRx1-layout) set: given, converted from zeroshot.root, or synthesized first."""
     zeroshot = config.zeroshot
     out = layout.zeroshot_shards(config.zeroshot.shards, workdir)
@@ -70,12 +69,12 @@ def convert_zeroshot(config: ml_collections.ConfigDict, workdir: str) -> str:
         from gandl.data.synthetic import layouts as synthetic
 
         _write_synthetic(synthetic.write_rxrx1, root, image_size=config.synthetic.image_size,
-                         **zeroshot.synthetic.to_dict())
+                         **defaults.values(zeroshot.synthetic))
     _convert(rxrx.read_rxrx1(root), out, config.data)
     return out
 
 
-def convert_screen(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def convert_screen(config: defaults.Config, workdir: str) -> dict:
     """Raw screen -> shards (the synthetic screen is generated first when no data.root is configured), and
     the zero-shot set's shards when zero-shot cell typing is enabled."""
     screen = screen_lib.read_configured(config, config.data.root or synthesize(config, workdir))
@@ -85,7 +84,7 @@ def convert_screen(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return manifest
 
 
-def preview(config: ml_collections.ConfigDict, workdir: str) -> str:
+def preview(config: defaults.Config, workdir: str) -> str:
     """A PNG grid of one (augmented) training batch, rendered with the RxRx colour map."""
     spec = pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
     options = pipeline.InputOptions.from_config(config)

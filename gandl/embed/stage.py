@@ -10,11 +10,10 @@ import subprocess
 from typing import Any
 
 import jax
-import ml_collections
 from absl import logging
 
 import gandl
-from gandl import sharding
+from gandl import defaults, sharding
 from gandl import workdir as layout
 from gandl.data import folds, pipeline, vocabulary
 from gandl.data.screen import screen_view
@@ -30,7 +29,7 @@ def restore_discriminator(workdir: str, mesh: jax.sharding.Mesh, step: int | Non
                           ) -> tuple[ModelConfig, Any, int, dict]:
     """D parameters, model config, step and full config of a training checkpoint (default: the latest)."""
     config, state, step = checkpoint.restore_run(workdir, mesh, step)
-    return ModelConfig.of_run(config), state.d_params, step, config.to_dict()
+    return ModelConfig.of_run(config), state.d_params, step, defaults.values(config)
 
 
 def code_version() -> str:
@@ -43,7 +42,7 @@ def code_version() -> str:
     return f"{gandl.__version__}+{commit}"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run(config: defaults.Config, workdir: str) -> str:
     """Export every feature set of `embed.feature_sets` for the screen and the zero-shot set; returns the folder.
 
     The discriminator comes from the latest (or `embed.step`) checkpoint; an extractor is built only when
@@ -67,12 +66,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
     # embed fields that shape its values (so sets can be added to a finished export, see stream.export).
     described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint_dir, seed=config.seed,
-                            **{k: settings.to_dict()[k] for k in registry.get(name).embed_fields},
+                            **{k: defaults.values(settings)[k] for k in registry.get(name).embed_fields},
                             **registry.settings(name, context))  # e.g. the width, the mbstd value D is fed
                  for name in settings.feature_sets}
     # Built on first use: a finished export skips costly set-ups (a comparator's fine-tuning).
     fns = {name: lazy(functools.partial(registry.build, name, context)) for name in settings.feature_sets}
-    provenance = dict(checkpoint=checkpoint_dir, step=step, config=config.to_dict(), code_version=code_version())
+    provenance = dict(checkpoint=checkpoint_dir, step=step, config=defaults.values(config), code_version=code_version())
     for source, target, target_options in targets:
         spec = pipeline.open_records(source, config.data.rxrx1_utils_image_size)
         export(spec, target, fns, batch_size=settings.batch_size, options=target_options,
@@ -86,7 +85,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
 
 
-def export_label_folds(config: ml_collections.ConfigDict, context: base.Context, out: str, name: str,
+def export_label_folds(config: defaults.Config, context: base.Context, out: str, name: str,
                        described: dict, provenance: dict) -> None:
     """Label-fitted feature set `name`, one model per fold of the analysis' folds, never one that saw the fold.
 

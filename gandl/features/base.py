@@ -8,11 +8,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gandl import sharding
+from gandl import defaults, sharding
 from gandl.data import pipeline
 from gandl.data.screen import ScreenSchema, configured, default_schema, plate_key, screen_view
 from gandl.models.config import ModelConfig
@@ -56,8 +55,8 @@ class EmbedSettings:
     imagenet: Mapping[str, Any]  # the comparator's fine-tuning settings (gandl.features.imagenet.FineTuneConfig)
 
     @classmethod
-    def from_config(cls, embed: ml_collections.ConfigDict) -> EmbedSettings:
-        values = embed.to_dict()
+    def from_config(cls, embed: defaults.Embed) -> EmbedSettings:
+        values = defaults.values(embed)
         return cls(**{f.name: types.MappingProxyType(values[f.name]) if isinstance(values[f.name], dict)
                       else values[f.name] for f in dataclasses.fields(cls)})  # blocks read-only, as the rest
 
@@ -80,7 +79,7 @@ class Context:
     controls: Controls  # the sites a label-fitted extractor may learn from (a fold's model: without its groups)
 
     @classmethod
-    def of_run(cls, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model: ModelConfig, d_params: Any,
+    def of_run(cls, config: defaults.Config, mesh: jax.sharding.Mesh, model: ModelConfig, d_params: Any,
                screen: pipeline.RecordSpec, options: pipeline.InputOptions) -> Context:
         """The context of a run's config: its seed, embed settings, training batch and control definition."""
         return cls(mesh, model, d_params, screen, options, config.seed, EmbedSettings.from_config(config.embed),

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -34,7 +33,7 @@ from jax.experimental import multihost_utils
 from gandl import console, errors, fileio
 from gandl import workdir as layout
 from gandl._tf import tf
-from gandl.defaults import Train, base_config, upgraded
+from gandl.defaults import Config, Train, saved_config
 from gandl.models.config import ModelConfig
 from gandl.train import state as state_lib
 
@@ -207,7 +206,7 @@ class Checkpointer:
 
 
 def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
-                ) -> tuple[ml_collections.ConfigDict, Any, int]:
+                ) -> tuple[Config, Any, int]:
     """(config, train state, step) of checkpoint `step` (default: the latest) of a workdir.
 
     The state's template is rebuilt from the config saved with the checkpoint, so no config file is needed.
@@ -228,14 +227,6 @@ def restore_run(workdir: str, mesh: jax.sharding.Mesh, step: int | None = None
         return saved_config(config), state, step
     finally:
         ckpt.close()
-
-
-def saved_config(saved: dict) -> ml_collections.ConfigDict:
-    """A checkpoint's config; fields added to the config since it was saved read as their defaults, retired ones as
-    what says the same today (`defaults.upgraded`)."""
-    config = base_config()
-    config.update(upgraded(saved))
-    return config
 
 
 def check_options(saved: dict, train: Train, directory: str) -> None:

@@ -21,11 +21,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from gandl import fileio, sharding
+from gandl import defaults, fileio, sharding
 from gandl import workdir as layout
 from gandl._tf import tf
 from gandl.data import pipeline, render
@@ -81,11 +80,11 @@ class TrainSettings:
     record: Mapping[str, Any]  # the whole config, saved with every checkpoint (the embed stage restores from it)
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainSettings:
-        return cls(ModelConfig.of_run(config), Train.from_mapping(config.train),
+    def from_config(cls, config: defaults.Config, workdir: str) -> TrainSettings:
+        return cls(ModelConfig.of_run(config), config.train,
                    pipeline.InputOptions.from_config(config), config.seed, layout.shards(config.data.shards, workdir),
                    config.data.rxrx1_utils_image_size, (config.preview.num_images, config.preview.cols),
-                   config.to_dict())
+                   defaults.values(config))
 
 
 def shard_input_fn(settings: TrainSettings, spec: pipeline.RecordSpec, process_index: int | None = None,
