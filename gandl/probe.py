@@ -153,7 +153,7 @@ class Probe:
             config.data.rxrx1_utils_image_size)
         spec = pipeline.open_records(layout.shards(config.data.shards, workdir), config.data.rxrx1_utils_image_size)
         context = base.Context.of_run(config, None, ModelConfig.of_run(config), None, spec,
-                                      pipeline.InputOptions.from_config(config))
+                                      pipeline.InputOptions.from_config(config), settings.analysis.group_by)
         return cls(settings, workdir, context)
 
     @functools.cached_property

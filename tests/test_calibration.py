@@ -241,12 +241,12 @@ def test_cytotoxic_compounds_move_mostly_off_the_axis_and_lose_cells():
     pairs = feature_screens.pair_truth(truth)
     assert pairs["cytotoxic"].mean() == 0.25
     treated, _, _ = _roles(meta)
-    inert = treated & ~meta["treatment"].isin(pairs.loc[pairs["cytotoxic"], "treatment"]).to_numpy()
+    inert = treated & ~meta["treatment"].isin(pairs.loc[pairs["cytotoxic"], "perturbation"]).to_numpy()
     top = meta["treatment_conc"].to_numpy() == max(feature_screens.DOSES_UM)
     moves = []
     for pair in pairs[pairs["cytotoxic"]].itertuples():
-        line = (meta["cell_type"] == pair.cell_type).to_numpy()
-        wells = top & line & (meta["treatment"] == pair.treatment).to_numpy()
+        line = (meta["cell_type"] == pair.group).to_numpy()
+        wells = top & line & (meta["treatment"] == pair.perturbation).to_numpy()
         moves.append(_along(features, meta, wells, inert & line))
         assert meta.loc[wells, "viability"].mean() == pytest.approx(0.4, abs=0.08)
     along, across = np.transpose(moves)
@@ -265,7 +265,7 @@ def test_vehicle_shifts_every_treated_well_towards_c_plus():
 
 def test_actives_reach_their_level_along_delta_at_the_top_dose():
     features, meta, truth = _screen("actives-benign", separation=10.0)
-    for _, line in feature_screens.pair_truth(truth).groupby("cell_type"):
+    for _, line in feature_screens.pair_truth(truth).groupby("group"):
         assert sorted(line.loc[line["rescue"] > 0, "rescue"]) == pytest.approx(feature_screens.LEVELS)
     treated, positive, negative = _roles(meta)
     reference = _half_of_c_minus(meta)

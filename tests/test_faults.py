@@ -313,20 +313,20 @@ def test_mode_embed_refuses_a_finished_export_made_with_other_settings(tiny_conf
     d_params = init_variables(model, jax.random.key(0))[1]["params"]
     monkeypatch.setattr(embed.stage, "restore_discriminator", lambda workdir, mesh, step: (model, d_params, 7, {}))
     workdir = str(tmp_path)
-    folder = embed.run(cfg, workdir)
+    folder = embed.run(Config.from_mapping(cfg), workdir)
     npz = os.path.join(folder, "gandl.npz")
     mtime = os.stat(npz).st_mtime_ns
 
     cfg.embed.batch_size = 32  # does not change the export: reused
-    embed.run(cfg, workdir)
+    embed.run(Config.from_mapping(cfg), workdir)
     assert os.stat(npz).st_mtime_ns == mtime
     # A field no exported set uses does not matter; a set added later is exported alone, next to the others.
     cfg.embed.update(imagenet_weights="random", feature_sets=("gandl", "handcrafted", "random_d"))
-    embed.run(cfg, workdir)
+    embed.run(Config.from_mapping(cfg), workdir)
     assert os.stat(npz).st_mtime_ns == mtime and os.path.exists(os.path.join(folder, "random_d.npz"))
     cfg.embed.orientation_average = True
     with pytest.raises(RuntimeError, match="feature_sets.gandl.orientation_average: False -> True"):  # ExportError
-        embed.run(cfg, workdir)
+        embed.run(Config.from_mapping(cfg), workdir)
     assert os.stat(npz).st_mtime_ns == mtime
 
 

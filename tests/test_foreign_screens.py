@@ -51,7 +51,7 @@ def csv_run(tiny_config, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("csv_run"))
     data_stage.convert_screen(Config.from_mapping(cfg), workdir)
     main.run_train(Config.from_mapping(cfg), workdir)
-    embed.run(cfg, workdir)
+    embed.run(Config.from_mapping(cfg), workdir)
     return cfg, workdir, screen.read_configured(Config.from_mapping(cfg))
 
 
@@ -114,7 +114,7 @@ def test_two_ome_zarr_plates_with_a_plate_map_convert_and_embed(csv_run, tiny_co
     shutil.copytree(os.path.join(csv_workdir, "checkpoints"), workdir / "checkpoints")  # the CSV run's 3-channel D
     manifest = data_stage.convert_screen(Config.from_mapping(zarr_cfg), str(workdir))
     assert manifest["num_sites"] == 2 * 8 * 2 and manifest["stains"] == ["DNA", "Actin", "RNA"]  # OMERO labels
-    embed.run(zarr_cfg, str(workdir))
+    embed.run(Config.from_mapping(zarr_cfg), str(workdir))
     _, meta = analysis_io.load_embeddings(str(workdir / "embeddings" / "step_10" / "gandl.npz"))
     plate_map = pd.read_csv(root / "metadata.csv", keep_default_na=False)
     assert set(meta["plate"]) == {"P1", "P2"} and meta["well_id"].iloc[0] == f"{meta['plate'][0]}_{meta['well'][0]}"

@@ -107,7 +107,7 @@ def _comparator_tables(root: pathlib.Path, signal: bool, epochs: int) -> tuple[p
     config = report.AnalysisConfig(n_splits=2)
     old = report.analyze_screen(features, meta, config, draw=False)["table1"].set_index("task")
     view = io.screen_view(meta, io.default_schema())  # the sites as the analysis reads them
-    assignment = folds.assignment(view, n_splits=2, group_by="plate", seed=0)
+    assignment = folds.assignment(view, folds.FoldSettings(n_splits=2, group_by="plate", seed=0))
     every_control = imagenet.Controls()
 
     def fine_tuned(held_out):
@@ -171,7 +171,7 @@ def test_the_embed_stage_records_one_fold_assignment_that_both_stages_read(tiny_
     d_params = init_variables(model, jax.random.key(0))[1]["params"]
     monkeypatch.setattr(embed.stage, "restore_discriminator", lambda workdir, mesh, step: (model, d_params, 7, {}))
     workdir = str(tmp_path / "run")
-    folder = embed.run(cfg, workdir)
+    folder = embed.run(Config.from_mapping(cfg), workdir)
 
     recorded = folds.read_folds(folder)
     _, meta = io.load_embeddings(os.path.join(folder, "handcrafted.npz"))
@@ -186,7 +186,7 @@ def test_the_embed_stage_records_one_fold_assignment_that_both_stages_read(tiny_
 
     cfg.analysis.n_splits = 3  # three folds of the six plates: not what the exports were fitted for
     with pytest.raises(embed.ExportError, match=r"another fold assignment \(changed: n_splits: 2 -> 3"):
-        embed.run(cfg, workdir)
+        embed.run(Config.from_mapping(cfg), workdir)
     assert folds.read_folds(folder) == recorded
     with open(os.path.join(folder, folds.FOLDS), "a") as f:  # a damaged record is not read
         f.write(" ")

@@ -76,7 +76,7 @@ def test_analysis_survives_ordinary_inputs(tiny_run, tmp_path):
 
     # the screen's own shards are the run's, as converted
     data_stage.convert_zeroshot(Config.from_mapping(cfg), str(workdir))
-    embed.run(cfg, str(workdir))
+    embed.run(Config.from_mapping(cfg), str(workdir))
     result = analysis_stage.run(Config.from_mapping(cfg), str(workdir))
 
     summary = pd.read_csv(workdir / "analysis" / "summary.csv", index_col=0)

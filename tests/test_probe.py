@@ -127,7 +127,7 @@ def test_export_feeds_the_training_mbstd_statistic_and_records_it(probed_run):
     cfg = cfg.copy_and_resolve_references()
     cfg.embed.update(mbstd="train", feature_sets=("gandl", "gandl_multiscale", "random_d_multiscale"))
     cfg.zeroshot.enabled = False
-    out = embed.run(cfg, workdir)
+    out = embed.run(Config.from_mapping(cfg), workdir)
     with open(os.path.join(out, embed.SETTINGS)) as f:
         sets = json.load(f)["feature_sets"]
     model = ModelConfig.from_mapping(cfg.model)
@@ -164,7 +164,7 @@ def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(
     table = pd.read_csv(layout.probe_table(workdir))
     cfg = cfg.copy_and_resolve_references()
     cfg.embed.update(step=5, feature_sets=("gandl", "random_d"))
-    out = embed.run(cfg, workdir)
+    out = embed.run(Config.from_mapping(cfg), workdir)
     assert out == layout.embeddings(workdir, 5)
     newer = layout.embeddings(workdir, 99)
     os.makedirs(newer)  # a higher exported step (empty): embed.step, not the latest, picks the analysed one

@@ -32,8 +32,8 @@ def hit_metrics(outcome: dict, truth: pd.DataFrame, levels: Sequence[float] = ()
     keys = [f"recall>={level:g}" for level in levels]
     if hits is None:
         return dict.fromkeys(["hits", "false_hits", "any_false", "fdp", "below", *keys], float("nan"))
-    merged = pairs.merge(hits[["perturbation", "group", "hit"]], left_on=["treatment", "cell_type"],
-                         right_on=["perturbation", "group"], how="outer", indicator=True)
+    merged = pairs.merge(hits[["perturbation", "group", "hit"]], on=["perturbation", "group"], how="outer",
+                         indicator=True)
     if (merged["_merge"] == "right_only").any():
         raise ValueError("the hit list names compound x cell-line pairs the truth does not have: "
                          f"{merged.loc[merged['_merge'] == 'right_only', ['perturbation', 'group']].values[:3]}")

@@ -7,6 +7,7 @@ embed stage computes it once, writes it beside the export (`gandl.embed.folds`),
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -15,10 +16,25 @@ import pandas as pd
 from absl import logging
 from sklearn.model_selection import StratifiedGroupKFold
 
-from gandl import fileio
+from gandl import defaults, fileio
 from gandl.data.screen import control_role, plate_key
 
 FOLDS = "folds.json"  # beside an export: {n_splits, group_by, seed, held_out: [[group, ...], ...]}
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldSettings:
+    """How the screen's plates are dealt into folds. The settings are the analysis section's (its Table 1 is what
+    the folds are for); the embed stage takes them once, here, for the per-fold fits that must use the same folds,
+    and nothing below it reads the analysis section."""
+
+    n_splits: int = 5  # at most this many folds
+    group_by: str = "plate"  # plate | experiment: what a fold holds out
+    seed: int = 0
+
+    @classmethod
+    def of(cls, analysis: defaults.Analysis) -> FoldSettings:
+        return cls(analysis.n_splits, analysis.group_by, analysis.seed)
 
 
 class CVError(ValueError):
@@ -105,8 +121,7 @@ def read_folds(folder: str) -> dict[str, Any] | None:
     return fileio.read_json(os.path.join(folder, FOLDS)) if problems == [] else None
 
 
-def assignment(metadata: pd.DataFrame, *, n_splits: int, group_by: str, seed: int) -> dict[str, Any]:
+def assignment(metadata: pd.DataFrame, settings: FoldSettings) -> dict[str, Any]:
     """`control_folds` with the settings that drew it: what folds.json records."""
-    held_out = control_folds(metadata, n_splits=n_splits, group_by=group_by, seed=seed)
-    return dict(n_splits=n_splits, group_by=group_by, seed=seed,
-                held_out=[list(groups) for groups in held_out])
+    held_out = control_folds(metadata, **dataclasses.asdict(settings))
+    return dict(dataclasses.asdict(settings), held_out=[list(groups) for groups in held_out])

@@ -61,7 +61,8 @@ def run(config: defaults.Config, workdir: str) -> str:
         targets.append((layout.zeroshot_shards(config.zeroshot.shards, workdir), layout.zeroshot_embeddings(out),
                         options.replace(channels=channels)))
     screen = pipeline.open_records(targets[0][0], config.data.rxrx1_utils_image_size)
-    context = base.Context.of_run(config, mesh, model, d_params, screen, options)
+    fold_settings = folds.FoldSettings.of(config.analysis)  # the analysis' folds, which per-fold fits must use
+    context = base.Context.of_run(config, mesh, model, d_params, screen, options, fold_settings.group_by)
     checkpoint_dir = os.path.join(layout.checkpoints(workdir), str(step))
     # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
     # embed fields that shape its values (so sets can be added to a finished export, see stream.export).
@@ -80,23 +81,21 @@ def run(config: defaults.Config, workdir: str) -> str:
                provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
     for name in settings.feature_sets:
         if registry.get(name).per_fold:
-            export_label_folds(config, context, out, name, described[name], provenance)
+            export_label_folds(config.embed, fold_settings, context, out, name, described[name], provenance)
     logging.info("embeddings in %s", out)
     return out
 
 
-def export_label_folds(config: defaults.Config, context: base.Context, out: str, name: str,
-                       described: dict, provenance: dict) -> None:
+def export_label_folds(embed: defaults.Embed, fold_settings: folds.FoldSettings, context: base.Context, out: str,
+                       name: str, described: dict, provenance: dict) -> None:
     """Label-fitted feature set `name`, one model per fold of the analysis' folds, never one that saw the fold.
 
     The folds are drawn once, from the exported sites as the screen's schema reads them (the analysis' view), with
     the analysis' settings, and recorded as folds.json.
     """
-    analysis = config.analysis
     metadata = screen_view(writers.read_metadata(os.path.join(out, f"{name}.npz")), context.controls.schema)
     try:
-        assignment = folds.assignment(metadata, n_splits=analysis.n_splits, group_by=analysis.group_by,
-                                      seed=analysis.seed)
+        assignment = folds.assignment(metadata, fold_settings)
     except folds.CVError as error:
         logging.warning("no per-fold %s models (its Table 1 will be skipped): %s", registry.get(name).label, error)
         return
@@ -105,6 +104,6 @@ def export_label_folds(config: defaults.Config, context: base.Context, out: str,
         return registry.build(name, dataclasses.replace(
             context, controls=dataclasses.replace(context.controls, held_out=held_out)))
 
-    export_folds(context.screen, out, name, assignment, fitted_without, batch_size=config.embed.batch_size,
+    export_folds(context.screen, out, name, assignment, fitted_without, batch_size=embed.batch_size,
                  rows=lambda batch: base.control_labels(batch, context.controls) >= 0, provenance=provenance,
-                 feature_settings=described, options=context.options, part_batches=config.embed.part_batches)
+                 feature_settings=described, options=context.options, part_batches=embed.part_batches)

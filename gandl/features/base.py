@@ -80,11 +80,11 @@ class Context:
 
     @classmethod
     def of_run(cls, config: defaults.Config, mesh: jax.sharding.Mesh, model: ModelConfig, d_params: Any,
-               screen: pipeline.RecordSpec, options: pipeline.InputOptions) -> Context:
-        """The context of a run's config: its seed, embed settings, training batch and control definition."""
+               screen: pipeline.RecordSpec, options: pipeline.InputOptions, group_by: str) -> Context:
+        """The context of a run's config: its seed, embed settings, training batch and control definition (the
+        screen's schema; `group_by`: what the folds hold out, `gandl.data.folds.FoldSettings`)."""
         return cls(mesh, model, d_params, screen, options, config.seed, EmbedSettings.from_config(config.embed),
-                   config.train.batch_size, Controls(group_by=config.analysis.group_by,
-                                                     schema=configured(config)))
+                   config.train.batch_size, Controls(group_by=group_by, schema=configured(config)))
 
 
 def on_mesh(features: Callable[[Any, jax.Array], jax.Array], variables: Any, mesh: jax.sharding.Mesh) -> FeatureFn:

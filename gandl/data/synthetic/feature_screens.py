@@ -285,6 +285,8 @@ def screen(setting: Setting, dim: int, rng: np.random.Generator) -> tuple[np.nda
 
 
 def pair_truth(truth: pd.DataFrame) -> pd.DataFrame:
-    """Per compound x cell line: its best true rescue over the doses and whether it is cytotoxic at any."""
-    return truth.groupby(["treatment", "cell_type"], as_index=False).agg(rescue=("rescue", "max"),
-                                                                         cytotoxic=("cytotoxic", "any"))
+    """Per compound x cell line (as the schema's `perturbation` x `group`, the hit list's columns): its best true
+    rescue over the doses and whether it is cytotoxic at any."""
+    pairs = truth.groupby(["treatment", "cell_type"], as_index=False).agg(rescue=("rescue", "max"),
+                                                                          cytotoxic=("cytotoxic", "any"))
+    return pairs.rename(columns={"treatment": "perturbation", "cell_type": "group"})
