@@ -132,29 +132,12 @@ def test_malformed_inputs_are_skipped_with_notes_or_refused(screen):
         io.align(feats, meta["site_id"].str.replace("HRCE", "HRCE-x"), meta)
 
 
-def _cell_profiler_style(meta: pd.DataFrame) -> pd.DataFrame:
-    """The RxRx19a screen in a CellProfiler-style plate map: every control well holds the vehicle DMSO, the virus is a
-    column of its own, and UV-inactivated virus wells are DMSO wells that are neither control (the reported case)."""
-    untreated = meta["treatment"] == ""
-    virus = meta["disease_condition"].map({rxrx.MOCK: "none", rxrx.UV_INACTIVATED: "UV", rxrx.ACTIVE: "active",
-                                           rxrx.BLANK: ""})
-    return pd.DataFrame({
-        "Metadata_Plate": meta["experiment"] + "_" + meta["plate"].astype(str), "Metadata_Well": meta["well"],
-        "Metadata_Site": meta["site"], "Metadata_CellLine": meta["cell_type"], "Metadata_Virus": virus,
-        "Metadata_Compound": meta["treatment"].where(~untreated | (virus == ""), "DMSO"),
-        "Metadata_Dose_uM": meta["treatment_conc"].where(~untreated, 0.1)})
-
-
-UV_AS_DMSO = screen_lib.ScreenSchema(
-    plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site", group="Metadata_CellLine",
-    perturbation="Metadata_Compound", dose="Metadata_Dose_uM",
-    positive="Metadata_Compound == 'DMSO' and Metadata_Virus == 'none'",
-    negative="Metadata_Compound == 'DMSO' and Metadata_Virus == 'active'")
+UV_AS_DMSO = screen_lib.ScreenSchema(**layouts.CELL_PROFILER_SCHEMA)
 
 
 def test_wells_the_schema_leaves_out_of_the_treatments_are_no_compound_and_are_listed(screen):
     feats, meta, _ = screen
-    plate_map = _cell_profiler_style(meta)
+    plate_map = layouts.cell_profiler_plate_map(meta)
     uv = (plate_map["Metadata_Virus"] == "UV").to_numpy()
     assert (screen_lib.control_role(plate_map, schema=UV_AS_DMSO)[uv] == "treated").all()  # the default: a treatment
     declared = dataclasses.replace(UV_AS_DMSO, treated="Metadata_Compound != 'DMSO'")
@@ -177,7 +160,7 @@ def test_wells_the_schema_leaves_out_of_the_treatments_are_no_compound_and_are_l
     (dict(treated="Metadata_Compound != 'DMSO'", perturbation=""), r"screen.treated=.* names no perturbation column"),
 ])
 def test_a_treated_query_that_does_not_fit_is_named_in_one_line(screen, change, message):
-    plate_map = _cell_profiler_style(screen[1])
+    plate_map = layouts.cell_profiler_plate_map(screen[1])
     with pytest.raises(screen_lib.MetadataError, match=message) as error:
         screen_lib.validate(plate_map, dataclasses.replace(UV_AS_DMSO, **change), "plate_map.csv")
     assert "\n" not in str(error.value)

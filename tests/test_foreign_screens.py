@@ -4,6 +4,8 @@ with a plate map convert, train and embed, and every metadata value comes back e
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import anndata
 import numpy as np
@@ -14,13 +16,14 @@ from gandl import embed, main
 from gandl import workdir as layout
 from gandl.analysis import io as analysis_io
 from gandl.analysis import stage as analysis_stage
-from gandl.data import screen
+from gandl.data import rxrx, screen
 from gandl.data import stage as data_stage
 from gandl.data.synthetic import layouts
 from gandl.defaults import Config
 from gandl.profiles import feature_names
 
 pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The CSV screen's schema, in its own column names and control labels.
 CELL_PAINTING = dict(plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site", group="Metadata_CellLine",
@@ -150,3 +153,53 @@ def test_the_csv_screen_is_analysed_in_its_own_columns_and_controls(csv_run):
         assert os.path.getsize(os.path.join(out, folders[name], "map_activity.csv")) > 0
     report = open(os.path.join(out, "report.md")).read()
     assert "C+ = staurosporine" in report and "C- = DMSO" in report and "SARS" not in report
+
+
+FOREIGN_CONFIG = '''
+from gandl.defaults import call_in_file
+
+
+def get_config():
+    """The tests' tiny model with the demo's probe, on a screen in its own columns, controls and treatments."""
+    config = call_in_file({tiny!r}, "get_config")
+    config.data.update(kind="generic", root={root!r}, channel_columns={columns!r}, image_size=16, sites_per_shard=64,
+                       num_workers=1)
+    config.screen.update({schema!r}, treated="Metadata_Compound != 'DMSO'", positive_name="mock",
+                         negative_name="infected")
+    config.synthetic.image_size = 16  # the zero-shot set is drawn at the screen's size
+    config.zeroshot.channels = (1, 2, 3, 4, 6)  # RxRx1 layout onto the screen's 5 channels
+    config.zeroshot.synthetic.update(plates_per_cell_line=2, sites_per_well=1)
+    demo = call_in_file({demo!r}, "get_config").train
+    config.train.update(steps=10, probe_every=10, probe_features=demo.probe_features, probe_sites=64,
+                        probe_zeroshot_sites=64)
+    config.analysis.n_splits = 2
+    return config
+'''
+
+
+def test_a_foreign_schema_screen_runs_mode_all_with_the_probe_and_keeps_its_other_wells_out(tmp_path):
+    """Issue #37: a CellProfiler-style CSV of the 5-channel screen (own columns and control labels; UV-inactivated
+    virus wells are DMSO wells the schema declares neither control nor treatment) with an RxRx1-layout zero-shot
+    set runs `--mode all` with the demo's probe; the DMSO wells appear in no compound table, hit list or mAP."""
+    source = layouts.write_rxrx19a(tmp_path / "rxrx19a", image_size=16, plates_per_cell_line=2, sites_per_well=1,
+                                   num_compounds=3)
+    read = rxrx.read_rxrx19a(str(source))
+    columns = tuple(f"FileName_w{c + 1}" for c in range(len(read.stains)))
+    plate_map = layouts.cell_profiler_plate_map(read.metadata).assign(**dict(zip(columns, read.paths.T)))
+    plate_map.to_csv(tmp_path / "plate_map.csv", index=False)
+    config = tmp_path / "my_screen.py"
+    config.write_text(FOREIGN_CONFIG.format(
+        tiny=os.path.join(REPO, "tests", "tiny_config.py"), demo=os.path.join(REPO, "configs", "demo.py"),
+        root=str(tmp_path / "plate_map.csv"), columns=columns, schema=layouts.CELL_PROFILER_SCHEMA))
+    workdir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "gandl.main", "--config", str(config), "--workdir", str(workdir),
+                           "--mode", "all"], capture_output=True, text=True, cwd=REPO, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = pd.read_csv(workdir / "probe.csv")
+    assert set(probe["feature_set"]) >= {"gandl", "gandl_blocks"} and (probe["step"] == 10).all()
+    analysis = workdir / "analysis"
+    for name in ("hits", "dose_response", "map_activity"):
+        compounds = set(pd.read_csv(analysis / "GAN-DL" / f"{name}.csv")["Metadata_Compound"])
+        assert compounds and "DMSO" not in compounds, (name, compounds)
+    assert "neither controls nor treatments" in (analysis / "report.md").read_text()
+    assert "GAN-DL" in json.loads((analysis / "analysis.json").read_text())["zeroshot"]  # typed zero-shot

@@ -144,3 +144,27 @@ def test_the_model_takes_the_training_records_side_unless_its_own_is_set():
     config.model.resolution, config.data.shards, config.data.image_size = None, "/elsewhere/shards", 0
     assert defaults.model_resolution(config) is None
     assert any(f.startswith("model.resolution=None: the config does not say") for f in check.validate(config, 1))
+
+
+def _tuples(value):
+    """A config's values with lists as tuples (ml_collections keeps what the file wrote; the sections hold tuples)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (DOCS.parent / "configs").glob("*.py")))
+def test_every_config_file_is_a_typed_run_config_the_stages_receive(path):
+    """The ConfigDict stops at the check: `check_fields` returns the typed `Config` (frozen sections, nested ones
+    too), which says every value the file set, leaves the writer arguments a file did not set OMITTED (the writer's
+    own default holds) and refuses a section rule the field rules cannot see."""
+    config = defaults.call_in_file(path, "get_config")
+    typed = check.check_fields(config)
+    assert isinstance(typed, defaults.Config) and isinstance(typed.embed.imagenet, defaults.Imagenet)
+    assert defaults.values(typed) == _tuples(config.to_dict())
+    assert typed.synthetic.plates_per_experiment is defaults.OMITTED
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.train.steps = 1
+    config.model.update(channel_base=64, channel_max=64, mbstd_num_channels=3)  # 16 channels at 4x4: 3 cannot divide
+    with pytest.raises(check.ConfigCheckError, match="mbstd_num_channels must divide"):
+        check.check_fields(config)

@@ -201,3 +201,17 @@ def test_settings_dataclasses_take_their_defaults_from_base_config():
         defaults = dataclasses.asdict(made)
         differing = {k: (defaults.get(k), v) for k, v in block.items() if defaults.get(k) != v}
         assert not differing, (name, differing)
+
+
+def _attribute_reads(path: pathlib.Path, name: str) -> list[int]:
+    """Lines of `path` reading an attribute `name` (`config.analysis`, `run.analysis`, ...)."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr == name]
+
+
+def test_no_stage_below_the_analysis_reads_its_section_but_the_embed_stage_once():
+    """Settings do not cross stages: the data, model, training and feature code never read `.analysis`; the embed
+    stage takes the analysis' fold settings once (`gandl.data.folds.FoldSettings`) for the per-fold fits."""
+    below = [p for layer in ("data", "models", "train", "features", "embed") for p in (PACKAGE / layer).rglob("*.py")]
+    reads = {str(p.relative_to(PACKAGE)): lines for p in below if (lines := _attribute_reads(p, "analysis"))}
+    assert list(reads) == ["embed/stage.py"] and len(reads["embed/stage.py"]) == 1, reads

@@ -472,6 +472,27 @@ def _write_plates(root: pathlib.Path, plate_map: pd.DataFrame, sites: Mapping) -
                             axes="cyx", scale_factors=(), omero=omero)
 
 
+# The RxRx19a screen as a CellProfiler user would describe it (`cell_profiler_plate_map`), in this schema: vehicle
+# DMSO in every control well, the virus a column of its own; UV-inactivated virus wells are DMSO wells too, which
+# the schema's `treated` query must keep out of the compounds ("Metadata_Compound != 'DMSO'").
+CELL_PROFILER_SCHEMA = dict(plate="Metadata_Plate", well="Metadata_Well", site="Metadata_Site",
+                            group="Metadata_CellLine", perturbation="Metadata_Compound", dose="Metadata_Dose_uM",
+                            positive="Metadata_Compound == 'DMSO' and Metadata_Virus == 'none'",
+                            negative="Metadata_Compound == 'DMSO' and Metadata_Virus == 'active'")
+
+
+def cell_profiler_plate_map(meta: pd.DataFrame) -> pd.DataFrame:
+    """RxRx19a-layout metadata (a synthetic screen's, per site or per well) rewritten in CellProfiler-style columns
+    (`CELL_PROFILER_SCHEMA`), row for row: the foreign screen the schema's roles and `treated` query are tested on."""
+    untreated = meta["treatment"] == ""
+    virus = meta["disease_condition"].map({MOCK: "none", UV_INACTIVATED: "UV", ACTIVE: "active", BLANK: ""})
+    return pd.DataFrame({
+        "Metadata_Plate": meta["experiment"] + "_" + meta["plate"].astype(str), "Metadata_Well": meta["well"],
+        "Metadata_Site": meta["site"], "Metadata_CellLine": meta["cell_type"], "Metadata_Virus": virus,
+        "Metadata_Compound": meta["treatment"].where(~untreated | (virus == ""), "DMSO"),
+        "Metadata_Dose_uM": meta["treatment_conc"].where(~untreated, 0.1)})
+
+
 def _check_common(image_size: int, bit_depth: int, sites_per_well: int, plates: int, per_experiment: int,
                   ) -> None:
     """Fails before anything is written, so a bad call leaves no half-made directory."""
