@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from gandl import inspection
+from gandl import defaults, inspection
 from gandl.train import loop
 
 pytestmark = pytest.mark.slow  # not in the inner loop (tests/conftest.py)
@@ -18,7 +18,7 @@ def run(tiny_run):
 def test_load_run_restores_the_latest_full_state_from_the_saved_config(run, tiny_run):
     config, _, _ = tiny_run
     assert run.step == int(run.state.step) == 20
-    assert run.config.model.to_dict() == config.model.to_dict()
+    assert run.config == defaults.Config.from_mapping(config)  # typed, as every stage receives it
     assert run.stains == ("Hoechst", "ConA", "Phalloidin", "Syto14", "WGA")
     # EMA and raw G differ after training, and the samples are those the loop wrote for step 20.
     assert not np.allclose(jax.tree.leaves(run.state.ema_params)[0], jax.tree.leaves(run.state.g_params)[0])
