@@ -6,7 +6,8 @@ One frozen dataclass per config section (`Data`, `Screen`, ..., `Analysis`; `Con
 `gandl.check.RULES` holds every field to (`rules`), the typed run config every stage receives once the check
 has passed (`Config.from_mapping`; a saved one: `saved_config`), the stages' typed settings
 (`gandl.models.config.ModelConfig` and `gandl.analysis.tasks.AnalysisConfig` derive from their sections, checked
-by `validate_section`) and the docs' settings table (docs/settings_table.py). Adding a setting is one `setting(...)` line here, plus its use.
+by `validate_section`) and the docs' settings table (docs/settings_table.py). Adding a setting is one
+`setting(...)` line here, plus its use.
 
 A field whose default is `OMITTED` has a rule but no default: a config may set it (the synthetic writers'
 arguments); left out, the code's own default holds. A rule over the names of a component registry that a higher
