@@ -66,8 +66,9 @@ def run(config: defaults.Config, workdir: str) -> str:
     checkpoint_dir = os.path.join(layout.checkpoints(workdir), str(step))
     # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
     # embed fields that shape its values (so sets can be added to a finished export, see stream.export).
+    embed_values = defaults.values(settings)
     described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint_dir, seed=config.seed,
-                            **{k: defaults.values(settings)[k] for k in registry.get(name).embed_fields},
+                            **{k: embed_values[k] for k in registry.get(name).embed_fields},
                             **registry.settings(name, context))  # e.g. the width, the mbstd value D is fed
                  for name in settings.feature_sets}
     # Built on first use: a finished export skips costly set-ups (a comparator's fine-tuning).
