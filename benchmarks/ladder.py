@@ -12,7 +12,8 @@ the same reference. Printed and written to WORKDIR/ladder.{csv,md,png}:
     mean ± sd over the seeds (in accuracy points), their mean over the screen's tasks (zero-shot, whose gap moves
     by 12-14 points between seeds, is shown apart and left out of it), and the handcrafted lead;
   - per axis and objective, the slope: points of gap per doubling of the budget (least squares on log2 scale
-    within each seed, over the seeds run at two or more budgets);
+    within each seed, over the seeds run at two or more budgets), and each such seed's own slope (their spread is
+    the slope's uncertainty);
   - the figure: one panel per axis, the mean gap over tasks against the budget, both objectives, the handcrafted
     lead as a dashed line.
 An axis is the start point's field that a run changes (the model's side carries the data's with it).
@@ -114,9 +115,11 @@ def slopes(table: pd.DataFrame, start: dict, k: int) -> pd.DataFrame:
         dy = (part["gap"] - by_seed["gap"].transform("mean")).to_numpy()
         paired = by_seed["budget"].transform("nunique").to_numpy() > 1
         slope = float(dx @ dy / (dx @ dx)) if paired.any() else float("nan")
+        seeds = part["seed"].to_numpy()
+        each = [dx[seeds == s] @ dy[seeds == s] / (dx[seeds == s] @ dx[seeds == s]) for s in np.unique(seeds[paired])]
         rows.append({"axis": AXIS_NAMES.get(axis, axis), "learner": LEARNERS.get(objective, objective),
-                     "points per doubling": slope, "seeds": int(part.loc[paired, "seed"].nunique()),
-                     "runs": int(paired.sum())})
+                     "points per doubling": slope, "each seed's": ", ".join(f"{v:+.1f}" for v in each),
+                     "seeds": len(each), "runs": int(paired.sum())})
     return pd.DataFrame(rows)
 
 
