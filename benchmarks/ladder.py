@@ -34,6 +34,7 @@ from gandl import fileio, sweep
 from gandl.analysis.markup import markdown_table
 from gandl.analysis.zeroshot import ZEROSHOT_TASK
 from gandl.defaults import call_in_file
+from gandl.features import registry
 
 LEARNED, REFERENCE, HANDCRAFTED = "GAN-DL blocks", "random-init D blocks", "handcrafted"
 LEARNERS = {"gan": "GAN-DL", "contrastive": "SSL twin"}
@@ -55,8 +56,8 @@ def run_points(table: pd.DataFrame, start: dict) -> pd.DataFrame:
 
 
 def run_gaps(table: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per run and task: the learned blocks' k-label accuracy gap to their random-init reference and the handcrafted
-    set's, in accuracy points."""
+    """Per run and task: the learned blocks' k-label accuracy gap to their random-init reference (the mean over its
+    initialisations, with `embed.reference_inits` > 1) and the handcrafted set's, in accuracy points."""
     pattern = re.compile(rf"^{re.escape(LEARNED)} − {re.escape(REFERENCE)}: (.+): accuracy @ k={k}$")
     rows = []
     for column in table.columns:
@@ -64,7 +65,9 @@ def run_gaps(table: pd.DataFrame, k: int) -> pd.DataFrame:
         if task is None:
             continue
         task = task.group(1)
-        reference = pd.to_numeric(table[f"{REFERENCE}: {task}: accuracy @ k={k}"], errors="coerce")
+        labels = registry.reference_labels(REFERENCE, {c.split(": ", 1)[0] for c in table.columns})
+        reference = table[[f"{label}: {task}: accuracy @ k={k}" for label in labels]].apply(
+            pd.to_numeric, errors="coerce").mean(axis=1, skipna=False)  # over its initialisations, when several
         handcrafted = pd.to_numeric(table.get(f"{HANDCRAFTED}: {task}: accuracy @ k={k}"), errors="coerce")
         rows.append(pd.DataFrame({"run": table["run"], "task": task,
                                   "gap": 100 * pd.to_numeric(table[column], errors="coerce"),

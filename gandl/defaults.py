@@ -425,6 +425,10 @@ class Embed:
         "gandl.features.registry names: gandl (the trained D's b4.fc), random_d (a randomly initialised D), "
         "gandl_multiscale / random_d_multiscale (mean and stddev over space of every D block, plus b4.fc), "
         "handcrafted (intensity/texture statistics), imagenet (the fine-tuned comparator; needs imagenet_weights)")
+    reference_inits: int = setting(1, COUNT, "initialisations each random-init set of feature_sets is exported at: "
+                                             "1 = the run's own; N adds <set>@1 .. <set>@N-1, and a learned set's gap "
+                                             "is then to their mean (one draw's spread, over inits, is the largest "
+                                             "noise in that gap: docs/results.md, Power)")
     mbstd: str = setting("constant", one_of(*MBSTD_MODES),
                          'the stddev channel D\'s features are computed with: "constant" (a group of one: 1e-4, never '
                          'seen in training) or "train" (D\'s mean group stddev over mbstd_batches real training '

@@ -26,7 +26,7 @@ from gandl.analysis import io as analysis_io
 from gandl.analysis import report
 from gandl.data import pipeline, render, screen
 from gandl.data.screen import ScreenSchema
-from gandl.features import registry
+from gandl.embed import records
 from gandl.models import build_models
 from gandl.models.config import ModelConfig
 from gandl.models.generator import Generator
@@ -125,7 +125,7 @@ class Embeddings:
 def load_embeddings(workdir: str) -> Embeddings:
     """The latest exported feature sets (GAN-DL and the baselines beside it) and the run's analysis config."""
     folder = layout.latest_embeddings(workdir)
-    exported = [path for name in registry.EXTRACTORS if tf.io.gfile.exists(path := os.path.join(folder, f"{name}.npz"))]
+    exported = [os.path.join(folder, f"{name}.npz") for name in records.exported_sets(folder)]
     if not exported:
         raise FileNotFoundError(f"no feature set in {folder}: run mode=embed first")
     with tf.io.gfile.GFile(exported[0], "rb") as f, np.load(io.BytesIO(f.read())) as npz:  # any set: the run's config

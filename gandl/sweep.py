@@ -264,20 +264,26 @@ def analysis_columns(path: str) -> dict[str, Any]:
 def reference_gaps(columns: Mapping[str, Any]) -> dict[str, float]:
     """Each learned feature set minus its random-init reference (the same extractor on an untrained D), task by
     task, as `<set> − <reference>: <task>` columns: the paired difference within one run, so that spread.md
-    gives its mean, sd and worst seed (whether training beat chance on every draw, not just on average)."""
+    gives its mean, sd and worst seed (whether training beat chance on every draw, not just on average). A
+    reference exported at several initialisations (`embed.reference_inits`) is their mean."""
     from gandl.features import registry
 
+    labels = {key.split(": ", 1)[0] for key in columns}
     gaps = {}
     for extractor in registry.EXTRACTORS.values():
         if not extractor.reference:
             continue
         reference = registry.get(extractor.reference).label
+        draws = registry.reference_labels(reference, labels)
         for key, value in columns.items():
             set_label, task = key.split(": ", 1)
+            if set_label != extractor.label:
+                continue
             # summary.csv columns that also hold text (a top compound) are read as text: numbers as strings.
-            gap = pd.to_numeric(value, errors="coerce") - pd.to_numeric(columns.get(f"{reference}: {task}"),
-                                                                         errors="coerce")
-            if set_label == extractor.label and pd.notna(gap):
+            level = pd.to_numeric(pd.Series([columns.get(f"{d}: {task}") for d in draws], dtype=object),
+                                  errors="coerce")
+            gap = pd.to_numeric(value, errors="coerce") - (level.mean() if level.notna().all() else float("nan"))
+            if pd.notna(gap):
                 gaps[f"{extractor.label} − {reference}: {task}"] = float(gap)
     return gaps
 

@@ -65,6 +65,16 @@ def test_the_ladder_pairs_each_run_with_its_reference_and_puts_the_start_point_o
         assert np.isnan(rates.loc[("training steps", "SSL twin"), "points per doubling"])  # one budget: no slope
 
 
+def test_the_handcrafted_lead_is_over_the_mean_of_the_references_draws():
+    table = _summary()
+    for draw, level in ((1, 0.5), (2, 0.4)):  # embed.reference_inits = 3: the reference's level is 0.5 on task A
+        for task in ("A", "B", ZEROSHOT):
+            table[f"random-init D blocks @{draw}: {task}: accuracy @ k=8"] = level
+    rows = ladder.ladder_table(table, START, 8).set_index(["axis", "budget", "learner"])
+    # task A: 0.9 - mean(0.6, 0.5, 0.4) = 40 points; task B: 0.8 - mean(0.7, 0.5, 0.4) = 26.7 points
+    assert rows.loc[("training steps", 1000, "GAN-DL"), "lead"] == pytest.approx((40 + 80 / 3) / 2)
+
+
 @pytest.mark.slow
 def test_the_ladder_script_runs_unchanged_at_tiny_size(tmp_path):
     """The GPU ladder's script, on this CPU, at the tiny sweep's size: both objectives train, embed and are analysed;

@@ -12,6 +12,9 @@ The larger steps (64-128 px, paper widths) on one GPU: configs/sweeps/ladder_gpu
 """
 
 FEATURE_SETS = ("gandl_blocks", "random_d_blocks", "handcrafted")
+# The random-init reference at 8 initialisations: one draw's spread over inits is the largest noise in a run's gap
+# (docs/results.md, "Power"); 8 cut it to a third for about 2 more minutes a run.
+REFERENCE_INITS = 8
 DEMO_POINT = {"train.steps": 4000, "model.channel_max": 32, "model.resolution": 32, "data.image_size": 32}
 
 
@@ -33,7 +36,8 @@ def ladder(axes: dict[str, list], seeds: tuple[int, ...] = (1, 2, 3), overrides:
         "mode": "all",
         "overrides": {"synthetic.morphology_only": True, "embed.feature_sets": FEATURE_SETS,
                       "analysis.few_labels": (8,), "train.augment": "none", "train.contrastive_weight": 0.0,
-                      "train.probe_every": 0, "train.swd_every": 0, **(overrides or {})},
+                      "train.probe_every": 0, "train.swd_every": 0, "embed.reference_inits": REFERENCE_INITS,
+                      **(overrides or {})},
         # points slowest, objectives fastest: a partial sweep has both learners of each point and seed it reached
         "zip": [{field: [p[field] for p in points] for field in start},
                 {"synthetic.seed": list(seeds), "zeroshot.synthetic.seed": [10 + s for s in seeds],

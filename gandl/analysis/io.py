@@ -27,7 +27,8 @@ from gandl.data.screen import (  # noqa: F401 (the analysis reads them from here
     plate_key,
     screen_view,
 )
-from gandl.features.registry import EXTRACTORS
+from gandl.embed import records
+from gandl.features import registry
 
 
 def neither_note(metadata: pd.DataFrame, view: pd.DataFrame, schema: ScreenSchema) -> list[str]:
@@ -186,9 +187,10 @@ def aggregate_wells(features: np.ndarray, metadata: pd.DataFrame, how: str = "me
 
 
 def load_feature_sets(folder: str) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:
-    """Report label -> (features, metadata) of every feature set exported in `folder`, in registry order."""
-    paths = {e.label: os.path.join(folder, f"{stem}.npz") for stem, e in EXTRACTORS.items()}
-    return {label: load_embeddings(p) for label, p in paths.items() if tf.io.gfile.exists(p)}
+    """Report label -> (features, metadata) of every feature set exported in `folder`, in registry order (a
+    random-init set's other initialisations right after it)."""
+    return {registry.get(name).label: load_embeddings(os.path.join(folder, f"{name}.npz"))
+            for name in records.exported_sets(folder)}
 
 
 def load_fold_sets(folder: str, name: str) -> list[tuple[np.ndarray, pd.DataFrame, list[str]]]:

@@ -60,10 +60,7 @@ def read_truth(config: defaults.Config, workdir: str) -> pd.DataFrame | None:
 def check_zeroshot_pairs(folder: str, zeroshot_folder: str) -> None:
     """Refuse a zero-shot feature set whose screen set is not exported (`ExportError` naming both folders), before
     anything is read: the report scores each set on both, and the export that lost one is redone by --mode embed."""
-    def exported(where: str) -> set[str]:
-        return {name for name in registry.EXTRACTORS if tf.io.gfile.exists(os.path.join(where, f"{name}.npz"))}
-
-    alone = sorted(exported(zeroshot_folder) - exported(folder))
+    alone = sorted(set(records.exported_sets(zeroshot_folder)) - set(records.exported_sets(folder)))
     if alone:
         raise records.ExportError(f"{zeroshot_folder} holds zero-shot feature sets {alone} that {folder} has no screen "
                                   "export of; run --mode embed (it resumes), or remove them")
@@ -138,7 +135,7 @@ def run(config: defaults.Config, workdir: str) -> dict:
         raise FileNotFoundError(f"embed.step={step}: no embeddings in {folder}; run mode=embed with it first")
     exported = [folder] + ([layout.zeroshot_embeddings(folder)] if config.zeroshot.enabled else [])
     for export in filter(tf.io.gfile.isdir, exported):  # only finished, intact sets are read
-        records.check_finished(export, list(registry.EXTRACTORS))
+        records.check_finished(export)
     if config.zeroshot.enabled:
         check_zeroshot_pairs(folder, layout.zeroshot_embeddings(folder))
     truth = read_truth(config, workdir)

@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from gandl import fileio
 from gandl._tf import tf
 from gandl.data import pipeline
+from gandl.features import registry
 
 FORMAT = "gandl-embeddings/2"
 SETTINGS = "export.json"
@@ -102,11 +103,19 @@ def recorded_settings(out_dir: str, settings: Mapping[str, Any]) -> dict | None:
     return old
 
 
-def check_finished(out_dir: str, names: Sequence[str]) -> None:
+def exported_sets(out_dir: str) -> list[str]:
+    """The feature sets `out_dir` holds an npz of, in registry order (a random-init set's other initialisations,
+    `<name>@<i>`, right after it); none for a folder that is not there."""
+    if not tf.io.gfile.isdir(out_dir):
+        return []
+    return registry.ordered(f.removesuffix(".npz") for f in tf.io.gfile.listdir(out_dir) if f.endswith(".npz"))
+
+
+def check_finished(out_dir: str) -> None:
     """Refuse an export a reader must not take, in one line naming the file and what to do: an `export.json` of
-    another format or none, or a feature set (among `names`, those the folder holds an npz of, and those the
-    record lists) whose completion record is missing or no longer matches its files. A reader that took the npz
-    as it is would analyse an unfinished or damaged set without a word."""
+    another format or none, or a feature set (those the folder holds an npz of, and those the record lists)
+    whose completion record is missing or no longer matches its files. A reader that took the npz as it is
+    would analyse an unfinished or damaged set without a word."""
     path = os.path.join(out_dir, SETTINGS)
     try:
         recorded = fileio.read_json(path) if tf.io.gfile.exists(path) else {}
@@ -116,8 +125,7 @@ def check_finished(out_dir: str, names: Sequence[str]) -> None:
         found = f"of format {recorded['format']!r}" if "format" in recorded else "without a format"
         raise ExportError(f"{path}: an export settings record {found}, this GAN-DL reads {FORMAT!r}; delete "
                           f"{out_dir} and run --mode embed to export again")
-    sets = [n for n in names if n in recorded.get("feature_sets", {})
-            or tf.io.gfile.exists(os.path.join(out_dir, f"{n}.npz"))]
+    sets = registry.ordered([*recorded.get("feature_sets", {}), *exported_sets(out_dir)])
     for name in sets:
         problems = fileio.verify_record(completion_record(out_dir, name))
         if problems != []:

@@ -43,7 +43,8 @@ def code_version() -> str:
 
 
 def run(config: defaults.Config, workdir: str) -> str:
-    """Export every feature set of `embed.feature_sets` for the screen and the zero-shot set; returns the folder.
+    """Export every feature set of `embed.feature_sets` (the random-init ones at `embed.reference_inits`
+    initialisations) for the screen and the zero-shot set; returns the folder.
 
     The discriminator comes from the latest (or `embed.step`) checkpoint; an extractor is built only when
     some target still lacks its feature set. A finished export with other settings is refused; one that
@@ -67,12 +68,13 @@ def run(config: defaults.Config, workdir: str) -> str:
     # What each feature set is, for the exports' settings records: its extractor, the checkpoint and the
     # embed fields that shape its values (so sets can be added to a finished export, see stream.export).
     embed_values = defaults.values(settings)
+    names = registry.with_inits(settings.feature_sets, settings.reference_inits)
     described = {name: dict(extractor=registry.get(name).target, checkpoint=checkpoint_dir, seed=config.seed,
                             **{k: embed_values[k] for k in registry.get(name).embed_fields},
                             **registry.settings(name, context))  # e.g. the width, the mbstd value D is fed
-                 for name in settings.feature_sets}
+                 for name in names}
     # Built on first use: a finished export skips costly set-ups (a comparator's fine-tuning).
-    fns = {name: lazy(functools.partial(registry.build, name, context)) for name in settings.feature_sets}
+    fns = {name: lazy(functools.partial(registry.build, name, context)) for name in names}
     provenance = dict(checkpoint=checkpoint_dir, step=step, config=defaults.values(config), code_version=code_version())
     for source, target, target_options in targets:
         spec = pipeline.open_records(source, config.data.rxrx1_utils_image_size)
@@ -80,7 +82,7 @@ def run(config: defaults.Config, workdir: str) -> str:
                part_batches=settings.part_batches, feature_settings=described,
                well_aggregate=settings.well_aggregate,
                provenance=dict(provenance, dataset=source, channels=list(target_options.channels)))
-    for name in settings.feature_sets:
+    for name in names:
         if registry.get(name).per_fold:
             export_label_folds(config.embed, fold_settings, context, out, name, described[name], provenance)
     logging.info("embeddings in %s", out)

@@ -84,13 +84,21 @@ def training_mbstd(model: ModelConfig, d_params: Any, batches) -> np.ndarray:
     return np.mean(multihost_utils.process_allgather(np.mean(values, axis=0)), axis=0).astype(np.float32)
 
 
+def init_key(seed: int, init: int = 0) -> jax.Array:
+    """The key of a random-init D: the run's own draw (init 0), or its init-th other one, apart from every
+    other seed's draws."""
+    key = jax.random.key(seed + 1)
+    return jax.random.fold_in(key, init) if init else key
+
+
 @functools.lru_cache(maxsize=4)
-def _variables(context: Context, random: bool) -> tuple[Any, np.ndarray | None]:
-    """(params, mbstd value or None) of the checkpoint's or the random-init D; measured once per context."""
+def _variables(context: Context, random: bool, init: int = 0) -> tuple[Any, np.ndarray | None]:
+    """(params, mbstd value or None) of the checkpoint's or the random-init D (at draw `init`); measured once per
+    context."""
     settings = context.embed
     if settings.mbstd not in MBSTD_MODES:
         raise ValueError(f"embed.mbstd={settings.mbstd!r}: expected one of {MBSTD_MODES}")
-    params = (init_variables(context.model, jax.random.key(context.seed + 1))[1]["params"] if random
+    params = (init_variables(context.model, init_key(context.seed, init))[1]["params"] if random
               else context.d_params)
     if settings.mbstd == "constant" or context.model.mbstd_num_channels == 0:
         return params, None
@@ -105,22 +113,24 @@ def _variables(context: Context, random: bool) -> tuple[Any, np.ndarray | None]:
 @dataclasses.dataclass(frozen=True)
 class DiscriminatorFeatures:
     """An extractor: feature `option` of the checkpoint's D, or of the same architecture randomly initialised
-    (what adversarial training adds is the difference)."""
+    (what adversarial training adds is the difference), at initialisation draw `init`."""
 
     option: str
     random: bool
+    init: int = 0
 
     def __call__(self, context: Context) -> FeatureFn:
-        params, mbstd = _variables(context, self.random)
+        params, mbstd = _variables(context, self.random, self.init)
         return feature_fn(context.model, params, context.mesh, context.embed.orientation_average,
                           self.option, mbstd)
 
     def settings(self, context: Context) -> dict:
         """What the export's settings record says of these features: option, width, the mbstd value fed."""
-        _, mbstd = _variables(context, self.random)
+        _, mbstd = _variables(context, self.random, self.init)
         dim = {"multiscale": multiscale_dim, "blocks": blocks_dim}.get(
             self.option, lambda m: model_layers.block_channels(4, m.channel_base, m.channel_max))(context.model)
-        return dict(option=self.option, dim=dim, mbstd_value=None if mbstd is None else mbstd.tolist())
+        return dict(option=self.option, dim=dim, mbstd_value=None if mbstd is None else mbstd.tolist(),
+                    **({"init": self.init} if self.init else {}))
 
 
 trained = DiscriminatorFeatures("fc", random=False)
