@@ -1,4 +1,5 @@
-"""benchmarks/ladder.py: the compute ladder's table from a sweep summary, and the whole script at tiny size."""
+"""benchmarks/ladder.py and ladder_power.py: the compute ladder's table and its noise breakdown from a sweep summary,
+and both scripts at tiny size."""
 
 import importlib.util
 import os
@@ -11,9 +12,15 @@ import pytest
 
 from gandl.sweep import REPO_ROOT
 
-_spec = importlib.util.spec_from_file_location("ladder", os.path.join(REPO_ROOT, "benchmarks", "ladder.py"))
-ladder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ladder)
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ladder, power = _script("ladder"), _script("ladder_power")
 
 START = {"train.steps": 4000, "model.channel_max": 32, "model.resolution": 32, "data.image_size": 32}
 GAP = "GAN-DL blocks − random-init D blocks: {}: accuracy @ k=8"
@@ -75,6 +82,27 @@ def test_the_handcrafted_lead_is_over_the_mean_of_the_references_draws():
     assert rows.loc[("training steps", 1000, "GAN-DL"), "lead"] == pytest.approx((40 + 80 / 3) / 2)
 
 
+def test_the_power_breakdown_separates_the_references_draws_from_the_seeds():
+    # Two points, three seeds each: the trained set moves by ±1 between seeds, the reference's own draw by ±3 around
+    # a mean over its 4 draws that moves by ±0.5; each run's draws spread with sd 2.
+    rows = []
+    for point in ("a", "b"):
+        for seed, (learned, level) in enumerate(((80, 70.5), (81, 70), (79, 69.5))):
+            delta = (3, -3, 0)[seed]  # the run's own draw, off its draws' mean `level`
+            draws = [level + delta, *(level - delta / 3 + d for d in (-2, 0, 2))]
+            rows.append({"objective": "gan", "point": point, "learned": learned, "draw_sd": 1.0,
+                         "wells_sd": 0.5, "analysis_draws": 4,
+                         **{f"reference {i}": value for i, value in enumerate(draws)}})
+    table = power.breakdown(pd.DataFrame(rows)).set_index("source")
+    sd = table["sd (points)"]
+    assert sd["label draws: the mean of the analysis' 4"] == pytest.approx(0.5)
+    assert sd["seeds: the trained set's accuracy alone"] == pytest.approx(1.0)
+    assert sd["seeds: the gap to the mean of 4 reference draws"] == pytest.approx(np.std([9.5, 11, 9.5], ddof=1))
+    assert sd["seeds: the gap to the run's own reference draw"] > 3 * sd["seeds: the gap to the mean of 4 reference "
+                                                                          "draws"]
+    assert power.seeds_for(2.71) == 10 and power.seeds_for(1.7) == 6 and power.seeds_for(float("nan")) is None
+
+
 @pytest.mark.slow
 def test_the_ladder_script_runs_unchanged_at_tiny_size(tmp_path):
     """The GPU ladder's script, on this CPU, at the tiny sweep's size: both objectives train, embed and are analysed;
@@ -90,3 +118,12 @@ def test_the_ladder_script_runs_unchanged_at_tiny_size(tmp_path):
     again = subprocess.run(command + ["--no-run"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     text = (tmp_path / "ladder.md").read_text().strip()
     assert again.returncode == 0 and text in again.stdout and text in out.stdout
+    # The reference at 3 initialisations; its spread and the evaluation's are measured on the finished runs.
+    noise = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "ladder_power.py"),
+                            *command[2:], "--draws", "3", "--boot", "20"], capture_output=True, text=True,
+                           cwd=REPO_ROOT, timeout=600)
+    assert noise.returncode == 0, noise.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "power.csv").set_index(["learner", "source"])["sd (points)"]
+    for learner in ("GAN-DL", "SSL twin"):
+        assert table[(learner, "reference: one initialisation (sd over a run's draws)")] > 0
+        assert table[(learner, "test wells: bootstrap of the held-out control wells")] >= 0

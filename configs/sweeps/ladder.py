@@ -5,9 +5,11 @@ alone: training images (16k, 32k, 64k), channels per block (8, 16, 32), the mode
 set is computed at the same side, from the same batches). Every point trains GAN-DL (`train.objective=gan`, the
 paper's training) and its twin (`contrastive`: the same D and ContraD head trained on the NT-Xent of two augmented
 views alone, no generator), on seeds 1-3 (screen, zero-shot set and training drawn together). Each run is the
-whole demo job with the block statistics and their random-init reference and the analysis at k = 8 labelled wells.
+whole demo job with the block statistics, their random-init reference at 8 initialisations (the gap is to their
+mean) and the analysis at k = 8 labelled wells.
   python -m gandl.sweep --sweep configs/sweeps/ladder.py --workdir /tmp/ladder
   python benchmarks/ladder.py --workdir /tmp/ladder        # the table and figure (also runs what is not done)
+  python benchmarks/ladder_power.py --workdir /tmp/ladder  # where the gap's noise comes from; seeds for ±2 points
 The larger steps (64-128 px, paper widths) on one GPU: configs/sweeps/ladder_gpu.py.
 """
 
