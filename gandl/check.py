@@ -211,7 +211,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     except (TypeError, ValueError) as err:
         return [*failures, f"model: {err} (on {num_devices} device(s)); fix the model section"]
 
-    for check in (_size_failures_across, _channel_failures, _batch_failures, _objective_failures):
+    for check in (_size_failures_across, _channel_failures, _batch_failures, _objective_failures,
+                  _reference_failures):
         failures += check(config, model, num_devices, ok)
     return failures
 
@@ -303,6 +304,18 @@ def _objective_failures(config: ml_collections.ConfigDict, model: Model, n: int,
     if ok("train.objective", "train.augment") and train.objective == "contrastive" and train.augment != "none":
         return [f"train.augment={train.augment!r}: the contrastive objective augments its own views and has no "
                 f"D(real) for ADA (on {n} device(s)); use train.augment='none' with train.objective='contrastive'"]
+    return []
+
+
+def _reference_failures(config: ml_collections.ConfigDict, model: Model, n: int,
+                        ok: Callable[..., bool]) -> list[str]:
+    """More than one initialisation of the random-init reference needs a random-init set to draw again."""
+    embed = config.embed
+    if (ok("embed.reference_inits", "embed.feature_sets") and embed.reference_inits > 1
+            and not any(registry.get(name).drawn for name in embed.feature_sets)):
+        return [f"embed.reference_inits={embed.reference_inits}: embed.feature_sets lists no random-init set to draw "
+                f"again (on {n} device(s)); add one of {', '.join(registry.drawn_sets())} or use "
+                "embed.reference_inits=1"]
     return []
 
 

@@ -86,6 +86,10 @@ def test_every_sweep_run_passes_for_1_and_8_devices(path, num_devices):
     ({"train.objective": "contrastive", "train.augment": "ada"}, "train.augment='ada': the contrastive objective "
      "augments its own views and has no D(real) for ADA (on 8 device(s)); use train.augment='none'"),
     ({"train.objective": "simclr"}, "train.objective='simclr': must be one of"),
+    ({"embed.reference_inits": 8, "embed.feature_sets": ("gandl_blocks", "handcrafted")},
+     "embed.reference_inits=8: embed.feature_sets lists no random-init set to draw again (on 8 device(s)); add one of "
+     "random_d, random_d_multiscale, random_d_blocks or use embed.reference_inits=1"),
+    ({"embed.reference_inits": 0}, "embed.reference_inits=0: must be an integer >= 1"),
 ])
 def test_settings_that_cannot_run_fail_with_a_clear_message(overrides, message):
     failures = check.validate(_demo(**overrides), 8)

@@ -65,7 +65,7 @@ def get(name: str) -> Extractor:
     extractor = EXTRACTORS[base]
     if not mark:
         return extractor
-    if not extractor.drawn or not init.isdigit() or int(init) < 1:
+    if not extractor.drawn or not re.fullmatch(r"[1-9][0-9]*", init):
         raise ValueError(f"unknown feature set {name!r}: only a random-init set ({', '.join(drawn_sets())}) is "
                          f"drawn at other initialisations, as <name>{INIT_MARK}<i> with i >= 1")
     return dataclasses.replace(extractor, label=f"{extractor.label} {INIT_MARK}{int(init)}", init=int(init))
