@@ -130,7 +130,9 @@ def breakdown(runs: pd.DataFrame) -> pd.DataFrame:
                  (learner, "seeds: the gap to the run's own reference draw", over["own"], seeds_for(over["own"])),
                  (learner, f"seeds: the gap to the mean of {len(draws)} reference draws", over["mean"],
                   seeds_for(over["mean"]))]
-    return pd.DataFrame(rows, columns=["learner", "source", "sd (points)", "seeds for ±2 points"])
+    out = pd.DataFrame(rows, columns=["learner", "source", "sd (points)", "seeds for ±2 points"])
+    out["seeds for ±2 points"] = out["seeds for ±2 points"].map(lambda n: "" if pd.isna(n) else str(int(n)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ of control sites (`probe_sites`) and of the zero-shot set (`probe_zeroshot_sites
 linear SVMs with the analysis' own functions: Table 1's tasks (C+ vs C-, cell line, C+ vs C- per line) and
 zero-shot cell typing, with every label and, for each k of `analysis.few_labels`, with k labelled wells per
 class ("<task> @ k=<k>": the regime a feature learner is for). Each option's random-init reference (its
-registry `reference`) does not change with training and is scored once. Rows are appended to
+registry `reference`) does not change with training and is scored once, as the mean over its
+`embed.reference_inits` initialisations (the analysis' reference, whose gap the sweeps report). Rows are appended to
 workdir/probe.csv, the curve is redrawn as probe_curve.png, and the accuracies go to TensorBoard. The probe
 sits above train and features: the loop only calls it (`gandl.main` passes it in), so nothing imports upward.
 The table itself is `gandl.analysis.probe_table`'s (the report describes it).
@@ -124,6 +125,7 @@ class ProbeSettings:
     batch_size: int  # global batch the features are computed in (embed.batch_size)
     train_batch_size: int  # images per training step (the table's images_seen)
     seed: int
+    reference_inits: int  # embed.reference_inits: a reference line is the mean over this many random-init draws
     analysis: AnalysisConfig  # Table 1's and zero-shot typing's settings
     schema: ScreenSchema  # the screen's columns and controls (`screen.configured`): what the probe's sites are
     zeroshot_shards: str  # the zero-shot set's records; "" = zero-shot cell typing off
@@ -140,14 +142,15 @@ class Probe:
             registry.get(name)
         self.settings, self.workdir, self.context = settings, workdir, context
         self.batch_size = sharding.local_batch_size(settings.batch_size)
-        self.references: dict[str, list[dict[str, Any]]] = {}  # random-init rows: they do not change
+        self.references: dict[str, dict[str, float]] = {}  # random-init accuracies: they do not change
 
     @classmethod
     def from_config(cls, config: defaults.Config, workdir: str) -> Probe:
         train = config.train
         settings = ProbeSettings(
             tuple(train.probe_features), train.probe_sites, train.probe_zeroshot_sites, config.embed.batch_size,
-            train.batch_size, config.seed, AnalysisConfig(**defaults.values(config.analysis)), configured(config),
+            train.batch_size, config.seed, config.embed.reference_inits,
+            AnalysisConfig(**defaults.values(config.analysis)), configured(config),
             layout.zeroshot_shards(config.zeroshot.shards, workdir) if config.zeroshot.enabled else "",
             vocabulary.zeroshot_channels(config.zeroshot.channels),
             config.data.rxrx1_utils_image_size)
@@ -184,21 +187,28 @@ class Probe:
         zf = None if zimages is None else features_of(fn, zimages, self.batch_size)
         return score(features_of(fn, images, self.batch_size), metadata, zf, zmetadata, self.settings.analysis)
 
+    def _reference(self, name: str, context: base.Context) -> dict[str, float]:
+        """Task -> random-init set `name`'s accuracy, the mean over its `reference_inits` draws (NaN where one
+        was skipped)."""
+        draws = [{r["task"]: r["accuracy"] for r in self._score(n, context)}
+                 for n in registry.with_inits((name,), self.settings.reference_inits)]
+        return {task: float(np.mean([d.get(task, np.nan) for d in draws])) for task in draws[0]}
+
     def __call__(self, step: int, d_params: Any) -> dict[str, float]:
         context = dataclasses.replace(self.context, mesh=sharding.make_mesh(), d_params=d_params)
         rows, scalars = [], {}
         for name in self.settings.feature_sets:
             reference = registry.get(name).reference
             if reference and reference not in self.references:
-                self.references[reference] = self._score(reference, context)
-            by_task = {r["task"]: r for r in self.references.get(reference, [])}
+                self.references[reference] = self._reference(reference, context)
+            by_task = self.references.get(reference, {})
             for row in self._score(name, context):
-                ref = by_task.get(row["task"], {})
+                level = by_task.get(row["task"], float("nan"))
                 rows.append(dict(row, step=step, images_seen=step * self.settings.train_batch_size,
                                  feature_set=name, label=registry.get(name).label,
                                  reference_label=registry.get(reference).label if reference else "",
-                                 reference_accuracy=ref.get("accuracy", float("nan"))))
-                for key, value in ((name, row["accuracy"]), (reference, ref.get("accuracy", float("nan")))):
+                                 reference_accuracy=level))
+                for key, value in ((name, row["accuracy"]), (reference, level)):
                     if key and math.isfinite(value):
                         scalars[f"probe/{row['task']}/{key}"] = value
         if jax.process_index() == 0:

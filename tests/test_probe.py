@@ -1,5 +1,6 @@
 """Issue 18: multiscale D features, the training mbstd statistic at export, and the linear probe over training."""
 
+import dataclasses
 import json
 import os
 
@@ -185,3 +186,25 @@ def test_probed_checkpoints_are_kept_and_the_report_says_which_step_it_analyses(
     cfg.embed.step = 7
     with pytest.raises(FileNotFoundError, match="embed.step=7: no embeddings"):
         analysis_stage.run(Config.from_mapping(cfg), workdir)
+
+
+@pytest.mark.slow
+def test_the_probes_reference_line_is_the_mean_over_the_references_draws(probed_run, tmp_path):
+    cfg, workdir, _ = probed_run
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.shards, cfg.zeroshot.shards = layout.shards("", workdir), layout.zeroshot_shards("", workdir)
+    cfg.train.probe_features = ("gandl_blocks",)
+    lines = {}
+    for inits in (1, 3):
+        cfg.embed.reference_inits = inits
+        probed = probe.Probe.from_config(Config.from_mapping(cfg), str(tmp_path / str(inits)))  # the run's untouched
+        probed(5, init_variables(ModelConfig.from_mapping(cfg.model), jax.random.key(9))[1]["params"])
+        table = pd.read_csv(layout.probe_table(str(tmp_path / str(inits))))
+        lines[inits] = table.set_index("task")["reference_accuracy"]
+    # Each draw scored alone on the probe's own subset: the line of 3 draws is their mean, the line of 1 the first.
+    context = dataclasses.replace(probed.context, mesh=sharding.make_mesh())
+    alone = [pd.DataFrame(probed._score(name, context)).set_index("task")["accuracy"]
+             for name in ("random_d_blocks", "random_d_blocks@1", "random_d_blocks@2")]
+    pd.testing.assert_series_equal(lines[1], alone[0], check_names=False)
+    pd.testing.assert_series_equal(lines[3], sum(alone) / 3, check_names=False)
+    assert not np.allclose(lines[3], lines[1])
