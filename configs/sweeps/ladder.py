@@ -15,7 +15,7 @@ The larger steps (64-128 px, paper widths) on one GPU: configs/sweeps/ladder_gpu
 
 FEATURE_SETS = ("gandl_blocks", "random_d_blocks", "handcrafted")
 # The random-init reference at 8 initialisations: one draw's spread over inits is the largest noise in a run's gap
-# (docs/results.md, "Power"); 8 cut it to a third for about 2 more minutes a run.
+# (docs/results.md, "Power"); 8 cut it to a third for at most 1.5 more minutes a run.
 REFERENCE_INITS = 8
 DEMO_POINT = {"train.steps": 4000, "model.channel_max": 32, "model.resolution": 32, "data.image_size": 32}
 
