@@ -68,7 +68,7 @@ def evaluation_noise(run_dir: str, k: int, draws: int, boot: int) -> dict:
         controls = classify.control_mask(view)
         sets[label], metadata = np.asarray(x)[controls], view[controls].reset_index(drop=True)
     groups = classify.plate_key(metadata, config.group_by)
-    wells = (metadata["plate"].astype(str) + "/" + metadata["well_id"].astype(str)).to_numpy()
+    wells = metadata["well_id"].astype(str).to_numpy()  # as the analysis names them: its draws, drawn again
     held_out = classify.control_folds(metadata, n_splits=config.n_splits, group_by=config.group_by, seed=config.seed)
     by_draw, by_well = [], []
     for _, mask, labels in classify.control_tasks(metadata):

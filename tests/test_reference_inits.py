@@ -28,6 +28,11 @@ def test_only_random_init_sets_are_drawn_again_and_their_draws_follow_them():
              "gandl_blocks", "gandl@1"]
     assert registry.ordered(stems) == ["gandl_blocks", "random_d_blocks", "random_d_blocks@2", "random_d_blocks@10",
                                        "handcrafted"]
+    # A summary's labels in any order: the run's own draw first, then by initialisation; other sets' passed over.
+    labels = ["random-init D blocks @10", "GAN-DL blocks", "random-init D blocks @2", "random-init D blocks",
+              "random-init D", "random-init D blocks @1"]
+    assert registry.reference_labels("random-init D blocks", reversed(labels)) == [
+        "random-init D blocks", "random-init D blocks @1", "random-init D blocks @2", "random-init D blocks @10"]
 
 
 @pytest.mark.slow

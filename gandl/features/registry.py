@@ -97,10 +97,11 @@ def ordered(names: Iterable[str]) -> list[str]:
 
 
 def reference_labels(label: str, labels: Iterable[str]) -> list[str]:
-    """Among `labels`, the reference `label` and its other initialisations' (`<label> @<i>`): what a reference
-    drawn at several initialisations is the mean of."""
-    return [other for other in labels if other == label or re.fullmatch(
-        rf"{re.escape(label)} {re.escape(INIT_MARK)}\d+", other)]
+    """Among `labels`, the reference `label` and its other initialisations' (`<label> @<i>`), the run's own draw
+    first, then by initialisation: what a reference drawn at several initialisations is the mean of."""
+    draws = {0 if other == label else int(found.group(1)): other for other in labels
+             if other == label or (found := re.fullmatch(rf"{re.escape(label)} {re.escape(INIT_MARK)}(\d+)", other))}
+    return [draws[i] for i in sorted(draws)]
 
 
 def _resolve(name: str):
